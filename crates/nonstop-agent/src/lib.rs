@@ -1,0 +1,2 @@
+//! nonstop-agent (being built)
+#![forbid(unsafe_code)]

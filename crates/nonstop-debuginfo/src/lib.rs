@@ -1,0 +1,2 @@
+//! nonstop-debuginfo (being built)
+#![forbid(unsafe_code)]

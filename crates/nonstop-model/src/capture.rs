@@ -1,0 +1,1095 @@
+//! Capture plans: which bytes to read at a hit, and the executor that reads them.
+//!
+//! `nonstop-debuginfo` builds a [`CapturePlan`] for a probe address from DWARF (variable
+//! locations and type layouts); `nonstop-probe` runs it inside the trap handler through
+//! [`execute`], which never allocates, never panics on any input bytes and writes into a
+//! caller-provided buffer; the agent thread then turns the record back into a
+//! [`CapturedMemory`] and decodes typed values from it.
+//!
+//! The plan lives here, in the model, because its producer (debuginfo) and its executor
+//! (probe) must agree on it and neither may depend on the other.
+//!
+//! # Record layout (little endian, written by [`execute`])
+//!
+//! ```text
+//! header   magic u32 | flags u32 | roots u32 | blocks u32
+//! regs     17 × u64 (DWARF order: rax rdx rcx rbx rsi rdi rbp rsp r8..r15 rip) | 16 × 16 B xmm0..15
+//! roots    per root: status u32 | len u32 | addr u64 | len bytes when status == ROOT_OK
+//! blocks   per block: addr u64 | len u32 | status u32 | len bytes when status == BLOCK_OK
+//! ```
+
+/// The number of general registers in a [`Registers`] set (DWARF numbers 0..=16, 16 = rip).
+pub const GPR_COUNT: usize = 17;
+/// The number of vector registers kept (xmm0..xmm15, DWARF numbers 17..=32).
+pub const XMM_COUNT: usize = 16;
+/// DWARF register number of the stack pointer on x86_64.
+pub const REG_RSP: u16 = 7;
+/// DWARF register number of the frame pointer on x86_64.
+pub const REG_RBP: u16 = 6;
+/// DWARF register number of the instruction pointer (return address column) on x86_64.
+pub const REG_RIP: u16 = 16;
+/// DWARF register number of xmm0 on x86_64.
+pub const REG_XMM0: u16 = 17;
+
+const MAGIC: u32 = 0x4e53_4331; // "NSC1"
+const HEADER_LEN: usize = 16;
+const REGS_LEN: usize = GPR_COUNT * 8 + XMM_COUNT * 16;
+/// Record flag: the per-hit byte cap cut the capture short.
+pub const FLAG_TRUNCATED: u32 = 1;
+
+/// Root status: the bytes follow.
+pub const ROOT_OK: u32 = 0;
+/// Root status: reading the variable's memory faulted.
+pub const ROOT_FAULT: u32 = 1;
+/// Root status: the variable has no location at this address (optimized out).
+pub const ROOT_UNAVAILABLE: u32 = 2;
+/// Root status: the record ran out of space before this root.
+pub const ROOT_NO_SPACE: u32 = 3;
+/// Block status: the bytes follow.
+pub const BLOCK_OK: u32 = 0;
+/// Block status: reading faulted; no bytes follow.
+pub const BLOCK_FAULT: u32 = 1;
+
+/// Register values at a hit, numbered as DWARF numbers them on x86_64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registers {
+    /// rax rdx rcx rbx rsi rdi rbp rsp r8..r15 rip.
+    pub gpr: [u64; GPR_COUNT],
+    /// xmm0..xmm15, low byte first.
+    pub xmm: [[u8; 16]; XMM_COUNT],
+}
+
+impl Default for Registers {
+    fn default() -> Self {
+        Registers {
+            gpr: [0; GPR_COUNT],
+            xmm: [[0; 16]; XMM_COUNT],
+        }
+    }
+}
+
+impl Registers {
+    /// The 16 bytes of a vector register (DWARF 17..=32); `None` for general registers,
+    /// which [`Registers::value`] gives.
+    pub fn bytes(&self, reg: u16) -> Option<&[u8]> {
+        (reg as usize)
+            .checked_sub(GPR_COUNT)
+            .and_then(|i| self.xmm.get(i))
+            .map(|x| &x[..])
+    }
+
+    /// The value of a general register, or the low 8 bytes of an xmm register.
+    pub fn value(&self, reg: u16) -> Option<u64> {
+        let r = reg as usize;
+        if r < GPR_COUNT {
+            Some(self.gpr[r])
+        } else {
+            let x = self.xmm.get(r - GPR_COUNT)?;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&x[..8]);
+            Some(u64::from_le_bytes(b))
+        }
+    }
+}
+
+/// Why a read of program memory failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadError {
+    /// The address is not mapped or not readable.
+    Fault,
+    /// The bytes were not captured at the hit (decoding from a record).
+    NotCaptured,
+}
+
+/// Read access to a program's memory. The probe engine implements it with fault-safe
+/// reads; tests implement it over another process; [`CapturedMemory`] over a record.
+pub trait Memory {
+    /// Fills `buf` with the bytes at `addr`, entirely or not at all.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
+}
+
+/// Where one piece of a variable's value is at the probe address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PieceSource {
+    /// In a register (its low bytes).
+    Register {
+        /// DWARF register number.
+        reg: u16,
+    },
+    /// In memory at `reg + offset` (frame-base and CFA offsets already resolved).
+    Memory {
+        /// DWARF register number of the base.
+        reg: u16,
+        /// Byte offset from the register's value.
+        offset: i64,
+    },
+    /// In memory at a fixed address (statics, already relocated by the load bias).
+    Absolute {
+        /// The address.
+        addr: u64,
+    },
+    /// The value is `reg + offset` itself (`DW_OP_bregN; DW_OP_stack_value`).
+    Computed {
+        /// DWARF register number.
+        reg: u16,
+        /// Added to the register's value.
+        offset: i64,
+    },
+    /// A constant known from debug info (`DW_OP_implicit_value`, `DW_OP_constu; DW_OP_stack_value`).
+    Implicit(Vec<u8>),
+    /// Not available at this address (optimized out).
+    Unavailable,
+}
+
+/// One piece of a variable: `size` bytes from `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Bytes this piece contributes.
+    pub size: u32,
+    /// Where they are.
+    pub source: PieceSource,
+}
+
+/// How to read one variable: its pieces (in order) and what to follow from its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootPlan {
+    /// The variable's bytes, piece by piece; together `size` bytes.
+    pub pieces: Vec<Piece>,
+    /// The plan to apply to the variable's bytes (pointers to follow), if any.
+    pub node: Option<NodeId>,
+}
+
+/// Index of a node in [`CapturePlan::nodes`].
+pub type NodeId = u32;
+
+/// What to follow from a value whose bytes are captured. Offsets are from the start of
+/// that value. Every count is already capped by the capture limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanNode {
+    /// Apply every listed node to the same value.
+    All(Vec<NodeId>),
+    /// A pointer at `offset`: read `size` bytes where it points (unless null), then `then`.
+    Deref {
+        /// Offset of the pointer.
+        offset: u32,
+        /// Bytes to read at the target.
+        size: u32,
+        /// Plan for the target's bytes.
+        then: Option<NodeId>,
+    },
+    /// A pointer and a count (`&[T]`, `&str`, `Vec`, `String`): read up to `max_elems`
+    /// elements of `elem_size` bytes, then `each` on every element.
+    Slice {
+        /// Offset of the data pointer.
+        ptr_offset: u32,
+        /// Offset of the element count (a usize).
+        len_offset: u32,
+        /// Size of one element (0 for zero-sized types: nothing is read).
+        elem_size: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
+    /// A ring buffer (`VecDeque`): element `i` is at `(head + i) % cap`.
+    Ring {
+        /// Offset of the data pointer.
+        ptr_offset: u32,
+        /// Offset of the capacity.
+        cap_offset: u32,
+        /// Offset of the head index.
+        head_offset: u32,
+        /// Offset of the length.
+        len_offset: u32,
+        /// Size of one element.
+        elem_size: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
+    /// A hashbrown table: control bytes at the pointer at `ctrl_offset`, `bucket_mask + 1`
+    /// buckets of `elem_size` bytes stored below them in reverse (bucket `i` at
+    /// `ctrl - (i + 1) * elem_size`). Reads the control bytes, then each full bucket in
+    /// ascending index, up to `max_elems`.
+    HashTable {
+        /// Offset of the control pointer.
+        ctrl_offset: u32,
+        /// Offset of `bucket_mask`.
+        mask_offset: u32,
+        /// Offset of `items`.
+        items_offset: u32,
+        /// Size of one bucket (the `(K, V)` tuple).
+        elem_size: u32,
+        /// Most entries to read.
+        max_elems: u32,
+        /// Plan for each entry.
+        each: Option<NodeId>,
+    },
+    /// A NUL-terminated C string whose pointer is at `offset`: read up to `max_len` bytes.
+    CString {
+        /// Offset of the `char *`.
+        offset: u32,
+        /// Most bytes to read (the NUL not included).
+        max_len: u32,
+    },
+    /// An enum: read the `size`-byte discriminant at `offset` and apply the node of the
+    /// matching case, else `default`.
+    Switch {
+        /// Offset of the discriminant.
+        offset: u32,
+        /// Its size in bytes (1, 2, 4 or 8).
+        size: u32,
+        /// (discriminant, node) pairs.
+        cases: Vec<(u64, NodeId)>,
+        /// The node when no case matches (the untagged variant of a niche enum).
+        default: Option<NodeId>,
+    },
+    /// A B-tree map (`BTreeMap`): walks nodes in order, reading up to `max_elems` entries.
+    BTree {
+        /// Offset of the root node pointer (0 = empty).
+        root_offset: u32,
+        /// Offset of the root's height.
+        height_offset: u32,
+        /// Size of a leaf node.
+        leaf_size: u32,
+        /// Size of an internal node.
+        internal_size: u32,
+        /// Offset of `len` (u16) in a node.
+        len_offset: u32,
+        /// Offset of the keys array in a node.
+        keys_offset: u32,
+        /// Offset of the values array in a node.
+        vals_offset: u32,
+        /// Offset of the edges array in an internal node.
+        edges_offset: u32,
+        /// Size of a key.
+        key_size: u32,
+        /// Size of a value.
+        val_size: u32,
+        /// Most entries to read.
+        max_elems: u32,
+        /// Plan for each key.
+        key_each: Option<NodeId>,
+        /// Plan for each value.
+        val_each: Option<NodeId>,
+    },
+}
+
+/// Everything to read at one probe address.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CapturePlan {
+    /// One entry per variable, in the order the decoder expects them.
+    pub roots: Vec<RootPlan>,
+    /// Nodes referenced by roots and by each other (always by a higher index: no cycles).
+    pub nodes: Vec<PlanNode>,
+    /// Bytes of stack to copy from the stack pointer up, for unwinding off the trap path.
+    pub stack_bytes: u32,
+    /// Most bytes one record may take (the per-hit cap); the rest is dropped and marked.
+    pub max_bytes: u32,
+}
+
+/// Deepest nesting of nodes the executor follows, whatever the plan says.
+pub const MAX_NODE_DEPTH: u32 = 16;
+
+/// The result of running a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureOutcome {
+    /// Bytes of `out` used by the record.
+    pub len: usize,
+    /// Whether a byte cap cut the capture short.
+    pub truncated: bool,
+}
+
+/// Runs `plan` over `regs` and `mem`, writing a record into `out`.
+///
+/// Never allocates and never panics: every index is checked, every count is capped by
+/// `plan.max_bytes`, `out.len()` and [`MAX_NODE_DEPTH`], so it may run in a signal handler.
+pub fn execute<M: Memory + ?Sized>(
+    plan: &CapturePlan,
+    regs: &Registers,
+    mem: &M,
+    out: &mut [u8],
+) -> CaptureOutcome {
+    let cap = out.len().min(plan.max_bytes.max(1024) as usize);
+    let mut w = Writer {
+        plan,
+        mem,
+        out: &mut out[..cap],
+        pos: 0,
+        blocks: 0,
+        truncated: false,
+    };
+    if w.out.len() < HEADER_LEN + REGS_LEN {
+        return CaptureOutcome {
+            len: 0,
+            truncated: true,
+        };
+    }
+    w.pos = HEADER_LEN;
+    for g in regs.gpr {
+        w.put(&g.to_le_bytes());
+    }
+    for x in &regs.xmm {
+        w.put(x);
+    }
+    for root in &plan.roots {
+        w.root(root, regs);
+    }
+    if plan.stack_bytes > 0 {
+        let rsp = regs.gpr[REG_RSP as usize];
+        w.stack(rsp, plan.stack_bytes);
+    }
+    let flags = if w.truncated { FLAG_TRUNCATED } else { 0 };
+    let (roots, blocks, len) = (plan.roots.len() as u32, w.blocks, w.pos);
+    put_u32(w.out, 0, MAGIC);
+    put_u32(w.out, 4, flags);
+    put_u32(w.out, 8, roots);
+    put_u32(w.out, 12, blocks);
+    CaptureOutcome {
+        len,
+        truncated: w.truncated,
+    }
+}
+
+fn put_u32(out: &mut [u8], at: usize, v: u32) {
+    if let Some(dst) = out.get_mut(at..at + 4) {
+        dst.copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+struct Writer<'a, M: Memory + ?Sized> {
+    plan: &'a CapturePlan,
+    mem: &'a M,
+    out: &'a mut [u8],
+    pos: usize,
+    blocks: u32,
+    truncated: bool,
+}
+
+impl<M: Memory + ?Sized> Writer<'_, M> {
+    fn room(&self) -> usize {
+        self.out.len() - self.pos
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.pos + bytes.len();
+        if let Some(dst) = self.out.get_mut(self.pos..end) {
+            dst.copy_from_slice(bytes);
+            self.pos = end;
+        }
+    }
+
+    /// Reads a little-endian unsigned value of `size` bytes at `at` in the record.
+    fn get(&self, at: usize, size: usize) -> Option<u64> {
+        let src = self.out.get(at..at.checked_add(size)?)?;
+        let mut b = [0u8; 8];
+        b.get_mut(..size)?.copy_from_slice(src);
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn root(&mut self, root: &RootPlan, regs: &Registers) {
+        let size: u64 = root.pieces.iter().map(|p| p.size as u64).sum();
+        let head = self.pos;
+        if size > u32::MAX as u64 || self.room() < 16 + size as usize {
+            if self.room() >= 16 {
+                self.put(&ROOT_NO_SPACE.to_le_bytes());
+                self.put(&0u32.to_le_bytes());
+                self.put(&0u64.to_le_bytes());
+            }
+            self.truncated = true;
+            return;
+        }
+        let single_memory = match root.pieces.as_slice() {
+            [
+                Piece {
+                    source: PieceSource::Memory { reg, offset },
+                    ..
+                },
+            ] => regs.value(*reg).map(|v| v.wrapping_add(*offset as u64)),
+            [
+                Piece {
+                    source: PieceSource::Absolute { addr },
+                    ..
+                },
+            ] => Some(*addr),
+            _ => None,
+        };
+        self.pos = head + 16;
+        let data = self.pos;
+        let mut status = ROOT_OK;
+        for piece in &root.pieces {
+            let n = piece.size as usize;
+            let Some(dst) = self.out.get_mut(self.pos..self.pos + n) else {
+                status = ROOT_NO_SPACE;
+                break;
+            };
+            let ok = match &piece.source {
+                PieceSource::Register { reg } => fill_from_register(dst, regs, *reg),
+                PieceSource::Memory { reg, offset } => match regs.value(*reg) {
+                    Some(base) => self.mem.read(base.wrapping_add(*offset as u64), dst).is_ok(),
+                    None => false,
+                },
+                PieceSource::Absolute { addr } => self.mem.read(*addr, dst).is_ok(),
+                PieceSource::Computed { reg, offset } => match regs.value(*reg) {
+                    Some(base) => {
+                        fill_le(dst, base.wrapping_add(*offset as u64));
+                        true
+                    }
+                    None => false,
+                },
+                PieceSource::Implicit(bytes) => {
+                    let k = bytes.len().min(n);
+                    dst[..k].copy_from_slice(&bytes[..k]);
+                    dst[k..].fill(0);
+                    true
+                }
+                PieceSource::Unavailable => {
+                    status = ROOT_UNAVAILABLE;
+                    break;
+                }
+            };
+            if !ok && status == ROOT_OK {
+                status = match piece.source {
+                    PieceSource::Register { .. } => ROOT_UNAVAILABLE,
+                    _ => ROOT_FAULT,
+                };
+            }
+            if status != ROOT_OK {
+                break;
+            }
+            self.pos += n;
+        }
+        let len = if status == ROOT_OK { size as u32 } else { 0 };
+        if status != ROOT_OK {
+            self.pos = data;
+        }
+        let addr = single_memory.unwrap_or(0);
+        self.pos = head;
+        self.put(&status.to_le_bytes());
+        self.put(&len.to_le_bytes());
+        self.put(&addr.to_le_bytes());
+        self.pos = data + len as usize;
+        if status == ROOT_OK
+            && let Some(node) = root.node
+        {
+            self.apply(node, data, len as usize, 0);
+        }
+    }
+
+    fn stack(&mut self, rsp: u64, want: u32) {
+        // Stack pages below the top of the mapping fault; halve until a read fits.
+        let mut len = (want as usize).min(self.room().saturating_sub(16));
+        while len >= 64 {
+            if self.block(rsp, len).is_some() {
+                return;
+            }
+            len /= 2;
+        }
+    }
+
+    /// Reads `len` bytes at `addr` into a new block; returns where its bytes start.
+    fn block(&mut self, addr: u64, len: usize) -> Option<usize> {
+        if self.room() < 16 + len || len > u32::MAX as usize {
+            self.truncated = true;
+            return None;
+        }
+        let head = self.pos;
+        let data = head + 16;
+        let ok = match self.out.get_mut(data..data + len) {
+            Some(dst) => self.mem.read(addr, dst).is_ok(),
+            None => false,
+        };
+        self.put(&addr.to_le_bytes());
+        self.put(&(len as u32).to_le_bytes());
+        self.put(&(if ok { BLOCK_OK } else { BLOCK_FAULT }).to_le_bytes());
+        self.blocks += 1;
+        if ok {
+            self.pos = data + len;
+            Some(data)
+        } else {
+            None
+        }
+    }
+
+    /// Applies `node` to the value whose `len` bytes start at `at` in the record.
+    fn apply(&mut self, node: NodeId, at: usize, len: usize, depth: u32) {
+        if depth >= MAX_NODE_DEPTH {
+            return;
+        }
+        let plan = self.plan;
+        let Some(node) = plan.nodes.get(node as usize) else {
+            return;
+        };
+        let field = |w: &Self, off: u32, size: usize| -> Option<u64> {
+            if off as usize + size > len {
+                return None;
+            }
+            w.get(at + off as usize, size)
+        };
+        match node {
+            PlanNode::All(nodes) => {
+                for &n in nodes {
+                    self.apply(n, at, len, depth + 1);
+                }
+            }
+            PlanNode::Deref { offset, size, then } => {
+                let Some(ptr) = field(self, *offset, 8) else {
+                    return;
+                };
+                if ptr == 0 || *size == 0 {
+                    return;
+                }
+                if let Some(data) = self.block(ptr, *size as usize)
+                    && let Some(then) = then
+                {
+                    self.apply(*then, data, *size as usize, depth + 1);
+                }
+            }
+            PlanNode::Slice {
+                ptr_offset,
+                len_offset,
+                elem_size,
+                max_elems,
+                each,
+            } => {
+                let (Some(ptr), Some(count)) = (field(self, *ptr_offset, 8), field(self, *len_offset, 8))
+                else {
+                    return;
+                };
+                let n = count.min(*max_elems as u64);
+                self.elements(ptr, n, *elem_size, *each, depth);
+            }
+            PlanNode::Ring {
+                ptr_offset,
+                cap_offset,
+                head_offset,
+                len_offset,
+                elem_size,
+                max_elems,
+                each,
+            } => {
+                let (Some(ptr), Some(cap), Some(head), Some(count)) = (
+                    field(self, *ptr_offset, 8),
+                    field(self, *cap_offset, 8),
+                    field(self, *head_offset, 8),
+                    field(self, *len_offset, 8),
+                ) else {
+                    return;
+                };
+                if cap == 0 || head >= cap || count > cap {
+                    return;
+                }
+                let n = count.min(*max_elems as u64);
+                let first = n.min(cap - head);
+                let size = *elem_size as u64;
+                self.elements(ptr.wrapping_add(head * size), first, *elem_size, *each, depth);
+                self.elements(ptr, n - first, *elem_size, *each, depth);
+            }
+            PlanNode::HashTable {
+                ctrl_offset,
+                mask_offset,
+                items_offset,
+                elem_size,
+                max_elems,
+                each,
+            } => {
+                let (Some(ctrl), Some(mask), Some(items)) = (
+                    field(self, *ctrl_offset, 8),
+                    field(self, *mask_offset, 8),
+                    field(self, *items_offset, 8),
+                ) else {
+                    return;
+                };
+                if items == 0 || ctrl == 0 || *elem_size == 0 {
+                    return;
+                }
+                let buckets = mask.wrapping_add(1);
+                // More buckets than the record can hold control bytes for: not a table we can show.
+                if buckets == 0 || buckets > self.room() as u64 || items > buckets {
+                    self.truncated = true;
+                    return;
+                }
+                let Some(ctrl_at) = self.block(ctrl, buckets as usize) else {
+                    return;
+                };
+                let mut taken = 0u32;
+                for i in 0..buckets as usize {
+                    if taken >= *max_elems {
+                        break;
+                    }
+                    let Some(c) = self.out.get(ctrl_at + i).copied() else {
+                        return;
+                    };
+                    if c & 0x80 != 0 {
+                        continue; // EMPTY or DELETED
+                    }
+                    taken += 1;
+                    let addr = ctrl.wrapping_sub((i as u64 + 1) * *elem_size as u64);
+                    if let Some(data) = self.block(addr, *elem_size as usize)
+                        && let Some(each) = each
+                    {
+                        self.apply(*each, data, *elem_size as usize, depth + 1);
+                    }
+                }
+            }
+            PlanNode::CString { offset, max_len } => {
+                let Some(ptr) = field(self, *offset, 8) else {
+                    return;
+                };
+                if ptr != 0 {
+                    self.c_string(ptr, *max_len as usize);
+                }
+            }
+            PlanNode::Switch {
+                offset,
+                size,
+                cases,
+                default,
+            } => {
+                let size = (*size as usize).min(8);
+                let Some(d) = field(self, *offset, size) else {
+                    return;
+                };
+                let chosen = cases
+                    .iter()
+                    .find(|(v, _)| truncate(*v, size) == d)
+                    .map(|(_, n)| *n)
+                    .or(*default);
+                if let Some(n) = chosen {
+                    self.apply(n, at, len, depth + 1);
+                }
+            }
+            PlanNode::BTree { .. } => self.btree(node, at, len, depth),
+        }
+    }
+
+    fn elements(&mut self, ptr: u64, n: u64, elem_size: u32, each: Option<NodeId>, depth: u32) {
+        if n == 0 || elem_size == 0 || ptr == 0 {
+            return;
+        }
+        let total = n.saturating_mul(elem_size as u64);
+        let n = if total as usize > self.room().saturating_sub(16) {
+            self.truncated = true;
+            (self.room().saturating_sub(16) / elem_size as usize) as u64
+        } else {
+            n
+        };
+        if n == 0 {
+            return;
+        }
+        let bytes = n as usize * elem_size as usize;
+        let Some(data) = self.block(ptr, bytes) else {
+            return;
+        };
+        if let Some(each) = each {
+            for i in 0..n as usize {
+                self.apply(each, data + i * elem_size as usize, elem_size as usize, depth + 1);
+            }
+        }
+    }
+
+    fn c_string(&mut self, ptr: u64, max_len: usize) {
+        // Read in chunks that never cross a page, so a string ending just before an
+        // unmapped page is still read; stop at the first NUL.
+        let mut len = 0usize;
+        let mut probe = [0u8; 64];
+        while len <= max_len {
+            let addr = ptr.wrapping_add(len as u64);
+            let to_page_end = 4096 - (addr % 4096) as usize;
+            let chunk = probe.len().min(to_page_end).min(max_len + 1 - len);
+            if chunk == 0 || self.mem.read(addr, &mut probe[..chunk]).is_err() {
+                break;
+            }
+            if let Some(nul) = probe[..chunk].iter().position(|&b| b == 0) {
+                len += nul + 1;
+                break;
+            }
+            len += chunk;
+        }
+        if len > 0 {
+            self.block(ptr, len.min(max_len + 1));
+        }
+    }
+
+    fn btree(&mut self, node: &PlanNode, at: usize, len: usize, depth: u32) {
+        let PlanNode::BTree {
+            root_offset,
+            height_offset,
+            leaf_size,
+            internal_size,
+            len_offset,
+            keys_offset,
+            vals_offset,
+            edges_offset,
+            key_size,
+            val_size,
+            max_elems,
+            key_each,
+            val_each,
+        } = node
+        else {
+            return;
+        };
+        let get = |w: &Self, off: u32| {
+            if off as usize + 8 > len {
+                None
+            } else {
+                w.get(at + off as usize, 8)
+            }
+        };
+        let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset)) else {
+            return;
+        };
+        if root == 0 || height > 32 {
+            return;
+        }
+        // Iterative in-order walk with a fixed-size stack: (node address, height, next edge).
+        let mut stack = [(0u64, 0u64, 0usize); 33];
+        let mut sp = 0usize;
+        stack[0] = (root, height, 0);
+        sp += 1;
+        let mut taken = 0u32;
+        let mut visited = 0u32;
+        while sp > 0 && taken < *max_elems {
+            visited += 1;
+            if visited > 4 * *max_elems + 64 {
+                self.truncated = true;
+                return;
+            }
+            let (addr, h, edge) = stack[sp - 1];
+            let size = if h == 0 { *leaf_size } else { *internal_size } as usize;
+            let Some(data) = self.block(addr, size) else {
+                return;
+            };
+            let Some(n) = self.get(data + *len_offset as usize, 2) else {
+                return;
+            };
+            let n = (n as usize).min(11);
+            // Re-reading the node each visit keeps the walk allocation-free; nodes are small.
+            if edge > n {
+                sp -= 1;
+                continue;
+            }
+            if h > 0 && edge <= n {
+                stack[sp - 1].2 = edge + 1;
+                if edge > 0 {
+                    self.btree_entry(data, edge - 1, node, &mut taken, depth);
+                }
+                let Some(child) = self.get(data + *edges_offset as usize + edge * 8, 8) else {
+                    return;
+                };
+                if sp < stack.len() && child != 0 {
+                    stack[sp] = (child, h - 1, 0);
+                    sp += 1;
+                }
+                continue;
+            }
+            for i in 0..n {
+                if taken >= *max_elems {
+                    break;
+                }
+                self.btree_entry(data, i, node, &mut taken, depth);
+            }
+            sp -= 1;
+            let _ = (key_each, val_each, keys_offset, vals_offset, key_size, val_size);
+        }
+    }
+
+    fn btree_entry(&mut self, data: usize, i: usize, node: &PlanNode, taken: &mut u32, depth: u32) {
+        let PlanNode::BTree {
+            keys_offset,
+            vals_offset,
+            key_size,
+            val_size,
+            key_each,
+            val_each,
+            ..
+        } = node
+        else {
+            return;
+        };
+        *taken += 1;
+        if let Some(k) = key_each {
+            let at = data + *keys_offset as usize + i * *key_size as usize;
+            self.apply(*k, at, *key_size as usize, depth + 1);
+        }
+        if let Some(v) = val_each {
+            let at = data + *vals_offset as usize + i * *val_size as usize;
+            self.apply(*v, at, *val_size as usize, depth + 1);
+        }
+    }
+}
+
+fn truncate(v: u64, size: usize) -> u64 {
+    if size >= 8 { v } else { v & ((1u64 << (size * 8)) - 1) }
+}
+
+fn fill_le(dst: &mut [u8], v: u64) {
+    let b = v.to_le_bytes();
+    let k = dst.len().min(8);
+    dst[..k].copy_from_slice(&b[..k]);
+    dst[k..].fill(0);
+}
+
+fn fill_from_register(dst: &mut [u8], regs: &Registers, reg: u16) -> bool {
+    if let Some(x) = regs.bytes(reg) {
+        let k = dst.len().min(x.len());
+        dst[..k].copy_from_slice(&x[..k]);
+        dst[k..].fill(0);
+        true
+    } else if let Some(v) = regs.value(reg) {
+        fill_le(dst, v);
+        true
+    } else {
+        false
+    }
+}
+
+/// A root (variable) as read back from a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapturedRoot {
+    /// Its bytes, and its address when it lives in memory.
+    Bytes {
+        /// The variable's bytes.
+        bytes: Vec<u8>,
+        /// Where it lives, when it is a single piece in memory.
+        addr: Option<u64>,
+    },
+    /// Reading it faulted.
+    Fault,
+    /// Optimized out at this address.
+    Unavailable,
+    /// The record had no room for it.
+    NoSpace,
+}
+
+/// Why a record could not be read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordError {
+    /// The record is shorter than its header says or does not start with the magic number.
+    Malformed,
+}
+
+/// A record read back: registers, roots and the memory blocks captured at the hit.
+#[derive(Debug, Clone, Default)]
+pub struct CapturedMemory {
+    /// Registers at the hit.
+    pub regs: Registers,
+    /// One entry per root of the plan.
+    pub roots: Vec<CapturedRoot>,
+    /// Whether a byte cap cut the capture short.
+    pub truncated: bool,
+    /// Captured blocks, sorted by address: (address, bytes or None if the read faulted).
+    blocks: Vec<(u64, u32, Option<Vec<u8>>)>,
+}
+
+impl CapturedMemory {
+    /// Parses a record written by [`execute`]. Never panics on any input.
+    pub fn parse(record: &[u8]) -> Result<CapturedMemory, RecordError> {
+        let mut r = Reader { buf: record, pos: 0 };
+        if r.u32()? != MAGIC {
+            return Err(RecordError::Malformed);
+        }
+        let flags = r.u32()?;
+        let roots = r.u32()?;
+        let blocks = r.u32()?;
+        let mut regs = Registers::default();
+        for g in regs.gpr.iter_mut() {
+            *g = r.u64()?;
+        }
+        for x in regs.xmm.iter_mut() {
+            x.copy_from_slice(r.take(16)?);
+        }
+        let mut mem = CapturedMemory {
+            regs,
+            truncated: flags & FLAG_TRUNCATED != 0,
+            ..CapturedMemory::default()
+        };
+        for _ in 0..roots {
+            let status = r.u32()?;
+            let len = r.u32()?;
+            let addr = r.u64()?;
+            mem.roots.push(match status {
+                ROOT_OK => CapturedRoot::Bytes {
+                    bytes: r.take(len as usize)?.to_vec(),
+                    addr: (addr != 0).then_some(addr),
+                },
+                ROOT_FAULT => CapturedRoot::Fault,
+                ROOT_UNAVAILABLE => CapturedRoot::Unavailable,
+                _ => CapturedRoot::NoSpace,
+            });
+        }
+        for _ in 0..blocks {
+            let addr = r.u64()?;
+            let len = r.u32()?;
+            let status = r.u32()?;
+            let bytes = if status == BLOCK_OK {
+                Some(r.take(len as usize)?.to_vec())
+            } else {
+                None
+            };
+            mem.blocks.push((addr, len, bytes));
+        }
+        mem.blocks.sort_by_key(|b| b.0);
+        Ok(mem)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        let end = self.pos.checked_add(n).ok_or(RecordError::Malformed)?;
+        let s = self.buf.get(self.pos..end).ok_or(RecordError::Malformed)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+impl Memory for CapturedMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let end = addr.checked_add(buf.len() as u64).ok_or(ReadError::Fault)?;
+        // Blocks can overlap (the same bytes reached twice); any one that covers the read will do.
+        let upto = self.blocks.partition_point(|b| b.0 <= addr);
+        let mut faulted = false;
+        for (start, len, bytes) in self.blocks[..upto].iter().rev() {
+            if start.saturating_add(*len as u64) < end {
+                continue;
+            }
+            match bytes {
+                Some(bytes) => {
+                    let off = (addr - start) as usize;
+                    buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                    return Ok(());
+                }
+                None => faulted = true,
+            }
+        }
+        Err(if faulted {
+            ReadError::Fault
+        } else {
+            ReadError::NotCaptured
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Memory of a fake process: a few mapped ranges.
+    struct Fake(BTreeMap<u64, Vec<u8>>);
+    impl Memory for Fake {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            for (start, bytes) in &self.0 {
+                let end = start + bytes.len() as u64;
+                if addr >= *start && addr + buf.len() as u64 <= end {
+                    let off = (addr - start) as usize;
+                    buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                    return Ok(());
+                }
+            }
+            Err(ReadError::Fault)
+        }
+    }
+
+    fn string_at(ptr: u64, len: u64) -> Vec<u8> {
+        // String = { cap @0, ptr @8, len @16 } in this layout.
+        [len.to_le_bytes(), ptr.to_le_bytes(), len.to_le_bytes()].concat()
+    }
+
+    #[test]
+    fn follows_a_string_on_the_stack_and_reads_it_back() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, string_at(0x9000, 5));
+        mem.insert(0x9000, b"hello".to_vec());
+        let plan = CapturePlan {
+            roots: vec![RootPlan {
+                pieces: vec![Piece {
+                    size: 24,
+                    source: PieceSource::Memory {
+                        reg: REG_RSP,
+                        offset: 0x10,
+                    },
+                }],
+                node: Some(0),
+            }],
+            nodes: vec![PlanNode::Slice {
+                ptr_offset: 8,
+                len_offset: 16,
+                elem_size: 1,
+                max_elems: 255,
+                each: None,
+            }],
+            stack_bytes: 0,
+            max_bytes: 4096,
+        };
+        let mut regs = Registers::default();
+        regs.gpr[REG_RSP as usize] = 0x6ff0;
+        let mut out = [0u8; 4096];
+        let done = execute(&plan, &regs, &Fake(mem), &mut out);
+        assert!(!done.truncated);
+        let got = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(
+            got.roots,
+            vec![CapturedRoot::Bytes {
+                bytes: string_at(0x9000, 5),
+                addr: Some(0x7000)
+            }]
+        );
+        let mut text = [0u8; 5];
+        got.read(0x9000, &mut text).unwrap();
+        assert_eq!(&text, b"hello");
+        assert_eq!(got.read(0x9001, &mut [0u8; 5]), Err(ReadError::NotCaptured));
+    }
+
+    #[test]
+    fn a_bad_pointer_becomes_a_fault_block_not_a_crash() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, string_at(0xdead_0000, 5));
+        let plan = CapturePlan {
+            roots: vec![RootPlan {
+                pieces: vec![Piece {
+                    size: 24,
+                    source: PieceSource::Absolute { addr: 0x7000 },
+                }],
+                node: Some(0),
+            }],
+            nodes: vec![PlanNode::Slice {
+                ptr_offset: 8,
+                len_offset: 16,
+                elem_size: 1,
+                max_elems: 255,
+                each: None,
+            }],
+            stack_bytes: 0,
+            max_bytes: 4096,
+        };
+        let mut out = [0u8; 4096];
+        let done = execute(&plan, &Registers::default(), &Fake(mem), &mut out);
+        let got = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(got.read(0xdead_0000, &mut [0u8; 5]), Err(ReadError::Fault));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = CapturedMemory::parse(&bytes);
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The data model of nonstop: rules, responses, typed values and capture plans.
+//!
+//! # Overview
+//! - [`Rule`]: what a user asks for at a location (the API body and the rules file form).
+//! - [`Response`]: what one hit produced, with its [`Value`]s.
+//! - [`capture::CapturePlan`]: which bytes to read at a hit, and [`capture::execute`],
+//!   which reads them without allocating (it runs in the probe engine's trap handler).
+//!
+//! No I/O here; every type's serde form is the JSON contract of DESIGN.md.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod capture;
+pub mod response;
+pub mod rule;
+pub mod value;
+
+pub use response::{Frame, Locals, Response, SourceLocation};
+pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};
+pub use value::{Data, Value};

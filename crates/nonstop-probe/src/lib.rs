@@ -1,0 +1,1 @@
+//! nonstop-probe (being built)
