@@ -1,2 +1,47 @@
-//! nonstop-debuginfo (being built)
+//! ELF/DWARF for nonstop: from `FILE:LINE` to addresses, variables, capture plans and
+//! typed values.
+//!
+//! # Overview
+//! - [`DebugInfo`]: one loaded binary (executable or shared object) with its DWARF.
+//!   Loading is the costly step; keep it and reuse it for every location.
+//! - [`DebugInfo::resolve`]: a location (`src/cart.rs:42`, `shop::cart::Cart::total`)
+//!   to [`Site`]s, each an address with its inline chain.
+//! - [`DebugInfo::variables_at`]: the [`Variable`]s in scope at an address, each with a
+//!   location made of capture-plan pieces, or a reason it is not available.
+//! - [`DebugInfo::capture_plan`] and [`DebugInfo::decode`]: what to read at a hit, and
+//!   the bytes read turned into [`nonstop_model::Value`]s (Rust-aware).
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod decode;
+mod error;
+mod load;
+mod lines;
+mod plan;
+mod scope;
+mod symbolize;
+mod types;
+mod unwind;
+
+pub use error::Error;
+pub use lines::Site;
+pub use scope::{Availability, Variable, VariableKind};
+
+use std::sync::Arc;
+
+/// The gimli reader used throughout: owned, cheap to clone, sendable.
+pub type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+/// A reference to a DIE that does not depend on a unit: its offset in `.debug_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DieRef(pub usize);
+
+/// One loaded binary with its DWARF, ready for queries. Costly to build; reuse it.
+pub struct DebugInfo {
+    /// All DWARF sections (from the file itself or its separate debug file).
+    pub(crate) dwarf: Arc<gimli::Dwarf<Reader>>,
+    /// Details of the loaded file (path, build id, load-time facts).
+    pub(crate) file: load::LoadedFile,
+    /// Lazily built indexes (line table, functions, types).
+    pub(crate) index: load::Indexes,
+}
