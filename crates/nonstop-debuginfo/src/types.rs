@@ -801,3 +801,272 @@ mod tests {
         assert_eq!(truncate(5, 8), 5);
     }
 }
+
+/// How a std container keeps its elements, with offsets from the start of the container.
+/// Shared by the capture plan and the decoder so both read the same bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StdLayout {
+    /// A pointer and a count: `&[T]`, `&str`, `Box<[T]>`, `Vec<T>`, `String`.
+    Slice {
+        ptr: u64,
+        len: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+        /// UTF-8 text (`String`, `&str`): shown as a string, capped by the string limit.
+        text: bool,
+    },
+    /// `VecDeque<T>`.
+    Ring {
+        ptr: u64,
+        cap: u64,
+        head: u64,
+        len: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+    },
+    /// hashbrown `HashMap<K, V>` / `HashSet<T>`: buckets of `(K, V)` tuples.
+    Hash {
+        ctrl: u64,
+        mask: u64,
+        items: u64,
+        pair: DieRef,
+        pair_size: u64,
+        set: bool,
+    },
+    /// `BTreeMap<K, V>` / `BTreeSet<T>`.
+    BTree(BTreeLayout),
+    /// `Rc<T>` / `Arc<T>`: a pointer at `ptr` to an inner block of `inner_size` bytes
+    /// holding the value at `value_offset`.
+    Shared {
+        ptr: u64,
+        inner_size: u64,
+        value_offset: u64,
+        value: Option<DieRef>,
+    },
+    /// A wrapper shown as the value it holds: `Cell`, `RefCell`, `NonZero`, `ManuallyDrop`.
+    Transparent { offset: u64, inner: Option<DieRef> },
+}
+
+/// Offsets of a `BTreeMap` and of its nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BTreeLayout {
+    pub root: u64,
+    pub height: u64,
+    pub leaf_size: u64,
+    pub internal_size: u64,
+    pub len_offset: u64,
+    pub keys_offset: u64,
+    pub vals_offset: u64,
+    pub edges_offset: u64,
+    pub key: Option<DieRef>,
+    pub key_size: u64,
+    pub val: Option<DieRef>,
+    pub val_size: u64,
+    pub set: bool,
+}
+
+/// Capacity of a B-tree node (`B = 6`, `CAPACITY = 2 * B - 1`).
+pub(crate) const BTREE_CAPACITY: u64 = 11;
+
+impl DebugInfo {
+    /// Follows a path of member names from `ty`, summing their offsets.
+    pub(crate) fn field_path(&self, ty: &Type, path: &[&str]) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+        let mut offset = 0u64;
+        let mut cur: Option<Arc<Type>> = None;
+        let mut cur_die = None;
+        for (i, name) in path.iter().enumerate() {
+            let t: &Type = if i == 0 { ty } else { cur.as_deref()? };
+            let f = t.field(name)?;
+            offset = offset.checked_add(f.offset)?;
+            cur_die = f.ty;
+            cur = f.ty.and_then(|d| self.type_of(d));
+        }
+        Some((offset, cur, cur_die))
+    }
+
+    /// The first of several member paths that exists, with its offset.
+    fn first_path(&self, ty: &Type, paths: &[&[&str]]) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+        paths.iter().find_map(|p| self.field_path(ty, p))
+    }
+
+    /// Recognises std containers by name and finds their fields, trying the field paths
+    /// of several std versions.
+    pub(crate) fn std_layout(&self, ty: &Type) -> Option<StdLayout> {
+        let TypeKind::Struct { fields, .. } = &ty.kind else {
+            return None;
+        };
+        let base = ty.base_name();
+        // Fat pointers to slices and str: `&[T]`, `&str`, `Box<[T]>`, `Box<str>`.
+        if fields.len() == 2
+            && let (Some(p), Some(l)) = (ty.field("data_ptr"), ty.field("length"))
+        {
+            let elem = p.ty.and_then(|d| self.type_of(d)).and_then(|t| match t.kind {
+                TypeKind::Pointer { pointee, .. } => pointee,
+                _ => None,
+            });
+            let text = ty.name.ends_with(" str") || ty.name == "&str" || ty.name.contains("<str");
+            return Some(StdLayout::Slice {
+                ptr: p.offset,
+                len: l.offset,
+                elem,
+                elem_size: self.type_size(elem),
+                text,
+            });
+        }
+        match base {
+            "alloc::string::String" => {
+                let (vec_off, vec, _) = self.field_path(ty, &["vec"])?;
+                let (ptr, len) = self.vec_fields(vec.as_deref()?)?;
+                Some(StdLayout::Slice {
+                    ptr: vec_off + ptr,
+                    len: vec_off + len,
+                    elem: None,
+                    elem_size: 1,
+                    text: true,
+                })
+            }
+            "alloc::vec::Vec" => {
+                let (ptr, len) = self.vec_fields(ty)?;
+                let elem = ty.param("T");
+                Some(StdLayout::Slice {
+                    ptr,
+                    len,
+                    elem,
+                    elem_size: self.type_size(elem),
+                    text: false,
+                })
+            }
+            "alloc::collections::vec_deque::VecDeque" => {
+                let (ptr, _, _) = self.first_path(ty, &[&["buf", "inner", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer"]])?;
+                let (cap, _, _) = self.first_path(ty, &[&["buf", "inner", "cap", "__0"], &["buf", "inner", "cap"], &["buf", "cap", "__0"], &["buf", "cap"]])?;
+                let (head, _, _) = self.field_path(ty, &["head"])?;
+                let (len, _, _) = self.field_path(ty, &["len"])?;
+                let elem = ty.param("T");
+                Some(StdLayout::Ring {
+                    ptr,
+                    cap,
+                    head,
+                    len,
+                    elem,
+                    elem_size: self.type_size(elem),
+                })
+            }
+            "std::collections::hash::map::HashMap" | "std::collections::hash::set::HashSet" | "hashbrown::map::HashMap" | "hashbrown::set::HashSet" => {
+                let set = base.ends_with("HashSet");
+                let (raw_off, raw, _) = self.first_path(ty, &[&["base", "map", "table"], &["base", "table"], &["map", "table"], &["table"], &["map", "base", "table"]])?;
+                let raw = raw?;
+                let pair = raw.param("T")?;
+                let (inner_off, inner, _) = self.field_path(&raw, &["table"])?;
+                let inner = inner?;
+                let (ctrl, _, _) = self.first_path(&inner, &[&["ctrl", "pointer"], &["ctrl"]])?;
+                let (mask, _, _) = self.field_path(&inner, &["bucket_mask"])?;
+                let (items, _, _) = self.field_path(&inner, &["items"])?;
+                let at = raw_off + inner_off;
+                Some(StdLayout::Hash {
+                    ctrl: at + ctrl,
+                    mask: at + mask,
+                    items: at + items,
+                    pair,
+                    pair_size: self.type_size(Some(pair)),
+                    set,
+                })
+            }
+            "alloc::collections::btree::map::BTreeMap" => self.btree_layout(ty, false).map(StdLayout::BTree),
+            "alloc::collections::btree::set::BTreeSet" => {
+                let (off, map, _) = self.field_path(ty, &["map"])?;
+                let mut l = self.btree_layout(map.as_deref()?, true)?;
+                l.root += off;
+                l.height += off;
+                Some(StdLayout::BTree(l))
+            }
+            "alloc::rc::Rc" | "alloc::sync::Arc" => {
+                let (ptr, p, _) = self.first_path(ty, &[&["ptr", "pointer"], &["ptr"]])?;
+                let TypeKind::Pointer { pointee: Some(inner), .. } = p?.kind else {
+                    return None;
+                };
+                let inner_ty = self.type_of(inner)?;
+                let value = inner_ty.field("value").or_else(|| inner_ty.field("data"))?;
+                Some(StdLayout::Shared {
+                    ptr,
+                    inner_size: inner_ty.size,
+                    value_offset: value.offset,
+                    value: value.ty,
+                })
+            }
+            "core::cell::Cell" | "core::cell::RefCell" | "core::cell::UnsafeCell" | "core::mem::manually_drop::ManuallyDrop" | "core::num::nonzero::NonZero" | "core::cell::SyncUnsafeCell" => {
+                let f = ty.field("value").or_else(|| ty.field("__0"))?;
+                Some(StdLayout::Transparent {
+                    offset: f.offset,
+                    inner: f.ty,
+                })
+            }
+            _ if ty.name.starts_with("core::num::niche_types::") || ty.name.starts_with("core::num::nonzero::private::") => {
+                let f = ty.field("__0")?;
+                Some(StdLayout::Transparent {
+                    offset: f.offset,
+                    inner: f.ty,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Offsets of a `Vec`'s data pointer and length.
+    fn vec_fields(&self, vec: &Type) -> Option<(u64, u64)> {
+        let (ptr, _, _) = self.first_path(vec, &[&["buf", "inner", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer"]])?;
+        let (len, _, _) = self.field_path(vec, &["len"])?;
+        Some((ptr, len))
+    }
+
+    fn btree_layout(&self, map: &Type, set: bool) -> Option<BTreeLayout> {
+        let (root_off, root_opt, _) = self.field_path(map, &["root"])?;
+        let root_opt = root_opt?;
+        // `Option<NodeRef>`: the `Some` variant's `__0` is the NodeRef, at its absolute offset.
+        let TypeKind::Enum { variants, .. } = &root_opt.kind else {
+            return None;
+        };
+        let some = variants.iter().find(|v| v.name == "Some")?;
+        let some_ty = self.type_of(some.ty?)?;
+        let (nr_off, node_ref, _) = self.field_path(&some_ty, &["__0"])?;
+        let node_ref = node_ref?;
+        let (node_off, node_ptr, _) = self.first_path(&node_ref, &[&["node", "pointer"], &["node"]])?;
+        let (height_off, _, _) = self.field_path(&node_ref, &["height"])?;
+        let TypeKind::Pointer { pointee: Some(leaf_die), .. } = node_ptr?.kind else {
+            return None;
+        };
+        let leaf = self.type_of(leaf_die)?;
+        let len_offset = leaf.field("len")?.offset;
+        let keys_offset = leaf.field("keys")?.offset;
+        let vals_offset = leaf.field("vals")?.offset;
+        let short = leaf.name.rsplit("::").next().unwrap_or("");
+        let internal_name = short.replacen("LeafNode", "InternalNode", 1);
+        let internal = self
+            .struct_named_near(leaf_die, &internal_name)
+            .and_then(|d| self.type_of(d));
+        let (internal_size, edges_offset) = match internal.as_deref().and_then(|t| Some((t.size, t.field("edges")?.offset))) {
+            Some(x) => x,
+            None => {
+                let edges = leaf.size.div_ceil(8) * 8;
+                (edges + 8 * (BTREE_CAPACITY + 1), edges)
+            }
+        };
+        let key = map.param("K");
+        let val = map.param("V");
+        let at = root_off + nr_off;
+        Some(BTreeLayout {
+            root: at + node_off,
+            height: at + height_off,
+            leaf_size: leaf.size,
+            internal_size,
+            len_offset,
+            keys_offset,
+            vals_offset,
+            edges_offset,
+            key,
+            key_size: self.type_size(key),
+            val,
+            val_size: self.type_size(val),
+            set,
+        })
+    }
+}
