@@ -19,7 +19,9 @@
 //! the capture did not take (`NotCaptured`) make the value `truncated`; unreadable
 //! memory makes it an `error`.
 
-use crate::types::{BTREE_CAPACITY, BTreeLayout, PointerKind, StdLayout, Type, TypeKind, base_of, truncate};
+use crate::types::{
+    BTREE_CAPACITY, BTreeLayout, PointerKind, StdLayout, Type, TypeKind, base_of, truncate,
+};
 use crate::{Availability, DebugInfo, DieRef, Variable};
 use nonstop_model::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
 use nonstop_model::{CaptureLimits, Data, Value};
@@ -36,7 +38,13 @@ const MAX_BUCKETS: u64 = 1 << 24;
 impl DebugInfo {
     /// Decodes one variable from its captured root (see [`DebugInfo::capture_plan`]),
     /// following pointers through `mem`.
-    pub fn decode(&self, var: &Variable, root: &CapturedRoot, mem: &dyn Memory, limits: &CaptureLimits) -> Value {
+    pub fn decode(
+        &self,
+        var: &Variable,
+        root: &CapturedRoot,
+        mem: &dyn Memory,
+        limits: &CaptureLimits,
+    ) -> Value {
         let type_name = var
             .type_die
             .and_then(|d| self.type_of(d))
@@ -44,7 +52,10 @@ impl DebugInfo {
         match &var.availability {
             Availability::OptimizedOut => return Value::error(type_name, "optimized out"),
             Availability::EntryValue => {
-                return Value::error(type_name, "optimized out (only its value at function entry is described)");
+                return Value::error(
+                    type_name,
+                    "optimized out (only its value at function entry is described)",
+                );
             }
             Availability::Available(_) => {}
         }
@@ -224,7 +235,7 @@ impl Decoder<'_> {
         true
     }
 
-    fn field_bytes<'b>(bytes: &'b [u8], offset: u64, size: u64) -> Option<&'b [u8]> {
+    fn field_bytes(bytes: &[u8], offset: u64, size: u64) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
         let end = start.checked_add(usize::try_from(size).ok()?)?;
         bytes.get(start..end)
@@ -237,7 +248,11 @@ impl Decoder<'_> {
         if !self.spend() {
             return truncated(ty.display.clone());
         }
-        let Some(bytes) = bytes.get(..usize::try_from(ty.size).unwrap_or(usize::MAX).min(bytes.len())) else {
+        let Some(bytes) = bytes.get(
+            ..usize::try_from(ty.size)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len()),
+        ) else {
             return truncated(ty.display.clone());
         };
         if (bytes.len() as u64) < ty.size {
@@ -260,7 +275,12 @@ impl Decoder<'_> {
             }
             TypeKind::Int { signed, .. } => Value::new(name, int_data(bytes, *signed)),
             TypeKind::Float => match bytes.len() {
-                4 => Value::new(name, Data::Float(f64::from(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])))),
+                4 => Value::new(
+                    name,
+                    Data::Float(f64::from(f32::from_le_bytes([
+                        bytes[0], bytes[1], bytes[2], bytes[3],
+                    ]))),
+                ),
                 8 => Value::new(name, Data::Float(f64::from_bits(le(bytes)))),
                 n => Value::error(name, format!("unsupported float size {n}")),
             },
@@ -303,7 +323,12 @@ impl Decoder<'_> {
                             .or_else(|| variants.iter().find(|v| v.discr_value.is_none()))
                         {
                             Some(v) => v,
-                            None => return Value::error(name, format!("invalid enum discriminant {tag:#x}")),
+                            None => {
+                                return Value::error(
+                                    name,
+                                    format!("invalid enum discriminant {tag:#x}"),
+                                );
+                            }
                         }
                     }
                     None => match variants.as_slice() {
@@ -342,11 +367,21 @@ impl Decoder<'_> {
         }
     }
 
-    fn pointer(&self, ty: &Type, pointee: Option<DieRef>, kind: PointerKind, bytes: &[u8], hops: u32) -> Value {
+    fn pointer(
+        &self,
+        ty: &Type,
+        pointee: Option<DieRef>,
+        kind: PointerKind,
+        bytes: &[u8],
+        hops: u32,
+    ) -> Value {
         let name = ty.display.clone();
         let addr = le(bytes);
         let target = pointee.and_then(|d| self.di.type_of(d));
-        let c_string = matches!(target.as_deref().map(|t| &t.kind), Some(TypeKind::Int { c_char: true, .. }));
+        let c_string = matches!(
+            target.as_deref().map(|t| &t.kind),
+            Some(TypeKind::Int { c_char: true, .. })
+        );
         match kind {
             PointerKind::Function => return Value::new(name, Data::Uint(addr)),
             PointerKind::Raw if !c_string => return Value::new(name, Data::Uint(addr)),
@@ -389,7 +424,9 @@ impl Decoder<'_> {
         let mut byte = [0u8; 1];
         for i in 0..=max {
             match self.mem.read(addr.wrapping_add(i), &mut byte) {
-                Ok(()) if byte[0] == 0 => return Ok((String::from_utf8_lossy(&out).into_owned(), false)),
+                Ok(()) if byte[0] == 0 => {
+                    return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+                }
                 Ok(()) if i == max => break,
                 Ok(()) => out.push(byte[0]),
                 Err(ReadError::NotCaptured) if i > 0 => break,
@@ -403,7 +440,10 @@ impl Decoder<'_> {
 
     fn structure(&self, ty: &Type, bytes: &[u8], hops: u32) -> Value {
         let name = ty.display.clone();
-        let TypeKind::Struct { fields, tuple_like, .. } = &ty.kind else {
+        let TypeKind::Struct {
+            fields, tuple_like, ..
+        } = &ty.kind
+        else {
             return Value::error(name, "not a struct");
         };
         let mut out: Vec<(String, Value)> = Vec::new();
@@ -411,7 +451,10 @@ impl Decoder<'_> {
         for f in fields {
             let fty = f.ty.and_then(|d| self.di.type_of(d));
             // Markers carry no data: `PhantomData`, zero-sized allocators.
-            if fty.as_deref().is_some_and(|t| t.base_name() == "core::marker::PhantomData") {
+            if fty
+                .as_deref()
+                .is_some_and(|t| t.base_name() == "core::marker::PhantomData")
+            {
                 continue;
             }
             if out.len() >= self.limits.fields as usize {
@@ -436,16 +479,30 @@ impl Decoder<'_> {
         }
     }
 
-    fn array(&self, name: &str, elem: Option<DieRef>, dims: &[u64], bytes: &[u8], hops: u32) -> Value {
+    fn array(
+        &self,
+        name: &str,
+        elem: Option<DieRef>,
+        dims: &[u64],
+        bytes: &[u8],
+        hops: u32,
+    ) -> Value {
         let Some((&n, rest)) = dims.split_first() else {
             return self.value(elem, bytes, hops);
         };
         let elem_ty = elem.and_then(|d| self.di.type_of(d));
         let esize = rest
             .iter()
-            .fold(elem_ty.as_deref().map_or(0, |t| t.size), |a, d| a.saturating_mul(*d));
+            .fold(elem_ty.as_deref().map_or(0, |t| t.size), |a, d| {
+                a.saturating_mul(*d)
+            });
         // C character arrays are text up to their first NUL.
-        if rest.is_empty() && matches!(elem_ty.as_deref().map(|t| &t.kind), Some(TypeKind::Int { c_char: true, .. })) {
+        if rest.is_empty()
+            && matches!(
+                elem_ty.as_deref().map(|t| &t.kind),
+                Some(TypeKind::Int { c_char: true, .. })
+            )
+        {
             let take = bytes.len().min(n as usize);
             let text = &bytes[..take];
             let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
@@ -453,7 +510,10 @@ impl Decoder<'_> {
             let cut = end > max;
             return Value {
                 truncated: cut,
-                ..Value::new(name, Data::Str(String::from_utf8_lossy(&text[..end.min(max)]).into_owned()))
+                ..Value::new(
+                    name,
+                    Data::Str(String::from_utf8_lossy(&text[..end.min(max)]).into_owned()),
+                )
             };
         }
         let max = n.min(self.limits.collection as u64);
@@ -526,7 +586,9 @@ impl Decoder<'_> {
                 elem,
                 elem_size,
             } => {
-                let (Some(p), Some(c), Some(h), Some(n)) = (at(*ptr), at(*cap), at(*head), at(*len)) else {
+                let (Some(p), Some(c), Some(h), Some(n)) =
+                    (at(*ptr), at(*cap), at(*head), at(*len))
+                else {
                     return truncated(name);
                 };
                 if hops == 0 {
@@ -537,7 +599,14 @@ impl Decoder<'_> {
                 }
                 let max = n.min(u64::from(self.limits.collection));
                 let first = max.min(c.saturating_sub(h));
-                let a = self.elements(name.clone(), p.wrapping_add(h.wrapping_mul(*elem_size)), first, *elem, *elem_size, hops - 1);
+                let a = self.elements(
+                    name.clone(),
+                    p.wrapping_add(h.wrapping_mul(*elem_size)),
+                    first,
+                    *elem,
+                    *elem_size,
+                    hops - 1,
+                );
                 let b = self.elements(name.clone(), p, max - first, *elem, *elem_size, hops - 1);
                 let mut items = Vec::new();
                 let mut cut = n > max || a.truncated || b.truncated;
@@ -563,7 +632,15 @@ impl Decoder<'_> {
                 pair,
                 pair_size,
                 set,
-            } => self.hash(name, bytes, (*ctrl, *mask, *items), *pair, *pair_size, *set, hops),
+            } => self.hash(
+                name,
+                bytes,
+                (*ctrl, *mask, *items),
+                *pair,
+                *pair_size,
+                *set,
+                hops,
+            ),
             StdLayout::BTree(l) => self.btree(name, bytes, l, hops),
             StdLayout::Shared {
                 ptr,
@@ -605,7 +682,15 @@ impl Decoder<'_> {
     }
 
     /// `n` elements of `elem_size` bytes at `ptr`, capped by the collection limit.
-    fn elements(&self, name: String, ptr: u64, n: u64, elem: Option<DieRef>, elem_size: u64, hops: u32) -> Value {
+    fn elements(
+        &self,
+        name: String,
+        ptr: u64,
+        n: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+        hops: u32,
+    ) -> Value {
         let max = n.min(u64::from(self.limits.collection));
         let mut cut = n > max;
         let mut items = Vec::new();
@@ -631,7 +716,9 @@ impl Decoder<'_> {
                         }
                     }
                 }
-                Err(Miss::Fault(a)) => return Value::error(name, format!("cannot read memory at {a:#x}")),
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
                 Err(Miss::Truncated) => {
                     cut = true;
                     for i in 0..max {
@@ -653,12 +740,25 @@ impl Decoder<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn hash(&self, name: String, bytes: &[u8], offs: (u64, u64, u64), pair: DieRef, pair_size: u64, set: bool, hops: u32) -> Value {
+    fn hash(
+        &self,
+        name: String,
+        bytes: &[u8],
+        offs: (u64, u64, u64),
+        pair: DieRef,
+        pair_size: u64,
+        set: bool,
+        hops: u32,
+    ) -> Value {
         let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
         let (Some(ctrl), Some(mask), Some(items)) = (at(offs.0), at(offs.1), at(offs.2)) else {
             return truncated(name);
         };
-        let empty = if set { Data::List(Vec::new()) } else { Data::Map(Vec::new()) };
+        let empty = if set {
+            Data::List(Vec::new())
+        } else {
+            Data::Map(Vec::new())
+        };
         if items == 0 {
             return Value::new(name, empty);
         }
@@ -666,7 +766,13 @@ impl Decoder<'_> {
             return truncated(name);
         }
         let buckets = mask.wrapping_add(1);
-        if ctrl == 0 || pair_size == 0 || buckets == 0 || buckets > MAX_BUCKETS || items > buckets || !buckets.is_power_of_two() {
+        if ctrl == 0
+            || pair_size == 0
+            || buckets == 0
+            || buckets > MAX_BUCKETS
+            || items > buckets
+            || !buckets.is_power_of_two()
+        {
             return Value::error(name, "inconsistent hash table");
         }
         let control = match self.read(ctrl, buckets) {
@@ -690,7 +796,9 @@ impl Decoder<'_> {
                     cut = true;
                     break;
                 }
-                Err(Miss::Fault(a)) => return Value::error(name, format!("cannot read memory at {a:#x}")),
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
             }
             if self.budget.get() == 0 {
                 cut = true;
@@ -709,7 +817,11 @@ impl Decoder<'_> {
         let (Some(root), Some(height)) = (at(l.root), at(l.height)) else {
             return truncated(name);
         };
-        let empty = if l.set { Data::List(Vec::new()) } else { Data::Map(Vec::new()) };
+        let empty = if l.set {
+            Data::List(Vec::new())
+        } else {
+            Data::Map(Vec::new())
+        };
         if root == 0 {
             return Value::new(name, empty);
         }
@@ -742,9 +854,13 @@ impl Decoder<'_> {
                     cut = true;
                     break;
                 }
-                Err(Miss::Fault(a)) => return Value::error(name, format!("cannot read memory at {a:#x}")),
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
             };
-            let n = Self::field_bytes(&node, l.len_offset, 2).map_or(0, le).min(BTREE_CAPACITY);
+            let n = Self::field_bytes(&node, l.len_offset, 2)
+                .map_or(0, le)
+                .min(BTREE_CAPACITY);
             if edge > n {
                 stack.pop();
                 continue;
@@ -817,7 +933,11 @@ fn pairs_to_data(entries: Vec<Value>, set: bool, cut: &mut bool) -> Data {
             map.push((key_string(&k), v));
         }
     }
-    if set { Data::List(keys) } else { Data::Map(map) }
+    if set {
+        Data::List(keys)
+    } else {
+        Data::Map(map)
+    }
 }
 
 /// How a map key is written as a JSON key: strings as themselves, anything else as its
@@ -856,7 +976,9 @@ fn int_data(bytes: &[u8], signed: bool) -> Data {
 fn utf8(bytes: &[u8], cut: bool) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(e) if cut && e.error_len().is_none() => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),
+        Err(e) if cut && e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
@@ -964,7 +1086,9 @@ fn fmt_value(v: &Value, type_name: &str, out: &mut String) {
         },
         Data::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Data::Int(i) => out.push_str(&i.to_string()),
-        Data::Uint(u) if t.starts_with('*') || t.starts_with("fn") || t.contains(" *") => out.push_str(&format!("{u:#x}")),
+        Data::Uint(u) if t.starts_with('*') || t.starts_with("fn") || t.contains(" *") => {
+            out.push_str(&format!("{u:#x}"))
+        }
         Data::Uint(u) => out.push_str(&u.to_string()),
         Data::Float(f) if t == "f32" => out.push_str(&format!("{:?}", *f as f32)),
         Data::Float(f) => out.push_str(&format!("{f:?}")),
@@ -1077,7 +1201,10 @@ fn list_kind<'a>(t: &'a str, variant: Option<&'a str>) -> ListKind<'a> {
     if matches!(short, "HashSet" | "BTreeSet") {
         return ListKind::Set;
     }
-    if t.starts_with('[') || matches!(short, "Vec" | "VecDeque" | "LinkedList" | "BinaryHeap") || t.contains('[') && !t.contains('<') {
+    if t.starts_with('[')
+        || matches!(short, "Vec" | "VecDeque" | "LinkedList" | "BinaryHeap")
+        || t.contains('[') && !t.contains('<')
+    {
         return ListKind::Seq;
     }
     if t.contains('[') || t.ends_with(']') {
@@ -1087,7 +1214,11 @@ fn list_kind<'a>(t: &'a str, variant: Option<&'a str>) -> ListKind<'a> {
 }
 
 fn is_text(t: &str) -> bool {
-    matches!(t, "str" | "String" | "&str" | "&mut str" | "CString" | "OsString" | "PathBuf") || t.ends_with("char *") || t.ends_with("char*")
+    matches!(
+        t,
+        "str" | "String" | "&str" | "&mut str" | "CString" | "OsString" | "PathBuf"
+    ) || t.ends_with("char *")
+        || t.ends_with("char*")
 }
 
 fn is_map(t: &str) -> bool {
@@ -1108,15 +1239,36 @@ mod tests {
             "shop::Order",
             Data::Map(vec![
                 ("id".into(), v("u64", Data::Uint(7))),
-                ("items".into(), v("Vec<i32>", Data::List(vec![v("i32", Data::Int(1)), v("i32", Data::Int(-2))]))),
-                ("note".into(), Value { variant: Some("Some".into()), ..v("Option<String>", Data::List(vec![v("String", Data::Str("a\"b".into()))])) }),
+                (
+                    "items".into(),
+                    v(
+                        "Vec<i32>",
+                        Data::List(vec![v("i32", Data::Int(1)), v("i32", Data::Int(-2))]),
+                    ),
+                ),
+                (
+                    "note".into(),
+                    Value {
+                        variant: Some("Some".into()),
+                        ..v(
+                            "Option<String>",
+                            Data::List(vec![v("String", Data::Str("a\"b".into()))]),
+                        )
+                    },
+                ),
                 ("ratio".into(), v("f32", Data::Float(0.1f32 as f64))),
-                ("t".into(), v("(i32,)", Data::List(vec![v("i32", Data::Int(7))]))),
+                (
+                    "t".into(),
+                    v("(i32,)", Data::List(vec![v("i32", Data::Int(7))])),
+                ),
             ]),
         );
         assert_eq!(
             debug_string(&order),
-            format!("Order {{ id: 7, items: [1, -2], note: Some({:?}), ratio: 0.1, t: (7,) }}", "a\"b")
+            format!(
+                "Order {{ id: 7, items: [1, -2], note: Some({:?}), ratio: 0.1, t: (7,) }}",
+                "a\"b"
+            )
         );
         let map = v(
             "HashMap<&str, char>",
@@ -1130,7 +1282,10 @@ mod tests {
 
     #[test]
     fn generic_args_split_at_the_top_level() {
-        assert_eq!(generic_args("HashMap<(u8, u8), Vec<u8>>"), vec!["(u8, u8)", "Vec<u8>"]);
+        assert_eq!(
+            generic_args("HashMap<(u8, u8), Vec<u8>>"),
+            vec!["(u8, u8)", "Vec<u8>"]
+        );
         assert_eq!(peel("&Box<Rc<String>>"), "String");
     }
 }

@@ -15,8 +15,8 @@
 
 mod decode;
 mod error;
-mod load;
 mod lines;
+mod load;
 mod plan;
 mod scope;
 mod symbolize;
@@ -25,8 +25,8 @@ mod unwind;
 
 pub use decode::{debug_string, key_string};
 pub use error::Error;
-pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use lines::Site;
+pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
 pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
 

@@ -25,19 +25,19 @@ const MAX_DEREF: u64 = 1 << 20;
 
 /// A plan node before numbering: a tree, numbered in pre-order at the end so a node only
 /// refers to nodes with a higher index.
-enum Tree {
-    All(Vec<Tree>),
+enum Draft {
+    All(Vec<Draft>),
     Deref {
         offset: u32,
         size: u32,
-        then: Option<Box<Tree>>,
+        then: Option<Box<Draft>>,
     },
     Slice {
         ptr_offset: u32,
         len_offset: u32,
         elem_size: u32,
         max_elems: u32,
-        each: Option<Box<Tree>>,
+        each: Option<Box<Draft>>,
     },
     Ring {
         ptr_offset: u32,
@@ -46,7 +46,7 @@ enum Tree {
         len_offset: u32,
         elem_size: u32,
         max_elems: u32,
-        each: Option<Box<Tree>>,
+        each: Option<Box<Draft>>,
     },
     Hash {
         ctrl_offset: u32,
@@ -54,7 +54,7 @@ enum Tree {
         items_offset: u32,
         elem_size: u32,
         max_elems: u32,
-        each: Option<Box<Tree>>,
+        each: Option<Box<Draft>>,
     },
     CString {
         offset: u32,
@@ -63,13 +63,13 @@ enum Tree {
     Switch {
         offset: u32,
         size: u32,
-        cases: Vec<(u64, Tree)>,
-        default: Option<Box<Tree>>,
+        cases: Vec<(u64, Draft)>,
+        default: Option<Box<Draft>>,
     },
     BTree {
         node: PlanNode,
-        key_each: Option<Box<Tree>>,
-        val_each: Option<Box<Tree>>,
+        key_each: Option<Box<Draft>>,
+        val_each: Option<Box<Draft>>,
     },
 }
 
@@ -123,15 +123,15 @@ fn off(base: u64, rel: u64) -> Option<u32> {
     u32::try_from(base.checked_add(rel)?).ok()
 }
 
-fn combine(mut v: Vec<Tree>) -> Option<Tree> {
+fn combine(mut v: Vec<Draft>) -> Option<Draft> {
     match v.len() {
         0 => None,
         1 => v.pop(),
-        _ => Some(Tree::All(v)),
+        _ => Some(Draft::All(v)),
     }
 }
 
-fn boxed(v: Vec<Tree>) -> Option<Box<Tree>> {
+fn boxed(v: Vec<Draft>) -> Option<Box<Draft>> {
     combine(v).map(Box::new)
 }
 
@@ -146,7 +146,7 @@ impl Builder<'_> {
 
     /// The nodes to apply to a value holding a `die` at `base`, with `hops` pointer
     /// hops left.
-    fn nodes(&mut self, die: Option<DieRef>, base: u64, hops: u32) -> Vec<Tree> {
+    fn nodes(&mut self, die: Option<DieRef>, base: u64, hops: u32) -> Vec<Draft> {
         let mut out = Vec::new();
         let Some(ty) = die.and_then(|d| self.di.type_of(d)) else {
             return out;
@@ -160,7 +160,10 @@ impl Builder<'_> {
                     return out;
                 }
                 let target = pointee.and_then(|d| self.di.type_of(d));
-                let c_char = matches!(target.as_deref().map(|t| &t.kind), Some(TypeKind::Int { c_char: true, .. }));
+                let c_char = matches!(
+                    target.as_deref().map(|t| &t.kind),
+                    Some(TypeKind::Int { c_char: true, .. })
+                );
                 match kind {
                     PointerKind::Function => {}
                     PointerKind::Raw if !c_char => {}
@@ -168,7 +171,7 @@ impl Builder<'_> {
                         if let Some(offset) = off(base, 0)
                             && self.room()
                         {
-                            out.push(Tree::CString {
+                            out.push(Draft::CString {
                                 offset,
                                 max_len: self.limits.string,
                             });
@@ -183,7 +186,7 @@ impl Builder<'_> {
                             && self.room()
                         {
                             let then = boxed(self.nodes(*pointee, 0, hops - 1));
-                            out.push(Tree::Deref {
+                            out.push(Draft::Deref {
                                 offset,
                                 size: size as u32,
                                 then,
@@ -200,7 +203,10 @@ impl Builder<'_> {
                 let mut taken = 0;
                 for f in fields {
                     let fty = f.ty.and_then(|d| self.di.type_of(d));
-                    if fty.as_deref().is_some_and(|t| t.base_name() == "core::marker::PhantomData") {
+                    if fty
+                        .as_deref()
+                        .is_some_and(|t| t.base_name() == "core::marker::PhantomData")
+                    {
                         continue;
                     }
                     if taken >= self.limits.fields {
@@ -240,7 +246,7 @@ impl Builder<'_> {
                             let n = variant_nodes(self, v.ty);
                             any |= !n.is_empty();
                             match v.discr_value {
-                                Some(x) => cases.push((x, Tree::All(n))),
+                                Some(x) => cases.push((x, Draft::All(n))),
                                 None if default.is_none() => default = combine(n).map(Box::new),
                                 None => {}
                             }
@@ -250,7 +256,7 @@ impl Builder<'_> {
                             && self.room()
                         {
                             self.count += cases.len();
-                            out.push(Tree::Switch {
+                            out.push(Draft::Switch {
                                 offset,
                                 size: d.size.min(8) as u32,
                                 cases,
@@ -265,12 +271,21 @@ impl Builder<'_> {
         out
     }
 
-    fn array(&mut self, elem: Option<DieRef>, dims: &[u64], base: u64, hops: u32, out: &mut Vec<Tree>) {
+    fn array(
+        &mut self,
+        elem: Option<DieRef>,
+        dims: &[u64],
+        base: u64,
+        hops: u32,
+        out: &mut Vec<Draft>,
+    ) {
         let Some((&n, rest)) = dims.split_first() else {
             out.extend(self.nodes(elem, base, hops));
             return;
         };
-        let esize = rest.iter().fold(self.di.type_size(elem), |a, d| a.saturating_mul(*d));
+        let esize = rest
+            .iter()
+            .fold(self.di.type_size(elem), |a, d| a.saturating_mul(*d));
         for i in 0..n.min(u64::from(self.limits.collection)) {
             if self.count >= MAX_PLAN_NODES {
                 return;
@@ -286,7 +301,7 @@ impl Builder<'_> {
         }
     }
 
-    fn std(&mut self, layout: &StdLayout, base: u64, hops: u32, out: &mut Vec<Tree>) {
+    fn std(&mut self, layout: &StdLayout, base: u64, hops: u32, out: &mut Vec<Draft>) {
         match layout {
             StdLayout::Transparent { offset, inner } => {
                 if let Some(at) = base.checked_add(*offset) {
@@ -309,9 +324,13 @@ impl Builder<'_> {
                 elem_size,
                 text,
             } => {
-                let each = if *text { None } else { boxed(self.nodes(*elem, 0, hops - 1)) };
+                let each = if *text {
+                    None
+                } else {
+                    boxed(self.nodes(*elem, 0, hops - 1))
+                };
                 (|| {
-                    Some(Tree::Slice {
+                    Some(Draft::Slice {
                         ptr_offset: off(base, *ptr)?,
                         len_offset: off(base, *len)?,
                         elem_size: u32::try_from(*elem_size).ok()?,
@@ -330,7 +349,7 @@ impl Builder<'_> {
             } => {
                 let each = boxed(self.nodes(*elem, 0, hops - 1));
                 (|| {
-                    Some(Tree::Ring {
+                    Some(Draft::Ring {
                         ptr_offset: off(base, *ptr)?,
                         cap_offset: off(base, *cap)?,
                         head_offset: off(base, *head)?,
@@ -351,7 +370,7 @@ impl Builder<'_> {
             } => {
                 let each = boxed(self.nodes(Some(*pair), 0, hops - 1));
                 (|| {
-                    Some(Tree::Hash {
+                    Some(Draft::Hash {
                         ctrl_offset: off(base, *ctrl)?,
                         mask_offset: off(base, *mask)?,
                         items_offset: off(base, *items)?,
@@ -365,7 +384,7 @@ impl Builder<'_> {
                 let key_each = boxed(self.nodes(l.key, 0, hops - 1));
                 let val_each = boxed(self.nodes(l.val, 0, hops - 1));
                 (|| {
-                    Some(Tree::BTree {
+                    Some(Draft::BTree {
                         node: PlanNode::BTree {
                             root_offset: off(base, l.root)?,
                             height_offset: off(base, l.height)?,
@@ -397,7 +416,7 @@ impl Builder<'_> {
                 }
                 let then = boxed(self.nodes(*value, *value_offset, hops - 1));
                 (|| {
-                    Some(Tree::Deref {
+                    Some(Draft::Deref {
                         offset: off(base, *ptr)?,
                         size: u32::try_from(*inner_size).ok()?,
                         then,
@@ -411,17 +430,17 @@ impl Builder<'_> {
 }
 
 /// Numbers `tree` in pre-order into `nodes`; returns the id of its root.
-fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
+fn emit(nodes: &mut Vec<PlanNode>, tree: Draft) -> NodeId {
     let id = nodes.len() as NodeId;
     nodes.push(PlanNode::All(Vec::new()));
-    let sub = |t: Option<Box<Tree>>, nodes: &mut Vec<PlanNode>| t.map(|t| emit(nodes, *t));
+    let sub = |t: Option<Box<Draft>>, nodes: &mut Vec<PlanNode>| t.map(|t| emit(nodes, *t));
     let node = match tree {
-        Tree::All(children) => {
+        Draft::All(children) => {
             let mut ids = Vec::with_capacity(children.len());
             for c in children {
                 // Flatten nested `All`s: the executor counts every level against its depth cap.
                 match c {
-                    Tree::All(inner) => {
+                    Draft::All(inner) => {
                         for i in inner {
                             ids.push(emit(nodes, i));
                         }
@@ -431,12 +450,12 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
             }
             PlanNode::All(ids)
         }
-        Tree::Deref { offset, size, then } => PlanNode::Deref {
+        Draft::Deref { offset, size, then } => PlanNode::Deref {
             offset,
             size,
             then: sub(then, nodes),
         },
-        Tree::Slice {
+        Draft::Slice {
             ptr_offset,
             len_offset,
             elem_size,
@@ -449,7 +468,7 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
             max_elems,
             each: sub(each, nodes),
         },
-        Tree::Ring {
+        Draft::Ring {
             ptr_offset,
             cap_offset,
             head_offset,
@@ -466,7 +485,7 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
             max_elems,
             each: sub(each, nodes),
         },
-        Tree::Hash {
+        Draft::Hash {
             ctrl_offset,
             mask_offset,
             items_offset,
@@ -481,14 +500,17 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
             max_elems,
             each: sub(each, nodes),
         },
-        Tree::CString { offset, max_len } => PlanNode::CString { offset, max_len },
-        Tree::Switch {
+        Draft::CString { offset, max_len } => PlanNode::CString { offset, max_len },
+        Draft::Switch {
             offset,
             size,
             cases,
             default,
         } => {
-            let cases = cases.into_iter().map(|(v, t)| (v, emit(nodes, t))).collect();
+            let cases = cases
+                .into_iter()
+                .map(|(v, t)| (v, emit(nodes, t)))
+                .collect();
             PlanNode::Switch {
                 offset,
                 size,
@@ -496,7 +518,7 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Tree) -> NodeId {
                 default: sub(default, nodes),
             }
         }
-        Tree::BTree {
+        Draft::BTree {
             mut node,
             key_each,
             val_each,

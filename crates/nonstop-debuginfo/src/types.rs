@@ -260,7 +260,11 @@ impl DebugInfo {
                 break;
             }
         }
-        if out.is_empty() { None } else { Some((slot, info, out)) }
+        if out.is_empty() {
+            None
+        } else {
+            Some((slot, info, out))
+        }
     }
 
     fn read_type(&self, die: DieRef, chain: u32) -> Option<Type> {
@@ -298,7 +302,11 @@ impl DebugInfo {
                 let Some(t) = target.and_then(|t| self.read_type(t, chain + 1)) else {
                     // `void` typedefs and qualifiers on nothing.
                     ty.kind = TypeKind::Unit;
-                    ty.display = if ty.name.is_empty() { "void".into() } else { ty.name.clone() };
+                    ty.display = if ty.name.is_empty() {
+                        "void".into()
+                    } else {
+                        ty.name.clone()
+                    };
                     return Some(ty);
                 };
                 let mut t = t;
@@ -337,7 +345,9 @@ impl DebugInfo {
                     _ => TypeKind::Unknown,
                 };
             }
-            dw::DW_TAG_pointer_type | dw::DW_TAG_reference_type | dw::DW_TAG_rvalue_reference_type => {
+            dw::DW_TAG_pointer_type
+            | dw::DW_TAG_reference_type
+            | dw::DW_TAG_rvalue_reference_type => {
                 if size.is_none() {
                     ty.size = u64::from(slot.header.address_size());
                 }
@@ -397,7 +407,9 @@ impl DebugInfo {
                 }
                 let inner = self.name_of(target, chain + 1);
                 ty.name = if info.rust {
-                    dims.iter().rev().fold(inner, |acc, d| format!("[{acc}; {d}]"))
+                    dims.iter()
+                        .rev()
+                        .fold(inner, |acc, d| format!("[{acc}; {d}]"))
                 } else {
                     let ds: String = dims.iter().map(|d| format!("[{d}]")).collect();
                     format!("{inner}{ds}")
@@ -411,8 +423,12 @@ impl DebugInfo {
                 let mut values = Vec::new();
                 for (d, e) in &tree[1..] {
                     if *d == 1 && e.tag() == dw::DW_TAG_enumerator {
-                        let n = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
-                        if let Some(v) = e.attr_value(dw::DW_AT_const_value).and_then(|v| discr_bits(&v)) {
+                        let n =
+                            attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                        if let Some(v) = e
+                            .attr_value(dw::DW_AT_const_value)
+                            .and_then(|v| discr_bits(&v))
+                        {
                             values.push((n, truncate(v, ty.size)));
                         }
                     }
@@ -423,7 +439,8 @@ impl DebugInfo {
                 ty.kind = TypeKind::Enumeration { signed, values };
             }
             dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
-                ty.kind = self.read_aggregate(slot, info, &tree, tag == dw::DW_TAG_union_type, ty.size);
+                ty.kind =
+                    self.read_aggregate(slot, info, &tree, tag == dw::DW_TAG_union_type, ty.size);
                 if ty.name.is_empty() {
                     ty.name = match tag {
                         dw::DW_TAG_union_type => "union".into(),
@@ -448,11 +465,20 @@ impl DebugInfo {
         }
         match die {
             None => "void".into(),
-            Some(d) => self.read_type(d, chain).map_or_else(|| "?".into(), |t| t.name),
+            Some(d) => self
+                .read_type(d, chain)
+                .map_or_else(|| "?".into(), |t| t.name),
         }
     }
 
-    fn read_aggregate(&self, slot: &UnitSlot, info: &UnitInfo, tree: &Subtree, union: bool, size: u64) -> TypeKind {
+    fn read_aggregate(
+        &self,
+        slot: &UnitSlot,
+        info: &UnitInfo,
+        tree: &Subtree,
+        union: bool,
+        size: u64,
+    ) -> TypeKind {
         let unit = &info.unit;
         let mut fields = Vec::new();
         let mut params = Vec::new();
@@ -494,7 +520,14 @@ impl DebugInfo {
         }
     }
 
-    fn read_variant_part(&self, slot: &UnitSlot, info: &UnitInfo, tree: &Subtree, vp: usize, size: u64) -> TypeKind {
+    fn read_variant_part(
+        &self,
+        slot: &UnitSlot,
+        info: &UnitInfo,
+        tree: &Subtree,
+        vp: usize,
+        size: u64,
+    ) -> TypeKind {
         let unit = &info.unit;
         let Some((vp_depth, vp_entry)) = tree.get(vp) else {
             return TypeKind::Unknown;
@@ -523,7 +556,9 @@ impl DebugInfo {
                         current = None;
                     }
                     dw::DW_TAG_variant => {
-                        let v = e.attr_value(dw::DW_AT_discr_value).and_then(|v| discr_bits(&v));
+                        let v = e
+                            .attr_value(dw::DW_AT_discr_value)
+                            .and_then(|v| discr_bits(&v));
                         current = Some((v, true));
                     }
                     _ => current = None,
@@ -555,7 +590,9 @@ impl DebugInfo {
 fn index_unit(dwarf: &gimli::Dwarf<Reader>, slot: &UnitSlot) -> Option<UnitInfo> {
     let unit = dwarf.unit(slot.header.clone()).ok()?;
     let rust = matches!(
-        unit.entry(unit.header.root_offset()).ok().and_then(|e| e.attr_value(dw::DW_AT_language)),
+        unit.entry(unit.header.root_offset())
+            .ok()
+            .and_then(|e| e.attr_value(dw::DW_AT_language)),
         Some(gimli::AttributeValue::Language(dw::DW_LANG_Rust))
     );
     let mut paths = HashMap::new();
@@ -661,7 +698,10 @@ fn member(
         name,
         offset,
         ty: type_ref(slot, e),
-        artificial: matches!(e.attr_value(dw::DW_AT_artificial), Some(gimli::AttributeValue::Flag(true))),
+        artificial: matches!(
+            e.attr_value(dw::DW_AT_artificial),
+            Some(gimli::AttributeValue::Flag(true))
+        ),
     })
 }
 
@@ -707,7 +747,13 @@ pub(crate) fn truncate(v: u64, size: u64) -> u64 {
 }
 
 /// Crates whose paths are cut to their last segment in display names.
-const STD_CRATES: [&str; 5] = ["alloc::", "core::", "std::", "hashbrown::", "compiler_builtins::"];
+const STD_CRATES: [&str; 5] = [
+    "alloc::",
+    "core::",
+    "std::",
+    "hashbrown::",
+    "compiler_builtins::",
+];
 
 /// The short display form of a full Rust type name: std paths cut to their last
 /// segment, allocator and hasher parameters dropped.
@@ -735,7 +781,9 @@ pub fn short_name(full: &str) -> String {
     for drop in ["Global", "RandomState"] {
         loop {
             let before = out.len();
-            out = out.replace(&format!(", {drop}>"), ">").replace(&format!(", {drop},"), ",");
+            out = out
+                .replace(&format!(", {drop}>"), ">")
+                .replace(&format!(", {drop},"), ",");
             if out.len() == before {
                 break;
             }
@@ -753,7 +801,9 @@ impl Type {
     /// A member by name.
     pub fn field(&self, name: &str) -> Option<&Field> {
         match &self.kind {
-            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => fields.iter().find(|f| f.name == name),
+            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => {
+                fields.iter().find(|f| f.name == name)
+            }
             _ => None,
         }
     }
@@ -761,7 +811,9 @@ impl Type {
     /// A template type parameter by name (`T`).
     pub fn param(&self, name: &str) -> Option<DieRef> {
         match &self.kind {
-            TypeKind::Struct { params, .. } => params.iter().find(|(n, _)| n == name).map(|(_, t)| *t),
+            TypeKind::Struct { params, .. } => {
+                params.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+            }
             _ => None,
         }
     }
@@ -778,7 +830,10 @@ mod tests {
 
     #[test]
     fn short_names_drop_std_paths_and_allocators() {
-        assert_eq!(short_name("alloc::vec::Vec<i32, alloc::alloc::Global>"), "Vec<i32>");
+        assert_eq!(
+            short_name("alloc::vec::Vec<i32, alloc::alloc::Global>"),
+            "Vec<i32>"
+        );
         assert_eq!(
             short_name(
                 "std::collections::hash::map::HashMap<alloc::string::String, u32, std::hash::random::RandomState, alloc::alloc::Global>"
@@ -786,7 +841,9 @@ mod tests {
             "HashMap<String, u32>"
         );
         assert_eq!(
-            short_name("alloc::vec::Vec<alloc::vec::Vec<u8, alloc::alloc::Global>, alloc::alloc::Global>"),
+            short_name(
+                "alloc::vec::Vec<alloc::vec::Vec<u8, alloc::alloc::Global>, alloc::alloc::Global>"
+            ),
             "Vec<Vec<u8>>"
         );
         assert_eq!(short_name("core::option::Option<&str>"), "Option<&str>");
@@ -870,7 +927,11 @@ pub(crate) const BTREE_CAPACITY: u64 = 11;
 
 impl DebugInfo {
     /// Follows a path of member names from `ty`, summing their offsets.
-    pub(crate) fn field_path(&self, ty: &Type, path: &[&str]) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+    pub(crate) fn field_path(
+        &self,
+        ty: &Type,
+        path: &[&str],
+    ) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
         let mut offset = 0u64;
         let mut cur: Option<Arc<Type>> = None;
         let mut cur_die = None;
@@ -885,7 +946,11 @@ impl DebugInfo {
     }
 
     /// The first of several member paths that exists, with its offset.
-    fn first_path(&self, ty: &Type, paths: &[&[&str]]) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+    fn first_path(
+        &self,
+        ty: &Type,
+        paths: &[&[&str]],
+    ) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
         paths.iter().find_map(|p| self.field_path(ty, p))
     }
 
@@ -900,10 +965,12 @@ impl DebugInfo {
         if fields.len() == 2
             && let (Some(p), Some(l)) = (ty.field("data_ptr"), ty.field("length"))
         {
-            let elem = p.ty.and_then(|d| self.type_of(d)).and_then(|t| match t.kind {
-                TypeKind::Pointer { pointee, .. } => pointee,
-                _ => None,
-            });
+            let elem =
+                p.ty.and_then(|d| self.type_of(d))
+                    .and_then(|t| match t.kind {
+                        TypeKind::Pointer { pointee, .. } => pointee,
+                        _ => None,
+                    });
             let text = ty.name.ends_with(" str") || ty.name == "&str" || ty.name.contains("<str");
             return Some(StdLayout::Slice {
                 ptr: p.offset,
@@ -937,8 +1004,23 @@ impl DebugInfo {
                 })
             }
             "alloc::collections::vec_deque::VecDeque" => {
-                let (ptr, _, _) = self.first_path(ty, &[&["buf", "inner", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer"]])?;
-                let (cap, _, _) = self.first_path(ty, &[&["buf", "inner", "cap", "__0"], &["buf", "inner", "cap"], &["buf", "cap", "__0"], &["buf", "cap"]])?;
+                let (ptr, _, _) = self.first_path(
+                    ty,
+                    &[
+                        &["buf", "inner", "ptr", "pointer", "pointer"],
+                        &["buf", "ptr", "pointer", "pointer"],
+                        &["buf", "ptr", "pointer"],
+                    ],
+                )?;
+                let (cap, _, _) = self.first_path(
+                    ty,
+                    &[
+                        &["buf", "inner", "cap", "__0"],
+                        &["buf", "inner", "cap"],
+                        &["buf", "cap", "__0"],
+                        &["buf", "cap"],
+                    ],
+                )?;
                 let (head, _, _) = self.field_path(ty, &["head"])?;
                 let (len, _, _) = self.field_path(ty, &["len"])?;
                 let elem = ty.param("T");
@@ -951,9 +1033,21 @@ impl DebugInfo {
                     elem_size: self.type_size(elem),
                 })
             }
-            "std::collections::hash::map::HashMap" | "std::collections::hash::set::HashSet" | "hashbrown::map::HashMap" | "hashbrown::set::HashSet" => {
+            "std::collections::hash::map::HashMap"
+            | "std::collections::hash::set::HashSet"
+            | "hashbrown::map::HashMap"
+            | "hashbrown::set::HashSet" => {
                 let set = base.ends_with("HashSet");
-                let (raw_off, raw, _) = self.first_path(ty, &[&["base", "map", "table"], &["base", "table"], &["map", "table"], &["table"], &["map", "base", "table"]])?;
+                let (raw_off, raw, _) = self.first_path(
+                    ty,
+                    &[
+                        &["base", "map", "table"],
+                        &["base", "table"],
+                        &["map", "table"],
+                        &["table"],
+                        &["map", "base", "table"],
+                    ],
+                )?;
                 let raw = raw?;
                 let pair = raw.param("T")?;
                 let (inner_off, inner, _) = self.field_path(&raw, &["table"])?;
@@ -971,7 +1065,9 @@ impl DebugInfo {
                     set,
                 })
             }
-            "alloc::collections::btree::map::BTreeMap" => self.btree_layout(ty, false).map(StdLayout::BTree),
+            "alloc::collections::btree::map::BTreeMap" => {
+                self.btree_layout(ty, false).map(StdLayout::BTree)
+            }
             "alloc::collections::btree::set::BTreeSet" => {
                 let (off, map, _) = self.field_path(ty, &["map"])?;
                 let mut l = self.btree_layout(map.as_deref()?, true)?;
@@ -981,7 +1077,11 @@ impl DebugInfo {
             }
             "alloc::rc::Rc" | "alloc::sync::Arc" => {
                 let (ptr, p, _) = self.first_path(ty, &[&["ptr", "pointer"], &["ptr"]])?;
-                let TypeKind::Pointer { pointee: Some(inner), .. } = p?.kind else {
+                let TypeKind::Pointer {
+                    pointee: Some(inner),
+                    ..
+                } = p?.kind
+                else {
                     return None;
                 };
                 let inner_ty = self.type_of(inner)?;
@@ -993,14 +1093,21 @@ impl DebugInfo {
                     value: value.ty,
                 })
             }
-            "core::cell::Cell" | "core::cell::RefCell" | "core::cell::UnsafeCell" | "core::mem::manually_drop::ManuallyDrop" | "core::num::nonzero::NonZero" | "core::cell::SyncUnsafeCell" => {
+            "core::cell::Cell"
+            | "core::cell::RefCell"
+            | "core::cell::UnsafeCell"
+            | "core::mem::manually_drop::ManuallyDrop"
+            | "core::num::nonzero::NonZero"
+            | "core::cell::SyncUnsafeCell" => {
                 let f = ty.field("value").or_else(|| ty.field("__0"))?;
                 Some(StdLayout::Transparent {
                     offset: f.offset,
                     inner: f.ty,
                 })
             }
-            _ if ty.name.starts_with("core::num::niche_types::") || ty.name.starts_with("core::num::nonzero::private::") => {
+            _ if ty.name.starts_with("core::num::niche_types::")
+                || ty.name.starts_with("core::num::nonzero::private::") =>
+            {
                 let f = ty.field("__0")?;
                 Some(StdLayout::Transparent {
                     offset: f.offset,
@@ -1013,7 +1120,14 @@ impl DebugInfo {
 
     /// Offsets of a `Vec`'s data pointer and length.
     fn vec_fields(&self, vec: &Type) -> Option<(u64, u64)> {
-        let (ptr, _, _) = self.first_path(vec, &[&["buf", "inner", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer", "pointer"], &["buf", "ptr", "pointer"]])?;
+        let (ptr, _, _) = self.first_path(
+            vec,
+            &[
+                &["buf", "inner", "ptr", "pointer", "pointer"],
+                &["buf", "ptr", "pointer", "pointer"],
+                &["buf", "ptr", "pointer"],
+            ],
+        )?;
         let (len, _, _) = self.field_path(vec, &["len"])?;
         Some((ptr, len))
     }
@@ -1029,9 +1143,14 @@ impl DebugInfo {
         let some_ty = self.type_of(some.ty?)?;
         let (nr_off, node_ref, _) = self.field_path(&some_ty, &["__0"])?;
         let node_ref = node_ref?;
-        let (node_off, node_ptr, _) = self.first_path(&node_ref, &[&["node", "pointer"], &["node"]])?;
+        let (node_off, node_ptr, _) =
+            self.first_path(&node_ref, &[&["node", "pointer"], &["node"]])?;
         let (height_off, _, _) = self.field_path(&node_ref, &["height"])?;
-        let TypeKind::Pointer { pointee: Some(leaf_die), .. } = node_ptr?.kind else {
+        let TypeKind::Pointer {
+            pointee: Some(leaf_die),
+            ..
+        } = node_ptr?.kind
+        else {
             return None;
         };
         let leaf = self.type_of(leaf_die)?;
@@ -1043,7 +1162,10 @@ impl DebugInfo {
         let internal = self
             .struct_named_near(leaf_die, &internal_name)
             .and_then(|d| self.type_of(d));
-        let (internal_size, edges_offset) = match internal.as_deref().and_then(|t| Some((t.size, t.field("edges")?.offset))) {
+        let (internal_size, edges_offset) = match internal
+            .as_deref()
+            .and_then(|t| Some((t.size, t.field("edges")?.offset)))
+        {
             Some(x) => x,
             None => {
                 let edges = leaf.size.div_ceil(8) * 8;

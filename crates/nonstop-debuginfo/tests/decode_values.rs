@@ -23,12 +23,20 @@ fn expected(name: &str, printed: &str, limits: &CaptureLimits) -> String {
     }
 }
 
-fn variables(di: &DebugInfo, run: &Running, types: &std::collections::HashMap<String, nonstop_debuginfo::DieRef>) -> Vec<Variable> {
+fn variables(
+    di: &DebugInfo,
+    run: &Running,
+    types: &std::collections::HashMap<String, nonstop_debuginfo::DieRef>,
+) -> Vec<Variable> {
     run.values
         .iter()
         .map(|(name, addr, _)| {
-            let die = *types.get(name).unwrap_or_else(|| panic!("no DIE for {name}"));
-            let ty = di.type_of(die).unwrap_or_else(|| panic!("no type for {name}"));
+            let die = *types
+                .get(name)
+                .unwrap_or_else(|| panic!("no DIE for {name}"));
+            let ty = di
+                .type_of(die)
+                .unwrap_or_else(|| panic!("no type for {name}"));
             Variable {
                 name: name.clone(),
                 kind: VariableKind::Local,
@@ -45,7 +53,11 @@ fn variables(di: &DebugInfo, run: &Running, types: &std::collections::HashMap<St
 }
 
 fn check(opt: &str) {
-    let exe = build("values.rs", &format!("values-O{opt}"), &["-C", &format!("opt-level={opt}")]);
+    let exe = build(
+        "values.rs",
+        &format!("values-O{opt}"),
+        &["-C", &format!("opt-level={opt}")],
+    );
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", Some("v_"));
     let run = Running::start(&exe);
@@ -71,7 +83,10 @@ fn check(opt: &str) {
         let mut out = vec![0u8; 1 << 20];
         let done = execute(&plan, &Registers::default(), &mem, &mut out);
         if CapturedMemory::parse(&out[..done.len]).is_err() {
-            failures.push(format!("record of {} does not parse: {plan:?}", run.values[i].0));
+            failures.push(format!(
+                "record of {} does not parse: {plan:?}",
+                run.values[i].0
+            ));
         }
     }
     let mut plan = di.capture_plan(&vars, &limits);
@@ -91,7 +106,11 @@ fn check(opt: &str) {
             failures.push(format!("captured {name}: got {got}\n    want {want}"));
         }
     }
-    assert!(failures.is_empty(), "opt-level={opt}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "opt-level={opt}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -32,16 +32,28 @@ impl Memory for ProcMem {
 
 /// Builds a fixture with rustc (or cc for `.c`) into the test's temp folder.
 pub fn build(source: &str, out_name: &str, args: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(source);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(source);
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
-    let compiler = if source.ends_with(".c") { "cc" } else { "rustc" };
+    let compiler = if source.ends_with(".c") {
+        "cc"
+    } else {
+        "rustc"
+    };
     let mut cmd = Command::new(compiler);
     if compiler == "rustc" {
         cmd.args(["--edition", "2021", "-C", "debuginfo=2"]);
     } else {
         cmd.arg("-g");
     }
-    let status = cmd.args(args).arg("-o").arg(&out).arg(&src).status().expect("run compiler");
+    let status = cmd
+        .args(args)
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("run compiler");
     assert!(status.success(), "building {source} failed");
     out
 }
@@ -72,7 +84,11 @@ impl Running {
             let parts: Vec<&str> = line.splitn(3, '\t').collect();
             match parts.as_slice() {
                 ["pid", p] => pid = p.parse().expect("pid"),
-                [name, addr, text] => values.push((name.to_string(), addr.parse().expect("addr"), text.to_string())),
+                [name, addr, text] => values.push((
+                    name.to_string(),
+                    addr.parse().expect("addr"),
+                    text.to_string(),
+                )),
                 _ => panic!("unexpected fixture line {line:?}"),
             }
         }
@@ -120,13 +136,17 @@ pub fn local_types(exe: &Path, function: &str, prefix: Option<&str>) -> HashMap<
                 .attr_value(dw::DW_AT_name)
                 .and_then(|v| dwarf.attr_string(&unit, v).ok())
                 .map(|s| s.to_string_lossy().into_owned());
-            if e.tag() == dw::DW_TAG_subprogram && name.as_deref() == Some(function) && inside.is_none() {
+            if e.tag() == dw::DW_TAG_subprogram
+                && name.as_deref() == Some(function)
+                && inside.is_none()
+            {
                 inside = Some(depth);
                 continue;
             }
             // Optimised builds may move locals into abstract/inlined copies: any variable
             // of the unit will do when names are unique (the fixtures prefix them).
-            if (inside.is_some() || prefix.is_some_and(|p| name.as_deref().is_some_and(|n| n.starts_with(p))))
+            if (inside.is_some()
+                || prefix.is_some_and(|p| name.as_deref().is_some_and(|n| n.starts_with(p))))
                 && e.tag() == dw::DW_TAG_variable
                 && let Some(n) = name
             {
