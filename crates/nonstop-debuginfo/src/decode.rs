@@ -498,10 +498,9 @@ impl Decoder<'_> {
             });
         // C character arrays are text up to their first NUL.
         if rest.is_empty()
-            && matches!(
-                elem_ty.as_deref().map(|t| &t.kind),
-                Some(TypeKind::Int { c_char: true, .. })
-            )
+            && let Some(t) = elem_ty.as_deref()
+            && matches!(t.kind, TypeKind::Int { c_char: true, .. })
+            && t.name == "char"
         {
             let take = bytes.len().min(n as usize);
             let text = &bytes[..take];
@@ -524,11 +523,16 @@ impl Decoder<'_> {
                 cut = true;
                 break;
             };
-            let inner_name = elem_ty.as_deref().map_or("?", |t| t.display.as_str());
             let v = if rest.is_empty() {
                 self.value(elem, b, hops)
             } else {
-                self.array(inner_name, elem, rest, b, hops)
+                // `int[2][3]` → `int[3]`.
+                let inner_name = match name.find('[').and_then(|i| Some((i, name[i..].find(']')?)))
+                {
+                    Some((i, j)) => format!("{}{}", &name[..i], &name[i + j + 1..]),
+                    None => name.to_string(),
+                };
+                self.array(&inner_name, elem, rest, b, hops)
             };
             items.push(v);
             if self.budget.get() == 0 {
@@ -1001,7 +1005,9 @@ pub fn debug_string(v: &Value) -> String {
 fn peel(mut t: &str) -> &str {
     loop {
         let before = t;
-        if let Some(r) = t.strip_prefix("&mut ") {
+        if let Some(r) = t.strip_suffix(" *") {
+            t = r;
+        } else if let Some(r) = t.strip_prefix("&mut ") {
             t = r;
         } else if let Some(r) = t.strip_prefix('&') {
             t = r;
@@ -1081,7 +1087,9 @@ fn fmt_value(v: &Value, type_name: &str, out: &mut String) {
         Data::Null => match &v.variant {
             Some(n) => out.push_str(n),
             None if t == "()" => out.push_str("()"),
-            None if t.starts_with('*') || t.starts_with("fn") => out.push_str("0x0"),
+            None if t.starts_with('*') || t.starts_with("fn") || type_name.ends_with('*') => {
+                out.push_str("0x0")
+            }
             None => out.push_str(if t.starts_with('(') { "()" } else { short }),
         },
         Data::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -1093,7 +1101,10 @@ fn fmt_value(v: &Value, type_name: &str, out: &mut String) {
         Data::Float(f) if t == "f32" => out.push_str(&format!("{:?}", *f as f32)),
         Data::Float(f) => out.push_str(&format!("{f:?}")),
         Data::Str(s) => {
-            if t == "char" {
+            if is_text(type_name) {
+                out.push_str(&format!("{s:?}"));
+                out.push_str(cut);
+            } else if t == "char" {
                 match s.chars().next() {
                     Some(c) => out.push_str(&format!("{c:?}")),
                     None => out.push_str("''"),
@@ -1217,7 +1228,8 @@ fn is_text(t: &str) -> bool {
     matches!(
         t,
         "str" | "String" | "&str" | "&mut str" | "CString" | "OsString" | "PathBuf"
-    ) || t.ends_with("char *")
+    ) || t.starts_with("char[")
+        || t.ends_with("char *")
         || t.ends_with("char*")
 }
 

@@ -354,12 +354,25 @@ impl DebugInfo {
                 let pointee_is_fn = target
                     .and_then(|t| self.type_of(t))
                     .is_some_and(|t| t.kind == TypeKind::Function);
+                let c_followable = target.and_then(|t| self.type_of(t)).is_some_and(|t| {
+                    matches!(
+                        t.kind,
+                        TypeKind::Struct { .. }
+                            | TypeKind::Union { .. }
+                            | TypeKind::Int { c_char: false, .. }
+                            | TypeKind::Float
+                            | TypeKind::Enumeration { .. }
+                    )
+                });
                 let kind = if pointee_is_fn {
                     PointerKind::Function
                 } else if ty.name.starts_with('&') || tag != dw::DW_TAG_pointer_type {
                     PointerKind::Reference
                 } else if ty.name.starts_with("alloc::boxed::Box<") {
                     PointerKind::Box
+                } else if !info.rust && ty.name.is_empty() && c_followable {
+                    // C pointers to data are shown as what they point to, as `&T` is.
+                    PointerKind::Reference
                 } else {
                     PointerKind::Raw
                 };
@@ -433,24 +446,22 @@ impl DebugInfo {
                         }
                     }
                 }
-                if ty.name.is_empty() {
-                    ty.name = "enum".into();
-                }
                 ty.kind = TypeKind::Enumeration { signed, values };
             }
             dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
                 ty.kind =
                     self.read_aggregate(slot, info, &tree, tag == dw::DW_TAG_union_type, ty.size);
-                if ty.name.is_empty() {
-                    ty.name = match tag {
-                        dw::DW_TAG_union_type => "union".into(),
-                        _ => "struct".into(),
-                    };
-                }
             }
             _ => {}
         }
-        ty.display = if info.rust {
+        ty.display = if ty.name.is_empty() {
+            // Anonymous: a typedef naming it gives it its name (see above).
+            match tag {
+                dw::DW_TAG_union_type => "union".into(),
+                dw::DW_TAG_enumeration_type => "enum".into(),
+                _ => "struct".into(),
+            }
+        } else if info.rust {
             short_name(&ty.name)
         } else {
             ty.name.clone()
