@@ -609,7 +609,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 let first = n.min(cap - head);
                 let size = *elem_size as u64;
                 self.elements(
-                    ptr.wrapping_add(head * size),
+                    ptr.wrapping_add(head.wrapping_mul(size)),
                     first,
                     *elem_size,
                     *each,
