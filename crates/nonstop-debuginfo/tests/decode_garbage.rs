@@ -26,14 +26,14 @@ fn mix(mut z: u64) -> u64 {
 
 impl Memory for Noise {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        if mix(self.seed ^ (addr >> 12)) % 5 == 0 {
+        if mix(self.seed ^ (addr >> 12)).is_multiple_of(5) {
             return Err(ReadError::Fault);
         }
         for (i, b) in buf.iter_mut().enumerate() {
             let a = addr.wrapping_add(i as u64);
             // Small values often, so lengths and tags are sometimes plausible.
             let r = mix(self.seed ^ a);
-            *b = if r % 3 == 0 {
+            *b = if r.is_multiple_of(3) {
                 (r >> 8) as u8 & 0x7
             } else {
                 (r >> 16) as u8

@@ -113,6 +113,71 @@ fn check(opt: &str) {
     );
 }
 
+/// Under tight limits, the plan reads exactly what the decoder shows: decoding from the
+/// record gives the same values (marks included) as decoding live.
+#[test]
+fn plans_capture_what_the_decoder_shows_under_tight_limits() {
+    let exe = build("values.rs", "values-limits", &["-C", "opt-level=0"]);
+    let di = DebugInfo::load(&exe).expect("load fixture");
+    let types = local_types(&exe, "main", Some("v_"));
+    let run = Running::start(&exe);
+    let mem = ProcMem::open(run.pid);
+    let vars = variables(&di, &run, &types);
+    for limits in [
+        CaptureLimits {
+            depth: 1,
+            string: 4,
+            collection: 2,
+            fields: 2,
+            frames: 20,
+        },
+        CaptureLimits {
+            depth: 2,
+            string: 1,
+            collection: 1,
+            fields: 1,
+            frames: 20,
+        },
+        CaptureLimits {
+            depth: 0,
+            string: 0,
+            collection: 0,
+            fields: 0,
+            frames: 20,
+        },
+    ] {
+        let plan = di.capture_plan(&vars, &limits);
+        let mut out = vec![0u8; 1 << 20];
+        let done = execute(&plan, &Registers::default(), &mem, &mut out);
+        let record = CapturedMemory::parse(&out[..done.len]).expect("parse record");
+        for (i, var) in vars.iter().enumerate() {
+            let root = di.read_root(var, &Registers::default(), &mem);
+            let live = di.decode(var, &root, &mem, &limits);
+            let captured = di.decode(var, &record.roots[i], &record, &limits);
+            assert_eq!(live, captured, "{} under {limits:?}", var.name);
+        }
+    }
+    // A taste of what tight limits show.
+    let limits = CaptureLimits {
+        depth: 1,
+        string: 4,
+        collection: 2,
+        fields: 2,
+        frames: 20,
+    };
+    let show = |name: &str| {
+        let i = vars.iter().position(|v| v.name == name).expect("variable");
+        let root = di.read_root(&vars[i], &Registers::default(), &mem);
+        debug_string(&di.decode(&vars[i], &root, &mem, &limits))
+    };
+    assert_eq!(show("v_vec_string"), "[.., ..]");
+    assert_eq!(show("v_string"), "\"owne\"..");
+    assert_eq!(
+        show("v_order"),
+        "Order { id: 7, items: [Item { sku: .., qty: 2, .. }, Item { sku: .., qty: 1, .. }], .. }"
+    );
+}
+
 #[test]
 fn every_local_decodes_like_its_debug_output_at_opt_level_0() {
     check("0");
