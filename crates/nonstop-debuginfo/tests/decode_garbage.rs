@@ -1,9 +1,9 @@
 //! Garbage in, bounded values out: decoding never panics and never grows without bound,
 //! whatever the memory or the record holds, under the real plans of the values fixture.
 
-mod common;
+mod decode_support;
 
-use common::{build, local_types};
+use decode_support::{build, local_types};
 use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
 use nonstop_model::capture::{
     CapturedMemory, CapturedRoot, Memory, Piece, PieceSource, ReadError, Registers, execute,

@@ -4,9 +4,9 @@
 //! Needs its own process: the fixture runs as a child and the test reads its memory
 //! through `/proc/PID/mem` (allowed for a child of the same user).
 
-mod common;
+mod decode_support;
 
-use common::{ProcMem, Running, build, local_types};
+use decode_support::{ProcMem, Running, build, local_types};
 use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind, debug_string};
 use nonstop_model::CaptureLimits;
 use nonstop_model::capture::{CapturedMemory, Piece, PieceSource, Registers, execute};
