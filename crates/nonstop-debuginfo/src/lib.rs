@@ -14,9 +14,11 @@
 #![deny(missing_docs)]
 
 mod decode;
+mod dies;
 mod error;
-mod load;
+mod functions;
 mod lines;
+mod load;
 mod plan;
 mod scope;
 mod symbolize;
@@ -45,3 +47,9 @@ pub struct DebugInfo {
     /// Lazily built indexes (line table, functions, types).
     pub(crate) index: load::Indexes,
 }
+
+// Queries run from several threads (the agent thread, the CLI's workers).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DebugInfo>();
+};
