@@ -28,6 +28,9 @@ pub(crate) struct Run {
     pub(crate) addr: u64,
     pub(crate) unit: u32,
     pub(crate) is_stmt: bool,
+    /// The run's first row is the first row at its address (not a second line placed
+    /// at the same address, as gcc does for a function's first statement at -O2).
+    pub(crate) first_at_address: bool,
 }
 
 /// Every line program walked once: the runs sorted by `(file, line, address)`.
@@ -46,7 +49,7 @@ impl LineIndex {
 
 /// Function names → their DIEs (built on the first function-name query).
 pub(crate) struct FunctionIndex {
-    /// (normalised name, unit, DIE offset, entry address, is an inlined copy)
+    /// Sorted by name, then entry address; one entry per name a function is known by.
     pub(crate) entries: Vec<FunctionEntry>,
 }
 
@@ -146,15 +149,17 @@ impl DebugInfo {
                 };
                 let mut local: HashMap<u64, u32> = HashMap::new();
                 let mut rows = program.rows();
-                // The run being read: (file index, line, first address, first stmt address).
-                let mut run: Option<(u64, u64, u64, Option<u64>)> = None;
+                // The run being read: (file index, line, first address, first stmt
+                // address, first row at its address).
+                let mut run: Option<(u64, u64, u64, Option<u64>, bool)> = None;
+                let mut prev_addr: Option<u64> = None;
                 let mut in_code = false;
                 let mut seq_start = true;
-                let flush = |run: Option<(u64, u64, u64, Option<u64>)>,
+                let flush = |run: Option<(u64, u64, u64, Option<u64>, bool)>,
                              in_code: bool,
                              runs: &mut Vec<Run>,
                              local: &HashMap<u64, u32>| {
-                    if let Some((f, line, first, stmt)) = run
+                    if let Some((f, line, first, stmt, first_at_address)) = run
                         && in_code
                         && line != 0
                         && let (Some(&file), Ok(line)) = (local.get(&f), u32::try_from(line))
@@ -165,6 +170,7 @@ impl DebugInfo {
                             addr: stmt.unwrap_or(first),
                             unit: ui as u32,
                             is_stmt: stmt.is_some(),
+                            first_at_address,
                         });
                     }
                 };
@@ -177,6 +183,7 @@ impl DebugInfo {
                     if row.end_sequence() {
                         flush(run.take(), in_code, &mut runs, &local);
                         seq_start = true;
+                        prev_addr = None;
                         continue;
                     }
                     if seq_start {
@@ -195,7 +202,7 @@ impl DebugInfo {
                     }
                     let line = row.line().map_or(0, |l| l.get());
                     match &mut run {
-                        Some((rf, rl, _, stmt)) if *rf == f && *rl == line => {
+                        Some((rf, rl, _, stmt, _)) if *rf == f && *rl == line => {
                             if stmt.is_none() && row.is_stmt() {
                                 *stmt = Some(row.address());
                             }
@@ -203,9 +210,11 @@ impl DebugInfo {
                         _ => {
                             flush(run.take(), in_code, &mut runs, &local);
                             let stmt = row.is_stmt().then_some(row.address());
-                            run = Some((f, line, row.address(), stmt));
+                            let first = prev_addr != Some(row.address());
+                            run = Some((f, line, row.address(), stmt, first));
                         }
                     }
+                    prev_addr = Some(row.address());
                 }
                 flush(run.take(), in_code, &mut runs, &local);
             }
@@ -329,11 +338,30 @@ impl DebugInfo {
         }
         let any_stmt = here.iter().any(|r| r.is_stmt);
         let mut sites = Vec::new();
+        // Runs of a function's opening line other than its entry (cleanup and landing
+        // pads rustc attributes to it) are dropped once the entry was found.
+        let mut entered: Vec<(usize, gimli::UnitOffset)> = Vec::new();
+        let mut others: Vec<(usize, gimli::UnitOffset, Site)> = Vec::new();
         for run in here.iter().filter(|r| r.is_stmt || !any_stmt) {
             let ui = run.unit as usize;
             let chain = self.scope_chain(ui, run.addr)?;
-            let (address, row_line) = match self.prologue_skip(ui, &chain, run.addr)? {
-                Some(x) => x,
+            let function = chain
+                .iter()
+                .rev()
+                .find(|s| s.is_function())
+                .filter(|s| s.tag == gimli::DW_TAG_subprogram)
+                .map(|s| (ui, s.offset));
+            let skip = if run.first_at_address {
+                self.prologue_skip(ui, &chain, run.addr)?
+            } else {
+                None
+            };
+            let moved = skip.is_some();
+            let (address, row_line) = match skip {
+                Some(r) => {
+                    entered.extend(function);
+                    (r.addr, r.line)
+                }
                 None => (run.addr, line),
             };
             let chain = if address == run.addr {
@@ -341,17 +369,36 @@ impl DebugInfo {
             } else {
                 self.scope_chain(ui, address)?
             };
-            sites.push(Site {
+            let site = Site {
                 address,
                 functions: self.function_chain(ui, &chain),
                 file: path.clone(),
                 line: row_line,
                 is_stmt: run.is_stmt,
-            });
+            };
+            match function {
+                Some((u, o)) if !moved => others.push((u, o, site)),
+                _ => sites.push(site),
+            }
+        }
+        for (u, o, site) in others {
+            if !entered.contains(&(u, o)) || !self.opens_function(u, o, line) {
+                sites.push(site);
+            }
         }
         sites.sort_by_key(|s| s.address);
         sites.dedup_by_key(|s| s.address);
         Ok(sites)
+    }
+
+    /// Whether `line` is the line a subprogram is declared on (its opening line).
+    fn opens_function(&self, ui: usize, off: gimli::UnitOffset, line: u32) -> bool {
+        self.die(ui, off).ok().is_some_and(|d| {
+            d.attr_value(gimli::DW_AT_decl_line)
+                .and_then(|v| v.udata_value())
+                .is_some_and(|l| l == u64::from(line))
+                || d.attr_value(gimli::DW_AT_specification).is_some()
+        })
     }
 
     fn closest_files(&self, index: &LineIndex, query: &str) -> Vec<String> {
@@ -379,7 +426,7 @@ impl DebugInfo {
         ui: usize,
         chain: &[Scope],
         addr: u64,
-    ) -> Result<Option<(u64, u32)>, Error> {
+    ) -> Result<Option<Row>, Error> {
         let Some(innermost) = chain.iter().rev().find(|s| s.is_function()) else {
             return Ok(None);
         };
@@ -390,15 +437,24 @@ impl DebugInfo {
             return Ok(None);
         };
         let end = self.function_end(ui, innermost, addr)?;
-        let inside = |a: u64| a > addr && end.is_none_or(|e| a < e);
-        let pick = seq
+        let inside = |a: u64| a >= addr && end.is_none_or(|e| a < e);
+        let Some(first) = seq.iter().position(|r| r.addr == addr) else {
+            return Ok(None);
+        };
+        let entry_line = seq[first].line;
+        let after = &seq[first..];
+        // `prologue_end` where the compiler marks it (LLVM); else the first statement on
+        // another line (gcc), which is at the entry itself when there is no prologue.
+        let pick = after
             .iter()
             .find(|r| r.prologue_end && inside(r.addr))
             .or_else(|| {
-                seq.iter()
-                    .find(|r| r.is_stmt && inside(r.addr) && r.line != 0)
+                after
+                    .iter()
+                    .take_while(|r| inside(r.addr))
+                    .find(|r| r.is_stmt && r.line != entry_line && r.line != 0)
             });
-        Ok(pick.map(|r| (r.addr, r.line)))
+        Ok(pick.copied())
     }
 
     fn function_end(&self, ui: usize, scope: &Scope, addr: u64) -> Result<Option<u64>, Error> {
@@ -442,12 +498,12 @@ impl DebugInfo {
         Ok(None)
     }
 
-    /// The line-table row covering `addr`: (file path, line).
-    pub(crate) fn line_at(&self, ui: usize, addr: u64) -> Result<Option<(String, u32)>, Error> {
+    /// The line-table row covering `addr`, with its file path.
+    pub(crate) fn row_at(&self, ui: usize, addr: u64) -> Result<Option<(String, Row)>, Error> {
         let Some(seq) = self.sequence_rows(ui, addr)? else {
             return Ok(None);
         };
-        let Some(row) = seq.iter().rev().find(|r| r.addr <= addr) else {
+        let Some(row) = seq.iter().rev().find(|r| r.addr <= addr).copied() else {
             return Ok(None);
         };
         let unit = &self.units()?[ui];
@@ -456,7 +512,12 @@ impl DebugInfo {
         };
         Ok(self
             .file_path(ui, program.header(), row.file)
-            .map(|p| (p, row.line)))
+            .map(|p| (p, row)))
+    }
+
+    /// The file path and line of the row covering `addr`.
+    pub(crate) fn line_at(&self, ui: usize, addr: u64) -> Result<Option<(String, u32)>, Error> {
+        Ok(self.row_at(ui, addr)?.map(|(p, r)| (p, r.line)))
     }
 }
 

@@ -431,6 +431,16 @@ impl DebugInfo {
         if pieces.iter().all(|p| p.source == PieceSource::Unavailable) {
             return Ok(Vec::new());
         }
+        // Bytes no piece describes are not available (the pieces cover the whole value).
+        let covered: u64 = pieces.iter().map(|p| u64::from(p.size)).sum();
+        if let Some(rest) = whole_size.checked_sub(covered).filter(|&r| r > 0)
+            && let Ok(size) = u32::try_from(rest)
+        {
+            pieces.push(Piece {
+                size,
+                source: PieceSource::Unavailable,
+            });
+        }
         Ok(pieces)
     }
 

@@ -51,7 +51,8 @@ struct VariableOut {
     decl_line: Option<u32>,
     /// `available`, `optimized-out` or `entry-value`.
     availability: &'static str,
-    /// Where the bytes are, piece by piece (`rsp+0x18`, `reg rdi`).
+    /// Where the bytes are, piece by piece: `[rsp+0x18]` (memory), `reg rdi`,
+    /// `value rsp+0x8` (computed), `const 0x2a`, `[0x4010]` (a static), `optimized out`.
     pieces: Vec<PieceOut>,
 }
 
@@ -140,8 +141,8 @@ fn offset(reg: u16, off: i64) -> String {
 fn piece_out(p: &Piece) -> PieceOut {
     let location = match &p.source {
         PieceSource::Register { reg } => format!("reg {}", reg_name(*reg)),
-        PieceSource::Memory { reg, offset: o } => offset(*reg, *o),
-        PieceSource::Absolute { addr } => format!("{addr:#x}"),
+        PieceSource::Memory { reg, offset: o } => format!("[{}]", offset(*reg, *o)),
+        PieceSource::Absolute { addr } => format!("[{addr:#x}]"),
         PieceSource::Computed { reg, offset: o } => format!("value {}", offset(*reg, *o)),
         PieceSource::Implicit(bytes) => {
             let hex: String = bytes.iter().rev().map(|b| format!("{b:02x}")).collect();
