@@ -19,7 +19,10 @@ pub struct Fixture {
 impl Fixture {
     /// The line of a mark.
     pub fn line(&self, mark: &str) -> u32 {
-        *self.marks.get(mark).unwrap_or_else(|| panic!("no mark {mark}"))
+        *self
+            .marks
+            .get(mark)
+            .unwrap_or_else(|| panic!("no mark {mark}"))
     }
 
     /// `FILE:LINE` of a mark, with the file's name only.
@@ -29,7 +32,11 @@ impl Fixture {
 
     /// The source's file name.
     pub fn file_name(&self) -> String {
-        self.source.file_name().unwrap().to_string_lossy().into_owned()
+        self.source
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -41,7 +48,9 @@ fn fixtures_dir() -> PathBuf {
 pub fn out_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("fixtures")
+        .join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -62,7 +71,9 @@ fn marks(source: &Path) -> HashMap<String, u32> {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}",
@@ -71,7 +82,11 @@ fn run(cmd: &mut Command) {
 }
 
 fn build(name: &str, make: impl FnOnce(&Path, &Path)) -> Fixture {
-    let source = fixtures_dir().join(if name.starts_with("shop") { "shop.rs" } else { "points.c" });
+    let source = fixtures_dir().join(if name.starts_with("shop") {
+        "shop.rs"
+    } else {
+        "points.c"
+    });
     let binary = out_dir().join(name);
     make(&source, &binary);
     Fixture {
@@ -94,7 +109,11 @@ fn rust(name: &str, opt: &str) -> Fixture {
 
 fn c(name: &str, opt: &str) -> Fixture {
     build(name, |src, bin| {
-        run(Command::new("gcc").args(["-g", opt]).arg(src).arg("-o").arg(bin));
+        run(Command::new("gcc")
+            .args(["-g", opt])
+            .arg(src)
+            .arg("-o")
+            .arg(bin));
     })
 }
 
@@ -134,7 +153,9 @@ pub fn addr2line(binary: &Path, address: u64) -> (String, u32) {
     let first = text.lines().next().unwrap_or("").to_string();
     let (file, line) = first.rsplit_once(':').unwrap_or(("?", "0"));
     let line: String = line.chars().take_while(char::is_ascii_digit).collect();
-    let name = Path::new(file).file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = Path::new(file)
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     (name, line.parse().unwrap_or(0))
 }
 
@@ -150,4 +171,22 @@ pub fn gdb_line_start(binary: &Path, location: &str) -> Option<u64> {
     let rest = text.split("starts at address ").nth(1)?;
     let hex = rest.split_whitespace().next()?.trim_start_matches("0x");
     u64::from_str_radix(hex, 16).ok()
+}
+
+/// `llvm-dwarfdump --debug-line`: every (address, line) row.
+pub fn line_rows(binary: &Path) -> std::collections::HashSet<(u64, u32)> {
+    let out = Command::new("llvm-dwarfdump")
+        .arg("--debug-line")
+        .arg(binary)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("0x"))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+            Some((addr, f.next()?.parse().ok()?))
+        })
+        .collect()
 }
