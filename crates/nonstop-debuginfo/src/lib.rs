@@ -14,7 +14,9 @@
 #![deny(missing_docs)]
 
 mod decode;
+mod dies;
 mod error;
+mod functions;
 mod lines;
 mod load;
 mod plan;
@@ -48,3 +50,9 @@ pub struct DebugInfo {
     /// Lazily built indexes (line table, functions, types).
     pub(crate) index: load::Indexes,
 }
+
+// Queries run from several threads (the agent thread, the CLI's workers).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DebugInfo>();
+};
