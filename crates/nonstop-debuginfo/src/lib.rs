@@ -15,8 +15,8 @@
 
 mod decode;
 mod error;
-mod load;
 mod lines;
+mod load;
 mod plan;
 mod scope;
 mod symbolize;
@@ -26,6 +26,7 @@ mod unwind;
 pub use error::Error;
 pub use lines::Site;
 pub use scope::{Availability, Variable, VariableKind};
+pub use unwind::{DEFAULT_MAX_FRAMES, Module, RawFrame, Stacks, Unwinder};
 
 use std::sync::Arc;
 

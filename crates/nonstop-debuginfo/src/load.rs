@@ -13,7 +13,10 @@ pub(crate) struct LoadedFile {
 
 /// Lazily built indexes.
 #[derive(Default)]
-pub(crate) struct Indexes {}
+pub(crate) struct Indexes {
+    /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
+    pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
+}
 
 impl DebugInfo {
     /// Loads `path` (an ELF executable or shared object) and its DWARF.
