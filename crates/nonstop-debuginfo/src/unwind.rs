@@ -413,17 +413,39 @@ impl Unwinder {
     /// file with an executable mapping. Files that cannot be read are left out (their
     /// frames fall back to frame pointers and show as addresses).
     pub fn from_proc_maps(pid: Option<u32>) -> Result<Unwinder, Error> {
+        let mut unwinder = Unwinder::default();
+        unwinder.reread_proc_maps(pid)?;
+        Ok(unwinder)
+    }
+
+    /// Reads `/proc/PID/maps` again (after a `dlopen`, say), keeping the modules that are
+    /// still mapped at the same addresses instead of loading them again: only new mappings
+    /// cost a file read. On error, nothing changes.
+    pub fn reread_proc_maps(&mut self, pid: Option<u32>) -> Result<(), Error> {
         let maps = read_proc_maps(pid)?;
+        let mut old = std::mem::take(&mut self.modules);
         let modules = maps
             .iter()
             .filter_map(|(path, mappings)| {
+                let same = |m: &Module| {
+                    m.path == *path
+                        && m.ranges.len() == mappings.len()
+                        && m.ranges
+                            .iter()
+                            .zip(mappings)
+                            .all(|(r, m)| r.start == m.start && r.end == m.end)
+                };
+                if let Some(i) = old.iter().position(same) {
+                    return Some(old.swap_remove(i));
+                }
                 let data = std::fs::read(path).ok()?;
                 let obj = object::File::parse(&*data).ok()?;
                 let (bias, ranges) = bias_and_ranges(&obj, mappings)?;
                 Some(Module::from_object(path.clone(), bias, ranges, &obj))
             })
             .collect();
-        Ok(Unwinder::new(modules))
+        *self = Unwinder::new(modules);
+        Ok(())
     }
 
     /// The modules, in the order given.
@@ -672,8 +694,8 @@ impl Stacks {
         if !self.from_proc {
             return Ok(());
         }
-        self.unwinder = Unwinder::from_proc_maps(self.pid)?;
         self.refreshed = Instant::now();
+        self.unwinder.reread_proc_maps(self.pid)?;
         Ok(())
     }
 

@@ -90,35 +90,40 @@ impl Memory for ProcMem {
     }
 }
 
-/// The fixture stopped under ptrace inside `spin`; killed on drop.
+/// A child process, killed on drop (also when a test fails).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// The fixture stopped under ptrace inside `spin`.
 struct Stopped {
-    child: Child,
+    child: KillOnDrop,
     regs: Registers,
     mem: ProcMem,
 }
 
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = kill(self.pid(), Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
 impl Stopped {
     fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
+        Pid::from_raw(self.child.0.id() as i32)
     }
 
     fn start(build: Build) -> Stopped {
-        let mut child = Command::new(fixture(build))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the fixture");
+        let mut child = KillOnDrop(
+            Command::new(fixture(build))
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the fixture"),
+        );
         let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
+        let stdout = child.0.stdout.take().unwrap();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         assert_eq!(line, "ready\n");
-        let pid = Pid::from_raw(child.id() as i32);
+        let pid = Pid::from_raw(child.0.id() as i32);
         // "ready" is printed just before the loop: give it a moment to get there, and
         // check, stopping it again if it was not there yet.
         for attempt in 0.. {
