@@ -5,65 +5,13 @@
 //! the test attaches with ptrace, takes the registers, and reads the stack through
 //! `/proc/PID/mem`.
 
-use nix::sys::ptrace;
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
+#[path = "fixtures/stack_stopped.rs"]
+mod stack_stopped;
+
 use nonstop_debuginfo::{RawFrame, Stacks};
 use nonstop_model::Frame;
-use nonstop_model::capture::{CapturePlan, CapturedMemory, Memory, ReadError, Registers, execute};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
-use std::time::Duration;
-
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/stack.rs");
-
-#[derive(Clone, Copy, Debug)]
-enum Build {
-    Debug,
-    Release,
-}
-
-fn fixture(build: Build) -> &'static Path {
-    static DEBUG: OnceLock<PathBuf> = OnceLock::new();
-    static RELEASE: OnceLock<PathBuf> = OnceLock::new();
-    let (cell, name, flags): (_, _, &[&str]) = match build {
-        Build::Debug => (&DEBUG, "stack-debug", &["-C", "debuginfo=2"]),
-        Build::Release => (
-            &RELEASE,
-            "stack-release",
-            &["-C", "opt-level=2", "-C", "debuginfo=2"],
-        ),
-    };
-    cell.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-        let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-        let status = Command::new(rustc)
-            .args(flags)
-            .args(["--edition", "2024", "--crate-name", "stack", "-o"])
-            .arg(&out)
-            .arg(FIXTURE)
-            .status()
-            .expect("run rustc");
-        assert!(status.success(), "building the fixture failed");
-        out
-    })
-}
-
-/// The line of the fixture marked `// @line NAME`.
-fn marked_line(name: &str) -> u32 {
-    let source = std::fs::read_to_string(FIXTURE).unwrap();
-    let marker = format!("// @line {name}");
-    let index = source
-        .lines()
-        .position(|l| l.trim_end().ends_with(&marker))
-        .unwrap_or_else(|| panic!("no {marker} in the fixture"));
-    index as u32 + 1
-}
+use nonstop_model::capture::{CapturePlan, CapturedMemory, execute};
+use stack_stopped::{Build, Stopped, marked_line};
 
 /// The frames every build must start with.
 fn expected() -> Vec<(String, u32)> {
@@ -77,78 +25,6 @@ fn expected() -> Vec<(String, u32)> {
     .iter()
     .map(|(f, l)| (f.to_string(), marked_line(l)))
     .collect()
-}
-
-/// Another process's memory, read through `/proc/PID/mem` (we are its tracer).
-struct ProcMem(File);
-
-impl Memory for ProcMem {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.0
-            .read_exact_at(buf, addr)
-            .map_err(|_| ReadError::Fault)
-    }
-}
-
-/// A child process, killed on drop (also when a test fails).
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
-
-/// The fixture stopped under ptrace inside `spin`.
-struct Stopped {
-    child: KillOnDrop,
-    regs: Registers,
-    mem: ProcMem,
-}
-
-impl Stopped {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.0.id() as i32)
-    }
-
-    fn start(build: Build) -> Stopped {
-        let mut child = KillOnDrop(
-            Command::new(fixture(build))
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start the fixture"),
-        );
-        let mut line = String::new();
-        let stdout = child.0.stdout.take().unwrap();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert_eq!(line, "ready\n");
-        let pid = Pid::from_raw(child.0.id() as i32);
-        // "ready" is printed just before the loop: give it a moment to get there, and
-        // check, stopping it again if it was not there yet.
-        for attempt in 0.. {
-            std::thread::sleep(Duration::from_millis(20));
-            ptrace::attach(pid).expect("ptrace attach");
-            waitpid(pid, None).expect("wait for the stop");
-            let r = ptrace::getregs(pid).expect("getregs");
-            let regs = Registers {
-                gpr: [
-                    r.rax, r.rdx, r.rcx, r.rbx, r.rsi, r.rdi, r.rbp, r.rsp, r.r8, r.r9, r.r10,
-                    r.r11, r.r12, r.r13, r.r14, r.r15, r.rip,
-                ],
-                ..Registers::default()
-            };
-            // The loop is a 2-byte `jmp` to itself: the same rip twice means it is there.
-            let mem = ProcMem(File::open(format!("/proc/{pid}/mem")).unwrap());
-            let mut insn = [0u8; 2];
-            let spinning = mem.read(r.rip, &mut insn).is_ok() && insn == [0xeb, 0xfe];
-            if spinning || attempt == 50 {
-                return Stopped { child, regs, mem };
-            }
-            ptrace::detach(pid, None).expect("detach");
-        }
-        unreachable!()
-    }
 }
 
 fn names_and_lines(frames: &[Frame]) -> Vec<(String, u32)> {
