@@ -7,8 +7,9 @@
 
 use crate::{DebugInfo, Reader};
 use nonstop_model::Frame;
-use object::{Object, ObjectSymbol, SymbolKind};
+use object::{Object, ObjectSection, ObjectSymbol, SectionKind, SymbolKind};
 use std::borrow::Cow;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +62,11 @@ impl Symbolizer {
     }
 
     fn frames(&self, address: u64) -> Vec<Frame> {
+        // DWARF of functions the linker dropped says they start at 0 (or another
+        // tombstone): an address outside the code must not resolve to them.
+        if !self.symbols.is_code(address) {
+            return Vec::new();
+        }
         let mut frames = self.dwarf_frames(address).unwrap_or_default();
         if frames.iter().all(|f| f.function.is_empty()) {
             // DWARF had at most a line for it: take the name from the symbol table.
@@ -127,6 +133,8 @@ const MAX_INLINE_DEPTH: usize = 64;
 pub(crate) struct SymbolMap {
     /// `(start, end, name)`, sorted by start; `end == start` when the size is unknown.
     entries: Vec<(u64, u64, Box<str>)>,
+    /// Address ranges of the executable sections; empty when unknown.
+    code: Vec<Range<u64>>,
 }
 
 impl SymbolMap {
@@ -156,7 +164,17 @@ impl SymbolMap {
         // Sized symbols first at an address, so a lookup prefers them over aliases without size.
         entries.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         entries.dedup_by(|later, earlier| later.0 == earlier.0);
-        SymbolMap { entries }
+        let code = obj
+            .sections()
+            .filter(|s| s.kind() == SectionKind::Text && s.size() > 0)
+            .map(|s| s.address()..s.address().saturating_add(s.size()))
+            .collect();
+        SymbolMap { entries, code }
+    }
+
+    /// Whether `address` is in an executable section (`true` when the sections are unknown).
+    pub(crate) fn is_code(&self, address: u64) -> bool {
+        self.code.is_empty() || self.code.iter().any(|r| r.contains(&address))
     }
 
     /// The name of the function containing `address`: the nearest symbol at or below it,
@@ -184,7 +202,70 @@ mod tests {
                 (0x1020, 0x1020, "b".into()),
                 (0x1100, 0x1180, "c".into()),
             ],
+            code: Vec::new(),
         }
+    }
+
+    trait Shape {
+        fn area(&self) -> u64;
+    }
+
+    struct Square(u64);
+
+    impl Shape for Square {
+        #[inline(never)]
+        fn area(&self) -> u64 {
+            std::hint::black_box(self.0 * self.0)
+        }
+    }
+
+    /// The test binary's own DWARF, and the load bias of this process.
+    fn own_debug_info() -> (DebugInfo, u64) {
+        let unwinder = crate::Unwinder::from_proc_maps(None).unwrap();
+        let here = own_debug_info as *const () as u64;
+        let bias = unwinder.module_for(here).unwrap().bias();
+        (
+            DebugInfo::load(std::env::current_exe().unwrap()).unwrap(),
+            bias,
+        )
+    }
+
+    #[test]
+    fn trait_methods_are_named_as_qualified_paths_without_hash() {
+        assert_eq!(Square(3).area(), 9);
+        let (info, bias) = own_debug_info();
+        let f = <Square as Shape>::area as *const () as u64;
+        let frames = info.frames_at(f - bias);
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_eq!(
+            frames[0].function,
+            "<nonstop_debuginfo::symbolize::tests::Square as \
+             nonstop_debuginfo::symbolize::tests::Shape>::area"
+        );
+        assert!(
+            frames[0]
+                .file
+                .as_deref()
+                .unwrap()
+                .ends_with("src/symbolize.rs")
+        );
+        // The same answer again, from the cached context.
+        assert_eq!(info.frames_at(f - bias), frames);
+    }
+
+    #[test]
+    fn addresses_outside_the_binary_give_no_frames() {
+        let (info, _) = own_debug_info();
+        assert!(info.frames_at(0).is_empty());
+        assert!(info.frames_at(u64::MAX).is_empty());
+        assert!(info.frames_at_return_address(0).is_empty());
+    }
+
+    #[test]
+    fn debug_info_stays_shareable_between_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<DebugInfo>();
+        send_sync::<crate::Stacks>();
     }
 
     #[test]

@@ -206,9 +206,17 @@ impl Cfi {
         }
     }
 
-    /// The caller's registers for a frame at file address `pc`, or `None` when no CFI
-    /// covers `pc`. `Some(None)`: CFI covers it but unwinding cannot continue.
-    fn step(&self, ctx: &mut Ctx, pc: u64, regs: &Regs, mem: &dyn Memory) -> Option<Option<Regs>> {
+    /// The caller's registers for a frame at file address `pc`, and whether this frame is a
+    /// signal trampoline (then the caller's pc is where the signal struck, not a return
+    /// address). `None` when no CFI covers `pc`; `Some(None)` when CFI covers it but
+    /// unwinding cannot continue.
+    fn step(
+        &self,
+        ctx: &mut Ctx,
+        pc: u64,
+        regs: &Regs,
+        mem: &dyn Memory,
+    ) -> Option<Option<(Regs, bool)>> {
         if let Some(eh_frame) = &self.eh_frame {
             let fde = match self.eh_frame_hdr.as_ref().and_then(|h| h.table()) {
                 Some(table) => table
@@ -224,7 +232,8 @@ impl Cfi {
                     version: fde.cie().version().into(),
                     ..self.encoding
                 };
-                return Some(row.and_then(|row| apply_row(eh_frame, encoding, row, regs, mem)));
+                let next = row.and_then(|row| apply_row(eh_frame, encoding, row, regs, mem));
+                return Some(next.map(|next| (next, fde.is_signal_trampoline())));
             }
         }
         if let Some(debug_frame) = &self.debug_frame
@@ -237,7 +246,8 @@ impl Cfi {
                 version: fde.cie().version().into(),
                 ..self.encoding
             };
-            return Some(row.and_then(|row| apply_row(debug_frame, encoding, row, regs, mem)));
+            let next = row.and_then(|row| apply_row(debug_frame, encoding, row, regs, mem));
+            return Some(next.map(|next| (next, fde.is_signal_trampoline())));
         }
         None
     }
@@ -488,20 +498,22 @@ impl Unwinder {
             }
             // A return address points after the call, possibly past the function's end.
             let lookup = if is_return_address { pc - 1 } else { pc };
-            let next = match self.module_for(lookup) {
-                Some(m) => match m.cfi.step(&mut ctx, lookup.wrapping_sub(m.bias), &cur, mem) {
-                    Some(next) => next,
-                    None => frame_pointer_step(&cur, mem),
-                },
-                None => frame_pointer_step(&cur, mem),
+            let cfi = self
+                .module_for(lookup)
+                .and_then(|m| m.cfi.step(&mut ctx, lookup.wrapping_sub(m.bias), &cur, mem));
+            let next = match cfi {
+                Some(next) => next,
+                None => frame_pointer_step(&cur, mem).map(|next| (next, false)),
             };
-            let Some(next) = next else { break };
+            let Some((next, signal_frame)) = next else {
+                break;
+            };
             match (cur[REG_RSP as usize], next[REG_RSP as usize]) {
                 (Some(old), Some(new)) if new > old => {}
                 _ => break,
             }
             cur = next;
-            is_return_address = true;
+            is_return_address = !signal_frame;
         }
         frames
     }
