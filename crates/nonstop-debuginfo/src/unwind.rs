@@ -660,8 +660,14 @@ pub struct Stacks {
     from_proc: bool,
     unwinder: Unwinder,
     symbols: Mutex<HashMap<PathBuf, Arc<Symbols>>>,
+    /// Frames of recently seen runtime addresses `(address, is_return_address)`: the same
+    /// call sites come back hit after hit. Cleared when full or when the mappings change.
+    recent: Mutex<HashMap<(u64, bool), Vec<Frame>>>,
     refreshed: Instant,
 }
+
+/// Most addresses [`Stacks`] keeps symbolized frames for.
+const RECENT_CAPACITY: usize = 4096;
 
 impl std::fmt::Debug for Stacks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -685,6 +691,7 @@ impl Stacks {
             from_proc: true,
             unwinder: Unwinder::from_proc_maps(pid)?,
             symbols: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
             refreshed: Instant::now(),
         })
     }
@@ -696,6 +703,7 @@ impl Stacks {
             from_proc: false,
             unwinder,
             symbols: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
             refreshed: Instant::now(),
         }
     }
@@ -708,6 +716,11 @@ impl Stacks {
         }
         self.refreshed = Instant::now();
         self.unwinder.reread_proc_maps(self.pid)?;
+        // A library mapped where another one was would make remembered frames wrong.
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 
@@ -740,42 +753,58 @@ impl Stacks {
     /// Symbolizes unwound frames: at most `limit` frames, inlined frames expanded.
     pub fn symbolize(&self, raw: &[RawFrame], limit: usize) -> Vec<Frame> {
         let mut out = Vec::new();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         for f in raw {
             if out.len() >= limit {
                 break;
             }
-            let lookup = if f.is_return_address {
-                f.address.saturating_sub(1)
-            } else {
-                f.address
+            let key = (f.address, f.is_return_address);
+            let frames = match recent.get(&key) {
+                Some(frames) => frames,
+                None => {
+                    if recent.len() >= RECENT_CAPACITY {
+                        recent.clear();
+                    }
+                    recent.entry(key).or_insert(self.symbolize_one(f))
+                }
             };
-            let module = self.unwinder.module_for(lookup);
-            let mut frames = match module {
-                Some(m) => self
-                    .symbols_for(&m.path)
-                    .frames(f.address.wrapping_sub(m.bias), f.is_return_address),
-                None => Vec::new(),
-            };
-            if frames.is_empty() {
-                frames.push(Frame {
-                    function: match module {
-                        Some(m) => format!(
-                            "{}+{:#x}",
-                            m.path
-                                .file_name()
-                                .unwrap_or(m.path.as_os_str())
-                                .to_string_lossy(),
-                            f.address.wrapping_sub(m.bias)
-                        ),
-                        None => format!("{:#x}", f.address),
-                    },
-                    file: None,
-                    line: None,
-                });
-            }
-            out.extend(frames.into_iter().take(limit - out.len()));
+            out.extend(frames.iter().take(limit - out.len()).cloned());
         }
         out
+    }
+
+    /// The frames of one unwound address; never empty.
+    fn symbolize_one(&self, f: &RawFrame) -> Vec<Frame> {
+        let lookup = if f.is_return_address {
+            f.address.saturating_sub(1)
+        } else {
+            f.address
+        };
+        let module = self.unwinder.module_for(lookup);
+        let mut frames = match module {
+            Some(m) => self
+                .symbols_for(&m.path)
+                .frames(f.address.wrapping_sub(m.bias), f.is_return_address),
+            None => Vec::new(),
+        };
+        if frames.is_empty() {
+            frames.push(Frame {
+                function: match module {
+                    Some(m) => format!(
+                        "{}+{:#x}",
+                        m.path
+                            .file_name()
+                            .unwrap_or(m.path.as_os_str())
+                            .to_string_lossy(),
+                        f.address.wrapping_sub(m.bias)
+                    ),
+                    None => format!("{:#x}", f.address),
+                },
+                file: None,
+                line: None,
+            });
+        }
+        frames
     }
 
     fn symbols_for(&self, path: &Path) -> Arc<Symbols> {

@@ -111,6 +111,11 @@ fn a_captured_record_unwinds_like_live_memory() {
         let record = capture(&stopped, 16 * 1024);
         let captured = stacks.frames(&record.regs, &record, 20);
         assert_eq!(captured, live, "{build:?}");
+        assert_eq!(
+            stacks.unwinder().unwind(&record.regs, &record, 20),
+            stacks.unwinder().unwind(&stopped.regs, &stopped.mem, 20),
+            "{build:?}"
+        );
     }
 }
 
