@@ -870,6 +870,61 @@ garbage line
         );
     }
 
+    /// 8-byte words at addresses.
+    struct Words(HashMap<u64, u64>);
+    impl Memory for Words {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
+            let w = self
+                .0
+                .get(&addr)
+                .ok_or(nonstop_model::capture::ReadError::NotCaptured)?;
+            buf.copy_from_slice(w.to_le_bytes().get(..buf.len()).unwrap_or(&[]));
+            Ok(())
+        }
+    }
+
+    fn fp_regs(rip: u64, rsp: u64, rbp: u64) -> Registers {
+        let mut regs = Registers::default();
+        regs.gpr[REG_RIP as usize] = rip;
+        regs.gpr[REG_RSP as usize] = rsp;
+        regs.gpr[REG_RBP as usize] = rbp;
+        regs
+    }
+
+    #[test]
+    fn code_without_cfi_is_unwound_along_the_frame_pointer_chain() {
+        let mem = Words(HashMap::from([
+            (0x1010, 0x1040),
+            (0x1018, 0xaaaa),
+            (0x1040, 0),
+            (0x1048, 0xbbbb),
+        ]));
+        let frames = Unwinder::default().unwind(&fp_regs(0x5000, 0x1000, 0x1010), &mem, 20);
+        let addresses: Vec<(u64, bool)> = frames
+            .iter()
+            .map(|f| (f.address, f.is_return_address))
+            .collect();
+        assert_eq!(
+            addresses,
+            vec![(0x5000, false), (0xaaaa, true), (0xbbbb, true)]
+        );
+        // The limit holds.
+        assert_eq!(
+            Unwinder::default()
+                .unwind(&fp_regs(0x5000, 0x1000, 0x1010), &mem, 2)
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_frame_pointer_loop_ends_the_walk() {
+        // The saved rbp points at itself: after one step it is below the stack pointer.
+        let mem = Words(HashMap::from([(0x1010, 0x1010), (0x1018, 0xaaaa)]));
+        let frames = Unwinder::default().unwind(&fp_regs(0x5000, 0x1000, 0x1010), &mem, 20);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+    }
+
     struct NoMemory;
     impl Memory for NoMemory {
         fn read(&self, _: u64, _: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
