@@ -14,6 +14,8 @@ pub(crate) struct LoadedFile {
 /// Lazily built indexes.
 #[derive(Default)]
 pub(crate) struct Indexes {
+    /// Types read so far (see `types.rs`).
+    pub(crate) types: crate::types::TypeCache,
     /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
     pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
 }
