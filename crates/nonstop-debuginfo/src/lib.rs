@@ -14,18 +14,24 @@
 #![deny(missing_docs)]
 
 mod decode;
+mod dies;
 mod error;
-mod load;
+mod functions;
 mod lines;
+mod load;
 mod plan;
 mod scope;
 mod symbolize;
 mod types;
 mod unwind;
 
+pub use decode::{debug_string, key_string};
 pub use error::Error;
 pub use lines::Site;
+pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
+pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
+pub use unwind::{DEFAULT_MAX_FRAMES, Module, RawFrame, Stacks, Unwinder};
 
 use std::sync::Arc;
 
@@ -45,3 +51,9 @@ pub struct DebugInfo {
     /// Lazily built indexes (line table, functions, types).
     pub(crate) index: load::Indexes,
 }
+
+// Queries run from several threads (the agent thread, the CLI's workers).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DebugInfo>();
+};
