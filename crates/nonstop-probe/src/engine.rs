@@ -628,8 +628,16 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
 struct Retired {
     id: u64,
     idx: usize,
-    slot: u64,
     at: Instant,
+}
+
+/// The out-of-line slot of a site. A slot keeps its code for as long as the site's bytes
+/// are the same, so a thread that is preempted inside a slot (on return from the handler,
+/// a common preemption point) finds the same instructions there however long it waits;
+/// slots are rewritten only when a site's bytes changed, after a long quarantine.
+struct SiteSlot {
+    slot: u64,
+    bytes: [u8; 16],
 }
 
 struct Arming {
@@ -640,6 +648,9 @@ struct Arming {
     free: Vec<usize>,
     quarantine: Vec<Retired>,
     slots: Slots,
+    site_slots: HashMap<u64, SiteSlot>,
+    /// Slots of sites whose bytes changed, with when they were replaced.
+    stale_slots: Vec<(u64, Instant)>,
     table_used: usize,
 }
 
@@ -700,6 +711,8 @@ impl Engine {
                 free: (0..MAX_PROBES).rev().collect(),
                 quarantine: Vec::new(),
                 slots: Slots::default(),
+                site_slots: HashMap::new(),
+                stale_slots: Vec::new(),
                 table_used: 0,
             }),
         })
@@ -742,39 +755,17 @@ impl Engine {
             site.emulation,
             Emulation::OutOfLine | Emulation::CallRel | Emulation::Push(_)
         );
-        let mut slot = 0;
-        if needs_slot {
-            slot = a
-                .slots
-                .alloc_near(address, &maps)
-                .ok_or(ArmError::NoSlotNearby { address })?;
-            let written = site::slot_code(&site, slot)
-                .map_err(|e| site_error(address, e))
-                .and_then(|code| {
-                    sys::write_mem(a.mem_fd, slot, &code).map_err(|e| ArmError::Patch {
-                        address: slot,
-                        error: e.to_string(),
-                    })
-                });
-            if let Err(e) = written {
-                a.slots.free(slot);
-                return Err(e);
-            }
-            self.sync();
-        }
-        let release_slot = |a: &mut Arming| {
-            if slot != 0 {
-                a.slots.free(slot);
-            }
+        let slot = if needs_slot {
+            self.slot_for(&mut a, &site, address, &maps)?
+        } else {
+            0
         };
         let Some(idx) = a.free.pop() else {
-            release_slot(&mut a);
             return Err(ArmError::TooManyProbes { max: MAX_PROBES });
         };
         let mut used = a.table_used;
         let Some(cell) = table_cell(address, &mut used) else {
             a.free.push(idx);
-            release_slot(&mut a);
             return Err(ArmError::TooManyProbes { max: MAX_PROBES });
         };
         a.table_used = used;
@@ -809,7 +800,6 @@ impl Engine {
             a.quarantine.push(Retired {
                 id,
                 idx,
-                slot,
                 at: Instant::now(),
             });
             return Err(ArmError::Patch {
@@ -846,16 +836,68 @@ impl Engine {
         a.quarantine.push(Retired {
             id: id.0,
             idx,
-            slot: p.slot.load(Ordering::Relaxed),
             at: Instant::now(),
         });
         self.reap(&mut a);
         Ok(())
     }
 
+    /// The slot of a site: the existing one when its bytes are unchanged, else a new one.
+    fn slot_for(
+        &self,
+        a: &mut Arming,
+        site: &site::Site,
+        address: u64,
+        maps: &[slots::Mapping],
+    ) -> Result<u64, ArmError> {
+        if let Some(s) = a.site_slots.get(&address) {
+            if s.bytes == site.bytes {
+                return Ok(s.slot);
+            }
+        }
+        let slot = a
+            .slots
+            .alloc_near(address, maps)
+            .ok_or(ArmError::NoSlotNearby { address })?;
+        let written = site::slot_code(site, slot)
+            .map_err(|e| site_error(address, e))
+            .and_then(|code| {
+                sys::write_mem(a.mem_fd, slot, &code).map_err(|e| ArmError::Patch {
+                    address: slot,
+                    error: e.to_string(),
+                })
+            });
+        if let Err(e) = written {
+            a.slots.free(slot);
+            return Err(e);
+        }
+        self.sync();
+        let old = a.site_slots.insert(
+            address,
+            SiteSlot {
+                slot,
+                bytes: site.bytes,
+            },
+        );
+        if let Some(old) = old {
+            a.stale_slots.push((old.slot, Instant::now()));
+        }
+        Ok(slot)
+    }
+
     /// Frees retired probes that no thread can be using any more.
     fn reap(&self, a: &mut Arming) {
         let grace = self.config.grace;
+        let stale_grace = grace * 10;
+        let mut i = 0;
+        while i < a.stale_slots.len() {
+            if a.stale_slots[i].1.elapsed() >= stale_grace {
+                let (slot, _) = a.stale_slots.swap_remove(i);
+                a.slots.free(slot);
+            } else {
+                i += 1;
+            }
+        }
         let mut i = 0;
         while i < a.quarantine.len() {
             let r = &a.quarantine[i];
@@ -871,9 +913,6 @@ impl Engine {
                 // SAFETY: the pointer came from Arc::into_raw at arm time and no handler can
                 // use it any more (in_flight is 0 and the grace period passed).
                 drop(unsafe { Arc::from_raw(plan) });
-            }
-            if r.slot != 0 {
-                a.slots.free(r.slot);
             }
             p.addr.store(0, Ordering::Relaxed);
             p.status.store(FREE, Ordering::SeqCst);

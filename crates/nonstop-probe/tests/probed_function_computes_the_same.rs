@@ -10,7 +10,14 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use nonstop_model::capture::CapturePlan;
 use nonstop_probe::{ArmError, Engine, ProbeSpec};
 
-const INPUTS: [(u64, u64); 6] = [(0, 0), (3, 11), (3, 9), (u64::MAX, 12), (42, 1 << 40), (7, u64::MAX)];
+const INPUTS: [(u64, u64); 6] = [
+    (0, 0),
+    (3, 11),
+    (3, 9),
+    (u64::MAX, 12),
+    (42, 1 << 40),
+    (7, u64::MAX),
+];
 
 fn run_all() -> Vec<u64> {
     INPUTS.iter().map(|&(a, b)| target(a, b)).collect()
@@ -39,7 +46,11 @@ fn each_instruction_kind_runs_the_same_with_a_probe() {
         for r in &records {
             assert_eq!(r.regs.gpr[16], ins.ip(), "rip in the record of {kind}");
         }
-        assert_eq!(nonstop_probe::text_bytes(ins.ip(), ins.len()), before, "{kind} restored");
+        assert_eq!(
+            nonstop_probe::text_bytes(ins.ip(), ins.len()),
+            before,
+            "{kind} restored"
+        );
     }
     assert_eq!(engine.armed_count(), 0);
 }
@@ -118,7 +129,10 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
     fn work(v: &[u64], k: u64) -> u64 {
         let mut acc = 0u64;
         for (i, x) in v.iter().enumerate() {
-            acc = acc.wrapping_mul(31).wrapping_add(x ^ k).rotate_left(i as u32 % 7);
+            acc = acc
+                .wrapping_mul(31)
+                .wrapping_add(x ^ k)
+                .rotate_left(i as u32 % 7);
             if acc % 3 == 0 {
                 acc = acc.wrapping_add(std::hint::black_box(i as u64));
             }
@@ -153,7 +167,11 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
         }
     }
     engine.drain(|_| {});
-    assert!(armed >= instrs.len() - 1, "armed {armed} of {}", instrs.len());
+    assert!(
+        armed >= instrs.len() - 1,
+        "armed {armed} of {}",
+        instrs.len()
+    );
 }
 
 #[test]

@@ -88,11 +88,17 @@ pub fn target_instructions() -> Vec<Instruction> {
 pub fn decode(start: u64, len: usize) -> Vec<Instruction> {
     let bytes = nonstop_probe::text_bytes(start, len);
     assert_eq!(bytes.len(), len, "cannot read code at {start:#x}");
-    Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE).into_iter().collect()
+    Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE)
+        .into_iter()
+        .collect()
 }
 
 /// The first instruction satisfying `pred`.
-pub fn find(instrs: &[Instruction], what: &str, pred: impl Fn(&Instruction) -> bool) -> Instruction {
+pub fn find(
+    instrs: &[Instruction],
+    what: &str,
+    pred: impl Fn(&Instruction) -> bool,
+) -> Instruction {
     *instrs
         .iter()
         .find(|i| pred(i))
@@ -102,17 +108,43 @@ pub fn find(instrs: &[Instruction], what: &str, pred: impl Fn(&Instruction) -> b
 /// Instruction kinds the tests probe, by name.
 pub fn interesting(instrs: &[Instruction]) -> Vec<(&'static str, Instruction)> {
     vec![
-        ("push", find(instrs, "push", |i| i.mnemonic() == Mnemonic::Push)),
-        ("rip-relative mov", find(instrs, "mov [rip]", |i| i.mnemonic() == Mnemonic::Mov && i.is_ip_rel_memory_operand())),
-        ("add", find(instrs, "add", |i| i.mnemonic() == Mnemonic::Add)),
+        (
+            "push",
+            find(instrs, "push", |i| i.mnemonic() == Mnemonic::Push),
+        ),
+        (
+            "rip-relative mov",
+            find(instrs, "mov [rip]", |i| {
+                i.mnemonic() == Mnemonic::Mov && i.is_ip_rel_memory_operand()
+            }),
+        ),
+        (
+            "add",
+            find(instrs, "add", |i| i.mnemonic() == Mnemonic::Add),
+        ),
         ("jcc", find(instrs, "jcc", |i| i.is_jcc_short_or_near())),
         ("call rel32", find(instrs, "call", |i| i.is_call_near())),
-        ("rip-relative lea", find(instrs, "lea [rip]", |i| i.mnemonic() == Mnemonic::Lea)),
-        ("nop", find(instrs, "nop", |i| i.mnemonic() == Mnemonic::Nop)),
-        ("call [rip]", find(instrs, "call [rip]", |i| i.is_call_near_indirect())),
+        (
+            "rip-relative lea",
+            find(instrs, "lea [rip]", |i| i.mnemonic() == Mnemonic::Lea),
+        ),
+        (
+            "nop",
+            find(instrs, "nop", |i| i.mnemonic() == Mnemonic::Nop),
+        ),
+        (
+            "call [rip]",
+            find(instrs, "call [rip]", |i| i.is_call_near_indirect()),
+        ),
         ("jmp rel8", find(instrs, "jmp", |i| i.is_jmp_short())),
-        ("pop", find(instrs, "pop", |i| i.mnemonic() == Mnemonic::Pop)),
-        ("ret", find(instrs, "ret", |i| i.mnemonic() == Mnemonic::Ret)),
+        (
+            "pop",
+            find(instrs, "pop", |i| i.mnemonic() == Mnemonic::Pop),
+        ),
+        (
+            "ret",
+            find(instrs, "ret", |i| i.mnemonic() == Mnemonic::Ret),
+        ),
     ]
 }
 
