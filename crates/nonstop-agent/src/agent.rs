@@ -60,6 +60,29 @@ pub struct Agent {
     by_probe: HashMap<ProbeId, (String, usize)>,
     threads: HashMap<u32, String>,
     statuses_changed: bool,
+    clock: Clock,
+}
+
+/// Turns the engine's CLOCK_MONOTONIC hit times into wall-clock times.
+struct Clock {
+    /// Wall-clock ns minus monotonic ns, measured at start.
+    offset: i128,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset: wall - nonstop_probe::monotonic_ns() as i128,
+        }
+    }
+
+    fn wall_ns(&self, monotonic: u64) -> u64 {
+        (monotonic as i128 + self.offset).max(0) as u64
+    }
 }
 
 /// A hit copied out of the engine's buffer.
@@ -91,6 +114,7 @@ impl Agent {
             by_probe: HashMap::new(),
             threads: HashMap::new(),
             statuses_changed: false,
+            clock: Clock::new(),
         }
     }
 
@@ -235,6 +259,8 @@ impl Agent {
                 }),
                 time_cap: HIT_TIME_CAP,
             };
+            // Builds the symbolizer now, so the first hit is not the one that waits for it.
+            let _ = self.debug.frames_at(site.address);
             match self.engine.arm(spec) {
                 Ok(id) => armed.push(ArmedProbe { id, site, vars }),
                 Err(e) => refused.push(format!("0x{:x}: {e}", site.address)),
@@ -260,6 +286,11 @@ impl Agent {
             ));
         }
         Ok(())
+    }
+
+    /// Loads what stack traces need ahead of the first hit.
+    pub fn warm_up(&self) {
+        self.stacks.warm_up();
     }
 
     /// Copies pending hits out of the engine (quickly, so its buffer frees up).
@@ -329,7 +360,7 @@ impl Agent {
                 rule: rule_id.clone(),
                 agent: self.identity.agent.clone(),
                 service: self.identity.service.clone(),
-                time: rfc3339(hit.time_ns),
+                time: rfc3339(self.clock.wall_ns(hit.time_ns)),
                 thread,
                 location: SourceLocation {
                     file: site.file.clone(),
@@ -366,8 +397,9 @@ impl Agent {
                 for p in &held.probes {
                     if let Some(s) = self.engine.stats(p.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
-                        if let Some(r) = s.disarm_reason {
-                            disarm_reason = Some(r.to_string());
+                        // Max hits are enforced exactly below, across the rule's probes.
+                        if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) = s.disarm_reason {
+                            disarm_reason = Some(format!("disarmed on this agent: {r}"));
                         }
                     }
                 }
@@ -410,14 +442,6 @@ impl Agent {
         let mut all: Vec<RuleStatus> = self.rules.values().map(|r| r.status.clone()).collect();
         all.sort_by(|a, b| a.rule.cmp(&b.rule));
         Some(all)
-    }
-
-    /// Disarms every probe (the agent is stopping).
-    pub fn shutdown(&mut self) {
-        let ids: Vec<String> = self.rules.keys().cloned().collect();
-        for id in ids {
-            self.remove(&id);
-        }
     }
 
     fn thread_name(&mut self, tid: u32) -> String {

@@ -33,10 +33,28 @@ pub mod template;
 pub use config::Config;
 
 use agent::{Agent, Identity};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 static STARTED: OnceLock<bool> = OnceLock::new();
+
+/// Set by the exit hook: the agent thread writes out what it holds, then says so.
+static EXITING: AtomicBool = AtomicBool::new(false);
+static FLUSHED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// How long the exiting program waits for the agent's last responses at most.
+const EXIT_FLUSH_WAIT: Duration = Duration::from_millis(1000);
+
+/// At exit: let the agent thread write the hits still in flight, waiting a bounded time.
+extern "C" fn flush_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        EXITING.store(true, Ordering::Release);
+        let (lock, done) = &FLUSHED;
+        if let Ok(guard) = lock.lock() {
+            let _ = done.wait_timeout_while(guard, EXIT_FLUSH_WAIT, |flushed| !*flushed);
+        }
+    });
+}
 
 /// Starts the agent once per process; later calls do nothing. Returns whether it runs.
 ///
@@ -91,14 +109,21 @@ fn start_inner() -> bool {
             return false;
         }
     };
-    let bias = match nonstop_debuginfo::load_bias(&exe) {
+    let bias = match debug.load_bias_in(None) {
         Ok(b) => b,
         Err(e) => {
             say(&format!("cannot find where {} is loaded: {e}; the agent stays off", exe.display()));
             return false;
         }
     };
-    let stacks = nonstop_debuginfo::Stacks::new_for_self();
+    let stacks = match nonstop_debuginfo::Stacks::new_for_self() {
+        Ok(s) => s,
+        Err(e) => {
+            say(&format!("cannot read this process's modules for stack traces: {e}; the agent stays off"));
+            return false;
+        }
+    };
+    stacks.share_debug_info(&exe, Arc::clone(&debug));
     let identity = Identity {
         agent: format!("{}-{}", hostname(), std::process::id()),
         service: config.service.clone(),
@@ -126,26 +151,37 @@ fn start_inner() -> bool {
         say(&format!("cannot start the agent thread: {e}"));
         return false;
     }
+    nonstop_probe::at_exit(flush_at_exit);
     true
 }
 
 fn run_offline(agent: &mut Agent, source: &mut offline::RulesFile, sink: &mut offline::ResponseFile) {
+    agent.warm_up();
     let mut last_check = Instant::now();
     loop {
+        let exiting = EXITING.load(Ordering::Acquire);
         let hits = agent.drain();
         let busy = !hits.is_empty();
         if busy {
             let responses = agent.respond(hits);
             sink.responses(&responses);
         }
-        if last_check.elapsed() >= Duration::from_millis(200) {
+        if exiting || last_check.elapsed() >= Duration::from_millis(200) {
             last_check = Instant::now();
-            if let Some(rules) = source.poll() {
+            if !exiting && let Some(rules) = source.poll() {
                 agent.sync(rules);
             }
             if let Some(statuses) = agent.check() {
                 sink.statuses(&statuses);
             }
+        }
+        if exiting {
+            let (lock, done) = &FLUSHED;
+            if let Ok(mut flushed) = lock.lock() {
+                *flushed = true;
+            }
+            done.notify_all();
+            return;
         }
         if !busy {
             std::thread::sleep(Duration::from_millis(5));
@@ -157,4 +193,16 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+// Loaded with LD_PRELOAD (as `nonstop run` does), the agent starts itself before `main`.
+// Linked into a Rust program, it waits for `start()`.
+nonstop_probe::on_load!(preload_start);
+
+fn preload_start() {
+    let preloaded = std::env::var_os("LD_PRELOAD")
+        .is_some_and(|v| v.to_string_lossy().contains("libnonstop_agent"));
+    if preloaded {
+        start();
+    }
 }

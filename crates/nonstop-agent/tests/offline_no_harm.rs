@@ -39,7 +39,7 @@ fn a_rules_file_that_is_not_json_is_reported_and_the_program_runs_on() {
     let program = build_fixture("orders.rs", Build::Debug);
     let run = run_with_rules(&program, &["2"], "{ this is not json", &[]);
     assert!(run.output.status.success());
-    assert_eq!(run.output.stdout, run_plain(&program, &["2"]).stdout);
+    assert_eq!(run.stdout(), String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout));
     assert!(
         run.stderr().contains("is not a JSON array of rules"),
         "stderr: {}",
@@ -92,7 +92,7 @@ fn a_binary_without_debug_info_runs_unharmed_and_says_why() {
     assert!(ok.success());
     let run = run_with_rules(&stripped, &["2"], r#"[{"at":"orders.rs:60","action":"snapshot"}]"#, &[]);
     assert!(run.output.status.success());
-    assert_eq!(run.output.stdout, run_plain(&program, &["2"]).stdout);
+    assert_eq!(run.stdout(), String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout));
     assert!(run.stderr().contains("no debug info"), "stderr: {}", run.stderr());
 }
 
@@ -103,7 +103,7 @@ fn disabled_agent_does_nothing() {
     let rules = format!(r#"[{{"at":"orders.rs:{line}","action":"snapshot"}}]"#);
     let run = run_with_rules(&program, &["2"], &rules, &[("NONSTOP_DISABLE", "1")]);
     assert!(run.responses.is_empty());
-    assert_eq!(run.output.stdout, run_plain(&program, &["2"]).stdout);
+    assert_eq!(run.stdout(), String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout));
 }
 
 #[test]
