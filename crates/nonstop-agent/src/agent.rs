@@ -231,16 +231,24 @@ impl Agent {
             let vars = match &held.template {
                 Some(t) => {
                     let roots: Vec<&str> = t.roots().collect();
-                    if let Some(missing) = roots.iter().find(|r| !vars.iter().any(|v| &v.name == *r)) {
+                    if let Some(missing) =
+                        roots.iter().find(|r| !vars.iter().any(|v| &v.name == *r))
+                    {
                         let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
                         return Err(format!(
                             "unknown variable `{missing}` in the template; in scope at {}:{}: {}",
                             site.file,
                             site.line,
-                            if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                            if names.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names.join(", ")
+                            }
                         ));
                     }
-                    vars.into_iter().filter(|v| roots.contains(&v.name.as_str())).collect()
+                    vars.into_iter()
+                        .filter(|v| roots.contains(&v.name.as_str()))
+                        .collect()
                 }
                 None => vars,
             };
@@ -330,7 +338,9 @@ impl Agent {
             let mut locals = Vec::with_capacity(probe.vars.len());
             for (i, var) in probe.vars.iter().enumerate() {
                 let mut value = match (&var.availability, mem.roots.get(i)) {
-                    (Availability::OptimizedOut, _) => Value::error(&var.type_name, "optimized out"),
+                    (Availability::OptimizedOut, _) => {
+                        Value::error(&var.type_name, "optimized out")
+                    }
                     (Availability::EntryValue, _) => Value::error(
                         &var.type_name,
                         "unavailable here (only its value at function entry is described)",
@@ -391,14 +401,19 @@ impl Agent {
                 continue;
             };
             let before = held.status.clone();
-            if matches!(held.status.status, StatusKind::Armed | StatusKind::RateLimited) {
+            if matches!(
+                held.status.status,
+                StatusKind::Armed | StatusKind::RateLimited
+            ) {
                 let mut dropped = 0;
                 let mut disarm_reason = None;
                 for p in &held.probes {
                     if let Some(s) = self.engine.stats(p.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
                         // Max hits are enforced exactly below, across the rule's probes.
-                        if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) = s.disarm_reason {
+                        if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =
+                            s.disarm_reason
+                        {
                             disarm_reason = Some(format!("disarmed on this agent: {r}"));
                         }
                     }
@@ -417,7 +432,10 @@ impl Agent {
                     held.status.status = StatusKind::Expired;
                     held.status.message = Some(format!(
                         "expired after {}",
-                        held.rule.expires.as_deref().unwrap_or("its default lifetime")
+                        held.rule
+                            .expires
+                            .as_deref()
+                            .unwrap_or("its default lifetime")
                     ));
                 } else if dropped > held.last_dropped {
                     held.status.status = StatusKind::RateLimited;

@@ -99,7 +99,9 @@ impl Config {
             service,
             labels,
             commit: var("NONSTOP_COMMIT").filter(|s| !s.is_empty()),
-            rules: var("NONSTOP_RULES").filter(|s| !s.is_empty()).map(PathBuf::from),
+            rules: var("NONSTOP_RULES")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
             out,
             status,
             redact: var("NONSTOP_REDACT")
@@ -152,7 +154,11 @@ mod tests {
 
     #[test]
     fn disable_accepts_one_and_treats_garbage_as_off() {
-        assert!(Config::from_vars(vars(&[("NONSTOP_DISABLE", "1")])).0.disabled);
+        assert!(
+            Config::from_vars(vars(&[("NONSTOP_DISABLE", "1")]))
+                .0
+                .disabled
+        );
         assert!(!Config::from_vars(vars(&[])).0.disabled);
         let (c, w) = Config::from_vars(vars(&[("NONSTOP_DISABLE", "yes please")]));
         assert!(c.disabled);

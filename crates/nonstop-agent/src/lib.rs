@@ -91,14 +91,18 @@ fn start_inner() -> bool {
     let engine = match nonstop_probe::Engine::get() {
         Ok(e) => e,
         Err(e) => {
-            say(&format!("cannot start the probe engine: {e}; the agent stays off"));
+            say(&format!(
+                "cannot start the probe engine: {e}; the agent stays off"
+            ));
             return false;
         }
     };
     let exe = match std::fs::read_link("/proc/self/exe") {
         Ok(p) => p,
         Err(e) => {
-            say(&format!("cannot find the executable (/proc/self/exe: {e}); the agent stays off"));
+            say(&format!(
+                "cannot find the executable (/proc/self/exe: {e}); the agent stays off"
+            ));
             return false;
         }
     };
@@ -112,14 +116,19 @@ fn start_inner() -> bool {
     let bias = match debug.load_bias_in(None) {
         Ok(b) => b,
         Err(e) => {
-            say(&format!("cannot find where {} is loaded: {e}; the agent stays off", exe.display()));
+            say(&format!(
+                "cannot find where {} is loaded: {e}; the agent stays off",
+                exe.display()
+            ));
             return false;
         }
     };
     let stacks = match nonstop_debuginfo::Stacks::new_for_self() {
         Ok(s) => s,
         Err(e) => {
-            say(&format!("cannot read this process's modules for stack traces: {e}; the agent stays off"));
+            say(&format!(
+                "cannot read this process's modules for stack traces: {e}; the agent stays off"
+            ));
             return false;
         }
     };
@@ -142,7 +151,8 @@ fn start_inner() -> bool {
     let spawned = std::thread::Builder::new()
         .name("nonstop-agent".into())
         .spawn(move || {
-            let run = std::panic::AssertUnwindSafe(|| run_offline(&mut agent, &mut source, &mut sink));
+            let run =
+                std::panic::AssertUnwindSafe(|| run_offline(&mut agent, &mut source, &mut sink));
             if std::panic::catch_unwind(run).is_err() {
                 say("the agent stopped after an internal error; its probes are disarmed");
             }
@@ -155,7 +165,11 @@ fn start_inner() -> bool {
     true
 }
 
-fn run_offline(agent: &mut Agent, source: &mut offline::RulesFile, sink: &mut offline::ResponseFile) {
+fn run_offline(
+    agent: &mut Agent,
+    source: &mut offline::RulesFile,
+    sink: &mut offline::ResponseFile,
+) {
     agent.warm_up();
     let mut last_check = Instant::now();
     loop {

@@ -19,7 +19,9 @@ pub struct RuleLimits {
 /// Parses a duration such as `30m`, `1h`, `10s`, `2d`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -92,7 +94,11 @@ mod tests {
         assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_rate("120/m"), Ok(2.0));
-        assert!(parse_duration("5 weeks").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse_duration("5 weeks")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(parse_rate("fast").unwrap_err().contains("1/s"));
     }
 
@@ -100,11 +106,17 @@ mod tests {
     fn defaults_follow_the_action() {
         let snap: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
         let l = RuleLimits::of(&snap).unwrap();
-        assert_eq!((l.per_second, l.max_hits, l.expires.as_secs()), (1.0, Some(100), 3600));
+        assert_eq!(
+            (l.per_second, l.max_hits, l.expires.as_secs()),
+            (1.0, Some(100), 3600)
+        );
         let log: Rule =
             serde_json::from_str(r#"{"at":"a.rs:1","action":"log","rate":"10/s","max_hits":3}"#)
                 .unwrap();
         let l = RuleLimits::of(&log).unwrap();
-        assert_eq!((l.per_second, l.max_hits, l.expires.as_secs()), (10.0, Some(3), 86400));
+        assert_eq!(
+            (l.per_second, l.max_hits, l.expires.as_secs()),
+            (10.0, Some(3), 86400)
+        );
     }
 }

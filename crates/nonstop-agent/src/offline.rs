@@ -98,7 +98,10 @@ impl ResponseFile {
             .open(&self.out)
             .and_then(|mut f| f.write_all(&buf));
         if let Err(e) = written {
-            say(&format!("cannot write responses to {}: {e}", self.out.display()));
+            say(&format!(
+                "cannot write responses to {}: {e}",
+                self.out.display()
+            ));
         }
     }
 
@@ -123,8 +126,12 @@ impl ResponseFile {
         self.reported = statuses.to_vec();
         let tmp = self.status.with_extension("tmp");
         let body = serde_json::to_vec_pretty(statuses).unwrap_or_default();
-        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &self.status)) {
-            say(&format!("cannot write statuses to {}: {e}", self.status.display()));
+        if let Err(e) = std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &self.status))
+        {
+            say(&format!(
+                "cannot write statuses to {}: {e}",
+                self.status.display()
+            ));
         }
     }
 }

@@ -69,7 +69,10 @@ mod tests {
             "User",
             Data::Map(vec![
                 ("name".into(), Value::new("String", Data::Str("ann".into()))),
-                ("Password_Hash".into(), Value::new("String", Data::Str("x1".into()))),
+                (
+                    "Password_Hash".into(),
+                    Value::new("String", Data::Str("x1".into())),
+                ),
             ]),
         );
         let r = Redactor::new(vec!["iban".into()]);

@@ -192,7 +192,10 @@ mod tests {
     fn renders_paths_indexes_and_debug_form() {
         let t = Template::parse("paid {order.total} for {user:?}: {order.items[0]} {{x}}").unwrap();
         assert_eq!(t.render(&locals(), dbg), "paid 1250 for \"ann\": tea {x}");
-        assert_eq!(t.roots().collect::<Vec<_>>(), vec!["order", "user", "order"]);
+        assert_eq!(
+            t.roots().collect::<Vec<_>>(),
+            vec!["order", "user", "order"]
+        );
         let t = Template::parse("{nope.x}").unwrap();
         assert_eq!(t.render(&locals(), dbg), "<no nope.x>");
     }

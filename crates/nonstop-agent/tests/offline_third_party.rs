@@ -82,8 +82,12 @@ fn probes_on_every_line_of_semvers_parser_leave_its_output_unchanged() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|s| s["status"] == "armed" || s["status"] == "done")
+        .filter(|s| ["armed", "done", "rate-limited"].contains(&s["status"].as_str().unwrap()))
         .count();
-    assert!(armed >= 50, "only {armed} lines of parse.rs armed; stderr: {}", run.stderr());
+    assert!(
+        armed >= 50,
+        "only {armed} lines of parse.rs armed; stderr: {}",
+        run.stderr()
+    );
     assert!(!run.responses.is_empty());
 }

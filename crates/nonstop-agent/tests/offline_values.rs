@@ -18,29 +18,51 @@ fn rules_for_marks(file: &str, rate: &str) -> String {
 
 fn check_values(build: Build) {
     let program = build_fixture("orders.rs", build);
-    let run = run_with_rules(&program, &["3"], &rules_for_marks("orders.rs", "1000/s"), &[]);
-    assert!(run.output.status.success(), "fixture failed: {}", run.stderr());
+    let run = run_with_rules(
+        &program,
+        &["3"],
+        &rules_for_marks("orders.rs", "1000/s"),
+        &[],
+    );
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
     for mark in ["price", "describe"] {
-        let status = run.status_of(mark).unwrap_or_else(|| panic!("no status for {mark}: {}", run.stderr()));
+        let status = run
+            .status_of(mark)
+            .unwrap_or_else(|| panic!("no status for {mark}: {}", run.stderr()));
         assert_eq!(status["status"], "armed", "{mark}: {status}");
         let expected = printed(&run.stdout(), mark);
         let got: Vec<_> = run.responses.iter().filter(|r| r.rule == mark).collect();
-        assert_eq!(got.len(), expected.len(), "{mark}: one response per execution; stderr: {}", run.stderr());
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{mark}: one response per execution; stderr: {}",
+            run.stderr()
+        );
         for (response, printed) in got.iter().zip(&expected) {
             assert_eq!(response.location.line, marks("orders.rs")[mark]);
             for (var, text) in printed {
-                let value = response
-                    .locals
-                    .get(var)
-                    .unwrap_or_else(|| panic!("{mark}: `{var}` missing from {:?}", response.locals));
-                assert_eq!(&debug_string(value), text, "{mark}: `{var}` in a {build:?} build: {value:?}");
+                let value = response.locals.get(var).unwrap_or_else(|| {
+                    panic!("{mark}: `{var}` missing from {:?}", response.locals)
+                });
+                assert_eq!(
+                    &debug_string(value),
+                    text,
+                    "{mark}: `{var}` in a {build:?} build: {value:?}"
+                );
             }
             assert!(!response.frames.is_empty());
             assert_eq!(response.frames[0].line, Some(marks("orders.rs")[mark]));
         }
     }
     // The program's own output is unchanged by the agent.
-    assert_eq!(run.stdout(), String::from_utf8_lossy(&run_plain(&program, &["3"]).stdout));
+    assert_eq!(
+        run.stdout(),
+        String::from_utf8_lossy(&run_plain(&program, &["3"]).stdout)
+    );
 }
 
 #[test]
@@ -61,7 +83,11 @@ fn log_rule_renders_the_programs_values() {
         r#"[{{"id":"greet","at":"orders.rs:{line}","action":"log","template":"{{label}} total={{total}} vip={{vip}} code={{code:?}}"}}]"#
     );
     let run = run_with_rules(&program, &["3"], &rules, &[]);
-    let messages: Vec<_> = run.responses.iter().filter_map(|r| r.message.clone()).collect();
+    let messages: Vec<_> = run
+        .responses
+        .iter()
+        .filter_map(|r| r.message.clone())
+        .collect();
     assert_eq!(
         messages,
         vec![

@@ -17,7 +17,9 @@ pub enum Build {
 }
 
 pub fn fixture_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
@@ -45,7 +47,11 @@ pub fn build_fixture(name: &str, build: Build) -> PathBuf {
             .arg(&src)
             .status()
     } else {
-        let opt = if build == Build::Debug { "opt-level=0" } else { "opt-level=2" };
+        let opt = if build == Build::Debug {
+            "opt-level=0"
+        } else {
+            "opt-level=2"
+        };
         Command::new("rustc")
             .args(["--edition", "2021", "-C", "debuginfo=2", "-C", opt, "-o"])
             .arg(&out)
@@ -98,15 +104,22 @@ impl Run {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
     pub fn status_of(&self, rule: &str) -> Option<&serde_json::Value> {
-        self.statuses
-            .as_array()?
-            .iter()
-            .find(|s| s["rule"] == rule)
+        self.statuses.as_array()?.iter().find(|s| s["rule"] == rule)
     }
 }
 
+/// One instrumented run at a time: on this 2-core machine parallel runs would starve each
+/// other's agent threads, and the CPU budget would (rightly) drop hits the tests count.
+static RUN_LOCK: Mutex<()> = Mutex::new(());
+
 /// Runs `program` with the agent preloaded and `rules` (raw text of the rules file).
-pub fn run_with_rules(program: &Path, args: &[&str], rules: &str, extra_env: &[(&str, &str)]) -> Run {
+pub fn run_with_rules(
+    program: &Path,
+    args: &[&str],
+    rules: &str,
+    extra_env: &[(&str, &str)],
+) -> Run {
+    let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempdir();
     let rules_path = dir.join("rules.json");
     let out = dir.join("responses.jsonl");
@@ -171,7 +184,9 @@ pub fn printed(stdout: &str, mark: &str) -> Vec<BTreeMap<String, String>> {
         if runs.last().is_none_or(|m| m.contains_key(var)) {
             runs.push(BTreeMap::new());
         }
-        runs.last_mut().unwrap().insert(var.to_owned(), value.to_owned());
+        runs.last_mut()
+            .unwrap()
+            .insert(var.to_owned(), value.to_owned());
     }
     runs
 }
