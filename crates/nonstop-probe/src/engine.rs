@@ -850,10 +850,10 @@ impl Engine {
         address: u64,
         maps: &[slots::Mapping],
     ) -> Result<u64, ArmError> {
-        if let Some(s) = a.site_slots.get(&address) {
-            if s.bytes == site.bytes {
-                return Ok(s.slot);
-            }
+        if let Some(s) = a.site_slots.get(&address)
+            && s.bytes == site.bytes
+        {
+            return Ok(s.slot);
         }
         let slot = a
             .slots
@@ -1098,13 +1098,13 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let Some(res) = engine.ring.reserve() else {
+    let Some(mut res) = engine.ring.reserve() else {
         engine.stacks.give(stack);
         p.hits.fetch_sub(1, r);
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let out = engine.ring.buffer(&res);
+    let out = engine.ring.buffer(&mut res);
     let mut job = Job {
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),

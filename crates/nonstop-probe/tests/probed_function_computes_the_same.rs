@@ -133,7 +133,7 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
                 .wrapping_mul(31)
                 .wrapping_add(x ^ k)
                 .rotate_left(i as u32 % 7);
-            if acc % 3 == 0 {
+            if acc.is_multiple_of(3) {
                 acc = acc.wrapping_add(std::hint::black_box(i as u64));
             }
         }
