@@ -583,7 +583,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 let n = count.min(*max_elems as u64);
                 let first = n.min(cap - head);
                 let size = *elem_size as u64;
-                self.elements(ptr.wrapping_add(head * size), first, *elem_size, *each, depth);
+                self.elements(ptr.wrapping_add(head.wrapping_mul(size)), first, *elem_size, *each, depth);
                 self.elements(ptr, n - first, *elem_size, *each, depth);
             }
             PlanNode::HashTable {
@@ -753,7 +753,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         let mut visited = 0u32;
         while sp > 0 && taken < *max_elems {
             visited += 1;
-            if visited > 4 * *max_elems + 64 {
+            if visited > max_elems.saturating_mul(4).saturating_add(64) {
                 self.truncated = true;
                 return;
             }
