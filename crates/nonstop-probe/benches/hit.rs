@@ -106,8 +106,12 @@ fn bench(c: &mut Criterion) {
     });
     engine.disarm(id).unwrap();
 
-    let id = engine.arm(ProbeSpec::new(entry(), five_variables())).unwrap();
-    g.bench_function("armed, 5-variable plan", |b| b.iter_custom(|n| timed_calls(engine, n)));
+    let id = engine
+        .arm(ProbeSpec::new(entry(), five_variables()))
+        .unwrap();
+    g.bench_function("armed, 5-variable plan", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
     engine.disarm(id).unwrap();
 
     let mut spec = ProbeSpec::new(entry(), empty.clone());
@@ -124,9 +128,15 @@ fn bench(c: &mut Criterion) {
     assert!(stats.dropped_rate > 0 && stats.hits <= 1, "{stats:?}");
 
     // Zero cost when idle: after disarm the bytes are the original ones, timing as unprobed.
-    assert_eq!(nonstop_probe::text_bytes(entry(), 16), original, "bytes restored");
+    assert_eq!(
+        nonstop_probe::text_bytes(entry(), 16),
+        original,
+        "bytes restored"
+    );
     assert_eq!(engine.armed_count(), 0);
-    g.bench_function("disarmed again", |b| b.iter_custom(|n| timed_calls(engine, n)));
+    g.bench_function("disarmed again", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
     g.finish();
 }
 
