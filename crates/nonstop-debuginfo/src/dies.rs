@@ -379,6 +379,25 @@ impl DebugInfo {
         Ok(false)
     }
 
+    /// The function chain at an address, falling back to the ELF symbol containing it
+    /// when the debug info has no function there (line-tables-only builds).
+    pub(crate) fn functions_at(&self, ui: usize, chain: &[Scope], addr: u64) -> Vec<String> {
+        let names = self.function_chain(ui, chain);
+        if names.is_empty() {
+            self.symbol_at(addr).into_iter().collect()
+        } else {
+            names
+        }
+    }
+
+    /// The demangled name of the ELF function symbol containing `addr`.
+    pub(crate) fn symbol_at(&self, addr: u64) -> Option<String> {
+        let syms = &self.file.symbols;
+        let i = syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (start, size, name) = &syms[i];
+        (addr < start.saturating_add((*size).max(1))).then(|| demangle(name))
+    }
+
     /// The function chain at an address, innermost first (inlined callees first, the
     /// containing function last).
     pub(crate) fn function_chain(&self, ui: usize, chain: &[Scope]) -> Vec<String> {

@@ -371,7 +371,7 @@ impl DebugInfo {
             };
             let site = Site {
                 address,
-                functions: self.function_chain(ui, &chain),
+                functions: self.functions_at(ui, &chain, address),
                 file: path.clone(),
                 line: row_line,
                 is_stmt: run.is_stmt,
@@ -433,10 +433,21 @@ impl DebugInfo {
         if innermost.tag != gimli::DW_TAG_subprogram || innermost.entry != Some(addr) {
             return Ok(None);
         }
+        let end = self.function_end(ui, innermost, addr)?;
+        self.post_prologue(ui, addr, end)
+    }
+
+    /// The first row after the prologue of a function entered at `addr` and ending at
+    /// `end`: its `prologue_end` row, else its first statement on another line.
+    pub(crate) fn post_prologue(
+        &self,
+        ui: usize,
+        addr: u64,
+        end: Option<u64>,
+    ) -> Result<Option<Row>, Error> {
         let Some(seq) = self.sequence_rows(ui, addr)? else {
             return Ok(None);
         };
-        let end = self.function_end(ui, innermost, addr)?;
         let inside = |a: u64| a >= addr && end.is_none_or(|e| a < e);
         let Some(first) = seq.iter().position(|r| r.addr == addr) else {
             return Ok(None);
