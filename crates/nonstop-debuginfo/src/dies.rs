@@ -366,10 +366,12 @@ impl DebugInfo {
                 | gimli::DW_TAG_structure_type
                 | gimli::DW_TAG_class_type
                 | gimli::DW_TAG_union_type
-                | gimli::DW_TAG_enumeration_type
-                    if chain.is_empty() =>
-                {
-                    if self.descend(unit, child, addr, chain, depth + 1)? {
+                | gimli::DW_TAG_enumeration_type => {
+                    // Functions nest in namespaces and types (methods), never the
+                    // other way round once a function was found.
+                    let found =
+                        chain.is_empty() && self.descend(unit, child, addr, chain, depth + 1)?;
+                    if found {
                         return Ok(true);
                     }
                 }

@@ -81,9 +81,11 @@ pub(crate) fn normalize_path(p: &str) -> String {
 
 /// Whether `path` ends with `query` on a component boundary.
 pub(crate) fn path_matches(path: &str, query: &str) -> bool {
-    path == query
-        || (path.ends_with(query) && path[..path.len() - query.len()].ends_with('/'))
-        || (query.starts_with('/') && path == query)
+    if query.starts_with('/') {
+        path == query
+    } else {
+        path == query || (path.ends_with(query) && path[..path.len() - query.len()].ends_with('/'))
+    }
 }
 
 /// A parsed location string.
@@ -191,14 +193,14 @@ impl DebugInfo {
                         seq_start = false;
                     }
                     let f = row.file_index();
-                    if !local.contains_key(&f) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = local.entry(f) {
                         let path = self.file_path(ui, header, f).unwrap_or_default();
                         let next = files.len() as u32;
                         let id = *by_path.entry(path.clone()).or_insert_with(|| {
                             files.push(path);
                             next
                         });
-                        local.insert(f, id);
+                        slot.insert(id);
                     }
                     let line = row.line().map_or(0, |l| l.get());
                     match &mut run {
