@@ -112,7 +112,7 @@ impl DebugInfo {
     }
 
     /// The unit holding a `.debug_info` offset, and the offset within it.
-    pub(crate) fn unit_of(&self, die: DieRef) -> Result<Option<(usize, UnitOffset)>, Error> {
+    pub(crate) fn die_unit(&self, die: DieRef) -> Result<Option<(usize, UnitOffset)>, Error> {
         let units = self.units()?;
         let pos =
             units.partition_point(|u| u.header.debug_info_offset().is_some_and(|o| o.0 <= die.0));
@@ -137,7 +137,7 @@ impl DebugInfo {
     ) -> Result<Option<(usize, UnitOffset)>, Error> {
         match value {
             AttributeValue::UnitRef(o) => Ok(Some((ui, o))),
-            AttributeValue::DebugInfoRef(o) => self.unit_of(DieRef(o.0)),
+            AttributeValue::DebugInfoRef(o) => self.die_unit(DieRef(o.0)),
             _ => Ok(None),
         }
     }

@@ -144,7 +144,7 @@ impl DebugInfo {
                         merged.qualified = merged.qualified.or_else(|| n.qualified.clone());
                     }
                     next = self
-                        .unit_of(r)
+                        .die_unit(r)
                         .ok()
                         .flatten()
                         .and_then(|(u, o)| self.die(u, o).ok().map(|d| (u, d)))

@@ -30,6 +30,8 @@ pub(crate) struct LoadedFile {
 /// Lazily built indexes; each is built on the first query that needs it and kept.
 #[derive(Default)]
 pub(crate) struct Indexes {
+    /// Types read so far (see `types.rs`).
+    pub(crate) types: crate::types::TypeCache,
     /// Every compilation unit, parsed (header, abbreviations, line program header).
     pub(crate) units: OnceLock<Result<Vec<gimli::Unit<Reader>>, gimli::Error>>,
     /// Address → unit.

@@ -213,7 +213,7 @@ impl DebugInfo {
             Some((tu, to)) => (
                 self.die_ref(tu, to),
                 self.type_name(tu, to, 0),
-                self.type_size(tu, to, 0),
+                self.die_type_size(tu, to, 0),
             ),
             None => (
                 None,
@@ -532,7 +532,7 @@ impl DebugInfo {
     }
 
     /// The size in bytes of a type, following typedefs and qualifiers.
-    pub(crate) fn type_size(&self, ui: usize, off: UnitOffset, depth: u32) -> Option<u64> {
+    pub(crate) fn die_type_size(&self, ui: usize, off: UnitOffset, depth: u32) -> Option<u64> {
         if depth > 16 {
             return None;
         }
@@ -550,18 +550,18 @@ impl DebugInfo {
                 self.units().ok()?.get(ui)?.encoding().address_size,
             )),
             gimli::DW_TAG_array_type => {
-                let elem = self.type_of(ui, &die)?;
+                let elem = self.die_type_of(ui, &die)?;
                 let n = self.array_len(ui, off)?;
-                Some(self.type_size(elem.0, elem.1, depth + 1)?.checked_mul(n)?)
+                Some(self.die_type_size(elem.0, elem.1, depth + 1)?.checked_mul(n)?)
             }
             _ => {
-                let (u, o) = self.type_of(ui, &die)?;
-                self.type_size(u, o, depth + 1)
+                let (u, o) = self.die_type_of(ui, &die)?;
+                self.die_type_size(u, o, depth + 1)
             }
         }
     }
 
-    fn type_of(&self, ui: usize, die: &Die) -> Option<(usize, UnitOffset)> {
+    fn die_type_of(&self, ui: usize, die: &Die) -> Option<(usize, UnitOffset)> {
         self.follow(ui, die.attr_value(gimli::DW_AT_type)?)
             .ok()
             .flatten()
@@ -604,7 +604,7 @@ impl DebugInfo {
             return "?".into();
         };
         let rust = self.is_rust(ui);
-        let inner = |this: &Self| match this.type_of(ui, &die) {
+        let inner = |this: &Self| match this.die_type_of(ui, &die) {
             Some((u, o)) => this.type_name(u, o, depth + 1),
             None => if rust { "()" } else { "void" }.to_string(),
         };
