@@ -427,7 +427,10 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             let ok = match &piece.source {
                 PieceSource::Register { reg } => fill_from_register(dst, regs, *reg),
                 PieceSource::Memory { reg, offset } => match regs.value(*reg) {
-                    Some(base) => self.mem.read(base.wrapping_add(*offset as u64), dst).is_ok(),
+                    Some(base) => self
+                        .mem
+                        .read(base.wrapping_add(*offset as u64), dst)
+                        .is_ok(),
                     None => false,
                 },
                 PieceSource::Absolute { addr } => self.mem.read(*addr, dst).is_ok(),
@@ -553,7 +556,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 max_elems,
                 each,
             } => {
-                let (Some(ptr), Some(count)) = (field(self, *ptr_offset, 8), field(self, *len_offset, 8))
+                let (Some(ptr), Some(count)) =
+                    (field(self, *ptr_offset, 8), field(self, *len_offset, 8))
                 else {
                     return;
                 };
@@ -583,7 +587,13 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 let n = count.min(*max_elems as u64);
                 let first = n.min(cap - head);
                 let size = *elem_size as u64;
-                self.elements(ptr.wrapping_add(head * size), first, *elem_size, *each, depth);
+                self.elements(
+                    ptr.wrapping_add(head * size),
+                    first,
+                    *elem_size,
+                    *each,
+                    depth,
+                );
                 self.elements(ptr, n - first, *elem_size, *each, depth);
             }
             PlanNode::HashTable {
@@ -684,7 +694,12 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         };
         if let Some(each) = each {
             for i in 0..n as usize {
-                self.apply(each, data + i * elem_size as usize, elem_size as usize, depth + 1);
+                self.apply(
+                    each,
+                    data + i * elem_size as usize,
+                    elem_size as usize,
+                    depth + 1,
+                );
             }
         }
     }
@@ -738,7 +753,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 w.get(at + off as usize, 8)
             }
         };
-        let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset)) else {
+        let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset))
+        else {
             return;
         };
         if root == 0 || height > 32 {
@@ -792,7 +808,14 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 self.btree_entry(data, i, node, &mut taken, depth);
             }
             sp -= 1;
-            let _ = (key_each, val_each, keys_offset, vals_offset, key_size, val_size);
+            let _ = (
+                key_each,
+                val_each,
+                keys_offset,
+                vals_offset,
+                key_size,
+                val_size,
+            );
         }
     }
 
@@ -822,7 +845,11 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
 }
 
 fn truncate(v: u64, size: usize) -> u64 {
-    if size >= 8 { v } else { v & ((1u64 << (size * 8)) - 1) }
+    if size >= 8 {
+        v
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    }
 }
 
 fn fill_le(dst: &mut [u8], v: u64) {
@@ -887,7 +914,10 @@ pub struct CapturedMemory {
 impl CapturedMemory {
     /// Parses a record written by [`execute`]. Never panics on any input.
     pub fn parse(record: &[u8]) -> Result<CapturedMemory, RecordError> {
-        let mut r = Reader { buf: record, pos: 0 };
+        let mut r = Reader {
+            buf: record,
+            pos: 0,
+        };
         if r.u32()? != MAGIC {
             return Err(RecordError::Malformed);
         }

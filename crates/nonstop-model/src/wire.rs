@@ -122,13 +122,18 @@ mod tests {
             }
         );
         let rules = ServerMessage::Rules {
-            rules: vec![serde_json::from_str::<Rule>(r#"{"id":"r-1","at":"a.rs:3","action":"snapshot"}"#).unwrap()],
+            rules: vec![
+                serde_json::from_str::<Rule>(r#"{"id":"r-1","at":"a.rs:3","action":"snapshot"}"#)
+                    .unwrap(),
+            ],
         };
         assert_eq!(
             serde_json::to_string(&rules).unwrap(),
             r#"{"type":"rules","rules":[{"id":"r-1","at":"a.rs:3","action":"snapshot"}]}"#
         );
-        let ServerMessage::Rules { rules } = rules else { unreachable!() };
+        let ServerMessage::Rules { rules } = rules else {
+            unreachable!()
+        };
         assert_eq!(rules[0].action, Action::Snapshot);
     }
 }
