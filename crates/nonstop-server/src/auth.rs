@@ -120,7 +120,7 @@ fn presented(req: &Request) -> Option<(String, bool)> {
 fn missing() -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "missing token: send `Authorization: Bearer TOKEN` (the admin token is in DATA/admin.token; `nonstop serve` prints where)",
+        "missing token: send `Authorization: Bearer TOKEN` with the token in DATA/admin.token (`nonstop serve` prints where DATA is)",
     )
     .into_response()
 }
@@ -128,7 +128,7 @@ fn missing() -> Response {
 fn wrong() -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "the server refused the token: use the one in DATA/admin.token (or agent.token for agents)",
+        "wrong token: use the one in DATA/admin.token (agents: DATA/agent.token)",
     )
     .into_response()
 }

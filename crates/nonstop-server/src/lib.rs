@@ -42,6 +42,7 @@ use axum::routing::get;
 use nonstop_model::{AgentInfo, Response, Rule};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -347,10 +348,14 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         return Err(ServeError::NoAuthOffLoopback(config.listen));
     }
     let data = config.data.clone();
-    std::fs::create_dir_all(&data).map_err(|source| ServeError::Data {
-        path: data.clone(),
-        source,
-    })?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .map_err(|source| ServeError::Data {
+            path: data.clone(),
+            source,
+        })?;
     let tokens = if config.auth {
         Some(
             auth::load_or_create(&data).map_err(|source| ServeError::Data {
