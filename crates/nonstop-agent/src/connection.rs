@@ -6,7 +6,7 @@
 //! without blocking (a bounded buffer that drops the oldest and counts what it dropped) and
 //! shipped by the thread. Lost connections are retried with exponential backoff and jitter.
 //!
-//! ```no_run
+//! ```ignore
 //! # use nonstop_model::AgentInfo;
 //! # fn demo(info: AgentInfo) {
 //! let link = Link::start(LinkConfig { server: "http://127.0.0.1:7070".into(), token: None, info });
@@ -97,10 +97,13 @@ impl Link {
         let thread = std::thread::Builder::new()
             .name("nonstop-link".into())
             .spawn(move || {
-                let run = std::panic::catch_unwind(AssertUnwindSafe(|| Runner::new(config, &s).run()));
+                let run =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| Runner::new(config, &s).run()));
                 s.connected.store(false, Ordering::Relaxed);
                 if run.is_err() {
-                    eprintln!("nonstop: the link to the server failed; responses are no longer sent");
+                    eprintln!(
+                        "nonstop: the link to the server failed; responses are no longer sent"
+                    );
                 }
             });
         let thread = match thread {
@@ -265,7 +268,9 @@ impl<'a> Runner<'a> {
             _ => return Err(format!("server address {s:?}: use http://HOST:PORT")),
         };
         let authority = rest.split('/').next().unwrap_or(rest);
-        let host_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        let host_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
             && !authority.ends_with(']')
         {
             authority.to_string()
@@ -294,13 +299,17 @@ impl<'a> Runner<'a> {
             }
         }
         let stream = stream.ok_or_else(|| {
-            let why = last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into());
+            let why = last
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no address".into());
             format!("cannot reach the nonstop server at {server} ({why}); retrying")
         })?;
         let io = |e: std::io::Error| Failure::Other(format!("connection to {server}: {e}"));
         stream.set_nodelay(true).map_err(io)?;
         stream.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(io)?;
-        stream.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(io)?;
         let mut request = url
             .as_str()
             .into_client_request()
@@ -352,13 +361,18 @@ impl<'a> Runner<'a> {
                 last_ping = Instant::now();
             }
             if last_heard.elapsed() >= DEAD_AFTER {
-                return Err(format!("the nonstop server at {server} stopped answering; reconnecting").into());
+                return Err(format!(
+                    "the nonstop server at {server} stopped answering; reconnecting"
+                )
+                .into());
             }
             match ws.read() {
                 Ok(Message::Text(t)) => {
                     last_heard = Instant::now();
                     match serde_json::from_str::<ServerMessage>(&t) {
-                        Ok(ServerMessage::Rules { rules }) => *lock(&self.shared.rules) = Some(rules),
+                        Ok(ServerMessage::Rules { rules }) => {
+                            *lock(&self.shared.rules) = Some(rules)
+                        }
                         Ok(ServerMessage::Pong) => {}
                         Ok(ServerMessage::Error { message }) => {
                             self.log_once(format!("the nonstop server says: {message}"))
@@ -368,14 +382,22 @@ impl<'a> Runner<'a> {
                     }
                 }
                 Ok(Message::Close(frame)) => {
-                    let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                    return Err(format!("the nonstop server at {server} closed the connection ({why}); reconnecting").into());
+                    let why = frame
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "the nonstop server at {server} closed the connection ({why}); reconnecting"
+                    )
+                    .into());
                 }
                 Ok(_) => last_heard = Instant::now(),
                 Err(tungstenite::Error::Io(e))
                     if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) => {
-                    return Err(format!("lost the connection to the nonstop server at {server} ({e}); reconnecting").into());
+                    return Err(format!(
+                        "lost the connection to the nonstop server at {server} ({e}); reconnecting"
+                    )
+                    .into());
                 }
             }
         }
@@ -400,7 +422,13 @@ impl<'a> Runner<'a> {
         }
         if !batch.is_empty() || dropped > 0 {
             let n = batch.len() as u64;
-            if let Err(e) = send(ws, &AgentMessage::Responses { responses: batch, dropped }) {
+            if let Err(e) = send(
+                ws,
+                &AgentMessage::Responses {
+                    responses: batch,
+                    dropped,
+                },
+            ) {
                 lock(&self.shared.outbox).dropped += n + dropped;
                 return Err(e);
             }
@@ -411,6 +439,9 @@ impl<'a> Runner<'a> {
 
 fn send(ws: &mut WebSocket<TcpStream>, msg: &AgentMessage) -> Result<(), Failure> {
     let text = serde_json::to_string(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
-    ws.send(Message::text(text))
-        .map_err(|e| Failure::Other(format!("lost the connection to the nonstop server ({e}); reconnecting")))
+    ws.send(Message::text(text)).map_err(|e| {
+        Failure::Other(format!(
+            "lost the connection to the nonstop server ({e}); reconnecting"
+        ))
+    })
 }

@@ -19,7 +19,8 @@ fn an_agent_gets_its_rules_on_hello_and_each_change_at_once() {
     let mut a = s.agent("a-1", "checkout");
     assert_eq!(a.recv_rule_ids(), vec![before.clone()]);
 
-    let added = s.add_rule(r#"{"at":"cart::add","action":"log","template":"{n}","labels":{"region":"eu"}}"#);
+    let added = s
+        .add_rule(r#"{"at":"cart::add","action":"log","template":"{n}","labels":{"region":"eu"}}"#);
     assert_eq!(a.recv_rule_ids(), vec![before.clone(), added.clone()]);
     // A rule for other agents changes nothing here; the next push is the removal.
     s.add_rule(r#"{"at":"cart::add","action":"snapshot","labels":{"region":"us"}}"#);
@@ -62,11 +63,21 @@ fn responses_are_stored_and_streamed_and_statuses_shown() {
     let mut a = s.agent("a-1", "checkout");
     a.recv_rule_ids();
     a.send(&AgentMessage::Status {
-        statuses: vec![serde_json::from_value(json!({"rule": id, "status": "error",
-            "message": "no code at src/cart.rs:42; nearest lines with code: 41, 44"})).unwrap()],
+        statuses: vec![
+            serde_json::from_value(json!({"rule": id, "status": "error",
+            "message": "no code at src/cart.rs:42; nearest lines with code: 41, 44"}))
+            .unwrap(),
+        ],
     });
-    let sent = vec![response(&id, "a-1", 1), response(&other, "a-1", 9), response(&id, "a-1", 2)];
-    a.send(&AgentMessage::Responses { responses: sent.clone(), dropped: 3 });
+    let sent = vec![
+        response(&id, "a-1", 1),
+        response(&other, "a-1", 9),
+        response(&id, "a-1", 2),
+    ];
+    a.send(&AgentMessage::Responses {
+        responses: sent.clone(),
+        dropped: 3,
+    });
 
     let mut streamed = Vec::new();
     while streamed.len() < 2 {
@@ -75,13 +86,22 @@ fn responses_are_stored_and_streamed_and_statuses_shown() {
             streamed.push(serde_json::from_str::<Value>(data).unwrap());
         }
     }
-    let want: Vec<Value> = [&sent[0], &sent[2]].iter().map(|r| serde_json::to_value(r).unwrap()).collect();
+    let want: Vec<Value> = [&sent[0], &sent[2]]
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
     assert_eq!(streamed, want);
-    assert_eq!(streamed[0]["locals"], json!({"n": {"type": "u32", "value": 1}}));
+    assert_eq!(
+        streamed[0]["locals"],
+        json!({"n": {"type": "u32", "value": 1}})
+    );
 
     let stored = s.get_json(&format!("/api/v1/responses?rule={id}"));
     assert_eq!(stored, json!(want));
-    assert_eq!(s.get_json("/api/v1/responses?limit=1"), json!([serde_json::to_value(&sent[2]).unwrap()]));
+    assert_eq!(
+        s.get_json("/api/v1/responses?limit=1"),
+        json!([serde_json::to_value(&sent[2]).unwrap()])
+    );
 
     let view = eventually(|| {
         let v = s.get_json(&format!("/api/v1/rules/{id}"));
@@ -89,7 +109,12 @@ fn responses_are_stored_and_streamed_and_statuses_shown() {
     });
     assert_eq!(view["hits"], json!(2));
     assert_eq!(view["agents"][0]["status"], json!("error"));
-    assert!(view["agents"][0]["message"].as_str().unwrap().contains("nearest lines"));
+    assert!(
+        view["agents"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nearest lines")
+    );
     assert_eq!(s.get_json("/api/v1/agents")[0]["dropped"], json!(3));
 }
 
@@ -105,7 +130,9 @@ fn a_garbage_frame_closes_only_that_connection() {
 
     bad.ws.send(Message::text("{this is not json")).unwrap();
     match bad.recv() {
-        ServerMessage::Error { message } => assert!(message.contains("malformed message"), "{message}"),
+        ServerMessage::Error { message } => {
+            assert!(message.contains("malformed message"), "{message}")
+        }
         other => panic!("expected an error, got {other:?}"),
     }
     let close = loop {
@@ -122,7 +149,10 @@ fn a_garbage_frame_closes_only_that_connection() {
     rude.send(&AgentMessage::Ping);
     assert!(matches!(rude.recv(), ServerMessage::Error { .. }));
 
-    good.send(&AgentMessage::Responses { responses: vec![response(&id, "good", 1)], dropped: 0 });
+    good.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "good", 1)],
+        dropped: 0,
+    });
     good.send(&AgentMessage::Ping);
     assert_eq!(good.recv(), ServerMessage::Pong);
     assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
@@ -138,19 +168,37 @@ fn max_hits_over_two_agents_stops_at_exactly_n_and_agents_disarm() {
     assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
     assert_eq!(b.recv_rule_ids(), vec![id.clone()]);
     for n in 0..4 {
-        a.send(&AgentMessage::Responses { responses: vec![response(&id, "a", n)], dropped: 0 });
-        b.send(&AgentMessage::Responses { responses: vec![response(&id, "b", n)], dropped: 0 });
+        a.send(&AgentMessage::Responses {
+            responses: vec![response(&id, "a", n)],
+            dropped: 0,
+        });
+        b.send(&AgentMessage::Responses {
+            responses: vec![response(&id, "b", n)],
+            dropped: 0,
+        });
     }
     // Both agents are told the rule is gone.
     assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
     assert_eq!(b.recv_rule_ids(), Vec::<String>::new());
     let view = s.get_json(&format!("/api/v1/rules/{id}"));
-    assert_eq!((view["state"].clone(), view["hits"].clone()), (json!("done"), json!(5)));
+    assert_eq!(
+        (view["state"].clone(), view["hits"].clone()),
+        (json!("done"), json!(5))
+    );
     // Late responses are not stored.
-    a.send(&AgentMessage::Responses { responses: vec![response(&id, "a", 99)], dropped: 0 });
+    a.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "a", 99)],
+        dropped: 0,
+    });
     a.send(&AgentMessage::Ping);
     assert_eq!(a.recv(), ServerMessage::Pong);
-    assert_eq!(s.get_json(&format!("/api/v1/responses?rule={id}")).as_array().unwrap().len(), 5);
+    assert_eq!(
+        s.get_json(&format!("/api/v1/responses?rule={id}"))
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
 }
 
 #[test]
@@ -158,7 +206,10 @@ fn a_serverless_agent_uses_http_with_etags() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path());
     let id = s.add_rule(r#"{"at":"handler::run","action":"snapshot","service":"lambda"}"#);
-    let http: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     let auth = format!("Bearer {}", s.agent);
     let hello = json!([
         {"type": "hello", "agent": common::info("fn-1", "lambda")},
@@ -170,18 +221,37 @@ fn a_serverless_agent_uses_http_with_etags() {
         .send_json(&hello)
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let etag = resp.headers().get("etag").unwrap().to_str().unwrap().to_string();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body["type"], json!("rules"));
     assert_eq!(body["rules"][0]["id"], json!(id));
 
     let poll = s.url("/agent/v1/poll?agent=fn-1");
-    let resp = http.get(&poll).header("Authorization", &auth).header("If-None-Match", &etag).call().unwrap();
+    let resp = http
+        .get(&poll)
+        .header("Authorization", &auth)
+        .header("If-None-Match", &etag)
+        .call()
+        .unwrap();
     assert_eq!(resp.status(), 304);
     s.call("DELETE", &format!("/api/v1/rules/{id}"), None);
-    let mut resp = http.get(&poll).header("Authorization", &auth).header("If-None-Match", &etag).call().unwrap();
+    let mut resp = http
+        .get(&poll)
+        .header("Authorization", &auth)
+        .header("If-None-Match", &etag)
+        .call()
+        .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.body_mut().read_json::<Value>().unwrap(), json!({"type": "rules", "rules": []}));
+    assert_eq!(
+        resp.body_mut().read_json::<Value>().unwrap(),
+        json!({"type": "rules", "rules": []})
+    );
     assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
 
     // Without a hello the agent must be named; an unknown one is told to say hello.
@@ -207,5 +277,8 @@ fn rules_expire_and_leave_the_agents() {
     let mut a = s.agent("a", "checkout");
     assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
     assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
-    assert_eq!(s.get_json(&format!("/api/v1/rules/{id}"))["state"], json!("expired"));
+    assert_eq!(
+        s.get_json(&format!("/api/v1/rules/{id}"))["state"],
+        json!("expired")
+    );
 }
