@@ -333,15 +333,37 @@ pub fn execute<M: Memory + ?Sized>(
     for x in &regs.xmm {
         w.put(x);
     }
+    // All root records first, then what their nodes follow: the record keeps the roots
+    // contiguous, as `CapturedMemory::parse` reads them.
+    let mut written = 0u32;
     for root in &plan.roots {
-        w.root(root, regs);
+        if w.root(root, regs) {
+            written += 1;
+        }
+    }
+    let roots_end = w.pos;
+    let mut at = HEADER_LEN + REGS_LEN;
+    for root in &plan.roots {
+        if at + 16 > roots_end {
+            break;
+        }
+        let (Some(status), Some(len)) = (w.get(at, 4), w.get(at + 4, 4)) else {
+            break;
+        };
+        let data = at + 16;
+        if status == u64::from(ROOT_OK)
+            && let Some(node) = root.node
+        {
+            w.apply(node, data, len as usize, 0);
+        }
+        at = data + len as usize;
     }
     if plan.stack_bytes > 0 {
         let rsp = regs.gpr[REG_RSP as usize];
         w.stack(rsp, plan.stack_bytes);
     }
     let flags = if w.truncated { FLAG_TRUNCATED } else { 0 };
-    let (roots, blocks, len) = (plan.roots.len() as u32, w.blocks, w.pos);
+    let (roots, blocks, len) = (written, w.blocks, w.pos);
     put_u32(w.out, 0, MAGIC);
     put_u32(w.out, 4, flags);
     put_u32(w.out, 8, roots);
@@ -388,7 +410,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         Some(u64::from_le_bytes(b))
     }
 
-    fn root(&mut self, root: &RootPlan, regs: &Registers) {
+    /// Writes one root's record (header and bytes); returns whether a header was written.
+    fn root(&mut self, root: &RootPlan, regs: &Registers) -> bool {
         let size: u64 = root.pieces.iter().map(|p| p.size as u64).sum();
         let head = self.pos;
         if size > u32::MAX as u64 || self.room() < 16 + size as usize {
@@ -396,9 +419,11 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 self.put(&ROOT_NO_SPACE.to_le_bytes());
                 self.put(&0u32.to_le_bytes());
                 self.put(&0u64.to_le_bytes());
+                self.truncated = true;
+                return true;
             }
             self.truncated = true;
-            return;
+            return false;
         }
         let single_memory = match root.pieces.as_slice() {
             [
@@ -473,11 +498,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         self.put(&len.to_le_bytes());
         self.put(&addr.to_le_bytes());
         self.pos = data + len as usize;
-        if status == ROOT_OK
-            && let Some(node) = root.node
-        {
-            self.apply(node, data, len as usize, 0);
-        }
+        true
     }
 
     fn stack(&mut self, rsp: u64, want: u32) {
@@ -588,7 +609,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 let first = n.min(cap - head);
                 let size = *elem_size as u64;
                 self.elements(
-                    ptr.wrapping_add(head * size),
+                    ptr.wrapping_add(head.wrapping_mul(size)),
                     first,
                     *elem_size,
                     *each,
