@@ -28,6 +28,7 @@ pub mod clock;
 mod hub;
 pub mod sqlite;
 pub mod store;
+pub mod tls;
 pub mod validate;
 
 use crate::api::ApiError;
@@ -66,6 +67,8 @@ pub struct Config {
     pub auth: bool,
     /// How long responses are kept.
     pub retention: Retention,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl Config {
@@ -76,6 +79,7 @@ impl Config {
             data,
             auth: true,
             retention: Retention::default(),
+            tls: None,
         }
     }
 }
@@ -103,6 +107,9 @@ pub enum ServeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Tokens were turned off on an address other machines can reach.
     #[error("refusing to listen on {0} without tokens: drop --no-auth or listen on 127.0.0.1")]
     NoAuthOffLoopback(SocketAddr),
@@ -130,6 +137,7 @@ pub fn default_data_dir() -> PathBuf {
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
+    https: bool,
     tokens: Option<Tokens>,
     data: PathBuf,
     stop: watch::Sender<bool>,
@@ -140,6 +148,12 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The base URL: `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The tokens, unless auth is off.
@@ -347,6 +361,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     if !config.auth && !config.listen.ip().is_loopback() {
         return Err(ServeError::NoAuthOffLoopback(config.listen));
     }
+    let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let data = config.data.clone();
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -421,19 +436,37 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         }
     });
 
-    let mut graceful = stop_rx;
+    let mut graceful = stop_rx.clone();
+    let shutdown = async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    };
     let service = router(app).into_make_service();
-    let task = tokio::spawn(async move {
-        let server = axum::serve(listener, service).with_graceful_shutdown(async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
-        if let Err(e) = server.await {
-            tracing::error!("server stopped: {e}");
+    let task = match acceptor {
+        None => tokio::spawn(async move {
+            let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+            if let Err(e) = server.await {
+                tracing::error!("server stopped: {e}");
+            }
+        }),
+        Some(acceptor) => {
+            let tls = tls::TlsListener::new(listener, acceptor, stop_rx).map_err(|source| {
+                ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                let server = axum::serve(tls, service).with_graceful_shutdown(shutdown);
+                if let Err(e) = server.await {
+                    tracing::error!("server stopped: {e}");
+                }
+            })
         }
-    });
+    };
     tracing::info!(%addr, data = %data.display(), "serving");
     Ok(ServerHandle {
         addr,
+        https: config.tls.is_some(),
         tokens,
         data,
         stop,

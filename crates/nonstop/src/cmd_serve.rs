@@ -17,6 +17,12 @@ pub struct Args {
     /// Accept requests without a token (loopback addresses only).
     #[arg(long)]
     pub no_auth: bool,
+    /// Serve HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
     /// Responses kept per rule (the newest).
     #[arg(long, default_value_t = 10_000)]
     pub keep_responses: u64,
@@ -31,6 +37,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let data = args.data.unwrap_or_else(nonstop_server::default_data_dir);
     let mut config = nonstop_server::Config::new(args.listen, data);
     config.auth = !args.no_auth;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(nonstop_server::tls::TlsFiles { cert, key });
+    }
     config.retention = nonstop_server::store::Retention {
         per_rule: args.keep_responses,
         max_age_ms: i64::try_from(args.keep_for.as_millis()).unwrap_or(i64::MAX),
@@ -42,10 +51,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = nonstop_server::serve(config).await?;
-        let addr = server.addr();
+        let url = server.url();
         match server.tokens() {
-            Some(t) => println!("nonstop: serving on http://{addr}/?token={}", t.admin),
-            None => println!("nonstop: serving on http://{addr}/ (no tokens)"),
+            Some(t) => println!("nonstop: serving on {url}/?token={}", t.admin),
+            None => println!("nonstop: serving on {url}/ (no tokens)"),
         }
         let data = server.data_dir().display().to_string();
         println!("nonstop: data in {data}/nonstop.db");
