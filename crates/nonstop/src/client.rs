@@ -16,6 +16,9 @@ pub struct ServerArgs {
     /// The admin token (default: admin.token in the default data folder).
     #[arg(long, env = "NONSTOP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https:// server, e.g. its self-signed certificate.
+    #[arg(long, env = "NONSTOP_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 /// A client of one server.
@@ -28,7 +31,7 @@ pub struct Client {
 impl Client {
     /// A client for the server in `args`; without a token it reads the admin token from the
     /// default data folder, where a local `nonstop serve` writes it.
-    pub fn new(args: &ServerArgs) -> Client {
+    pub fn new(args: &ServerArgs) -> Result<Client> {
         let token = args.token.clone().filter(|t| !t.is_empty()).or_else(|| {
             let path = nonstop_server::default_data_dir().join("admin.token");
             std::fs::read_to_string(path)
@@ -36,16 +39,17 @@ impl Client {
                 .map(|t| t.trim().to_string())
                 .filter(|t| !t.is_empty())
         });
-        let agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .build()
-            .into();
-        Client {
+            .timeout_connect(Some(Duration::from_secs(5)));
+        if let Some(path) = &args.ca_cert {
+            config = config.tls_config(trusting(path)?);
+        }
+        Ok(Client {
             base: args.server.trim_end_matches('/').to_string(),
             token,
-            agent,
-        }
+            agent: config.build().into(),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -160,6 +164,26 @@ impl Client {
             lines: BufReader::new(Box::new(reader)),
         })
     }
+}
+
+/// TLS that trusts only the certificates in the PEM file at `path`.
+fn trusting(path: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read --ca-cert {}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(c) =
+            item.with_context(|| format!("{} is not PEM", path.display()))?
+        {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        bail!("{} holds no certificate", path.display());
+    }
+    Ok(ureq::tls::TlsConfig::builder()
+        .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+        .build())
 }
 
 /// The data of each event of a Server-Sent Events stream.

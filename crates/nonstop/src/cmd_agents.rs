@@ -17,7 +17,7 @@ pub struct Args {
 
 /// Prints the agents as a table or JSON.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let client = Client::new(&args.server);
+    let client = Client::new(&args.server)?;
     if args.json {
         println!("{}", client.get_text("/api/v1/agents")?);
         return Ok(ExitCode::SUCCESS);

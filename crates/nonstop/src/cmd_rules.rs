@@ -116,7 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         RulesCommand::List(a) => list(a),
         RulesCommand::Show(a) => show(a),
         RulesCommand::Rm(a) => {
-            Client::new(&a.server).delete(&format!("/api/v1/rules/{}", path_id(&a.id)?))?;
+            Client::new(&a.server)?.delete(&format!("/api/v1/rules/{}", path_id(&a.id)?))?;
             eprintln!("nonstop: removed rule {}", a.id);
             Ok(ExitCode::SUCCESS)
         }
@@ -185,7 +185,7 @@ fn rule_from(a: &AddArgs) -> Result<Rule> {
 
 fn add(a: AddArgs) -> Result<ExitCode> {
     let rule = rule_from(&a)?;
-    let view: Value = Client::new(&a.server)
+    let view: Value = Client::new(&a.server)?
         .post("/api/v1/rules", &rule)
         .map_err(|e| e.context("the server refused the rule"))?;
     let id = view
@@ -226,7 +226,7 @@ fn summary(view: &Value) -> String {
 }
 
 fn list(a: ListArgs) -> Result<ExitCode> {
-    let client = Client::new(&a.server);
+    let client = Client::new(&a.server)?;
     if a.json {
         println!("{}", client.get_text("/api/v1/rules")?);
         return Ok(ExitCode::SUCCESS);
@@ -253,7 +253,7 @@ fn list(a: ListArgs) -> Result<ExitCode> {
 }
 
 fn show(a: ShowArgs) -> Result<ExitCode> {
-    let client = Client::new(&a.server);
+    let client = Client::new(&a.server)?;
     let path = format!("/api/v1/rules/{}", path_id(&a.id)?);
     if a.json {
         println!("{}", client.get_text(&path)?);

@@ -1,6 +1,7 @@
 //! `nonstop serve`: the server, with its data folder and tokens.
 
 use anyhow::{Context, Result};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,18 +52,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = nonstop_server::serve(config).await?;
+        // The banner is for a person; a closed stdout must not stop the server.
         let url = server.url();
-        match server.tokens() {
-            Some(t) => println!("nonstop: serving on {url}/?token={}", t.admin),
-            None => println!("nonstop: serving on {url}/ (no tokens)"),
-        }
         let data = server.data_dir().display().to_string();
-        println!("nonstop: data in {data}/nonstop.db");
+        let mut banner = match server.tokens() {
+            Some(t) => format!("nonstop: serving on {url}/?token={}\n", t.admin),
+            None => format!("nonstop: serving on {url}/ (no tokens)\n"),
+        };
+        banner.push_str(&format!("nonstop: data in {data}/nonstop.db\n"));
         if server.tokens().is_some() {
-            println!(
-                "nonstop: tokens in {data}/admin.token (everything) and {data}/agent.token (agents)"
-            );
+            banner.push_str(&format!(
+                "nonstop: tokens in {data}/admin.token (everything) and {data}/agent.token (agents)\n"
+            ));
         }
+        let mut out = std::io::stdout();
+        let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
         wait_for_stop().await;
         eprintln!("nonstop: stopping");
         server.shutdown().await;

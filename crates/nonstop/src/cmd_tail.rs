@@ -29,7 +29,7 @@ pub struct Args {
 
 /// Streams until `--count` responses, `--timeout`, or the stream ends.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let client = Client::new(&args.server);
+    let client = Client::new(&args.server)?;
     let path = match &args.rule {
         Some(r) => format!("/api/v1/responses/stream?rule={r}"),
         None => "/api/v1/responses/stream".to_string(),

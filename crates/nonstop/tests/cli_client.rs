@@ -15,6 +15,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_nonstop");
 
 struct Serve {
     child: Child,
+    /// Kept open so the server's stdout stays a live pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
     base: String,
     admin: String,
     agent: String,
@@ -29,11 +31,15 @@ impl Drop for Serve {
 }
 
 fn serve() -> Serve {
-    let home = tempfile::tempdir().unwrap();
+    serve_with(tempfile::tempdir().unwrap(), &[])
+}
+
+fn serve_with(home: tempfile::TempDir, extra: &[&str]) -> Serve {
     let data = home.path().join("data");
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
+        .args(extra)
         .env("HOME", home.path())
         .env_remove("NONSTOP_DATA")
         .stdout(Stdio::piped())
@@ -43,10 +49,11 @@ fn serve() -> Serve {
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
-    let rest = first
+    let url = first
         .trim()
-        .strip_prefix("nonstop: serving on http://")
+        .strip_prefix("nonstop: serving on ")
         .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+    let (scheme, rest) = url.split_once("://").unwrap();
     let (addr, token) = rest.split_once("/?token=").unwrap();
     let mut second = String::new();
     out.read_line(&mut second).unwrap();
@@ -63,7 +70,8 @@ fn serve() -> Serve {
     );
     Serve {
         child,
-        base: format!("http://{addr}"),
+        _stdout: out,
+        base: format!("{scheme}://{addr}"),
         admin: token.to_string(),
         agent,
         home,
@@ -279,4 +287,56 @@ fn the_cli_finds_the_admin_token_in_the_default_data_folder() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn the_cli_talks_https_to_a_server_with_its_own_certificate() {
+    let home = tempfile::tempdir().unwrap();
+    let cert = home.path().join("cert.pem");
+    let key = home.path().join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: openssl cannot make a test certificate here");
+        return;
+    }
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let s = serve_with(home, &["--tls-cert", &c, "--tls-key", &k]);
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    let id = stdout(&s.run(&[
+        "rules",
+        "add",
+        "cart::add",
+        "--log",
+        "added {item}",
+        "--ca-cert",
+        &c,
+    ]));
+    let list: Value = serde_json::from_str(&stdout(&s.run(&[
+        "rules",
+        "list",
+        "--json",
+        "--ca-cert",
+        &c,
+    ])))
+    .unwrap();
+    assert_eq!(list[0]["rule"]["id"], json!(id.trim()));
+    // Without trusting the certificate the CLI refuses to talk.
+    let out = s.cli(&["rules", "list"]).output().unwrap();
+    assert!(!out.status.success());
 }
