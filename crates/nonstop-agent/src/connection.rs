@@ -253,36 +253,9 @@ impl<'a> Runner<'a> {
         half + half.mul_f64((self.rng % 1000) as f64 / 1000.0)
     }
 
-    fn ws_url(&self) -> Result<(String, String), String> {
-        let s = self.config.server.trim_end_matches('/');
-        let (scheme, rest) = s
-            .split_once("://")
-            .ok_or_else(|| format!("server address {s:?} needs a scheme: http://HOST:PORT"))?;
-        let (ws_scheme, port) = match scheme {
-            "http" | "ws" => ("ws", 80),
-            "https" | "wss" => {
-                return Err(format!(
-                    "server address {s:?}: this agent does not speak TLS yet; use http://"
-                ));
-            }
-            _ => return Err(format!("server address {s:?}: use http://HOST:PORT")),
-        };
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let host_port = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !authority.ends_with(']')
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:{port}")
-        };
-        Ok((format!("{ws_scheme}://{authority}/agent/v1/ws"), host_port))
-    }
-
     fn connect(&self) -> Result<WebSocket<TcpStream>, Failure> {
         let server = &self.config.server;
-        let (url, host_port) = self.ws_url()?;
+        let (url, host_port) = ws_url(server)?;
         let addrs: Vec<_> = host_port
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve the nonstop server {server}: {e}; retrying"))?
@@ -437,6 +410,35 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The WebSocket URL and the `HOST:PORT` to connect to, from a server address such as
+/// `http://127.0.0.1:7070`.
+fn ws_url(server: &str) -> Result<(String, String), String> {
+    let s = server.trim_end_matches('/');
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("server address {s:?} needs a scheme: http://HOST:PORT"))?;
+    let (ws_scheme, port) = match scheme {
+        "http" | "ws" => ("ws", 80),
+        "https" | "wss" => {
+            return Err(format!(
+                "server address {s:?}: this agent does not speak TLS yet; use http://"
+            ));
+        }
+        _ => return Err(format!("server address {s:?}: use http://HOST:PORT")),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    };
+    Ok((format!("{ws_scheme}://{authority}/agent/v1/ws"), host_port))
+}
+
 fn send(ws: &mut WebSocket<TcpStream>, msg: &AgentMessage) -> Result<(), Failure> {
     let text = serde_json::to_string(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
     ws.send(Message::text(text)).map_err(|e| {
@@ -444,4 +446,32 @@ fn send(ws: &mut WebSocket<TcpStream>, msg: &AgentMessage) -> Result<(), Failure
             "lost the connection to the nonstop server ({e}); reconnecting"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_become_websocket_urls() {
+        let url = |s: &str| ws_url(s).map(|(u, hp)| format!("{u} {hp}"));
+        assert_eq!(
+            url("http://127.0.0.1:7070").unwrap(),
+            "ws://127.0.0.1:7070/agent/v1/ws 127.0.0.1:7070"
+        );
+        assert_eq!(
+            url("http://nonstop.internal/").unwrap(),
+            "ws://nonstop.internal/agent/v1/ws nonstop.internal:80"
+        );
+        assert_eq!(
+            url("ws://[::1]:9").unwrap(),
+            "ws://[::1]:9/agent/v1/ws [::1]:9"
+        );
+        assert_eq!(
+            url("http://[::1]").unwrap(),
+            "ws://[::1]/agent/v1/ws [::1]:80"
+        );
+        assert!(url("https://x").unwrap_err().contains("TLS"));
+        assert!(url("127.0.0.1:7070").unwrap_err().contains("scheme"));
+    }
 }

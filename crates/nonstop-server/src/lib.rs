@@ -55,6 +55,8 @@ pub const MAX_API_BODY: usize = 1 << 20;
 pub const MAX_AGENT_BODY: usize = 8 << 20;
 /// How often the server looks for expired rules.
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
+/// How often old responses are pruned (in expiry ticks).
+const PRUNE_EVERY_TICKS: u64 = 60;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -232,9 +234,15 @@ impl App {
     async fn ingest(
         &self,
         agent: &str,
-        responses: Vec<Response>,
+        mut responses: Vec<Response>,
         dropped: u64,
     ) -> Result<(), ApiError> {
+        // A sender speaks for its own agent only.
+        for r in &mut responses {
+            if r.agent != agent {
+                r.agent = agent.to_string();
+            }
+        }
         let retention = self.retention;
         let id = agent.to_string();
         let ins = self
@@ -417,6 +425,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let mut expiry_stop = stop_rx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(EXPIRY_TICK);
+        let mut ticks = 0u64;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -432,6 +441,18 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!("cannot expire rules: {e}"),
+            }
+            ticks += 1;
+            if ticks % PRUNE_EVERY_TICKS == 0 {
+                let retention = expiry_app.retention;
+                match expiry_app
+                    .blocking(move |s| s.prune_responses(clock::now_ms(), retention))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(responses = n, "pruned old responses"),
+                    Err(e) => tracing::error!("cannot prune responses: {e}"),
+                }
             }
         }
     });

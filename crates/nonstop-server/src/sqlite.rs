@@ -518,6 +518,17 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "DELETE FROM responses WHERE time < ?1",
+                [now_ms.saturating_sub(retention.max_age_ms)],
+            )
+            .map_err(db)?;
+        Ok(n as u64)
+    }
+
     fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError> {
         let conn = self.conn();
         let limit = to_i64(limit);
@@ -611,6 +622,12 @@ mod tests {
         let kept = s.responses(Some("r-b"), 100).unwrap();
         let msgs: Vec<_> = kept.iter().map(|r| r.message.clone().unwrap()).collect();
         assert_eq!(msgs, ["hit 3", "hit 4"]);
+        let old = Retention {
+            per_rule: 100,
+            max_age_ms: 5,
+        };
+        assert_eq!(s.prune_responses(15, old).unwrap(), 0);
+        assert_eq!(s.prune_responses(16, old).unwrap(), 4);
         assert_eq!(s.expire_rules(999).unwrap(), Vec::<String>::new());
         assert_eq!(s.expire_rules(1000).unwrap(), vec!["r-b".to_string()]);
     }

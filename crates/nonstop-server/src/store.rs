@@ -184,6 +184,9 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         retention: Retention,
     ) -> Result<Inserted, StoreError>;
+    /// Deletes responses older than `retention` allows (inserts do this too; this covers
+    /// rules that stopped receiving). Returns how many went.
+    fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError>;
     /// The newest `limit` responses (of one rule, or all), oldest first.
     fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError>;
 }
