@@ -443,7 +443,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                 Err(e) => tracing::error!("cannot expire rules: {e}"),
             }
             ticks += 1;
-            if ticks % PRUNE_EVERY_TICKS == 0 {
+            if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
                 let retention = expiry_app.retention;
                 match expiry_app
                     .blocking(move |s| s.prune_responses(clock::now_ms(), retention))
