@@ -10,6 +10,24 @@
 //! `/agent/v1/poll` and `/agent/v1/responses`); people and tools use `/api/v1/…`, described
 //! by the OpenAPI document at `/api/v1/openapi.json`.
 //!
+//! # Routes and tokens
+//! | route | token |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /api/v1/openapi.json` | none |
+//! | `/`, `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
+//!
+//! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is
+//! `{"error": "…"}` with a message that says what to do.
+//!
+//! # State
+//! Everything replicas would share lives in the [`store::Store`]: rules (with their server
+//! state `active`/`done`/`expired` and hit count), agents, statuses per rule and agent, and a
+//! bounded window of responses ([`store::Retention`]). A rule's max hits hold over all agents:
+//! the count is one atomic `UPDATE`, and the rule turns `done` (and leaves every agent's set)
+//! when it is reached. In memory there is only what one replica serves: its WebSocket
+//! sessions and its live streams.
+//!
 //! # Example
 //! ```no_run
 //! # async fn run() -> Result<(), nonstop_server::ServeError> {

@@ -226,6 +226,31 @@ impl Iterator for Events {
     }
 }
 
+/// Writes one line to stdout. A closed pipe (`nonstop rules list | head -1`) ends the
+/// program quietly with status 0, as a filter should.
+pub fn out_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("nonstop: cannot write to stdout: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// `println!` through [`out_line`].
+macro_rules! outln {
+    () => {
+        $crate::client::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::client::out_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// Parses `30s`, `5m`, `1h`, `2d` (and bare seconds) for command-line durations.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(secs) = s.parse::<f64>()

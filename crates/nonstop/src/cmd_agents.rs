@@ -1,6 +1,6 @@
 //! `nonstop agents`: the agents the server knows.
 
-use crate::client::{Client, ServerArgs};
+use crate::client::{Client, ServerArgs, outln};
 use anyhow::Result;
 use serde_json::Value;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let client = Client::new(&args.server)?;
     if args.json {
-        println!("{}", client.get_text("/api/v1/agents")?);
+        outln!("{}", client.get_text("/api/v1/agents")?);
         return Ok(ExitCode::SUCCESS);
     }
     let agents: Vec<Value> = client.get("/api/v1/agents")?;

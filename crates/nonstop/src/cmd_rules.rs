@@ -1,6 +1,6 @@
 //! `nonstop rules`: add, list, show and remove rules.
 
-use crate::client::{Client, ServerArgs};
+use crate::client::{Client, ServerArgs, outln};
 use anyhow::{Result, bail};
 use nonstop_model::{Action, Metric, MetricKind, Rule};
 use serde_json::Value;
@@ -192,7 +192,7 @@ fn add(a: AddArgs) -> Result<ExitCode> {
         .pointer("/rule/id")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    println!("{id}");
+    outln!("{id}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -228,7 +228,7 @@ fn summary(view: &Value) -> String {
 fn list(a: ListArgs) -> Result<ExitCode> {
     let client = Client::new(&a.server)?;
     if a.json {
-        println!("{}", client.get_text("/api/v1/rules")?);
+        outln!("{}", client.get_text("/api/v1/rules")?);
         return Ok(ExitCode::SUCCESS);
     }
     let rules: Vec<Value> = client.get("/api/v1/rules")?;
@@ -256,18 +256,18 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
     let client = Client::new(&a.server)?;
     let path = format!("/api/v1/rules/{}", path_id(&a.id)?);
     if a.json {
-        println!("{}", client.get_text(&path)?);
+        outln!("{}", client.get_text(&path)?);
         return Ok(ExitCode::SUCCESS);
     }
     let view: Value = client.get(&path)?;
-    println!("rule     {}", text(&view, "/rule/id"));
-    println!(
+    outln!("rule     {}", text(&view, "/rule/id"));
+    outln!(
         "state    {} ({} hits)",
         text(&view, "/state"),
         text(&view, "/hits")
     );
-    println!("at       {}", text(&view, "/rule/at"));
-    println!("action   {}", text(&view, "/rule/action"));
+    outln!("at       {}", text(&view, "/rule/at"));
+    outln!("action   {}", text(&view, "/rule/action"));
     for (label, p) in [
         ("template", "/rule/template"),
         ("metric", "/rule/metric/name"),
@@ -275,11 +275,11 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         ("service", "/rule/service"),
     ] {
         if view.pointer(p).is_some() {
-            println!("{label:<8} {}", text(&view, p));
+            outln!("{label:<8} {}", text(&view, p));
         }
     }
-    println!(
-        "limits   {} hits, rate {}, expires {} ({})",
+    outln!(
+        "limits   max hits {}, rate {}, expires after {} (at {})",
         text(&view, "/rule/max_hits"),
         text(&view, "/rule/rate"),
         text(&view, "/rule/expires"),
@@ -291,10 +291,10 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         .cloned()
         .unwrap_or_default();
     if agents.is_empty() {
-        println!("agents   none has reported on this rule yet");
+        outln!("agents   none has reported on this rule yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!();
+    outln!();
     let mut rows = vec![
         ["AGENT", "STATUS", "PROBES", "HITS", "DROPPED", "MESSAGE"]
             .map(String::from)
@@ -335,6 +335,6 @@ pub fn print_table(rows: &[Vec<String>]) {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
             }
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
