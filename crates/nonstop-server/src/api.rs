@@ -141,27 +141,54 @@ pub struct StatusView {
     pub dropped: u64,
     /// When the agent reported it (RFC 3339).
     pub updated: String,
+    /// Whether the agent is connected now (a status of a gone agent is its last word).
+    pub connected: bool,
 }
 
-fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>) -> RuleView {
+/// A rule's view: its reported statuses, plus `pending` for each connected agent it
+/// selects that has not reported on it yet.
+fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecord]) -> RuleView {
+    let connected = |id: &str| agents.iter().any(|a| a.info.id == id && a.connected);
+    let mut views: Vec<StatusView> = statuses
+        .into_iter()
+        .map(|s| StatusView {
+            connected: connected(&s.agent),
+            agent: s.agent,
+            status: s.status.status,
+            message: s.status.message,
+            probes: s.status.probes,
+            hits: s.status.hits,
+            dropped: s.status.dropped,
+            updated: rfc3339(s.updated_ms),
+        })
+        .collect();
+    if r.state == RuleState::Active {
+        for a in agents {
+            if a.connected
+                && crate::hub::selects(&r.rule, &a.info)
+                && !views.iter().any(|v| v.agent == a.info.id)
+            {
+                views.push(StatusView {
+                    agent: a.info.id.clone(),
+                    status: StatusKind::Pending,
+                    message: None,
+                    probes: 0,
+                    hits: 0,
+                    dropped: 0,
+                    updated: rfc3339(a.last_seen_ms),
+                    connected: true,
+                });
+            }
+        }
+        views.sort_by(|a, b| a.agent.cmp(&b.agent));
+    }
     RuleView {
         rule: r.rule,
         state: r.state,
         created: rfc3339(r.created_ms),
         expires_at: r.expires_ms.map(rfc3339),
         hits: r.hits,
-        agents: statuses
-            .into_iter()
-            .map(|s| StatusView {
-                agent: s.agent,
-                status: s.status.status,
-                message: s.status.message,
-                probes: s.status.probes,
-                hits: s.status.hits,
-                dropped: s.status.dropped,
-                updated: rfc3339(s.updated_ms),
-            })
-            .collect(),
+        agents: views,
     }
 }
 
@@ -195,10 +222,11 @@ fn agent_view(a: AgentRecord) -> AgentView {
 pub async fn list_rules(State(app): State<Arc<App>>) -> Result<Json<Vec<RuleView>>, ApiError> {
     let views = app
         .blocking(|s| {
+            let agents = s.agents()?;
             let mut out = Vec::new();
             for r in s.rules()? {
                 let st = s.statuses(&r.rule.id)?;
-                out.push(rule_view(r, st));
+                out.push(rule_view(r, st, &agents));
             }
             Ok(out)
         })
@@ -248,7 +276,10 @@ pub async fn create_rule(
     }
     tracing::info!(rule = %stored.rule.id, at = %stored.rule.at, "rule added");
     app.rules_changed();
-    Ok((StatusCode::CREATED, Json(rule_view(stored, Vec::new()))))
+    Ok((
+        StatusCode::CREATED,
+        Json(rule_view(stored, Vec::new(), &[])),
+    ))
 }
 
 /// `GET /api/v1/rules/{id}`
@@ -260,7 +291,7 @@ pub async fn get_rule(
     let key = id.clone();
     let found = app
         .blocking(move |s| match s.rule(&key)? {
-            Some(r) => Ok(Some(rule_view(r, s.statuses(&key)?))),
+            Some(r) => Ok(Some(rule_view(r, s.statuses(&key)?, &s.agents()?))),
             None => Ok(None),
         })
         .await?;

@@ -404,7 +404,7 @@ impl Store for SqliteStore {
         for s in statuses {
             tx.execute(
                 "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
                  ON CONFLICT (rule, agent) DO UPDATE SET status = ?3, message = ?4, probes = ?5,
                     hits = ?6, dropped = ?7, updated = ?8",
                 params![

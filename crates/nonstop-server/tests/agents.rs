@@ -18,6 +18,17 @@ fn an_agent_gets_its_rules_on_hello_and_each_change_at_once() {
     s.add_rule(r#"{"at":"src/cart.rs:43","action":"snapshot","service":"billing"}"#);
     let mut a = s.agent("a-1", "checkout");
     assert_eq!(a.recv_rule_ids(), vec![before.clone()]);
+    // Until the agent reports, the rule shows it as pending.
+    let view = s.get_json(&format!("/api/v1/rules/{before}"));
+    assert_eq!(view["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            &view["agents"][0]["agent"],
+            &view["agents"][0]["status"],
+            &view["agents"][0]["connected"]
+        ),
+        (&json!("a-1"), &json!("pending"), &json!(true))
+    );
 
     let added = s
         .add_rule(r#"{"at":"cart::add","action":"log","template":"{n}","labels":{"region":"eu"}}"#);
