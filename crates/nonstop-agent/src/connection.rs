@@ -41,8 +41,9 @@ const DEAD_AFTER: Duration = Duration::from_secs(35);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// See [`BACKOFF_MIN`].
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// How long one read waits; bounds the delay before queued responses go out.
-const READ_WAIT: Duration = Duration::from_millis(50);
+/// How long one read waits; bounds the delay before queued responses go out. Longer
+/// means fewer wake-ups of an idle process, shorter means fresher live streams.
+const READ_WAIT: Duration = Duration::from_millis(200);
 /// Time allowed to connect and for the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -1,24 +1,26 @@
-//! The `nonstop` command line: thin glue over the library crates.
+//! `nonstop`: breakpoints that don't stop. The binary is thin glue: clap definitions
+//! and calls into the library crates, one module per subcommand.
 #![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 mod client;
 mod cmd_agents;
 mod cmd_rules;
 mod cmd_serve;
 mod cmd_tail;
+mod cmd_where;
 
-use clap::{Parser, Subcommand};
-use std::process::ExitCode;
-
-/// Breakpoints that don't stop.
-#[derive(Debug, Parser)]
+/// Breakpoints that don't stop: a live debugger for native Rust and C programs.
+#[derive(Parser)]
 #[command(name = "nonstop", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Run the server: agent hub, API and live stream.
     Serve(cmd_serve::Args),
@@ -28,16 +30,9 @@ enum Command {
     Tail(cmd_tail::Args),
     /// List the agents the server knows.
     Agents(cmd_agents::Args),
-}
-
-fn main() -> ExitCode {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("nonstop: {e:#}");
-            ExitCode::from(2)
-        }
-    }
+    /// Show what a location resolves to: addresses, function and inline chain, variables
+    /// in scope with types and availability.
+    Where(cmd_where::Args),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -47,5 +42,23 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Rules(a) => cmd_rules::run(a),
         Command::Tail(a) => cmd_tail::run(a),
         Command::Agents(a) => cmd_agents::run(a),
+        Command::Where(args) => cmd_where::run(&args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            let broken_pipe = err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("nonstop: {err:#}");
+            ExitCode::FAILURE
+        }
     }
 }
