@@ -214,3 +214,48 @@ pub fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// POSTs a body of `len` bytes to `path` over a raw connection; returns the status and
+/// the whole answer. The headers go first, and the server may answer (413) before the body
+/// is sent, which a normal client sees as a broken upload; the body follows only if it has not.
+pub fn post_sized(addr: SocketAddr, path: &str, token: &str, len: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    if let Ok(n) = stream.read(&mut buf) {
+        answer.extend_from_slice(&buf[..n]);
+    }
+    if answer.is_empty() {
+        // No early answer: send the body (the server may still cut it short).
+        let chunk = vec![b'0'; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if stream.write_all(&chunk[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
