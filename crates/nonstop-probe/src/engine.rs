@@ -148,12 +148,14 @@ static VALS: [AtomicU32; TABLE_CELLS] = [const { AtomicU32::new(0) }; TABLE_CELL
 static ENGINE: AtomicPtr<Engine> = AtomicPtr::new(std::ptr::null_mut());
 static FORKED: AtomicBool = AtomicBool::new(false);
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn hash(addr: u64) -> usize {
     (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % TABLE_CELLS
 }
 
 /// The cell of `addr`, if it was ever armed. Lock-free; cells are never emptied, so a
 /// trap that arrives late for a retired probe is still recognised as ours.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn table_find(addr: u64) -> Option<usize> {
     if addr == 0 {
         return None;
@@ -541,6 +543,7 @@ impl StackPool {
 /// Reentrancy guard: thread pointers of threads inside the trap handler.
 static ACTIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn thread_pointer() -> u64 {
     let tp: u64;
     // SAFETY: on x86_64 Linux, fs:0 holds the thread control block's own address (glibc
@@ -551,6 +554,7 @@ fn thread_pointer() -> u64 {
     tp
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn guard_enter(tp: u64) -> Option<usize> {
     if ACTIVE.iter().any(|c| c.load(Ordering::Acquire) == tp) {
         return None;
@@ -565,6 +569,7 @@ fn guard_enter(tp: u64) -> Option<usize> {
         })
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn guard_exit(i: usize) {
     if let Some(c) = ACTIVE.get(i) {
         c.store(0, Ordering::Release);
@@ -615,6 +620,7 @@ impl Memory for SyscallMemory {
     }
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn write_u64_guarded(addr: u64, v: u64) -> bool {
     let bytes = v.to_le_bytes();
     // SAFETY: writes 8 bytes to the interrupted thread's stack below its stack pointer,
@@ -775,6 +781,17 @@ impl Engine {
         if !m.exec {
             return Err(ArmError::NotCode { address });
         }
+        if asm::own_code_ranges()
+            .iter()
+            .any(|&(lo, hi)| address >= lo && address < hi)
+            || a.slots.contains(address)
+        {
+            return Err(ArmError::Unsupported {
+                address,
+                instruction: String::from("(nonstop's own code)"),
+                reason: "the probe engine's trap path and slots cannot be probed",
+            });
+        }
         let bytes = site_bytes(address, m.end);
         let site = site::analyze(address, &bytes).map_err(|e| site_error(address, e))?;
         let needs_slot = matches!(
@@ -841,20 +858,23 @@ impl Engine {
     /// Disarms a probe: the original byte is back when this returns; its slot is reused
     /// only once no thread can be inside it.
     pub fn disarm(&self, id: ProbeId) -> Result<(), ArmError> {
+        if FORKED.load(Ordering::Acquire) {
+            // The child hook already put every original byte back; the lock may be held
+            // by a thread that does not exist in this process.
+            return Ok(());
+        }
         let mut a = self.lock();
         let Some(&(idx, cell)) = a.live.get(&id.0) else {
             return Err(ArmError::UnknownProbe(id));
         };
         let p = &STATES[idx];
         let address = p.addr.load(Ordering::Relaxed);
-        if !FORKED.load(Ordering::Acquire) {
-            let orig = p.orig_byte.load(Ordering::Relaxed);
-            sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
-                address,
-                error: e.to_string(),
-            })?;
-            self.sync();
-        }
+        let orig = p.orig_byte.load(Ordering::Relaxed);
+        sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
+            address,
+            error: e.to_string(),
+        })?;
+        self.sync();
         a.live.remove(&id.0);
         p.status.store(RETIRED, Ordering::SeqCst);
         VALS[cell].store(0, Ordering::Release);
@@ -1032,18 +1052,21 @@ fn site_bytes(addr: u64, map_end: u64) -> Vec<u8> {
     buf
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     if !handle_trap(info, uc) {
         signals::forward(sig, info, uc);
     }
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     signals::handle_fault(sig, info, uc);
 }
 
 /// The trap path. Returns false when the trap is not ours. No allocation, no locks, no
 /// TLS, no panics: every index is checked and every call is async-signal-safe.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     // SAFETY: the kernel's siginfo for this handler (or null).
     let Some(info) = (unsafe { info.as_ref() }) else {
@@ -1076,26 +1099,28 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         ctx.set_rip(addr);
         return true;
     }
-    let t0 = sys::now_ns();
     p.traps.fetch_add(1, Ordering::Relaxed);
+    // Nested on this thread (a probe on something the handler calls, or a probed function
+    // run by a signal handler that interrupted ours): only perform the instruction, calling
+    // nothing outside this section, so nesting cannot recurse.
+    let Some(guard) = guard_enter(thread_pointer()) else {
+        p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        perform(p, &mut ctx);
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        return true;
+    };
+    let t0 = sys::now_ns();
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
-    let guard = guard_enter(thread_pointer());
-    match (guard, engine) {
-        (Some(_), Some(engine)) => capture(engine, p, &ctx, addr, t0),
-        (None, _) => {
-            p.dropped_nested.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {}
+    if let Some(engine) = engine {
+        capture(engine, p, &ctx, addr, t0);
     }
     perform(p, &mut ctx);
-    if let Some(g) = guard {
-        guard_exit(g);
-    }
     if let Some(engine) = engine {
         let t1 = sys::now_ns();
         engine.budget.charge(t1, t1.saturating_sub(t0));
     }
+    guard_exit(guard);
     p.in_flight.fetch_sub(1, Ordering::Release);
     true
 }
@@ -1184,6 +1209,7 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
 }
 
 /// Performs the displaced instruction: emulated, or by resuming in the slot.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
     let r = Ordering::Relaxed;
     let next = p.next_ip.load(r);
@@ -1240,6 +1266,12 @@ extern "C" fn atfork_child() {
         }
     }
     sys::close(fd);
+}
+
+/// The address range of the trap path's code (which cannot be probed); for tests.
+#[doc(hidden)]
+pub fn trap_path_range() -> (u64, u64) {
+    asm::own_code_ranges()[1]
 }
 
 /// Reads `buf.len()` bytes at `addr` without ever crashing: `Err(Fault)` when unmapped.

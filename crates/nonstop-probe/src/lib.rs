@@ -79,6 +79,7 @@ mod sys;
 pub use engine::{
     ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
     ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
+    trap_path_range,
 };
 pub use signals::{sigaction, signal};
 

@@ -204,6 +204,7 @@ pub fn installed() -> bool {
 }
 
 /// The SIGSEGV/SIGBUS handler body: resumes a faulting guarded copy, else chains.
+#[unsafe(link_section = "nonstop_probe_trap")]
 pub fn handle_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: called from our SA_SIGINFO handler with the kernel's ucontext.
     if let Some(mut ctx) = unsafe { Context::new(uc) } {
