@@ -600,8 +600,8 @@ impl Memory for SafeMemory {
     }
 }
 
-/// Reads through `process_vm_readv`: for threads that block SIGSEGV/SIGBUS, where a fault
-/// in the guarded copy would be fatal (the kernel forces blocked fault signals to SIG_DFL).
+/// Reads through `process_vm_readv`: for hits where a fault in the guarded copy could not
+/// be handled safely (see `Context::faults_unsafe`).
 struct SyscallMemory;
 
 impl Memory for SyscallMemory {
@@ -629,7 +629,7 @@ fn write_u64_guarded(addr: u64, v: u64) -> bool {
 }
 
 struct Job {
-    /// Reads must not raise SIGSEGV/SIGBUS (the thread blocks them): use system calls.
+    /// Reads must not raise SIGSEGV/SIGBUS (see `Context::faults_unsafe`): use system calls.
     no_fault_signals: bool,
     plan: *const CapturePlan,
     regs: Registers,
@@ -1166,7 +1166,7 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     };
     let out = engine.ring.buffer(&mut res);
     let mut job = Job {
-        no_fault_signals: ctx.blocks_fault_signals(),
+        no_fault_signals: ctx.faults_unsafe(),
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),
         out: out.as_mut_ptr(),
@@ -1225,7 +1225,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         }
         Emulation::CallRel => {
             let sp = ctx.rsp().wrapping_sub(8);
-            if !ctx.blocks_fault_signals() && write_u64_guarded(sp, next) {
+            if !ctx.faults_unsafe() && write_u64_guarded(sp, next) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(target);
             } else {
@@ -1236,7 +1236,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         Emulation::Push(reg) => {
             let v = ctx.greg(reg as usize);
             let sp = ctx.rsp().wrapping_sub(8);
-            if !ctx.blocks_fault_signals() && write_u64_guarded(sp, v) {
+            if !ctx.faults_unsafe() && write_u64_guarded(sp, v) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(next);
             } else {

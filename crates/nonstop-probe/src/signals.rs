@@ -9,11 +9,18 @@
 //! made from inside other shared libraries of a linked build still reach libc directly;
 //! `Engine::signals_owned` re-checks the installation so the agent can notice.
 //!
-//! Flags: all three handlers use `SA_SIGINFO | SA_ONSTACK | SA_NODEFER`. NODEFER on SIGTRAP
-//! because a probed function may run inside another signal handler that interrupted our
-//! handler: with SIGTRAP blocked the kernel would turn that trap into a kill. The handler
-//! detects nesting on the same thread and then only runs the displaced instruction.
-//! NODEFER on SIGSEGV/SIGBUS lets a guarded read fault inside any of our handlers.
+//! Flags: SIGSEGV/SIGBUS use `SA_SIGINFO | SA_ONSTACK | SA_NODEFER` (ONSTACK so a program's
+//! stack-overflow handler chained behind ours still runs on the alternate stack; NODEFER so
+//! a guarded read may fault inside any of our handlers). SIGTRAP uses `SA_SIGINFO |
+//! SA_NODEFER` *without* `SA_ONSTACK`: the capture runs on a preallocated stack of ours, and
+//! a fault in a guarded read there makes the kernel put the SIGSEGV frame at the top of the
+//! alternate stack (the capture stack is not it); had the SIGTRAP frame been on the
+//! alternate stack, that frame would overwrite it. So the trap frame goes on the thread's
+//! own stack (below its red zone) and the alternate stack stays free; when the interrupted
+//! code was itself on the alternate stack, the handler reads with system calls instead.
+//! NODEFER on SIGTRAP because a probed function may run inside another signal handler that
+//! interrupted ours: with SIGTRAP blocked the kernel would turn that trap into a kill. The
+//! handler detects nesting on the same thread and then only runs the displaced instruction.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -159,7 +166,10 @@ pub fn install(
         } else {
             on_fault as *const () as usize
         };
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
+        if sig != libc::SIGTRAP {
+            act.sa_flags |= libc::SA_ONSTACK;
+        }
         // SAFETY: `act.sa_mask` is a valid sigset to clear.
         unsafe { libc::sigemptyset(&mut act.sa_mask) };
         // SAFETY: as above.

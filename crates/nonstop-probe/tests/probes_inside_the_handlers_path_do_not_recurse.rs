@@ -6,11 +6,11 @@
 mod common;
 
 use common::*;
-use nonstop_probe::{ArmError, Engine, ProbeSpec};
+use nonstop_probe::{ArmError, ProbeSpec};
 
 #[test]
 fn probing_clock_gettime_nests_without_recursion() {
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     // SAFETY: dlsym with a NUL-terminated name.
     let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"clock_gettime".as_ptr()) } as u64;
     assert_ne!(f, 0);
@@ -35,7 +35,7 @@ fn probing_clock_gettime_nests_without_recursion() {
 
 #[test]
 fn the_engine_refuses_to_probe_its_own_trap_path() {
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     // `sigaction` is ours (interposed) but not on the trap path: probing it is allowed.
     let own = nonstop_probe::sigaction as *const () as u64;
     let id = engine.arm(ProbeSpec::new(own, empty_plan())).unwrap();

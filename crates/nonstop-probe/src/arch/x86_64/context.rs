@@ -110,6 +110,25 @@ impl<'a> Context<'a> {
         self.greg(libc::REG_EFL as usize)
     }
 
+    /// Whether the interrupted code ran on the alternate signal stack. The kernel saves the
+    /// thread's alternate stack (base, size) in `uc_stack` at delivery; its `ss_flags` are
+    /// the configured flags, not "on stack", so compare the stack pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn on_alternate_stack(&self) -> bool {
+        let ss = &self.uc.uc_stack;
+        let (base, size) = (ss.ss_sp as u64, ss.ss_size as u64);
+        let sp = self.rsp();
+        ss.ss_flags & libc::SS_DISABLE == 0 && size != 0 && sp > base && sp - base <= size
+    }
+
+    /// Whether a fault raised now could not be handled safely: the interrupted thread
+    /// blocks SIGSEGV or SIGBUS (the kernel makes a blocked fault fatal), or it was on the
+    /// alternate stack (a nested fault frame would land on top of the frames there).
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn faults_unsafe(&self) -> bool {
+        self.blocks_fault_signals() || self.on_alternate_stack()
+    }
+
     /// Whether the interrupted thread blocks SIGSEGV or SIGBUS (a fault there is fatal).
     #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn blocks_fault_signals(&self) -> bool {
