@@ -1178,6 +1178,10 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     };
     ctx.registers(addr, &mut job.regs);
     if !job.plan.is_null() {
+        // Interrupted code on the alternate stack (a program's handler): a signal arriving
+        // while we are on the capture stack would have its frame put at the top of the
+        // alternate stack, over that handler's frames. Hold asynchronous signals meanwhile.
+        let held = ctx.on_alternate_stack().then(hold_async_signals);
         // SAFETY: the job outlives the call; the stack is exclusively ours until `give`,
         // 16-byte aligned at its top, and `run_job` cannot unwind (execute never panics).
         unsafe {
@@ -1187,6 +1191,10 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
                 engine.stacks.top(stack),
             )
         };
+        if let Some(old) = held {
+            let mut ignored = old;
+            sys::sigprocmask(libc::SIG_SETMASK, &old, &mut ignored);
+        }
     }
     engine.stacks.give(stack);
     engine.ring.commit(
@@ -1206,6 +1214,28 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     if hits + 1 >= max {
         p.finish(REASON_MAX_HITS, 0);
     }
+}
+
+/// Blocks every signal but the synchronous ones; returns the previous mask.
+fn hold_async_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain bits; all-zero is the empty set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset; these only modify it.
+    unsafe {
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGTRAP,
+            libc::SIGILL,
+            libc::SIGFPE,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+    }
+    let mut old = set;
+    sys::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+    old
 }
 
 /// Performs the displaced instruction: emulated, or by resuming in the slot.
