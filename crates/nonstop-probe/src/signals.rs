@@ -50,9 +50,13 @@ impl Chained {
     }
 
     fn load(&self) -> libc::sigaction {
+        // Bounded: the writer may be the very thread this handler interrupted, which cannot
+        // finish until we return; after a while take what is there.
+        let mut spins = 0u32;
         loop {
+            spins += 1;
             let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
+            if s1 & 1 == 1 && spins < 10_000 {
                 std::hint::spin_loop();
                 continue;
             }
@@ -65,15 +69,18 @@ impl Chained {
                 *w = m.load(Ordering::Relaxed);
             }
             std::sync::atomic::fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
+            if self.seq.load(Ordering::Relaxed) == s1 || spins >= 10_000 {
                 return act;
             }
         }
     }
 
     fn store(&self, act: &libc::sigaction) {
-        // Writers may be signal handlers (sigaction is async-signal-safe), so spin, don't lock.
-        loop {
+        // Writers may be signal handlers (sigaction is async-signal-safe), so spin, don't
+        // lock; bounded, because the other writer may be the thread this one interrupted.
+        let mut spins = 0u32;
+        let locked = loop {
+            spins += 1;
             let s = self.seq.load(Ordering::Relaxed);
             if s & 1 == 0
                 && self
@@ -81,17 +88,23 @@ impl Chained {
                     .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                break;
+                break true;
+            }
+            if spins >= 10_000 {
+                // Write under the interrupted writer's odd count; it finishes afterwards.
+                break false;
             }
             std::hint::spin_loop();
-        }
+        };
         std::sync::atomic::fence(Ordering::Release);
         self.handler.store(act.sa_sigaction, Ordering::Relaxed);
         self.flags.store(act.sa_flags as u64, Ordering::Relaxed);
         for (m, w) in self.mask.iter().zip(mask_words(&act.sa_mask).iter()) {
             m.store(*w, Ordering::Relaxed);
         }
-        self.seq.fetch_add(1, Ordering::Release);
+        if locked {
+            self.seq.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
