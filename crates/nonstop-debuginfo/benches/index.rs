@@ -7,7 +7,7 @@
 //! resolve and the peak resident memory (VmHWM) of this process.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nonstop_debuginfo::DebugInfo;
+use nonstop_debuginfo::{DebugInfo, Error, Site};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -47,6 +47,22 @@ fn subject() -> (PathBuf, String, String) {
     )
 }
 
+/// Resolves `location`, or the nearest line above it with code (optimised code folds
+/// some lines away).
+fn resolve(info: &DebugInfo, location: &str) -> (String, Vec<Site>) {
+    match info.resolve(location) {
+        Err(Error::NoCode {
+            above: Some(line), ..
+        }) => {
+            let (file, _) = location.rsplit_once(':').unwrap();
+            let other = format!("{file}:{line}");
+            let sites = info.resolve(&other).unwrap();
+            (other, sites)
+        }
+        other => (location.to_string(), other.unwrap()),
+    }
+}
+
 fn vm_hwm_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -63,10 +79,10 @@ fn bench(c: &mut Criterion) {
     let before = vm_hwm_kb();
     let t = Instant::now();
     let info = DebugInfo::load(&binary).unwrap();
-    let sites = info.resolve(&first).unwrap();
+    let (first, sites) = resolve(&info, &first);
     let cold = t.elapsed();
     let t = Instant::now();
-    let second_sites = info.resolve(&second).unwrap();
+    let (second, second_sites) = resolve(&info, &second);
     let warm = t.elapsed();
     eprintln!(
         "{}: {:.1} MB; load + resolve {first} ({} sites): {cold:.2?}, peak RSS {} MB (before: {} MB); \
