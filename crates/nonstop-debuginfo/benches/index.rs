@@ -19,8 +19,15 @@ fn workspace() -> PathBuf {
 /// `FILE:LINE` of the first line of `file` containing `needle`.
 fn line_of(file: &str, needle: &str) -> String {
     let text = std::fs::read_to_string(workspace().join(file)).unwrap_or_default();
-    let n = text.lines().position(|l| l.contains(needle)).map_or(1, |i| i + 1);
-    let name = Path::new(file).file_name().unwrap().to_string_lossy().into_owned();
+    let n = text
+        .lines()
+        .position(|l| l.contains(needle))
+        .map_or(1, |i| i + 1);
+    let name = Path::new(file)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     format!("{name}:{n}")
 }
 
@@ -42,7 +49,10 @@ fn subject() -> (PathBuf, String, String) {
         .unwrap_or_else(|_| workspace().join("target"));
     (
         target.join("release/nonstop"),
-        line_of("crates/nonstop/src/cmd_where.rs", "let info = DebugInfo::load"),
+        line_of(
+            "crates/nonstop/src/cmd_where.rs",
+            "let info = DebugInfo::load",
+        ),
         line_of("crates/nonstop-debuginfo/src/lines.rs", "let any_stmt ="),
     )
 }

@@ -29,7 +29,11 @@ fn same_answers(a: &Path, b: &Path, locations: &[String]) {
 #[test]
 fn rust_is_dwarf_4_and_gcc_is_dwarf_5() {
     let version = |p: &Path| {
-        let out = Command::new("llvm-dwarfdump").arg("--debug-info").arg(p).output().unwrap();
+        let out = Command::new("llvm-dwarfdump")
+            .arg("--debug-info")
+            .arg(p)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.split("version = ").nth(1).unwrap()[..6].to_string()
     };
@@ -72,7 +76,10 @@ fn a_separate_debug_file_is_found_by_debuglink() {
     std::fs::create_dir_all(dir.join(".debug")).unwrap();
     let exe = dir.join("points");
     let debug = dir.join(".debug/points.debug");
-    run(Command::new("objcopy").arg("--only-keep-debug").arg(&f.binary).arg(&debug));
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&f.binary)
+        .arg(&debug));
     run(Command::new("objcopy")
         .arg("--strip-debug")
         .arg(format!("--add-gnu-debuglink={}", debug.display()))
@@ -80,7 +87,11 @@ fn a_separate_debug_file_is_found_by_debuglink() {
         .arg(&exe));
     let info = DebugInfo::load(&exe).unwrap();
     assert_eq!(info.debug_file(), Some(debug.as_path()));
-    same_answers(&f.binary, &exe, &[f.at("scale_ret"), f.at("loop_body"), "scale".into()]);
+    same_answers(
+        &f.binary,
+        &exe,
+        &[f.at("scale_ret"), f.at("loop_body"), "scale".into()],
+    );
 }
 
 #[inline(never)]
