@@ -48,6 +48,7 @@ pub use lines::Site;
 pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
 pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
+pub use unwind::{DEFAULT_MAX_FRAMES, Module, RawFrame, Stacks, Unwinder};
 
 use std::sync::Arc;
 

@@ -42,6 +42,8 @@ pub(crate) struct Indexes {
     pub(crate) functions: OnceLock<Result<crate::lines::FunctionIndex, gimli::Error>>,
     /// Per unit: the namespace path of named DIEs (built when a unit is first needed).
     pub(crate) paths: Mutex<std::collections::HashMap<usize, Arc<crate::scope::UnitPaths>>>,
+    /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
+    pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
 }
 
 /// Reads a whole file into one shared buffer without an extra copy.
