@@ -153,6 +153,22 @@ impl Link {
     }
 
     /// Stops the thread and waits for it (at most about one read wait, or a connect attempt).
+    /// Waits, at most `timeout`, until what is queued has gone out (used at exit). Returns
+    /// at once when not connected: nothing would send it.
+    pub fn flush(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.connected() && Instant::now() < until {
+            {
+                let out = lock(&self.shared.outbox);
+                if out.responses.is_empty() && out.statuses.is_empty() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the link thread and waits for it.
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
