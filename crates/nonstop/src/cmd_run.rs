@@ -12,6 +12,7 @@
 //! | `NONSTOP_TOKEN` | `--token`, else `$NONSTOP_TOKEN`, else `agent.token` in the data folder |
 //! | `NONSTOP_SERVICE` | `--service`, else the program's file name |
 
+use std::convert::Infallible;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -49,8 +50,16 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// Runs `nonstop run`: replaces this process with the program, or returns why it could not.
+/// Runs `nonstop run`: replaces this process with the program; when it cannot, says why and exits 1.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Exit 1, like a shell that cannot start a program, whatever code other commands use for errors.
+    let Err(err) = exec(args);
+    eprintln!("nonstop: {err:#}");
+    Ok(ExitCode::FAILURE)
+}
+
+/// Replaces this process with the program under the agent; returns only when it could not.
+fn exec(args: RunArgs) -> anyhow::Result<Infallible> {
     let Some((program, program_args)) = args.command.split_first() else {
         bail!("nothing to run: give a program after `--`");
     };
