@@ -1,1 +1,1303 @@
-//! (being built)
+//! Bytes → typed [`Value`]s, Rust-aware, over any [`Memory`]: the live process or a
+//! [`CapturedMemory`](nonstop_model::capture::CapturedMemory) record.
+//!
+//! # Shapes (the JSON form of `Value`)
+//! - structs: `Map` of fields in declaration order; tuples and tuple structs: `List`.
+//! - enums: `variant` set, value `Map` (struct variant), `List` (tuple variant) or `Null`.
+//! - C-like enums: `Str(name)` (an unknown value: `Int`).
+//! - `char`: `Str`; `String`, `&str`: `Str` (invalid UTF-8 shown lossily).
+//! - references, `Box`, `Rc`, `Arc`: the pointee's value, with the pointer's type name.
+//!   `Cell`, `RefCell`, `NonZero`: the inner value, with the wrapper's type name.
+//! - raw and function pointers: `Uint(address)`; C `char *`: `Str`.
+//! - `HashMap`, `BTreeMap`: `Map`; each key is rendered as a string: a string key as
+//!   itself (`apple`), anything else as its [`debug_string`] (`7`, `(1, 2)`).
+//!   `HashSet`, `BTreeSet`: `List`. Entries in the program's iteration order.
+//!
+//! Limits: strings cut at `limits.string` bytes, collections at `limits.collection`
+//! elements, structs at `limits.fields` fields (all marked `truncated`); pointers are
+//! followed at most `limits.depth` times (deeper values: `truncated`, no value). Bytes
+//! the capture did not take (`NotCaptured`) make the value `truncated`; unreadable
+//! memory makes it an `error`.
+
+use crate::types::{
+    BTREE_CAPACITY, BTreeLayout, PointerKind, StdLayout, Type, TypeKind, base_of, truncate,
+};
+use crate::{Availability, DebugInfo, DieRef, Variable};
+use nonstop_model::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
+use nonstop_model::{CaptureLimits, Data, Value};
+use std::cell::Cell;
+use std::sync::Arc;
+
+/// Most values one decode produces, whatever the limits say (bounds nested arrays).
+const MAX_VALUES: usize = 50_000;
+/// Largest single read the decoder makes.
+const MAX_READ: u64 = 1 << 20;
+/// Most hash buckets the decoder scans.
+const MAX_BUCKETS: u64 = 1 << 24;
+
+impl DebugInfo {
+    /// Decodes one variable from its captured root (see [`DebugInfo::capture_plan`]),
+    /// following pointers through `mem`.
+    pub fn decode(
+        &self,
+        var: &Variable,
+        root: &CapturedRoot,
+        mem: &dyn Memory,
+        limits: &CaptureLimits,
+    ) -> Value {
+        let type_name = var
+            .type_die
+            .and_then(|d| self.type_of(d))
+            .map_or_else(|| var.type_name.clone(), |t| t.display.clone());
+        match &var.availability {
+            Availability::OptimizedOut => return Value::error(type_name, "optimized out"),
+            Availability::EntryValue => {
+                return Value::error(
+                    type_name,
+                    "optimized out (only its value at function entry is described)",
+                );
+            }
+            Availability::Available(_) => {}
+        }
+        match root {
+            CapturedRoot::Bytes { bytes, addr } => match var.type_die {
+                Some(ty) => self.decode_type(ty, bytes, *addr, mem, limits),
+                None => Value::error(type_name, "no type information"),
+            },
+            CapturedRoot::Unavailable => Value::error(type_name, "optimized out"),
+            CapturedRoot::Fault => {
+                let at = match &var.availability {
+                    Availability::Available(p) => p.iter().find_map(|p| match p.source {
+                        PieceSource::Absolute { addr } => Some(addr),
+                        _ => None,
+                    }),
+                    _ => None,
+                };
+                match at {
+                    Some(a) => Value::error(type_name, format!("cannot read memory at {a:#x}")),
+                    None => Value::error(type_name, "cannot read the variable's memory"),
+                }
+            }
+            CapturedRoot::NoSpace => Value {
+                truncated: true,
+                ..Value::new(type_name, Data::Null)
+            },
+        }
+    }
+
+    /// Reads a variable's own bytes live (no record): its pieces from `regs` and `mem`.
+    /// The counterpart of what the capture executor does at a hit.
+    pub fn read_root(&self, var: &Variable, regs: &Registers, mem: &dyn Memory) -> CapturedRoot {
+        let Availability::Available(pieces) = &var.availability else {
+            return CapturedRoot::Unavailable;
+        };
+        let mut bytes = Vec::new();
+        let single = pieces.len() == 1;
+        let mut addr = None;
+        for p in pieces {
+            let n = p.size as usize;
+            if n as u64 > MAX_READ {
+                return CapturedRoot::NoSpace;
+            }
+            let mut buf = vec![0u8; n];
+            let ok = match &p.source {
+                PieceSource::Register { reg } => match (regs.bytes(*reg), regs.value(*reg)) {
+                    (Some(x), _) => {
+                        let k = n.min(x.len());
+                        buf[..k].copy_from_slice(&x[..k]);
+                        true
+                    }
+                    (None, Some(v)) => {
+                        let b = v.to_le_bytes();
+                        let k = n.min(8);
+                        buf[..k].copy_from_slice(&b[..k]);
+                        true
+                    }
+                    _ => return CapturedRoot::Unavailable,
+                },
+                PieceSource::Memory { reg, offset } => match regs.value(*reg) {
+                    Some(base) => {
+                        let a = base.wrapping_add(*offset as u64);
+                        if single {
+                            addr = Some(a);
+                        }
+                        mem.read(a, &mut buf).is_ok()
+                    }
+                    None => false,
+                },
+                PieceSource::Absolute { addr: a } => {
+                    if single {
+                        addr = Some(*a);
+                    }
+                    mem.read(*a, &mut buf).is_ok()
+                }
+                PieceSource::Computed { reg, offset } => match regs.value(*reg) {
+                    Some(base) => {
+                        let b = base.wrapping_add(*offset as u64).to_le_bytes();
+                        let k = n.min(8);
+                        buf[..k].copy_from_slice(&b[..k]);
+                        true
+                    }
+                    None => false,
+                },
+                PieceSource::Implicit(v) => {
+                    let k = n.min(v.len());
+                    buf[..k].copy_from_slice(&v[..k]);
+                    true
+                }
+                PieceSource::Unavailable => return CapturedRoot::Unavailable,
+            };
+            if !ok {
+                return CapturedRoot::Fault;
+            }
+            bytes.extend_from_slice(&buf);
+        }
+        CapturedRoot::Bytes { bytes, addr }
+    }
+
+    /// Decodes a value of type `ty` from its `bytes` (found at `addr`, when it lives in
+    /// memory), following pointers through `mem` within `limits`.
+    pub fn decode_type(
+        &self,
+        ty: DieRef,
+        bytes: &[u8],
+        addr: Option<u64>,
+        mem: &dyn Memory,
+        limits: &CaptureLimits,
+    ) -> Value {
+        let _ = addr;
+        let d = Decoder {
+            di: self,
+            mem,
+            limits,
+            budget: Cell::new(MAX_VALUES),
+        };
+        d.value(Some(ty), bytes, limits.depth)
+    }
+}
+
+struct Decoder<'a> {
+    di: &'a DebugInfo,
+    mem: &'a dyn Memory,
+    limits: &'a CaptureLimits,
+    budget: Cell<usize>,
+}
+
+/// Why bytes could not be read.
+enum Miss {
+    /// Not captured: show what we have, marked truncated.
+    Truncated,
+    /// The read faulted at this address.
+    Fault(u64),
+}
+
+fn truncated(type_name: impl Into<String>) -> Value {
+    Value {
+        truncated: true,
+        ..Value::new(type_name, Data::Null)
+    }
+}
+
+fn le(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
+impl Decoder<'_> {
+    fn read(&self, addr: u64, len: u64) -> Result<Vec<u8>, Miss> {
+        if len > MAX_READ {
+            return Err(Miss::Truncated);
+        }
+        let mut buf = vec![0u8; len as usize];
+        match self.mem.read(addr, &mut buf) {
+            Ok(()) => Ok(buf),
+            Err(ReadError::NotCaptured) => Err(Miss::Truncated),
+            Err(ReadError::Fault) => Err(Miss::Fault(addr)),
+        }
+    }
+
+    fn miss(&self, name: &str, m: Miss) -> Value {
+        match m {
+            Miss::Truncated => truncated(name),
+            Miss::Fault(a) => Value::error(name, format!("cannot read memory at {a:#x}")),
+        }
+    }
+
+    /// Takes one unit of the value budget; `false` when it is spent.
+    fn spend(&self) -> bool {
+        let b = self.budget.get();
+        if b == 0 {
+            return false;
+        }
+        self.budget.set(b - 1);
+        true
+    }
+
+    fn field_bytes(bytes: &[u8], offset: u64, size: u64) -> Option<&[u8]> {
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(size).ok()?)?;
+        bytes.get(start..end)
+    }
+
+    fn value(&self, die: Option<DieRef>, bytes: &[u8], hops: u32) -> Value {
+        let Some(ty) = die.and_then(|d| self.di.type_of(d)) else {
+            return Value::error("?", "unknown type");
+        };
+        if !self.spend() {
+            return truncated(ty.display.clone());
+        }
+        let Some(bytes) = bytes.get(
+            ..usize::try_from(ty.size)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len()),
+        ) else {
+            return truncated(ty.display.clone());
+        };
+        if (bytes.len() as u64) < ty.size {
+            return truncated(ty.display.clone());
+        }
+        self.typed(&ty, bytes, hops)
+    }
+
+    fn typed(&self, ty: &Arc<Type>, bytes: &[u8], hops: u32) -> Value {
+        let name = ty.display.clone();
+        match &ty.kind {
+            TypeKind::Unit | TypeKind::Function => Value::new(name, Data::Null),
+            TypeKind::Bool => Value::new(name, Data::Bool(bytes.first().is_some_and(|b| *b != 0))),
+            TypeKind::Char => {
+                let c = le(bytes) as u32;
+                match char::from_u32(c) {
+                    Some(ch) => Value::new(name, Data::Str(ch.to_string())),
+                    None => Value::error(name, format!("invalid char {c:#x}")),
+                }
+            }
+            TypeKind::Int { signed, .. } => Value::new(name, int_data(bytes, *signed)),
+            TypeKind::Float => match bytes.len() {
+                4 => Value::new(
+                    name,
+                    Data::Float(f64::from(f32::from_le_bytes([
+                        bytes[0], bytes[1], bytes[2], bytes[3],
+                    ]))),
+                ),
+                8 => Value::new(name, Data::Float(f64::from_bits(le(bytes)))),
+                n => Value::error(name, format!("unsupported float size {n}")),
+            },
+            TypeKind::Pointer { pointee, kind } => self.pointer(ty, *pointee, *kind, bytes, hops),
+            TypeKind::Struct { .. } => match self.di.std_layout(ty) {
+                Some(layout) => self.std(ty, &layout, bytes, hops),
+                None => self.structure(ty, bytes, hops),
+            },
+            TypeKind::Union { fields } => {
+                let mut out = Vec::new();
+                let mut cut = false;
+                for f in fields {
+                    if out.len() >= self.limits.fields as usize {
+                        cut = true;
+                        break;
+                    }
+                    let size = self.di.type_size(f.ty);
+                    let v = match Self::field_bytes(bytes, f.offset, size) {
+                        Some(b) => self.value(f.ty, b, hops),
+                        None => truncated("?"),
+                    };
+                    out.push((f.name.clone(), v));
+                }
+                Value {
+                    truncated: cut,
+                    ..Value::new(name, Data::Map(out))
+                }
+            }
+            TypeKind::Array { elem, dims } => self.array(&name, *elem, dims, bytes, hops),
+            TypeKind::Enum { discr, variants } => {
+                let chosen = match discr {
+                    Some(d) => {
+                        let Some(raw) = Self::field_bytes(bytes, d.offset, d.size.min(8)) else {
+                            return truncated(name);
+                        };
+                        let tag = truncate(le(raw), d.size);
+                        match variants
+                            .iter()
+                            .find(|v| v.discr_value == Some(tag))
+                            .or_else(|| variants.iter().find(|v| v.discr_value.is_none()))
+                        {
+                            Some(v) => v,
+                            None => {
+                                return Value::error(
+                                    name,
+                                    format!("invalid enum discriminant {tag:#x}"),
+                                );
+                            }
+                        }
+                    }
+                    None => match variants.as_slice() {
+                        [v] => v,
+                        _ => match variants.iter().find(|v| v.discr_value.is_none()) {
+                            Some(v) => v,
+                            None => return Value::error(name, "enum without a discriminant"),
+                        },
+                    },
+                };
+                let inner = chosen.ty.and_then(|d| self.di.type_of(d));
+                let (data, cut) = match inner.as_deref() {
+                    Some(vt) => match &vt.kind {
+                        TypeKind::Struct { fields, .. } if fields.is_empty() => (Data::Null, false),
+                        TypeKind::Struct { .. } => {
+                            let s = self.structure(vt, bytes, hops);
+                            (s.value, s.truncated)
+                        }
+                        _ => (Data::Null, false),
+                    },
+                    None => (Data::Null, false),
+                };
+                let mut v = Value::new(name, data);
+                v.variant = Some(chosen.name.clone());
+                v.truncated = cut;
+                v
+            }
+            TypeKind::Enumeration { signed, values } => {
+                let raw = truncate(le(bytes), ty.size);
+                match values.iter().find(|(_, v)| *v == raw) {
+                    Some((n, _)) => Value::new(name, Data::Str(n.clone())),
+                    None => Value::new(name, int_data(bytes, *signed)),
+                }
+            }
+            TypeKind::Unknown => Value::error(name, "type not supported"),
+        }
+    }
+
+    fn pointer(
+        &self,
+        ty: &Type,
+        pointee: Option<DieRef>,
+        kind: PointerKind,
+        bytes: &[u8],
+        hops: u32,
+    ) -> Value {
+        let name = ty.display.clone();
+        let addr = le(bytes);
+        let target = pointee.and_then(|d| self.di.type_of(d));
+        let c_string = matches!(
+            target.as_deref().map(|t| &t.kind),
+            Some(TypeKind::Int { c_char: true, .. })
+        );
+        match kind {
+            PointerKind::Function => return Value::new(name, Data::Uint(addr)),
+            PointerKind::Raw if !c_string => return Value::new(name, Data::Uint(addr)),
+            _ => {}
+        }
+        if addr == 0 {
+            return Value::new(name, Data::Null);
+        }
+        if hops == 0 {
+            return truncated(name);
+        }
+        if c_string {
+            return match self.c_string(addr) {
+                Ok((s, cut)) => Value {
+                    truncated: cut,
+                    ..Value::new(name, Data::Str(s))
+                },
+                Err(m) => self.miss(&name, m),
+            };
+        }
+        let Some(target) = target else {
+            return Value::new(name, Data::Uint(addr));
+        };
+        let data = if target.size == 0 {
+            Vec::new()
+        } else {
+            match self.read(addr, target.size) {
+                Ok(b) => b,
+                Err(m) => return self.miss(&name, m),
+            }
+        };
+        let mut v = self.typed(&target, &data, hops - 1);
+        v.type_name = name;
+        v
+    }
+
+    fn c_string(&self, addr: u64) -> Result<(String, bool), Miss> {
+        let max = self.limits.string as u64;
+        let mut out = Vec::new();
+        let mut byte = [0u8; 1];
+        for i in 0..=max {
+            match self.mem.read(addr.wrapping_add(i), &mut byte) {
+                Ok(()) if byte[0] == 0 => {
+                    return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+                }
+                Ok(()) if i == max => break,
+                Ok(()) => out.push(byte[0]),
+                Err(ReadError::NotCaptured) if i > 0 => break,
+                Err(ReadError::NotCaptured) => return Err(Miss::Truncated),
+                Err(ReadError::Fault) if i == 0 => return Err(Miss::Fault(addr)),
+                Err(ReadError::Fault) => break,
+            }
+        }
+        Ok((String::from_utf8_lossy(&out).into_owned(), true))
+    }
+
+    fn structure(&self, ty: &Type, bytes: &[u8], hops: u32) -> Value {
+        let name = ty.display.clone();
+        let TypeKind::Struct {
+            fields, tuple_like, ..
+        } = &ty.kind
+        else {
+            return Value::error(name, "not a struct");
+        };
+        let mut out: Vec<(String, Value)> = Vec::new();
+        let mut cut = false;
+        for f in fields {
+            let fty = f.ty.and_then(|d| self.di.type_of(d));
+            // Markers carry no data: `PhantomData`, zero-sized allocators.
+            if fty
+                .as_deref()
+                .is_some_and(|t| t.base_name() == "core::marker::PhantomData")
+            {
+                continue;
+            }
+            if out.len() >= self.limits.fields as usize {
+                cut = true;
+                break;
+            }
+            let size = fty.as_deref().map_or(0, |t| t.size);
+            let v = match Self::field_bytes(bytes, f.offset, size) {
+                Some(b) => self.value(f.ty, b, hops),
+                None => truncated(fty.map_or_else(|| "?".to_string(), |t| t.display.clone())),
+            };
+            out.push((f.name.clone(), v));
+        }
+        let data = if *tuple_like {
+            Data::List(out.into_iter().map(|(_, v)| v).collect())
+        } else {
+            Data::Map(out)
+        };
+        Value {
+            truncated: cut,
+            ..Value::new(name, data)
+        }
+    }
+
+    fn array(
+        &self,
+        name: &str,
+        elem: Option<DieRef>,
+        dims: &[u64],
+        bytes: &[u8],
+        hops: u32,
+    ) -> Value {
+        let Some((&n, rest)) = dims.split_first() else {
+            return self.value(elem, bytes, hops);
+        };
+        let elem_ty = elem.and_then(|d| self.di.type_of(d));
+        let esize = rest
+            .iter()
+            .fold(elem_ty.as_deref().map_or(0, |t| t.size), |a, d| {
+                a.saturating_mul(*d)
+            });
+        // C character arrays are text up to their first NUL.
+        if rest.is_empty()
+            && let Some(t) = elem_ty.as_deref()
+            && matches!(t.kind, TypeKind::Int { c_char: true, .. })
+            && t.name == "char"
+        {
+            let take = bytes.len().min(n as usize);
+            let text = &bytes[..take];
+            let end = text.iter().position(|b| *b == 0).unwrap_or(text.len());
+            let max = self.limits.string as usize;
+            let cut = end > max;
+            return Value {
+                truncated: cut,
+                ..Value::new(
+                    name,
+                    Data::Str(String::from_utf8_lossy(&text[..end.min(max)]).into_owned()),
+                )
+            };
+        }
+        let max = n.min(self.limits.collection as u64);
+        let mut items = Vec::new();
+        let mut cut = n > max;
+        for i in 0..max {
+            let Some(b) = Self::field_bytes(bytes, i.saturating_mul(esize), esize) else {
+                cut = true;
+                break;
+            };
+            let v = if rest.is_empty() {
+                self.value(elem, b, hops)
+            } else {
+                // `int[2][3]` → `int[3]`.
+                let inner_name = match name.find('[').and_then(|i| Some((i, name[i..].find(']')?)))
+                {
+                    Some((i, j)) => format!("{}{}", &name[..i], &name[i + j + 1..]),
+                    None => name.to_string(),
+                };
+                self.array(&inner_name, elem, rest, b, hops)
+            };
+            items.push(v);
+            if self.budget.get() == 0 {
+                cut = true;
+                break;
+            }
+        }
+        Value {
+            truncated: cut,
+            ..Value::new(name, Data::List(items))
+        }
+    }
+
+    fn std(&self, ty: &Type, layout: &StdLayout, bytes: &[u8], hops: u32) -> Value {
+        let name = ty.display.clone();
+        let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
+        match layout {
+            StdLayout::Slice {
+                ptr,
+                len,
+                elem,
+                elem_size,
+                text,
+            } => {
+                let (Some(p), Some(n)) = (at(*ptr), at(*len)) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if *text {
+                    let max = u64::from(self.limits.string);
+                    let take = n.min(max);
+                    let data = if take == 0 {
+                        Vec::new()
+                    } else {
+                        match self.read(p, take) {
+                            Ok(b) => b,
+                            Err(m) => return self.miss(&name, m),
+                        }
+                    };
+                    let cut = n > max;
+                    return Value {
+                        truncated: cut,
+                        ..Value::new(name, Data::Str(utf8(&data, cut)))
+                    };
+                }
+                self.elements(name, p, n, *elem, *elem_size, hops - 1)
+            }
+            StdLayout::Ring {
+                ptr,
+                cap,
+                head,
+                len,
+                elem,
+                elem_size,
+            } => {
+                let (Some(p), Some(c), Some(h), Some(n)) =
+                    (at(*ptr), at(*cap), at(*head), at(*len))
+                else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if n > 0 && (c == 0 || h >= c || n > c) {
+                    return Value::error(name, "inconsistent VecDeque (head/len beyond capacity)");
+                }
+                let max = n.min(u64::from(self.limits.collection));
+                let first = max.min(c.saturating_sub(h));
+                let a = self.elements(
+                    name.clone(),
+                    p.wrapping_add(h.wrapping_mul(*elem_size)),
+                    first,
+                    *elem,
+                    *elem_size,
+                    hops - 1,
+                );
+                let b = self.elements(name.clone(), p, max - first, *elem, *elem_size, hops - 1);
+                let mut items = Vec::new();
+                let mut cut = n > max || a.truncated || b.truncated;
+                for part in [a, b] {
+                    if let Some(e) = part.error {
+                        return Value::error(name, e);
+                    }
+                    if let Data::List(l) = part.value {
+                        items.extend(l);
+                    } else {
+                        cut = true;
+                    }
+                }
+                Value {
+                    truncated: cut,
+                    ..Value::new(name, Data::List(items))
+                }
+            }
+            StdLayout::Hash {
+                ctrl,
+                mask,
+                items,
+                pair,
+                pair_size,
+                set,
+            } => self.hash(
+                name,
+                bytes,
+                (*ctrl, *mask, *items),
+                *pair,
+                *pair_size,
+                *set,
+                hops,
+            ),
+            StdLayout::BTree(l) => self.btree(name, bytes, l, hops),
+            StdLayout::Shared {
+                ptr,
+                inner_size,
+                value_offset,
+                value,
+            } => {
+                let Some(p) = at(*ptr) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if p == 0 {
+                    return Value::error(name, "null pointer");
+                }
+                let data = match self.read(p, *inner_size) {
+                    Ok(b) => b,
+                    Err(m) => return self.miss(&name, m),
+                };
+                let size = self.di.type_size(*value);
+                let mut v = match Self::field_bytes(&data, *value_offset, size) {
+                    Some(b) => self.value(*value, b, hops - 1),
+                    None => truncated(name.clone()),
+                };
+                v.type_name = name;
+                v
+            }
+            StdLayout::Transparent { offset, inner } => {
+                let size = self.di.type_size(*inner);
+                let mut v = match Self::field_bytes(bytes, *offset, size) {
+                    Some(b) => self.value(*inner, b, hops),
+                    None => truncated(name.clone()),
+                };
+                v.type_name = name;
+                v
+            }
+        }
+    }
+
+    /// `n` elements of `elem_size` bytes at `ptr`, capped by the collection limit.
+    fn elements(
+        &self,
+        name: String,
+        ptr: u64,
+        n: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+        hops: u32,
+    ) -> Value {
+        let max = n.min(u64::from(self.limits.collection));
+        let mut cut = n > max;
+        let mut items = Vec::new();
+        if elem_size == 0 {
+            for _ in 0..max {
+                if !self.spend() {
+                    cut = true;
+                    break;
+                }
+                items.push(self.value(elem, &[], hops));
+            }
+        } else if max > 0 {
+            // One read for all, as the capture takes them; element by element when only a
+            // prefix was captured.
+            let whole = self.read(ptr, max.saturating_mul(elem_size));
+            match whole {
+                Ok(data) => {
+                    for chunk in data.chunks_exact(elem_size as usize) {
+                        items.push(self.value(elem, chunk, hops));
+                        if self.budget.get() == 0 {
+                            cut = true;
+                            break;
+                        }
+                    }
+                }
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
+                Err(Miss::Truncated) => {
+                    cut = true;
+                    for i in 0..max {
+                        match self.read(ptr.wrapping_add(i * elem_size), elem_size) {
+                            Ok(b) => items.push(self.value(elem, &b, hops)),
+                            Err(_) => break,
+                        }
+                        if self.budget.get() == 0 {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Value {
+            truncated: cut,
+            ..Value::new(name, Data::List(items))
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hash(
+        &self,
+        name: String,
+        bytes: &[u8],
+        offs: (u64, u64, u64),
+        pair: DieRef,
+        pair_size: u64,
+        set: bool,
+        hops: u32,
+    ) -> Value {
+        let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
+        let (Some(ctrl), Some(mask), Some(items)) = (at(offs.0), at(offs.1), at(offs.2)) else {
+            return truncated(name);
+        };
+        let empty = if set {
+            Data::List(Vec::new())
+        } else {
+            Data::Map(Vec::new())
+        };
+        if items == 0 {
+            return Value::new(name, empty);
+        }
+        if hops == 0 {
+            return truncated(name);
+        }
+        let buckets = mask.wrapping_add(1);
+        if ctrl == 0
+            || pair_size == 0
+            || buckets == 0
+            || buckets > MAX_BUCKETS
+            || items > buckets
+            || !buckets.is_power_of_two()
+        {
+            return Value::error(name, "inconsistent hash table");
+        }
+        let control = match self.read(ctrl, buckets) {
+            Ok(c) => c,
+            Err(m) => return self.miss(&name, m),
+        };
+        let max = u64::from(self.limits.collection);
+        let mut cut = items > max;
+        let mut entries: Vec<Value> = Vec::new();
+        for (i, c) in control.iter().enumerate() {
+            if entries.len() as u64 >= max {
+                break;
+            }
+            if c & 0x80 != 0 {
+                continue;
+            }
+            let addr = ctrl.wrapping_sub((i as u64 + 1).wrapping_mul(pair_size));
+            match self.read(addr, pair_size) {
+                Ok(b) => entries.push(self.value(Some(pair), &b, hops - 1)),
+                Err(Miss::Truncated) => {
+                    cut = true;
+                    break;
+                }
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
+            }
+            if self.budget.get() == 0 {
+                cut = true;
+                break;
+            }
+        }
+        let data = pairs_to_data(entries, set, &mut cut);
+        Value {
+            truncated: cut,
+            ..Value::new(name, data)
+        }
+    }
+
+    fn btree(&self, name: String, bytes: &[u8], l: &BTreeLayout, hops: u32) -> Value {
+        let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
+        let (Some(root), Some(height)) = (at(l.root), at(l.height)) else {
+            return truncated(name);
+        };
+        let empty = if l.set {
+            Data::List(Vec::new())
+        } else {
+            Data::Map(Vec::new())
+        };
+        if root == 0 {
+            return Value::new(name, empty);
+        }
+        if hops == 0 {
+            return truncated(name);
+        }
+        if height > 32 {
+            return Value::error(name, "inconsistent BTreeMap (height)");
+        }
+        let max = self.limits.collection as usize;
+        let mut entries: Vec<Value> = Vec::new();
+        let mut cut = false;
+        // In-order walk with an explicit stack of (node, height, next edge), as the capture does.
+        let mut stack: Vec<(u64, u64, u64)> = vec![(root, height, 0)];
+        let mut visited = 0usize;
+        while let Some(&(addr, h, edge)) = stack.last() {
+            if entries.len() >= max {
+                cut = true;
+                break;
+            }
+            visited += 1;
+            if visited > 4 * max + 64 {
+                cut = true;
+                break;
+            }
+            let size = if h == 0 { l.leaf_size } else { l.internal_size };
+            let node = match self.read(addr, size) {
+                Ok(b) => b,
+                Err(Miss::Truncated) => {
+                    cut = true;
+                    break;
+                }
+                Err(Miss::Fault(a)) => {
+                    return Value::error(name, format!("cannot read memory at {a:#x}"));
+                }
+            };
+            let n = Self::field_bytes(&node, l.len_offset, 2)
+                .map_or(0, le)
+                .min(BTREE_CAPACITY);
+            if edge > n {
+                stack.pop();
+                continue;
+            }
+            if h > 0 {
+                if let Some(top) = stack.last_mut() {
+                    top.2 = edge + 1;
+                }
+                if edge > 0 {
+                    entries.push(self.btree_entry(&node, edge - 1, l, hops - 1));
+                }
+                let child = Self::field_bytes(&node, l.edges_offset + edge * 8, 8).map_or(0, le);
+                if child != 0 && stack.len() < 33 {
+                    stack.push((child, h - 1, 0));
+                }
+                continue;
+            }
+            for i in 0..n {
+                if entries.len() >= max {
+                    cut = true;
+                    break;
+                }
+                entries.push(self.btree_entry(&node, i, l, hops - 1));
+            }
+            stack.pop();
+        }
+        // The walk stops at `max` entries; more may remain.
+        let length = at(l.root + 16).unwrap_or(0);
+        let _ = length;
+        let data = pairs_to_data(entries, l.set, &mut cut);
+        Value {
+            truncated: cut,
+            ..Value::new(name, data)
+        }
+    }
+
+    fn btree_entry(&self, node: &[u8], i: u64, l: &BTreeLayout, hops: u32) -> Value {
+        let key = match Self::field_bytes(node, l.keys_offset + i * l.key_size, l.key_size) {
+            Some(b) => self.value(l.key, b, hops),
+            None => truncated("?"),
+        };
+        let val = match Self::field_bytes(node, l.vals_offset + i * l.val_size, l.val_size) {
+            Some(b) => self.value(l.val, b, hops),
+            None => truncated("?"),
+        };
+        Value::new("(K, V)", Data::List(vec![key, val]))
+    }
+}
+
+/// Turns decoded `(K, V)` entries into a map (keys rendered as strings) or, for sets,
+/// a list of the keys.
+fn pairs_to_data(entries: Vec<Value>, set: bool, cut: &mut bool) -> Data {
+    let mut keys = Vec::new();
+    let mut map = Vec::new();
+    for e in entries {
+        *cut |= e.truncated;
+        let Data::List(mut kv) = e.value else {
+            *cut = true;
+            continue;
+        };
+        if kv.len() < 2 {
+            *cut = true;
+            continue;
+        }
+        let v = kv.swap_remove(1);
+        let k = kv.swap_remove(0);
+        if set {
+            keys.push(k);
+        } else {
+            map.push((key_string(&k), v));
+        }
+    }
+    if set {
+        Data::List(keys)
+    } else {
+        Data::Map(map)
+    }
+}
+
+/// How a map key is written as a JSON key: strings as themselves, anything else as its
+/// [`debug_string`].
+pub fn key_string(key: &Value) -> String {
+    match &key.value {
+        Data::Str(s) if key.error.is_none() => s.clone(),
+        _ => debug_string(key),
+    }
+}
+
+fn int_data(bytes: &[u8], signed: bool) -> Data {
+    let n = bytes.len();
+    if n > 8 {
+        let mut b = [0u8; 16];
+        let k = n.min(16);
+        b[..k].copy_from_slice(&bytes[..k]);
+        return if signed {
+            let v = i128::from_le_bytes(b);
+            i64::try_from(v).map_or_else(|_| Data::Str(v.to_string()), Data::Int)
+        } else {
+            let v = u128::from_le_bytes(b);
+            u64::try_from(v).map_or_else(|_| Data::Str(v.to_string()), Data::Uint)
+        };
+    }
+    let raw = le(bytes);
+    if signed && n > 0 {
+        let shift = 64 - 8 * n as u32;
+        Data::Int(((raw << shift) as i64) >> shift)
+    } else {
+        Data::Uint(raw)
+    }
+}
+
+/// Bytes as text; a character cut at the end by truncation is dropped, not replaced.
+fn utf8(bytes: &[u8], cut: bool) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(e) if cut && e.error_len().is_none() => {
+            String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Debug rendering
+
+/// Renders a value as Rust's `{:?}` prints it, for the types the decoder knows:
+/// `Order { id: 7, items: [1, 2] }`, `Some("x")`, `Point(1, 2)`, `{"a": 1}`, `'c'`, `1.0`.
+///
+/// Marks are written in a form `{:?}` never produces: a value cut short ends with `..`
+/// (`"abc"..`, `[1, 2, ..]`), an error is `<error: why>`.
+pub fn debug_string(v: &Value) -> String {
+    let mut out = String::new();
+    fmt_value(v, &v.type_name, &mut out);
+    out
+}
+
+/// Strips pointer-like wrappers whose `Debug` shows the pointee: `&T`, `Box<T>`, `Rc<T>`.
+fn peel(mut t: &str) -> &str {
+    loop {
+        let before = t;
+        if let Some(r) = t.strip_suffix(" *") {
+            t = r;
+        } else if let Some(r) = t.strip_prefix("&mut ") {
+            t = r;
+        } else if let Some(r) = t.strip_prefix('&') {
+            t = r;
+        } else {
+            for w in ["Box<", "Rc<", "Arc<"] {
+                if let Some(r) = t.strip_prefix(w)
+                    && let Some(inner) = r.strip_suffix('>')
+                {
+                    t = inner;
+                    break;
+                }
+            }
+        }
+        if t == before {
+            return t;
+        }
+    }
+}
+
+/// The top-level generic arguments of a type name: `HashMap<String, u32>` → `[String, u32]`.
+fn generic_args(t: &str) -> Vec<&str> {
+    let Some(open) = t.find('<') else {
+        return Vec::new();
+    };
+    let Some(inner) = t.get(open + 1..t.len().saturating_sub(1)) else {
+        return Vec::new();
+    };
+    let mut args = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in inner.char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(inner[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    args.push(inner[start..].trim());
+    args
+}
+
+/// The name `Debug` prints for a user type: its last path segment without generics.
+fn short_type(t: &str) -> &str {
+    base_of(t).rsplit("::").next().unwrap_or(t)
+}
+
+fn fmt_value(v: &Value, type_name: &str, out: &mut String) {
+    if let Some(e) = &v.error {
+        out.push_str("<error: ");
+        out.push_str(e);
+        out.push('>');
+        return;
+    }
+    let t = peel(type_name);
+    let short = short_type(t);
+    // Wrappers whose Debug names themselves.
+    if matches!(short, "RefCell" | "Cell") && v.variant.is_none() {
+        let inner = generic_args(t).first().copied().unwrap_or("");
+        out.push_str(short);
+        out.push_str(" { value: ");
+        fmt_value(v, inner, out);
+        out.push_str(" }");
+        return;
+    }
+    if matches!(short, "NonZero" | "UnsafeCell" | "ManuallyDrop")
+        && let Some(inner) = generic_args(t).first()
+    {
+        fmt_value(v, inner, out);
+        return;
+    }
+    let cut = if v.truncated { ".." } else { "" };
+    match &v.value {
+        Data::Null if v.truncated => out.push_str(".."),
+        Data::Null => match &v.variant {
+            Some(n) => out.push_str(n),
+            None if t == "()" => out.push_str("()"),
+            None if t.starts_with('*') || t.starts_with("fn") || type_name.ends_with('*') => {
+                out.push_str("0x0")
+            }
+            None => out.push_str(if t.starts_with('(') { "()" } else { short }),
+        },
+        Data::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Data::Int(i) => out.push_str(&i.to_string()),
+        Data::Uint(u) if t.starts_with('*') || t.starts_with("fn") || t.contains(" *") => {
+            out.push_str(&format!("{u:#x}"))
+        }
+        Data::Uint(u) => out.push_str(&u.to_string()),
+        Data::Float(f) if t == "f32" => out.push_str(&format!("{:?}", *f as f32)),
+        Data::Float(f) => out.push_str(&format!("{f:?}")),
+        Data::Str(s) => {
+            if is_text(type_name) {
+                out.push_str(&format!("{s:?}"));
+                out.push_str(cut);
+            } else if t == "char" {
+                match s.chars().next() {
+                    Some(c) => out.push_str(&format!("{c:?}")),
+                    None => out.push_str("''"),
+                }
+            } else if matches!(t, "i128" | "u128") {
+                out.push_str(s);
+            } else if is_text(t) {
+                out.push_str(&format!("{s:?}"));
+                out.push_str(cut);
+            } else {
+                // C-like enum variants and other names.
+                out.push_str(s);
+            }
+        }
+        Data::List(items) => {
+            let kind = list_kind(t, v.variant.as_deref());
+            let (open, close) = match kind {
+                ListKind::Tuple => ("(", ")"),
+                ListKind::Set => ("{", "}"),
+                ListKind::Seq => ("[", "]"),
+                ListKind::Named(n) => {
+                    out.push_str(n);
+                    ("(", ")")
+                }
+            };
+            let args = generic_args(t);
+            out.push_str(open);
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                fmt_value(item, &item.type_name, out);
+            }
+            if v.truncated {
+                out.push_str(if items.is_empty() { ".." } else { ", .." });
+            }
+            if matches!(kind, ListKind::Tuple) && items.len() == 1 && !v.truncated {
+                out.push(',');
+            }
+            let _ = args;
+            out.push_str(close);
+        }
+        Data::Map(fields) => {
+            if is_map(t) && v.variant.is_none() {
+                let key_ty = generic_args(t).first().copied().unwrap_or("");
+                out.push('{');
+                for (i, (k, val)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    let kt = peel(key_ty);
+                    if is_text(kt) {
+                        out.push_str(&format!("{k:?}"));
+                    } else if kt == "char" {
+                        out.push_str(&format!("'{k}'"));
+                    } else {
+                        out.push_str(k);
+                    }
+                    out.push_str(": ");
+                    fmt_value(val, &val.type_name, out);
+                }
+                if v.truncated {
+                    out.push_str(if fields.is_empty() { ".." } else { ", .." });
+                }
+                out.push('}');
+                return;
+            }
+            let name = v.variant.as_deref().unwrap_or(short);
+            out.push_str(name);
+            if fields.is_empty() && !v.truncated {
+                return;
+            }
+            out.push_str(" { ");
+            for (i, (k, val)) in fields.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(k);
+                out.push_str(": ");
+                fmt_value(val, &val.type_name, out);
+            }
+            if v.truncated {
+                out.push_str(if fields.is_empty() { ".." } else { ", .." });
+            }
+            out.push_str(" }");
+        }
+    }
+}
+
+enum ListKind<'a> {
+    Tuple,
+    Set,
+    Seq,
+    Named(&'a str),
+}
+
+fn list_kind<'a>(t: &'a str, variant: Option<&'a str>) -> ListKind<'a> {
+    if let Some(v) = variant {
+        return ListKind::Named(v);
+    }
+    if t.starts_with('(') {
+        return ListKind::Tuple;
+    }
+    let short = short_type(t);
+    if matches!(short, "HashSet" | "BTreeSet") {
+        return ListKind::Set;
+    }
+    if t.starts_with('[')
+        || matches!(short, "Vec" | "VecDeque" | "LinkedList" | "BinaryHeap")
+        || t.contains('[') && !t.contains('<')
+    {
+        return ListKind::Seq;
+    }
+    if t.contains('[') || t.ends_with(']') {
+        return ListKind::Seq;
+    }
+    ListKind::Named(short)
+}
+
+fn is_text(t: &str) -> bool {
+    matches!(
+        t,
+        "str" | "String" | "&str" | "&mut str" | "CString" | "OsString" | "PathBuf"
+    ) || t.starts_with("char[")
+        || t.ends_with("char *")
+        || t.ends_with("char*")
+}
+
+fn is_map(t: &str) -> bool {
+    matches!(short_type(t), "HashMap" | "BTreeMap" | "IndexMap")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(t: &str, d: Data) -> Value {
+        Value::new(t, d)
+    }
+
+    #[test]
+    fn debug_string_matches_rust_debug_for_common_shapes() {
+        let order = v(
+            "shop::Order",
+            Data::Map(vec![
+                ("id".into(), v("u64", Data::Uint(7))),
+                (
+                    "items".into(),
+                    v(
+                        "Vec<i32>",
+                        Data::List(vec![v("i32", Data::Int(1)), v("i32", Data::Int(-2))]),
+                    ),
+                ),
+                (
+                    "note".into(),
+                    Value {
+                        variant: Some("Some".into()),
+                        ..v(
+                            "Option<String>",
+                            Data::List(vec![v("String", Data::Str("a\"b".into()))]),
+                        )
+                    },
+                ),
+                ("ratio".into(), v("f32", Data::Float(0.1f32 as f64))),
+                (
+                    "t".into(),
+                    v("(i32,)", Data::List(vec![v("i32", Data::Int(7))])),
+                ),
+            ]),
+        );
+        assert_eq!(
+            debug_string(&order),
+            format!(
+                "Order {{ id: 7, items: [1, -2], note: Some({:?}), ratio: 0.1, t: (7,) }}",
+                "a\"b"
+            )
+        );
+        let map = v(
+            "HashMap<&str, char>",
+            Data::Map(vec![("k".into(), v("char", Data::Str("\n".into())))]),
+        );
+        assert_eq!(debug_string(&map), r#"{"k": '\n'}"#);
+        let boxed = v("Box<RefCell<i32>>", Data::Int(5));
+        assert_eq!(debug_string(&boxed), "RefCell { value: 5 }");
+        assert_eq!(debug_string(&v("*const u8", Data::Uint(16))), "0x10");
+    }
+
+    #[test]
+    fn generic_args_split_at_the_top_level() {
+        assert_eq!(
+            generic_args("HashMap<(u8, u8), Vec<u8>>"),
+            vec!["(u8, u8)", "Vec<u8>"]
+        );
+        assert_eq!(peel("&Box<Rc<String>>"), "String");
+    }
+}

@@ -15,17 +15,20 @@
 
 mod decode;
 mod error;
-mod load;
 mod lines;
+mod load;
 mod plan;
 mod scope;
 mod symbolize;
 mod types;
 mod unwind;
 
+pub use decode::{debug_string, key_string};
 pub use error::Error;
 pub use lines::Site;
+pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
+pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
 
 use std::sync::Arc;
 

@@ -13,7 +13,10 @@ pub(crate) struct LoadedFile {
 
 /// Lazily built indexes.
 #[derive(Default)]
-pub(crate) struct Indexes {}
+pub(crate) struct Indexes {
+    /// Types read so far (see `types.rs`).
+    pub(crate) types: crate::types::TypeCache,
+}
 
 impl DebugInfo {
     /// Loads `path` (an ELF executable or shared object) and its DWARF.

@@ -1,1 +1,1205 @@
-//! (being built)
+//! The type model: type DIEs read lazily by [`DieRef`], cached, with Rust-aware names.
+//!
+//! A [`Type`] refers to other types by [`DieRef`], never by value, so recursive types
+//! (`struct Node { next: Option<Box<Node>> }`) need no special care: each DIE is read once,
+//! when first asked for, and kept in a cache shared by every thread.
+//!
+//! Two names are kept per type: [`Type::name`], the full path as the program spells it
+//! (`alloc::vec::Vec<i32, alloc::alloc::Global>`), used to recognise std types, and
+//! [`Type::display`], the short form shown to people and put in `Value::type_name`:
+//! std paths cut to their last segment and allocator/hasher parameters dropped
+//! (`Vec<i32>`, `HashMap<String, u32>`, `Option<&str>`); user types keep their path
+//! (`shop::cart::Cart`).
+
+use crate::{DebugInfo, DieRef, Reader};
+use gimli::constants as dw;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Most DIEs read for one type's subtree (a guard against garbage DWARF).
+const MAX_SUBTREE: usize = 20_000;
+/// Most typedef/const/volatile links followed, and most levels when building a name.
+const MAX_CHAIN: u32 = 16;
+
+/// One type, as read from its DIE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Type {
+    /// The DIE it was read from (after typedefs and qualifiers).
+    pub die: DieRef,
+    /// Full name with its namespace path (`alloc::string::String`); empty when anonymous.
+    pub name: String,
+    /// Short name for people (`String`, `Vec<u8>`, `fixture::Order`).
+    pub display: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// What kind of type it is.
+    pub kind: TypeKind,
+}
+
+/// The kinds of types the decoder knows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TypeKind {
+    /// `()` and other zero-sized base types.
+    Unit,
+    /// `bool`.
+    Bool,
+    /// Rust `char`: a Unicode scalar value in a `u32`.
+    Char,
+    /// An integer; C `char`s are integers with `c_char` set.
+    Int {
+        /// Signed or not.
+        signed: bool,
+        /// A C character type (`char`, `signed char`, `unsigned char`).
+        c_char: bool,
+    },
+    /// `f32` / `f64` (and C `float` / `double`).
+    Float,
+    /// A thin pointer: reference, raw pointer, `Box<T>` or function pointer.
+    Pointer {
+        /// What it points to (`None` for `void *`).
+        pointee: Option<DieRef>,
+        /// Which kind of pointer.
+        kind: PointerKind,
+    },
+    /// A struct, tuple or tuple struct.
+    Struct {
+        /// Members in declaration order (not memory order).
+        fields: Vec<Field>,
+        /// Template type parameters (`T` of `Vec<T>`).
+        params: Vec<(String, DieRef)>,
+        /// Fields are named `__0`, `__1`, …: a tuple or tuple struct.
+        tuple_like: bool,
+    },
+    /// A union (C or Rust): every member at its own offset, usually 0.
+    Union {
+        /// Members in declaration order.
+        fields: Vec<Field>,
+    },
+    /// A fixed-size array; several dimensions for C's `int a[2][3]`.
+    Array {
+        /// The element type.
+        elem: Option<DieRef>,
+        /// Element counts, outermost first.
+        dims: Vec<u64>,
+    },
+    /// A Rust enum with a variant part.
+    Enum {
+        /// Where the discriminant is (none for single-variant enums).
+        discr: Option<Discriminant>,
+        /// The variants in declaration order.
+        variants: Vec<Variant>,
+    },
+    /// A C-like enumeration (`DW_TAG_enumeration_type`).
+    Enumeration {
+        /// Whether the underlying integer is signed.
+        signed: bool,
+        /// Enumerators with their values truncated to the type's size.
+        values: Vec<(String, u64)>,
+    },
+    /// A function type (the target of a function pointer); it has no bytes to show.
+    Function,
+    /// Something nonstop does not decode (shown as its raw bytes' absence).
+    Unknown,
+}
+
+/// The kinds of thin pointers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointerKind {
+    /// `&T` / `&mut T`.
+    Reference,
+    /// `*const T` / `*mut T`, and C pointers.
+    Raw,
+    /// `Box<T>`.
+    Box,
+    /// A function pointer.
+    Function,
+}
+
+/// A member of a struct, union or variant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Its name (`__0` for tuple fields).
+    pub name: String,
+    /// Its offset from the start of the containing value.
+    pub offset: u64,
+    /// Its type.
+    pub ty: Option<DieRef>,
+    /// Marked artificial by the compiler.
+    pub artificial: bool,
+}
+
+/// Where an enum's discriminant lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discriminant {
+    /// Offset in the enum.
+    pub offset: u64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// One variant of a Rust enum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// Its name (`Some`).
+    pub name: String,
+    /// Its discriminant value truncated to the discriminant's size; `None` for the
+    /// default (untagged) variant of a niche enum.
+    pub discr_value: Option<u64>,
+    /// The variant's struct: fields at offsets from the start of the enum.
+    pub ty: Option<DieRef>,
+}
+
+/// Cache of the types read so far, and of per-unit facts. Shared by all threads.
+#[derive(Default)]
+pub(crate) struct TypeCache {
+    types: Mutex<HashMap<DieRef, Arc<Type>>>,
+    units: OnceLock<Vec<UnitSlot>>,
+}
+
+struct UnitSlot {
+    start: usize,
+    end: usize,
+    header: gimli::UnitHeader<Reader>,
+    unit: OnceLock<Option<UnitInfo>>,
+}
+
+struct UnitInfo {
+    unit: gimli::Unit<Reader>,
+    rust: bool,
+    /// DIE offset (in .debug_info) → namespace path of named types (`alloc::vec`).
+    paths: HashMap<usize, Arc<str>>,
+    /// Short DW_AT_name → DIEs of structs with that name (for `InternalNode<K, V>`).
+    structs: HashMap<String, Vec<usize>>,
+}
+
+/// One DIE read with its subtree, flattened: (depth, entry).
+type Subtree = Vec<(isize, gimli::DebuggingInformationEntry<Reader>)>;
+
+impl TypeCache {
+    fn units<'a>(&'a self, dwarf: &gimli::Dwarf<Reader>) -> &'a [UnitSlot] {
+        self.units.get_or_init(|| {
+            let mut out = Vec::new();
+            let mut iter = dwarf.units();
+            while let Ok(Some(header)) = iter.next() {
+                let Some(start) = header.debug_info_offset().map(|o| o.0) else {
+                    continue;
+                };
+                let end = start.saturating_add(header.length_including_self());
+                out.push(UnitSlot {
+                    start,
+                    end,
+                    header,
+                    unit: OnceLock::new(),
+                });
+            }
+            out.sort_by_key(|u| u.start);
+            out
+        })
+    }
+}
+
+impl DebugInfo {
+    fn type_cache(&self) -> &TypeCache {
+        &self.index.types
+    }
+
+    /// The unit that holds `die`, parsed and indexed on first use.
+    fn unit_of(&self, die: DieRef) -> Option<(&UnitSlot, &UnitInfo)> {
+        let units = self.type_cache().units(&self.dwarf);
+        let i = units.partition_point(|u| u.start <= die.0).checked_sub(1)?;
+        let slot = units.get(i)?;
+        if die.0 >= slot.end {
+            return None;
+        }
+        let info = slot
+            .unit
+            .get_or_init(|| index_unit(&self.dwarf, slot))
+            .as_ref()?;
+        Some((slot, info))
+    }
+
+    /// The type at `die`, with typedefs, `const` and `volatile` looked through.
+    /// Read on first use and cached; `None` when the DIE is not a type nonstop can read.
+    pub fn type_of(&self, die: DieRef) -> Option<Arc<Type>> {
+        if let Ok(cache) = self.type_cache().types.lock()
+            && let Some(t) = cache.get(&die)
+        {
+            return Some(t.clone());
+        }
+        let ty = Arc::new(self.read_type(die, 0)?);
+        if let Ok(mut cache) = self.type_cache().types.lock() {
+            cache.insert(die, ty.clone());
+        }
+        Some(ty)
+    }
+
+    /// The size in bytes of the type at `die` (0 when unknown).
+    pub fn type_size(&self, die: Option<DieRef>) -> u64 {
+        die.and_then(|d| self.type_of(d)).map_or(0, |t| t.size)
+    }
+
+    /// Finds a struct type by its short DWARF name in the unit that holds `near`
+    /// (std types are emitted per unit, so the unit of a related type is the place to look).
+    pub(crate) fn struct_named_near(&self, near: DieRef, name: &str) -> Option<DieRef> {
+        let (_, info) = self.unit_of(near)?;
+        info.structs.get(name)?.first().map(|o| DieRef(*o))
+    }
+
+    fn subtree(&self, die: DieRef) -> Option<(&UnitSlot, &UnitInfo, Subtree)> {
+        let (slot, info) = self.unit_of(die)?;
+        let off = gimli::UnitOffset(die.0.checked_sub(slot.start)?);
+        let mut cursor = info.unit.entries_at_offset(off).ok()?;
+        let mut out = Vec::new();
+        while let Ok(Some(entry)) = cursor.next_dfs() {
+            let depth = entry.depth();
+            if depth <= 0 && !out.is_empty() {
+                break;
+            }
+            out.push((depth, entry.clone()));
+            if out.len() >= MAX_SUBTREE || !entry.has_children() && out.len() == 1 {
+                break;
+            }
+        }
+        if out.is_empty() {
+            None
+        } else {
+            Some((slot, info, out))
+        }
+    }
+
+    fn read_type(&self, die: DieRef, chain: u32) -> Option<Type> {
+        if chain > MAX_CHAIN {
+            return None;
+        }
+        let (slot, info, tree) = self.subtree(die)?;
+        let (_, entry) = tree.first()?;
+        let unit = &info.unit;
+        let name = attr_string(&self.dwarf, unit, entry, dw::DW_AT_name);
+        let size = entry
+            .attr_value(dw::DW_AT_byte_size)
+            .and_then(|v| v.udata_value());
+        let target = type_ref(slot, entry);
+        let path = info.paths.get(&die.0).cloned();
+        let full = match (&name, path) {
+            (Some(n), Some(p)) if !p.is_empty() => format!("{p}::{n}"),
+            (Some(n), _) => n.clone(),
+            (None, _) => String::new(),
+        };
+        let tag = entry.tag();
+        let mut ty = Type {
+            die,
+            display: String::new(),
+            name: full,
+            size: size.unwrap_or(0),
+            kind: TypeKind::Unknown,
+        };
+        match tag {
+            dw::DW_TAG_typedef
+            | dw::DW_TAG_const_type
+            | dw::DW_TAG_volatile_type
+            | dw::DW_TAG_restrict_type
+            | dw::DW_TAG_atomic_type => {
+                let Some(t) = target.and_then(|t| self.read_type(t, chain + 1)) else {
+                    // `void` typedefs and qualifiers on nothing.
+                    ty.kind = TypeKind::Unit;
+                    ty.display = if ty.name.is_empty() {
+                        "void".into()
+                    } else {
+                        ty.name.clone()
+                    };
+                    return Some(ty);
+                };
+                let mut t = t;
+                if tag == dw::DW_TAG_typedef && t.name.is_empty() {
+                    t.name = ty.name;
+                    t.display = t.name.clone();
+                }
+                return Some(t);
+            }
+            dw::DW_TAG_base_type => {
+                let enc = match entry.attr_value(dw::DW_AT_encoding) {
+                    Some(gimli::AttributeValue::Encoding(e)) => e,
+                    _ => dw::DwAte(0),
+                };
+                ty.kind = match enc {
+                    _ if ty.size == 0 => TypeKind::Unit,
+                    dw::DW_ATE_boolean => TypeKind::Bool,
+                    dw::DW_ATE_UTF if ty.size == 4 && info.rust => TypeKind::Char,
+                    dw::DW_ATE_float => TypeKind::Float,
+                    dw::DW_ATE_signed => TypeKind::Int {
+                        signed: true,
+                        c_char: false,
+                    },
+                    dw::DW_ATE_unsigned | dw::DW_ATE_UTF => TypeKind::Int {
+                        signed: false,
+                        c_char: false,
+                    },
+                    dw::DW_ATE_signed_char => TypeKind::Int {
+                        signed: true,
+                        c_char: true,
+                    },
+                    dw::DW_ATE_unsigned_char => TypeKind::Int {
+                        signed: false,
+                        c_char: true,
+                    },
+                    _ => TypeKind::Unknown,
+                };
+            }
+            dw::DW_TAG_pointer_type
+            | dw::DW_TAG_reference_type
+            | dw::DW_TAG_rvalue_reference_type => {
+                if size.is_none() {
+                    ty.size = u64::from(slot.header.address_size());
+                }
+                let pointee_is_fn = target
+                    .and_then(|t| self.type_of(t))
+                    .is_some_and(|t| t.kind == TypeKind::Function);
+                let c_followable = target.and_then(|t| self.type_of(t)).is_some_and(|t| {
+                    matches!(
+                        t.kind,
+                        TypeKind::Struct { .. }
+                            | TypeKind::Union { .. }
+                            | TypeKind::Int { c_char: false, .. }
+                            | TypeKind::Float
+                            | TypeKind::Enumeration { .. }
+                    )
+                });
+                let kind = if pointee_is_fn {
+                    PointerKind::Function
+                } else if ty.name.starts_with('&') || tag != dw::DW_TAG_pointer_type {
+                    PointerKind::Reference
+                } else if ty.name.starts_with("alloc::boxed::Box<") {
+                    PointerKind::Box
+                } else if !info.rust && ty.name.is_empty() && c_followable {
+                    // C pointers to data are shown as what they point to, as `&T` is.
+                    PointerKind::Reference
+                } else {
+                    PointerKind::Raw
+                };
+                if ty.name.is_empty() {
+                    let inner = self.name_of(target, chain + 1);
+                    ty.name = if info.rust {
+                        format!("*const {inner}")
+                    } else {
+                        format!("{inner} *")
+                    };
+                }
+                ty.kind = TypeKind::Pointer {
+                    pointee: target,
+                    kind,
+                };
+            }
+            dw::DW_TAG_subroutine_type => {
+                ty.kind = TypeKind::Function;
+                if ty.name.is_empty() {
+                    ty.name = "fn".into();
+                }
+            }
+            dw::DW_TAG_array_type => {
+                let mut dims = Vec::new();
+                for (d, e) in &tree[1..] {
+                    if *d == 1 && e.tag() == dw::DW_TAG_subrange_type {
+                        let count = e
+                            .attr_value(dw::DW_AT_count)
+                            .and_then(|v| v.udata_value())
+                            .or_else(|| {
+                                e.attr_value(dw::DW_AT_upper_bound)
+                                    .and_then(|v| v.udata_value())
+                                    .map(|u| u.saturating_add(1))
+                            })
+                            .unwrap_or(0);
+                        dims.push(count);
+                    }
+                }
+                if dims.is_empty() {
+                    dims.push(0);
+                }
+                let elem_size = self.type_size(target);
+                if size.is_none() {
+                    ty.size = dims.iter().fold(elem_size, |a, d| a.saturating_mul(*d));
+                }
+                let inner = self.name_of(target, chain + 1);
+                ty.name = if info.rust {
+                    dims.iter()
+                        .rev()
+                        .fold(inner, |acc, d| format!("[{acc}; {d}]"))
+                } else {
+                    let ds: String = dims.iter().map(|d| format!("[{d}]")).collect();
+                    format!("{inner}{ds}")
+                };
+                ty.kind = TypeKind::Array { elem: target, dims };
+            }
+            dw::DW_TAG_enumeration_type => {
+                let signed = target
+                    .and_then(|t| self.type_of(t))
+                    .is_some_and(|t| matches!(t.kind, TypeKind::Int { signed: true, .. }));
+                let mut values = Vec::new();
+                for (d, e) in &tree[1..] {
+                    if *d == 1 && e.tag() == dw::DW_TAG_enumerator {
+                        let n =
+                            attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                        if let Some(v) = e
+                            .attr_value(dw::DW_AT_const_value)
+                            .and_then(|v| discr_bits(&v))
+                        {
+                            values.push((n, truncate(v, ty.size)));
+                        }
+                    }
+                }
+                ty.kind = TypeKind::Enumeration { signed, values };
+            }
+            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
+                ty.kind =
+                    self.read_aggregate(slot, info, &tree, tag == dw::DW_TAG_union_type, ty.size);
+            }
+            _ => {}
+        }
+        ty.display = if ty.name.is_empty() {
+            // Anonymous: a typedef naming it gives it its name (see above).
+            match tag {
+                dw::DW_TAG_union_type => "union".into(),
+                dw::DW_TAG_enumeration_type => "enum".into(),
+                _ => "struct".into(),
+            }
+        } else if info.rust {
+            short_name(&ty.name)
+        } else {
+            ty.name.clone()
+        };
+        Some(ty)
+    }
+
+    /// The name of the type at `die` for use inside another type's name.
+    fn name_of(&self, die: Option<DieRef>, chain: u32) -> String {
+        if chain > MAX_CHAIN {
+            return "?".into();
+        }
+        match die {
+            None => "void".into(),
+            Some(d) => self
+                .read_type(d, chain)
+                .map_or_else(|| "?".into(), |t| t.name),
+        }
+    }
+
+    fn read_aggregate(
+        &self,
+        slot: &UnitSlot,
+        info: &UnitInfo,
+        tree: &Subtree,
+        union: bool,
+        size: u64,
+    ) -> TypeKind {
+        let unit = &info.unit;
+        let mut fields = Vec::new();
+        let mut params = Vec::new();
+        let mut variant_part = None;
+        for (i, (d, e)) in tree.iter().enumerate().skip(1) {
+            if *d != 1 {
+                continue;
+            }
+            match e.tag() {
+                dw::DW_TAG_member => {
+                    if e.attr_value(dw::DW_AT_external).is_some() {
+                        continue; // a static member: not part of the value
+                    }
+                    if let Some(f) = member(&self.dwarf, slot, unit, e) {
+                        fields.push(f);
+                    }
+                }
+                dw::DW_TAG_template_type_parameter => {
+                    let n = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                    if let Some(t) = type_ref(slot, e) {
+                        params.push((n, t));
+                    }
+                }
+                dw::DW_TAG_variant_part => variant_part = Some(i),
+                _ => {}
+            }
+        }
+        if union {
+            return TypeKind::Union { fields };
+        }
+        if let Some(vp) = variant_part {
+            return self.read_variant_part(slot, info, tree, vp, size);
+        }
+        let tuple_like = !fields.is_empty() && fields.iter().all(|f| f.name.starts_with("__"));
+        TypeKind::Struct {
+            fields,
+            params,
+            tuple_like,
+        }
+    }
+
+    fn read_variant_part(
+        &self,
+        slot: &UnitSlot,
+        info: &UnitInfo,
+        tree: &Subtree,
+        vp: usize,
+        size: u64,
+    ) -> TypeKind {
+        let unit = &info.unit;
+        let Some((vp_depth, vp_entry)) = tree.get(vp) else {
+            return TypeKind::Unknown;
+        };
+        let discr_die = match vp_entry.attr_value(dw::DW_AT_discr) {
+            Some(gimli::AttributeValue::UnitRef(o)) => Some(o),
+            _ => None,
+        };
+        let mut discr = None;
+        let mut variants = Vec::new();
+        let mut current: Option<(Option<u64>, bool)> = None;
+        for (d, e) in tree.iter().skip(vp + 1) {
+            if *d <= *vp_depth {
+                break;
+            }
+            if *d == vp_depth + 1 {
+                match e.tag() {
+                    dw::DW_TAG_member if Some(e.offset()) == discr_die => {
+                        if let Some(f) = member(&self.dwarf, slot, unit, e) {
+                            let dsize = self.type_size(f.ty).clamp(0, 16);
+                            discr = Some(Discriminant {
+                                offset: f.offset,
+                                size: if dsize == 0 { size.min(8) } else { dsize },
+                            });
+                        }
+                        current = None;
+                    }
+                    dw::DW_TAG_variant => {
+                        let v = e
+                            .attr_value(dw::DW_AT_discr_value)
+                            .and_then(|v| discr_bits(&v));
+                        current = Some((v, true));
+                    }
+                    _ => current = None,
+                }
+            } else if *d == vp_depth + 2
+                && e.tag() == dw::DW_TAG_member
+                && let Some((v, fresh)) = current
+                && fresh
+            {
+                let name = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                variants.push(Variant {
+                    name,
+                    discr_value: v,
+                    ty: type_ref(slot, e),
+                });
+                current = Some((v, false));
+            }
+        }
+        if let Some(dsc) = discr {
+            for v in &mut variants {
+                v.discr_value = v.discr_value.map(|x| truncate(x, dsc.size));
+            }
+        }
+        TypeKind::Enum { discr, variants }
+    }
+}
+
+/// Builds the per-unit index: namespace paths of named types and structs by name.
+fn index_unit(dwarf: &gimli::Dwarf<Reader>, slot: &UnitSlot) -> Option<UnitInfo> {
+    let unit = dwarf.unit(slot.header.clone()).ok()?;
+    let rust = matches!(
+        unit.entry(unit.header.root_offset())
+            .ok()
+            .and_then(|e| e.attr_value(dw::DW_AT_language)),
+        Some(gimli::AttributeValue::Language(dw::DW_LANG_Rust))
+    );
+    let mut paths = HashMap::new();
+    let mut structs: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut scope: Vec<(isize, String)> = Vec::new();
+    let mut joined: Arc<str> = Arc::from("");
+    {
+        let mut cursor = unit.entries();
+        while let Ok(Some(entry)) = cursor.next_dfs() {
+            let depth = entry.depth();
+            let before = scope.len();
+            while scope.last().is_some_and(|(d, _)| *d >= depth) {
+                scope.pop();
+            }
+            if scope.len() != before {
+                joined = join_scope(&scope);
+            }
+            let tag = entry.tag();
+            let is_type = matches!(
+                tag,
+                dw::DW_TAG_structure_type
+                    | dw::DW_TAG_union_type
+                    | dw::DW_TAG_enumeration_type
+                    | dw::DW_TAG_class_type
+                    | dw::DW_TAG_typedef
+                    | dw::DW_TAG_base_type
+            );
+            let scoping = matches!(
+                tag,
+                dw::DW_TAG_namespace
+                    | dw::DW_TAG_structure_type
+                    | dw::DW_TAG_union_type
+                    | dw::DW_TAG_enumeration_type
+                    | dw::DW_TAG_class_type
+            );
+            if !is_type && !scoping {
+                continue;
+            }
+            let name = attr_string(dwarf, &unit, entry, dw::DW_AT_name);
+            let offset = entry.offset().0 + slot.start;
+            if is_type && !joined.is_empty() {
+                paths.insert(offset, joined.clone());
+            }
+            if tag == dw::DW_TAG_structure_type
+                && let Some(n) = &name
+                && rust
+            {
+                structs.entry(n.clone()).or_default().push(offset);
+            }
+            if scoping && entry.has_children() {
+                scope.push((depth, name.unwrap_or_else(|| "{anon}".into())));
+                joined = join_scope(&scope);
+            }
+        }
+    }
+    Some(UnitInfo {
+        unit,
+        rust,
+        paths,
+        structs,
+    })
+}
+
+fn join_scope(scope: &[(isize, String)]) -> Arc<str> {
+    let v: Vec<&str> = scope.iter().map(|(_, n)| n.as_str()).collect();
+    Arc::from(v.join("::"))
+}
+
+fn attr_string(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    entry: &gimli::DebuggingInformationEntry<Reader>,
+    at: gimli::DwAt,
+) -> Option<String> {
+    let v = entry.attr_value(at)?;
+    let s = dwarf.attr_string(unit, v).ok()?;
+    let s = gimli::Reader::to_string_lossy(&s).ok()?;
+    Some(s.into_owned())
+}
+
+/// The DIE a `DW_AT_type` attribute refers to.
+fn type_ref(slot: &UnitSlot, entry: &gimli::DebuggingInformationEntry<Reader>) -> Option<DieRef> {
+    match entry.attr_value(dw::DW_AT_type)? {
+        gimli::AttributeValue::UnitRef(o) => Some(DieRef(slot.start.checked_add(o.0)?)),
+        gimli::AttributeValue::DebugInfoRef(o) => Some(DieRef(o.0)),
+        _ => None,
+    }
+}
+
+fn member(
+    dwarf: &gimli::Dwarf<Reader>,
+    slot: &UnitSlot,
+    unit: &gimli::Unit<Reader>,
+    e: &gimli::DebuggingInformationEntry<Reader>,
+) -> Option<Field> {
+    let name = attr_string(dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+    let offset = match e.attr_value(dw::DW_AT_data_member_location) {
+        None => 0,
+        Some(gimli::AttributeValue::Exprloc(expr)) => plus_uconst(expr)?,
+        Some(v) => v.udata_value()?,
+    };
+    Some(Field {
+        name,
+        offset,
+        ty: type_ref(slot, e),
+        artificial: matches!(
+            e.attr_value(dw::DW_AT_artificial),
+            Some(gimli::AttributeValue::Flag(true))
+        ),
+    })
+}
+
+/// A member location written as `DW_OP_plus_uconst N` (older C compilers).
+fn plus_uconst(expr: gimli::Expression<Reader>) -> Option<u64> {
+    let mut r = expr.0;
+    let op = gimli::Reader::read_u8(&mut r).ok()?;
+    if op != dw::DW_OP_plus_uconst.0 {
+        return None;
+    }
+    gimli::Reader::read_uleb128(&mut r).ok()
+}
+
+/// The raw bits of a discriminant or enumerator value, whatever form it was written in.
+fn discr_bits(v: &gimli::AttributeValue<Reader>) -> Option<u64> {
+    use gimli::AttributeValue as A;
+    Some(match v {
+        A::Data1(x) => u64::from(*x),
+        A::Data2(x) => u64::from(*x),
+        A::Data4(x) => u64::from(*x),
+        A::Data8(x) => *x,
+        A::Data16(x) => *x as u64,
+        A::Udata(x) => *x,
+        A::Sdata(x) => *x as u64,
+        A::Block(b) => {
+            let mut r = b.clone();
+            let mut bytes = [0u8; 8];
+            let n = gimli::Reader::len(&r).min(8);
+            gimli::Reader::read_slice(&mut r, &mut bytes[..n]).ok()?;
+            u64::from_le_bytes(bytes)
+        }
+        _ => return None,
+    })
+}
+
+/// `v` truncated to `size` bytes.
+pub(crate) fn truncate(v: u64, size: u64) -> u64 {
+    if size >= 8 || size == 0 {
+        v
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    }
+}
+
+/// Crates whose paths are cut to their last segment in display names.
+const STD_CRATES: [&str; 5] = [
+    "alloc::",
+    "core::",
+    "std::",
+    "hashbrown::",
+    "compiler_builtins::",
+];
+
+/// The short display form of a full Rust type name: std paths cut to their last
+/// segment, allocator and hasher parameters dropped.
+pub fn short_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if STD_CRATES.iter().any(|c| token.starts_with(c)) {
+            let last = token.rsplit("::").next().unwrap_or(token.as_str());
+            out.push_str(last);
+        } else {
+            out.push_str(token);
+        }
+        token.clear();
+    };
+    for c in full.chars() {
+        if c.is_alphanumeric() || matches!(c, '_' | ':' | '{' | '}' | '#' | '$') {
+            token.push(c);
+        } else {
+            flush(&mut token, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut token, &mut out);
+    for drop in ["Global", "RandomState"] {
+        loop {
+            let before = out.len();
+            out = out
+                .replace(&format!(", {drop}>"), ">")
+                .replace(&format!(", {drop},"), ",");
+            if out.len() == before {
+                break;
+            }
+        }
+    }
+    out
+}
+
+impl Type {
+    /// The name before any generic arguments (`alloc::vec::Vec`).
+    pub fn base_name(&self) -> &str {
+        base_of(&self.name)
+    }
+
+    /// A member by name.
+    pub fn field(&self, name: &str) -> Option<&Field> {
+        match &self.kind {
+            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => {
+                fields.iter().find(|f| f.name == name)
+            }
+            _ => None,
+        }
+    }
+
+    /// A template type parameter by name (`T`).
+    pub fn param(&self, name: &str) -> Option<DieRef> {
+        match &self.kind {
+            TypeKind::Struct { params, .. } => {
+                params.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The part of a type name before its generic arguments.
+pub(crate) fn base_of(name: &str) -> &str {
+    name.split('<').next().unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_drop_std_paths_and_allocators() {
+        assert_eq!(
+            short_name("alloc::vec::Vec<i32, alloc::alloc::Global>"),
+            "Vec<i32>"
+        );
+        assert_eq!(
+            short_name(
+                "std::collections::hash::map::HashMap<alloc::string::String, u32, std::hash::random::RandomState, alloc::alloc::Global>"
+            ),
+            "HashMap<String, u32>"
+        );
+        assert_eq!(
+            short_name(
+                "alloc::vec::Vec<alloc::vec::Vec<u8, alloc::alloc::Global>, alloc::alloc::Global>"
+            ),
+            "Vec<Vec<u8>>"
+        );
+        assert_eq!(short_name("core::option::Option<&str>"), "Option<&str>");
+        assert_eq!(short_name("fixture::Order"), "fixture::Order");
+        assert_eq!(short_name("&dyn core::fmt::Debug"), "&dyn Debug");
+    }
+
+    #[test]
+    fn truncation_keeps_the_low_bytes() {
+        assert_eq!(truncate(0xffff_ffff_ffff_ffff, 1), 0xff);
+        assert_eq!(truncate(0x1_0000_0002, 4), 2);
+        assert_eq!(truncate(5, 8), 5);
+    }
+}
+
+/// How a std container keeps its elements, with offsets from the start of the container.
+/// Shared by the capture plan and the decoder so both read the same bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StdLayout {
+    /// A pointer and a count: `&[T]`, `&str`, `Box<[T]>`, `Vec<T>`, `String`.
+    Slice {
+        ptr: u64,
+        len: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+        /// UTF-8 text (`String`, `&str`): shown as a string, capped by the string limit.
+        text: bool,
+    },
+    /// `VecDeque<T>`.
+    Ring {
+        ptr: u64,
+        cap: u64,
+        head: u64,
+        len: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+    },
+    /// hashbrown `HashMap<K, V>` / `HashSet<T>`: buckets of `(K, V)` tuples.
+    Hash {
+        ctrl: u64,
+        mask: u64,
+        items: u64,
+        pair: DieRef,
+        pair_size: u64,
+        set: bool,
+    },
+    /// `BTreeMap<K, V>` / `BTreeSet<T>`.
+    BTree(BTreeLayout),
+    /// `Rc<T>` / `Arc<T>`: a pointer at `ptr` to an inner block of `inner_size` bytes
+    /// holding the value at `value_offset`.
+    Shared {
+        ptr: u64,
+        inner_size: u64,
+        value_offset: u64,
+        value: Option<DieRef>,
+    },
+    /// A wrapper shown as the value it holds: `Cell`, `RefCell`, `NonZero`, `ManuallyDrop`.
+    Transparent { offset: u64, inner: Option<DieRef> },
+}
+
+/// Offsets of a `BTreeMap` and of its nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BTreeLayout {
+    pub root: u64,
+    pub height: u64,
+    pub leaf_size: u64,
+    pub internal_size: u64,
+    pub len_offset: u64,
+    pub keys_offset: u64,
+    pub vals_offset: u64,
+    pub edges_offset: u64,
+    pub key: Option<DieRef>,
+    pub key_size: u64,
+    pub val: Option<DieRef>,
+    pub val_size: u64,
+    pub set: bool,
+}
+
+/// Capacity of a B-tree node (`B = 6`, `CAPACITY = 2 * B - 1`).
+pub(crate) const BTREE_CAPACITY: u64 = 11;
+
+impl DebugInfo {
+    /// Follows a path of member names from `ty`, summing their offsets.
+    pub(crate) fn field_path(
+        &self,
+        ty: &Type,
+        path: &[&str],
+    ) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+        let mut offset = 0u64;
+        let mut cur: Option<Arc<Type>> = None;
+        let mut cur_die = None;
+        for (i, name) in path.iter().enumerate() {
+            let t: &Type = if i == 0 { ty } else { cur.as_deref()? };
+            let f = t.field(name)?;
+            offset = offset.checked_add(f.offset)?;
+            cur_die = f.ty;
+            cur = f.ty.and_then(|d| self.type_of(d));
+        }
+        Some((offset, cur, cur_die))
+    }
+
+    /// The first of several member paths that exists, with its offset.
+    fn first_path(
+        &self,
+        ty: &Type,
+        paths: &[&[&str]],
+    ) -> Option<(u64, Option<Arc<Type>>, Option<DieRef>)> {
+        paths.iter().find_map(|p| self.field_path(ty, p))
+    }
+
+    /// Recognises std containers by name and finds their fields, trying the field paths
+    /// of several std versions.
+    pub(crate) fn std_layout(&self, ty: &Type) -> Option<StdLayout> {
+        let TypeKind::Struct { fields, .. } = &ty.kind else {
+            return None;
+        };
+        let base = ty.base_name();
+        // Fat pointers to slices and str: `&[T]`, `&str`, `Box<[T]>`, `Box<str>`.
+        if fields.len() == 2
+            && let (Some(p), Some(l)) = (ty.field("data_ptr"), ty.field("length"))
+        {
+            let elem =
+                p.ty.and_then(|d| self.type_of(d))
+                    .and_then(|t| match t.kind {
+                        TypeKind::Pointer { pointee, .. } => pointee,
+                        _ => None,
+                    });
+            let text = ty.name.ends_with(" str") || ty.name == "&str" || ty.name.contains("<str");
+            return Some(StdLayout::Slice {
+                ptr: p.offset,
+                len: l.offset,
+                elem,
+                elem_size: self.type_size(elem),
+                text,
+            });
+        }
+        match base {
+            "alloc::string::String" => {
+                let (vec_off, vec, _) = self.field_path(ty, &["vec"])?;
+                let (ptr, len) = self.vec_fields(vec.as_deref()?)?;
+                Some(StdLayout::Slice {
+                    ptr: vec_off + ptr,
+                    len: vec_off + len,
+                    elem: None,
+                    elem_size: 1,
+                    text: true,
+                })
+            }
+            "alloc::vec::Vec" => {
+                let (ptr, len) = self.vec_fields(ty)?;
+                let elem = ty.param("T");
+                Some(StdLayout::Slice {
+                    ptr,
+                    len,
+                    elem,
+                    elem_size: self.type_size(elem),
+                    text: false,
+                })
+            }
+            "alloc::collections::vec_deque::VecDeque" => {
+                let (ptr, _, _) = self.first_path(
+                    ty,
+                    &[
+                        &["buf", "inner", "ptr", "pointer", "pointer"],
+                        &["buf", "ptr", "pointer", "pointer"],
+                        &["buf", "ptr", "pointer"],
+                    ],
+                )?;
+                let (cap, _, _) = self.first_path(
+                    ty,
+                    &[
+                        &["buf", "inner", "cap", "__0"],
+                        &["buf", "inner", "cap"],
+                        &["buf", "cap", "__0"],
+                        &["buf", "cap"],
+                    ],
+                )?;
+                let (head, _, _) = self.field_path(ty, &["head"])?;
+                let (len, _, _) = self.field_path(ty, &["len"])?;
+                let elem = ty.param("T");
+                Some(StdLayout::Ring {
+                    ptr,
+                    cap,
+                    head,
+                    len,
+                    elem,
+                    elem_size: self.type_size(elem),
+                })
+            }
+            "std::collections::hash::map::HashMap"
+            | "std::collections::hash::set::HashSet"
+            | "hashbrown::map::HashMap"
+            | "hashbrown::set::HashSet" => {
+                let set = base.ends_with("HashSet");
+                let (raw_off, raw, _) = self.first_path(
+                    ty,
+                    &[
+                        &["base", "map", "table"],
+                        &["base", "table"],
+                        &["map", "table"],
+                        &["table"],
+                        &["map", "base", "table"],
+                    ],
+                )?;
+                let raw = raw?;
+                let pair = raw.param("T")?;
+                let (inner_off, inner, _) = self.field_path(&raw, &["table"])?;
+                let inner = inner?;
+                let (ctrl, _, _) = self.first_path(&inner, &[&["ctrl", "pointer"], &["ctrl"]])?;
+                let (mask, _, _) = self.field_path(&inner, &["bucket_mask"])?;
+                let (items, _, _) = self.field_path(&inner, &["items"])?;
+                let at = raw_off + inner_off;
+                Some(StdLayout::Hash {
+                    ctrl: at + ctrl,
+                    mask: at + mask,
+                    items: at + items,
+                    pair,
+                    pair_size: self.type_size(Some(pair)),
+                    set,
+                })
+            }
+            "alloc::collections::btree::map::BTreeMap" => {
+                self.btree_layout(ty, false).map(StdLayout::BTree)
+            }
+            "alloc::collections::btree::set::BTreeSet" => {
+                let (off, map, _) = self.field_path(ty, &["map"])?;
+                let mut l = self.btree_layout(map.as_deref()?, true)?;
+                l.root += off;
+                l.height += off;
+                Some(StdLayout::BTree(l))
+            }
+            "alloc::rc::Rc" | "alloc::sync::Arc" => {
+                let (ptr, p, _) = self.first_path(ty, &[&["ptr", "pointer"], &["ptr"]])?;
+                let TypeKind::Pointer {
+                    pointee: Some(inner),
+                    ..
+                } = p?.kind
+                else {
+                    return None;
+                };
+                let inner_ty = self.type_of(inner)?;
+                let value = inner_ty.field("value").or_else(|| inner_ty.field("data"))?;
+                Some(StdLayout::Shared {
+                    ptr,
+                    inner_size: inner_ty.size,
+                    value_offset: value.offset,
+                    value: value.ty,
+                })
+            }
+            "core::cell::Cell"
+            | "core::cell::RefCell"
+            | "core::cell::UnsafeCell"
+            | "core::mem::manually_drop::ManuallyDrop"
+            | "core::num::nonzero::NonZero"
+            | "core::cell::SyncUnsafeCell" => {
+                let f = ty.field("value").or_else(|| ty.field("__0"))?;
+                Some(StdLayout::Transparent {
+                    offset: f.offset,
+                    inner: f.ty,
+                })
+            }
+            _ if ty.name.starts_with("core::num::niche_types::")
+                || ty.name.starts_with("core::num::nonzero::private::") =>
+            {
+                let f = ty.field("__0")?;
+                Some(StdLayout::Transparent {
+                    offset: f.offset,
+                    inner: f.ty,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Offsets of a `Vec`'s data pointer and length.
+    fn vec_fields(&self, vec: &Type) -> Option<(u64, u64)> {
+        let (ptr, _, _) = self.first_path(
+            vec,
+            &[
+                &["buf", "inner", "ptr", "pointer", "pointer"],
+                &["buf", "ptr", "pointer", "pointer"],
+                &["buf", "ptr", "pointer"],
+            ],
+        )?;
+        let (len, _, _) = self.field_path(vec, &["len"])?;
+        Some((ptr, len))
+    }
+
+    fn btree_layout(&self, map: &Type, set: bool) -> Option<BTreeLayout> {
+        let (root_off, root_opt, _) = self.field_path(map, &["root"])?;
+        let root_opt = root_opt?;
+        // `Option<NodeRef>`: the `Some` variant's `__0` is the NodeRef, at its absolute offset.
+        let TypeKind::Enum { variants, .. } = &root_opt.kind else {
+            return None;
+        };
+        let some = variants.iter().find(|v| v.name == "Some")?;
+        let some_ty = self.type_of(some.ty?)?;
+        let (nr_off, node_ref, _) = self.field_path(&some_ty, &["__0"])?;
+        let node_ref = node_ref?;
+        let (node_off, node_ptr, _) =
+            self.first_path(&node_ref, &[&["node", "pointer"], &["node"]])?;
+        let (height_off, _, _) = self.field_path(&node_ref, &["height"])?;
+        let TypeKind::Pointer {
+            pointee: Some(leaf_die),
+            ..
+        } = node_ptr?.kind
+        else {
+            return None;
+        };
+        let leaf = self.type_of(leaf_die)?;
+        let len_offset = leaf.field("len")?.offset;
+        let keys_offset = leaf.field("keys")?.offset;
+        let vals_offset = leaf.field("vals")?.offset;
+        let short = leaf.name.rsplit("::").next().unwrap_or("");
+        let internal_name = short.replacen("LeafNode", "InternalNode", 1);
+        let internal = self
+            .struct_named_near(leaf_die, &internal_name)
+            .and_then(|d| self.type_of(d));
+        let (internal_size, edges_offset) = match internal
+            .as_deref()
+            .and_then(|t| Some((t.size, t.field("edges")?.offset)))
+        {
+            Some(x) => x,
+            None => {
+                let edges = leaf.size.div_ceil(8) * 8;
+                (edges + 8 * (BTREE_CAPACITY + 1), edges)
+            }
+        };
+        let key = map.param("K");
+        let val = map.param("V");
+        let at = root_off + nr_off;
+        Some(BTreeLayout {
+            root: at + node_off,
+            height: at + height_off,
+            leaf_size: leaf.size,
+            internal_size,
+            len_offset,
+            keys_offset,
+            vals_offset,
+            edges_offset,
+            key,
+            key_size: self.type_size(key),
+            val,
+            val_size: self.type_size(val),
+            set,
+        })
+    }
+}

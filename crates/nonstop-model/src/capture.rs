@@ -333,15 +333,37 @@ pub fn execute<M: Memory + ?Sized>(
     for x in &regs.xmm {
         w.put(x);
     }
+    // All root records first, then what their nodes follow: the record keeps the roots
+    // contiguous, as `CapturedMemory::parse` reads them.
+    let mut written = 0u32;
     for root in &plan.roots {
-        w.root(root, regs);
+        if w.root(root, regs) {
+            written += 1;
+        }
+    }
+    let roots_end = w.pos;
+    let mut at = HEADER_LEN + REGS_LEN;
+    for root in &plan.roots {
+        if at + 16 > roots_end {
+            break;
+        }
+        let (Some(status), Some(len)) = (w.get(at, 4), w.get(at + 4, 4)) else {
+            break;
+        };
+        let data = at + 16;
+        if status == u64::from(ROOT_OK)
+            && let Some(node) = root.node
+        {
+            w.apply(node, data, len as usize, 0);
+        }
+        at = data + len as usize;
     }
     if plan.stack_bytes > 0 {
         let rsp = regs.gpr[REG_RSP as usize];
         w.stack(rsp, plan.stack_bytes);
     }
     let flags = if w.truncated { FLAG_TRUNCATED } else { 0 };
-    let (roots, blocks, len) = (plan.roots.len() as u32, w.blocks, w.pos);
+    let (roots, blocks, len) = (written, w.blocks, w.pos);
     put_u32(w.out, 0, MAGIC);
     put_u32(w.out, 4, flags);
     put_u32(w.out, 8, roots);
@@ -388,7 +410,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         Some(u64::from_le_bytes(b))
     }
 
-    fn root(&mut self, root: &RootPlan, regs: &Registers) {
+    /// Writes one root's record (header and bytes); returns whether a header was written.
+    fn root(&mut self, root: &RootPlan, regs: &Registers) -> bool {
         let size: u64 = root.pieces.iter().map(|p| p.size as u64).sum();
         let head = self.pos;
         if size > u32::MAX as u64 || self.room() < 16 + size as usize {
@@ -396,9 +419,11 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 self.put(&ROOT_NO_SPACE.to_le_bytes());
                 self.put(&0u32.to_le_bytes());
                 self.put(&0u64.to_le_bytes());
+                self.truncated = true;
+                return true;
             }
             self.truncated = true;
-            return;
+            return false;
         }
         let single_memory = match root.pieces.as_slice() {
             [
@@ -427,7 +452,10 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             let ok = match &piece.source {
                 PieceSource::Register { reg } => fill_from_register(dst, regs, *reg),
                 PieceSource::Memory { reg, offset } => match regs.value(*reg) {
-                    Some(base) => self.mem.read(base.wrapping_add(*offset as u64), dst).is_ok(),
+                    Some(base) => self
+                        .mem
+                        .read(base.wrapping_add(*offset as u64), dst)
+                        .is_ok(),
                     None => false,
                 },
                 PieceSource::Absolute { addr } => self.mem.read(*addr, dst).is_ok(),
@@ -470,11 +498,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         self.put(&len.to_le_bytes());
         self.put(&addr.to_le_bytes());
         self.pos = data + len as usize;
-        if status == ROOT_OK
-            && let Some(node) = root.node
-        {
-            self.apply(node, data, len as usize, 0);
-        }
+        true
     }
 
     fn stack(&mut self, rsp: u64, want: u32) {
@@ -553,7 +577,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 max_elems,
                 each,
             } => {
-                let (Some(ptr), Some(count)) = (field(self, *ptr_offset, 8), field(self, *len_offset, 8))
+                let (Some(ptr), Some(count)) =
+                    (field(self, *ptr_offset, 8), field(self, *len_offset, 8))
                 else {
                     return;
                 };
@@ -583,7 +608,13 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 let n = count.min(*max_elems as u64);
                 let first = n.min(cap - head);
                 let size = *elem_size as u64;
-                self.elements(ptr.wrapping_add(head * size), first, *elem_size, *each, depth);
+                self.elements(
+                    ptr.wrapping_add(head.wrapping_mul(size)),
+                    first,
+                    *elem_size,
+                    *each,
+                    depth,
+                );
                 self.elements(ptr, n - first, *elem_size, *each, depth);
             }
             PlanNode::HashTable {
@@ -684,7 +715,12 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         };
         if let Some(each) = each {
             for i in 0..n as usize {
-                self.apply(each, data + i * elem_size as usize, elem_size as usize, depth + 1);
+                self.apply(
+                    each,
+                    data + i * elem_size as usize,
+                    elem_size as usize,
+                    depth + 1,
+                );
             }
         }
     }
@@ -738,7 +774,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 w.get(at + off as usize, 8)
             }
         };
-        let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset)) else {
+        let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset))
+        else {
             return;
         };
         if root == 0 || height > 32 {
@@ -792,7 +829,14 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 self.btree_entry(data, i, node, &mut taken, depth);
             }
             sp -= 1;
-            let _ = (key_each, val_each, keys_offset, vals_offset, key_size, val_size);
+            let _ = (
+                key_each,
+                val_each,
+                keys_offset,
+                vals_offset,
+                key_size,
+                val_size,
+            );
         }
     }
 
@@ -822,7 +866,11 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
 }
 
 fn truncate(v: u64, size: usize) -> u64 {
-    if size >= 8 { v } else { v & ((1u64 << (size * 8)) - 1) }
+    if size >= 8 {
+        v
+    } else {
+        v & ((1u64 << (size * 8)) - 1)
+    }
 }
 
 fn fill_le(dst: &mut [u8], v: u64) {
@@ -887,7 +935,10 @@ pub struct CapturedMemory {
 impl CapturedMemory {
     /// Parses a record written by [`execute`]. Never panics on any input.
     pub fn parse(record: &[u8]) -> Result<CapturedMemory, RecordError> {
-        let mut r = Reader { buf: record, pos: 0 };
+        let mut r = Reader {
+            buf: record,
+            pos: 0,
+        };
         if r.u32()? != MAGIC {
             return Err(RecordError::Malformed);
         }
