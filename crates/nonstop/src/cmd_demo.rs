@@ -67,11 +67,17 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let config = nonstop_server::Config::new(args.listen, data.clone());
-    let server = runtime.block_on(nonstop_server::serve(config)).with_context(|| {
-        format!(
-            "cannot start the server (is `nonstop serve` or another demo running? try --listen 127.0.0.1:0)"
-        )
-    })?;
+    let server = runtime
+        .block_on(nonstop_server::serve(config))
+        .map_err(|err| {
+            let hint = match err {
+                nonstop_server::ServeError::Bind { .. } => {
+                    " (is `nonstop serve` or another demo running? pick another address with --listen)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("cannot start the server: {err}{hint}")
+        })?;
     let addr = server.addr();
     let Some(tokens) = server.tokens().cloned() else {
         bail!("the server started without tokens");
@@ -87,12 +93,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let result = (|| {
         let mut shop = ShopProcess::start(&shop_bin, &args.shop_listen, &agent)?;
         let traffic = Traffic::start(shop.addr, Duration::from_secs_f64(1.0 / rate));
-        print_welcome(&server_url, &tokens.admin, shop.addr, data != default_data, addr);
+        print_welcome(
+            &server_url,
+            &tokens.admin,
+            shop.addr,
+            data != default_data,
+            addr,
+        );
         let exited = runtime.block_on(wait_for_stop(&mut shop.child));
         let stats = traffic.stop();
         shop.stop();
         eprintln!(
-            "nonstop demo: stopped; sent {} requests to the shop, {} orders placed",
+            "nonstop demo: stopped; sent {} requests to the shop, {} placed an order",
             stats.requests, stats.orders
         );
         Ok::<_, anyhow::Error>(match exited {
@@ -160,7 +172,9 @@ fn print_welcome(
     let line = demo_line();
     let mut out = String::new();
     out.push_str("nonstop demo: running; Ctrl-C stops everything\n\n");
-    out.push_str(&format!("  web UI and API   {server_url}/?token={admin_token}\n"));
+    out.push_str(&format!(
+        "  web UI and API   {server_url}/?token={admin_token}\n"
+    ));
     out.push_str(&format!(
         "  demo shop        http://{shop}/products   (service \"shop\", under the agent, getting a few requests a second)\n\n"
     ));
@@ -403,10 +417,8 @@ impl Shopper {
             } else {
                 (sku, 1 + self.next(3))
             };
-            self.plan.push((
-                "POST",
-                format!("/cart/{customer}/add?sku={sku}&qty={qty}"),
-            ));
+            self.plan
+                .push(("POST", format!("/cart/{customer}/add?sku={sku}&qty={qty}")));
         }
         if self.next(5) == 0 {
             let sku = self.pick(SKUS);
@@ -474,9 +486,22 @@ mod tests {
         while !visit.last().is_some_and(|(_, t)| t.contains("/checkout")) {
             visit.push(shopper.next_request());
         }
-        let customer = visit[visit.len() - 1].1.split('/').nth(2).unwrap_or_default().to_string();
+        let customer = visit[visit.len() - 1]
+            .1
+            .split('/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
         assert!(CUSTOMERS.contains(&customer.as_str()));
-        assert!(visit.iter().any(|(m, t)| *m == "POST" && t.contains("/add?sku=")));
-        assert!(visit.iter().all(|(_, t)| t == "/products" || t.contains(&customer)));
+        assert!(
+            visit
+                .iter()
+                .any(|(m, t)| *m == "POST" && t.contains("/add?sku="))
+        );
+        assert!(
+            visit
+                .iter()
+                .all(|(_, t)| t == "/products" || t.contains(&customer))
+        );
     }
 }
