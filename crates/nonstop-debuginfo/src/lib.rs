@@ -14,7 +14,9 @@
 #![deny(missing_docs)]
 
 mod decode;
+mod dies;
 mod error;
+mod functions;
 mod lines;
 mod load;
 mod plan;
@@ -29,6 +31,7 @@ pub use lines::Site;
 pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
 pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
+pub use unwind::{DEFAULT_MAX_FRAMES, Module, RawFrame, Stacks, Unwinder};
 
 use std::sync::Arc;
 
@@ -48,3 +51,9 @@ pub struct DebugInfo {
     /// Lazily built indexes (line table, functions, types).
     pub(crate) index: load::Indexes,
 }
+
+// Queries run from several threads (the agent thread, the CLI's workers).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<DebugInfo>();
+};

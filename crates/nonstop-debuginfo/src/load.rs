@@ -1,55 +1,360 @@
-//! Loading an ELF file and its DWARF sections.
+//! Loading an ELF file and its DWARF sections (from the file itself or its separate
+//! debug file), and the load bias of the file in a running process.
 
 use crate::{DebugInfo, Error, Reader};
-use object::{Object, ObjectSection};
-use std::borrow::Cow;
+use object::{Object, ObjectSection, ObjectSegment};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Facts about the loaded file.
 pub(crate) struct LoadedFile {
+    /// The file given to [`DebugInfo::load`].
     pub(crate) path: PathBuf,
+    /// The separate debug file the DWARF came from, if any.
+    pub(crate) debug_path: Option<PathBuf>,
+    /// The GNU build id, if the file has one.
+    pub(crate) build_id: Option<Vec<u8>>,
+    /// `PT_LOAD` segments: (virtual address, file offset, memory size).
+    pub(crate) loads: Vec<(u64, u64, u64)>,
+    /// Address ranges of executable sections; line rows outside them are discarded code.
+    pub(crate) code_ranges: Vec<(u64, u64)>,
+    /// `.eh_frame` and the addresses its pointers are relative to.
+    pub(crate) eh_frame: Option<(gimli::EhFrame<Reader>, gimli::BaseAddresses)>,
+    /// `.debug_frame`, when present.
+    pub(crate) debug_frame: Option<gimli::DebugFrame<Reader>>,
 }
 
-/// Lazily built indexes.
+/// Lazily built indexes; each is built on the first query that needs it and kept.
 #[derive(Default)]
 pub(crate) struct Indexes {
     /// Types read so far (see `types.rs`).
     pub(crate) types: crate::types::TypeCache,
+    /// Every compilation unit, parsed (header, abbreviations, line program header).
+    pub(crate) units: OnceLock<Result<Vec<gimli::Unit<Reader>>, gimli::Error>>,
+    /// Address → unit.
+    pub(crate) unit_ranges: OnceLock<Vec<(u64, u64, usize)>>,
+    /// `(file, line)` → addresses.
+    pub(crate) lines: OnceLock<Result<crate::lines::LineIndex, gimli::Error>>,
+    /// Function names → DIEs.
+    pub(crate) functions: OnceLock<Result<crate::lines::FunctionIndex, gimli::Error>>,
+    /// Per unit: the namespace path of named DIEs (built when a unit is first needed).
+    pub(crate) paths: Mutex<std::collections::HashMap<usize, Arc<crate::scope::UnitPaths>>>,
+    /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
+    pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
+}
+
+/// Reads a whole file into one shared buffer without an extra copy.
+fn read_shared(path: &Path) -> Result<Arc<[u8]>, Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let len = usize::try_from(len).map_err(|_| Error::NotElf {
+        path: path.to_path_buf(),
+        reason: "file too large".into(),
+    })?;
+    let mut data: Arc<[u8]> = std::iter::repeat_n(0u8, len).collect();
+    let buf = Arc::get_mut(&mut data).ok_or_else(|| Error::NotElf {
+        path: path.to_path_buf(),
+        reason: "internal: shared buffer".into(),
+    })?;
+    file.read_exact(buf).map_err(io)?;
+    Ok(data)
+}
+
+fn parse<'a>(path: &Path, data: &'a [u8]) -> Result<object::File<'a>, Error> {
+    let obj = object::File::parse(data).map_err(|e| Error::NotElf {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    if obj.format() != object::BinaryFormat::Elf {
+        return Err(Error::NotElf {
+            path: path.to_path_buf(),
+            reason: format!("it is {:?}, not ELF", obj.format()),
+        });
+    }
+    Ok(obj)
+}
+
+/// A section's bytes as a reader: a range of the shared file buffer, or a new buffer when
+/// the section is compressed.
+fn section_reader(
+    data: &Arc<[u8]>,
+    section: &object::Section<'_, '_>,
+    endian: gimli::RunTimeEndian,
+) -> Result<Reader, String> {
+    let whole = Reader::new(data.clone(), endian);
+    let range = section.compressed_file_range().map_err(|e| e.to_string())?;
+    if range.format == object::CompressionFormat::None {
+        if section.kind() == object::SectionKind::UninitializedData {
+            return Ok(Reader::new(Arc::from(&[][..]), endian));
+        }
+        let start = usize::try_from(range.offset).map_err(|e| e.to_string())?;
+        let size = usize::try_from(range.uncompressed_size).map_err(|e| e.to_string())?;
+        let end = start.checked_add(size).filter(|&e| e <= data.len());
+        match end {
+            Some(end) => Ok(whole.range(start..end)),
+            None => Err(format!(
+                "section {} is past the end of the file",
+                section.name().unwrap_or("?")
+            )),
+        }
+    } else {
+        let bytes = section.uncompressed_data().map_err(|e| e.to_string())?;
+        Ok(Reader::new(Arc::from(&*bytes), endian))
+    }
+}
+
+fn has_dwarf(obj: &object::File<'_>) -> bool {
+    obj.section_by_name(".debug_info")
+        .is_some_and(|s| s.size() > 0)
+        || obj.section_by_name(".zdebug_info").is_some()
+}
+
+/// Where a separate debug file may be: build-id first, then `.gnu_debuglink`.
+fn debug_file_candidates(path: &Path, obj: &object::File<'_>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(Some(id)) = obj.build_id()
+        && id.len() >= 2
+    {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        out.push(PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        )));
+    }
+    if let Ok(Some((name, _crc))) = obj.gnu_debuglink()
+        && let Ok(name) = std::str::from_utf8(name)
+    {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        out.push(dir.join(name));
+        out.push(dir.join(".debug").join(name));
+        let rel = dir.strip_prefix("/").unwrap_or(&dir);
+        out.push(Path::new("/usr/lib/debug").join(rel).join(name));
+    }
+    out
 }
 
 impl DebugInfo {
-    /// Loads `path` (an ELF executable or shared object) and its DWARF.
+    /// Loads `path` (an ELF executable or shared object) and its DWARF: from the file,
+    /// or from its separate debug file (build id under `/usr/lib/debug/.build-id/`, or
+    /// `.gnu_debuglink` next to it, in `.debug/`, or under `/usr/lib/debug/`).
+    /// Compressed sections are decompressed here. Indexes are built on first use.
     pub fn load(path: impl AsRef<Path>) -> Result<DebugInfo, Error> {
         let path = path.as_ref().to_path_buf();
-        let data = std::fs::read(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let obj = object::File::parse(&*data).map_err(|e| Error::NotElf {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let data = read_shared(&path)?;
+        let obj = parse(&path, &data)?;
         let endian = if obj.is_little_endian() {
             gimli::RunTimeEndian::Little
         } else {
             gimli::RunTimeEndian::Big
         };
-        if obj.section_by_name(".debug_info").is_none() {
-            return Err(Error::NoDebugInfo { path });
+        let not_elf = |reason: String| Error::NotElf {
+            path: path.clone(),
+            reason,
+        };
+
+        let loads = obj
+            .segments()
+            .map(|s| (s.address(), s.file_range().0, s.size()))
+            .collect();
+        let code_ranges = obj
+            .sections()
+            .filter(|s| s.kind() == object::SectionKind::Text && s.size() > 0)
+            .map(|s| (s.address(), s.address().saturating_add(s.size())))
+            .collect();
+        let mut bases = gimli::BaseAddresses::default();
+        if let Some(s) = obj.section_by_name(".eh_frame_hdr") {
+            bases = bases.set_eh_frame_hdr(s.address());
         }
+        if let Some(s) = obj.section_by_name(".text") {
+            bases = bases.set_text(s.address());
+        }
+        if let Some(s) = obj.section_by_name(".got") {
+            bases = bases.set_got(s.address());
+        }
+        let eh_frame = match obj.section_by_name(".eh_frame") {
+            Some(s) => {
+                bases = bases.set_eh_frame(s.address());
+                let r = section_reader(&data, &s, endian).map_err(not_elf)?;
+                Some((gimli::EhFrame::from(r), bases))
+            }
+            None => None,
+        };
+        let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
+
+        // The DWARF: here, or in a separate debug file.
+        let (debug_data, debug_path) = if has_dwarf(&obj) {
+            (data.clone(), None)
+        } else {
+            let found = debug_file_candidates(&path, &obj)
+                .into_iter()
+                .find(|p| p.is_file());
+            match found {
+                Some(p) => (read_shared(&p)?, Some(p)),
+                None => return Err(Error::NoDebugInfo { path }),
+            }
+        };
+        let debug_obj_storage;
+        let dobj = match &debug_path {
+            None => &obj,
+            Some(p) => {
+                debug_obj_storage = parse(p, &debug_data)?;
+                if !has_dwarf(&debug_obj_storage) {
+                    return Err(Error::NoDebugInfo { path });
+                }
+                &debug_obj_storage
+            }
+        };
+        let mut bad_section = None;
         let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-            let bytes: Cow<[u8]> = match obj.section_by_name(id.name()) {
-                Some(s) => s.uncompressed_data().unwrap_or(Cow::Borrowed(&[])),
-                None => Cow::Borrowed(&[]),
-            };
-            Ok(Reader::new(Arc::from(&*bytes), endian))
+            let section = dobj.section_by_name(id.name()).or_else(|| {
+                let z = format!(".zdebug_{}", id.name().trim_start_matches(".debug_"));
+                dobj.section_by_name(&z)
+            });
+            match section {
+                Some(s) => Ok(section_reader(&debug_data, &s, endian).unwrap_or_else(|e| {
+                    bad_section.get_or_insert(e);
+                    Reader::new(Arc::from(&[][..]), endian)
+                })),
+                None => Ok(Reader::new(Arc::from(&[][..]), endian)),
+            }
         };
         let dwarf = gimli::Dwarf::load(load)?;
+        if let Some(reason) = bad_section {
+            return Err(not_elf(reason));
+        }
+        let debug_frame = dobj
+            .section_by_name(".debug_frame")
+            .and_then(|s| section_reader(&debug_data, &s, endian).ok())
+            .map(|r| {
+                let mut f = gimli::DebugFrame::from(r);
+                f.set_address_size(if dobj.is_64() { 8 } else { 4 });
+                f
+            });
+        drop(obj);
         Ok(DebugInfo {
             dwarf: Arc::new(dwarf),
-            file: LoadedFile { path },
+            file: LoadedFile {
+                path,
+                debug_path,
+                build_id,
+                loads,
+                code_ranges,
+                eh_frame,
+                debug_frame,
+            },
             index: Indexes::default(),
         })
+    }
+
+    /// The file this was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The separate debug file the DWARF was read from, if it was not in the file itself.
+    pub fn debug_file(&self) -> Option<&Path> {
+        self.file.debug_path.as_deref()
+    }
+
+    /// The GNU build id of the file, if it has one.
+    pub fn build_id(&self) -> Option<&[u8]> {
+        self.file.build_id.as_deref()
+    }
+
+    /// The load bias of this file in a running process (`None`: this process): what to
+    /// add to a file address ([`crate::Site::address`], `PieceSource::Absolute`) to get
+    /// the runtime address. 0 for a non-PIE executable. Reads `/proc/PID/maps` and
+    /// matches the mapping by device and inode (or path).
+    pub fn load_bias_in(&self, pid: Option<u32>) -> Result<u64, Error> {
+        let maps_path = match pid {
+            Some(p) => PathBuf::from(format!("/proc/{p}/maps")),
+            None => PathBuf::from("/proc/self/maps"),
+        };
+        let maps = std::fs::read_to_string(&maps_path).map_err(|source| Error::Io {
+            path: maps_path.clone(),
+            source,
+        })?;
+        load_bias_from_maps(&maps, &self.file.path, &self.file.loads).ok_or_else(|| {
+            Error::NotMapped {
+                path: self.file.path.clone(),
+                maps: maps_path,
+            }
+        })
+    }
+}
+
+/// The bias from the text of a `/proc/PID/maps` file: the first mapping of `path` whose
+/// file offset starts a `PT_LOAD` segment gives `start - page_down(p_vaddr)`.
+pub(crate) fn load_bias_from_maps(
+    maps: &str,
+    path: &Path,
+    loads: &[(u64, u64, u64)],
+) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok();
+    let canon = std::fs::canonicalize(path).ok();
+    const PAGE: u64 = 4096;
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, _perm, off, dev, inode) =
+            (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        let name = f.collect::<Vec<_>>().join(" ");
+        let inode: u64 = inode.parse().ok()?;
+        let same = match &meta {
+            Some(m) if inode != 0 && m.ino() == inode => {
+                // The device is "major:minor" in hex; compare it too when it parses.
+                let mut dm = dev.split(':');
+                let major = u64::from_str_radix(dm.next().unwrap_or(""), 16).ok();
+                let minor = u64::from_str_radix(dm.next().unwrap_or(""), 16).ok();
+                let dev_ok = match (major, minor) {
+                    (Some(ma), Some(mi)) => {
+                        let d = m.dev();
+                        let (dma, dmi) = ((d >> 8) & 0xfff, (d & 0xff) | ((d >> 12) & 0xfff00));
+                        dma == ma && dmi == mi
+                    }
+                    _ => true,
+                };
+                dev_ok || canon.as_deref().is_some_and(|c| Path::new(&name) == c)
+            }
+            _ => canon.as_deref().is_some_and(|c| Path::new(&name) == c),
+        };
+        if !same {
+            continue;
+        }
+        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
+        let off = u64::from_str_radix(off, 16).ok()?;
+        for &(vaddr, foff, _) in loads {
+            if foff & !(PAGE - 1) == off {
+                return Some(start.wrapping_sub(vaddr & !(PAGE - 1)));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bias_of_a_pie_mapping() {
+        let exe = std::env::current_exe().unwrap();
+        let maps = "555555554000-555555558000 r--p 00000000 00:00 0 /nowhere\n";
+        assert_eq!(load_bias_from_maps(maps, &exe, &[(0, 0, 0x4000)]), None);
+        let maps = format!(
+            "555555554000-555555558000 r--p 00000000 00:00 0 {}\n",
+            std::fs::canonicalize(&exe).unwrap().display()
+        );
+        assert_eq!(
+            load_bias_from_maps(&maps, &exe, &[(0, 0, 0x4000)]),
+            Some(0x5555_5555_4000)
+        );
     }
 }

@@ -1,7 +1,13 @@
 //! The variables in scope at an address, with their locations.
 
-use crate::DieRef;
-use nonstop_model::capture::Piece;
+use crate::dies::{Die, Scope, Unit};
+use crate::{DebugInfo, DieRef, Error, Reader};
+use gimli::Reader as _;
+use gimli::{AttributeValue, Operation, UnitOffset};
+use nonstop_model::capture::{Piece, PieceSource};
+use std::collections::HashSet;
+
+pub(crate) use crate::dies::UnitPaths;
 
 /// A parameter or a local.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,10 +23,24 @@ pub enum VariableKind {
 pub enum Availability {
     /// Its bytes, piece by piece.
     Available(Vec<Piece>),
-    /// No location at this address.
+    /// No location at this address (or one nonstop cannot express as capture pieces,
+    /// such as `DW_OP_deref` chains or TLS).
     OptimizedOut,
     /// Only its value at function entry is described, which nonstop cannot recover here.
     EntryValue,
+}
+
+impl Availability {
+    /// Adds the load bias to every `Absolute` piece (file address → runtime address).
+    pub fn relocate(&mut self, bias: u64) {
+        if let Availability::Available(pieces) = self {
+            for p in pieces {
+                if let PieceSource::Absolute { addr } = &mut p.source {
+                    *addr = addr.wrapping_add(bias);
+                }
+            }
+        }
+    }
 }
 
 /// One variable in scope at an address.
@@ -38,4 +58,595 @@ pub struct Variable {
     pub decl_line: Option<u32>,
     /// Where its value is at the address.
     pub availability: Availability,
+}
+
+/// A location expression evaluated symbolically: a stack entry.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    /// `reg + offset` (an address, or a value once `stack_value` says so).
+    RegOff(u16, i64),
+    /// A constant or an absolute address.
+    Const(u64),
+    /// A file address from `DW_OP_addr`.
+    Addr(u64),
+}
+
+/// Why an expression cannot become pieces.
+enum Unexpressible {
+    EntryValue,
+    Unsupported,
+}
+
+impl DebugInfo {
+    /// The parameters and locals in scope at `address` (a file address), innermost scope
+    /// first; an inner variable hides an outer one of the same name. At an address
+    /// inside an inlined call, these are the inlined function's variables. Each
+    /// variable's location is evaluated at `address`.
+    ///
+    /// Errors with [`Error::NoCodeAt`] when no function contains the address and with
+    /// [`Error::NoVariableInfo`] when the function has no variable info (built with
+    /// `line-tables-only` or `limited`).
+    pub fn variables_at(&self, address: u64) -> Result<Vec<Variable>, Error> {
+        let mut found = None;
+        for ui in self.units_at(address)? {
+            let chain = self.scope_chain(ui, address)?;
+            if !chain.is_empty() {
+                found = Some((ui, chain));
+                break;
+            }
+        }
+        let Some((ui, chain)) = found else {
+            return Err(Error::NoCodeAt { address });
+        };
+        let unit = &self.units()?[ui];
+        let function_start = chain.iter().rposition(Scope::is_function).unwrap_or(0);
+        let subprogram = chain
+            .iter()
+            .find(|s| s.tag == gimli::DW_TAG_subprogram)
+            .copied();
+        let frame_base = match subprogram {
+            Some(s) => self.frame_base(ui, unit, s.offset, address)?,
+            None => None,
+        };
+        let here = self.line_at(ui, address)?;
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        let mut any_die = false;
+        for scope in chain[function_start..].iter().rev() {
+            let mut tree = unit.entries_tree(Some(scope.offset))?;
+            let root = tree.root()?;
+            let mut children = root.children();
+            while let Some(child) = children.next()? {
+                let e = child.entry();
+                let kind = match e.tag() {
+                    gimli::DW_TAG_formal_parameter => VariableKind::Parameter,
+                    gimli::DW_TAG_variable => VariableKind::Local,
+                    _ => continue,
+                };
+                any_die = true;
+                let Some(v) = self.variable(ui, unit, e, kind, address, frame_base, &here)? else {
+                    continue;
+                };
+                if seen.insert(v.name.clone()) {
+                    out.push(v);
+                }
+            }
+        }
+        if !any_die && !self.has_variable_info(ui, unit)? {
+            return Err(Error::NoVariableInfo {
+                address,
+                function: self.function_name(ui, chain[function_start].offset),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a unit has any variable or parameter DIEs at all (full debug info).
+    fn has_variable_info(&self, _ui: usize, unit: &Unit) -> Result<bool, Error> {
+        let mut cursor = unit.entries();
+        while let Some(e) = cursor.next_dfs()? {
+            if matches!(
+                e.tag(),
+                gimli::DW_TAG_formal_parameter | gimli::DW_TAG_variable
+            ) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn variable(
+        &self,
+        ui: usize,
+        unit: &Unit,
+        e: &Die,
+        kind: VariableKind,
+        address: u64,
+        frame_base: Option<(u16, i64)>,
+        here: &Option<(String, u32)>,
+    ) -> Result<Option<Variable>, Error> {
+        // Name, type and declaration come from the abstract origin when there is one.
+        let origin = match e.attr_value(gimli::DW_AT_abstract_origin) {
+            Some(v) => match self.follow(ui, v)? {
+                Some((u, o)) => Some((u, self.die(u, o)?)),
+                None => None,
+            },
+            None => None,
+        };
+        let (nui, named) = match &origin {
+            Some((u, d)) => (*u, d),
+            None => (ui, e),
+        };
+        let Some(name) = self.attr_string(nui, named, gimli::DW_AT_name) else {
+            return Ok(None);
+        };
+        let decl_line = match named.attr_value(gimli::DW_AT_decl_line) {
+            Some(v) => v.udata_value().and_then(|l| u32::try_from(l).ok()),
+            None => None,
+        };
+        // Declared below the current line, in the same file: not yet in scope.
+        if let (Some(decl), Some((file, line))) = (decl_line, here)
+            && decl > *line
+            && let Some(AttributeValue::FileIndex(fi)) = named.attr_value(gimli::DW_AT_decl_file)
+            && let Some(units) = self.units().ok()
+            && let Some(p) = units.get(nui).and_then(|u| u.line_program.as_ref())
+            && self.file_path(nui, p.header(), fi).as_deref() == Some(file.as_str())
+        {
+            return Ok(None);
+        }
+        let ty = named
+            .attr_value(gimli::DW_AT_type)
+            .map(|v| self.follow(nui, v))
+            .transpose()?
+            .flatten();
+        let (type_die, type_name, size) = match ty {
+            Some((tu, to)) => (
+                self.die_ref(tu, to),
+                self.type_name(tu, to, 0),
+                self.die_type_size(tu, to, 0),
+            ),
+            None => (
+                None,
+                if self.is_rust(nui) { "()" } else { "void" }.into(),
+                None,
+            ),
+        };
+        let availability = self.availability(ui, unit, e, address, frame_base, size)?;
+        Ok(Some(Variable {
+            name,
+            kind,
+            type_die,
+            type_name,
+            decl_line,
+            availability,
+        }))
+    }
+
+    fn availability(
+        &self,
+        _ui: usize,
+        unit: &Unit,
+        e: &Die,
+        address: u64,
+        frame_base: Option<(u16, i64)>,
+        size: Option<u64>,
+    ) -> Result<Availability, Error> {
+        if let Some(c) = e.attr_value(gimli::DW_AT_const_value) {
+            let bytes = match c {
+                AttributeValue::Block(r) => {
+                    r.to_slice().map(|c| c.into_owned()).unwrap_or_default()
+                }
+                AttributeValue::Sdata(v) => v.to_le_bytes().to_vec(),
+                other => match other.udata_value() {
+                    Some(v) => v.to_le_bytes().to_vec(),
+                    None => return Ok(Availability::OptimizedOut),
+                },
+            };
+            let n = size.map_or(bytes.len(), |s| s as usize).min(bytes.len());
+            let mut bytes = bytes;
+            bytes.truncate(n);
+            return Ok(Availability::Available(vec![Piece {
+                size: n as u32,
+                source: PieceSource::Implicit(bytes),
+            }]));
+        }
+        let Some(loc) = e.attr_value(gimli::DW_AT_location) else {
+            return Ok(Availability::OptimizedOut);
+        };
+        let expr = match loc {
+            AttributeValue::Exprloc(expr) => Some(expr),
+            other => match self.dwarf.attr_locations(unit, other)? {
+                Some(mut list) => {
+                    let mut hit = None;
+                    while let Some(entry) = list.next()? {
+                        if entry.range.begin <= address && address < entry.range.end {
+                            hit = Some(entry.data);
+                            break;
+                        }
+                    }
+                    hit
+                }
+                None => None,
+            },
+        };
+        let Some(expr) = expr else {
+            return Ok(Availability::OptimizedOut);
+        };
+        Ok(
+            match self.pieces(unit, expr, address, frame_base, size.unwrap_or(8)) {
+                Ok(p) if p.is_empty() => Availability::OptimizedOut,
+                Ok(p) => Availability::Available(p),
+                Err(Unexpressible::EntryValue) => Availability::EntryValue,
+                Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
+            },
+        )
+    }
+
+    /// Turns a location expression into capture pieces, symbolically.
+    fn pieces(
+        &self,
+        unit: &Unit,
+        expr: gimli::Expression<Reader>,
+        address: u64,
+        frame_base: Option<(u16, i64)>,
+        whole_size: u64,
+    ) -> Result<Vec<Piece>, Unexpressible> {
+        let mut ops = expr.operations(unit.encoding());
+        let mut stack: Vec<Value> = Vec::new();
+        let mut reg: Option<u16> = None;
+        let mut implicit: Option<Vec<u8>> = None;
+        let mut is_value = false;
+        let mut pieces = Vec::new();
+        let mut any_op = false;
+        let finish = |stack: &mut Vec<Value>,
+                      reg: &mut Option<u16>,
+                      implicit: &mut Option<Vec<u8>>,
+                      is_value: &mut bool,
+                      size: u64|
+         -> Result<PieceSource, Unexpressible> {
+            let src = if let Some(r) = reg.take() {
+                PieceSource::Register { reg: r }
+            } else if let Some(mut b) = implicit.take() {
+                b.resize(size as usize, 0);
+                PieceSource::Implicit(b)
+            } else {
+                match stack.pop() {
+                    None => PieceSource::Unavailable,
+                    Some(Value::RegOff(r, o)) if *is_value => {
+                        PieceSource::Computed { reg: r, offset: o }
+                    }
+                    Some(Value::RegOff(r, o)) => PieceSource::Memory { reg: r, offset: o },
+                    Some(Value::Const(c)) if *is_value => {
+                        let mut b = c.to_le_bytes().to_vec();
+                        b.resize(size as usize, 0);
+                        PieceSource::Implicit(b)
+                    }
+                    Some(Value::Const(c)) | Some(Value::Addr(c)) => {
+                        PieceSource::Absolute { addr: c }
+                    }
+                }
+            };
+            stack.clear();
+            *is_value = false;
+            Ok(src)
+        };
+        loop {
+            let op = match ops.next() {
+                Ok(Some(op)) => op,
+                Ok(None) => break,
+                Err(_) => return Err(Unexpressible::Unsupported),
+            };
+            any_op = true;
+            match op {
+                Operation::Register { register } => reg = Some(register.0),
+                Operation::RegisterOffset {
+                    register, offset, ..
+                } => stack.push(Value::RegOff(register.0, offset)),
+                Operation::FrameOffset { offset } => match frame_base {
+                    Some((r, o)) => stack.push(Value::RegOff(r, o.wrapping_add(offset))),
+                    None => return Err(Unexpressible::Unsupported),
+                },
+                Operation::CallFrameCFA => match self.cfa_at(address) {
+                    Some((r, o)) => stack.push(Value::RegOff(r, o)),
+                    None => return Err(Unexpressible::Unsupported),
+                },
+                Operation::Address { address } => stack.push(Value::Addr(address)),
+                Operation::AddressIndex { index } | Operation::ConstantIndex { index } => {
+                    match self.dwarf.address(unit, index) {
+                        Ok(a) => stack.push(Value::Addr(a)),
+                        Err(_) => return Err(Unexpressible::Unsupported),
+                    }
+                }
+                Operation::UnsignedConstant { value } => stack.push(Value::Const(value)),
+                Operation::SignedConstant { value } => stack.push(Value::Const(value as u64)),
+                Operation::PlusConstant { value } => match stack.last_mut() {
+                    Some(Value::RegOff(_, o)) => *o = o.wrapping_add(value as i64),
+                    Some(Value::Const(c)) | Some(Value::Addr(c)) => *c = c.wrapping_add(value),
+                    None => return Err(Unexpressible::Unsupported),
+                },
+                Operation::Plus | Operation::Minus => {
+                    let b = stack.pop();
+                    let a = stack.pop();
+                    let sign = if matches!(op, Operation::Minus) {
+                        -1i64
+                    } else {
+                        1
+                    };
+                    match (a, b) {
+                        (Some(Value::RegOff(r, o)), Some(Value::Const(c))) => stack.push(
+                            Value::RegOff(r, o.wrapping_add(sign.wrapping_mul(c as i64))),
+                        ),
+                        (Some(Value::Const(c)), Some(Value::RegOff(r, o))) if sign == 1 => {
+                            stack.push(Value::RegOff(r, o.wrapping_add(c as i64)))
+                        }
+                        (Some(Value::Const(a)), Some(Value::Const(b))) => {
+                            stack.push(Value::Const(a.wrapping_add(b.wrapping_mul(sign as u64))))
+                        }
+                        _ => return Err(Unexpressible::Unsupported),
+                    }
+                }
+                Operation::StackValue => is_value = true,
+                Operation::ImplicitValue { data } => {
+                    implicit = Some(data.to_slice().map(|c| c.into_owned()).unwrap_or_default())
+                }
+                Operation::EntryValue { .. } => return Err(Unexpressible::EntryValue),
+                Operation::Nop => {}
+                Operation::Piece {
+                    size_in_bits,
+                    bit_offset,
+                } => {
+                    if bit_offset.is_some_and(|b| b != 0) || size_in_bits % 8 != 0 {
+                        return Err(Unexpressible::Unsupported);
+                    }
+                    let size = size_in_bits / 8;
+                    let source = finish(&mut stack, &mut reg, &mut implicit, &mut is_value, size)?;
+                    pieces.push(Piece {
+                        size: u32::try_from(size).map_err(|_| Unexpressible::Unsupported)?,
+                        source,
+                    });
+                }
+                _ => return Err(Unexpressible::Unsupported),
+            }
+        }
+        if !any_op {
+            return Ok(Vec::new());
+        }
+        if pieces.is_empty() {
+            let source = finish(
+                &mut stack,
+                &mut reg,
+                &mut implicit,
+                &mut is_value,
+                whole_size,
+            )?;
+            pieces.push(Piece {
+                size: u32::try_from(whole_size).map_err(|_| Unexpressible::Unsupported)?,
+                source,
+            });
+        } else if reg.is_some() || implicit.is_some() || !stack.is_empty() {
+            // Operations after the last piece describe nothing we can place.
+            return Err(Unexpressible::Unsupported);
+        }
+        if pieces.iter().all(|p| p.source == PieceSource::Unavailable) {
+            return Ok(Vec::new());
+        }
+        // Bytes no piece describes are not available (the pieces cover the whole value).
+        let covered: u64 = pieces.iter().map(|p| u64::from(p.size)).sum();
+        if let Some(rest) = whole_size.checked_sub(covered).filter(|&r| r > 0)
+            && let Ok(size) = u32::try_from(rest)
+        {
+            pieces.push(Piece {
+                size,
+                source: PieceSource::Unavailable,
+            });
+        }
+        Ok(pieces)
+    }
+
+    /// The frame base of a subprogram at `address`, as `reg + offset`.
+    fn frame_base(
+        &self,
+        _ui: usize,
+        unit: &Unit,
+        sub: UnitOffset,
+        address: u64,
+    ) -> Result<Option<(u16, i64)>, Error> {
+        let die = unit.entry(sub)?;
+        let expr = match die.attr_value(gimli::DW_AT_frame_base) {
+            Some(AttributeValue::Exprloc(e)) => e,
+            Some(other) => match self.dwarf.attr_locations(unit, other)? {
+                Some(mut list) => {
+                    let mut hit = None;
+                    while let Some(entry) = list.next()? {
+                        if entry.range.begin <= address && address < entry.range.end {
+                            hit = Some(entry.data);
+                            break;
+                        }
+                    }
+                    match hit {
+                        Some(e) => e,
+                        None => return Ok(None),
+                    }
+                }
+                None => return Ok(None),
+            },
+            None => return Ok(None),
+        };
+        let mut ops = expr.operations(unit.encoding());
+        let first = ops.next().ok().flatten();
+        let second = ops.next().ok().flatten();
+        Ok(match (first, second) {
+            (Some(Operation::Register { register }), None) => Some((register.0, 0)),
+            (
+                Some(Operation::RegisterOffset {
+                    register, offset, ..
+                }),
+                None,
+            ) => Some((register.0, offset)),
+            (Some(Operation::CallFrameCFA), None) => self.cfa_at(address),
+            _ => None,
+        })
+    }
+
+    /// The canonical frame address at `address` as `reg + offset`, from `.eh_frame` or
+    /// `.debug_frame`.
+    pub(crate) fn cfa_at(&self, address: u64) -> Option<(u16, i64)> {
+        use gimli::UnwindSection;
+        let mut ctx = Box::new(gimli::UnwindContext::new());
+        let rule = |row: &gimli::UnwindTableRow<usize>| match row.cfa() {
+            gimli::CfaRule::RegisterAndOffset { register, offset } => Some((register.0, *offset)),
+            gimli::CfaRule::Expression(_) => None,
+        };
+        if let Some((eh, bases)) = &self.file.eh_frame
+            && let Ok(row) = eh.unwind_info_for_address(
+                bases,
+                &mut ctx,
+                address,
+                gimli::EhFrame::cie_from_offset,
+            )
+        {
+            return rule(row);
+        }
+        if let Some(df) = &self.file.debug_frame {
+            let bases = gimli::BaseAddresses::default();
+            if let Ok(row) = df.unwind_info_for_address(
+                &bases,
+                &mut ctx,
+                address,
+                gimli::DebugFrame::cie_from_offset,
+            ) {
+                return rule(row);
+            }
+        }
+        None
+    }
+
+    /// The size in bytes of a type, following typedefs and qualifiers.
+    pub(crate) fn die_type_size(&self, ui: usize, off: UnitOffset, depth: u32) -> Option<u64> {
+        if depth > 16 {
+            return None;
+        }
+        let die = self.die(ui, off).ok()?;
+        if let Some(s) = die
+            .attr_value(gimli::DW_AT_byte_size)
+            .and_then(|v| v.udata_value())
+        {
+            return Some(s);
+        }
+        match die.tag() {
+            gimli::DW_TAG_pointer_type
+            | gimli::DW_TAG_reference_type
+            | gimli::DW_TAG_rvalue_reference_type => Some(u64::from(
+                self.units().ok()?.get(ui)?.encoding().address_size,
+            )),
+            gimli::DW_TAG_array_type => {
+                let elem = self.die_type_of(ui, &die)?;
+                let n = self.array_len(ui, off)?;
+                Some(self.die_type_size(elem.0, elem.1, depth + 1)?.checked_mul(n)?)
+            }
+            _ => {
+                let (u, o) = self.die_type_of(ui, &die)?;
+                self.die_type_size(u, o, depth + 1)
+            }
+        }
+    }
+
+    fn die_type_of(&self, ui: usize, die: &Die) -> Option<(usize, UnitOffset)> {
+        self.follow(ui, die.attr_value(gimli::DW_AT_type)?)
+            .ok()
+            .flatten()
+    }
+
+    fn array_len(&self, ui: usize, off: UnitOffset) -> Option<u64> {
+        let unit = self.units().ok()?.get(ui)?;
+        let mut tree = unit.entries_tree(Some(off)).ok()?;
+        let root = tree.root().ok()?;
+        let mut children = root.children();
+        while let Ok(Some(child)) = children.next() {
+            let e = child.entry();
+            if e.tag() == gimli::DW_TAG_subrange_type {
+                if let Some(c) = e
+                    .attr_value(gimli::DW_AT_count)
+                    .and_then(|v| v.udata_value())
+                {
+                    return Some(c);
+                }
+                let lower = e
+                    .attr_value(gimli::DW_AT_lower_bound)
+                    .and_then(|v| v.udata_value())
+                    .unwrap_or(0);
+                return e
+                    .attr_value(gimli::DW_AT_upper_bound)
+                    .and_then(|v| v.udata_value())
+                    .and_then(|u| (u + 1).checked_sub(lower));
+            }
+        }
+        None
+    }
+
+    /// The name of a type as its language writes it: `alloc::string::String`, `&str`,
+    /// `[i32; 4]`, `*const u8` for Rust; `int *`, `struct point` for C.
+    pub(crate) fn type_name(&self, ui: usize, off: UnitOffset, depth: u32) -> String {
+        if depth > 16 {
+            return "…".into();
+        }
+        let Ok(die) = self.die(ui, off) else {
+            return "?".into();
+        };
+        let rust = self.is_rust(ui);
+        let inner = |this: &Self| match this.die_type_of(ui, &die) {
+            Some((u, o)) => this.type_name(u, o, depth + 1),
+            None => if rust { "()" } else { "void" }.to_string(),
+        };
+        let name = self.attr_string(ui, &die, gimli::DW_AT_name);
+        match die.tag() {
+            gimli::DW_TAG_base_type | gimli::DW_TAG_unspecified_type => {
+                name.unwrap_or_else(|| "?".into())
+            }
+            gimli::DW_TAG_pointer_type
+            | gimli::DW_TAG_reference_type
+            | gimli::DW_TAG_rvalue_reference_type => match name {
+                Some(n) => n,
+                None if rust => format!("*const {}", inner(self)),
+                None => format!("{} *", inner(self)),
+            },
+            gimli::DW_TAG_structure_type
+            | gimli::DW_TAG_union_type
+            | gimli::DW_TAG_enumeration_type
+            | gimli::DW_TAG_class_type
+            | gimli::DW_TAG_typedef => {
+                let Some(n) = name else {
+                    return "{anon}".into();
+                };
+                if rust {
+                    if n.starts_with(['&', '*', '(', '[']) {
+                        n
+                    } else {
+                        self.qualified_name(ui, &die).unwrap_or(n)
+                    }
+                } else {
+                    match die.tag() {
+                        gimli::DW_TAG_structure_type => format!("struct {n}"),
+                        gimli::DW_TAG_union_type => format!("union {n}"),
+                        gimli::DW_TAG_enumeration_type => format!("enum {n}"),
+                        _ => n,
+                    }
+                }
+            }
+            gimli::DW_TAG_array_type => {
+                let elem = inner(self);
+                match (self.array_len(ui, off), rust) {
+                    (Some(n), true) => format!("[{elem}; {n}]"),
+                    (None, true) => format!("[{elem}]"),
+                    (Some(n), false) => format!("{elem}[{n}]"),
+                    (None, false) => format!("{elem}[]"),
+                }
+            }
+            gimli::DW_TAG_const_type if !rust => format!("const {}", inner(self)),
+            gimli::DW_TAG_volatile_type if !rust => format!("volatile {}", inner(self)),
+            gimli::DW_TAG_subroutine_type => name.unwrap_or_else(|| "fn".into()),
+            _ => name.unwrap_or_else(|| inner(self)),
+        }
+    }
 }

@@ -1,1 +1,105 @@
-//! nonstop-probe (being built)
+//! x86_64 Linux code patching for nonstop: probes that capture and never stop the program.
+//!
+//! # Overview
+//!
+//! - [`Engine`]: the process-global probe engine. [`Engine::get`] starts it once (opens
+//!   `/proc/self/mem`, installs the SIGTRAP/SIGSEGV/SIGBUS handlers, maps the hit ring);
+//!   [`Engine::arm`] patches an `int3` over an instruction while other threads run,
+//!   [`Engine::disarm`] restores the original byte, [`Engine::drain`] hands captured hits
+//!   to the agent thread, [`Engine::stats`] reports counters and drops.
+//! - [`ProbeSpec`]: where, what to capture (a [`CapturePlan`]) and the limits of one probe.
+//! - [`Hit`]: one captured record, parsed with
+//!   [`nonstop_model::capture::CapturedMemory::parse`].
+//! - [`read_memory`] / [`SafeMemory`]: fault-safe reads (a bad pointer gives
+//!   `Err(ReadError::Fault)`, never a crash).
+//!
+//! At a hit the trap handler checks the probe's limits (done, rate, global budget, max
+//! hits), copies the registers and runs the plan into a preallocated ring slot, then performs
+//! the displaced instruction: `nop`, `jmp`, `jcc`, `call rel32` and `push r64` are emulated;
+//! anything else runs from an out-of-line slot within ±2 GB that ends in `jmp back`. One
+//! trap per hit, no single-step. The handler never allocates, locks, touches lazy TLS or
+//! panics.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nonstop_model::capture::{CapturePlan, CapturedMemory};
+//! use nonstop_probe::{Engine, ProbeSpec};
+//!
+//! #[inline(never)]
+//! extern "C" fn add(a: u64, b: u64) -> u64 {
+//!     std::hint::black_box(a) + b
+//! }
+//!
+//! let engine = Engine::get()?;
+//! let entry = add as usize as u64;
+//! let id = engine.arm(ProbeSpec::new(entry, Arc::new(CapturePlan::default())))?;
+//! assert_eq!(std::hint::black_box(add)(2, 3), 5); // runs as before, and is captured
+//! engine.disarm(id)?;
+//! let mut first_arg = None;
+//! engine.drain(|hit| {
+//!     let rec = CapturedMemory::parse(hit.record).unwrap();
+//!     first_arg = Some(rec.regs.gpr[5]); // rdi, DWARF register 5
+//! });
+//! assert_eq!(first_arg, Some(2));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Signals and linking
+//!
+//! The crate exports `sigaction` and `signal`: when it is linked into the executable or
+//! loaded with `LD_PRELOAD`, a handler the program installs later for SIGTRAP, SIGSEGV or
+//! SIGBUS is chained behind ours instead of replacing it. Calls that bind to libc directly
+//! (from other shared libraries in a linked build) bypass this; [`Engine::signals_owned`]
+//! tells whether the handlers are still ours.
+//!
+//! # fork
+//!
+//! A forked child inherits the `int3`s but not the agent thread: a `pthread_atfork` child
+//! hook restores every original byte in the child, and the engine refuses to arm there.
+//!
+//! [`CapturePlan`]: nonstop_model::capture::CapturePlan
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+compile_error!("nonstop-probe supports x86_64 Linux only");
+
+#[path = "arch/x86_64/mod.rs"]
+mod arch;
+mod engine;
+mod limits;
+mod ring;
+mod signals;
+mod slots;
+#[path = "sys/linux.rs"]
+mod sys;
+
+pub use engine::{
+    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
+    ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
+};
+pub use signals::{sigaction, signal};
+
+/// Runs `function` when the shared object (or executable) is loaded, before `main`: for the
+/// `LD_PRELOAD` agent, whose crate may contain no `unsafe` itself. The expansion is a
+/// `.init_array` entry; `#![forbid(unsafe_code)]` in the calling crate accepts it.
+///
+/// ```
+/// fn start() {}
+/// nonstop_probe::on_load!(start);
+/// ```
+#[macro_export]
+macro_rules! on_load {
+    ($function:path) => {
+        const _: () = {
+            extern "C" fn __nonstop_on_load() {
+                $function()
+            }
+            #[used]
+            #[unsafe(link_section = ".init_array")]
+            static __NONSTOP_ON_LOAD: extern "C" fn() = __nonstop_on_load;
+        };
+    };
+}

@@ -1,0 +1,392 @@
+//! Shared DIE helpers: the parsed units, references between DIEs, names, namespace
+//! paths and the chain of scopes containing an address.
+
+use crate::{DebugInfo, DieRef, Error, Reader};
+use gimli::Reader as _;
+use gimli::{AttributeValue, UnitOffset};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub(crate) type Unit = gimli::Unit<Reader>;
+pub(crate) type Die = gimli::DebuggingInformationEntry<Reader>;
+
+/// Deepest DIE nesting followed; deeper trees are malformed or hostile.
+const MAX_DEPTH: usize = 64;
+
+/// Per unit: the namespace path (`shop::cart`) of every named DIE that can be a type or a
+/// function, so names can be qualified without parent pointers.
+#[derive(Default)]
+pub(crate) struct UnitPaths {
+    prefixes: Vec<String>,
+    of: HashMap<usize, u32>,
+}
+
+impl UnitPaths {
+    fn prefix(&self, off: UnitOffset) -> &str {
+        self.of
+            .get(&off.0)
+            .and_then(|&i| self.prefixes.get(i as usize))
+            .map_or("", String::as_str)
+    }
+}
+
+/// One scope containing an address: a subprogram, lexical block or inlined subroutine.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scope {
+    pub(crate) tag: gimli::DwTag,
+    pub(crate) offset: UnitOffset,
+    /// The lowest address of its ranges (the entry for subprograms), or `DW_AT_entry_pc`.
+    pub(crate) entry: Option<u64>,
+}
+
+impl Scope {
+    pub(crate) fn is_function(&self) -> bool {
+        self.tag == gimli::DW_TAG_subprogram || self.tag == gimli::DW_TAG_inlined_subroutine
+    }
+}
+
+/// Rust's `{:#}` demangling (no hash); other names as they are.
+pub(crate) fn demangle(name: &str) -> String {
+    match rustc_demangle::try_demangle(name) {
+        Ok(d) => format!("{d:#}"),
+        Err(_) => name.to_string(),
+    }
+}
+
+impl DebugInfo {
+    /// Every unit, parsed once. Units that fail to parse are skipped.
+    pub(crate) fn units(&self) -> Result<&[Unit], Error> {
+        let units = self.index.units.get_or_init(|| {
+            let mut out = Vec::new();
+            let mut headers = self.dwarf.units();
+            loop {
+                match headers.next() {
+                    Ok(Some(h)) => {
+                        if let Ok(u) = self.dwarf.unit(h) {
+                            out.push(u);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(_) => break,
+                }
+            }
+            Ok(out)
+        });
+        match units {
+            Ok(u) => Ok(u),
+            Err(e) => Err(Error::Dwarf(*e)),
+        }
+    }
+
+    /// `(begin, end, unit)` sorted by begin: which unit holds an address.
+    pub(crate) fn unit_ranges(&self) -> Result<&[(u64, u64, usize)], Error> {
+        let units = self.units()?;
+        Ok(self.index.unit_ranges.get_or_init(|| {
+            let mut out = Vec::new();
+            for (i, unit) in units.iter().enumerate() {
+                if let Ok(mut ranges) = self.dwarf.unit_ranges(unit) {
+                    while let Ok(Some(r)) = ranges.next() {
+                        if r.begin < r.end && r.begin != 0 {
+                            out.push((r.begin, r.end, i));
+                        }
+                    }
+                }
+            }
+            out.sort_unstable();
+            out
+        }))
+    }
+
+    /// The units whose ranges contain `addr` (usually one).
+    pub(crate) fn units_at(&self, addr: u64) -> Result<Vec<usize>, Error> {
+        let ranges = self.unit_ranges()?;
+        let end = ranges.partition_point(|r| r.0 <= addr);
+        let mut out: Vec<usize> = ranges[..end]
+            .iter()
+            .filter(|r| addr < r.1)
+            .map(|r| r.2)
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// The unit holding a `.debug_info` offset, and the offset within it.
+    pub(crate) fn die_unit(&self, die: DieRef) -> Result<Option<(usize, UnitOffset)>, Error> {
+        let units = self.units()?;
+        let pos =
+            units.partition_point(|u| u.header.debug_info_offset().is_some_and(|o| o.0 <= die.0));
+        let Some(i) = pos.checked_sub(1) else {
+            return Ok(None);
+        };
+        let off = gimli::DebugInfoOffset(die.0).to_unit_offset(&units[i].header);
+        Ok(off.map(|o| (i, o)))
+    }
+
+    /// The `.debug_info` offset of a DIE.
+    pub(crate) fn die_ref(&self, ui: usize, off: UnitOffset) -> Option<DieRef> {
+        let unit = self.units().ok()?.get(ui)?;
+        off.to_debug_info_offset(&unit.header).map(|o| DieRef(o.0))
+    }
+
+    /// Follows a reference attribute to the DIE it names.
+    pub(crate) fn follow(
+        &self,
+        ui: usize,
+        value: AttributeValue<Reader>,
+    ) -> Result<Option<(usize, UnitOffset)>, Error> {
+        match value {
+            AttributeValue::UnitRef(o) => Ok(Some((ui, o))),
+            AttributeValue::DebugInfoRef(o) => self.die_unit(DieRef(o.0)),
+            _ => Ok(None),
+        }
+    }
+
+    pub(crate) fn die(&self, ui: usize, off: UnitOffset) -> Result<Die, Error> {
+        let unit =
+            self.units()?
+                .get(ui)
+                .ok_or(Error::Dwarf(gimli::Error::NoEntryAtGivenOffset(
+                    off.0 as u64,
+                )))?;
+        Ok(unit.entry(off)?)
+    }
+
+    /// A string attribute, if present and readable.
+    pub(crate) fn attr_string(&self, ui: usize, die: &Die, at: gimli::DwAt) -> Option<String> {
+        let unit = self.units().ok()?.get(ui)?;
+        let value = die.attr_value(at)?;
+        let r = self.dwarf.attr_string(unit, value).ok()?;
+        Some(r.to_string_lossy().ok()?.into_owned())
+    }
+
+    /// Whether the unit is Rust (names are built the Rust way) or not (C).
+    pub(crate) fn is_rust(&self, ui: usize) -> bool {
+        let Ok(units) = self.units() else {
+            return false;
+        };
+        let Some(unit) = units.get(ui) else {
+            return false;
+        };
+        let Ok(root) = unit.entry(unit.header.root_offset()) else {
+            return false;
+        };
+        matches!(
+            root.attr_value(gimli::DW_AT_language),
+            Some(AttributeValue::Language(gimli::DW_LANG_Rust))
+        )
+    }
+
+    /// The namespace paths of one unit (built on first use, then cached).
+    pub(crate) fn unit_paths(&self, ui: usize) -> Result<Arc<UnitPaths>, Error> {
+        if let Ok(map) = self.index.paths.lock()
+            && let Some(p) = map.get(&ui)
+        {
+            return Ok(p.clone());
+        }
+        let unit = self
+            .units()?
+            .get(ui)
+            .ok_or(Error::Dwarf(gimli::Error::UnexpectedEof(
+                gimli::ReaderOffsetId(0),
+            )))?;
+        let mut paths = UnitPaths::default();
+        let mut interned: HashMap<String, u32> = HashMap::new();
+        let mut stack: Vec<(isize, String)> = Vec::new();
+        let mut cursor = unit.entries();
+        while let Some(e) = cursor.next_dfs()? {
+            let depth = e.depth();
+            while stack.last().is_some_and(|(d, _)| *d >= depth) {
+                stack.pop();
+            }
+            let tag = e.tag();
+            let records = matches!(
+                tag,
+                gimli::DW_TAG_subprogram
+                    | gimli::DW_TAG_structure_type
+                    | gimli::DW_TAG_union_type
+                    | gimli::DW_TAG_enumeration_type
+                    | gimli::DW_TAG_class_type
+                    | gimli::DW_TAG_typedef
+            );
+            if records && !stack.is_empty() {
+                let prefix = stack
+                    .iter()
+                    .map(|(_, n)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join("::");
+                let next = paths.prefixes.len() as u32;
+                let id = *interned.entry(prefix.clone()).or_insert_with(|| {
+                    paths.prefixes.push(prefix);
+                    next
+                });
+                paths.of.insert(e.offset().0, id);
+            }
+            let scopes = matches!(
+                tag,
+                gimli::DW_TAG_namespace
+                    | gimli::DW_TAG_structure_type
+                    | gimli::DW_TAG_union_type
+                    | gimli::DW_TAG_enumeration_type
+                    | gimli::DW_TAG_class_type
+            );
+            if scopes {
+                let name = e
+                    .attr_value(gimli::DW_AT_name)
+                    .and_then(|v| self.dwarf.attr_string(unit, v).ok())
+                    .and_then(|r| r.to_string_lossy().ok().map(|c| c.into_owned()))
+                    .unwrap_or_else(|| "{anon}".into());
+                stack.push((depth, name));
+            }
+        }
+        let paths = Arc::new(paths);
+        if let Ok(mut map) = self.index.paths.lock() {
+            map.insert(ui, paths.clone());
+        }
+        Ok(paths)
+    }
+
+    /// `DW_AT_name` qualified by its namespaces: `shop::cart::Cart`.
+    pub(crate) fn qualified_name(&self, ui: usize, die: &Die) -> Option<String> {
+        let name = self.attr_string(ui, die, gimli::DW_AT_name)?;
+        let paths = self.unit_paths(ui).ok()?;
+        let prefix = paths.prefix(die.offset());
+        Some(if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}::{name}")
+        })
+    }
+
+    /// The name of a function DIE (subprogram or inlined subroutine): its demangled
+    /// linkage name without hash, else its qualified name, following abstract origins
+    /// and specifications.
+    pub(crate) fn function_name(&self, ui: usize, off: UnitOffset) -> String {
+        let mut chain = Vec::new();
+        let mut cur = Some((ui, off));
+        while let Some((u, o)) = cur {
+            if chain.len() >= 8 {
+                break;
+            }
+            let Ok(die) = self.die(u, o) else { break };
+            cur = die
+                .attr_value(gimli::DW_AT_abstract_origin)
+                .or_else(|| die.attr_value(gimli::DW_AT_specification))
+                .and_then(|v| self.follow(u, v).ok().flatten());
+            chain.push((u, die));
+        }
+        for (u, die) in &chain {
+            if let Some(l) = self
+                .attr_string(*u, die, gimli::DW_AT_linkage_name)
+                .or_else(|| self.attr_string(*u, die, gimli::DW_AT_MIPS_linkage_name))
+            {
+                return demangle(&l);
+            }
+        }
+        for (u, die) in &chain {
+            if let Some(n) = self.qualified_name(*u, die) {
+                return n;
+            }
+        }
+        "??".into()
+    }
+
+    /// Whether a DIE's address ranges contain `addr`; also its lowest address.
+    pub(crate) fn die_contains(
+        &self,
+        unit: &Unit,
+        die: &Die,
+        addr: u64,
+    ) -> Result<(bool, Option<u64>), Error> {
+        let mut ranges = self.dwarf.die_ranges(unit, die)?;
+        let mut hit = false;
+        let mut low: Option<u64> = None;
+        while let Some(r) = ranges.next()? {
+            if r.begin <= addr && addr < r.end {
+                hit = true;
+            }
+            if r.begin < r.end {
+                low = Some(low.map_or(r.begin, |l| l.min(r.begin)));
+            }
+        }
+        Ok((hit, low))
+    }
+
+    /// The scopes containing `addr` in unit `ui`, outermost first:
+    /// `[subprogram, lexical block…, inlined subroutine, …]`.
+    pub(crate) fn scope_chain(&self, ui: usize, addr: u64) -> Result<Vec<Scope>, Error> {
+        let unit = self
+            .units()?
+            .get(ui)
+            .ok_or(Error::Dwarf(gimli::Error::UnexpectedEof(
+                gimli::ReaderOffsetId(0),
+            )))?;
+        let mut tree = unit.entries_tree(None)?;
+        let root = tree.root()?;
+        let mut chain = Vec::new();
+        self.descend(unit, root, addr, &mut chain, 0)?;
+        Ok(chain)
+    }
+
+    fn descend(
+        &self,
+        unit: &Unit,
+        node: gimli::EntriesTreeNode<'_, '_, Reader>,
+        addr: u64,
+        chain: &mut Vec<Scope>,
+        depth: usize,
+    ) -> Result<bool, Error> {
+        if depth > MAX_DEPTH {
+            return Ok(false);
+        }
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            match e.tag() {
+                gimli::DW_TAG_subprogram
+                | gimli::DW_TAG_lexical_block
+                | gimli::DW_TAG_inlined_subroutine => {
+                    let (hit, low) = self.die_contains(unit, e, addr)?;
+                    if hit {
+                        let entry = match e.attr_value(gimli::DW_AT_entry_pc) {
+                            Some(AttributeValue::Addr(a)) => Some(a),
+                            _ => low,
+                        };
+                        chain.push(Scope {
+                            tag: e.tag(),
+                            offset: e.offset(),
+                            entry,
+                        });
+                        self.descend(unit, child, addr, chain, depth + 1)?;
+                        return Ok(true);
+                    }
+                }
+                gimli::DW_TAG_namespace
+                | gimli::DW_TAG_module
+                | gimli::DW_TAG_structure_type
+                | gimli::DW_TAG_class_type
+                | gimli::DW_TAG_union_type
+                | gimli::DW_TAG_enumeration_type
+                    if chain.is_empty() =>
+                {
+                    if self.descend(unit, child, addr, chain, depth + 1)? {
+                        return Ok(true);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// The function chain at an address, innermost first (inlined callees first, the
+    /// containing function last).
+    pub(crate) fn function_chain(&self, ui: usize, chain: &[Scope]) -> Vec<String> {
+        chain
+            .iter()
+            .rev()
+            .filter(|s| s.is_function())
+            .map(|s| self.function_name(ui, s.offset))
+            .collect()
+    }
+}

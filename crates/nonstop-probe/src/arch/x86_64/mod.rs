@@ -1,0 +1,5 @@
+//! x86_64: instruction analysis and relocation, register access, assembly helpers.
+
+pub mod asm;
+pub mod context;
+pub mod site;

@@ -1,0 +1,1222 @@
+//! The engine: the probe table read by the trap handler, arming and disarming, the trap
+//! handler itself, limits and capture.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nonstop_model::capture::{CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute};
+
+use crate::arch::asm;
+use crate::arch::context::Context;
+use crate::arch::site::{self, Emulation, SiteError};
+use crate::limits::{Budget, Gcra};
+use crate::ring::{RecordMeta, Ring};
+use crate::signals;
+use crate::slots::{self, Slots};
+use crate::sys;
+
+/// Most probes armed (or retiring) at once.
+pub const MAX_PROBES: usize = 4096;
+/// Cells of the address table; an address keeps its cell once armed (see `table_find`).
+const TABLE_CELLS: usize = 16384;
+
+const FREE: u8 = 0;
+const ARMED: u8 = 1;
+const RETIRED: u8 = 2;
+
+const REASON_NONE: u8 = 0;
+const REASON_MAX_HITS: u8 = 1;
+const REASON_TIME_CAP: u8 = 2;
+
+/// A probe's state, shared with the trap handler. All fields are atomics; the arming
+/// thread writes the configuration before publishing the address in the table (release)
+/// and the handler reads it after finding the address (acquire).
+struct ProbeState {
+    addr: AtomicU64,
+    id: AtomicU64,
+    status: AtomicU8,
+    orig_byte: AtomicU8,
+    emulation: AtomicU32,
+    target: AtomicU64,
+    next_ip: AtomicU64,
+    slot: AtomicU64,
+    plan: AtomicPtr<CapturePlan>,
+    max_hits: AtomicU64,
+    time_cap_ns: AtomicU64,
+    rate: Gcra,
+    in_flight: AtomicU32,
+    traps: AtomicU64,
+    hits: AtomicU64,
+    dropped_rate: AtomicU64,
+    dropped_budget: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_nested: AtomicU64,
+    slowest_ns: AtomicU64,
+    done: AtomicBool,
+    reason: AtomicU8,
+    reason_ns: AtomicU64,
+}
+
+impl ProbeState {
+    const fn new() -> ProbeState {
+        ProbeState {
+            addr: AtomicU64::new(0),
+            id: AtomicU64::new(0),
+            status: AtomicU8::new(FREE),
+            orig_byte: AtomicU8::new(0),
+            emulation: AtomicU32::new(0),
+            target: AtomicU64::new(0),
+            next_ip: AtomicU64::new(0),
+            slot: AtomicU64::new(0),
+            plan: AtomicPtr::new(std::ptr::null_mut()),
+            max_hits: AtomicU64::new(u64::MAX),
+            time_cap_ns: AtomicU64::new(u64::MAX),
+            rate: Gcra::new(),
+            in_flight: AtomicU32::new(0),
+            traps: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            dropped_rate: AtomicU64::new(0),
+            dropped_budget: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            dropped_nested: AtomicU64::new(0),
+            slowest_ns: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+            reason: AtomicU8::new(REASON_NONE),
+            reason_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn reset_counters(&self) {
+        for c in [
+            &self.traps,
+            &self.hits,
+            &self.dropped_rate,
+            &self.dropped_budget,
+            &self.dropped_full,
+            &self.dropped_nested,
+            &self.slowest_ns,
+            &self.reason_ns,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.done.store(false, Ordering::Relaxed);
+        self.reason.store(REASON_NONE, Ordering::Relaxed);
+    }
+
+    fn stats(&self, armed: bool) -> ProbeStats {
+        let r = Ordering::Relaxed;
+        ProbeStats {
+            armed,
+            traps: self.traps.load(r),
+            hits: self.hits.load(r),
+            dropped_rate: self.dropped_rate.load(r),
+            dropped_budget: self.dropped_budget.load(r),
+            dropped_full: self.dropped_full.load(r),
+            dropped_nested: self.dropped_nested.load(r),
+            slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
+            done: self.done.load(r),
+            disarm_reason: match self.reason.load(r) {
+                REASON_MAX_HITS => Some(DisarmReason::MaxHits),
+                REASON_TIME_CAP => Some(DisarmReason::TimeCap {
+                    took: Duration::from_nanos(self.reason_ns.load(r)),
+                }),
+                _ => None,
+            },
+        }
+    }
+
+    /// Marks the probe done with a reason (first reason wins).
+    fn finish(&self, reason: u8, ns: u64) {
+        if self
+            .reason
+            .compare_exchange(REASON_NONE, reason, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.reason_ns.store(ns, Ordering::Relaxed);
+        }
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+static STATES: [ProbeState; MAX_PROBES] = [const { ProbeState::new() }; MAX_PROBES];
+static KEYS: [AtomicU64; TABLE_CELLS] = [const { AtomicU64::new(0) }; TABLE_CELLS];
+/// State index + 1, or 0: "was a probe, now retired: re-run the original instruction".
+static VALS: [AtomicU32; TABLE_CELLS] = [const { AtomicU32::new(0) }; TABLE_CELLS];
+static ENGINE: AtomicPtr<Engine> = AtomicPtr::new(std::ptr::null_mut());
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+fn hash(addr: u64) -> usize {
+    (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % TABLE_CELLS
+}
+
+/// The cell of `addr`, if it was ever armed. Lock-free; cells are never emptied, so a
+/// trap that arrives late for a retired probe is still recognised as ours.
+fn table_find(addr: u64) -> Option<usize> {
+    if addr == 0 {
+        return None;
+    }
+    let start = hash(addr);
+    for k in 0..TABLE_CELLS {
+        let i = (start + k) % TABLE_CELLS;
+        let key = KEYS.get(i)?.load(Ordering::Acquire);
+        if key == addr {
+            return Some(i);
+        }
+        if key == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+/// The cell for `addr`, claiming an empty one (arming thread only). Keeps a quarter free.
+fn table_cell(addr: u64, used: &mut usize) -> Option<usize> {
+    if let Some(i) = table_find(addr) {
+        return Some(i);
+    }
+    if *used >= TABLE_CELLS * 3 / 4 {
+        return None;
+    }
+    let start = hash(addr);
+    for k in 0..TABLE_CELLS {
+        let i = (start + k) % TABLE_CELLS;
+        if KEYS[i].load(Ordering::Relaxed) == 0 {
+            VALS[i].store(0, Ordering::Relaxed);
+            KEYS[i].store(addr, Ordering::Release);
+            *used += 1;
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// A probe's identity (unique for the life of the process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProbeId(pub u64);
+
+impl std::fmt::Display for ProbeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "probe {}", self.0)
+    }
+}
+
+/// A rate limit: `per_second` hits on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Average hits per second.
+    pub per_second: f64,
+    /// Hits allowed back to back.
+    pub burst: u32,
+}
+
+/// What to arm.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    /// The instruction address (must be the start of an instruction).
+    pub address: u64,
+    /// What to capture at each hit.
+    pub plan: Arc<CapturePlan>,
+    /// Stop capturing after this many hits (then `ProbeStats::done`).
+    pub max_hits: Option<u64>,
+    /// Drop hits above this rate.
+    pub rate: Option<RateLimit>,
+    /// A hit whose capture takes longer marks the probe for disarm (default 10 ms).
+    pub time_cap: Duration,
+}
+
+impl ProbeSpec {
+    /// A spec with no limits but the default time cap.
+    pub fn new(address: u64, plan: Arc<CapturePlan>) -> ProbeSpec {
+        ProbeSpec {
+            address,
+            plan,
+            max_hits: None,
+            rate: None,
+            time_cap: DEFAULT_TIME_CAP,
+        }
+    }
+}
+
+/// The per-hit time cap of DESIGN.md's defaults.
+pub const DEFAULT_TIME_CAP: Duration = Duration::from_millis(10);
+
+/// Why a probe asks to be disarmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisarmReason {
+    /// It reached its max hits.
+    MaxHits,
+    /// One hit's capture took longer than the time cap.
+    TimeCap {
+        /// How long that hit took.
+        took: Duration,
+    },
+}
+
+impl std::fmt::Display for DisarmReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisarmReason::MaxHits => write!(f, "reached its max hits"),
+            DisarmReason::TimeCap { took } => {
+                write!(f, "one hit took {took:?}, over the per-hit time cap")
+            }
+        }
+    }
+}
+
+/// Counters of one probe. `dropped_*` should be 0; when greater, hits were lost for that
+/// reason (`dropped_budget` > 0 means the rule is `rate-limited`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ProbeStats {
+    /// Still armed.
+    pub armed: bool,
+    /// Executions of the probe site (every trap).
+    pub traps: u64,
+    /// Hits captured into the ring.
+    pub hits: u64,
+    /// Hits dropped by the probe's rate limit.
+    pub dropped_rate: u64,
+    /// Hits dropped because the global trap budget was exceeded.
+    pub dropped_budget: u64,
+    /// Hits dropped because the ring was full (or no capture stack was free).
+    pub dropped_full: u64,
+    /// Hits not captured because they happened inside the trap handler on the same thread.
+    pub dropped_nested: u64,
+    /// The slowest capture.
+    pub slowest_hit: Duration,
+    /// The probe stopped capturing (max hits or time cap); the agent should disarm it.
+    pub done: bool,
+    /// Why it is done.
+    pub disarm_reason: Option<DisarmReason>,
+}
+
+/// One captured hit, as the agent thread drains it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'a> {
+    /// The probe.
+    pub probe: ProbeId,
+    /// CLOCK_MONOTONIC at the hit, in ns.
+    pub time_ns: u64,
+    /// The thread id (`gettid`).
+    pub tid: u32,
+    /// The capture record (`nonstop_model::capture::CapturedMemory::parse` reads it).
+    pub record: &'a [u8],
+}
+
+/// Why a probe cannot be armed or disarmed; the message is for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ArmError {
+    /// The engine could not start.
+    Engine(EngineError),
+    /// The address is not in mapped memory.
+    NotMapped {
+        /// The address.
+        address: u64,
+    },
+    /// The address is not in executable memory.
+    NotCode {
+        /// The address.
+        address: u64,
+    },
+    /// The bytes there are not a valid instruction.
+    Undecodable {
+        /// The address.
+        address: u64,
+    },
+    /// The instruction cannot be probed.
+    Unsupported {
+        /// The address.
+        address: u64,
+        /// The instruction as text.
+        instruction: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Relocating the instruction out of line failed.
+    Relocation {
+        /// The address.
+        address: u64,
+        /// The instruction as text.
+        instruction: String,
+        /// Details.
+        detail: String,
+    },
+    /// No memory for out-of-line slots within ±2 GB of the address.
+    NoSlotNearby {
+        /// The address.
+        address: u64,
+    },
+    /// A probe is already armed there.
+    AlreadyArmed {
+        /// The address.
+        address: u64,
+    },
+    /// Too many probes.
+    TooManyProbes {
+        /// The limit.
+        max: usize,
+    },
+    /// Writing the code failed.
+    Patch {
+        /// The address.
+        address: u64,
+        /// The system's error.
+        error: String,
+    },
+    /// No such armed probe.
+    UnknownProbe(ProbeId),
+    /// This process is a forked child of the one that armed probes; they were disarmed here.
+    Forked,
+}
+
+impl std::fmt::Display for ArmError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArmError::Engine(e) => write!(f, "probe engine unavailable: {e}"),
+            ArmError::NotMapped { address } => {
+                write!(f, "cannot probe {address:#x}: nothing is mapped there")
+            }
+            ArmError::NotCode { address } => {
+                write!(f, "cannot probe {address:#x}: not in executable memory")
+            }
+            ArmError::Undecodable { address } => {
+                write!(f, "cannot probe {address:#x}: no valid instruction there")
+            }
+            ArmError::Unsupported {
+                address,
+                instruction,
+                reason,
+            } => write!(
+                f,
+                "cannot probe {address:#x}: instruction `{instruction}` cannot run out of line ({reason})"
+            ),
+            ArmError::Relocation {
+                address,
+                instruction,
+                detail,
+            } => write!(
+                f,
+                "cannot probe {address:#x}: cannot relocate `{instruction}`: {detail}"
+            ),
+            ArmError::NoSlotNearby { address } => write!(
+                f,
+                "cannot probe {address:#x}: no free address space within ±2 GB for its out-of-line copy"
+            ),
+            ArmError::AlreadyArmed { address } => {
+                write!(f, "a probe is already armed at {address:#x}")
+            }
+            ArmError::TooManyProbes { max } => write!(f, "too many probes (at most {max} at once)"),
+            ArmError::Patch { address, error } => write!(
+                f,
+                "cannot write code at {address:#x} through /proc/self/mem: {error} (a hardened kernel may forbid it)"
+            ),
+            ArmError::UnknownProbe(id) => write!(f, "{id} is not armed"),
+            ArmError::Forked => write!(f, "probes cannot be changed in a forked child process"),
+        }
+    }
+}
+
+impl std::error::Error for ArmError {}
+
+/// Why the engine could not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// `/proc/self/mem` could not be opened.
+    ProcMem(String),
+    /// The signal handlers could not be installed.
+    Signals(String),
+    /// Memory for the ring or capture stacks could not be mapped.
+    OutOfMemory,
+}
+
+impl std::fmt::Display for EngineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineError::ProcMem(e) => write!(f, "cannot open /proc/self/mem: {e}"),
+            EngineError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            EngineError::OutOfMemory => write!(f, "cannot map memory for the hit buffer"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// Engine settings, fixed at the first [`Engine::init`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Records in the hit ring (rounded up to a power of two).
+    pub ring_slots: usize,
+    /// Bytes per record.
+    pub ring_slot_size: usize,
+    /// Share of one core the trap handler may use over `budget_window` (DESIGN: 1%).
+    pub budget: f64,
+    /// The budget's sliding window.
+    pub budget_window: Duration,
+    /// How long a retired slot waits before reuse, after no handler is using it.
+    pub grace: Duration,
+    /// Captures that may run at once (each on its own preallocated stack).
+    pub capture_stacks: u32,
+    /// Bytes of each capture stack.
+    pub capture_stack_size: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            ring_slots: 256,
+            ring_slot_size: 64 * 1024,
+            budget: 0.01,
+            budget_window: Duration::from_secs(1),
+            grace: Duration::from_millis(100),
+            capture_stacks: 16,
+            capture_stack_size: 256 * 1024,
+        }
+    }
+}
+
+/// Preallocated stacks the capture runs on (the signal stack may be small).
+struct StackPool {
+    base: u64,
+    stride: u64,
+    size: u64,
+    free: AtomicU64,
+}
+
+impl StackPool {
+    fn new(count: u32, size: usize) -> Option<StackPool> {
+        let count = count.clamp(1, 64);
+        let size = (size as u64).max(64 * 1024).next_multiple_of(4096);
+        let stride = size + 4096;
+        let base = sys::mmap_anon((stride * count as u64) as usize)?;
+        for i in 0..count as u64 {
+            sys::protect_none(base + i * stride, 4096);
+        }
+        let free = if count == 64 {
+            u64::MAX
+        } else {
+            (1u64 << count) - 1
+        };
+        Some(StackPool {
+            base,
+            stride,
+            size,
+            free: AtomicU64::new(free),
+        })
+    }
+
+    fn take(&self) -> Option<u32> {
+        let mut m = self.free.load(Ordering::Acquire);
+        loop {
+            if m == 0 {
+                return None;
+            }
+            let bit = m.trailing_zeros();
+            match self.free.compare_exchange_weak(
+                m,
+                m & !(1 << bit),
+                Ordering::Acquire,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(bit),
+                Err(now) => m = now,
+            }
+        }
+    }
+
+    fn top(&self, i: u32) -> u64 {
+        self.base + i as u64 * self.stride + 4096 + self.size
+    }
+
+    fn give(&self, i: u32) {
+        self.free.fetch_or(1 << i, Ordering::Release);
+    }
+}
+
+/// Reentrancy guard: thread pointers of threads inside the trap handler.
+static ACTIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+
+fn thread_pointer() -> u64 {
+    let tp: u64;
+    // SAFETY: on x86_64 Linux, fs:0 holds the thread control block's own address (glibc
+    // and musl); reading it has no side effects and needs no TLS initialisation.
+    unsafe {
+        std::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    tp
+}
+
+fn guard_enter(tp: u64) -> Option<usize> {
+    if ACTIVE.iter().any(|c| c.load(Ordering::Acquire) == tp) {
+        return None;
+    }
+    let start = (tp >> 6) as usize % ACTIVE.len();
+    (0..ACTIVE.len())
+        .map(|k| (start + k) % ACTIVE.len())
+        .find(|&i| {
+            ACTIVE[i]
+                .compare_exchange(0, tp, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+}
+
+fn guard_exit(i: usize) {
+    if let Some(c) = ACTIVE.get(i) {
+        c.store(0, Ordering::Release);
+    }
+}
+
+/// Fault-safe reads of this process's memory: a guarded copy whose faults the SIGSEGV/SIGBUS
+/// handler turns into `Err(Fault)`, or `process_vm_readv` when the handlers are not installed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SafeMemory;
+
+impl Memory for SafeMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if addr < 4096 || addr.checked_add(buf.len() as u64).is_none() {
+            return Err(ReadError::Fault);
+        }
+        let ok = if signals::installed() {
+            // SAFETY: `buf` is an exclusively borrowed buffer of `buf.len()` bytes; the source
+            // may be anything: faults are caught by the installed handler.
+            unsafe { asm::guarded_copy(buf.as_mut_ptr(), addr as *const u8, buf.len()) }
+        } else {
+            sys::process_vm_read(addr, buf)
+        };
+        if ok { Ok(()) } else { Err(ReadError::Fault) }
+    }
+}
+
+fn write_u64_guarded(addr: u64, v: u64) -> bool {
+    let bytes = v.to_le_bytes();
+    // SAFETY: writes 8 bytes to the interrupted thread's stack below its stack pointer,
+    // exactly what the emulated push/call would write; a fault returns false.
+    unsafe { asm::guarded_copy(addr as *mut u8, bytes.as_ptr(), 8) }
+}
+
+struct Job {
+    plan: *const CapturePlan,
+    regs: Registers,
+    out: *mut u8,
+    out_len: usize,
+    outcome: CaptureOutcome,
+}
+
+unsafe extern "C" fn run_job(arg: *mut u8) {
+    // SAFETY: `arg` is the `Job` on the handler's stack passed by `capture`, alive and
+    // exclusively ours for this call.
+    let job = unsafe { &mut *arg.cast::<Job>() };
+    // SAFETY: the plan is kept alive by the probe (freed only after quarantine), and `out`
+    // is the reserved ring slot of `out_len` bytes, exclusive until commit.
+    let (plan, out) = unsafe {
+        (
+            &*job.plan,
+            std::slice::from_raw_parts_mut(job.out, job.out_len),
+        )
+    };
+    job.outcome = execute(plan, &job.regs, &SafeMemory, out);
+}
+
+struct Retired {
+    id: u64,
+    idx: usize,
+    at: Instant,
+}
+
+/// The out-of-line slot of a site. A slot keeps its code for as long as the site's bytes
+/// are the same, so a thread that is preempted inside a slot (on return from the handler,
+/// a common preemption point) finds the same instructions there however long it waits;
+/// slots are rewritten only when a site's bytes changed, after a long quarantine.
+struct SiteSlot {
+    slot: u64,
+    bytes: [u8; 16],
+}
+
+struct Arming {
+    mem_fd: RawFd,
+    next_id: u64,
+    live: HashMap<u64, (usize, usize)>,
+    finished: HashMap<u64, ProbeStats>,
+    free: Vec<usize>,
+    quarantine: Vec<Retired>,
+    slots: Slots,
+    site_slots: HashMap<u64, SiteSlot>,
+    /// Slots of sites whose bytes changed, with when they were replaced.
+    stale_slots: Vec<(u64, Instant)>,
+    table_used: usize,
+}
+
+/// The process-global probe engine. See the crate docs.
+pub struct Engine {
+    config: EngineConfig,
+    ring: Ring,
+    budget: Budget,
+    stacks: StackPool,
+    sync_core: bool,
+    arming: Mutex<Arming>,
+}
+
+static CELL: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
+
+impl Engine {
+    /// The engine, started with the default settings on first use.
+    pub fn get() -> Result<&'static Engine, EngineError> {
+        Engine::init(EngineConfig::default())
+    }
+
+    /// The engine, started with `config` if this is the first call (later calls return the
+    /// running engine and ignore `config`).
+    pub fn init(config: EngineConfig) -> Result<&'static Engine, EngineError> {
+        let r = CELL.get_or_init(|| Engine::start(config));
+        match r {
+            Ok(e) => {
+                ENGINE.store(e as *const Engine as *mut Engine, Ordering::Release);
+                Ok(e)
+            }
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let mem_fd = sys::open_proc_self_mem().map_err(|e| EngineError::ProcMem(e.to_string()))?;
+        let ring =
+            Ring::new(config.ring_slots, config.ring_slot_size).ok_or(EngineError::OutOfMemory)?;
+        let stacks = StackPool::new(config.capture_stacks, config.capture_stack_size)
+            .ok_or(EngineError::OutOfMemory)?;
+        let budget = Budget::new();
+        budget.set(config.budget, config.budget_window.as_nanos() as u64);
+        let sync_core = sys::membarrier_register_sync_core();
+        signals::install(on_sigtrap, on_fault).map_err(EngineError::Signals)?;
+        // SAFETY: registering a child hook that only uses async-signal-safe calls.
+        unsafe { libc::pthread_atfork(None, None, Some(atfork_child)) };
+        Ok(Engine {
+            config,
+            ring,
+            budget,
+            stacks,
+            sync_core,
+            arming: Mutex::new(Arming {
+                mem_fd,
+                next_id: 1,
+                live: HashMap::new(),
+                finished: HashMap::new(),
+                free: (0..MAX_PROBES).rev().collect(),
+                quarantine: Vec::new(),
+                slots: Slots::default(),
+                site_slots: HashMap::new(),
+                stale_slots: Vec::new(),
+                table_used: 0,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arming> {
+        self.arming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sync(&self) {
+        if self.sync_core {
+            sys::membarrier_sync_core();
+        }
+    }
+
+    /// Arms a probe: from now on every execution of `spec.address` is a hit. Other threads
+    /// keep running; the instruction there still runs exactly once per execution.
+    pub fn arm(&self, spec: ProbeSpec) -> Result<ProbeId, ArmError> {
+        if FORKED.load(Ordering::Acquire) {
+            return Err(ArmError::Forked);
+        }
+        let address = spec.address;
+        let mut a = self.lock();
+        self.reap(&mut a);
+        if let Some(cell) = table_find(address)
+            && VALS[cell].load(Ordering::Acquire) != 0
+        {
+            return Err(ArmError::AlreadyArmed { address });
+        }
+        let maps = slots::read_maps();
+        let Some(m) = maps.iter().find(|m| m.start <= address && address < m.end) else {
+            return Err(ArmError::NotMapped { address });
+        };
+        if !m.exec {
+            return Err(ArmError::NotCode { address });
+        }
+        let bytes = site_bytes(address, m.end);
+        let site = site::analyze(address, &bytes).map_err(|e| site_error(address, e))?;
+        let needs_slot = matches!(
+            site.emulation,
+            Emulation::OutOfLine | Emulation::CallRel | Emulation::Push(_)
+        );
+        let slot = if needs_slot {
+            self.slot_for(&mut a, &site, address, &maps)?
+        } else {
+            0
+        };
+        let Some(idx) = a.free.pop() else {
+            return Err(ArmError::TooManyProbes { max: MAX_PROBES });
+        };
+        let mut used = a.table_used;
+        let Some(cell) = table_cell(address, &mut used) else {
+            a.free.push(idx);
+            return Err(ArmError::TooManyProbes { max: MAX_PROBES });
+        };
+        a.table_used = used;
+        let id = a.next_id;
+        a.next_id += 1;
+        let p = &STATES[idx];
+        let r = Ordering::Relaxed;
+        p.reset_counters();
+        p.addr.store(address, r);
+        p.id.store(id, r);
+        p.orig_byte.store(site.bytes[0], r);
+        p.emulation.store(site.emulation.pack(), r);
+        p.target.store(site.target, r);
+        p.next_ip.store(site.next_ip, r);
+        p.slot.store(slot, r);
+        p.plan
+            .store(Arc::into_raw(spec.plan) as *mut CapturePlan, r);
+        p.max_hits.store(spec.max_hits.unwrap_or(u64::MAX), r);
+        p.time_cap_ns.store(
+            u64::try_from(spec.time_cap.as_nanos()).unwrap_or(u64::MAX),
+            r,
+        );
+        match spec.rate {
+            Some(l) => p.rate.set(Some(l.per_second), l.burst),
+            None => p.rate.set(None, 1),
+        }
+        p.status.store(ARMED, Ordering::SeqCst);
+        VALS[cell].store(idx as u32 + 1, Ordering::Release);
+        if let Err(e) = sys::write_mem(a.mem_fd, address, &[0xcc]) {
+            VALS[cell].store(0, Ordering::Release);
+            p.status.store(RETIRED, Ordering::SeqCst);
+            a.quarantine.push(Retired {
+                id,
+                idx,
+                at: Instant::now(),
+            });
+            return Err(ArmError::Patch {
+                address,
+                error: e.to_string(),
+            });
+        }
+        self.sync();
+        a.live.insert(id, (idx, cell));
+        Ok(ProbeId(id))
+    }
+
+    /// Disarms a probe: the original byte is back when this returns; its slot is reused
+    /// only once no thread can be inside it.
+    pub fn disarm(&self, id: ProbeId) -> Result<(), ArmError> {
+        let mut a = self.lock();
+        let Some(&(idx, cell)) = a.live.get(&id.0) else {
+            return Err(ArmError::UnknownProbe(id));
+        };
+        let p = &STATES[idx];
+        let address = p.addr.load(Ordering::Relaxed);
+        if !FORKED.load(Ordering::Acquire) {
+            let orig = p.orig_byte.load(Ordering::Relaxed);
+            sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
+                address,
+                error: e.to_string(),
+            })?;
+            self.sync();
+        }
+        a.live.remove(&id.0);
+        p.status.store(RETIRED, Ordering::SeqCst);
+        VALS[cell].store(0, Ordering::Release);
+        a.finished.insert(id.0, p.stats(false));
+        a.quarantine.push(Retired {
+            id: id.0,
+            idx,
+            at: Instant::now(),
+        });
+        self.reap(&mut a);
+        Ok(())
+    }
+
+    /// The slot of a site: the existing one when its bytes are unchanged, else a new one.
+    fn slot_for(
+        &self,
+        a: &mut Arming,
+        site: &site::Site,
+        address: u64,
+        maps: &[slots::Mapping],
+    ) -> Result<u64, ArmError> {
+        if let Some(s) = a.site_slots.get(&address) {
+            if s.bytes == site.bytes {
+                return Ok(s.slot);
+            }
+        }
+        let slot = a
+            .slots
+            .alloc_near(address, maps)
+            .ok_or(ArmError::NoSlotNearby { address })?;
+        let written = site::slot_code(site, slot)
+            .map_err(|e| site_error(address, e))
+            .and_then(|code| {
+                sys::write_mem(a.mem_fd, slot, &code).map_err(|e| ArmError::Patch {
+                    address: slot,
+                    error: e.to_string(),
+                })
+            });
+        if let Err(e) = written {
+            a.slots.free(slot);
+            return Err(e);
+        }
+        self.sync();
+        let old = a.site_slots.insert(
+            address,
+            SiteSlot {
+                slot,
+                bytes: site.bytes,
+            },
+        );
+        if let Some(old) = old {
+            a.stale_slots.push((old.slot, Instant::now()));
+        }
+        Ok(slot)
+    }
+
+    /// Frees retired probes that no thread can be using any more.
+    fn reap(&self, a: &mut Arming) {
+        let grace = self.config.grace;
+        let stale_grace = grace * 10;
+        let mut i = 0;
+        while i < a.stale_slots.len() {
+            if a.stale_slots[i].1.elapsed() >= stale_grace {
+                let (slot, _) = a.stale_slots.swap_remove(i);
+                a.slots.free(slot);
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < a.quarantine.len() {
+            let r = &a.quarantine[i];
+            let p = &STATES[r.idx];
+            if r.at.elapsed() < grace || p.in_flight.load(Ordering::SeqCst) != 0 {
+                i += 1;
+                continue;
+            }
+            let r = a.quarantine.swap_remove(i);
+            a.finished.insert(r.id, p.stats(false));
+            let plan = p.plan.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if !plan.is_null() {
+                // SAFETY: the pointer came from Arc::into_raw at arm time and no handler can
+                // use it any more (in_flight is 0 and the grace period passed).
+                drop(unsafe { Arc::from_raw(plan) });
+            }
+            p.addr.store(0, Ordering::Relaxed);
+            p.status.store(FREE, Ordering::SeqCst);
+            a.free.push(r.idx);
+        }
+    }
+
+    /// Counters of a probe, armed or disarmed.
+    pub fn stats(&self, id: ProbeId) -> Option<ProbeStats> {
+        let a = self.lock();
+        if let Some(&(idx, _)) = a.live.get(&id.0) {
+            return Some(STATES[idx].stats(true));
+        }
+        if let Some(r) = a.quarantine.iter().find(|r| r.id == id.0) {
+            return Some(STATES[r.idx].stats(false));
+        }
+        a.finished.get(&id.0).copied()
+    }
+
+    /// Hands every committed hit to `f`, oldest first; returns how many. Call from one
+    /// thread (the agent's); the records are valid only during `f`.
+    pub fn drain(&self, mut f: impl FnMut(Hit<'_>)) -> usize {
+        let n = self.ring.drain(|m, record| {
+            f(Hit {
+                probe: ProbeId(m.probe),
+                time_ns: m.time_ns,
+                tid: m.tid,
+                record,
+            })
+        });
+        if let Ok(mut a) = self.arming.try_lock() {
+            self.reap(&mut a);
+        }
+        n
+    }
+
+    /// Probes armed now.
+    pub fn armed_count(&self) -> usize {
+        self.lock().live.len()
+    }
+
+    /// Whether the SIGTRAP/SIGSEGV/SIGBUS handlers are still ours; if not, disarm all.
+    pub fn signals_owned(&self) -> bool {
+        signals::owned()
+    }
+
+    /// Bytes one record may take (the ring's slot size).
+    pub fn record_capacity(&self) -> usize {
+        self.ring.slot_size()
+    }
+}
+
+fn site_error(address: u64, e: SiteError) -> ArmError {
+    match e {
+        SiteError::Undecodable => ArmError::Undecodable { address },
+        SiteError::Unsupported {
+            instruction,
+            reason,
+        } => ArmError::Unsupported {
+            address,
+            instruction,
+            reason,
+        },
+        SiteError::Relocation {
+            instruction,
+            detail,
+        } => ArmError::Relocation {
+            address,
+            instruction,
+            detail,
+        },
+    }
+}
+
+/// Up to 15 live bytes at `addr`, not past the end of its mapping.
+fn site_bytes(addr: u64, map_end: u64) -> Vec<u8> {
+    let n = (map_end - addr).min(15) as usize;
+    let mut buf = vec![0u8; n];
+    if SafeMemory.read(addr, &mut buf).is_err() {
+        buf.clear();
+    }
+    buf
+}
+
+extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    if !handle_trap(info, uc) {
+        signals::forward(sig, info, uc);
+    }
+}
+
+extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    signals::handle_fault(sig, info, uc);
+}
+
+/// The trap path. Returns false when the trap is not ours. No allocation, no locks, no
+/// TLS, no panics: every index is checked and every call is async-signal-safe.
+fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
+    // SAFETY: the kernel's siginfo for this handler (or null).
+    let Some(info) = (unsafe { info.as_ref() }) else {
+        return false;
+    };
+    if info.si_code != libc::SI_KERNEL {
+        return false;
+    }
+    // SAFETY: the kernel's ucontext for this running handler; we are its only user.
+    let Some(mut ctx) = (unsafe { Context::new(uc) }) else {
+        return false;
+    };
+    let addr = ctx.rip().wrapping_sub(1);
+    let Some(cell) = table_find(addr) else {
+        return false;
+    };
+    let v = VALS
+        .get(cell)
+        .map(|v| v.load(Ordering::Acquire))
+        .unwrap_or(0);
+    let state = (v as usize).checked_sub(1).and_then(|i| STATES.get(i));
+    let Some(p) = state else {
+        // Retired: the original byte is back (or a new probe is there); run it again.
+        ctx.set_rip(addr);
+        return true;
+    };
+    p.in_flight.fetch_add(1, Ordering::SeqCst);
+    if p.status.load(Ordering::SeqCst) != ARMED || p.addr.load(Ordering::Acquire) != addr {
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        ctx.set_rip(addr);
+        return true;
+    }
+    let t0 = sys::now_ns();
+    p.traps.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
+    let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
+    let guard = guard_enter(thread_pointer());
+    match (guard, engine) {
+        (Some(_), Some(engine)) => capture(engine, p, &ctx, addr, t0),
+        (None, _) => {
+            p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    perform(p, &mut ctx);
+    if let Some(g) = guard {
+        guard_exit(g);
+    }
+    if let Some(engine) = engine {
+        let t1 = sys::now_ns();
+        engine.budget.charge(t1, t1.saturating_sub(t0));
+    }
+    p.in_flight.fetch_sub(1, Ordering::Release);
+    true
+}
+
+fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u64) {
+    let r = Ordering::Relaxed;
+    if p.done.load(Ordering::Acquire) {
+        return;
+    }
+    if !p.rate.allow(t0) {
+        p.dropped_rate.fetch_add(1, r);
+        return;
+    }
+    if engine.budget.exceeded(t0) {
+        p.dropped_budget.fetch_add(1, r);
+        return;
+    }
+    let max = p.max_hits.load(r);
+    let mut hits = p.hits.load(r);
+    loop {
+        if hits >= max {
+            p.finish(REASON_MAX_HITS, 0);
+            return;
+        }
+        match p
+            .hits
+            .compare_exchange_weak(hits, hits + 1, Ordering::AcqRel, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(h) => hits = h,
+        }
+    }
+    let Some(stack) = engine.stacks.take() else {
+        p.hits.fetch_sub(1, r);
+        p.dropped_full.fetch_add(1, r);
+        return;
+    };
+    let Some(res) = engine.ring.reserve() else {
+        engine.stacks.give(stack);
+        p.hits.fetch_sub(1, r);
+        p.dropped_full.fetch_add(1, r);
+        return;
+    };
+    let out = engine.ring.buffer(&res);
+    let mut job = Job {
+        plan: p.plan.load(Ordering::Acquire),
+        regs: Registers::default(),
+        out: out.as_mut_ptr(),
+        out_len: out.len(),
+        outcome: CaptureOutcome {
+            len: 0,
+            truncated: false,
+        },
+    };
+    ctx.registers(addr, &mut job.regs);
+    if !job.plan.is_null() {
+        // SAFETY: the job outlives the call; the stack is exclusively ours until `give`,
+        // 16-byte aligned at its top, and `run_job` cannot unwind (execute never panics).
+        unsafe {
+            asm::call_on_stack(
+                (&mut job as *mut Job).cast(),
+                run_job,
+                engine.stacks.top(stack),
+            )
+        };
+    }
+    engine.stacks.give(stack);
+    engine.ring.commit(
+        res,
+        RecordMeta {
+            probe: p.id.load(r),
+            time_ns: t0,
+            tid: sys::gettid(),
+            len: job.outcome.len as u32,
+        },
+    );
+    let took = sys::now_ns().saturating_sub(t0);
+    p.slowest_ns.fetch_max(took, r);
+    if took > p.time_cap_ns.load(r) {
+        p.finish(REASON_TIME_CAP, took);
+    }
+    if hits + 1 >= max {
+        p.finish(REASON_MAX_HITS, 0);
+    }
+}
+
+/// Performs the displaced instruction: emulated, or by resuming in the slot.
+fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
+    let r = Ordering::Relaxed;
+    let next = p.next_ip.load(r);
+    let target = p.target.load(r);
+    let slot = p.slot.load(r);
+    match Emulation::unpack(p.emulation.load(r)) {
+        Emulation::OutOfLine => ctx.set_rip(slot),
+        Emulation::Nop => ctx.set_rip(next),
+        Emulation::Jmp => ctx.set_rip(target),
+        Emulation::Jcc(c) => {
+            let taken = site::condition_holds(c, ctx.flags());
+            ctx.set_rip(if taken { target } else { next });
+        }
+        Emulation::CallRel => {
+            let sp = ctx.rsp().wrapping_sub(8);
+            if write_u64_guarded(sp, next) {
+                ctx.set_rsp(sp);
+                ctx.set_rip(target);
+            } else {
+                // The slot's `push [ret]; jmp target` faults as the call would have.
+                ctx.set_rip(slot);
+            }
+        }
+        Emulation::Push(reg) => {
+            let v = ctx.greg(reg as usize);
+            let sp = ctx.rsp().wrapping_sub(8);
+            if write_u64_guarded(sp, v) {
+                ctx.set_rsp(sp);
+                ctx.set_rip(next);
+            } else {
+                ctx.set_rip(slot);
+            }
+        }
+    }
+}
+
+/// In a forked child: put every original byte back (the child has no agent thread).
+/// Runs between fork and the child's return: async-signal-safe calls only.
+extern "C" fn atfork_child() {
+    FORKED.store(true, Ordering::Release);
+    // The parent's /proc/self/mem fd still points at the parent: open the child's own.
+    let fd = sys::open_proc_self_mem_raw();
+    if fd < 0 {
+        return;
+    }
+    for p in STATES.iter() {
+        if p.status.load(Ordering::Acquire) == ARMED {
+            sys::pwrite_byte(
+                fd,
+                p.addr.load(Ordering::Relaxed),
+                p.orig_byte.load(Ordering::Relaxed),
+            );
+            p.status.store(RETIRED, Ordering::SeqCst);
+        }
+    }
+    sys::close(fd);
+}
+
+/// Reads `buf.len()` bytes at `addr` without ever crashing: `Err(Fault)` when unmapped.
+pub fn read_memory(addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+    let _ = Engine::get();
+    SafeMemory.read(addr, buf)
+}
+
+/// The bytes of code at `addr` as they are now (for tests comparing with the original).
+pub fn text_bytes(addr: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    match read_memory(addr, &mut buf) {
+        Ok(()) => buf,
+        Err(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,140 @@
+//! Executable memory for out-of-line slots, placed within ±2 GB of the probed code so that
+//! RIP-relative operands and `jmp back` keep their rel32 forms. Chunks are mapped
+//! read+exec with address hints in the gaps of `/proc/self/maps` nearest the site (as
+//! uprobes' `find_nearest_page`) and written through `/proc/self/mem`; they are never
+//! unmapped, slots are reused after their quarantine.
+
+use crate::arch::site::SLOT_SIZE;
+use crate::sys;
+
+const CHUNK: u64 = 64 * 1024;
+/// Farthest a chunk may be from a site, with room for the chunk and operands around it.
+const REACH: u64 = (1 << 31) - (1 << 24);
+const PAGE: u64 = 4096;
+
+/// One line of `/proc/self/maps`.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// Executable.
+    pub exec: bool,
+    /// The path or pseudo-name (`[heap]`, `[stack]`), possibly empty.
+    pub name: String,
+}
+
+/// Reads `/proc/self/maps`.
+pub fn read_maps() -> Vec<Mapping> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let range = parts.next()?;
+            let perms = parts.next()?;
+            let name = parts.nth(3).unwrap_or("").to_string();
+            let (a, b) = range.split_once('-')?;
+            Some(Mapping {
+                start: u64::from_str_radix(a, 16).ok()?,
+                end: u64::from_str_radix(b, 16).ok()?,
+                exec: perms.as_bytes().get(2) == Some(&b'x'),
+                name,
+            })
+        })
+        .collect()
+}
+
+struct Chunk {
+    base: u64,
+    used: u64,
+    free: Vec<u64>,
+}
+
+/// The slot allocator (used by the arming thread only).
+#[derive(Default)]
+pub struct Slots {
+    chunks: Vec<Chunk>,
+}
+
+fn distance(a: u64, b: u64) -> u64 {
+    a.abs_diff(b)
+}
+
+impl Slots {
+    /// A slot within reach of `site`, mapping a new chunk when needed.
+    pub fn alloc_near(&mut self, site: u64, maps: &[Mapping]) -> Option<u64> {
+        for c in self.chunks.iter_mut() {
+            if distance(c.base, site) > REACH {
+                continue;
+            }
+            if let Some(s) = c.free.pop() {
+                return Some(s);
+            }
+            if c.used + SLOT_SIZE as u64 <= CHUNK {
+                let s = c.base + c.used;
+                c.used += SLOT_SIZE as u64;
+                return Some(s);
+            }
+        }
+        let base = map_chunk_near(site, maps)?;
+        self.chunks.push(Chunk {
+            base,
+            used: SLOT_SIZE as u64,
+            free: Vec::new(),
+        });
+        Some(base)
+    }
+
+    /// Returns a slot no thread can be inside any more.
+    pub fn free(&mut self, slot: u64) {
+        if let Some(c) = self
+            .chunks
+            .iter_mut()
+            .find(|c| slot >= c.base && slot < c.base + CHUNK)
+        {
+            c.free.push(slot);
+        }
+    }
+}
+
+fn map_chunk_near(site: u64, maps: &[Mapping]) -> Option<u64> {
+    let mut maps: Vec<&Mapping> = maps.iter().collect();
+    maps.sort_by_key(|m| m.start);
+    let mut candidates = Vec::new();
+    let low_limit = 0x10000u64;
+    for pair in maps.windows(2) {
+        let (prev, next) = (pair[0], pair[1]);
+        if next.start < prev.end + CHUNK {
+            continue;
+        }
+        if next.name == "[stack]" {
+            continue; // room the main stack grows into
+        }
+        // Nearest end of the gap to the site; above [heap] keep clear of brk growth.
+        if prev.end >= site && prev.name != "[heap]" {
+            candidates.push(prev.end.next_multiple_of(PAGE));
+        }
+        if next.start <= site || prev.name == "[heap]" {
+            candidates.push((next.start - CHUNK) & !(PAGE - 1));
+        }
+    }
+    if let Some(first) = maps.first()
+        && first.start >= low_limit + CHUNK
+    {
+        candidates.push((first.start - CHUNK) & !(PAGE - 1));
+    }
+    if let Some(last) = maps.last() {
+        candidates.push(last.end.next_multiple_of(PAGE));
+    }
+    candidates.retain(|&c| {
+        c >= low_limit
+            && c + CHUNK <= 0x7fff_ffff_0000
+            && distance(c, site) <= REACH
+            && distance(c + CHUNK, site) <= REACH
+    });
+    candidates.sort_by_key(|&c| distance(c, site));
+    candidates.into_iter().find_map(|c| {
+        sys::mmap_fixed_noreplace(c, CHUNK as usize, libc::PROT_READ | libc::PROT_EXEC)
+    })
+}

@@ -1,0 +1,206 @@
+//! Thin wrappers over the Linux system calls the engine uses. Everything here that the trap
+//! path calls (`gettid`, `now_ns`, `sigprocmask`, `tgsigqueueinfo`) is async-signal-safe.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// `membarrier` commands (linux/membarrier.h); the libc crate does not name them all.
+const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
+
+/// Opens `/proc/self/mem` for reading and writing; writes through it use FOLL_FORCE, so
+/// text can be patched without changing page protections.
+pub fn open_proc_self_mem() -> io::Result<RawFd> {
+    // SAFETY: the path is a NUL-terminated literal; open has no other preconditions.
+    let fd = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd)
+    }
+}
+
+/// Closes a file descriptor, ignoring errors.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing a descriptor we own; no memory is touched.
+    unsafe { libc::close(fd) };
+}
+
+/// Writes all of `bytes` at address `addr` of the process through a `/proc/self/mem` fd.
+pub fn write_mem(fd: RawFd, addr: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let rest = &bytes[done..];
+        // SAFETY: `rest` is a valid readable buffer of `rest.len()` bytes; the kernel
+        // writes into the process's memory at the given offset, which is the caller's intent.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                rest.as_ptr().cast(),
+                rest.len(),
+                (addr + done as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    }
+}
+
+/// Registers the process for `PRIVATE_EXPEDITED_SYNC_CORE`; false when the kernel lacks it.
+pub fn membarrier_register_sync_core() -> bool {
+    let supported = membarrier(MEMBARRIER_CMD_QUERY);
+    if supported < 0 || supported & MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE as libc::c_long == 0
+    {
+        return false;
+    }
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) == 0
+}
+
+/// Makes every running thread of the process execute a core-serializing instruction.
+pub fn membarrier_sync_core() -> bool {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) == 0
+}
+
+/// Maps `len` bytes of anonymous memory exactly at `addr` without replacing anything.
+pub fn mmap_fixed_noreplace(addr: u64, len: usize, prot: libc::c_int) -> Option<u64> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no memory that
+    // anything refers to is affected; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as u64 != addr {
+        // Kernels before 4.17 treat the flag as a hint; give the wrong place back.
+        // SAFETY: `p` is the mapping just created and nothing refers to it.
+        unsafe { libc::munmap(p, len) };
+        return None;
+    }
+    Some(p as u64)
+}
+
+/// Maps `len` bytes of anonymous read-write memory anywhere.
+pub fn mmap_anon(len: usize) -> Option<u64> {
+    // SAFETY: a fresh anonymous mapping at an address the kernel chooses.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as u64)
+}
+
+/// Makes `len` bytes at `addr` inaccessible (guard pages).
+pub fn protect_none(addr: u64, len: usize) -> bool {
+    // SAFETY: only called on pages of a mapping this crate created and does not use.
+    unsafe { libc::mprotect(addr as *mut libc::c_void, len, libc::PROT_NONE) == 0 }
+}
+
+/// The calling thread's id (async-signal-safe).
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (vDSO; async-signal-safe).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Reads `buf.len()` bytes at `addr` of this process with `process_vm_readv`: slow (one
+/// system call) but never raises a signal. True when every byte was read.
+pub fn process_vm_read(addr: u64, buf: &mut [u8]) -> bool {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes our own writable buffer; the kernel checks `remote`.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    n >= 0 && n as usize == buf.len()
+}
+
+/// `rt_sigprocmask(how, set, old)` without libc's wrapper (async-signal-safe).
+pub fn sigprocmask(how: libc::c_int, set: &libc::sigset_t, old: &mut libc::sigset_t) {
+    // SAFETY: both pointers are valid sigsets; the kernel reads 8 bytes (NSIG/8) of each.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            how,
+            set as *const libc::sigset_t,
+            old as *mut libc::sigset_t,
+            8usize,
+        )
+    };
+}
+
+/// Queues `sig` with `info` to the calling thread (async-signal-safe).
+pub fn raise_with_info(sig: libc::c_int, info: &libc::siginfo_t) {
+    // SAFETY: `info` is a valid siginfo; getpid/gettid name this very thread.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_tgsigqueueinfo,
+            libc::getpid(),
+            gettid() as libc::pid_t,
+            sig,
+            info as *const libc::siginfo_t,
+        )
+    };
+}
+
+/// Opens a file for writing at `O_RDWR` from a signal-safe context (after `fork`).
+pub fn open_proc_self_mem_raw() -> RawFd {
+    // SAFETY: `open` is async-signal-safe; the path is a NUL-terminated literal.
+    unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) }
+}
+
+/// `pwrite` of one byte, async-signal-safe (used in the fork child hook).
+pub fn pwrite_byte(fd: RawFd, addr: u64, byte: u8) -> bool {
+    // SAFETY: one readable byte on our stack.
+    unsafe { libc::pwrite(fd, (&byte as *const u8).cast(), 1, addr as libc::off_t) == 1 }
+}

@@ -1,0 +1,192 @@
+//! Probes on every kind of instruction leave results unchanged, count hits and capture the
+//! right registers. Own process: the probe engine and its signal handlers are process-global.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use iced_x86::{Decoder, DecoderOptions, FlowControl};
+use nonstop_model::capture::CapturePlan;
+use nonstop_probe::{ArmError, Engine, ProbeSpec};
+
+const INPUTS: [(u64, u64); 6] = [
+    (0, 0),
+    (3, 11),
+    (3, 9),
+    (u64::MAX, 12),
+    (42, 1 << 40),
+    (7, u64::MAX),
+];
+
+fn run_all() -> Vec<u64> {
+    INPUTS.iter().map(|&(a, b)| target(a, b)).collect()
+}
+
+#[test]
+fn each_instruction_kind_runs_the_same_with_a_probe() {
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let want: Vec<u64> = INPUTS.iter().map(|&(a, b)| expected(a, b)).collect();
+    assert_eq!(run_all(), want, "the fixture itself");
+    let instrs = target_instructions();
+    for (kind, ins) in interesting(&instrs) {
+        let before = nonstop_probe::text_bytes(ins.ip(), ins.len());
+        let id = engine
+            .arm(ProbeSpec::new(ins.ip(), empty_plan()))
+            .unwrap_or_else(|e| panic!("arming {kind} ({ins}): {e}"));
+        assert_eq!(nonstop_probe::text_bytes(ins.ip(), 1), vec![0xcc]);
+        assert_eq!(run_all(), want, "results with a probe on {kind} ({ins})");
+        let stats = engine.stats(id).unwrap();
+        engine.disarm(id).unwrap();
+        let records = drain_for(engine, id);
+        assert!(stats.traps > 0, "{kind} was never hit");
+        assert_eq!(stats.hits, stats.traps, "{kind}");
+        assert_eq!(records.len() as u64, stats.hits, "{kind}");
+        for r in &records {
+            assert_eq!(r.regs.gpr[16], ins.ip(), "rip in the record of {kind}");
+        }
+        assert_eq!(
+            nonstop_probe::text_bytes(ins.ip(), ins.len()),
+            before,
+            "{kind} restored"
+        );
+    }
+    assert_eq!(engine.armed_count(), 0);
+}
+
+#[test]
+fn all_kinds_at_once_and_entry_registers() {
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let instrs = target_instructions();
+    let entry = instrs[0].ip();
+    let ids: Vec<_> = interesting(&instrs)
+        .into_iter()
+        .map(|(_, i)| engine.arm(ProbeSpec::new(i.ip(), empty_plan())).unwrap())
+        .collect();
+    for (a, b) in INPUTS {
+        assert_eq!(target(a, b), expected(a, b));
+    }
+    let entry_id = ids[0];
+    assert_eq!(instrs[0].ip(), entry);
+    let records = drain_for(engine, entry_id);
+    assert_eq!(records.len(), INPUTS.len());
+    for (r, (a, b)) in records.iter().zip(INPUTS) {
+        assert_eq!(r.regs.gpr[5], a, "rdi = first argument at entry");
+        assert_eq!(r.regs.gpr[4], b, "rsi = second argument at entry");
+        // At entry the return address is on top of the stack; rsp as at the site.
+        assert_eq!(r.regs.gpr[7] % 16, 8, "rsp at entry is 8 mod 16");
+    }
+    for id in ids {
+        engine.disarm(id).unwrap();
+    }
+}
+
+#[test]
+fn a_plan_reading_a_null_pointer_yields_a_fault_not_a_crash() {
+    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let entry = target_instructions()[0].ip();
+    // Root 0: 8 bytes at [rdi] (null when a == 0); root 1: 16 bytes of the stack at rsp.
+    let plan = CapturePlan {
+        roots: vec![
+            RootPlan {
+                pieces: vec![Piece {
+                    size: 8,
+                    source: PieceSource::Memory { reg: 5, offset: 0 },
+                }],
+                node: None,
+            },
+            RootPlan {
+                pieces: vec![Piece {
+                    size: 16,
+                    source: PieceSource::Memory { reg: 7, offset: 0 },
+                }],
+                node: None,
+            },
+        ],
+        nodes: vec![],
+        stack_bytes: 256,
+        max_bytes: 8192,
+    };
+    let id = engine.arm(ProbeSpec::new(entry, Arc::new(plan))).unwrap();
+    assert_eq!(target(0, 1), expected(0, 1));
+    assert_eq!(target(16, 1), expected(16, 1));
+    engine.disarm(id).unwrap();
+    let records = drain_for(engine, id);
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.roots[0], CapturedRoot::Fault);
+        assert!(matches!(r.roots[1], CapturedRoot::Bytes { .. }));
+    }
+}
+
+#[test]
+fn every_instruction_of_a_rust_function_can_be_probed() {
+    #[inline(never)]
+    fn work(v: &[u64], k: u64) -> u64 {
+        let mut acc = 0u64;
+        for (i, x) in v.iter().enumerate() {
+            acc = acc
+                .wrapping_mul(31)
+                .wrapping_add(x ^ k)
+                .rotate_left(i as u32 % 7);
+            if acc % 3 == 0 {
+                acc = acc.wrapping_add(std::hint::black_box(i as u64));
+            }
+        }
+        acc
+    }
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let data: Vec<u64> = (0..50).map(|i| i * 7919).collect();
+    let f = std::hint::black_box(work as fn(&[u64], u64) -> u64);
+    let want = f(&data, 5);
+    let start = work as fn(&[u64], u64) -> u64 as usize as u64;
+    // Decode up to the first `ret`.
+    let bytes = nonstop_probe::text_bytes(start, 512);
+    let mut instrs = Vec::new();
+    for i in Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE) {
+        instrs.push(i);
+        if i.flow_control() == FlowControl::Return || i.is_invalid() {
+            break;
+        }
+    }
+    let mut armed = 0;
+    for ins in &instrs {
+        match engine.arm(ProbeSpec::new(ins.ip(), empty_plan())) {
+            Ok(id) => {
+                assert_eq!(f(&data, 5), want, "probe on {ins} at {:#x}", ins.ip());
+                engine.disarm(id).unwrap();
+                armed += 1;
+            }
+            Err(e @ ArmError::Unsupported { .. }) => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    engine.drain(|_| {});
+    assert!(
+        armed >= instrs.len() - 1,
+        "armed {armed} of {}",
+        instrs.len()
+    );
+}
+
+#[test]
+fn refusals_say_why() {
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let e = engine.arm(ProbeSpec::new(0x10, empty_plan())).unwrap_err();
+    assert_eq!(e.to_string(), "cannot probe 0x10: nothing is mapped there");
+    let data = &INPUTS as *const _ as u64;
+    let e = engine.arm(ProbeSpec::new(data, empty_plan())).unwrap_err();
+    assert!(e.to_string().contains("not in executable memory"), "{e}");
+    let entry = target_instructions()[0].ip();
+    let id = engine.arm(ProbeSpec::new(entry, empty_plan())).unwrap();
+    let e = engine.arm(ProbeSpec::new(entry, empty_plan())).unwrap_err();
+    assert!(matches!(e, ArmError::AlreadyArmed { .. }), "{e}");
+    engine.disarm(id).unwrap();
+    assert!(matches!(engine.disarm(id), Err(ArmError::UnknownProbe(_))));
+}
