@@ -96,6 +96,15 @@ impl DebugInfo {
             }
         }
         let Some((ui, chain)) = found else {
+            // A unit covers the address but describes no function: line tables only.
+            if let Some(&ui) = self.units_at(address)?.first()
+                && !self.has_variable_info(ui, &self.units()?[ui])?
+            {
+                return Err(Error::NoVariableInfo {
+                    address,
+                    function: self.symbol_at(address).unwrap_or_else(|| "??".into()),
+                });
+            }
             return Err(Error::NoCodeAt { address });
         };
         let unit = &self.units()?[ui];

@@ -595,6 +595,26 @@ impl Memory for SafeMemory {
     }
 }
 
+/// Reads through `process_vm_readv`: for threads that block SIGSEGV/SIGBUS, where a fault
+/// in the guarded copy would be fatal (the kernel forces blocked fault signals to SIG_DFL).
+struct SyscallMemory;
+
+impl Memory for SyscallMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if addr < 4096 || addr.checked_add(buf.len() as u64).is_none() {
+            return Err(ReadError::Fault);
+        }
+        if sys::process_vm_read(addr, buf) {
+            Ok(())
+        } else {
+            Err(ReadError::Fault)
+        }
+    }
+}
+
 fn write_u64_guarded(addr: u64, v: u64) -> bool {
     let bytes = v.to_le_bytes();
     // SAFETY: writes 8 bytes to the interrupted thread's stack below its stack pointer,
@@ -603,6 +623,8 @@ fn write_u64_guarded(addr: u64, v: u64) -> bool {
 }
 
 struct Job {
+    /// Reads must not raise SIGSEGV/SIGBUS (the thread blocks them): use system calls.
+    no_fault_signals: bool,
     plan: *const CapturePlan,
     regs: Registers,
     out: *mut u8,
@@ -622,7 +644,11 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
             std::slice::from_raw_parts_mut(job.out, job.out_len),
         )
     };
-    job.outcome = execute(plan, &job.regs, &SafeMemory, out);
+    job.outcome = if job.no_fault_signals {
+        execute(plan, &job.regs, &SyscallMemory, out)
+    } else {
+        execute(plan, &job.regs, &SafeMemory, out)
+    };
 }
 
 struct Retired {
@@ -850,10 +876,10 @@ impl Engine {
         address: u64,
         maps: &[slots::Mapping],
     ) -> Result<u64, ArmError> {
-        if let Some(s) = a.site_slots.get(&address) {
-            if s.bytes == site.bytes {
-                return Ok(s.slot);
-            }
+        if let Some(s) = a.site_slots.get(&address)
+            && s.bytes == site.bytes
+        {
+            return Ok(s.slot);
         }
         let slot = a
             .slots
@@ -947,6 +973,15 @@ impl Engine {
             self.reap(&mut a);
         }
         n
+    }
+
+    /// Disarms every probe (e.g. when [`Engine::signals_owned`] turns false); returns how
+    /// many were disarmed.
+    pub fn disarm_all(&self) -> usize {
+        let ids: Vec<u64> = self.lock().live.keys().copied().collect();
+        ids.into_iter()
+            .filter(|&id| self.disarm(ProbeId(id)).is_ok())
+            .count()
     }
 
     /// Probes armed now.
@@ -1098,14 +1133,15 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let Some(res) = engine.ring.reserve() else {
+    let Some(mut res) = engine.ring.reserve() else {
         engine.stacks.give(stack);
         p.hits.fetch_sub(1, r);
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let out = engine.ring.buffer(&res);
+    let out = engine.ring.buffer(&mut res);
     let mut job = Job {
+        no_fault_signals: ctx.blocks_fault_signals(),
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),
         out: out.as_mut_ptr(),
@@ -1163,7 +1199,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         }
         Emulation::CallRel => {
             let sp = ctx.rsp().wrapping_sub(8);
-            if write_u64_guarded(sp, next) {
+            if !ctx.blocks_fault_signals() && write_u64_guarded(sp, next) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(target);
             } else {
@@ -1174,7 +1210,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         Emulation::Push(reg) => {
             let v = ctx.greg(reg as usize);
             let sp = ctx.rsp().wrapping_sub(8);
-            if write_u64_guarded(sp, v) {
+            if !ctx.blocks_fault_signals() && write_u64_guarded(sp, v) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(next);
             } else {

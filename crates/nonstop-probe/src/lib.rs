@@ -103,3 +103,17 @@ macro_rules! on_load {
         };
     };
 }
+
+/// CLOCK_MONOTONIC now, in ns: the clock of [`Hit::time_ns`], so the agent can turn hit
+/// times into wall-clock times.
+pub fn monotonic_ns() -> u64 {
+    sys::now_ns()
+}
+
+/// Runs `function` when the process exits normally (`exit`, or `main` returning), before
+/// the C runtime tears down: the agent flushes the hits still in the ring there.
+pub fn at_exit(function: extern "C" fn()) -> bool {
+    // SAFETY: `atexit` only records the pointer; `function` is a plain `extern "C" fn` that
+    // lives as long as the program.
+    unsafe { libc::atexit(function) == 0 }
+}

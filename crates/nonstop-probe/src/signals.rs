@@ -9,7 +9,9 @@
 //! made from inside other shared libraries of a linked build still reach libc directly;
 //! `Engine::signals_owned` re-checks the installation so the agent can notice.
 //!
-//! Flags: all three handlers use `SA_SIGINFO | SA_ONSTACK | SA_NODEFER`. NODEFER on SIGTRAP
+//! Flags: all three handlers use `SA_SIGINFO | SA_NODEFER`, SIGSEGV and SIGBUS also
+//! `SA_ONSTACK` (stack overflows must still reach the program's handler); SIGTRAP runs on
+//! the interrupted stack (see `install`). NODEFER on SIGTRAP
 //! because a probed function may run inside another signal handler that interrupted our
 //! handler: with SIGTRAP blocked the kernel would turn that trap into a kill. The handler
 //! detects nesting on the same thread and then only runs the displaced instruction.
@@ -159,7 +161,12 @@ pub fn install(
         } else {
             on_fault as *const () as usize
         };
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        // SIGTRAP runs on the thread's own stack, not the alternate one: the capture then
+        // switches to a capture stack, and a fault inside it (a guarded read of a bad
+        // pointer) makes the kernel deliver SIGSEGV at the top of the alternate stack —
+        // which would overwrite our own SIGTRAP frame had it been there.
+        let on_stack = if sig == libc::SIGTRAP { 0 } else { libc::SA_ONSTACK };
+        act.sa_flags = libc::SA_SIGINFO | on_stack | libc::SA_NODEFER | libc::SA_RESTART;
         // SAFETY: `act.sa_mask` is a valid sigset to clear.
         unsafe { libc::sigemptyset(&mut act.sa_mask) };
         // SAFETY: as above.

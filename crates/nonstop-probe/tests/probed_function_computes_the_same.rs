@@ -133,7 +133,7 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
                 .wrapping_mul(31)
                 .wrapping_add(x ^ k)
                 .rotate_left(i as u32 % 7);
-            if acc % 3 == 0 {
+            if acc.is_multiple_of(3) {
                 acc = acc.wrapping_add(std::hint::black_box(i as u64));
             }
         }
@@ -189,4 +189,56 @@ fn refusals_say_why() {
     assert!(matches!(e, ArmError::AlreadyArmed { .. }), "{e}");
     engine.disarm(id).unwrap();
     assert!(matches!(engine.disarm(id), Err(ArmError::UnknownProbe(_))));
+}
+
+#[test]
+fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
+    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = Engine::get().unwrap();
+    let instrs = target_instructions();
+    let plan = CapturePlan {
+        roots: vec![RootPlan {
+            pieces: vec![Piece {
+                size: 8,
+                source: PieceSource::Memory { reg: 5, offset: 0 },
+            }],
+            node: None,
+        }],
+        nodes: vec![],
+        stack_bytes: 0,
+        max_bytes: 4096,
+    };
+    let plan = Arc::new(plan);
+    // The entry `push` (emulated) and the rip-relative mov (out of line), with SIGSEGV and
+    // SIGBUS blocked in the calling thread: a guarded-copy fault there would be fatal.
+    let ids = [
+        engine
+            .arm(ProbeSpec::new(instrs[0].ip(), plan.clone()))
+            .unwrap(),
+        engine.arm(ProbeSpec::new(instrs[2].ip(), plan)).unwrap(),
+    ];
+    let got = std::thread::spawn(|| {
+        // SAFETY: plain data; blocking two signals in this thread only.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sigset pointers.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSEGV);
+            libc::sigaddset(&mut set, libc::SIGBUS);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        target(0, 3) // rdi = 0: the plan reads a null pointer
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, expected(0, 3));
+    assert_eq!(engine.disarm_all(), 2);
+    let mut seen = Vec::new();
+    engine.drain(|hit| {
+        let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+        assert_eq!(r.roots[0], CapturedRoot::Fault);
+        seen.push(hit.probe);
+    });
+    assert_eq!(seen, ids);
 }

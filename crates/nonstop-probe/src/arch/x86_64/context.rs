@@ -102,6 +102,15 @@ impl<'a> Context<'a> {
         self.greg(libc::REG_EFL as usize)
     }
 
+    /// Whether the interrupted thread blocks SIGSEGV or SIGBUS (a fault there is fatal).
+    pub fn blocks_fault_signals(&self) -> bool {
+        let m = &self.uc.uc_sigmask;
+        // SAFETY: `m` is a valid sigset; sigismember only reads it.
+        unsafe {
+            libc::sigismember(m, libc::SIGSEGV) == 1 || libc::sigismember(m, libc::SIGBUS) == 1
+        }
+    }
+
     /// Fills `regs` with the general registers (rip = `rip`) and xmm0..15 when the kernel
     /// saved the extended state.
     pub fn registers(&self, rip: u64, regs: &mut Registers) {
