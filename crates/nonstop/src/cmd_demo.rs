@@ -197,16 +197,22 @@ fn print_welcome(
     let _ = std::io::stdout().flush();
 }
 
-/// The line of the shop's discount computation that the demo suggests, found by its marker comment.
+/// The line of the shop's discount computation that the demo suggests: the first line of code after
+/// the marker comment.
 pub fn demo_line() -> usize {
-    marker_line(PRICING_SOURCE, DEMO_MARKER).unwrap_or(1)
+    line_after_marker(PRICING_SOURCE, DEMO_MARKER).unwrap_or(1)
 }
 
-/// The 1-based number of the first line of `source` that contains `marker`.
-fn marker_line(source: &str, marker: &str) -> Option<usize> {
-    source
-        .lines()
-        .position(|line| line.contains(marker))
+/// The 1-based number of the first line after the comment holding `marker` that is neither blank nor
+/// a comment.
+fn line_after_marker(source: &str, marker: &str) -> Option<usize> {
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines.iter().position(|line| line.contains(marker))?;
+    (start + 1..lines.len())
+        .find(|&index| {
+            let line = lines[index].trim();
+            !line.is_empty() && !line.starts_with("//")
+        })
         .map(|index| index + 1)
 }
 
@@ -473,10 +479,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_demo_line_is_the_code_after_the_marker() {
+        let source = "a\n// nonstop-demo: x\n// more\n\n  code();\n";
+        assert_eq!(line_after_marker(source, DEMO_MARKER), Some(5));
+        assert_eq!(line_after_marker("a\n", DEMO_MARKER), None);
+    }
+
+    #[test]
     fn the_demo_line_is_inside_the_discount_loop() {
         let line = demo_line();
         let text = PRICING_SOURCE.lines().nth(line - 1).unwrap_or_default();
-        assert!(text.contains("remaining -= cents"), "line {line}: {text}");
+        assert!(text.contains("applied.push("), "line {line}: {text}");
     }
 
     #[test]

@@ -52,14 +52,14 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The line of the shop's pricing.rs with the demo marker, read from the source.
-fn marker_line() -> usize {
+/// The line of the shop's pricing.rs that the demo suggests: `applied.push(` in `apply_discounts`.
+fn suggested_line() -> usize {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop/src/pricing.rs");
     let source = std::fs::read_to_string(path).expect("read the shop's pricing.rs");
     source
         .lines()
-        .position(|l| l.contains("// nonstop-demo:"))
-        .expect("marker in pricing.rs")
+        .position(|l| l.contains("applied.push(AppliedDiscount {"))
+        .expect("applied.push in pricing.rs")
         + 1
 }
 
@@ -121,7 +121,10 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
         }
     });
     let mut printed = Vec::new();
-    while !printed.iter().any(|l: &String| l.trim() == "nonstop agents") {
+    while !printed
+        .iter()
+        .any(|l: &String| l.trim() == "nonstop agents")
+    {
         match lines_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => printed.push(line),
             Err(_) => panic!("the demo printed no welcome; stdout so far: {printed:#?}"),
@@ -130,7 +133,12 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
     let find = |prefix: &str| {
         printed
             .iter()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::trim).map(String::from))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix(prefix)
+                    .map(str::trim)
+                    .map(String::from)
+            })
             .unwrap_or_else(|| panic!("no line starting with {prefix:?} in {printed:#?}"))
     };
     let ui = find("web UI and API");
@@ -142,10 +150,12 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
     let agent_token = std::fs::read_to_string(data.join("agent.token")).expect("agent.token");
     assert_eq!(admin, admin_token.trim());
     assert_eq!(ui, format!("{server}/?token={admin}"));
-    let line = marker_line();
+    let line = suggested_line();
     assert!(
         printed.iter().any(|l| l.trim()
-            == format!("nonstop rules add examples/shop/src/pricing.rs:{line} --service shop --snapshot")),
+            == format!(
+                "nonstop rules add examples/shop/src/pricing.rs:{line} --service shop --snapshot"
+            )),
         "{printed:#?}"
     );
     assert!(printed.iter().any(|l| l.trim() == "nonstop tail"));
@@ -191,14 +201,26 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
         if let Some(exit) = demo.0.try_wait().expect("wait") {
             break exit;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "the demo did not stop on SIGINT");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the demo did not stop on SIGINT"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut err = String::new();
     let _ = stderr.read_to_string(&mut err);
     assert_eq!(exit.code(), Some(0), "stderr: {err}");
-    assert!(err.contains("nonstop demo: stopped; sent "), "stderr: {err}");
-    assert!(TcpStream::connect(&shop_addr).is_err(), "the shop still listens");
-    assert!(TcpStream::connect(&server_addr).is_err(), "the server still listens");
+    assert!(
+        err.contains("nonstop demo: stopped; sent "),
+        "stderr: {err}"
+    );
+    assert!(
+        TcpStream::connect(&shop_addr).is_err(),
+        "the shop still listens"
+    );
+    assert!(
+        TcpStream::connect(&server_addr).is_err(),
+        "the server still listens"
+    );
     assert!(!Path::new(&format!("/proc/{}", shops[0])).exists() || environ(shops[0]).is_empty());
 }

@@ -91,7 +91,11 @@ fn where_resolves_a_line_of_a_dependency_with_its_inline_chain_and_variables() {
         .arg("--json")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let sites = json["sites"].as_array().unwrap();
     assert!(!sites.is_empty());
@@ -106,8 +110,14 @@ fn where_resolves_a_line_of_a_dependency_with_its_inline_chain_and_variables() {
             .collect();
         // Inlined into the parser: the chain names the helper and, last, a function
         // that holds it.
-        assert!(functions.contains(&"semver::parse::numeric_identifier"), "{functions:?}");
-        assert!(functions.last().unwrap().starts_with("semver::"), "{functions:?}");
+        assert!(
+            functions.contains(&"semver::parse::numeric_identifier"),
+            "{functions:?}"
+        );
+        assert!(
+            functions.last().unwrap().starts_with("semver::"),
+            "{functions:?}"
+        );
         assert!(site["variables_error"].is_null(), "{site}");
         let names: Vec<&str> = site["variables"]
             .as_array()
@@ -127,7 +137,10 @@ fn where_resolves_a_line_of_a_dependency_with_its_inline_chain_and_variables() {
             .output()
             .unwrap();
         let a2l = String::from_utf8_lossy(&a2l.stdout);
-        assert!(a2l.starts_with(&format!("{}:{line}", parse_rs.display())), "{addr}: {a2l}");
+        assert!(
+            a2l.starts_with(&format!("{}:{line}", parse_rs.display())),
+            "{addr}: {a2l}"
+        );
     }
 }
 

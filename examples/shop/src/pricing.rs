@@ -205,7 +205,9 @@ pub fn apply_discounts(
             Discount::Percent(percent) => remaining * u64::from(percent.min(100)) / 100,
             Discount::Fixed { cents } => cents.min(remaining),
         };
-        remaining -= cents; // nonstop-demo: snapshot here to see each discount as it applies
+        remaining -= cents;
+        // nonstop-demo: `nonstop demo` suggests the next line for a first rule (it has code in
+        // optimized builds too, with `reason`, `discount`, `cents` and `applied` in scope).
         applied.push(AppliedDiscount {
             reason: reason.clone(),
             cents,
