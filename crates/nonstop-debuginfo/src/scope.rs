@@ -552,7 +552,10 @@ impl DebugInfo {
             gimli::DW_TAG_array_type => {
                 let elem = self.die_type_of(ui, &die)?;
                 let n = self.array_len(ui, off)?;
-                Some(self.die_type_size(elem.0, elem.1, depth + 1)?.checked_mul(n)?)
+                Some(
+                    self.die_type_size(elem.0, elem.1, depth + 1)?
+                        .checked_mul(n)?,
+                )
             }
             _ => {
                 let (u, o) = self.die_type_of(ui, &die)?;

@@ -14,7 +14,9 @@ pub mod capture;
 pub mod response;
 pub mod rule;
 pub mod value;
+pub mod wire;
 
 pub use response::{Frame, Locals, Response, SourceLocation};
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};
 pub use value::{Data, Value};
+pub use wire::{AgentInfo, AgentMessage, ServerMessage};

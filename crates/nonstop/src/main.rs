@@ -5,7 +5,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod client;
+mod cmd_agents;
+mod cmd_demo;
+mod cmd_rules;
 mod cmd_run;
+mod cmd_serve;
+mod cmd_tail;
 mod cmd_where;
 
 /// Breakpoints that don't stop: a live debugger for native Rust and C programs.
@@ -18,18 +24,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: agent hub, API and live stream.
+    Serve(cmd_serve::Args),
+    /// Add, list, show and remove rules.
+    Rules(cmd_rules::Args),
+    /// Stream responses as they arrive.
+    Tail(cmd_tail::Args),
+    /// List the agents the server knows.
+    Agents(cmd_agents::Args),
     /// Show what a location resolves to: addresses, function and inline chain, variables
     /// in scope with types and availability.
     Where(cmd_where::Args),
     /// Run any native program with the nonstop agent preloaded.
     Run(cmd_run::RunArgs),
+    /// Start the server, a demo shop under the agent and traffic to it; prints where to look.
+    Demo(cmd_demo::DemoArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => cmd_serve::run(a),
+        Command::Rules(a) => cmd_rules::run(a),
+        Command::Tail(a) => cmd_tail::run(a),
+        Command::Agents(a) => cmd_agents::run(a),
         Command::Where(args) => cmd_where::run(&args),
         Command::Run(args) => cmd_run::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
     }
 }
 

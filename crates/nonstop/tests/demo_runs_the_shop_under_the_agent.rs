@@ -81,7 +81,6 @@ fn environ(pid: u32) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "nonstop demo is wired in once nonstop-server lands on main"]
 fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
     let nonstop = PathBuf::from(env!("CARGO_BIN_EXE_nonstop"));
     let shop = nonstop.with_file_name("shop");

@@ -1,0 +1,478 @@
+//! The agent's link to the nonstop server: one named thread (`nonstop-link`) with blocking
+//! I/O over a WebSocket, so no async runtime is forced into the host program.
+//!
+//! The protocol is [`nonstop_model::wire`]: on every connect the link sends a hello and
+//! receives the full rule set; later sets replace it whole. Responses and statuses are queued
+//! without blocking (a bounded buffer that drops the oldest and counts what it dropped) and
+//! shipped by the thread. Lost connections are retried with exponential backoff and jitter.
+//!
+//! ```ignore
+//! # use nonstop_model::AgentInfo;
+//! # fn demo(info: AgentInfo) {
+//! let link = Link::start(LinkConfig { server: "http://127.0.0.1:7070".into(), token: None, info });
+//! if let Some(rules) = link.latest_rules() {
+//!     // arm what is new, disarm what is gone
+//! #   drop(rules);
+//! }
+//! # }
+//! ```
+
+use nonstop_model::{AgentInfo, AgentMessage, Response, Rule, RuleStatus, ServerMessage};
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+/// Responses held while the server is slow or away; past this the oldest are dropped (and counted).
+pub const RESPONSE_BUFFER: usize = 1000;
+/// Responses per `responses` message.
+const BATCH: usize = 200;
+/// How often the link pings the server.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// Silence from the server after which the connection counts as dead.
+const DEAD_AFTER: Duration = Duration::from_secs(35);
+/// First and last reconnect delays (doubling in between, with jitter).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// See [`BACKOFF_MIN`].
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How long one read waits; bounds the delay before queued responses go out. Longer
+/// means fewer wake-ups of an idle process, shorter means fresher live streams.
+const READ_WAIT: Duration = Duration::from_millis(200);
+/// Time allowed to connect and for the WebSocket handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the server is and who this agent is.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// The server's address, `http://HOST:PORT` (as in `NONSTOP_SERVER`); `ws://` works too.
+    pub server: String,
+    /// The agent token (or the admin token).
+    pub token: Option<String>,
+    /// This agent, as sent in every hello.
+    pub info: AgentInfo,
+}
+
+/// The link to the server. Dropping it stops the thread.
+pub struct Link {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    rules: Mutex<Option<Vec<Rule>>>,
+    outbox: Mutex<Outbox>,
+    connected: AtomicBool,
+    stop: AtomicBool,
+}
+
+#[derive(Default)]
+struct Outbox {
+    responses: VecDeque<Response>,
+    /// Dropped since the last `responses` message went out.
+    dropped: u64,
+    /// The latest status of each rule not yet sent.
+    statuses: Vec<RuleStatus>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not take the link (or the host) down with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Link {
+    /// Starts the link thread. It never fails: problems are logged to stderr and retried.
+    pub fn start(config: LinkConfig) -> Link {
+        let shared = Arc::new(Shared {
+            rules: Mutex::new(None),
+            outbox: Mutex::new(Outbox::default()),
+            connected: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("nonstop-link".into())
+            .spawn(move || {
+                let run =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| Runner::new(config, &s).run()));
+                s.connected.store(false, Ordering::Relaxed);
+                if run.is_err() {
+                    eprintln!(
+                        "nonstop: the link to the server failed; responses are no longer sent"
+                    );
+                }
+            });
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("nonstop: cannot start the link thread ({e}); responses are not sent");
+                None
+            }
+        };
+        Link { shared, thread }
+    }
+
+    /// The rule set the server sent since the last call, if any. After a reconnect the
+    /// server sends the set again, so this returns it again.
+    pub fn latest_rules(&self) -> Option<Vec<Rule>> {
+        lock(&self.shared.rules).take()
+    }
+
+    /// Queues responses; never blocks on the network. When the buffer holds
+    /// [`RESPONSE_BUFFER`] responses the oldest are dropped and counted.
+    pub fn send_responses(&self, responses: Vec<Response>) {
+        let mut out = lock(&self.shared.outbox);
+        for r in responses {
+            if out.responses.len() >= RESPONSE_BUFFER {
+                out.responses.pop_front();
+                out.dropped += 1;
+            }
+            out.responses.push_back(r);
+        }
+    }
+
+    /// Queues rule statuses; a newer status of a rule replaces an unsent older one.
+    pub fn send_status(&self, statuses: Vec<RuleStatus>) {
+        let mut out = lock(&self.shared.outbox);
+        for s in statuses {
+            match out.statuses.iter_mut().find(|o| o.rule == s.rule) {
+                Some(o) => *o = s,
+                None => out.statuses.push(s),
+            }
+        }
+    }
+
+    /// Whether the link holds a connection to the server now.
+    pub fn connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Stops the thread and waits for it (at most about one read wait, or a connect attempt).
+    pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection ended or could not start.
+enum Failure {
+    /// Asked to stop.
+    Stopped,
+    /// Anything else; the text is for a person.
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(s: String) -> Failure {
+        Failure::Other(s)
+    }
+}
+
+/// The state of the link thread.
+struct Runner<'a> {
+    config: LinkConfig,
+    shared: &'a Shared,
+    /// The last problem logged, so each is logged once until the state changes.
+    logged: Option<String>,
+    rng: u64,
+}
+
+impl<'a> Runner<'a> {
+    fn new(config: LinkConfig, shared: &'a Shared) -> Runner<'a> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Runner {
+            config,
+            shared,
+            logged: None,
+            rng: seed | 1,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Relaxed)
+    }
+
+    /// Logs `problem` unless it is the one logged last.
+    fn log_once(&mut self, problem: String) {
+        if self.logged.as_deref() != Some(problem.as_str()) {
+            eprintln!("nonstop: {problem}");
+            self.logged = Some(problem);
+        }
+    }
+
+    fn run(&mut self) {
+        let mut backoff = BACKOFF_MIN;
+        while !self.stopping() {
+            let started = Instant::now();
+            match self.session() {
+                Err(Failure::Stopped) => return,
+                Err(Failure::Other(why)) => {
+                    self.shared.connected.store(false, Ordering::Relaxed);
+                    self.log_once(why);
+                }
+                Ok(()) => {}
+            }
+            // A connection that lived a while resets the backoff.
+            if started.elapsed() > BACKOFF_MAX {
+                backoff = BACKOFF_MIN;
+            }
+            let wait = self.jitter(backoff);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let until = Instant::now() + wait;
+            while Instant::now() < until {
+                if self.stopping() {
+                    return;
+                }
+                std::thread::sleep(READ_WAIT.min(until.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    /// Between half of `d` and all of it, so agents that lost the same server spread out.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = d / 2;
+        half + half.mul_f64((self.rng % 1000) as f64 / 1000.0)
+    }
+
+    fn connect(&self) -> Result<WebSocket<TcpStream>, Failure> {
+        let server = &self.config.server;
+        let (url, host_port) = ws_url(server)?;
+        let addrs: Vec<_> = host_port
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve the nonstop server {server}: {e}; retrying"))?
+            .collect();
+        let mut last = None;
+        let mut stream = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = stream.ok_or_else(|| {
+            let why = last
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "no address".into());
+            format!("cannot reach the nonstop server at {server} ({why}); retrying")
+        })?;
+        let io = |e: std::io::Error| Failure::Other(format!("connection to {server}: {e}"));
+        stream.set_nodelay(true).map_err(io)?;
+        stream.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(io)?;
+        stream
+            .set_write_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(io)?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("server address {server}: {e}"))?;
+        if let Some(t) = &self.config.token
+            && let Ok(v) = format!("Bearer {t}").parse()
+        {
+            request.headers_mut().insert("Authorization", v);
+        }
+        let (ws, _) = tungstenite::client::client(request, stream).map_err(|e| match e {
+            tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))
+                if r.status() == 401 || r.status() == 403 =>
+            {
+                Failure::Other(format!(
+                    "the nonstop server at {server} refused the token: set NONSTOP_TOKEN to the contents of agent.token in the server's data folder"
+                ))
+            }
+            e => Failure::Other(format!("cannot open a WebSocket to {server}: {e}; retrying")),
+        })?;
+        ws.get_ref().set_read_timeout(Some(READ_WAIT)).map_err(io)?;
+        Ok(ws)
+    }
+
+    /// One connection: hello, then ship queued messages and apply what the server sends.
+    fn session(&mut self) -> Result<(), Failure> {
+        let mut ws = self.connect()?;
+        let server = self.config.server.clone();
+        send(
+            &mut ws,
+            &AgentMessage::Hello {
+                agent: self.config.info.clone(),
+            },
+        )?;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        if self.logged.take().is_some() {
+            eprintln!("nonstop: connected to the nonstop server at {server}");
+        }
+        let mut last_ping = Instant::now();
+        let mut last_heard = Instant::now();
+        loop {
+            if self.stopping() {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                return Err(Failure::Stopped);
+            }
+            self.ship(&mut ws)?;
+            if last_ping.elapsed() >= PING_EVERY {
+                send(&mut ws, &AgentMessage::Ping)?;
+                last_ping = Instant::now();
+            }
+            if last_heard.elapsed() >= DEAD_AFTER {
+                return Err(format!(
+                    "the nonstop server at {server} stopped answering; reconnecting"
+                )
+                .into());
+            }
+            match ws.read() {
+                Ok(Message::Text(t)) => {
+                    last_heard = Instant::now();
+                    match serde_json::from_str::<ServerMessage>(&t) {
+                        Ok(ServerMessage::Rules { rules }) => {
+                            *lock(&self.shared.rules) = Some(rules)
+                        }
+                        Ok(ServerMessage::Pong) => {}
+                        Ok(ServerMessage::Error { message }) => {
+                            self.log_once(format!("the nonstop server says: {message}"))
+                        }
+                        // A newer server may send messages this agent does not know.
+                        Err(_) => {}
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    let why = frame
+                        .map(|f| format!("{} {}", u16::from(f.code), f.reason))
+                        .unwrap_or_default();
+                    return Err(format!(
+                        "the nonstop server at {server} closed the connection ({why}); reconnecting"
+                    )
+                    .into());
+                }
+                Ok(_) => last_heard = Instant::now(),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "lost the connection to the nonstop server at {server} ({e}); reconnecting"
+                    )
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// Sends queued statuses and responses. What fails to go out is counted as dropped.
+    fn ship(&mut self, ws: &mut WebSocket<TcpStream>) -> Result<(), Failure> {
+        let (statuses, batch, dropped) = {
+            let mut out = lock(&self.shared.outbox);
+            let statuses = std::mem::take(&mut out.statuses);
+            let n = out.responses.len().min(BATCH);
+            let batch: Vec<Response> = out.responses.drain(..n).collect();
+            let dropped = if batch.is_empty() && out.dropped == 0 {
+                0
+            } else {
+                std::mem::take(&mut out.dropped)
+            };
+            (statuses, batch, dropped)
+        };
+        if !statuses.is_empty() {
+            send(ws, &AgentMessage::Status { statuses })?;
+        }
+        if !batch.is_empty() || dropped > 0 {
+            let n = batch.len() as u64;
+            if let Err(e) = send(
+                ws,
+                &AgentMessage::Responses {
+                    responses: batch,
+                    dropped,
+                },
+            ) {
+                lock(&self.shared.outbox).dropped += n + dropped;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The WebSocket URL and the `HOST:PORT` to connect to, from a server address such as
+/// `http://127.0.0.1:7070`.
+fn ws_url(server: &str) -> Result<(String, String), String> {
+    let s = server.trim_end_matches('/');
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("server address {s:?} needs a scheme: http://HOST:PORT"))?;
+    let (ws_scheme, port) = match scheme {
+        "http" | "ws" => ("ws", 80),
+        "https" | "wss" => {
+            return Err(format!(
+                "server address {s:?}: this agent does not speak TLS yet; use http://"
+            ));
+        }
+        _ => return Err(format!("server address {s:?}: use http://HOST:PORT")),
+    };
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !authority.ends_with(']')
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:{port}")
+    };
+    Ok((format!("{ws_scheme}://{authority}/agent/v1/ws"), host_port))
+}
+
+fn send(ws: &mut WebSocket<TcpStream>, msg: &AgentMessage) -> Result<(), Failure> {
+    let text = serde_json::to_string(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
+    ws.send(Message::text(text)).map_err(|e| {
+        Failure::Other(format!(
+            "lost the connection to the nonstop server ({e}); reconnecting"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_become_websocket_urls() {
+        let url = |s: &str| ws_url(s).map(|(u, hp)| format!("{u} {hp}"));
+        assert_eq!(
+            url("http://127.0.0.1:7070").unwrap(),
+            "ws://127.0.0.1:7070/agent/v1/ws 127.0.0.1:7070"
+        );
+        assert_eq!(
+            url("http://nonstop.internal/").unwrap(),
+            "ws://nonstop.internal/agent/v1/ws nonstop.internal:80"
+        );
+        assert_eq!(
+            url("ws://[::1]:9").unwrap(),
+            "ws://[::1]:9/agent/v1/ws [::1]:9"
+        );
+        assert_eq!(
+            url("http://[::1]").unwrap(),
+            "ws://[::1]/agent/v1/ws [::1]:80"
+        );
+        assert!(url("https://x").unwrap_err().contains("TLS"));
+        assert!(url("127.0.0.1:7070").unwrap_err().contains("scheme"));
+    }
+}

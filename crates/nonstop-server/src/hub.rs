@@ -1,0 +1,440 @@
+//! The agent hub: the WebSocket sessions and the HTTP path for serverless agents.
+
+use crate::App;
+use crate::api::{ApiError, parse_json};
+use crate::clock::now_ms;
+use crate::validate;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nonstop_model::{AgentInfo, AgentMessage, Rule, ServerMessage};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest message an agent may send on the WebSocket.
+pub const MAX_AGENT_MESSAGE: usize = 8 << 20;
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Close codes (RFC 6455).
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_INVALID: u16 = 1007;
+const CLOSE_UNSUPPORTED: u16 = 1003;
+const CLOSE_AWAY: u16 = 1001;
+
+/// Whether `rule` selects the agent `info`: same service (when the rule names one) and
+/// every label of the rule present with the same value.
+pub fn selects(rule: &Rule, info: &AgentInfo) -> bool {
+    rule.service.as_deref().is_none_or(|s| s == info.service)
+        && rule
+            .labels
+            .iter()
+            .all(|(k, v)| info.labels.get(k) == Some(v))
+}
+
+fn check_hello(info: &AgentInfo) -> Result<(), String> {
+    if !validate::is_valid_id(&info.id) {
+        return Err(format!(
+            "invalid agent id {:?}: use 1-64 letters, digits, `-`, `_` or `.`",
+            info.id
+        ));
+    }
+    if info.service.trim().is_empty() {
+        return Err("the hello has no service: set NONSTOP_SERVICE".into());
+    }
+    Ok(())
+}
+
+/// `GET /agent/v1/ws`
+pub async fn ws(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
+    upgrade
+        .max_message_size(MAX_AGENT_MESSAGE)
+        .on_upgrade(move |socket| session(app, socket))
+}
+
+fn text(msg: &ServerMessage) -> Message {
+    // Serialising our own message types cannot fail; an empty object keeps the peer going if it did.
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(msg).unwrap_or_else(|_| "{}".into()),
+    ))
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let _ = socket
+        .send(text(&ServerMessage::Error {
+            message: reason.to_string(),
+        }))
+        .await;
+    // Close reasons are limited to 123 bytes.
+    let mut r = reason.to_string();
+    while r.len() > 120 {
+        r.pop();
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(r),
+        })))
+        .await;
+}
+
+async fn session(app: Arc<App>, mut socket: WebSocket) {
+    let info = match tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await {
+        Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<AgentMessage>(&t) {
+            Ok(AgentMessage::Hello { agent }) => agent,
+            Ok(_) => {
+                tracing::warn!("agent connection closed: first message was not a hello");
+                close(
+                    &mut socket,
+                    CLOSE_POLICY,
+                    "the first message must be a hello",
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "agent connection closed: malformed hello");
+                close(
+                    &mut socket,
+                    CLOSE_INVALID,
+                    &format!("malformed message: {e}"),
+                )
+                .await;
+                return;
+            }
+        },
+        Ok(Some(Ok(_))) => {
+            close(
+                &mut socket,
+                CLOSE_UNSUPPORTED,
+                "send JSON text frames, starting with a hello",
+            )
+            .await;
+            return;
+        }
+        Ok(_) => return,
+        Err(_) => {
+            close(&mut socket, CLOSE_POLICY, "no hello within 10 s").await;
+            return;
+        }
+    };
+    if let Err(reason) = check_hello(&info) {
+        tracing::warn!(%reason, "agent connection closed: bad hello");
+        close(&mut socket, CLOSE_POLICY, &reason).await;
+        return;
+    }
+    let id = info.id.clone();
+    let hello = info.clone();
+    if let Err(e) = app
+        .blocking(move |s| s.upsert_agent(&hello, true, now_ms()))
+        .await
+    {
+        tracing::error!(agent = %id, "cannot record agent: {e:?}");
+        close(
+            &mut socket,
+            1011,
+            "the server cannot record agents now; retrying later helps",
+        )
+        .await;
+        return;
+    }
+    app.connection_opened(&id);
+    tracing::info!(agent = %id, service = %info.service, "agent connected");
+    let reason = run_session(&app, &mut socket, &info).await;
+    app.connection_closed(&id).await;
+    tracing::info!(agent = %id, %reason, "agent disconnected");
+}
+
+/// Serves one connected agent until it goes; returns why it ended.
+async fn run_session(app: &Arc<App>, socket: &mut WebSocket, info: &AgentInfo) -> String {
+    let mut changes = app.rules_gen.subscribe();
+    let mut shutdown = app.shutdown.clone();
+    let mut sent: Option<Vec<Rule>> = None;
+    loop {
+        // (Re)send the rule set when it differs from what this agent has.
+        changes.mark_unchanged();
+        match app.rules_for(info).await {
+            Ok(rules) if sent.as_ref() != Some(&rules) => {
+                if socket
+                    .send(text(&ServerMessage::Rules {
+                        rules: rules.clone(),
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return "send failed".into();
+                }
+                sent = Some(rules);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(agent = %info.id, "cannot compute rules: {e:?}"),
+        }
+        loop {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() { return "server stopping".into(); }
+                    break;
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => {
+                    close(socket, CLOSE_AWAY, "the server is stopping").await;
+                    return "server stopping".into();
+                }
+                msg = socket.recv() => {
+                    let t = match msg {
+                        None => return "connection closed".into(),
+                        Some(Err(e)) => return format!("connection error: {e}"),
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(_))) => return "agent closed".into(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Binary(_))) => {
+                            let reason = "binary frames are not supported: send JSON text frames";
+                            close(socket, CLOSE_UNSUPPORTED, reason).await;
+                            return reason.into();
+                        }
+                    };
+                    let msg = match serde_json::from_str::<AgentMessage>(&t) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            let reason = format!("malformed message: {e}");
+                            tracing::warn!(agent = %info.id, %reason, "closing agent connection");
+                            close(socket, CLOSE_INVALID, &reason).await;
+                            return reason;
+                        }
+                    };
+                    match handle(app, &info.id, msg).await {
+                        Ok(Some(reply)) => {
+                            if socket.send(text(&reply)).await.is_err() {
+                                return "send failed".into();
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            let _ = socket.send(text(&ServerMessage::Error { message: e })).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Handles one message of a known agent; returns the reply, if any.
+async fn handle(
+    app: &Arc<App>,
+    agent: &str,
+    msg: AgentMessage,
+) -> Result<Option<ServerMessage>, String> {
+    let id = agent.to_string();
+    match msg {
+        AgentMessage::Hello { agent: info } => {
+            if info.id != agent {
+                return Err("a connection speaks for one agent: reconnect to change the id".into());
+            }
+            app.blocking(move |s| s.upsert_agent(&info, true, now_ms()))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            Ok(None)
+        }
+        AgentMessage::Status { statuses } => {
+            app.blocking(move |s| s.put_statuses(&id, &statuses, now_ms()))
+                .await
+                .map_err(|_| "the server could not record the status".to_string())?;
+            Ok(None)
+        }
+        AgentMessage::Responses { responses, dropped } => {
+            app.ingest(&id, responses, dropped)
+                .await
+                .map_err(|_| "the server could not store the responses".to_string())?;
+            Ok(None)
+        }
+        AgentMessage::Ping => {
+            let _ = app
+                .blocking(move |s| s.touch_agent(&id, Some(true), now_ms()))
+                .await;
+            Ok(Some(ServerMessage::Pong))
+        }
+    }
+}
+
+/// The query of the HTTP agent routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentQuery {
+    /// The agent's id.
+    pub agent: Option<String>,
+}
+
+/// A weak entity tag for a rule set (FNV-1a of its JSON, the same on every replica).
+fn etag(rules: &[Rule]) -> String {
+    let json = serde_json::to_vec(rules).unwrap_or_default();
+    let h = json.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("\"{h:016x}\"")
+}
+
+fn rules_response(rules: Vec<Rule>, headers: &HeaderMap) -> Response {
+    let tag = etag(&rules);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&tag) {
+            r.headers_mut().insert(header::ETAG, v);
+        }
+        return r;
+    }
+    let mut r = Json(ServerMessage::Rules { rules }).into_response();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+async fn known_agent(app: &Arc<App>, id: &str) -> Result<AgentInfo, ApiError> {
+    let key = id.to_string();
+    let found = app
+        .blocking(move |s| {
+            s.touch_agent(&key, None, now_ms())?;
+            s.agent(&key)
+        })
+        .await?;
+    found.map(|a| a.info).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown agent {id}: POST a hello to /agent/v1/responses first"),
+        )
+    })
+}
+
+/// `GET /agent/v1/poll?agent=ID`: the agent's rule set as a `rules` message, with an
+/// `ETag`; `If-None-Match` with that tag answers 304 when nothing changed.
+pub async fn poll(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<AgentQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = q
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?
+        .0;
+    let id = q.agent.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing ?agent=ID: the agent's id from its hello",
+        )
+    })?;
+    let info = known_agent(&app, &id).await?;
+    let rules = app.rules_for(&info).await?;
+    Ok(rules_response(rules, &headers))
+}
+
+/// Bodies of `POST /agent/v1/responses`: one message or an array of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Batch {
+    Many(Vec<AgentMessage>),
+    One(AgentMessage),
+}
+
+/// `POST /agent/v1/responses`: one agent message or an array of them. The agent is named by
+/// a `hello` in the batch (which registers it) or by `?agent=ID`. Answers with the agent's
+/// rule set, so a serverless agent needs one round trip per invocation.
+pub async fn post_messages(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    q: Result<Query<AgentQuery>, QueryRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let q = q
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?
+        .0;
+    let messages = match parse_json::<Batch>(&body) {
+        Ok(Batch::Many(m)) => m,
+        Ok(Batch::One(m)) => vec![m],
+        Err(_) => {
+            // Parse again as one message for an error that says where it went wrong.
+            parse_json::<AgentMessage>(&body)?;
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "expected an agent message or an array of them",
+            ));
+        }
+    };
+    let hello = messages.iter().find_map(|m| match m {
+        AgentMessage::Hello { agent } => Some(agent.clone()),
+        _ => None,
+    });
+    let info = match hello {
+        Some(info) => {
+            check_hello(&info).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+            let i = info.clone();
+            app.blocking(move |s| s.upsert_agent(&i, false, now_ms()))
+                .await?;
+            info
+        }
+        None => {
+            let id = q.agent.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "say who is sending: include a hello message or pass ?agent=ID",
+                )
+            })?;
+            known_agent(&app, &id).await?
+        }
+    };
+    for m in messages {
+        match m {
+            AgentMessage::Hello { .. } | AgentMessage::Ping => {}
+            AgentMessage::Status { statuses } => {
+                let id = info.id.clone();
+                app.blocking(move |s| s.put_statuses(&id, &statuses, now_ms()))
+                    .await?;
+            }
+            AgentMessage::Responses { responses, dropped } => {
+                app.ingest(&info.id, responses, dropped).await?;
+            }
+        }
+    }
+    let rules = app.rules_for(&info).await?;
+    Ok(rules_response(rules, &headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_select_agents_by_service_and_labels() {
+        let info: AgentInfo = serde_json::from_str(
+            r#"{"id":"a","service":"checkout","labels":{"region":"eu","canary":"1"}}"#,
+        )
+        .unwrap();
+        let rule = |j: &str| serde_json::from_str::<Rule>(j).unwrap();
+        assert!(selects(
+            &rule(r#"{"at":"a.rs:1","action":"snapshot"}"#),
+            &info
+        ));
+        assert!(selects(
+            &rule(
+                r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","labels":{"region":"eu"}}"#
+            ),
+            &info
+        ));
+        assert!(!selects(
+            &rule(r#"{"at":"a.rs:1","action":"snapshot","service":"cart"}"#),
+            &info
+        ));
+        assert!(!selects(
+            &rule(r#"{"at":"a.rs:1","action":"snapshot","labels":{"region":"us"}}"#),
+            &info
+        ));
+        assert_eq!(etag(&[]), etag(&[]));
+    }
+}

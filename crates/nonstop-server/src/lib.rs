@@ -1,0 +1,514 @@
+//! The nonstop server: agent hub, store, REST API and live stream of responses.
+//!
+//! # Overview
+//! - [`serve`] binds, opens the store, and runs the server on the current tokio runtime;
+//!   it returns a [`ServerHandle`] with the bound address and a way to stop.
+//! - [`Config`] says where to listen and where the data lives.
+//! - [`store::Store`] is the storage interface; [`sqlite::SqliteStore`] the default.
+//!
+//! Agents speak the protocol of [`nonstop_model::wire`] on `/agent/v1/ws` (or over HTTP on
+//! `/agent/v1/poll` and `/agent/v1/responses`); people and tools use `/api/v1/…`, described
+//! by the OpenAPI document at `/api/v1/openapi.json`.
+//!
+//! # Routes and tokens
+//! | route | token |
+//! | --- | --- |
+//! | `GET /healthz`, `GET /api/v1/openapi.json` | none |
+//! | `/`, `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
+//!
+//! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is
+//! `{"error": "…"}` with a message that says what to do.
+//!
+//! # State
+//! Everything replicas would share lives in the [`store::Store`]: rules (with their server
+//! state `active`/`done`/`expired` and hit count), agents, statuses per rule and agent, and a
+//! bounded window of responses ([`store::Retention`]). A rule's max hits hold over all agents:
+//! the count is one atomic `UPDATE`, and the rule turns `done` (and leaves every agent's set)
+//! when it is reached. In memory there is only what one replica serves: its WebSocket
+//! sessions and its live streams.
+//!
+//! # Example
+//! ```no_run
+//! # async fn run() -> Result<(), nonstop_server::ServeError> {
+//! let config = nonstop_server::Config::new("127.0.0.1:0".parse().unwrap(), "/tmp/nonstop".into());
+//! let server = nonstop_server::serve(config).await?;
+//! println!("listening on {}", server.addr());
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod api;
+mod auth;
+pub mod clock;
+mod hub;
+pub mod sqlite;
+pub mod store;
+pub mod tls;
+pub mod validate;
+
+use crate::api::ApiError;
+pub use crate::auth::Tokens;
+pub use crate::hub::selects;
+use crate::store::{Retention, RuleState, Store, StoreError};
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use nonstop_model::{AgentInfo, Response, Rule};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+
+/// Largest request body on `/api/v1/…`.
+pub const MAX_API_BODY: usize = 1 << 20;
+/// Largest request body on `/agent/v1/…` (a batch of responses).
+pub const MAX_AGENT_BODY: usize = 8 << 20;
+/// How often the server looks for expired rules.
+const EXPIRY_TICK: Duration = Duration::from_secs(1);
+/// How often old responses are pruned (in expiry ticks).
+const PRUNE_EVERY_TICKS: u64 = 60;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The data folder: `nonstop.db`, `admin.token`, `agent.token`.
+    pub data: PathBuf,
+    /// Require tokens (the default). Off is allowed on loopback addresses only.
+    pub auth: bool,
+    /// How long responses are kept.
+    pub retention: Retention,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<tls::TlsFiles>,
+}
+
+impl Config {
+    /// Tokens on, default retention.
+    pub fn new(listen: SocketAddr, data: PathBuf) -> Config {
+        Config {
+            listen,
+            data,
+            auth: true,
+            retention: Retention::default(),
+            tls: None,
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The data folder or a token file could not be made or read.
+    #[error("cannot use the data folder {path}: {source}")]
+    Data {
+        /// The folder or file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key could not be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// Tokens were turned off on an address other machines can reach.
+    #[error("refusing to listen on {0} without tokens: drop --no-auth or listen on 127.0.0.1")]
+    NoAuthOffLoopback(SocketAddr),
+}
+
+/// The data folder when none is given: `$NONSTOP_DATA`, else `$XDG_DATA_HOME/nonstop`,
+/// else `~/.local/share/nonstop`.
+pub fn default_data_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = env("NONSTOP_DATA") {
+        return d;
+    }
+    if let Some(d) = env("XDG_DATA_HOME") {
+        return d.join("nonstop");
+    }
+    env("HOME")
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".local/share/nonstop")
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    https: bool,
+    tokens: Option<Tokens>,
+    data: PathBuf,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL: `http://ADDR` or `https://ADDR`.
+    pub fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The tokens, unless auth is off.
+    pub fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data
+    }
+
+    /// Stops: closes agent connections and live streams, then waits (up to 5 s) for
+    /// requests in flight.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+
+    /// Waits until the server stops by itself (it does not, unless it fails).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// A stored response on its way to live streams.
+pub(crate) struct LiveResponse {
+    rule: String,
+    json: String,
+}
+
+/// The state every handler shares.
+pub(crate) struct App {
+    store: Arc<dyn Store>,
+    tokens: Option<Tokens>,
+    retention: Retention,
+    /// Bumped whenever any rule changes; each agent session recomputes its set.
+    rules_gen: watch::Sender<u64>,
+    live: broadcast::Sender<Arc<LiveResponse>>,
+    shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections per agent id.
+    connections: Mutex<HashMap<String, usize>>,
+}
+
+impl App {
+    /// Runs a store call on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    fn rules_changed(&self) {
+        self.rules_gen.send_modify(|g| *g += 1);
+    }
+
+    /// The active rules that select `info`.
+    async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
+        let info = info.clone();
+        self.blocking(move |s| {
+            Ok(s.rules()?
+                .into_iter()
+                .filter(|r| r.state == RuleState::Active && hub::selects(&r.rule, &info))
+                .map(|r| r.rule)
+                .collect())
+        })
+        .await
+    }
+
+    /// Stores responses, streams the stored ones, and pushes new rule sets when a rule
+    /// reached its max hits.
+    async fn ingest(
+        &self,
+        agent: &str,
+        mut responses: Vec<Response>,
+        dropped: u64,
+    ) -> Result<(), ApiError> {
+        // A sender speaks for its own agent only.
+        for r in &mut responses {
+            if r.agent != agent {
+                r.agent = agent.to_string();
+            }
+        }
+        let retention = self.retention;
+        let id = agent.to_string();
+        let ins = self
+            .blocking(move |s| {
+                if dropped > 0 {
+                    s.add_dropped(&id, dropped)?;
+                }
+                s.insert_responses(responses, clock::now_ms(), retention)
+            })
+            .await?;
+        if ins.refused > 0 {
+            tracing::debug!(
+                agent,
+                refused = ins.refused,
+                "responses for inactive or full rules dropped"
+            );
+        }
+        for r in ins.stored {
+            if let Ok(json) = serde_json::to_string(&r) {
+                let _ = self
+                    .live
+                    .send(Arc::new(LiveResponse { rule: r.rule, json }));
+            }
+        }
+        if !ins.done.is_empty() {
+            tracing::info!(rules = ?ins.done, "rules reached their max hits");
+            self.rules_changed();
+        }
+        Ok(())
+    }
+
+    fn connection_opened(&self, agent: &str) {
+        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        *c.entry(agent.to_string()).or_default() += 1;
+    }
+
+    async fn connection_closed(&self, agent: &str) {
+        let last = {
+            let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let n = c.entry(agent.to_string()).or_default();
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                c.remove(agent);
+            }
+            last
+        };
+        if last {
+            let id = agent.to_string();
+            let _ = self
+                .blocking(move |s| s.touch_agent(&id, Some(false), clock::now_ms()))
+                .await;
+        }
+    }
+}
+
+const OPENAPI: &str = include_str!("openapi.json");
+
+const INDEX: &str = "<!doctype html><meta charset=utf-8><title>nonstop</title>\
+<h1>nonstop</h1><p>The server is running. The web IDE is not built into this binary yet; \
+use the API (<a href=\"/api/v1/openapi.json\">OpenAPI</a>) or the CLI: \
+<code>nonstop rules add FILE:LINE</code>, <code>nonstop tail</code>.</p>";
+
+fn router(app: Arc<App>) -> Router {
+    let admin = Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route("/api/v1/rules", get(api::list_rules).post(api::create_rule))
+        .route(
+            "/api/v1/rules/{id}",
+            get(api::get_rule).delete(api::delete_rule),
+        )
+        .route("/api/v1/agents", get(api::list_agents))
+        .route("/api/v1/responses", get(api::list_responses))
+        .route("/api/v1/responses/stream", get(api::stream_responses))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_admin,
+        ));
+    let agent = Router::new()
+        .route("/agent/v1/ws", get(hub::ws))
+        .route("/agent/v1/poll", get(hub::poll))
+        .route(
+            "/agent/v1/responses",
+            axum::routing::post(hub::post_messages),
+        )
+        .layer(DefaultBodyLimit::max(MAX_AGENT_BODY))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_agent,
+        ));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"ok": true})) }),
+        )
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(admin)
+        .merge(agent)
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such route: see /api/v1/openapi.json",
+            )
+            .into_response()
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route: see /api/v1/openapi.json",
+            )
+            .into_response()
+        })
+        .with_state(app)
+}
+
+/// Starts the server on the current tokio runtime: creates the data folder and tokens,
+/// opens the store (running migrations), binds `config.listen`, and serves until
+/// [`ServerHandle::shutdown`].
+pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
+    if !config.auth && !config.listen.ip().is_loopback() {
+        return Err(ServeError::NoAuthOffLoopback(config.listen));
+    }
+    let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
+    let data = config.data.clone();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .map_err(|source| ServeError::Data {
+            path: data.clone(),
+            source,
+        })?;
+    let tokens = if config.auth {
+        Some(
+            auth::load_or_create(&data).map_err(|source| ServeError::Data {
+                path: data.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let db = data.join("nonstop.db");
+    let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+        let s = sqlite::SqliteStore::open(&db)?;
+        s.disconnect_all()?;
+        Ok::<_, StoreError>(s)
+    })
+    .await
+    .map_err(|e| StoreError::Database(e.to_string()))?
+    .map(Arc::new)?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let (stop, stop_rx) = watch::channel(false);
+    let app = Arc::new(App {
+        store,
+        tokens: tokens.clone(),
+        retention: config.retention,
+        rules_gen: watch::channel(0).0,
+        live: broadcast::channel(1024).0,
+        shutdown: stop_rx.clone(),
+        connections: Mutex::new(HashMap::new()),
+    });
+
+    // Rules whose time is up leave every agent's set.
+    let expiry_app = app.clone();
+    let mut expiry_stop = stop_rx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EXPIRY_TICK);
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = async { let _ = expiry_stop.wait_for(|s| *s).await; } => return,
+            }
+            match expiry_app
+                .blocking(|s| s.expire_rules(clock::now_ms()))
+                .await
+            {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(rules = ?ids, "rules expired");
+                    expiry_app.rules_changed();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!("cannot expire rules: {e}"),
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+                let retention = expiry_app.retention;
+                match expiry_app
+                    .blocking(move |s| s.prune_responses(clock::now_ms(), retention))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(responses = n, "pruned old responses"),
+                    Err(e) => tracing::error!("cannot prune responses: {e}"),
+                }
+            }
+        }
+    });
+
+    let mut graceful = stop_rx.clone();
+    let shutdown = async move {
+        let _ = graceful.wait_for(|s| *s).await;
+    };
+    let service = router(app).into_make_service();
+    let task = match acceptor {
+        None => tokio::spawn(async move {
+            let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+            if let Err(e) = server.await {
+                tracing::error!("server stopped: {e}");
+            }
+        }),
+        Some(acceptor) => {
+            let tls = tls::TlsListener::new(listener, acceptor, stop_rx).map_err(|source| {
+                ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                let server = axum::serve(tls, service).with_graceful_shutdown(shutdown);
+                if let Err(e) = server.await {
+                    tracing::error!("server stopped: {e}");
+                }
+            })
+        }
+    };
+    tracing::info!(%addr, data = %data.display(), "serving");
+    Ok(ServerHandle {
+        addr,
+        https: config.tls.is_some(),
+        tokens,
+        data,
+        stop,
+        task,
+    })
+}

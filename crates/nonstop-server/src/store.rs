@@ -1,0 +1,192 @@
+//! The store interface: rules, agents, statuses and the recent window of responses.
+//!
+//! Calls block; the server runs them on tokio's blocking pool. [`crate::sqlite::SqliteStore`]
+//! is the implementation today; the SQL is kept portable so a PostgreSQL store can follow
+//! (counters such as a rule's hits are single atomic `UPDATE`s, not read-modify-write).
+
+use nonstop_model::{AgentInfo, Response, Rule, RuleStatus};
+use serde::Serialize;
+
+/// What went wrong in the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database refused or failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// Stored JSON could not be read back.
+    #[error("stored {what} is not valid JSON: {source}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A rule with this id exists already.
+    #[error("a rule with id {0} exists already")]
+    DuplicateRule(String),
+}
+
+/// The lifecycle state of a rule on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleState {
+    /// Sent to matching agents.
+    Active,
+    /// Reached its max hits.
+    Done,
+    /// Its time ran out.
+    Expired,
+}
+
+impl RuleState {
+    /// The word stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleState::Active => "active",
+            RuleState::Done => "done",
+            RuleState::Expired => "expired",
+        }
+    }
+
+    /// The state a stored word names (unknown words read as `expired`, which is inert).
+    pub fn parse(s: &str) -> RuleState {
+        match s {
+            "active" => RuleState::Active,
+            "done" => RuleState::Done,
+            _ => RuleState::Expired,
+        }
+    }
+}
+
+/// A rule as stored, with its server-side state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRule {
+    /// The rule, defaults filled in.
+    pub rule: Rule,
+    /// Created, Unix ms.
+    pub created_ms: i64,
+    /// When it expires, Unix ms.
+    pub expires_ms: Option<i64>,
+    /// Its state.
+    pub state: RuleState,
+    /// Responses stored for it so far, over all agents.
+    pub hits: u64,
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    /// What it said in its hello.
+    pub info: AgentInfo,
+    /// Whether it holds a WebSocket connection now.
+    pub connected: bool,
+    /// First seen, Unix ms.
+    pub first_seen_ms: i64,
+    /// Last seen, Unix ms.
+    pub last_seen_ms: i64,
+    /// Responses it reported dropped, in all.
+    pub dropped: u64,
+}
+
+/// A rule's status on one agent, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRuleStatus {
+    /// The agent.
+    pub agent: String,
+    /// The status it reported.
+    pub status: RuleStatus,
+    /// When, Unix ms.
+    pub updated_ms: i64,
+}
+
+/// How long stored responses are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most responses kept per rule (the newest).
+    pub per_rule: u64,
+    /// Oldest response kept, in ms.
+    pub max_age_ms: i64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            per_rule: 10_000,
+            max_age_ms: 7 * 86_400_000,
+        }
+    }
+}
+
+/// What [`Store::insert_responses`] did.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// The responses stored (and so to stream), in order.
+    pub stored: Vec<Response>,
+    /// Responses refused: unknown or inactive rule, or past the rule's max hits.
+    pub refused: usize,
+    /// Rules that reached their max hits with this batch.
+    pub done: Vec<String>,
+}
+
+/// Where the server keeps its state.
+pub trait Store: Send + Sync + 'static {
+    /// Adds a rule; [`StoreError::DuplicateRule`] when its id is taken.
+    fn insert_rule(&self, rule: &StoredRule) -> Result<(), StoreError>;
+    /// Every rule, oldest first.
+    fn rules(&self) -> Result<Vec<StoredRule>, StoreError>;
+    /// One rule.
+    fn rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError>;
+    /// Deletes a rule and its statuses; false when there was none.
+    fn delete_rule(&self, id: &str) -> Result<bool, StoreError>;
+    /// Marks active rules whose time is up as expired; returns their ids.
+    fn expire_rules(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
+
+    /// Records an agent's hello (insert or update) and whether it is connected.
+    fn upsert_agent(
+        &self,
+        info: &AgentInfo,
+        connected: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Updates an agent's last-seen time and, when given, its connection state.
+    /// False when the agent is unknown.
+    fn touch_agent(
+        &self,
+        id: &str,
+        connected: Option<bool>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Marks every agent disconnected (on server start).
+    fn disconnect_all(&self) -> Result<(), StoreError>;
+    /// Adds to an agent's dropped-responses count.
+    fn add_dropped(&self, agent: &str, dropped: u64) -> Result<(), StoreError>;
+    /// One agent.
+    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError>;
+    /// Every agent, most recently seen first.
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
+
+    /// Records the statuses an agent reported.
+    fn put_statuses(
+        &self,
+        agent: &str,
+        statuses: &[RuleStatus],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// A rule's status on each agent that reported one.
+    fn statuses(&self, rule: &str) -> Result<Vec<AgentRuleStatus>, StoreError>;
+
+    /// Stores responses for active rules, up to each rule's max hits over all agents, then
+    /// applies `retention`.
+    fn insert_responses(
+        &self,
+        responses: Vec<Response>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Inserted, StoreError>;
+    /// Deletes responses older than `retention` allows (inserts do this too; this covers
+    /// rules that stopped receiving). Returns how many went.
+    fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError>;
+    /// The newest `limit` responses (of one rule, or all), oldest first.
+    fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError>;
+}

@@ -1,0 +1,285 @@
+//! Rule validation, the per-action defaults of DESIGN.md, and rule ids.
+
+use nonstop_model::{Action, Rule};
+use std::time::Duration;
+
+/// Longest `expires` a rule may ask for.
+pub const MAX_EXPIRES: Duration = Duration::from_secs(30 * 86_400);
+/// Highest `max_hits`.
+pub const MAX_HITS: u64 = 1_000_000;
+/// Highest rate, in hits per second.
+pub const MAX_RATE_PER_SEC: u64 = 100_000;
+
+/// Checks `rule` and fills in the defaults of its action (rate, max hits, expiry), so
+/// agents receive explicit values. The error says what is wrong and what to write instead.
+pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
+    if !rule.id.is_empty() && !is_valid_id(&rule.id) {
+        return Err(format!(
+            "invalid id {:?}: use 1-64 letters, digits, `-` or `_`, or leave it out to get one",
+            rule.id
+        ));
+    }
+    check_location(&rule.at)?;
+    match rule.action {
+        Action::Log => {
+            if rule.template.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                return Err(
+                    "a log rule needs a template, e.g. \"template\": \"paid {order.total}\"".into(),
+                );
+            }
+        }
+        Action::Metric => {
+            let Some(m) = &rule.metric else {
+                return Err("a metric rule needs a metric, e.g. \"metric\": {\"kind\": \"count\", \"name\": \"cart.add\"}".into());
+            };
+            if m.name.trim().is_empty() {
+                return Err("the metric needs a name".into());
+            }
+            if m.kind != nonstop_model::MetricKind::Count && m.value.is_none() {
+                return Err(format!(
+                    "a {:?} metric needs a value expression, e.g. \"value\": \"order.total\"",
+                    m.kind
+                )
+                .to_lowercase());
+            }
+        }
+        Action::Snapshot => {}
+    }
+    if rule.action != Action::Log && rule.template.is_some() {
+        return Err(
+            "template is only used by log rules: remove it or use \"action\": \"log\"".into(),
+        );
+    }
+    if rule.action != Action::Metric && rule.metric.is_some() {
+        return Err(
+            "metric is only used by metric rules: remove it or use \"action\": \"metric\"".into(),
+        );
+    }
+    if let Some(w) = &rule.when
+        && w.trim().is_empty()
+    {
+        return Err("when is empty: remove it or give a condition such as \"user.id == 7\"".into());
+    }
+    if let Some(n) = rule.max_hits
+        && !(1..=MAX_HITS).contains(&n)
+    {
+        return Err(format!(
+            "max_hits must be between 1 and {MAX_HITS}, not {n}"
+        ));
+    }
+    if let Some(e) = &rule.expires {
+        parse_duration(e)?;
+    }
+    if let Some(r) = &rule.rate {
+        parse_rate(r)?;
+    }
+    check_limits(&rule.limits)?;
+    for t in &rule.to {
+        if t.is_empty() || t.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "invalid target {t:?}: name a target such as \"ui\" or \"slack\""
+            ));
+        }
+    }
+    if let Some(s) = &rule.service
+        && s.trim().is_empty()
+    {
+        return Err("service is empty: remove it to select every service".into());
+    }
+    // Defaults per action (DESIGN.md, "Defaults").
+    let (rate, max_hits, expires) = match rule.action {
+        Action::Snapshot => ("1/s", Some(100), "1h"),
+        Action::Log | Action::Metric => ("5000/s", None, "24h"),
+    };
+    rule.rate.get_or_insert_with(|| rate.to_string());
+    if rule.max_hits.is_none() {
+        rule.max_hits = max_hits;
+    }
+    rule.expires.get_or_insert_with(|| expires.to_string());
+    Ok(())
+}
+
+fn check_limits(l: &nonstop_model::Limits) -> Result<(), String> {
+    let ranges = [
+        ("depth", l.depth, 0, 16),
+        ("string", l.string, 0, 1 << 20),
+        ("collection", l.collection, 0, 100_000),
+        ("fields", l.fields, 0, 1000),
+        ("frames", l.frames, 0, 1000),
+    ];
+    for (name, v, lo, hi) in ranges {
+        if let Some(v) = v
+            && !(lo..=hi).contains(&v)
+        {
+            return Err(format!(
+                "limits.{name} must be between {lo} and {hi}, not {v}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a location: `FILE:LINE` with a line from 1, or a function path such as
+/// `checkout::cart::add`.
+pub fn check_location(at: &str) -> Result<(), String> {
+    if at.trim().is_empty() {
+        return Err(
+            "at is empty: give FILE:LINE (src/cart.rs:42) or a function (cart::add)".into(),
+        );
+    }
+    if at.trim() != at || at.chars().any(char::is_control) {
+        return Err(format!(
+            "at {at:?} has surrounding spaces or control characters"
+        ));
+    }
+    // A single colon (not part of `::`) separates a file from its line.
+    if let Some((file, line)) = split_file_line(at) {
+        if file.is_empty() {
+            return Err(format!("at {at:?} has no file before the line number"));
+        }
+        return match line.parse::<u32>() {
+            Ok(0) => Err(format!("at {at:?}: lines start at 1")),
+            Ok(_) => Ok(()),
+            Err(_) => Err(format!(
+                "at {at:?}: expected FILE:LINE with a line number, e.g. src/cart.rs:42"
+            )),
+        };
+    }
+    Ok(())
+}
+
+/// Splits `FILE:LINE` at its last single colon; `None` for a function path.
+fn split_file_line(at: &str) -> Option<(&str, &str)> {
+    let bytes = at.as_bytes();
+    let i = at.rfind(':')?;
+    let double = (i > 0 && bytes[i - 1] == b':') || bytes.get(i + 1) == Some(&b':');
+    if double {
+        return None;
+    }
+    Some((&at[..i], &at[i + 1..]))
+}
+
+/// Parses a duration such as `90s`, `30m`, `1h`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {s:?}: write a number and a unit, e.g. 30s, 30m, 1h, 24h, 7d");
+    let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let n: u64 = s[..unit_at].parse().map_err(|_| bad())?;
+    let secs = match &s[unit_at..] {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
+        _ => return Err(bad()),
+    };
+    let d = Duration::from_secs(secs);
+    if d.is_zero() || d > MAX_EXPIRES {
+        return Err(format!("duration {s:?} must be between 1s and 30d"));
+    }
+    Ok(d)
+}
+
+/// Parses a rate `N/s` or `N/m` into (hits, per).
+pub fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
+    let bad = || format!("invalid rate {s:?}: write hits per second or minute, e.g. 1/s, 100/m");
+    let (n, per) = s.split_once('/').ok_or_else(bad)?;
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let per = match per {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        _ => return Err(bad()),
+    };
+    let per_sec_max = MAX_RATE_PER_SEC * per.as_secs();
+    if n == 0 || n > per_sec_max {
+        return Err(format!(
+            "rate {s:?} must allow between 1 and {MAX_RATE_PER_SEC} hits per second"
+        ));
+    }
+    Ok((n, per))
+}
+
+/// Whether `id` can name a rule or agent: 1-64 of `[A-Za-z0-9_-.]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// A new rule id: `r-` and 8 base32 characters (40 random bits).
+pub fn new_rule_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bytes = [0u8; 5];
+    crate::auth::fill_random(&mut bytes);
+    let bits = bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+    let mut id = String::from("r-");
+    for i in (0..8).rev() {
+        id.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(json: &str) -> Rule {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn snapshot_defaults_are_filled_in() {
+        let mut r = rule(r#"{"at":"src/cart.rs:42","action":"snapshot"}"#);
+        check_and_fill(&mut r).unwrap();
+        assert_eq!(
+            (r.rate.as_deref(), r.max_hits, r.expires.as_deref()),
+            (Some("1/s"), Some(100), Some("1h"))
+        );
+        let mut r = rule(r#"{"at":"cart::add","action":"log","template":"x","max_hits":5}"#);
+        check_and_fill(&mut r).unwrap();
+        assert_eq!(
+            (r.rate.as_deref(), r.max_hits, r.expires.as_deref()),
+            (Some("5000/s"), Some(5), Some("24h"))
+        );
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_a_reason() {
+        for (json, needle) in [
+            (r#"{"at":"a.rs:0","action":"snapshot"}"#, "lines start at 1"),
+            (r#"{"at":"a.rs:x","action":"snapshot"}"#, "line number"),
+            (r#"{"at":"","action":"snapshot"}"#, "at is empty"),
+            (r#"{"at":"a.rs:1","action":"log"}"#, "needs a template"),
+            (r#"{"at":"a.rs:1","action":"metric"}"#, "needs a metric"),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","max_hits":0}"#,
+                "max_hits",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","expires":"5x"}"#,
+                "invalid duration",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","rate":"1/h"}"#,
+                "invalid rate",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","limits":{"depth":99}}"#,
+                "limits.depth",
+            ),
+        ] {
+            let err = check_and_fill(&mut rule(json)).unwrap_err();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn ids_are_short_and_valid() {
+        let id = new_rule_id();
+        assert_eq!(id.len(), 10);
+        assert!(is_valid_id(&id));
+        assert_ne!(id, new_rule_id());
+        assert!(check_location("checkout::cart::add").is_ok());
+        assert!(check_location("<T as Foo>::bar").is_ok());
+    }
+}

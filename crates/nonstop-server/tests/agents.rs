@@ -1,0 +1,297 @@
+//! Agents over real WebSockets and HTTP: rule sets on hello and on change, responses into
+//! the store and the live stream, isolation of a bad connection, and max hits over agents.
+
+mod common;
+
+use common::{TestServer, eventually, response};
+use nonstop_model::{AgentMessage, ServerMessage};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+use tungstenite::Message;
+
+#[test]
+fn an_agent_gets_its_rules_on_hello_and_each_change_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let before = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot","service":"checkout"}"#);
+    s.add_rule(r#"{"at":"src/cart.rs:43","action":"snapshot","service":"billing"}"#);
+    let mut a = s.agent("a-1", "checkout");
+    assert_eq!(a.recv_rule_ids(), vec![before.clone()]);
+    // Until the agent reports, the rule shows it as pending.
+    let view = s.get_json(&format!("/api/v1/rules/{before}"));
+    assert_eq!(view["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            &view["agents"][0]["agent"],
+            &view["agents"][0]["status"],
+            &view["agents"][0]["connected"]
+        ),
+        (&json!("a-1"), &json!("pending"), &json!(true))
+    );
+
+    let added = s
+        .add_rule(r#"{"at":"cart::add","action":"log","template":"{n}","labels":{"region":"eu"}}"#);
+    assert_eq!(a.recv_rule_ids(), vec![before.clone(), added.clone()]);
+    // A rule for other agents changes nothing here; the next push is the removal.
+    s.add_rule(r#"{"at":"cart::add","action":"snapshot","labels":{"region":"us"}}"#);
+    s.call("DELETE", &format!("/api/v1/rules/{before}"), None);
+    assert_eq!(a.recv_rule_ids(), vec![added]);
+
+    a.send(&AgentMessage::Ping);
+    assert_eq!(a.recv(), ServerMessage::Pong);
+    let agents = s.get_json("/api/v1/agents");
+    assert_eq!(
+        agents[0],
+        json!({"id": "a-1", "service": "checkout", "version": "1.0.0", "commit": "abc123",
+               "host": "test-host", "pid": 4242, "labels": {"region": "eu"},
+               "started": "2026-01-01T00:00:00Z", "connected": true,
+               "first_seen": agents[0]["first_seen"], "last_seen": agents[0]["last_seen"], "dropped": 0})
+    );
+    drop(a);
+    eventually(|| (s.get_json("/api/v1/agents")[0]["connected"] == json!(false)).then_some(()));
+}
+
+#[test]
+fn responses_are_stored_and_streamed_and_statuses_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let id = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot"}"#);
+    let other = s.add_rule(r#"{"at":"src/cart.rs:50","action":"snapshot"}"#);
+
+    // A live stream of this rule only, opened before the responses arrive.
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let stream = http
+        .get(s.url(&format!("/api/v1/responses/stream?rule={id}")))
+        .header("Authorization", format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
+
+    let mut a = s.agent("a-1", "checkout");
+    a.recv_rule_ids();
+    a.send(&AgentMessage::Status {
+        statuses: vec![
+            serde_json::from_value(json!({"rule": id, "status": "error",
+            "message": "no code at src/cart.rs:42; nearest lines with code: 41, 44"}))
+            .unwrap(),
+        ],
+    });
+    let sent = vec![
+        response(&id, "a-1", 1),
+        response(&other, "a-1", 9),
+        response(&id, "a-1", 2),
+    ];
+    a.send(&AgentMessage::Responses {
+        responses: sent.clone(),
+        dropped: 3,
+    });
+
+    let mut streamed = Vec::new();
+    while streamed.len() < 2 {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            streamed.push(serde_json::from_str::<Value>(data).unwrap());
+        }
+    }
+    let want: Vec<Value> = [&sent[0], &sent[2]]
+        .iter()
+        .map(|r| serde_json::to_value(r).unwrap())
+        .collect();
+    assert_eq!(streamed, want);
+    assert_eq!(
+        streamed[0]["locals"],
+        json!({"n": {"type": "u32", "value": 1}})
+    );
+
+    let stored = s.get_json(&format!("/api/v1/responses?rule={id}"));
+    assert_eq!(stored, json!(want));
+    assert_eq!(
+        s.get_json("/api/v1/responses?limit=1"),
+        json!([serde_json::to_value(&sent[2]).unwrap()])
+    );
+
+    let view = eventually(|| {
+        let v = s.get_json(&format!("/api/v1/rules/{id}"));
+        (v["agents"].as_array().unwrap().len() == 1).then_some(v)
+    });
+    assert_eq!(view["hits"], json!(2));
+    assert_eq!(view["agents"][0]["status"], json!("error"));
+    assert!(
+        view["agents"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nearest lines")
+    );
+    assert_eq!(s.get_json("/api/v1/agents")[0]["dropped"], json!(3));
+}
+
+#[test]
+fn a_garbage_frame_closes_only_that_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let id = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot"}"#);
+    let mut good = s.agent("good", "checkout");
+    let mut bad = s.agent("bad", "checkout");
+    good.recv_rule_ids();
+    bad.recv_rule_ids();
+
+    bad.ws.send(Message::text("{this is not json")).unwrap();
+    match bad.recv() {
+        ServerMessage::Error { message } => {
+            assert!(message.contains("malformed message"), "{message}")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let close = loop {
+        match bad.ws.read() {
+            Ok(Message::Close(f)) => break f,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    };
+    assert_eq!(u16::from(close.unwrap().code), 1007);
+
+    // A first message other than hello is refused too.
+    let mut rude = common::FakeAgent::open(s.addr, &s.agent);
+    rude.send(&AgentMessage::Ping);
+    assert!(matches!(rude.recv(), ServerMessage::Error { .. }));
+
+    good.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "good", 1)],
+        dropped: 0,
+    });
+    good.send(&AgentMessage::Ping);
+    assert_eq!(good.recv(), ServerMessage::Pong);
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn max_hits_over_two_agents_stops_at_exactly_n_and_agents_disarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let id = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot","max_hits":5}"#);
+    let mut a = s.agent("a", "checkout");
+    let mut b = s.agent("b", "checkout");
+    assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    assert_eq!(b.recv_rule_ids(), vec![id.clone()]);
+    for n in 0..4 {
+        a.send(&AgentMessage::Responses {
+            responses: vec![response(&id, "a", n)],
+            dropped: 0,
+        });
+        b.send(&AgentMessage::Responses {
+            responses: vec![response(&id, "b", n)],
+            dropped: 0,
+        });
+    }
+    // Both agents are told the rule is gone.
+    assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
+    assert_eq!(b.recv_rule_ids(), Vec::<String>::new());
+    let view = s.get_json(&format!("/api/v1/rules/{id}"));
+    assert_eq!(
+        (view["state"].clone(), view["hits"].clone()),
+        (json!("done"), json!(5))
+    );
+    // Late responses are not stored.
+    a.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "a", 99)],
+        dropped: 0,
+    });
+    a.send(&AgentMessage::Ping);
+    assert_eq!(a.recv(), ServerMessage::Pong);
+    assert_eq!(
+        s.get_json(&format!("/api/v1/responses?rule={id}"))
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+}
+
+#[test]
+fn a_serverless_agent_uses_http_with_etags() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let id = s.add_rule(r#"{"at":"handler::run","action":"snapshot","service":"lambda"}"#);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {}", s.agent);
+    let hello = json!([
+        {"type": "hello", "agent": common::info("fn-1", "lambda")},
+        {"type": "responses", "responses": [response(&id, "fn-1", 1)]}
+    ]);
+    let mut resp = http
+        .post(s.url("/agent/v1/responses"))
+        .header("Authorization", &auth)
+        .send_json(&hello)
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let etag = resp
+        .headers()
+        .get("etag")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body["type"], json!("rules"));
+    assert_eq!(body["rules"][0]["id"], json!(id));
+
+    let poll = s.url("/agent/v1/poll?agent=fn-1");
+    let resp = http
+        .get(&poll)
+        .header("Authorization", &auth)
+        .header("If-None-Match", &etag)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    s.call("DELETE", &format!("/api/v1/rules/{id}"), None);
+    let mut resp = http
+        .get(&poll)
+        .header("Authorization", &auth)
+        .header("If-None-Match", &etag)
+        .call()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.body_mut().read_json::<Value>().unwrap(),
+        json!({"type": "rules", "rules": []})
+    );
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
+
+    // Without a hello the agent must be named; an unknown one is told to say hello.
+    let resp = http
+        .post(s.url("/agent/v1/responses?agent=stranger"))
+        .header("Authorization", &auth)
+        .send_json(json!({"type": "ping"}))
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let (status, _) = common::post_sized(s.addr, "/agent/v1/responses", &s.agent, 9 << 20);
+    assert_eq!(status, 413);
+    // 2 MiB is fine for an agent batch, though not for the API.
+    let (status, _) = common::post_sized(s.addr, "/agent/v1/responses", &s.agent, 2 << 20);
+    assert_eq!(
+        status, 400,
+        "a batch of zeros is malformed JSON, but not too large"
+    );
+}
+
+#[test]
+fn rules_expire_and_leave_the_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let id = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot","expires":"1s"}"#);
+    let mut a = s.agent("a", "checkout");
+    assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
+    assert_eq!(
+        s.get_json(&format!("/api/v1/rules/{id}"))["state"],
+        json!("expired")
+    );
+}

@@ -1,0 +1,342 @@
+//! `nonstop serve`, `rules`, `tail` and `agents` as real processes against a real server.
+//! The server runs as `nonstop serve --listen 127.0.0.1:0`; a fake agent speaks the wire
+//! protocol over a real WebSocket.
+
+use nonstop_model::{AgentMessage, Response};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::Message;
+use tungstenite::client::IntoClientRequest;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nonstop");
+
+struct Serve {
+    child: Child,
+    /// Kept open so the server's stdout stays a live pipe.
+    _stdout: BufReader<std::process::ChildStdout>,
+    base: String,
+    admin: String,
+    agent: String,
+    home: tempfile::TempDir,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Serve {
+    serve_with(tempfile::tempdir().unwrap(), &[])
+}
+
+fn serve_with(home: tempfile::TempDir, extra: &[&str]) -> Serve {
+    let data = home.path().join("data");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .args(extra)
+        .env("HOME", home.path())
+        .env_remove("NONSTOP_DATA")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("nonstop: serving on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first}"));
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (addr, token) = rest.split_once("/?token=").unwrap();
+    let mut second = String::new();
+    out.read_line(&mut second).unwrap();
+    assert!(second.contains(&data.display().to_string()), "{second}");
+    let agent = std::fs::read_to_string(data.join("agent.token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        std::fs::read_to_string(data.join("admin.token"))
+            .unwrap()
+            .trim(),
+        token
+    );
+    Serve {
+        child,
+        _stdout: out,
+        base: format!("{scheme}://{addr}"),
+        admin: token.to_string(),
+        agent,
+        home,
+    }
+}
+
+impl Serve {
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .args(["--server", &self.base])
+            .env("NONSTOP_TOKEN", &self.admin)
+            .env("HOME", self.home.path())
+            .env_remove("NONSTOP_SERVER");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cli(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn fake_agent(&self, id: &str) -> tungstenite::WebSocket<TcpStream> {
+        let addr = self.base.strip_prefix("http://").unwrap();
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut req = format!("ws://{addr}/agent/v1/ws")
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.agent).parse().unwrap(),
+        );
+        let (mut ws, _) = tungstenite::client::client(req, stream).unwrap();
+        let hello = json!({"type": "hello", "agent": {"id": id, "service": "checkout", "host": "h", "pid": 1, "started": "2026-01-01T00:00:00Z"}});
+        ws.send(Message::text(hello.to_string())).unwrap();
+        ws
+    }
+}
+
+fn response(rule: &str, n: u32) -> Response {
+    serde_json::from_value(json!({
+        "rule": rule, "agent": "cli-agent", "service": "checkout", "time": "2026-01-01T00:00:00Z",
+        "thread": "main", "location": {"file": "src/cart.rs", "line": 42, "function": "cart::add"},
+        "message": null, "frames": [], "locals": {"n": {"type": "u32", "value": n}}
+    }))
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn rules_add_list_show_rm_and_tail_work_against_a_real_server() {
+    let s = serve();
+    let out = s.run(&[
+        "rules",
+        "add",
+        "src/cart.rs:42",
+        "--service",
+        "checkout",
+        "--max-hits",
+        "10",
+    ]);
+    let id = stdout(&out).trim().to_string();
+    assert!(
+        id.starts_with("r-") && id.len() == 10 && !id.contains('\n'),
+        "{id:?}"
+    );
+
+    let list: Value = serde_json::from_str(&stdout(&s.run(&["rules", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["rule"]["id"], json!(id));
+    assert_eq!(list[0]["rule"]["max_hits"], json!(10));
+    let table = stdout(&s.run(&["rules", "list"]));
+    assert!(
+        table.starts_with("RULE") && table.contains(&id) && table.contains("src/cart.rs:42"),
+        "{table}"
+    );
+
+    // tail: started first, then the agent sends until tail has printed two and left.
+    let mut tail = s
+        .cli(&[
+            "tail",
+            "--json",
+            "--count",
+            "2",
+            "--rule",
+            &id,
+            "--timeout",
+            "20s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ws = s.fake_agent("cli-agent");
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tail.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tail did not finish");
+        let r = response(&id, sent.len() as u32);
+        ws.send(Message::text(
+            serde_json::to_string(&AgentMessage::Responses {
+                responses: vec![r.clone()],
+                dropped: 0,
+            })
+            .unwrap(),
+        ))
+        .unwrap();
+        sent.push(serde_json::to_string(&r).unwrap());
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let out = tail.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let at = sent
+        .iter()
+        .position(|s| *s == lines[0])
+        .expect("first line is a sent response, exactly");
+    assert_eq!(lines[1], sent[at + 1]);
+
+    let show: Value =
+        serde_json::from_str(&stdout(&s.run(&["rules", "show", &id, "--json"]))).unwrap();
+    assert_eq!(show["rule"]["id"], json!(id));
+    assert!(show["hits"].as_u64().unwrap() >= 2);
+    let human = stdout(&s.run(&["rules", "show", &id]));
+    assert!(human.contains("src/cart.rs:42"), "{human}");
+
+    let agents: Value = serde_json::from_str(&stdout(&s.run(&["agents", "--json"]))).unwrap();
+    assert_eq!(agents[0]["id"], json!("cli-agent"));
+    assert!(stdout(&s.run(&["agents"])).contains("cli-agent"));
+
+    s.run(&["rules", "rm", &id]);
+    let list: Value = serde_json::from_str(&stdout(&s.run(&["rules", "list", "--json"]))).unwrap();
+    assert_eq!(list, json!([]));
+}
+
+#[test]
+fn tail_with_a_timeout_fails_when_too_few_arrive() {
+    let s = serve();
+    let start = Instant::now();
+    let out = s
+        .cli(&["tail", "--count", "1", "--timeout", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let out = s.cli(&["tail", "--timeout", "1s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let s = serve();
+    let out = s
+        .cli(&["rules", "list"])
+        .env("NONSTOP_TOKEN", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the server refused the token: pass --token or set NONSTOP_TOKEN"),
+        "{err}"
+    );
+
+    let out = s.cli(&["rules", "add", "src/cart.rs:0"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("lines start at 1"),
+        "{err}"
+    );
+
+    // A port nothing listens on.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["agents", "--server", &format!("http://{free}")])
+        .env("NONSTOP_TOKEN", "x")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot reach the nonstop server at http://{free}: is `nonstop serve` running?"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_cli_finds_the_admin_token_in_the_default_data_folder() {
+    let s = serve();
+    // With NONSTOP_DATA pointing at the server's folder and no token given.
+    let out = Command::new(BIN)
+        .args(["rules", "list", "--json", "--server", &s.base])
+        .env_remove("NONSTOP_TOKEN")
+        .env("NONSTOP_DATA", s.home.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_cli_talks_https_to_a_server_with_its_own_certificate() {
+    let home = tempfile::tempdir().unwrap();
+    let cert = home.path().join("cert.pem");
+    let key = home.path().join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output();
+    if !made.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: openssl cannot make a test certificate here");
+        return;
+    }
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let s = serve_with(home, &["--tls-cert", &c, "--tls-key", &k]);
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    let id = stdout(&s.run(&[
+        "rules",
+        "add",
+        "cart::add",
+        "--log",
+        "added {item}",
+        "--ca-cert",
+        &c,
+    ]));
+    let list: Value = serde_json::from_str(&stdout(&s.run(&[
+        "rules",
+        "list",
+        "--json",
+        "--ca-cert",
+        &c,
+    ])))
+    .unwrap();
+    assert_eq!(list[0]["rule"]["id"], json!(id.trim()));
+    // Without trusting the certificate the CLI refuses to talk.
+    let out = s.cli(&["rules", "list"]).output().unwrap();
+    assert!(!out.status.success());
+}
