@@ -203,27 +203,9 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// The default data folder: `$NONSTOP_DATA`, else `$XDG_DATA_HOME/nonstop`, else `~/.local/share/nonstop`.
-pub fn default_data_dir() -> anyhow::Result<PathBuf> {
-    let var = |name| std::env::var_os(name).filter(|value: &OsString| !value.is_empty());
-    if let Some(dir) = var("NONSTOP_DATA") {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = var("XDG_DATA_HOME") {
-        return Ok(PathBuf::from(dir).join("nonstop"));
-    }
-    match var("HOME") {
-        Some(home) => Ok(PathBuf::from(home).join(".local/share/nonstop")),
-        None => bail!("cannot find a data folder: set NONSTOP_DATA, XDG_DATA_HOME or HOME"),
-    }
-}
-
 /// The agent token from `agent.token` in the default data folder, if the file exists.
 fn read_agent_token() -> anyhow::Result<Option<String>> {
-    let Ok(dir) = default_data_dir() else {
-        return Ok(None);
-    };
-    let path = dir.join("agent.token");
+    let path = nonstop_server::default_data_dir().join("agent.token");
     match std::fs::read_to_string(&path) {
         Ok(token) => Ok(Some(token.trim().to_string())),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
