@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::cmd_run::{AgentEnv, beside_executable, find_agent_library};
+use crate::cmd_run::{AgentEnv, beside_executable, find_agent_library, find_program};
 
 /// The shop's pricing module, compiled in so the line suggested below always matches the shop's source.
 const PRICING_SOURCE: &str = include_str!("../../../examples/shop/src/pricing.rs");
@@ -185,16 +185,38 @@ fn print_welcome(
     if custom_data {
         out.push_str(&format!("  export NONSTOP_TOKEN={admin_token}\n"));
     }
+    let nonstop = self_command();
     out.push_str(&format!(
-        "  nonstop rules add {PRICING_FILE}:{line} --service shop --snapshot\n"
+        "  {nonstop} rules add {PRICING_FILE}:{line} --service shop --snapshot\n"
     ));
     out.push_str(&format!(
-        "  nonstop rules add {PRICING_FILE}:{line} --service shop --log \"{{reason}}: {{cents}} cents off\"\n"
+        "  {nonstop} rules add {PRICING_FILE}:{line} --service shop --log \"{{reason}}: {{cents}} cents off\"\n"
     ));
-    out.push_str("  nonstop tail\n");
-    out.push_str("  nonstop agents\n");
+    out.push_str(&format!("  {nonstop} tail\n"));
+    out.push_str(&format!("  {nonstop} agents\n"));
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// How to call this `nonstop` from a shell: `nonstop` when that is what `PATH` finds, else its path
+/// (relative to the current folder when it is below it, as `target/release/nonstop` is).
+fn self_command() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "nonstop".to_string();
+    };
+    let on_path = find_program(std::ffi::OsStr::new("nonstop"))
+        .ok()
+        .and_then(|path| path.canonicalize().ok());
+    if on_path.is_some_and(|path| exe.canonicalize().is_ok_and(|exe| exe == path)) {
+        return "nonstop".to_string();
+    }
+    let relative = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| exe.strip_prefix(cwd).ok().map(Path::to_path_buf));
+    match relative {
+        Some(path) => path.display().to_string(),
+        None => exe.display().to_string(),
+    }
 }
 
 /// The line of the shop's discount computation that the demo suggests: the first line of code after

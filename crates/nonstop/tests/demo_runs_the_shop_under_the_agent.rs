@@ -122,7 +122,7 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
     let mut printed = Vec::new();
     while !printed
         .iter()
-        .any(|l: &String| l.trim() == "nonstop agents")
+        .any(|l: &String| l.trim().ends_with("nonstop agents"))
     {
         match lines_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => printed.push(line),
@@ -153,11 +153,16 @@ fn the_demo_serves_instruments_the_shop_sends_traffic_and_stops_on_ctrl_c() {
     assert!(
         printed.iter().any(|l| l.trim()
             == format!(
-                "nonstop rules add examples/shop/src/pricing.rs:{line} --service shop --snapshot"
+                "{} rules add examples/shop/src/pricing.rs:{line} --service shop --snapshot",
+                nonstop.display()
             )),
         "{printed:#?}"
     );
-    assert!(printed.iter().any(|l| l.trim() == "nonstop tail"));
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.trim() == format!("{} tail", nonstop.display()))
+    );
 
     // The server answers with the admin token.
     let server_addr = server.trim_start_matches("http://").to_string();
