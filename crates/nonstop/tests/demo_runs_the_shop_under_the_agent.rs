@@ -12,11 +12,22 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// `nonstop demo`, killed when dropped.
+/// `nonstop demo`, stopped when dropped: Ctrl-C first, so it stops its shop too (a SIGKILL would
+/// leave the shop running), then SIGKILL if it has not stopped within 10 s.
 struct Demo(Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
