@@ -18,6 +18,10 @@ struct Demo(Child);
 
 impl Drop for Demo {
     fn drop(&mut self) {
+        // Already reaped: its pid may belong to another process by now.
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-INT", &self.0.id().to_string()])
             .status();
