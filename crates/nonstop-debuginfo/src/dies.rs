@@ -366,10 +366,12 @@ impl DebugInfo {
                 | gimli::DW_TAG_structure_type
                 | gimli::DW_TAG_class_type
                 | gimli::DW_TAG_union_type
-                | gimli::DW_TAG_enumeration_type
-                    if chain.is_empty() =>
-                {
-                    if self.descend(unit, child, addr, chain, depth + 1)? {
+                | gimli::DW_TAG_enumeration_type => {
+                    // Functions nest in namespaces and types (methods), never the
+                    // other way round once a function was found.
+                    let found =
+                        chain.is_empty() && self.descend(unit, child, addr, chain, depth + 1)?;
+                    if found {
                         return Ok(true);
                     }
                 }
@@ -377,6 +379,25 @@ impl DebugInfo {
             }
         }
         Ok(false)
+    }
+
+    /// The function chain at an address, falling back to the ELF symbol containing it
+    /// when the debug info has no function there (line-tables-only builds).
+    pub(crate) fn functions_at(&self, ui: usize, chain: &[Scope], addr: u64) -> Vec<String> {
+        let names = self.function_chain(ui, chain);
+        if names.is_empty() {
+            self.symbol_at(addr).into_iter().collect()
+        } else {
+            names
+        }
+    }
+
+    /// The demangled name of the ELF function symbol containing `addr`.
+    pub(crate) fn symbol_at(&self, addr: u64) -> Option<String> {
+        let syms = &self.file.symbols;
+        let i = syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (start, size, name) = &syms[i];
+        (addr < start.saturating_add((*size).max(1))).then(|| demangle(name))
     }
 
     /// The function chain at an address, innermost first (inlined callees first, the

@@ -201,6 +201,9 @@ impl DebugInfo {
             exact
         };
         if matches.is_empty() {
+            if let Some(sites) = self.resolve_symbol(&q)? {
+                return Ok(sites);
+            }
             return Err(Error::UnknownFunction {
                 name: query.to_string(),
                 suggestions: self.close_functions(index, &q),
@@ -236,7 +239,7 @@ impl DebugInfo {
             };
             sites.push(Site {
                 address,
-                functions: self.function_chain(m.unit, &chain),
+                functions: self.functions_at(m.unit, &chain, address),
                 file,
                 line,
                 is_stmt,
@@ -245,6 +248,39 @@ impl DebugInfo {
         sites.sort_by_key(|s| s.address);
         sites.dedup_by_key(|s| s.address);
         Ok(sites)
+    }
+
+    /// Functions the debug info does not describe (line-tables-only builds): the ELF
+    /// symbol with that demangled name (or path suffix), past its prologue.
+    fn resolve_symbol(&self, q: &str) -> Result<Option<Vec<Site>>, Error> {
+        let suffix = format!("::{q}");
+        let mut sites = Vec::new();
+        for (addr, size, raw) in &self.file.symbols {
+            let name = strip_generics(&demangle(raw));
+            if name != q && !name.ends_with(&suffix) {
+                continue;
+            }
+            let Some(&ui) = self.units_at(*addr)?.first() else {
+                continue;
+            };
+            let end = (*size > 0).then(|| addr.saturating_add(*size));
+            let row = self.post_prologue(ui, *addr, end)?;
+            let address = row.map_or(*addr, |r| r.addr);
+            let file = row.and_then(|r| {
+                let unit = self.units().ok()?.get(ui)?;
+                self.file_path(ui, unit.line_program.as_ref()?.header(), r.file)
+            });
+            sites.push(Site {
+                address,
+                functions: vec![demangle(raw)],
+                file: file.unwrap_or_default(),
+                line: row.map_or(0, |r| r.line),
+                is_stmt: row.is_some_and(|r| r.is_stmt),
+            });
+        }
+        sites.sort_by_key(|s| s.address);
+        sites.dedup_by_key(|s| s.address);
+        Ok((!sites.is_empty()).then_some(sites))
     }
 
     fn close_functions(&self, index: &FunctionIndex, q: &str) -> Vec<String> {

@@ -10,6 +10,23 @@
 //!   location made of capture-plan pieces, or a reason it is not available.
 //! - [`DebugInfo::capture_plan`] and [`DebugInfo::decode`]: what to read at a hit, and
 //!   the bytes read turned into [`nonstop_model::Value`]s (Rust-aware).
+//!
+//! Addresses are file addresses; [`DebugInfo::load_bias_in`] gives what to add for a
+//! running process, and [`Availability::relocate`] moves static (`Absolute`) pieces.
+//!
+//! # Example
+//! ```no_run
+//! use nonstop_debuginfo::DebugInfo;
+//!
+//! let info = DebugInfo::load("target/release/shop")?;
+//! for site in info.resolve("src/cart.rs:42")? {
+//!     println!("{:#x} in {}", site.address, site.functions.join(", inlined into "));
+//!     for var in info.variables_at(site.address)? {
+//!         println!("  {}: {} {:?}", var.name, var.type_name, var.availability);
+//!     }
+//! }
+//! # Ok::<(), nonstop_debuginfo::Error>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -81,9 +81,11 @@ pub(crate) fn normalize_path(p: &str) -> String {
 
 /// Whether `path` ends with `query` on a component boundary.
 pub(crate) fn path_matches(path: &str, query: &str) -> bool {
-    path == query
-        || (path.ends_with(query) && path[..path.len() - query.len()].ends_with('/'))
-        || (query.starts_with('/') && path == query)
+    if query.starts_with('/') {
+        path == query
+    } else {
+        path == query || (path.ends_with(query) && path[..path.len() - query.len()].ends_with('/'))
+    }
 }
 
 /// A parsed location string.
@@ -191,14 +193,14 @@ impl DebugInfo {
                         seq_start = false;
                     }
                     let f = row.file_index();
-                    if !local.contains_key(&f) {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = local.entry(f) {
                         let path = self.file_path(ui, header, f).unwrap_or_default();
                         let next = files.len() as u32;
                         let id = *by_path.entry(path.clone()).or_insert_with(|| {
                             files.push(path);
                             next
                         });
-                        local.insert(f, id);
+                        slot.insert(id);
                     }
                     let line = row.line().map_or(0, |l| l.get());
                     match &mut run {
@@ -371,7 +373,7 @@ impl DebugInfo {
             };
             let site = Site {
                 address,
-                functions: self.function_chain(ui, &chain),
+                functions: self.functions_at(ui, &chain, address),
                 file: path.clone(),
                 line: row_line,
                 is_stmt: run.is_stmt,
@@ -433,10 +435,21 @@ impl DebugInfo {
         if innermost.tag != gimli::DW_TAG_subprogram || innermost.entry != Some(addr) {
             return Ok(None);
         }
+        let end = self.function_end(ui, innermost, addr)?;
+        self.post_prologue(ui, addr, end)
+    }
+
+    /// The first row after the prologue of a function entered at `addr` and ending at
+    /// `end`: its `prologue_end` row, else its first statement on another line.
+    pub(crate) fn post_prologue(
+        &self,
+        ui: usize,
+        addr: u64,
+        end: Option<u64>,
+    ) -> Result<Option<Row>, Error> {
         let Some(seq) = self.sequence_rows(ui, addr)? else {
             return Ok(None);
         };
-        let end = self.function_end(ui, innermost, addr)?;
         let inside = |a: u64| a >= addr && end.is_none_or(|e| a < e);
         let Some(first) = seq.iter().position(|r| r.addr == addr) else {
             return Ok(None);

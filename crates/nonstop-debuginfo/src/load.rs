@@ -2,7 +2,7 @@
 //! debug file), and the load bias of the file in a running process.
 
 use crate::{DebugInfo, Error, Reader};
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,6 +23,8 @@ pub(crate) struct LoadedFile {
     pub(crate) eh_frame: Option<(gimli::EhFrame<Reader>, gimli::BaseAddresses)>,
     /// `.debug_frame`, when present.
     pub(crate) debug_frame: Option<gimli::DebugFrame<Reader>>,
+    /// Function symbols (`.symtab`, else `.dynsym`): (address, size, raw name), by address.
+    pub(crate) symbols: Vec<(u64, u64, String)>,
 }
 
 /// Lazily built indexes; each is built on the first query that needs it and kept.
@@ -187,6 +189,14 @@ impl DebugInfo {
             None => None,
         };
         let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
+        let mut symbols: Vec<(u64, u64, String)> = obj
+            .symbols()
+            .chain(obj.dynamic_symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| Some((s.address(), s.size(), s.name().ok()?.to_string())))
+            .collect();
+        symbols.sort_unstable();
+        symbols.dedup_by_key(|s| s.0);
 
         // The DWARF: here, or in a separate debug file.
         let (debug_data, debug_path) = if has_dwarf(&obj) {
@@ -248,6 +258,7 @@ impl DebugInfo {
                 code_ranges,
                 eh_frame,
                 debug_frame,
+                symbols,
             },
             index: Indexes::default(),
         })

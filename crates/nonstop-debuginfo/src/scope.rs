@@ -96,6 +96,15 @@ impl DebugInfo {
             }
         }
         let Some((ui, chain)) = found else {
+            // A unit covers the address but describes no function: line tables only.
+            if let Some(&ui) = self.units_at(address)?.first()
+                && !self.has_variable_info(ui, &self.units()?[ui])?
+            {
+                return Err(Error::NoVariableInfo {
+                    address,
+                    function: self.symbol_at(address).unwrap_or_else(|| "??".into()),
+                });
+            }
             return Err(Error::NoCodeAt { address });
         };
         let unit = &self.units()?[ui];
@@ -543,7 +552,10 @@ impl DebugInfo {
             gimli::DW_TAG_array_type => {
                 let elem = self.die_type_of(ui, &die)?;
                 let n = self.array_len(ui, off)?;
-                Some(self.die_type_size(elem.0, elem.1, depth + 1)?.checked_mul(n)?)
+                Some(
+                    self.die_type_size(elem.0, elem.1, depth + 1)?
+                        .checked_mul(n)?,
+                )
             }
             _ => {
                 let (u, o) = self.die_type_of(ui, &die)?;

@@ -610,17 +610,38 @@ fn bias_and_ranges(obj: &object::File<'_>, mappings: &[Mapping]) -> Option<(u64,
     Some((bias, mappings.iter().map(|m| m.start..m.end).collect()))
 }
 
+/// Whether the file at `path` has a non-empty `.debug_info` of its own.
+fn has_own_dwarf(path: &Path) -> bool {
+    use object::{Object, ObjectSection};
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    object::File::parse(&*data).is_ok_and(|obj| {
+        obj.section_by_name(".debug_info")
+            .is_some_and(|s| s.size() > 0)
+    })
+}
+
 /// What gives names to one module's addresses.
 enum Symbols {
-    Dwarf(Box<DebugInfo>),
+    Dwarf(Arc<DebugInfo>),
     Table(SymbolMap),
     Nothing,
 }
 
 impl Symbols {
+    /// DWARF when the module carries it itself; otherwise its symbol table. Separate debug
+    /// files (system libraries' `/usr/lib/debug`) are not chased here: they are large,
+    /// often compressed, and names are what a stack needs from them.
     fn load(path: &Path) -> Symbols {
+        if !has_own_dwarf(path) {
+            return match SymbolMap::load(path) {
+                Some(map) => Symbols::Table(map),
+                None => Symbols::Nothing,
+            };
+        }
         match DebugInfo::load(path) {
-            Ok(info) => Symbols::Dwarf(Box::new(info)),
+            Ok(info) => Symbols::Dwarf(Arc::new(info)),
             Err(_) => match SymbolMap::load(path) {
                 Some(map) => Symbols::Table(map),
                 None => Symbols::Nothing,
@@ -805,6 +826,20 @@ impl Stacks {
             });
         }
         frames
+    }
+
+    /// Loads the names of every module now, so the first hit does not wait for them.
+    pub fn warm_up(&self) {
+        for m in self.unwinder.modules() {
+            let _ = self.symbols_for(m.path());
+        }
+    }
+
+    /// Uses `info` (already loaded by the caller) for the module at `path`, instead of
+    /// loading the file again on the first hit there.
+    pub fn share_debug_info(&self, path: &Path, info: Arc<DebugInfo>) {
+        let mut cache = self.symbols.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(path.to_path_buf(), Arc::new(Symbols::Dwarf(info)));
     }
 
     fn symbols_for(&self, path: &Path) -> Arc<Symbols> {

@@ -151,3 +151,19 @@ fn an_inlined_line_resolves_to_every_copy() {
         assert!(s.functions.iter().any(|f| f == "shop::Cart::new"), "{s:?}");
     }
 }
+
+#[test]
+fn a_trait_impl_method_resolves_by_its_demangled_name() {
+    let f = common::shop_debug();
+    let info = DebugInfo::load(&f.binary).unwrap();
+    let sites = info
+        .resolve("<shop::Item as core::fmt::Display>::fmt")
+        .unwrap();
+    assert_eq!(sites.len(), 1, "{sites:?}");
+    assert_eq!(sites[0].line, f.line("item_fmt"));
+    assert_eq!(
+        sites[0].functions,
+        ["<shop::Item as core::fmt::Display>::fmt"]
+    );
+    assert_eq!(info.resolve(&f.at("item_fmt")).unwrap(), sites);
+}

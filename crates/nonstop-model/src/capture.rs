@@ -790,7 +790,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         let mut visited = 0u32;
         while sp > 0 && taken < *max_elems {
             visited += 1;
-            if visited > 4 * *max_elems + 64 {
+            if visited > max_elems.saturating_mul(4).saturating_add(64) {
                 self.truncated = true;
                 return;
             }

@@ -1,1 +1,151 @@
-fn main() {}
+//! Cost per hit of an armed probe: empty plan (emulated and out-of-line sites), a
+//! 5-variable plan, a hit dropped by the rate limit, against the unprobed function; and
+//! zero cost when nothing is armed (bytes unchanged, same timing).
+//!
+//! `cargo bench -p nonstop-probe --bench hit`
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use nonstop_model::capture::{CapturePlan, Piece, PieceSource, RootPlan};
+use nonstop_probe::{Engine, EngineConfig, ProbeSpec, RateLimit};
+
+// bench_fn(a, b) = a + b + 1, starting with `push rbx` (emulated) then `lea` and `add`
+// (out of line).
+std::arch::global_asm!(
+    ".pushsection .text.nonstop_bench_fn,\"ax\",@progbits",
+    ".p2align 4",
+    ".globl nonstop_bench_fn",
+    "nonstop_bench_fn:",
+    "    push rbx",
+    "    lea rax, [rdi + rsi]",
+    "    add rax, 1",
+    "    pop rbx",
+    "    ret",
+    ".popsection",
+);
+
+unsafe extern "C" {
+    safe fn nonstop_bench_fn(a: u64, b: u64) -> u64;
+}
+
+fn entry() -> u64 {
+    nonstop_bench_fn as *const () as u64
+}
+
+/// Times `iters` calls, draining the ring between batches (the agent thread's work, not
+/// the program's, so outside the timing).
+fn timed_calls(engine: &Engine, iters: u64) -> Duration {
+    let f = black_box(nonstop_bench_fn as extern "C" fn(u64, u64) -> u64);
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(128);
+        let t = Instant::now();
+        for i in 0..n {
+            black_box(f(black_box(i), 2));
+        }
+        total += t.elapsed();
+        engine.drain(|h| {
+            black_box(h.record.len());
+        });
+        left -= n;
+    }
+    total
+}
+
+fn five_variables() -> Arc<CapturePlan> {
+    let reg = |reg| RootPlan {
+        pieces: vec![Piece {
+            size: 8,
+            source: PieceSource::Register { reg },
+        }],
+        node: None,
+    };
+    let stack = |offset| RootPlan {
+        pieces: vec![Piece {
+            size: 8,
+            source: PieceSource::Memory { reg: 7, offset },
+        }],
+        node: None,
+    };
+    Arc::new(CapturePlan {
+        roots: vec![reg(5), reg(4), stack(0), stack(8), stack(16)],
+        nodes: vec![],
+        stack_bytes: 0,
+        max_bytes: 4096,
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = Engine::init(EngineConfig {
+        budget: 1.0, // measure the hit, not the budget
+        ring_slots: 1024,
+        ring_slot_size: 8192,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let empty = Arc::new(CapturePlan::default());
+    let lea = entry() + 1; // after the 1-byte `push rbx`
+    let original = nonstop_probe::text_bytes(entry(), 16);
+
+    let mut g = c.benchmark_group("hit");
+    g.bench_function("unprobed", |b| b.iter_custom(|n| timed_calls(engine, n)));
+
+    let id = engine.arm(ProbeSpec::new(entry(), empty.clone())).unwrap();
+    g.bench_function("armed, empty plan, emulated push", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    engine.disarm(id).unwrap();
+
+    let id = engine.arm(ProbeSpec::new(lea, empty.clone())).unwrap();
+    g.bench_function("armed, empty plan, out-of-line lea", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    engine.disarm(id).unwrap();
+
+    let id = engine
+        .arm(ProbeSpec::new(entry(), five_variables()))
+        .unwrap();
+    g.bench_function("armed, 5-variable plan", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    engine.disarm(id).unwrap();
+
+    let mut spec = ProbeSpec::new(entry(), empty.clone());
+    spec.rate = Some(RateLimit {
+        per_second: 1e-9,
+        burst: 1,
+    });
+    let id = engine.arm(spec).unwrap();
+    g.bench_function("armed, hit dropped by rate limit", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    let stats = engine.stats(id).unwrap();
+    engine.disarm(id).unwrap();
+    assert!(stats.dropped_rate > 0 && stats.hits <= 1, "{stats:?}");
+
+    // Zero cost when idle: after disarm the bytes are the original ones, timing as unprobed.
+    assert_eq!(
+        nonstop_probe::text_bytes(entry(), 16),
+        original,
+        "bytes restored"
+    );
+    assert_eq!(engine.armed_count(), 0);
+    g.bench_function("disarmed again", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

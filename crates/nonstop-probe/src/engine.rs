@@ -148,12 +148,14 @@ static VALS: [AtomicU32; TABLE_CELLS] = [const { AtomicU32::new(0) }; TABLE_CELL
 static ENGINE: AtomicPtr<Engine> = AtomicPtr::new(std::ptr::null_mut());
 static FORKED: AtomicBool = AtomicBool::new(false);
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn hash(addr: u64) -> usize {
     (addr.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize % TABLE_CELLS
 }
 
 /// The cell of `addr`, if it was ever armed. Lock-free; cells are never emptied, so a
 /// trap that arrives late for a retired probe is still recognised as ours.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn table_find(addr: u64) -> Option<usize> {
     if addr == 0 {
         return None;
@@ -541,6 +543,7 @@ impl StackPool {
 /// Reentrancy guard: thread pointers of threads inside the trap handler.
 static ACTIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn thread_pointer() -> u64 {
     let tp: u64;
     // SAFETY: on x86_64 Linux, fs:0 holds the thread control block's own address (glibc
@@ -551,6 +554,7 @@ fn thread_pointer() -> u64 {
     tp
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn guard_enter(tp: u64) -> Option<usize> {
     if ACTIVE.iter().any(|c| c.load(Ordering::Acquire) == tp) {
         return None;
@@ -565,6 +569,7 @@ fn guard_enter(tp: u64) -> Option<usize> {
         })
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn guard_exit(i: usize) {
     if let Some(c) = ACTIVE.get(i) {
         c.store(0, Ordering::Release);
@@ -595,6 +600,27 @@ impl Memory for SafeMemory {
     }
 }
 
+/// Reads through `process_vm_readv`: for hits where a fault in the guarded copy could not
+/// be handled safely (see `Context::faults_unsafe`).
+struct SyscallMemory;
+
+impl Memory for SyscallMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if addr < 4096 || addr.checked_add(buf.len() as u64).is_none() {
+            return Err(ReadError::Fault);
+        }
+        if sys::process_vm_read(addr, buf) {
+            Ok(())
+        } else {
+            Err(ReadError::Fault)
+        }
+    }
+}
+
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn write_u64_guarded(addr: u64, v: u64) -> bool {
     let bytes = v.to_le_bytes();
     // SAFETY: writes 8 bytes to the interrupted thread's stack below its stack pointer,
@@ -603,6 +629,8 @@ fn write_u64_guarded(addr: u64, v: u64) -> bool {
 }
 
 struct Job {
+    /// Reads must not raise SIGSEGV/SIGBUS (see `Context::faults_unsafe`): use system calls.
+    no_fault_signals: bool,
     plan: *const CapturePlan,
     regs: Registers,
     out: *mut u8,
@@ -622,7 +650,11 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
             std::slice::from_raw_parts_mut(job.out, job.out_len),
         )
     };
-    job.outcome = execute(plan, &job.regs, &SafeMemory, out);
+    job.outcome = if job.no_fault_signals {
+        execute(plan, &job.regs, &SyscallMemory, out)
+    } else {
+        execute(plan, &job.regs, &SafeMemory, out)
+    };
 }
 
 struct Retired {
@@ -749,6 +781,17 @@ impl Engine {
         if !m.exec {
             return Err(ArmError::NotCode { address });
         }
+        if asm::own_code_ranges()
+            .iter()
+            .any(|&(lo, hi)| address >= lo && address < hi)
+            || a.slots.contains(address)
+        {
+            return Err(ArmError::Unsupported {
+                address,
+                instruction: String::from("(nonstop's own code)"),
+                reason: "the probe engine's trap path and slots cannot be probed",
+            });
+        }
         let bytes = site_bytes(address, m.end);
         let site = site::analyze(address, &bytes).map_err(|e| site_error(address, e))?;
         let needs_slot = matches!(
@@ -815,20 +858,23 @@ impl Engine {
     /// Disarms a probe: the original byte is back when this returns; its slot is reused
     /// only once no thread can be inside it.
     pub fn disarm(&self, id: ProbeId) -> Result<(), ArmError> {
+        if FORKED.load(Ordering::Acquire) {
+            // The child hook already put every original byte back; the lock may be held
+            // by a thread that does not exist in this process.
+            return Ok(());
+        }
         let mut a = self.lock();
         let Some(&(idx, cell)) = a.live.get(&id.0) else {
             return Err(ArmError::UnknownProbe(id));
         };
         let p = &STATES[idx];
         let address = p.addr.load(Ordering::Relaxed);
-        if !FORKED.load(Ordering::Acquire) {
-            let orig = p.orig_byte.load(Ordering::Relaxed);
-            sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
-                address,
-                error: e.to_string(),
-            })?;
-            self.sync();
-        }
+        let orig = p.orig_byte.load(Ordering::Relaxed);
+        sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
+            address,
+            error: e.to_string(),
+        })?;
+        self.sync();
         a.live.remove(&id.0);
         p.status.store(RETIRED, Ordering::SeqCst);
         VALS[cell].store(0, Ordering::Release);
@@ -850,10 +896,10 @@ impl Engine {
         address: u64,
         maps: &[slots::Mapping],
     ) -> Result<u64, ArmError> {
-        if let Some(s) = a.site_slots.get(&address) {
-            if s.bytes == site.bytes {
-                return Ok(s.slot);
-            }
+        if let Some(s) = a.site_slots.get(&address)
+            && s.bytes == site.bytes
+        {
+            return Ok(s.slot);
         }
         let slot = a
             .slots
@@ -949,6 +995,15 @@ impl Engine {
         n
     }
 
+    /// Disarms every probe (e.g. when [`Engine::signals_owned`] turns false); returns how
+    /// many were disarmed.
+    pub fn disarm_all(&self) -> usize {
+        let ids: Vec<u64> = self.lock().live.keys().copied().collect();
+        ids.into_iter()
+            .filter(|&id| self.disarm(ProbeId(id)).is_ok())
+            .count()
+    }
+
     /// Probes armed now.
     pub fn armed_count(&self) -> usize {
         self.lock().live.len()
@@ -997,18 +1052,21 @@ fn site_bytes(addr: u64, map_end: u64) -> Vec<u8> {
     buf
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     if !handle_trap(info, uc) {
         signals::forward(sig, info, uc);
     }
 }
 
+#[unsafe(link_section = "nonstop_probe_trap")]
 extern "C" fn on_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     signals::handle_fault(sig, info, uc);
 }
 
 /// The trap path. Returns false when the trap is not ours. No allocation, no locks, no
 /// TLS, no panics: every index is checked and every call is async-signal-safe.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     // SAFETY: the kernel's siginfo for this handler (or null).
     let Some(info) = (unsafe { info.as_ref() }) else {
@@ -1041,26 +1099,28 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         ctx.set_rip(addr);
         return true;
     }
-    let t0 = sys::now_ns();
     p.traps.fetch_add(1, Ordering::Relaxed);
+    // Nested on this thread (a probe on something the handler calls, or a probed function
+    // run by a signal handler that interrupted ours): only perform the instruction, calling
+    // nothing outside this section, so nesting cannot recurse.
+    let Some(guard) = guard_enter(thread_pointer()) else {
+        p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        perform(p, &mut ctx);
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        return true;
+    };
+    let t0 = sys::now_ns();
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
-    let guard = guard_enter(thread_pointer());
-    match (guard, engine) {
-        (Some(_), Some(engine)) => capture(engine, p, &ctx, addr, t0),
-        (None, _) => {
-            p.dropped_nested.fetch_add(1, Ordering::Relaxed);
-        }
-        _ => {}
+    if let Some(engine) = engine {
+        capture(engine, p, &ctx, addr, t0);
     }
     perform(p, &mut ctx);
-    if let Some(g) = guard {
-        guard_exit(g);
-    }
     if let Some(engine) = engine {
         let t1 = sys::now_ns();
         engine.budget.charge(t1, t1.saturating_sub(t0));
     }
+    guard_exit(guard);
     p.in_flight.fetch_sub(1, Ordering::Release);
     true
 }
@@ -1098,14 +1158,15 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let Some(res) = engine.ring.reserve() else {
+    let Some(mut res) = engine.ring.reserve() else {
         engine.stacks.give(stack);
         p.hits.fetch_sub(1, r);
         p.dropped_full.fetch_add(1, r);
         return;
     };
-    let out = engine.ring.buffer(&res);
+    let out = engine.ring.buffer(&mut res);
     let mut job = Job {
+        no_fault_signals: ctx.faults_unsafe(),
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),
         out: out.as_mut_ptr(),
@@ -1117,6 +1178,10 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     };
     ctx.registers(addr, &mut job.regs);
     if !job.plan.is_null() {
+        // Interrupted code on the alternate stack (a program's handler): a signal arriving
+        // while we are on the capture stack would have its frame put at the top of the
+        // alternate stack, over that handler's frames. Hold asynchronous signals meanwhile.
+        let held = ctx.on_alternate_stack().then(hold_async_signals);
         // SAFETY: the job outlives the call; the stack is exclusively ours until `give`,
         // 16-byte aligned at its top, and `run_job` cannot unwind (execute never panics).
         unsafe {
@@ -1126,6 +1191,10 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
                 engine.stacks.top(stack),
             )
         };
+        if let Some(old) = held {
+            let mut ignored = old;
+            sys::sigprocmask(libc::SIG_SETMASK, &old, &mut ignored);
+        }
     }
     engine.stacks.give(stack);
     engine.ring.commit(
@@ -1147,7 +1216,30 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     }
 }
 
+/// Blocks every signal but the synchronous ones; returns the previous mask.
+fn hold_async_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain bits; all-zero is the empty set.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset; these only modify it.
+    unsafe {
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGTRAP,
+            libc::SIGILL,
+            libc::SIGFPE,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+    }
+    let mut old = set;
+    sys::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+    old
+}
+
 /// Performs the displaced instruction: emulated, or by resuming in the slot.
+#[unsafe(link_section = "nonstop_probe_trap")]
 fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
     let r = Ordering::Relaxed;
     let next = p.next_ip.load(r);
@@ -1163,7 +1255,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         }
         Emulation::CallRel => {
             let sp = ctx.rsp().wrapping_sub(8);
-            if write_u64_guarded(sp, next) {
+            if !ctx.faults_unsafe() && write_u64_guarded(sp, next) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(target);
             } else {
@@ -1174,7 +1266,7 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
         Emulation::Push(reg) => {
             let v = ctx.greg(reg as usize);
             let sp = ctx.rsp().wrapping_sub(8);
-            if write_u64_guarded(sp, v) {
+            if !ctx.faults_unsafe() && write_u64_guarded(sp, v) {
                 ctx.set_rsp(sp);
                 ctx.set_rip(next);
             } else {
@@ -1204,6 +1296,12 @@ extern "C" fn atfork_child() {
         }
     }
     sys::close(fd);
+}
+
+/// The address range of the trap path's code (which cannot be probed); for tests.
+#[doc(hidden)]
+pub fn trap_path_range() -> (u64, u64) {
+    asm::own_code_ranges()[1]
 }
 
 /// Reads `buf.len()` bytes at `addr` without ever crashing: `Err(Fault)` when unmapped.

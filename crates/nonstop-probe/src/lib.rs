@@ -16,9 +16,37 @@
 //! At a hit the trap handler checks the probe's limits (done, rate, global budget, max
 //! hits), copies the registers and runs the plan into a preallocated ring slot, then performs
 //! the displaced instruction: `nop`, `jmp`, `jcc`, `call rel32` and `push r64` are emulated;
-//! anything else runs from an out-of-line slot within ±2 GB that ends in `jmp back`. One
-//! trap per hit, no single-step. The handler never allocates, locks, touches lazy TLS or
-//! panics.
+//! anything else runs from an out-of-line slot within ±2 GB that ends in `jmp back` (a call
+//! through a register or memory runs as `push <original return address>; jmp <operand>`, so
+//! no return address ever points into a slot). One trap per hit, no single-step. The
+//! handler never allocates, locks, touches lazy TLS or panics.
+//!
+//! # Decisions
+//!
+//! - **LOCK-prefixed instructions are probed** (uprobes refuses them): the relocated copy is
+//!   the same atomic instruction. FS/GS prefixes are fine; ES/CS/DS/SS prefixes, traps,
+//!   system instructions, `syscall`/`sysenter`, far transfers, `mov ss`/`pop ss`,
+//!   operand-size-prefixed branches and transactional regions are refused with a reason.
+//! - **Slots belong to their site.** Re-arming a site reuses its slot unchanged, so a
+//!   thread preempted inside a slot (returning from the handler is a preemption point)
+//!   always finds the same code; a slot is rewritten only for a site whose bytes changed,
+//!   after 10 × the grace period. Probe states are reused after the grace period once no
+//!   handler is using them; the address table never forgets an address, so a trap that
+//!   arrives late for a disarmed probe re-runs the original instruction.
+//! - **Stacks.** SIGTRAP is installed *without* `SA_ONSTACK`: the capture runs on one of a
+//!   pool of preallocated stacks, and a fault in a guarded read there would put the
+//!   SIGSEGV frame at the top of the alternate stack, over a SIGTRAP frame kept there. The
+//!   trap frame therefore goes on the thread's own stack (≈ 1–3 KB plus a small handler
+//!   frame, below the red zone). When the interrupted code was itself on the alternate
+//!   stack, or blocks SIGSEGV/SIGBUS, that hit reads with `process_vm_readv` instead.
+//! - **Nesting.** SIGTRAP uses `SA_NODEFER`: a probed function called from a signal
+//!   handler that interrupted ours, or a probe on something the handler calls (`memcpy`,
+//!   `clock_gettime`), traps again; the handler sees the same thread inside it (by its
+//!   thread pointer, no TLS) and only runs the displaced instruction, counting
+//!   `dropped_nested`. The code the handler runs before that check sits in the
+//!   `nonstop_probe_trap` section and cannot be probed.
+//! - **Budget** is measured handler time (not the kernel's trap delivery, ≈ 2.5 µs a hit
+//!   here) summed over a sliding window; every trap is charged, captured or not.
 //!
 //! # Example
 //!
@@ -79,6 +107,7 @@ mod sys;
 pub use engine::{
     ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
     ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
+    trap_path_range,
 };
 pub use signals::{sigaction, signal};
 
@@ -102,4 +131,18 @@ macro_rules! on_load {
             static __NONSTOP_ON_LOAD: extern "C" fn() = __nonstop_on_load;
         };
     };
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of [`Hit::time_ns`], so the agent can turn hit
+/// times into wall-clock times.
+pub fn monotonic_ns() -> u64 {
+    sys::now_ns()
+}
+
+/// Runs `function` when the process exits normally (`exit`, or `main` returning), before
+/// the C runtime tears down: the agent flushes the hits still in the ring there.
+pub fn at_exit(function: extern "C" fn()) -> bool {
+    // SAFETY: `atexit` only records the pointer; `function` is a plain `extern "C" fn` that
+    // lives as long as the program.
+    unsafe { libc::atexit(function) == 0 }
 }

@@ -94,8 +94,9 @@ impl Ring {
         }
     }
 
-    /// The record bytes of a reserved slot.
-    pub fn buffer(&self, r: &Reservation) -> &mut [u8] {
+    /// The record bytes of a reserved slot (borrowed through the reservation, which is
+    /// what grants exclusive access).
+    pub fn buffer<'a>(&'a self, r: &'a mut Reservation) -> &'a mut [u8] {
         let at = self.data + (r.pos & self.mask) * self.slot_size as u64;
         // SAFETY: the slot lies inside the ring's mapping, and the reservation gives this
         // producer exclusive access until it commits (see the Sync impl).
@@ -149,8 +150,8 @@ mod tests {
     fn fills_drops_and_drains_in_order() {
         let ring = Ring::new(4, 1024).unwrap();
         for i in 0..4 {
-            let r = ring.reserve().unwrap();
-            ring.buffer(&r)[0] = i as u8;
+            let mut r = ring.reserve().unwrap();
+            ring.buffer(&mut r)[0] = i as u8;
             ring.commit(
                 r,
                 RecordMeta {

@@ -9,11 +9,18 @@
 //! made from inside other shared libraries of a linked build still reach libc directly;
 //! `Engine::signals_owned` re-checks the installation so the agent can notice.
 //!
-//! Flags: all three handlers use `SA_SIGINFO | SA_ONSTACK | SA_NODEFER`. NODEFER on SIGTRAP
-//! because a probed function may run inside another signal handler that interrupted our
-//! handler: with SIGTRAP blocked the kernel would turn that trap into a kill. The handler
-//! detects nesting on the same thread and then only runs the displaced instruction.
-//! NODEFER on SIGSEGV/SIGBUS lets a guarded read fault inside any of our handlers.
+//! Flags: SIGSEGV/SIGBUS use `SA_SIGINFO | SA_ONSTACK | SA_NODEFER` (ONSTACK so a program's
+//! stack-overflow handler chained behind ours still runs on the alternate stack; NODEFER so
+//! a guarded read may fault inside any of our handlers). SIGTRAP uses `SA_SIGINFO |
+//! SA_NODEFER` *without* `SA_ONSTACK`: the capture runs on a preallocated stack of ours, and
+//! a fault in a guarded read there makes the kernel put the SIGSEGV frame at the top of the
+//! alternate stack (the capture stack is not it); had the SIGTRAP frame been on the
+//! alternate stack, that frame would overwrite it. So the trap frame goes on the thread's
+//! own stack (below its red zone) and the alternate stack stays free; when the interrupted
+//! code was itself on the alternate stack, the handler reads with system calls instead.
+//! NODEFER on SIGTRAP because a probed function may run inside another signal handler that
+//! interrupted ours: with SIGTRAP blocked the kernel would turn that trap into a kill. The
+//! handler detects nesting on the same thread and then only runs the displaced instruction.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -43,9 +50,13 @@ impl Chained {
     }
 
     fn load(&self) -> libc::sigaction {
+        // Bounded: the writer may be the very thread this handler interrupted, which cannot
+        // finish until we return; after a while take what is there.
+        let mut spins = 0u32;
         loop {
+            spins += 1;
             let s1 = self.seq.load(Ordering::Acquire);
-            if s1 & 1 == 1 {
+            if s1 & 1 == 1 && spins < 10_000 {
                 std::hint::spin_loop();
                 continue;
             }
@@ -58,15 +69,18 @@ impl Chained {
                 *w = m.load(Ordering::Relaxed);
             }
             std::sync::atomic::fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == s1 {
+            if self.seq.load(Ordering::Relaxed) == s1 || spins >= 10_000 {
                 return act;
             }
         }
     }
 
     fn store(&self, act: &libc::sigaction) {
-        // Writers may be signal handlers (sigaction is async-signal-safe), so spin, don't lock.
-        loop {
+        // Writers may be signal handlers (sigaction is async-signal-safe), so spin, don't
+        // lock; bounded, because the other writer may be the thread this one interrupted.
+        let mut spins = 0u32;
+        let locked = loop {
+            spins += 1;
             let s = self.seq.load(Ordering::Relaxed);
             if s & 1 == 0
                 && self
@@ -74,17 +88,23 @@ impl Chained {
                     .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             {
-                break;
+                break true;
+            }
+            if spins >= 10_000 {
+                // Write under the interrupted writer's odd count; it finishes afterwards.
+                break false;
             }
             std::hint::spin_loop();
-        }
+        };
         std::sync::atomic::fence(Ordering::Release);
         self.handler.store(act.sa_sigaction, Ordering::Relaxed);
         self.flags.store(act.sa_flags as u64, Ordering::Relaxed);
         for (m, w) in self.mask.iter().zip(mask_words(&act.sa_mask).iter()) {
             m.store(*w, Ordering::Relaxed);
         }
-        self.seq.fetch_add(1, Ordering::Release);
+        if locked {
+            self.seq.fetch_add(1, Ordering::Release);
+        }
     }
 }
 
@@ -159,7 +179,10 @@ pub fn install(
         } else {
             on_fault as *const () as usize
         };
-        act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
+        if sig != libc::SIGTRAP {
+            act.sa_flags |= libc::SA_ONSTACK;
+        }
         // SAFETY: `act.sa_mask` is a valid sigset to clear.
         unsafe { libc::sigemptyset(&mut act.sa_mask) };
         // SAFETY: as above.
@@ -204,6 +227,7 @@ pub fn installed() -> bool {
 }
 
 /// The SIGSEGV/SIGBUS handler body: resumes a faulting guarded copy, else chains.
+#[unsafe(link_section = "nonstop_probe_trap")]
 pub fn handle_fault(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     // SAFETY: called from our SA_SIGINFO handler with the kernel's ucontext.
     if let Some(mut ctx) = unsafe { Context::new(uc) } {

@@ -86,6 +86,13 @@ impl Slots {
         Some(base)
     }
 
+    /// Whether `addr` is inside one of our chunks.
+    pub fn contains(&self, addr: u64) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| addr >= c.base && addr < c.base + CHUNK)
+    }
+
     /// Returns a slot no thread can be inside any more.
     pub fn free(&mut self, slot: u64) {
         if let Some(c) = self

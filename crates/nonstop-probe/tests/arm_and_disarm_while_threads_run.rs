@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::*;
-use nonstop_probe::{Engine, ProbeSpec};
+use nonstop_probe::ProbeSpec;
 
 #[test]
 fn hammer_while_arming_and_disarming() {
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let instrs = target_instructions();
     let start = instrs[0].ip();
     let len = (instrs.last().unwrap().next_ip() - start) as usize;

@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use nonstop_probe::{ArmError, Engine, ProbeSpec};
+use nonstop_probe::{ArmError, ProbeSpec};
 
 #[test]
 fn child_has_original_bytes_and_parent_keeps_its_probe() {
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let entry = target_instructions()[0].ip();
     let original = nonstop_probe::text_bytes(entry, 4);
     let id = engine.arm(ProbeSpec::new(entry, empty_plan())).unwrap();

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use nonstop_probe::{DisarmReason, Engine, ProbeSpec, RateLimit};
+use nonstop_probe::{DisarmReason, ProbeSpec, RateLimit};
 
 fn entry() -> u64 {
     target_instructions()[0].ip()
@@ -15,7 +15,7 @@ fn entry() -> u64 {
 #[test]
 fn max_hits_gives_exactly_that_many_records() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let mut spec = ProbeSpec::new(entry(), empty_plan());
     spec.max_hits = Some(5);
     let id = engine.arm(spec).unwrap();
@@ -36,7 +36,7 @@ fn max_hits_gives_exactly_that_many_records() {
 #[test]
 fn rate_limit_drops_and_counts() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let mut spec = ProbeSpec::new(entry(), empty_plan());
     spec.rate = Some(RateLimit {
         per_second: 1.0,
@@ -58,7 +58,7 @@ fn rate_limit_drops_and_counts() {
 #[test]
 fn a_slow_hit_marks_the_probe_for_disarm() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let mut spec = ProbeSpec::new(entry(), empty_plan());
     spec.time_cap = Duration::from_nanos(1);
     let id = engine.arm(spec).unwrap();
@@ -80,7 +80,7 @@ fn a_slow_hit_marks_the_probe_for_disarm() {
 #[test]
 fn hits_carry_time_and_thread() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let id = engine.arm(ProbeSpec::new(entry(), empty_plan())).unwrap();
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::syscall(libc::SYS_gettid) } as u32;

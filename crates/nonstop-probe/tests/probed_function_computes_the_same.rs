@@ -8,7 +8,7 @@ use std::sync::Arc;
 use common::*;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
 use nonstop_model::capture::CapturePlan;
-use nonstop_probe::{ArmError, Engine, ProbeSpec};
+use nonstop_probe::{ArmError, ProbeSpec};
 
 const INPUTS: [(u64, u64); 6] = [
     (0, 0),
@@ -26,7 +26,7 @@ fn run_all() -> Vec<u64> {
 #[test]
 fn each_instruction_kind_runs_the_same_with_a_probe() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let want: Vec<u64> = INPUTS.iter().map(|&(a, b)| expected(a, b)).collect();
     assert_eq!(run_all(), want, "the fixture itself");
     let instrs = target_instructions();
@@ -58,7 +58,7 @@ fn each_instruction_kind_runs_the_same_with_a_probe() {
 #[test]
 fn all_kinds_at_once_and_entry_registers() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let instrs = target_instructions();
     let entry = instrs[0].ip();
     let ids: Vec<_> = interesting(&instrs)
@@ -87,7 +87,7 @@ fn all_kinds_at_once_and_entry_registers() {
 fn a_plan_reading_a_null_pointer_yields_a_fault_not_a_crash() {
     use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let entry = target_instructions()[0].ip();
     // Root 0: 8 bytes at [rdi] (null when a == 0); root 1: 16 bytes of the stack at rsp.
     let plan = CapturePlan {
@@ -133,14 +133,14 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
                 .wrapping_mul(31)
                 .wrapping_add(x ^ k)
                 .rotate_left(i as u32 % 7);
-            if acc % 3 == 0 {
+            if acc.is_multiple_of(3) {
                 acc = acc.wrapping_add(std::hint::black_box(i as u64));
             }
         }
         acc
     }
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let data: Vec<u64> = (0..50).map(|i| i * 7919).collect();
     let f = std::hint::black_box(work as fn(&[u64], u64) -> u64);
     let want = f(&data, 5);
@@ -177,7 +177,7 @@ fn every_instruction_of_a_rust_function_can_be_probed() {
 #[test]
 fn refusals_say_why() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     let e = engine.arm(ProbeSpec::new(0x10, empty_plan())).unwrap_err();
     assert_eq!(e.to_string(), "cannot probe 0x10: nothing is mapped there");
     let data = &INPUTS as *const _ as u64;
@@ -189,4 +189,190 @@ fn refusals_say_why() {
     assert!(matches!(e, ArmError::AlreadyArmed { .. }), "{e}");
     engine.disarm(id).unwrap();
     assert!(matches!(engine.disarm(id), Err(ArmError::UnknownProbe(_))));
+}
+
+#[test]
+fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
+    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = engine();
+    let instrs = target_instructions();
+    let plan = CapturePlan {
+        roots: vec![RootPlan {
+            pieces: vec![Piece {
+                size: 8,
+                source: PieceSource::Memory { reg: 5, offset: 0 },
+            }],
+            node: None,
+        }],
+        nodes: vec![],
+        stack_bytes: 0,
+        max_bytes: 4096,
+    };
+    let plan = Arc::new(plan);
+    // The entry `push` (emulated) and the rip-relative mov (out of line), with SIGSEGV and
+    // SIGBUS blocked in the calling thread: a guarded-copy fault there would be fatal.
+    let ids = [
+        engine
+            .arm(ProbeSpec::new(instrs[0].ip(), plan.clone()))
+            .unwrap(),
+        engine.arm(ProbeSpec::new(instrs[2].ip(), plan)).unwrap(),
+    ];
+    let got = std::thread::spawn(|| {
+        // SAFETY: plain data; blocking two signals in this thread only.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: valid sigset pointers.
+        unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGSEGV);
+            libc::sigaddset(&mut set, libc::SIGBUS);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        target(0, 3) // rdi = 0: the plan reads a null pointer
+    })
+    .join()
+    .unwrap();
+    assert_eq!(got, expected(0, 3));
+    assert_eq!(engine.disarm_all(), 2);
+    let mut seen = Vec::new();
+    engine.drain(|hit| {
+        let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+        assert_eq!(r.roots[0], CapturedRoot::Fault);
+        seen.push(hit.probe);
+    });
+    assert_eq!(seen, ids);
+}
+
+/// An address in a page kept mapped with no access: reading it faults for real (unlike
+/// addresses below 4096, which the reader rejects without touching them).
+fn unreadable_address() -> u64 {
+    // SAFETY: a fresh private PROT_NONE mapping that is never unmapped.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    p as u64 + 64
+}
+
+#[test]
+fn faults_inside_the_handler_on_threads_with_and_without_altstacks() {
+    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = engine();
+    let instrs = target_instructions();
+    let plan = Arc::new(CapturePlan {
+        roots: vec![RootPlan {
+            pieces: vec![Piece {
+                size: 8,
+                source: PieceSource::Memory { reg: 5, offset: 0 },
+            }],
+            node: None,
+        }],
+        nodes: vec![],
+        stack_bytes: 512,
+        max_bytes: 8192,
+    });
+    // Entry `push` (emulated) and the rip-relative mov (out of line).
+    engine
+        .arm(ProbeSpec::new(instrs[0].ip(), plan.clone()))
+        .unwrap();
+    engine.arm(ProbeSpec::new(instrs[2].ip(), plan)).unwrap();
+    let bad = unreadable_address();
+    let run = move || {
+        for _ in 0..50 {
+            assert_eq!(target(bad, 12), expected(bad, 12));
+        }
+    };
+    let mut n = 0;
+    let mut drain = || {
+        engine.drain(|hit| {
+            let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+            assert_eq!(r.roots[0], CapturedRoot::Fault);
+            n += 1;
+        });
+    };
+    // A std thread has an alternate signal stack; a raw pthread has none.
+    std::thread::spawn(run).join().unwrap();
+    drain();
+    extern "C" fn raw_thread(arg: *mut libc::c_void) -> *mut libc::c_void {
+        let bad = arg as u64;
+        for _ in 0..50 {
+            assert_eq!(target(bad, 12), expected(bad, 12));
+        }
+        std::ptr::null_mut()
+    }
+    // SAFETY: a plain pthread running a function that does not unwind on success.
+    unsafe {
+        let mut t: libc::pthread_t = std::mem::zeroed();
+        assert_eq!(
+            libc::pthread_create(&mut t, std::ptr::null(), raw_thread, bad as *mut _),
+            0
+        );
+        libc::pthread_join(t, std::ptr::null_mut());
+    }
+    drain();
+    run();
+    drain();
+    assert_eq!(engine.disarm_all(), 2);
+    assert_eq!(n, 300);
+}
+
+static BAD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static IN_HANDLER_OK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn usr1_on_altstack(_: libc::c_int) {
+    let bad = BAD.load(std::sync::atomic::Ordering::SeqCst);
+    if target(bad, 12) == expected(bad, 12) {
+        IN_HANDLER_OK.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_hit_inside_a_program_handler_on_the_alternate_stack() {
+    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = engine();
+    let plan = Arc::new(CapturePlan {
+        roots: vec![RootPlan {
+            pieces: vec![Piece {
+                size: 8,
+                source: PieceSource::Memory { reg: 5, offset: 0 },
+            }],
+            node: None,
+        }],
+        nodes: vec![],
+        stack_bytes: 256,
+        max_bytes: 8192,
+    });
+    let id = engine
+        .arm(ProbeSpec::new(target_instructions()[2].ip(), plan))
+        .unwrap();
+    BAD.store(unreadable_address(), std::sync::atomic::Ordering::SeqCst);
+    std::thread::spawn(|| {
+        // SAFETY: installs a SIGUSR1 handler on the alternate stack std gave this thread,
+        // then raises it in this thread.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = usr1_on_altstack as *const () as usize;
+            act.sa_flags = libc::SA_ONSTACK;
+            libc::sigaction(libc::SIGUSR1, &act, std::ptr::null_mut());
+            for _ in 0..5 {
+                libc::raise(libc::SIGUSR1);
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(IN_HANDLER_OK.load(std::sync::atomic::Ordering::SeqCst), 5);
+    engine.disarm(id).unwrap();
+    let records = drain_for(engine, id);
+    assert_eq!(records.len(), 5);
+    assert!(records.iter().all(|r| r.roots[0] == CapturedRoot::Fault));
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
-use nonstop_probe::{Engine, ProbeSpec};
+use nonstop_probe::ProbeSpec;
 
 static PROGRAM_TRAPS: AtomicU64 = AtomicU64::new(0);
 static PLAIN_TRAPS: AtomicU64 = AtomicU64::new(0);
@@ -30,7 +30,7 @@ fn program_int3() {
 #[test]
 fn program_handler_installed_later_is_chained_behind_ours() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     // SAFETY: plain data.
     let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
     act.sa_sigaction = program_handler as *const () as usize;
@@ -73,7 +73,7 @@ fn program_handler_installed_later_is_chained_behind_ours() {
 #[test]
 fn signal_without_siginfo_is_chained_too() {
     let _s = serial();
-    let engine = Engine::get().unwrap();
+    let engine = engine();
     // SAFETY: installs a plain handler through the interposed `signal`.
     let prev = unsafe { libc::signal(libc::SIGTRAP, plain_handler as *const () as usize) };
     assert_ne!(prev, libc::SIG_ERR);

@@ -174,3 +174,13 @@ pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The engine without the global trap budget (tests that are not about the budget must
+/// not depend on how much handler time earlier tests in the process used).
+pub fn engine() -> &'static Engine {
+    Engine::init(nonstop_probe::EngineConfig {
+        budget: 1.0,
+        ..nonstop_probe::EngineConfig::default()
+    })
+    .expect("engine starts")
+}

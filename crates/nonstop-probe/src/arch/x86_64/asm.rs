@@ -36,12 +36,18 @@ global_asm!(
     "    mov rsp, rbp",
     "    pop rbp",
     "    ret",
+    ".globl nonstop_probe_asm_end",
+    ".hidden nonstop_probe_asm_end",
+    "nonstop_probe_asm_end:",
     ".popsection",
 );
 
 unsafe extern "C" {
     fn nonstop_probe_guarded_copy(dst: *mut u8, src: *const u8, len: usize) -> u32;
     static nonstop_probe_guarded_copy_fault: u8;
+    static nonstop_probe_asm_end: u8;
+    static __start_nonstop_probe_trap: u8;
+    static __stop_nonstop_probe_trap: u8;
     fn nonstop_probe_call_on_stack(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), stack_top: u64);
 }
 
@@ -66,6 +72,16 @@ pub fn guarded_copy_range() -> (u64, u64) {
     let start = nonstop_probe_guarded_copy as *const () as u64;
     let fault = &raw const nonstop_probe_guarded_copy_fault as u64;
     (start, fault)
+}
+
+/// Code ranges that must never be probed: this module's routines and the functions of the
+/// trap path before its nesting guard (placed in the `nonstop_probe_trap` section).
+pub fn own_code_ranges() -> [(u64, u64); 2] {
+    let asm_start = nonstop_probe_guarded_copy as *const () as u64;
+    let asm_end = &raw const nonstop_probe_asm_end as u64;
+    let trap_start = &raw const __start_nonstop_probe_trap as u64;
+    let trap_end = &raw const __stop_nonstop_probe_trap as u64;
+    [(asm_start, asm_end), (trap_start, trap_end)]
 }
 
 /// Where a faulting guarded copy resumes.

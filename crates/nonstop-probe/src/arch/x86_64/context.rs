@@ -60,17 +60,20 @@ impl<'a> Context<'a> {
     ///
     /// `uc` must be the `ucontext_t` the kernel passed to an `SA_SIGINFO` handler that is
     /// still running, and nothing else may access it meanwhile.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub unsafe fn new(uc: *mut libc::c_void) -> Option<Context<'a>> {
         // SAFETY: the kernel's ucontext is valid and exclusively ours for the handler.
         unsafe { uc.cast::<libc::ucontext_t>().as_mut() }.map(|uc| Context { uc })
     }
 
     /// A general register by `gregs` index (0 for a bad index).
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn greg(&self, i: usize) -> u64 {
         self.uc.uc_mcontext.gregs.get(i).copied().unwrap_or(0) as u64
     }
 
     /// Sets a general register by `gregs` index.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn set_greg(&mut self, i: usize, v: u64) {
         if let Some(g) = self.uc.uc_mcontext.gregs.get_mut(i) {
             *g = v as i64;
@@ -78,28 +81,64 @@ impl<'a> Context<'a> {
     }
 
     /// The instruction pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn rip(&self) -> u64 {
         self.greg(libc::REG_RIP as usize)
     }
 
     /// Sets the instruction pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn set_rip(&mut self, v: u64) {
         self.set_greg(libc::REG_RIP as usize, v)
     }
 
     /// The stack pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn rsp(&self) -> u64 {
         self.greg(libc::REG_RSP as usize)
     }
 
     /// Sets the stack pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn set_rsp(&mut self, v: u64) {
         self.set_greg(libc::REG_RSP as usize, v)
     }
 
     /// RFLAGS.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn flags(&self) -> u64 {
         self.greg(libc::REG_EFL as usize)
+    }
+
+    /// Whether the interrupted code ran on the alternate signal stack. The kernel saves the
+    /// thread's alternate stack (base, size) in `uc_stack` at delivery; its `ss_flags` are
+    /// the configured flags, not "on stack", so compare the stack pointer.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn on_alternate_stack(&self) -> bool {
+        let ss = &self.uc.uc_stack;
+        let (base, size) = (ss.ss_sp as u64, ss.ss_size as u64);
+        let sp = self.rsp();
+        ss.ss_flags & libc::SS_DISABLE == 0 && size != 0 && sp > base && sp - base <= size
+    }
+
+    /// Whether a fault raised now could not be handled safely: the interrupted thread
+    /// blocks SIGSEGV or SIGBUS (the kernel makes a blocked fault fatal), or it was on the
+    /// alternate stack (a nested fault frame would land on top of the frames there).
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn faults_unsafe(&self) -> bool {
+        self.blocks_fault_signals() || self.on_alternate_stack()
+    }
+
+    /// Whether the interrupted thread blocks SIGSEGV or SIGBUS (a fault there is fatal).
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn blocks_fault_signals(&self) -> bool {
+        // Bit n-1 of glibc's sigset_t is signal n; read directly (no libc call, which a
+        // probe could trap).
+        const _: () = assert!(std::mem::size_of::<libc::sigset_t>() == 128);
+        // SAFETY: sigset_t is 128 bytes of plain bits, readable as 16 u64s.
+        let words: [u64; 16] = unsafe { std::mem::transmute_copy(&self.uc.uc_sigmask) };
+        let bit = |sig: libc::c_int| words[0] & (1u64 << (sig - 1)) != 0;
+        bit(libc::SIGSEGV) || bit(libc::SIGBUS)
     }
 
     /// Fills `regs` with the general registers (rip = `rip`) and xmm0..15 when the kernel

@@ -54,6 +54,7 @@ impl Emulation {
     }
 
     /// Inverse of [`Emulation::pack`]; unknown values run out of line.
+    #[unsafe(link_section = "nonstop_probe_trap")]
     pub fn unpack(v: u32) -> Emulation {
         let arg = (v >> 8) as u8;
         match v & 0xff {
@@ -292,6 +293,7 @@ pub fn slot_code(site: &Site, slot: u64) -> Result<[u8; SLOT_SIZE], SiteError> {
 }
 
 /// Evaluates an x86 condition code (iced `ConditionCode` as u8) on RFLAGS.
+#[unsafe(link_section = "nonstop_probe_trap")]
 pub fn condition_holds(cond: u8, flags: u64) -> bool {
     let cf = flags & 1 != 0;
     let pf = flags & (1 << 2) != 0;

@@ -1,0 +1,506 @@
+//! The agent thread's work: rules in, probes armed, hits decoded into responses.
+
+use crate::limits::RuleLimits;
+use crate::redact::Redactor;
+use crate::template::Template;
+use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
+use nonstop_model::capture::{CapturePlan, CapturedMemory, CapturedRoot};
+use nonstop_model::{
+    Action, CaptureLimits, Frame, Locals, Response, Rule, RuleStatus, SourceLocation, StatusKind,
+    Value,
+};
+use nonstop_probe::{Engine, ProbeId, ProbeSpec, RateLimit};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The hard cap on one hit's capture time (DESIGN.md).
+const HIT_TIME_CAP: Duration = Duration::from_millis(10);
+
+/// Facts about this agent that go into every response.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Agent id.
+    pub agent: String,
+    /// Service name.
+    pub service: String,
+}
+
+/// One probe of an armed rule.
+struct ArmedProbe {
+    id: ProbeId,
+    site: Site,
+    vars: Vec<Variable>,
+}
+
+/// A rule as this agent holds it.
+struct ArmedRule {
+    rule: Rule,
+    limits: RuleLimits,
+    capture: CaptureLimits,
+    template: Option<Template>,
+    probes: Vec<ArmedProbe>,
+    status: RuleStatus,
+    armed_at: Instant,
+    /// Hits emitted as responses (exact, across all the rule's probes).
+    emitted: u64,
+    /// Drops seen at the last status check, to tell when a rule is being rate-limited.
+    last_dropped: u64,
+}
+
+/// Everything the agent thread owns.
+pub struct Agent {
+    identity: Identity,
+    debug: Arc<DebugInfo>,
+    bias: u64,
+    stacks: Stacks,
+    engine: &'static Engine,
+    redactor: Redactor,
+    rules: HashMap<String, ArmedRule>,
+    by_probe: HashMap<ProbeId, (String, usize)>,
+    threads: HashMap<u32, String>,
+    statuses_changed: bool,
+    clock: Clock,
+}
+
+/// Turns the engine's CLOCK_MONOTONIC hit times into wall-clock times.
+struct Clock {
+    /// Wall-clock ns minus monotonic ns, measured at start.
+    offset: i128,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0);
+        Clock {
+            offset: wall - nonstop_probe::monotonic_ns() as i128,
+        }
+    }
+
+    fn wall_ns(&self, monotonic: u64) -> u64 {
+        (monotonic as i128 + self.offset).max(0) as u64
+    }
+}
+
+/// A hit copied out of the engine's buffer.
+pub struct RawHit {
+    probe: ProbeId,
+    time_ns: u64,
+    tid: u32,
+    record: Vec<u8>,
+}
+
+impl Agent {
+    /// An agent over the running executable's debug info.
+    pub fn new(
+        identity: Identity,
+        debug: Arc<DebugInfo>,
+        bias: u64,
+        stacks: Stacks,
+        engine: &'static Engine,
+        redactor: Redactor,
+    ) -> Agent {
+        Agent {
+            identity,
+            debug,
+            bias,
+            stacks,
+            engine,
+            redactor,
+            rules: HashMap::new(),
+            by_probe: HashMap::new(),
+            threads: HashMap::new(),
+            statuses_changed: false,
+            clock: Clock::new(),
+        }
+    }
+
+    /// Makes the armed rules equal `wanted`: arms new ones, disarms removed ones. Rules
+    /// that stay are left alone (their counters go on).
+    pub fn sync(&mut self, wanted: Vec<Rule>) {
+        let keep: std::collections::HashSet<&str> = wanted.iter().map(|r| r.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .rules
+            .keys()
+            .filter(|id| !keep.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.remove(&id);
+        }
+        for rule in wanted {
+            match self.rules.get(&rule.id) {
+                Some(held) if held.rule == rule => {}
+                Some(_) => {
+                    self.remove(&rule.id.clone());
+                    self.arm(rule);
+                }
+                None => self.arm(rule),
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(mut held) = self.rules.remove(id) {
+            self.disarm_all(&mut held);
+            self.statuses_changed = true;
+        }
+    }
+
+    fn disarm_all(&mut self, held: &mut ArmedRule) {
+        for p in held.probes.drain(..) {
+            // A probe that cannot be disarmed stays counted by the engine; nothing else to do.
+            let _ = self.engine.disarm(p.id);
+            self.by_probe.remove(&p.id);
+        }
+        held.status.probes = 0;
+    }
+
+    /// Resolves and arms one rule; its status says what happened.
+    fn arm(&mut self, rule: Rule) {
+        let status = |kind, message: Option<String>| RuleStatus {
+            rule: rule.id.clone(),
+            status: kind,
+            message,
+            probes: 0,
+            hits: 0,
+            dropped: 0,
+        };
+        let mut held = ArmedRule {
+            limits: RuleLimits {
+                per_second: 1.0,
+                burst: 1,
+                max_hits: None,
+                expires: Duration::from_secs(3600),
+            },
+            capture: rule.limits.resolve(),
+            template: None,
+            probes: Vec::new(),
+            status: status(StatusKind::Pending, None),
+            armed_at: Instant::now(),
+            emitted: 0,
+            last_dropped: 0,
+            rule: rule.clone(),
+        };
+        self.statuses_changed = true;
+        match self.prepare(&mut held) {
+            Ok(()) => {
+                held.status.status = StatusKind::Armed;
+                held.status.probes = held.probes.len() as u32;
+            }
+            Err(message) => {
+                self.disarm_all(&mut held);
+                held.status = status(StatusKind::Error, Some(message));
+            }
+        }
+        self.rules.insert(rule.id.clone(), held);
+    }
+
+    fn prepare(&mut self, held: &mut ArmedRule) -> Result<(), String> {
+        let rule = &held.rule;
+        held.limits = RuleLimits::of(rule)?;
+        match rule.action {
+            Action::Snapshot => {}
+            Action::Log => {
+                let src = rule.template.as_deref().ok_or(
+                    "a log rule needs a template: add \"template\": \"paid {order.total}\"",
+                )?;
+                held.template = Some(Template::parse(src).map_err(|e| e.to_string())?);
+            }
+            Action::Metric => {
+                return Err(
+                    "metric rules need the nonstop server; offline mode takes snapshot and log rules"
+                        .into(),
+                );
+            }
+        }
+        let sites = self.debug.resolve(&rule.at).map_err(|e| e.to_string())?;
+        if sites.is_empty() {
+            return Err(format!("no code at {}", rule.at));
+        }
+        let mut armed = Vec::new();
+        let mut refused = Vec::new();
+        for site in sites {
+            let vars = self
+                .debug
+                .variables_at(site.address)
+                .map_err(|e| e.to_string())?;
+            let vars = match &held.template {
+                Some(t) => {
+                    let roots: Vec<&str> = t.roots().collect();
+                    if let Some(missing) =
+                        roots.iter().find(|r| !vars.iter().any(|v| &v.name == *r))
+                    {
+                        let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+                        return Err(format!(
+                            "unknown variable `{missing}` in the template; in scope at {}:{}: {}",
+                            site.file,
+                            site.line,
+                            if names.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                names.join(", ")
+                            }
+                        ));
+                    }
+                    vars.into_iter()
+                        .filter(|v| roots.contains(&v.name.as_str()))
+                        .collect()
+                }
+                None => vars,
+            };
+            let mut plan: CapturePlan = self.debug.capture_plan(&vars, &held.capture);
+            relocate(&mut plan, self.bias);
+            if rule.action != Action::Snapshot {
+                plan.stack_bytes = 0;
+            }
+            let spec = ProbeSpec {
+                address: self.bias.wrapping_add(site.address),
+                plan: Arc::new(plan),
+                max_hits: held.limits.max_hits,
+                rate: Some(RateLimit {
+                    per_second: held.limits.per_second,
+                    burst: held.limits.burst,
+                }),
+                time_cap: HIT_TIME_CAP,
+            };
+            // Builds the symbolizer now, so the first hit is not the one that waits for it.
+            let _ = self.debug.frames_at(site.address);
+            match self.engine.arm(spec) {
+                Ok(id) => armed.push(ArmedProbe { id, site, vars }),
+                Err(e) => refused.push(format!("0x{:x}: {e}", site.address)),
+            }
+        }
+        if armed.is_empty() {
+            return Err(format!(
+                "cannot probe {}: {}",
+                held.rule.at,
+                refused.join("; ")
+            ));
+        }
+        for (i, p) in armed.iter().enumerate() {
+            self.by_probe.insert(p.id, (held.rule.id.clone(), i));
+        }
+        held.probes = armed;
+        if !refused.is_empty() {
+            held.status.message = Some(format!(
+                "{} of {} addresses armed; refused: {}",
+                held.probes.len(),
+                held.probes.len() + refused.len(),
+                refused.join("; ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads what stack traces need ahead of the first hit.
+    pub fn warm_up(&self) {
+        self.stacks.warm_up();
+    }
+
+    /// Copies pending hits out of the engine (quickly, so its buffer frees up).
+    pub fn drain(&self) -> Vec<RawHit> {
+        let mut hits = Vec::new();
+        self.engine.drain(|hit| {
+            hits.push(RawHit {
+                probe: hit.probe,
+                time_ns: hit.time_ns,
+                tid: hit.tid,
+                record: hit.record.to_vec(),
+            })
+        });
+        hits
+    }
+
+    /// Turns hits into responses, enforcing each rule's exact max hits.
+    pub fn respond(&mut self, hits: Vec<RawHit>) -> Vec<Response> {
+        let mut out = Vec::new();
+        for hit in hits {
+            let Some((rule_id, idx)) = self.by_probe.get(&hit.probe).cloned() else {
+                continue; // a late hit of a probe that was disarmed
+            };
+            let thread = self.thread_name(hit.tid);
+            let Some(held) = self.rules.get_mut(&rule_id) else {
+                continue;
+            };
+            if held.limits.max_hits.is_some_and(|m| held.emitted >= m) {
+                continue;
+            }
+            let Some(probe) = held.probes.get(idx) else {
+                continue;
+            };
+            let Ok(mem) = CapturedMemory::parse(&hit.record) else {
+                continue;
+            };
+            let mut locals = Vec::with_capacity(probe.vars.len());
+            for (i, var) in probe.vars.iter().enumerate() {
+                let mut value = match (&var.availability, mem.roots.get(i)) {
+                    (Availability::OptimizedOut, _) => {
+                        Value::error(&var.type_name, "optimized out")
+                    }
+                    (Availability::EntryValue, _) => Value::error(
+                        &var.type_name,
+                        "unavailable here (only its value at function entry is described)",
+                    ),
+                    (_, Some(root)) => self.debug.decode(var, root, &mem, &held.capture),
+                    (_, None) => Value::error(&var.type_name, "not captured"),
+                };
+                if matches!(mem.roots.get(i), Some(CapturedRoot::NoSpace)) {
+                    value.truncated = true;
+                }
+                self.redactor.apply(&var.name, &mut value);
+                locals.push((var.name.clone(), value));
+            }
+            let locals = Locals(locals);
+            let frames = if held.rule.action == Action::Snapshot {
+                self.stacks
+                    .frames(&mem.regs, &mem, held.capture.frames as usize)
+            } else {
+                site_frames(&probe.site)
+            };
+            let message = held
+                .template
+                .as_ref()
+                .map(|t| t.render(&locals, nonstop_debuginfo::debug_string));
+            let site = &probe.site;
+            out.push(Response {
+                rule: rule_id.clone(),
+                agent: self.identity.agent.clone(),
+                service: self.identity.service.clone(),
+                time: rfc3339(self.clock.wall_ns(hit.time_ns)),
+                thread,
+                location: SourceLocation {
+                    file: site.file.clone(),
+                    line: site.line,
+                    function: site.functions.first().cloned().unwrap_or_default(),
+                },
+                message,
+                frames,
+                locals: if held.rule.action == Action::Snapshot {
+                    locals
+                } else {
+                    Locals::default()
+                },
+            });
+            held.emitted += 1;
+            held.status.hits = held.emitted;
+            self.statuses_changed = true;
+        }
+        out
+    }
+
+    /// Updates statuses from the engine's counters, expiry and max hits; disarms what is
+    /// finished. Returns the statuses when any changed since the last call.
+    pub fn check(&mut self) -> Option<Vec<RuleStatus>> {
+        let ids: Vec<String> = self.rules.keys().cloned().collect();
+        for id in ids {
+            let Some(mut held) = self.rules.remove(&id) else {
+                continue;
+            };
+            let before = held.status.clone();
+            if matches!(
+                held.status.status,
+                StatusKind::Armed | StatusKind::RateLimited
+            ) {
+                let mut dropped = 0;
+                let mut disarm_reason = None;
+                for p in &held.probes {
+                    if let Some(s) = self.engine.stats(p.id) {
+                        dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
+                        // Max hits are enforced exactly below, across the rule's probes.
+                        if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =
+                            s.disarm_reason
+                        {
+                            disarm_reason = Some(format!("disarmed on this agent: {r}"));
+                        }
+                    }
+                }
+                held.status.dropped = dropped;
+                if let Some(reason) = disarm_reason {
+                    self.disarm_all(&mut held);
+                    held.status.status = StatusKind::Error;
+                    held.status.message = Some(reason);
+                } else if held.limits.max_hits.is_some_and(|m| held.emitted >= m) {
+                    self.disarm_all(&mut held);
+                    held.status.status = StatusKind::Done;
+                    held.status.message = Some(format!("reached its max hits ({})", held.emitted));
+                } else if held.armed_at.elapsed() >= held.limits.expires {
+                    self.disarm_all(&mut held);
+                    held.status.status = StatusKind::Expired;
+                    held.status.message = Some(format!(
+                        "expired after {}",
+                        held.rule
+                            .expires
+                            .as_deref()
+                            .unwrap_or("its default lifetime")
+                    ));
+                } else if dropped > held.last_dropped {
+                    held.status.status = StatusKind::RateLimited;
+                    held.status.message = Some(format!(
+                        "{dropped} hits dropped by the rate limit ({}/s) or the CPU budget",
+                        held.limits.per_second
+                    ));
+                } else if held.status.status == StatusKind::RateLimited {
+                    held.status.status = StatusKind::Armed;
+                    held.status.message = None;
+                }
+                held.last_dropped = dropped;
+            }
+            if held.status != before {
+                self.statuses_changed = true;
+            }
+            self.rules.insert(id, held);
+        }
+        if !std::mem::take(&mut self.statuses_changed) {
+            return None;
+        }
+        let mut all: Vec<RuleStatus> = self.rules.values().map(|r| r.status.clone()).collect();
+        all.sort_by(|a, b| a.rule.cmp(&b.rule));
+        Some(all)
+    }
+
+    fn thread_name(&mut self, tid: u32) -> String {
+        self.threads
+            .entry(tid)
+            .or_insert_with(|| {
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                    .map(|s| s.trim_end().to_owned())
+                    .unwrap_or_else(|_| format!("thread-{tid}"))
+            })
+            .clone()
+    }
+}
+
+/// Adds the load bias to addresses of statics in the plan.
+fn relocate(plan: &mut CapturePlan, bias: u64) {
+    use nonstop_model::capture::PieceSource;
+    for root in &mut plan.roots {
+        for piece in &mut root.pieces {
+            if let PieceSource::Absolute { addr } = &mut piece.source {
+                *addr = addr.wrapping_add(bias);
+            }
+        }
+    }
+}
+
+/// The frames a log response carries: the site's inline chain, no unwinding.
+fn site_frames(site: &Site) -> Vec<Frame> {
+    site.functions
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Frame {
+            function: f.clone(),
+            file: (i == 0).then(|| site.file.clone()),
+            line: (i == 0).then_some(site.line),
+        })
+        .collect()
+}
+
+/// Formats nanoseconds since the Unix epoch as RFC 3339 with microseconds, UTC.
+pub fn rfc3339(ns: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
+    humantime::format_rfc3339_micros(t).to_string()
+}

@@ -1,0 +1,167 @@
+//! The agent's configuration, read from the environment.
+//!
+//! | variable | meaning | default |
+//! | --- | --- | --- |
+//! | `NONSTOP_DISABLE` | `1` turns the agent off entirely | off |
+//! | `NONSTOP_SERVER` | the server's URL (online mode) | none |
+//! | `NONSTOP_TOKEN` | the agent token for the server | none |
+//! | `NONSTOP_SERVICE` | the service name | the executable's file name |
+//! | `NONSTOP_LABELS` | `k=v,k=v` labels that rules select on | none |
+//! | `NONSTOP_COMMIT` | the Git commit the program was built from | none |
+//! | `NONSTOP_RULES` | offline mode: a JSON array of rules | none |
+//! | `NONSTOP_OUT` | offline mode: responses, one JSON object a line | `nonstop-responses.jsonl` |
+//! | `NONSTOP_STATUS` | offline mode: rule statuses, rewritten on change | `NONSTOP_OUT` + `.status.json` |
+//! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
+//!
+//! Bad values never stop the program: the agent says what is wrong on stderr and goes on
+//! with the default, or stays off.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The agent's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `NONSTOP_DISABLE=1`.
+    pub disabled: bool,
+    /// Server URL, for online mode.
+    pub server: Option<String>,
+    /// Agent token.
+    pub token: Option<String>,
+    /// Service name.
+    pub service: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Git commit.
+    pub commit: Option<String>,
+    /// Offline rules file.
+    pub rules: Option<PathBuf>,
+    /// Offline responses file.
+    pub out: PathBuf,
+    /// Offline status file.
+    pub status: PathBuf,
+    /// Extra redaction patterns.
+    pub redact: Vec<String>,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> (Config, Vec<String>) {
+        Config::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `var`; returns it with warnings for a person.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> (Config, Vec<String>) {
+        let mut warnings = Vec::new();
+        let disabled = match var("NONSTOP_DISABLE").as_deref() {
+            None | Some("") | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(other) => {
+                warnings.push(format!(
+                    "NONSTOP_DISABLE={other:?} is not 0 or 1; staying off to be safe"
+                ));
+                true
+            }
+        };
+        let service = var("NONSTOP_SERVICE")
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(executable_name);
+        let mut labels = BTreeMap::new();
+        if let Some(spec) = var("NONSTOP_LABELS") {
+            for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        labels.insert(k.trim().to_owned(), v.trim().to_owned());
+                    }
+                    _ => warnings.push(format!(
+                        "NONSTOP_LABELS: {pair:?} is not key=value; ignored (write k=v,k=v)"
+                    )),
+                }
+            }
+        }
+        let out = PathBuf::from(
+            var("NONSTOP_OUT")
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "nonstop-responses.jsonl".into()),
+        );
+        let status = var("NONSTOP_STATUS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let mut s = out.clone().into_os_string();
+                s.push(".status.json");
+                PathBuf::from(s)
+            });
+        let config = Config {
+            disabled,
+            server: var("NONSTOP_SERVER").filter(|s| !s.is_empty()),
+            token: var("NONSTOP_TOKEN").filter(|s| !s.is_empty()),
+            service,
+            labels,
+            commit: var("NONSTOP_COMMIT").filter(|s| !s.is_empty()),
+            rules: var("NONSTOP_RULES")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            out,
+            status,
+            redact: var("NONSTOP_REDACT")
+                .map(|s| {
+                    s.split(',')
+                        .map(|p| p.trim().to_ascii_lowercase())
+                        .filter(|p| !p.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        (config, warnings)
+    }
+}
+
+fn executable_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn labels_parse_and_bad_pairs_are_reported_not_fatal() {
+        let (c, w) = Config::from_vars(vars(&[
+            ("NONSTOP_LABELS", "env=prod, region=eu,broken"),
+            ("NONSTOP_SERVICE", "shop"),
+            ("NONSTOP_OUT", "/tmp/r.jsonl"),
+        ]));
+        assert_eq!(c.service, "shop");
+        assert_eq!(c.labels.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(c.labels.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(c.labels.len(), 2);
+        assert_eq!(c.status, PathBuf::from("/tmp/r.jsonl.status.json"));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("\"broken\" is not key=value"), "{}", w[0]);
+    }
+
+    #[test]
+    fn disable_accepts_one_and_treats_garbage_as_off() {
+        assert!(
+            Config::from_vars(vars(&[("NONSTOP_DISABLE", "1")]))
+                .0
+                .disabled
+        );
+        assert!(!Config::from_vars(vars(&[])).0.disabled);
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_DISABLE", "yes please")]));
+        assert!(c.disabled);
+        assert_eq!(w.len(), 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! The agent never harms the program: its output is byte-identical with and without nonstop,
+//! with a probe on every line that has code, and whatever the input.
+
+mod common;
+
+use common::{Build, build_fixture, fixture_source, marks, run_plain, run_with_rules, tempdir};
+
+#[test]
+fn output_is_identical_with_a_probe_on_every_line() {
+    for build in [Build::Debug, Build::Release] {
+        let program = build_fixture("orders.rs", build);
+        let lines = std::fs::read_to_string(fixture_source("orders.rs"))
+            .unwrap()
+            .lines()
+            .count();
+        let rules: Vec<serde_json::Value> = (1..=lines)
+            .map(|l| {
+                serde_json::json!({"id": format!("l{l}"), "at": format!("orders.rs:{l}"),
+                    "action": "snapshot", "rate": "100000/s", "max_hits": 1000000})
+            })
+            .collect();
+        let run = run_with_rules(
+            &program,
+            &["4"],
+            &serde_json::to_string(&rules).unwrap(),
+            &[],
+        );
+        let plain = run_plain(&program, &["4"]);
+        assert!(run.output.status.success(), "{build:?}: {}", run.stderr());
+        assert_eq!(
+            run.stdout(),
+            String::from_utf8_lossy(&plain.stdout),
+            "{build:?}"
+        );
+        let armed = run
+            .statuses
+            .as_array()
+            .unwrap()
+            .iter()
+            // Traps on every line exceed the global CPU budget: rules then say `rate-limited`.
+            .filter(|s| ["armed", "done", "rate-limited"].contains(&s["status"].as_str().unwrap()))
+            .count();
+        assert!(
+            armed >= 30,
+            "{build:?}: only {armed} lines armed; stderr: {}",
+            run.stderr()
+        );
+        assert!(!run.responses.is_empty(), "{build:?}: no responses");
+        let blank = run.status_of("l1").unwrap();
+        assert_eq!(
+            blank["status"], "error",
+            "a comment line has no code: {blank}"
+        );
+    }
+}
+
+#[test]
+fn a_rules_file_that_is_not_json_is_reported_and_the_program_runs_on() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let run = run_with_rules(&program, &["2"], "{ this is not json", &[]);
+    assert!(run.output.status.success());
+    assert_eq!(
+        run.stdout(),
+        String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout)
+    );
+    assert!(
+        run.stderr().contains("is not a JSON array of rules"),
+        "stderr: {}",
+        run.stderr()
+    );
+    assert!(run.responses.is_empty());
+}
+
+#[test]
+fn a_rule_at_a_line_without_code_gets_an_error_status_naming_nearby_lines() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let run = run_with_rules(
+        &program,
+        &["1"],
+        r#"[{"id":"blank","at":"orders.rs:2","action":"snapshot"},{"id":"nofile","at":"nowhere.rs:5","action":"snapshot"}]"#,
+        &[],
+    );
+    assert!(run.output.status.success());
+    let blank = run.status_of("blank").unwrap();
+    assert_eq!(blank["status"], "error");
+    assert!(
+        blank["message"].as_str().unwrap().contains("no code at"),
+        "{blank}"
+    );
+    let nofile = run.status_of("nofile").unwrap();
+    assert_eq!(nofile["status"], "error");
+    assert!(
+        nofile["message"].as_str().unwrap().contains("nowhere.rs"),
+        "{nofile}"
+    );
+}
+
+#[test]
+fn a_log_rule_naming_an_unknown_variable_lists_the_ones_in_scope() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["describe"];
+    let rules =
+        format!(r#"[{{"id":"bad","at":"orders.rs:{line}","action":"log","template":"{{nope}}"}}]"#);
+    let run = run_with_rules(&program, &["1"], &rules, &[]);
+    let status = run.status_of("bad").unwrap();
+    assert_eq!(status["status"], "error");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("unknown variable `nope`"), "{message}");
+    assert!(message.contains("label"), "{message}");
+}
+
+#[test]
+fn a_binary_without_debug_info_runs_unharmed_and_says_why() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let stripped = tempdir().join("orders-stripped");
+    let ok = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&program)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let run = run_with_rules(
+        &stripped,
+        &["2"],
+        r#"[{"at":"orders.rs:60","action":"snapshot"}]"#,
+        &[],
+    );
+    assert!(run.output.status.success());
+    assert_eq!(
+        run.stdout(),
+        String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout)
+    );
+    assert!(
+        run.stderr().contains("no debug info"),
+        "stderr: {}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn disabled_agent_does_nothing() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["price"];
+    let rules = format!(r#"[{{"at":"orders.rs:{line}","action":"snapshot"}}]"#);
+    let run = run_with_rules(&program, &["2"], &rules, &[("NONSTOP_DISABLE", "1")]);
+    assert!(run.responses.is_empty());
+    assert_eq!(
+        run.stdout(),
+        String::from_utf8_lossy(&run_plain(&program, &["2"]).stdout)
+    );
+}
+
+#[test]
+fn a_program_with_its_own_sigtrap_handler_keeps_its_traps_and_ours_work() {
+    for build in [Build::Debug, Build::Release] {
+        let program = build_fixture("traps.c", build);
+        let line = marks("traps.c")["area"];
+        let rules = format!(
+            r#"[{{"id":"area","at":"traps.c:{line}","action":"snapshot","rate":"1000/s"}}]"#
+        );
+        let run = run_with_rules(&program, &[], &rules, &[]);
+        let plain = run_plain(&program, &[]);
+        assert!(run.output.status.success(), "{build:?}: {}", run.stderr());
+        assert_eq!(run.stdout(), String::from_utf8_lossy(&plain.stdout));
+        assert!(run.stdout().contains("sum 80 traps 3"), "{}", run.stdout());
+        assert_eq!(run.responses.len(), 3, "{build:?}: {}", run.stderr());
+        let scales: Vec<_> = run
+            .responses
+            .iter()
+            .map(|r| nonstop_debuginfo::debug_string(r.locals.get("scale").unwrap()))
+            .collect();
+        assert_eq!(scales, vec!["2", "2", "2"]);
+    }
+}

@@ -1,0 +1,101 @@
+//! The agent in offline mode captures exact values: what it reports at a marked line equals
+//! what the program itself prints there, in debug and in release-with-debuginfo builds.
+
+mod common;
+
+use common::{Build, build_fixture, marks, printed, run_plain, run_with_rules};
+use nonstop_debuginfo::debug_string;
+
+fn rules_for_marks(file: &str, rate: &str) -> String {
+    let rules: Vec<serde_json::Value> = marks(file)
+        .iter()
+        .map(|(name, line)| {
+            serde_json::json!({"id": name, "at": format!("{file}:{line}"), "action": "snapshot", "rate": rate})
+        })
+        .collect();
+    serde_json::to_string(&rules).unwrap()
+}
+
+fn check_values(build: Build) {
+    let program = build_fixture("orders.rs", build);
+    let run = run_with_rules(
+        &program,
+        &["3"],
+        &rules_for_marks("orders.rs", "1000/s"),
+        &[],
+    );
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    for mark in ["price", "describe"] {
+        let status = run
+            .status_of(mark)
+            .unwrap_or_else(|| panic!("no status for {mark}: {}", run.stderr()));
+        assert_eq!(status["status"], "armed", "{mark}: {status}");
+        let expected = printed(&run.stdout(), mark);
+        let got: Vec<_> = run.responses.iter().filter(|r| r.rule == mark).collect();
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{mark}: one response per execution; stderr: {}",
+            run.stderr()
+        );
+        for (response, printed) in got.iter().zip(&expected) {
+            assert_eq!(response.location.line, marks("orders.rs")[mark]);
+            for (var, text) in printed {
+                let value = response.locals.get(var).unwrap_or_else(|| {
+                    panic!("{mark}: `{var}` missing from {:?}", response.locals)
+                });
+                assert_eq!(
+                    &debug_string(value),
+                    text,
+                    "{mark}: `{var}` in a {build:?} build: {value:?}"
+                );
+            }
+            assert!(!response.frames.is_empty());
+            assert_eq!(response.frames[0].line, Some(marks("orders.rs")[mark]));
+        }
+    }
+    // The program's own output is unchanged by the agent.
+    assert_eq!(
+        run.stdout(),
+        String::from_utf8_lossy(&run_plain(&program, &["3"]).stdout)
+    );
+}
+
+#[test]
+fn snapshot_values_equal_what_the_debug_build_prints() {
+    check_values(Build::Debug);
+}
+
+#[test]
+fn snapshot_values_equal_what_the_release_build_prints() {
+    check_values(Build::Release);
+}
+
+#[test]
+fn log_rule_renders_the_programs_values() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["describe"];
+    let rules = format!(
+        r#"[{{"id":"greet","at":"orders.rs:{line}","action":"log","template":"{{label}} total={{total}} vip={{vip}} code={{code:?}}"}}]"#
+    );
+    let run = run_with_rules(&program, &["3"], &rules, &[]);
+    let messages: Vec<_> = run
+        .responses
+        .iter()
+        .filter_map(|r| r.message.clone())
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            "Ann#7 total=4050 vip=true code=Some('A')",
+            "Bob#8 total=4950 vip=false code=Some('B')",
+            "Cyd#9 total=3825 vip=false code=Some('C')",
+        ],
+        "stderr: {}",
+        run.stderr()
+    );
+}
