@@ -126,6 +126,7 @@ fn start_inner() -> bool {
             server,
             token: config.token.clone(),
             info: agent_info(&config, agent.id()),
+            ca_cert: config.ca_cert.clone(),
         });
         Some((agent, Channel::Online(link)))
     })
@@ -165,8 +166,8 @@ impl Channel {
 /// Loads what the agent needs about this process: the engine, the executable's debug info,
 /// where it is loaded, and the modules for stack traces.
 fn build_agent(config: &Config) -> Result<Agent, String> {
-    let engine = nonstop_probe::Engine::get()
-        .map_err(|e| format!("cannot start the probe engine: {e}"))?;
+    let engine =
+        nonstop_probe::Engine::get().map_err(|e| format!("cannot start the probe engine: {e}"))?;
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(|e| format!("cannot find the executable (/proc/self/exe: {e})"))?;
     let debug = Arc::new(nonstop_debuginfo::DebugInfo::load(&exe).map_err(|e| e.to_string())?);
@@ -193,7 +194,9 @@ fn agent_info(config: &Config, id: &str) -> nonstop_model::wire::AgentInfo {
     nonstop_model::wire::AgentInfo {
         id: id.to_owned(),
         service: config.service.clone(),
-        version: std::env::var("NONSTOP_VERSION").ok().filter(|v| !v.is_empty()),
+        version: std::env::var("NONSTOP_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty()),
         commit: config.commit.clone(),
         host: hostname(),
         pid: std::process::id(),

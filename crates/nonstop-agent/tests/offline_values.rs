@@ -46,10 +46,9 @@ fn check_values(build: Build) {
             assert_eq!(response.location.line, marks("orders.rs")[mark]);
             let mut available = 0;
             for (var, text) in printed {
-                let value = response
-                    .locals
-                    .get(var)
-                    .unwrap_or_else(|| panic!("{mark}: `{var}` missing from {:?}", response.locals));
+                let value = response.locals.get(var).unwrap_or_else(|| {
+                    panic!("{mark}: `{var}` missing from {:?}", response.locals)
+                });
                 // Optimized code may keep no location for a variable at this address (or
                 // only its value at function entry): the agent must say so, never guess.
                 if build == Build::Release
@@ -62,7 +61,11 @@ fn check_values(build: Build) {
                     continue;
                 }
                 available += 1;
-                assert_eq!(&debug_string(value), text, "{mark}: `{var}` in a {build:?} build: {value:?}");
+                assert_eq!(
+                    &debug_string(value),
+                    text,
+                    "{mark}: `{var}` in a {build:?} build: {value:?}"
+                );
             }
             assert!(
                 available * 2 >= printed.len(),

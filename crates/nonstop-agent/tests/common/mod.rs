@@ -73,8 +73,15 @@ pub fn agent_library() -> PathBuf {
             let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
             let target_dir = profile_dir.parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "-p", "nonstop-agent", "--lib", "--target-dir"])
-                .arg(target_dir);
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "nonstop-agent",
+                "--lib",
+                "--target-dir",
+            ])
+            .arg(target_dir);
             if profile_dir.file_name().is_some_and(|n| n == "release") {
                 cmd.arg("--release");
             }
