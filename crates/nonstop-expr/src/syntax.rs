@@ -1083,3 +1083,217 @@ impl Parser<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tree, fully parenthesised.
+    fn tree(src: &str) -> String {
+        fn go(n: &Node) -> String {
+            match &n.kind {
+                NodeKind::Name(s) => s.clone(),
+                NodeKind::Path(p) => p.join("::"),
+                NodeKind::Lit(Lit::Str(s)) => format!("{s:?}"),
+                NodeKind::Lit(Lit::Char(c)) => format!("{c:?}"),
+                NodeKind::Lit(Lit::Int(i)) => format!("{i}"),
+                NodeKind::Lit(Lit::Uint(u)) => format!("{u}u"),
+                NodeKind::Lit(Lit::Float(f)) => format!("{f:?}"),
+                NodeKind::Lit(Lit::Bool(b)) => format!("{b}"),
+                NodeKind::Field(b, f) => format!("{}.{f}", go(b)),
+                NodeKind::Index(b, i) => format!("{}[{}]", go(b), go(i)),
+                NodeKind::Call(b, r, args) => {
+                    let args: Vec<String> = args.iter().map(go).collect();
+                    format!("{}.{}({})", go(r), b.name(), args.join(", "))
+                }
+                NodeKind::Matches(v, p) => format!("matches({}, {})", go(v), go(p)),
+                NodeKind::Unary(op, x) => {
+                    let s = match op {
+                        UnOp::Not => "!",
+                        UnOp::Neg => "-",
+                        UnOp::Deref => "*",
+                    };
+                    format!("({s}{})", go(x))
+                }
+                NodeKind::Binary(op, a, b) => format!("({} {} {})", go(a), op.symbol(), go(b)),
+            }
+        }
+        go(Expr::parse(src).unwrap().root())
+    }
+
+    fn error(src: &str) -> String {
+        Expr::parse(src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn precedence_follows_rust() {
+        let table = [
+            ("a || b && c", "(a || (b && c))"),
+            ("a && b || c", "((a && b) || c)"),
+            ("a == b && c != d", "((a == b) && (c != d))"),
+            ("a + b * c", "(a + (b * c))"),
+            ("a * b + c", "((a * b) + c)"),
+            ("a - b - c", "((a - b) - c)"),
+            ("a / b % c", "((a / b) % c)"),
+            ("a + b < c * d", "((a + b) < (c * d))"),
+            ("!a && b", "((!a) && b)"),
+            ("-a * b", "((-a) * b)"),
+            ("-a.b", "(-a.b)"),
+            ("!x.is_some()", "(!x.is_some())"),
+            ("*x.y", "(*x.y)"),
+            ("(a + b) * c", "((a + b) * c)"),
+            ("a || b || c", "((a || b) || c)"),
+            ("order.total > 10000 && user.country == \"DE\"",
+             "((order.total > 10000) && (user.country == \"DE\"))"),
+            ("cart.items[0].price >= 1.5", "(cart.items[0].price >= 1.5)"),
+            ("self.0.1 == 'x'", "(self.0.1 == 'x')"),
+            ("e.kind == Kind::Credit", "(e.kind == Kind::Credit)"),
+            ("matches(e.kind, Debit)", "matches(e.kind, Debit)"),
+            ("len(s) + s.len()", "(s.len() + s.len())"),
+            ("s.contains(\"a\") || s.starts_with('b') || s.ends_with(\"c\")",
+             "((s.contains(\"a\") || s.starts_with('b')) || s.ends_with(\"c\"))"),
+            ("thread == \"main\" && hit_count % 10 == 0",
+             "((thread == \"main\") && ((hit_count % 10) == 0))"),
+            ("- -1", "(-(-1))"),
+            ("m[\"k\"][2]", "m[\"k\"][2]"),
+        ];
+        for (src, want) in table {
+            assert_eq!(tree(src), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn literals() {
+        assert_eq!(tree("0xff"), "255");
+        assert_eq!(tree("0b1010"), "10");
+        assert_eq!(tree("0o17"), "15");
+        assert_eq!(tree("1_000_000"), "1000000");
+        assert_eq!(tree("10u64"), "10u");
+        assert_eq!(tree("10i8"), "10");
+        assert_eq!(tree("18446744073709551615"), "18446744073709551615u");
+        assert_eq!(tree("1.5e3"), "1500.0");
+        assert_eq!(tree("2f32"), "2.0");
+        assert_eq!(tree("1e-2"), "0.01");
+        assert_eq!(tree(r#""a\"b\n\u{e9}\x41""#), r#""a\"b\néA""#);
+        assert_eq!(tree(r"'\n'"), r"'\n'");
+        assert_eq!(tree("true != false"), "(true != false)");
+        // `.0.1` is two tuple fields, not a float.
+        assert_eq!(tree("t.0.1"), "t.0.1");
+    }
+
+    #[test]
+    fn errors_point_at_the_column() {
+        assert_eq!(
+            error("order.total > )"),
+            "unexpected `)` at column 15: expected an expression\norder.total > )\n              ^"
+        );
+        assert_eq!(
+            error("a +"),
+            "unexpected end of input at column 4: expected an expression\na +\n   ^"
+        );
+        assert_eq!(
+            error("a b"),
+            "unexpected `b` at column 3: expected an operator or the end of the expression\na b\n  ^"
+        );
+        assert_eq!(
+            error("(a + b"),
+            "unexpected end of input at column 7: expected `)`\n(a + b\n      ^"
+        );
+        assert_eq!(
+            error("a < b < c"),
+            "comparison operators cannot be chained (column 7): write `a < b && b < c`\na < b < c\n      ^"
+        );
+        assert_eq!(
+            error("x.push(1)"),
+            "unknown method `push` at column 3: nonstop never calls the program; methods are len, contains, starts_with, ends_with, is_some, is_none, is_ok, is_err\nx.push(1)\n  ^"
+        );
+        assert_eq!(
+            error("f(x)"),
+            "`f` is not a built-in (column 1): nonstop never calls the program; functions are len(x) and matches(x, Variant)\nf(x)\n^"
+        );
+        assert_eq!(
+            error("x = 1"),
+            "unexpected `=` at column 3: expected an operator or the end of the expression\nx = 1\n  ^"
+        );
+        assert_eq!(
+            error("\"abc"),
+            "unterminated string starting at column 1: close it with `\"`\n\"abc\n^"
+        );
+        assert_eq!(
+            error("x == 'ab'"),
+            "unterminated char at column 6: a char holds one character; use \"…\" for text\nx == 'ab'\n     ^"
+        );
+        assert_eq!(
+            error("300u8 > x"),
+            "`300u8` at column 1 does not fit in u8\n300u8 > x\n^"
+        );
+        assert_eq!(
+            error("x > 1q"),
+            "unknown number suffix `q` at column 6: use i8..i64, u8..u64, isize, usize, f32 or f64\nx > 1q\n     ^"
+        );
+        assert_eq!(
+            error("x # 1"),
+            "unexpected `#` at column 3\nx # 1\n  ^"
+        );
+        assert_eq!(
+            error("x.len(1)"),
+            "unexpected `1` at column 7: `len` takes 0 arguments\nx.len(1)\n      ^"
+        );
+        assert_eq!(
+            error("matches(x, 1)"),
+            "expected a variant name like `Debit` or `Kind::Debit` at column 12\nmatches(x, 1)\n           ^"
+        );
+        assert_eq!(
+            error("x."),
+            "unexpected end of input at column 3: expected a field name, a tuple index or a method after `.`\nx.\n  ^"
+        );
+        assert_eq!(
+            error(r#""\q""#),
+            "unknown escape `\\q` at column 2: use \\n \\t \\r \\0 \\\\ \\\" \\' \\x7f or \\u{…}\n\"\\q\"\n ^"
+        );
+        assert_eq!(
+            error("99999999999999999999 > 1"),
+            "`99999999999999999999` at column 1 does not fit in 64 bits\n99999999999999999999 > 1\n^"
+        );
+        assert!(error(&"9".repeat(45)).starts_with("integer `999"));
+        // The caret lines up under multi-byte text.
+        assert_eq!(
+            error("s == \"é\" )"),
+            "unexpected `)` at column 11: expected an operator or the end of the expression\ns == \"é\" )\n         ^"
+        );
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded() {
+        let deep = format!("{}x{}", "(".repeat(100), ")".repeat(100));
+        assert!(error(&deep).starts_with("expression nests too deeply"));
+        let long = "x + ".repeat(300) + "x";
+        assert!(error(&long).starts_with("expression too long"));
+        let negs = "-".repeat(100) + "x";
+        assert!(error(&negs).starts_with("expression nests too deeply"));
+    }
+
+    #[test]
+    fn roots_are_the_names_read() {
+        let e = Expr::parse("order.total > limit && order.user.id == thread").unwrap();
+        assert_eq!(e.roots(), vec!["order", "limit", "thread"]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            let _ = Expr::parse(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_on_expression_like_text(
+            s in "[a-z_0-9.()\\[\\]!=<>&|+*/%\"' :,-]{0,60}"
+        ) {
+            if let Err(e) = Expr::parse(&s) {
+                // The rendering always works and ends with a caret line.
+                proptest::prop_assert!(e.to_string().ends_with('^'));
+                proptest::prop_assert!(e.column >= 1 && e.column <= s.len() + 1);
+            }
+        }
+    }
+}
