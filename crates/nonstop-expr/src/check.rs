@@ -360,7 +360,13 @@ impl Checker<'_> {
                     (Ty::Str | Ty::Unknown, _) => at.is_text(),
                     (Ty::List(elem), Builtin::Contains) => comparable(elem, &at),
                     (Ty::Map(_), Builtin::Contains) => at.is_text() || at.is_number(),
-                    _ => return Err(wrong(if b == Builtin::Contains { "a string, list or map" } else { "a string" })),
+                    _ => {
+                        return Err(wrong(if b == Builtin::Contains {
+                            "a string, list or map"
+                        } else {
+                            "a string"
+                        }));
+                    }
                 };
                 if ok {
                     Ok(Ty::Bool)
@@ -383,9 +389,7 @@ impl Checker<'_> {
             },
             Builtin::IsOk | Builtin::IsErr => match t {
                 Ty::Unknown => Ok(Ty::Bool),
-                Ty::Enum { ref variants, .. } if variants.iter().any(|v| v == "Ok") => {
-                    Ok(Ty::Bool)
-                }
+                Ty::Enum { ref variants, .. } if variants.iter().any(|v| v == "Ok") => Ok(Ty::Bool),
                 _ => Err(wrong("a Result")),
             },
         }
@@ -450,9 +454,8 @@ impl Checker<'_> {
                 }
                 Ok(match (lt, rt) {
                     (Ty::Float, _) | (_, Ty::Float) => Ty::Float,
-                    (Ty::Uint, Ty::Uint) => Ty::Uint,
-                    (Ty::Unknown, t) | (t, Ty::Unknown) if t != Ty::Uint => t,
                     (Ty::Unknown, _) | (_, Ty::Unknown) => Ty::Unknown,
+                    (Ty::Uint, Ty::Uint) => Ty::Uint,
                     _ => Ty::Int,
                 })
             }
@@ -468,5 +471,199 @@ fn comparable(a: &Ty, b: &Ty) -> bool {
         _ if a.is_text() && b.is_text() => true,
         (Ty::Bool, Ty::Bool) => true,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope() -> Vec<(String, Ty)> {
+        let kind = Ty::Enum {
+            name: "Kind".into(),
+            variants: vec!["Credit".into(), "Debit".into()],
+        };
+        vec![
+            (
+                "order".into(),
+                Ty::Struct {
+                    name: "Order".into(),
+                    fields: vec![
+                        ("id".into(), Ty::Uint),
+                        ("total".into(), Ty::Int),
+                        ("items".into(), Ty::List(Box::new(Ty::Float))),
+                        ("kind".into(), kind),
+                        ("note".into(), Ty::Option(Box::new(Ty::Str))),
+                        ("tags".into(), Ty::Map(Box::new(Ty::Str))),
+                    ],
+                },
+            ),
+            ("user".into(), Ty::Str),
+            ("total".into(), Ty::Float),
+            ("c".into(), Ty::Char),
+            (
+                "pair".into(),
+                Ty::Struct {
+                    name: "(u8, bool)".into(),
+                    fields: vec![("0".into(), Ty::Uint), ("1".into(), Ty::Bool)],
+                },
+            ),
+            ("any".into(), Ty::Unknown),
+        ]
+    }
+
+    fn ty(src: &str) -> Result<Ty, String> {
+        Expr::parse(src)
+            .unwrap()
+            .check(&scope())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn types_of_well_formed_expressions() {
+        let table = [
+            ("order.total > 10000 && user == \"ann\"", Ty::Bool),
+            ("order.total + 1", Ty::Int),
+            ("order.id * 2u64", Ty::Uint),
+            ("order.id - 1", Ty::Int),
+            ("total / 2", Ty::Float),
+            ("order.items[0]", Ty::Float),
+            ("order.items.len()", Ty::Uint),
+            ("len(user)", Ty::Uint),
+            ("order.kind == Kind::Credit", Ty::Bool),
+            ("order.kind != Debit", Ty::Bool),
+            ("matches(order.kind, Credit)", Ty::Bool),
+            ("order.note.is_some()", Ty::Bool),
+            ("order.note == None", Ty::Bool),
+            ("order.note.0", Ty::Str),
+            ("order.tags[\"env\"]", Ty::Str),
+            ("order.tags.contains(\"env\")", Ty::Bool),
+            ("order.items.contains(1.5)", Ty::Bool),
+            ("c == 'x' || c == \"y\"", Ty::Bool),
+            ("pair.1 && pair.0 > 3", Ty::Bool),
+            ("thread.starts_with(\"worker\")", Ty::Bool),
+            ("hit_count % 100 == 0", Ty::Bool),
+            ("any.whatever[3].x + 1", Ty::Unknown),
+            ("*order.total", Ty::Int),
+        ];
+        for (src, want) in table {
+            assert_eq!(ty(src), Ok(want), "{src}");
+        }
+    }
+
+    #[test]
+    fn errors_name_what_exists() {
+        let table = [
+            (
+                "ordr.total > 1",
+                "unknown variable `ordr`; in scope: order, user, total, c, pair, any",
+            ),
+            (
+                "order.totl > 1",
+                "`order` has no field `totl`; its fields: id, total, items, kind, note, tags",
+            ),
+            (
+                "order.kind == Kind::Credt",
+                "`Kind` has no variant `Credt`; its variants: Credit, Debit",
+            ),
+            (
+                "matches(order.note, Ok)",
+                "`Option` has no variant `Ok`; its variants: Some, None",
+            ),
+            (
+                "\"a\" > 3",
+                "cannot compare a string with a number: \"a\" > 3",
+            ),
+            (
+                "user == 3",
+                "cannot compare a string with a number: user == 3",
+            ),
+            (
+                "user + 1",
+                "cannot apply `+` to a string and a number: user + 1",
+            ),
+            (
+                "order.total && true",
+                "`&&` needs bools, but `order.total` is a number",
+            ),
+            ("!user", "`!` needs a bool, but `user` is a string"),
+            ("-user", "`-` needs a number, but `user` is a string"),
+            (
+                "total.len()",
+                "`len` needs a string, list or map, but `total` is a number",
+            ),
+            (
+                "user.is_some()",
+                "`is_some` needs an Option, but `user` is a string",
+            ),
+            (
+                "order.items.contains(\"a\")",
+                "`contains` of a list cannot take a string: `\"a\"`",
+            ),
+            (
+                "order.items[\"a\"]",
+                "a list index must be an integer, but `\"a\"` is a string",
+            ),
+            ("user.x", "`user` is a string and has no fields"),
+            ("total[0]", "`total` is a number and cannot be indexed"),
+            (
+                "user == Credit",
+                "`user` is a string, not an enum: it has no variant `Credit`",
+            ),
+            (
+                "Kind::Credit",
+                "`Kind::Credit` is a variant: compare a value with it (`x == Kind::Credit`) or use `matches(x, Kind::Credit)`",
+            ),
+        ];
+        for (src, want) in table {
+            assert_eq!(ty(src), Err(want.to_owned()), "{src}");
+        }
+    }
+
+    #[test]
+    fn conditions_must_be_bools() {
+        let e = Expr::parse("order.total + 1").unwrap();
+        assert_eq!(
+            e.check_condition(&scope()).unwrap_err().to_string(),
+            "a condition must be true or false, but `order.total + 1` is a number: compare it, e.g. `order.total + 1 > 0`"
+        );
+        assert!(
+            Expr::parse("any")
+                .unwrap()
+                .check_condition(&scope())
+                .is_ok()
+        );
+        assert!(
+            Expr::parse("total * 2")
+                .unwrap()
+                .check_number(&scope())
+                .is_ok()
+        );
+        assert_eq!(
+            Expr::parse("user")
+                .unwrap()
+                .check_number(&scope())
+                .unwrap_err()
+                .to_string(),
+            "a metric value must be a number, but `user` is a string"
+        );
+    }
+
+    #[test]
+    fn a_local_shadows_a_builtin() {
+        let scope = vec![("thread".to_owned(), Ty::Uint)];
+        assert_eq!(
+            Expr::parse("thread + 1u64").unwrap().check(&scope),
+            Ok(Ty::Uint)
+        );
+        let none: Vec<(String, Ty)> = Vec::new();
+        assert_eq!(
+            Expr::parse("x")
+                .unwrap()
+                .check(&none)
+                .unwrap_err()
+                .to_string(),
+            "unknown variable `x`; in scope: (none)"
+        );
     }
 }

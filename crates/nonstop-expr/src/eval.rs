@@ -400,10 +400,9 @@ impl<'a> Eval<'a> {
         match &v.value {
             Data::List(items) => {
                 let Num::I(n) = self.number(i, index)? else {
-                    return Err(self.type_err(format!(
-                        "index `{}` is not an integer",
-                        self.text(index)
-                    )));
+                    return Err(
+                        self.type_err(format!("index `{}` is not an integer", self.text(index)))
+                    );
                 };
                 match usize::try_from(n).ok().and_then(|n| items.get(n)) {
                     Some(item) => Ok(item),
@@ -432,10 +431,7 @@ impl<'a> Eval<'a> {
                     }),
                 }
             }
-            _ => Err(self.type_err(format!(
-                "`{}` cannot be indexed",
-                self.text(base)
-            ))),
+            _ => Err(self.type_err(format!("`{}` cannot be indexed", self.text(base)))),
         }
     }
 
@@ -581,7 +577,13 @@ impl<'a> Eval<'a> {
         }
     }
 
-    fn binary(&self, node: &'a Node, op: BinOp, l: &'a Node, r: &'a Node) -> Result<Val<'a>, EvalError> {
+    fn binary(
+        &self,
+        node: &'a Node,
+        op: BinOp,
+        l: &'a Node,
+        r: &'a Node,
+    ) -> Result<Val<'a>, EvalError> {
         match op {
             BinOp::And => return Ok(Val::Bool(self.truth(l)? && self.truth(r)?)),
             BinOp::Or => return Ok(Val::Bool(self.truth(l)? || self.truth(r)?)),
@@ -768,5 +770,413 @@ fn int_float_cmp(i: i128, f: f64) -> Option<Ordering> {
     match i.cmp(&ti) {
         Ordering::Equal => 0.0f64.partial_cmp(&(f - t)),
         o => Some(o),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) struct Vars(pub Vec<(String, Value)>);
+    impl Env for Vars {
+        fn var(&self, name: &str) -> Option<&Value> {
+            self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        }
+        fn thread(&self) -> &str {
+            "worker-1"
+        }
+        fn hit_count(&self) -> u64 {
+            7
+        }
+    }
+
+    fn v(t: &str, d: Data) -> Value {
+        Value::new(t, d)
+    }
+
+    fn variant(t: &str, name: &str, d: Data) -> Value {
+        Value {
+            variant: Some(name.into()),
+            ..v(t, d)
+        }
+    }
+
+    pub(crate) fn env() -> Vars {
+        let order = v(
+            "shop::Order",
+            Data::Map(vec![
+                ("id".into(), v("u64", Data::Uint(u64::MAX))),
+                ("total".into(), v("i64", Data::Int(12_000))),
+                ("ratio".into(), v("f64", Data::Float(0.5))),
+                (
+                    "items".into(),
+                    v(
+                        "Vec<u32>",
+                        Data::List(vec![v("u32", Data::Uint(3)), v("u32", Data::Uint(4))]),
+                    ),
+                ),
+                ("kind".into(), variant("Kind", "Credit", Data::Null)),
+                ("level".into(), v("Level", Data::Str("High".into()))),
+                (
+                    "note".into(),
+                    variant(
+                        "Option<String>",
+                        "Some",
+                        Data::List(vec![v("String", Data::Str("gift".into()))]),
+                    ),
+                ),
+                ("coupon".into(), variant("Option<&str>", "None", Data::Null)),
+                (
+                    "tags".into(),
+                    v(
+                        "HashMap<String, String>",
+                        Data::Map(vec![("env".into(), v("String", Data::Str("prod".into())))]),
+                    ),
+                ),
+                (
+                    "res".into(),
+                    variant("Result<u8, E>", "Err", Data::List(vec![v("E", Data::Null)])),
+                ),
+            ]),
+        );
+        let user = v(
+            "User",
+            Data::Map(vec![
+                ("name".into(), v("&str", Data::Str("ann".into()))),
+                ("country".into(), v("String", Data::Str("DE".into()))),
+                ("initial".into(), v("char", Data::Str("a".into()))),
+                (
+                    "password".into(),
+                    Value {
+                        redacted: true,
+                        ..v("String", Data::Str("<redacted>".into()))
+                    },
+                ),
+                ("parent".into(), v("*const User", Data::Null)),
+                (
+                    "pair".into(),
+                    v(
+                        "(i32, bool)",
+                        Data::List(vec![v("i32", Data::Int(-1)), v("bool", Data::Bool(true))]),
+                    ),
+                ),
+            ]),
+        );
+        let mut long = v("String", Data::Str("abc".into()));
+        long.truncated = true;
+        let mut big = v(
+            "Vec<i32>",
+            Data::List(vec![v("i32", Data::Int(1)), v("i32", Data::Int(2))]),
+        );
+        big.truncated = true;
+        Vars(vec![
+            ("order".into(), order),
+            ("user".into(), user),
+            ("gone".into(), Value::error("u32", "optimized out")),
+            ("long".into(), long),
+            ("big".into(), big),
+            ("zero".into(), v("i32", Data::Int(0))),
+            ("nan".into(), v("f64", Data::Float(f64::NAN))),
+            ("min".into(), v("i64", Data::Int(i64::MIN))),
+        ])
+    }
+
+    fn cond(src: &str) -> Result<bool, String> {
+        Expr::parse(src)
+            .unwrap()
+            .eval_condition(&env())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn conditions_evaluate_exactly() {
+        let truths = [
+            "order.total > 10000 && user.country == \"DE\"",
+            "order.total == 12000u64",
+            "order.id == 18446744073709551615",
+            "order.id > 9223372036854775807",
+            "order.id > order.total",
+            "-1 < order.id",
+            "order.ratio == 0.5 && order.ratio < 1 && 1 > order.ratio",
+            "order.id < 1e30 && order.id > 1.8e19",
+            "9007199254740993 > 9007199254740992.0",
+            "order.items[1] == 4 && order.items.len() == 2 && len(order.items) == 2",
+            "order.items.contains(3) && !order.items.contains(5)",
+            "order.kind == Kind::Credit && order.kind != Debit && matches(order.kind, Credit)",
+            "order.level == Level::High && order.level != Low",
+            "order.note.is_some() && !order.note.is_none() && order.note.0 == \"gift\"",
+            "order.coupon.is_none() && order.coupon == None",
+            "order.res.is_err() && !order.res.is_ok()",
+            "order.tags[\"env\"] == \"prod\" && order.tags.contains(\"env\")",
+            "user.name.starts_with(\"an\") && user.name.ends_with('n') && user.name.contains(\"x\") == false",
+            "user.initial == 'a' && user.initial < \"b\"",
+            "user.pair.0 == -1 && user.pair.1",
+            "*user.name == \"ann\"",
+            "thread == \"worker-1\" && hit_count == 7 && hit_count % 7 == 0",
+            "(order.total - 12001) * 2 == -2",
+            "order.total / 7 == 1714 && order.total % 7 == 2",
+            "7.0 / 2 == 3.5",
+            "nan != nan && !(nan < 1) && !(nan >= 1)",
+            "-min == 9223372036854775808",
+            "order.id - order.id == 0",
+            "user.name.len() == 3",
+        ];
+        for t in truths {
+            assert_eq!(cond(t), Ok(true), "{t}");
+        }
+        let falses = [
+            "order.total < 10000",
+            "order.kind == Debit",
+            "user.country != \"DE\"",
+            "order.items.contains(9)",
+        ];
+        for f in falses {
+            assert_eq!(cond(f), Ok(false), "{f}");
+        }
+    }
+
+    #[test]
+    fn failures_say_why() {
+        let table = [
+            ("gone > 1", "`gone` cannot be read: optimized out"),
+            (
+                "user.password == \"x\"",
+                "`user.password` is redacted: expressions cannot read redacted values",
+            ),
+            (
+                "user.parent.name == \"x\"",
+                "`user.parent` is null (None or a null pointer)",
+            ),
+            (
+                "order.coupon.0 == \"x\"",
+                "`order.coupon` is null (None or a null pointer)",
+            ),
+            (
+                "order.total / zero > 1",
+                "division by zero in `order.total / zero`",
+            ),
+            (
+                "order.total % 0 > 1",
+                "division by zero in `order.total % 0`",
+            ),
+            (
+                "order.ratio / 0 > 1",
+                "division by zero in `order.ratio / 0`",
+            ),
+            (
+                "order.id + order.id > 1",
+                "integer overflow in `order.id + order.id`",
+            ),
+            (
+                "order.id * order.id > 1",
+                "integer overflow in `order.id * order.id`",
+            ),
+            ("min * 2 * 1 < 0", "integer overflow in `min * 2`"),
+            ("min - 1 < min", "integer overflow in `min - 1`"),
+            (
+                "order.items[2] == 1",
+                "index 2 is out of bounds: `order.items` has 2 elements",
+            ),
+            (
+                "order.items[-1] == 1",
+                "index -1 is out of bounds: `order.items` has 2 elements",
+            ),
+            (
+                "big[5] == 1",
+                "`big` was cut short by a capture limit (only 2 elements were captured): raise the rule's limits",
+            ),
+            (
+                "big.len() > 1",
+                "`big` was cut short by a capture limit (its length is unknown): raise the rule's limits",
+            ),
+            (
+                "big.contains(9)",
+                "`big` was cut short by a capture limit (the value may be among the elements not captured): raise the rule's limits",
+            ),
+            (
+                "long == \"abc\"",
+                "`long` was cut short by a capture limit (only the first 3 bytes were captured): raise the rule's limits",
+            ),
+            (
+                "order.tags[\"x\"] == \"y\"",
+                "`order.tags` has no key \"x\"",
+            ),
+            ("user.nme == \"x\"", "`user` has no field `nme`"),
+            ("nobody > 1", "unknown variable `nobody` at this hit"),
+            (
+                "order.total",
+                "`order.total` is not true or false: a condition must be a bool",
+            ),
+            (
+                "user.name > 1",
+                "cannot compare a string with a number: `user.name` and `1` (compare their fields instead)",
+            ),
+            (
+                "user == user",
+                "cannot compare a compound value with a compound value: `user` and `user` (compare their fields instead)",
+            ),
+            (
+                "order.total.x == 1",
+                "`order.total` is a plain value: it has no fields or elements",
+            ),
+            (
+                "user.name.is_some()",
+                "`user.name` is not an Option or a Result",
+            ),
+            (
+                "order.total == Credit",
+                "`order.total` is not an enum: it has no variant `Credit`",
+            ),
+        ];
+        for (src, want) in table {
+            assert_eq!(cond(src), Err(want.to_owned()), "{src}");
+        }
+        // Short-circuit: the right side is not evaluated when the left decides.
+        assert_eq!(cond("false && gone > 1"), Ok(false));
+        assert_eq!(cond("true || gone > 1"), Ok(true));
+    }
+
+    #[test]
+    fn numbers_and_display_forms() {
+        let env = env();
+        let num = |s: &str| Expr::parse(s).unwrap().eval_number(&env);
+        assert_eq!(num("order.total * 2"), Ok(24000.0));
+        assert_eq!(num("order.ratio"), Ok(0.5));
+        assert_eq!(num("order.items.len() > 1"), Ok(1.0));
+        assert!(num("user.name").is_err());
+        let dbg = |v: &Value| format!("<{}>", v.type_name);
+        let show = |s: &str| Expr::parse(s).unwrap().eval_display(&env, &dbg);
+        let debug = |s: &str| Expr::parse(s).unwrap().eval_debug(&env, &dbg);
+        assert_eq!(show("user.name").as_deref(), Ok("ann"));
+        assert_eq!(show("order.total").as_deref(), Ok("12000"));
+        assert_eq!(show("order.ratio").as_deref(), Ok("0.5"));
+        assert_eq!(show("order.level").as_deref(), Ok("High"));
+        assert_eq!(show("order.items").as_deref(), Ok("<Vec<u32>>"));
+        assert_eq!(show("long").as_deref(), Ok("abc…"));
+        assert_eq!(show("order.total + 1").as_deref(), Ok("12001"));
+        assert_eq!(show("\"x\"").as_deref(), Ok("x"));
+        assert_eq!(debug("\"x\"").as_deref(), Ok("\"x\""));
+        assert_eq!(debug("1.0").as_deref(), Ok("1.0"));
+        assert_eq!(debug("user.name").as_deref(), Ok("<&str>"));
+        assert!(show("gone").is_err());
+        assert!(show("user.password").is_err());
+    }
+
+    #[test]
+    fn exact_int_float_comparison() {
+        use std::cmp::Ordering::*;
+        assert_eq!(
+            int_float_cmp(9007199254740993, 9007199254740992.0),
+            Some(Greater)
+        );
+        assert_eq!(
+            int_float_cmp(u64::MAX as i128, 18446744073709551616.0),
+            Some(Less)
+        );
+        assert_eq!(int_float_cmp(-1, -0.5), Some(Less));
+        assert_eq!(int_float_cmp(0, -0.5), Some(Greater));
+        assert_eq!(int_float_cmp(3, 3.0), Some(Equal));
+        assert_eq!(int_float_cmp(3, f64::INFINITY), Some(Less));
+        assert_eq!(int_float_cmp(3, f64::NEG_INFINITY), Some(Greater));
+        assert_eq!(int_float_cmp(3, f64::NAN), None);
+    }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Data::Null),
+                any::<bool>().prop_map(Data::Bool),
+                any::<i64>().prop_map(Data::Int),
+                any::<u64>().prop_map(Data::Uint),
+                any::<f64>().prop_map(Data::Float),
+                "[a-c]{0,3}".prop_map(Data::Str),
+            ]
+            .prop_map(|d| Value::new("t", d));
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|l| Value::new("l", Data::List(l))),
+                    prop::collection::vec(("[a-c0-2]", inner), 0..4)
+                        .prop_map(|m| Value::new("m", Data::Map(m))),
+                ]
+            })
+            .prop_flat_map(|v| {
+                (
+                    Just(v),
+                    any::<bool>(),
+                    any::<bool>(),
+                    prop::option::of("Some|None|Ok|Err|A"),
+                )
+            })
+            .prop_map(|(mut v, t, r, var)| {
+                v.truncated = t;
+                v.redacted = r && t; // rarer
+                v.variant = var;
+                v
+            })
+        }
+
+        fn expr() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                Just("a".to_owned()),
+                Just("b".to_owned()),
+                Just("a.a".to_owned()),
+                Just("b[0]".to_owned()),
+                Just("a.0.b".to_owned()),
+                Just("a[\"c\"]".to_owned()),
+                any::<i64>().prop_map(|i| i.to_string()),
+                any::<u64>().prop_map(|i| format!("{i}u64")),
+                Just("1.5".to_owned()),
+                Just("\"ab\"".to_owned()),
+                Just("'a'".to_owned()),
+                Just("true".to_owned()),
+                Just("hit_count".to_owned()),
+                Just("thread".to_owned()),
+                Just("Some".to_owned()),
+                Just("K::A".to_owned()),
+            ];
+            leaf.prop_recursive(4, 32, 2, |inner| {
+                let ops = prop::sample::select(vec![
+                    "==", "!=", "<", "<=", ">", ">=", "&&", "||", "+", "-", "*", "/", "%",
+                ]);
+                let methods = prop::sample::select(vec![
+                    "len()",
+                    "is_some()",
+                    "is_none()",
+                    "is_ok()",
+                    "is_err()",
+                ]);
+                let arg_methods =
+                    prop::sample::select(vec!["contains", "starts_with", "ends_with"]);
+                prop_oneof![
+                    (inner.clone(), ops, inner.clone())
+                        .prop_map(|(a, o, b)| format!("({a}) {o} ({b})")),
+                    inner.clone().prop_map(|a| format!("!({a})")),
+                    inner.clone().prop_map(|a| format!("-({a})")),
+                    (inner.clone(), methods).prop_map(|(a, m)| format!("({a}).{m}")),
+                    (inner.clone(), arg_methods, inner.clone())
+                        .prop_map(|(a, m, b)| format!("({a}).{m}({b})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a})[{b}]")),
+                    inner.clone().prop_map(|a| format!("matches({a}, A)")),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn random_expressions_over_random_values_never_panic(
+                src in expr(), a in value(), b in value()
+            ) {
+                if let Ok(e) = Expr::parse(&src) {
+                    let env = Vars(vec![("a".into(), a), ("b".into(), b)]);
+                    let _ = e.eval_condition(&env);
+                    let _ = e.eval_number(&env);
+                    let _ = e.eval_display(&env, &|v: &Value| v.type_name.clone());
+                }
+            }
+        }
     }
 }

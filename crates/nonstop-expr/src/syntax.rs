@@ -303,7 +303,9 @@ impl Expr {
 
     /// The source text of a node.
     pub fn text(&self, node: &Node) -> &str {
-        self.source.get(node.span.start..node.span.end).unwrap_or("")
+        self.source
+            .get(node.span.start..node.span.end)
+            .unwrap_or("")
     }
 
     /// The names the expression reads, in order of first use: the variables to capture.
@@ -489,7 +491,10 @@ impl<'s> Lexer<'s> {
                 }
             }
         }
-        let body: String = rest[digits_start..i].chars().filter(|c| *c != '_').collect();
+        let body: String = rest[digits_start..i]
+            .chars()
+            .filter(|c| *c != '_')
+            .collect();
         // A suffix: letters and digits right after the number (`10u64`, `2.5f32`).
         let suffix_len = rest[i..]
             .find(|c: char| !(c.is_alphanumeric() || c == '_'))
@@ -681,7 +686,11 @@ pub(crate) fn parse_within(source: &str, start: usize, end: usize) -> Result<Nod
         ));
     }
     if !source.is_char_boundary(start) || !source.is_char_boundary(end) {
-        return Err(ParseError::new(source, start, "expression not on a character boundary".into()));
+        return Err(ParseError::new(
+            source,
+            start,
+            "expression not on a character boundary".into(),
+        ));
     }
     let mut p = Parser {
         lex: Lexer {
@@ -718,11 +727,19 @@ impl Parser<'_> {
     }
 
     fn text(&self) -> &str {
-        self.lex.src.get(self.span.start..self.span.end).unwrap_or("")
+        self.lex
+            .src
+            .get(self.span.start..self.span.end)
+            .unwrap_or("")
     }
 
     fn unexpected(&self, expected: &str) -> ParseError {
-        let what = self.tok.describe(self.text());
+        // In a template hole, the end of the expression is the `}` (or `:?}`) that closes it.
+        let rest = self.lex.src.get(self.span.start..).unwrap_or("");
+        let what = match (&self.tok, rest.chars().next()) {
+            (Tok::End, Some(c)) => format!("`{c}`"),
+            (tok, _) => tok.describe(self.text()),
+        };
         ParseError::new(
             self.lex.src,
             self.span.start,
@@ -861,7 +878,9 @@ impl Parser<'_> {
                     other => {
                         self.tok = other;
                         self.span = span;
-                        return Err(self.unexpected("expected a field name, a tuple index or a method after `.`"));
+                        return Err(self.unexpected(
+                            "expected a field name, a tuple index or a method after `.`",
+                        ));
                     }
                 };
                 if matches!(self.tok, Tok::Punct("(")) {
@@ -1004,7 +1023,9 @@ impl Parser<'_> {
             "len" => {
                 let mut args = self.args(1, "len")?;
                 let end = self.expect(")", "expected `)`")?.end;
-                let arg = args.pop().ok_or_else(|| self.unexpected("expected an argument"))?;
+                let arg = args
+                    .pop()
+                    .ok_or_else(|| self.unexpected("expected an argument"))?;
                 Ok(Node {
                     kind: NodeKind::Call(Builtin::Len, Box::new(arg), Vec::new()),
                     span: Span {
@@ -1143,17 +1164,23 @@ mod tests {
             ("*x.y", "(*x.y)"),
             ("(a + b) * c", "((a + b) * c)"),
             ("a || b || c", "((a || b) || c)"),
-            ("order.total > 10000 && user.country == \"DE\"",
-             "((order.total > 10000) && (user.country == \"DE\"))"),
+            (
+                "order.total > 10000 && user.country == \"DE\"",
+                "((order.total > 10000) && (user.country == \"DE\"))",
+            ),
             ("cart.items[0].price >= 1.5", "(cart.items[0].price >= 1.5)"),
             ("self.0.1 == 'x'", "(self.0.1 == 'x')"),
             ("e.kind == Kind::Credit", "(e.kind == Kind::Credit)"),
             ("matches(e.kind, Debit)", "matches(e.kind, Debit)"),
             ("len(s) + s.len()", "(s.len() + s.len())"),
-            ("s.contains(\"a\") || s.starts_with('b') || s.ends_with(\"c\")",
-             "((s.contains(\"a\") || s.starts_with('b')) || s.ends_with(\"c\"))"),
-            ("thread == \"main\" && hit_count % 10 == 0",
-             "((thread == \"main\") && ((hit_count % 10) == 0))"),
+            (
+                "s.contains(\"a\") || s.starts_with('b') || s.ends_with(\"c\")",
+                "((s.contains(\"a\") || s.starts_with('b')) || s.ends_with(\"c\"))",
+            ),
+            (
+                "thread == \"main\" && hit_count % 10 == 0",
+                "((thread == \"main\") && ((hit_count % 10) == 0))",
+            ),
             ("- -1", "(-(-1))"),
             ("m[\"k\"][2]", "m[\"k\"][2]"),
         ];
@@ -1231,10 +1258,7 @@ mod tests {
             error("x > 1q"),
             "unknown number suffix `q` at column 6: use i8..i64, u8..u64, isize, usize, f32 or f64\nx > 1q\n     ^"
         );
-        assert_eq!(
-            error("x # 1"),
-            "unexpected `#` at column 3\nx # 1\n  ^"
-        );
+        assert_eq!(error("x # 1"), "unexpected `#` at column 3\nx # 1\n  ^");
         assert_eq!(
             error("x.len(1)"),
             "unexpected `1` at column 7: `len` takes 0 arguments\nx.len(1)\n      ^"

@@ -194,3 +194,83 @@ fn hole_end(source: &str, from: usize) -> Option<usize> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eval::tests::env;
+
+    fn render(src: &str) -> Rendered {
+        Template::parse(src)
+            .unwrap()
+            .render(&env(), &|v: &Value| format!("<{}>", v.type_name))
+    }
+
+    fn error(src: &str) -> String {
+        Template::parse(src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn holes_render_display_and_debug_forms() {
+        let r = render("paid {order.total} for {user.name:?} ({user.name}) on {thread}");
+        assert_eq!(r.text, "paid 12000 for <&str> (ann) on worker-1");
+        assert!(r.errors.is_empty());
+        assert_eq!(
+            render("{{literal}} {{{order.kind == Credit}}}").text,
+            "{literal} {true}"
+        );
+        assert_eq!(render("no holes").text, "no holes");
+        assert_eq!(render("{ \"}\" }:{'}'}").text, "}:}");
+        assert_eq!(render("{order.level == Level::High :? }").text, "true");
+        assert_eq!(render("{user.name.starts_with(\"a:b\")}").text, "false");
+    }
+
+    #[test]
+    fn a_failing_hole_renders_its_error() {
+        let r = render("x={gone} y={order.total}");
+        assert_eq!(
+            r.text,
+            "x=<error: `gone` cannot be read: optimized out> y=12000"
+        );
+        assert_eq!(r.errors.len(), 1);
+    }
+
+    #[test]
+    fn roots_are_the_variables_read() {
+        let t = Template::parse("{order.total} {user.name:?} {order.id}").unwrap();
+        assert_eq!(t.roots(), vec!["order", "user"]);
+    }
+
+    #[test]
+    fn errors_point_at_the_template_column() {
+        assert_eq!(
+            error("paid {order.total >} now"),
+            "unexpected `}` at column 20: expected an expression\npaid {order.total >} now\n                   ^"
+        );
+        assert_eq!(
+            error("paid {order.total"),
+            "unclosed `{` at column 6: close the hole with `}`, or write `{{` for a literal brace\npaid {order.total\n     ^"
+        );
+        assert_eq!(
+            error("a } b"),
+            "unmatched `}` at column 3: write `}}` for a literal brace\na } b\n  ^"
+        );
+        assert_eq!(
+            error("a {} b"),
+            "empty hole at column 3: write an expression, e.g. {order.total}\na {} b\n  ^"
+        );
+        assert_eq!(
+            error("{x:>5}"),
+            "unexpected `:` at column 3: expected an operator or the end of the expression\n{x:>5}\n  ^"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "[{}a-z.:?\" ]{0,40}") {
+            if let Ok(t) = Template::parse(&s) {
+                let _ = t.render(&env(), &|v: &Value| v.type_name.clone());
+            }
+        }
+    }
+}
