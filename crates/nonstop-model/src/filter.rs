@@ -1,0 +1,1101 @@
+//! Conditions evaluated in the trap handler, before the capture.
+//!
+//! A [`Filter`] is a condition compiled (by `nonstop_expr::filter::compile`) into a few
+//! [`FilterRead`]s — a scalar or a short string reached from a variable's location through
+//! a fixed chain of pointers — and a tiny stack program of [`Op`]s over them. The probe
+//! engine runs [`eval_filter`] at every hit: a false condition then costs the trap plus
+//! these few reads, not a capture.
+//!
+//! [`eval_filter`] never allocates (fixed arrays on the stack, about 1.5 KB), never panics
+//! on any filter or memory (every index and every operation is checked), and does bounded
+//! work: one pass over at most [`MAX_CODE`] ops, each read following at most
+//! [`MAX_DEREFS`] pointers.
+//!
+//! Errors (a null pointer on the way, an unreadable address, a type mismatch, an overflow,
+//! a string longer than the [`MAX_STR`] bytes read when the answer depends on the rest)
+//! make a comparison `Error`; `&&`/`||` follow Kleene logic, so `false && error` is
+//! `false` and `true || error` is `true`, as short-circuit evaluation would give.
+
+use crate::capture::{Memory, PieceSource, Registers};
+
+/// Most reads a filter may have.
+pub const MAX_READS: usize = 16;
+/// Most ops a filter may have.
+pub const MAX_CODE: usize = 64;
+/// Depth of the evaluation stack.
+pub const MAX_STACK: usize = 32;
+/// Most bytes of a string read at a hit (the rest is known only by its length).
+pub const MAX_STR: usize = 64;
+/// Most pointers one read follows.
+pub const MAX_DEREFS: usize = 8;
+
+/// How to interpret the bytes at the end of a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadKind {
+    /// An integer of `size` bytes (1, 2, 4 or 8), little endian.
+    Int {
+        /// Its size in bytes.
+        size: u8,
+        /// Whether it is signed.
+        signed: bool,
+    },
+    /// An `f32` (`size` 4) or `f64` (`size` 8).
+    Float {
+        /// Its size in bytes.
+        size: u8,
+    },
+    /// A `bool` (one byte; non-zero is true).
+    Bool,
+    /// A pointer-and-length string (`&str`, `String`, `&[u8]`): the data pointer and the
+    /// length (a `usize`) at these offsets from the value's start. At most [`MAX_STR`]
+    /// bytes are read.
+    Str {
+        /// Offset of the data pointer.
+        ptr_offset: u32,
+        /// Offset of the length.
+        len_offset: u32,
+    },
+}
+
+/// One value a filter reads: from a variable's location, through `derefs`, at `offset`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterRead {
+    /// Where the variable is (a single piece; multi-piece variables are not filterable).
+    pub root: PieceSource,
+    /// Pointers to follow: for each, read the 8-byte pointer at `current + offset` and
+    /// continue at its target. A null pointer makes the read fail.
+    pub derefs: Vec<u32>,
+    /// Offset of the value from the last location.
+    pub offset: u32,
+    /// What the bytes are.
+    pub kind: ReadKind,
+}
+
+/// One instruction of the filter's stack machine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    /// Push the value of `reads[i]` (read once per hit, then reused).
+    Read(u8),
+    /// Push a signed integer.
+    Int(i64),
+    /// Push an unsigned integer.
+    Uint(u64),
+    /// Push a float.
+    Float(f64),
+    /// Push a bool.
+    Bool(bool),
+    /// Push `strings[i]`.
+    Str(u8),
+    /// Push the hit count.
+    HitCount,
+    /// Pop b, a; push `a == b` (numbers exactly across signed, unsigned and float;
+    /// strings bytewise; bools).
+    Eq,
+    /// `a != b`.
+    Ne,
+    /// `a < b` (numbers, or strings bytewise).
+    Lt,
+    /// `a <= b`.
+    Le,
+    /// `a > b`.
+    Gt,
+    /// `a >= b`.
+    Ge,
+    /// `a && b` (Kleene: false wins over an error).
+    And,
+    /// `a || b` (Kleene: true wins over an error).
+    Or,
+    /// `!a`.
+    Not,
+    /// `a + b` (integers checked to the 64-bit range).
+    Add,
+    /// `a - b`.
+    Sub,
+    /// `a * b`.
+    Mul,
+    /// `a / b` (by zero: error).
+    Div,
+    /// `a % b` (by zero: error).
+    Rem,
+    /// `-a`.
+    Neg,
+    /// The length of a string.
+    Len,
+    /// `a.contains(b)` on strings.
+    Contains,
+    /// `a.starts_with(b)`.
+    StartsWith,
+    /// `a.ends_with(b)`.
+    EndsWith,
+}
+
+/// A compiled condition. Build it on the agent thread; run it with [`eval_filter`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    /// The values read (at most [`MAX_READS`]).
+    pub reads: Vec<FilterRead>,
+    /// Constant strings (at most [`MAX_READS`], each at most [`MAX_STR`] bytes).
+    pub strings: Vec<Vec<u8>>,
+    /// The program (at most [`MAX_CODE`] ops); it leaves one bool.
+    pub code: Vec<Op>,
+}
+
+/// The outcome of a filter at one hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterResult {
+    /// The condition holds: capture.
+    True,
+    /// It does not: skip the hit.
+    False,
+    /// It could not be decided (null pointer, unreadable memory, overflow, …): the agent
+    /// counts it as false and reports it in the rule's status.
+    Error,
+}
+
+#[derive(Clone, Copy)]
+enum Text {
+    /// `strings[i]`.
+    Const(u8),
+    /// Buffer `i` holding `have` bytes of a string of `len` bytes.
+    Buf { i: u8, have: u8, len: u64 },
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Err,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(Text),
+}
+
+/// Where a value is while a read follows its chain.
+#[derive(Clone, Copy)]
+enum Loc {
+    Addr(u64),
+    /// The value's bytes themselves (a register, a computed or implicit value).
+    Bytes([u8; 16], usize),
+}
+
+struct Machine<'a, M: Memory + ?Sized> {
+    filter: &'a Filter,
+    regs: &'a Registers,
+    mem: &'a M,
+    cache: [Option<Slot>; MAX_READS],
+    bufs: [[u8; MAX_STR]; MAX_READS],
+}
+
+/// Evaluates `filter` at a hit. Never allocates, never panics, bounded work.
+pub fn eval_filter<M: Memory + ?Sized>(
+    filter: &Filter,
+    regs: &Registers,
+    mem: &M,
+    hit_count: u64,
+) -> FilterResult {
+    if filter.code.len() > MAX_CODE {
+        return FilterResult::Error;
+    }
+    let mut m = Machine {
+        filter,
+        regs,
+        mem,
+        cache: [None; MAX_READS],
+        bufs: [[0; MAX_STR]; MAX_READS],
+    };
+    let mut stack = [Slot::Err; MAX_STACK];
+    let mut sp = 0usize;
+    for op in &filter.code {
+        let pushed = match *op {
+            Op::Read(i) => m.read(i as usize),
+            Op::Int(v) => Slot::Int(v as i128),
+            Op::Uint(v) => Slot::Int(v as i128),
+            Op::Float(v) => Slot::Float(v),
+            Op::Bool(v) => Slot::Bool(v),
+            Op::Str(i) => match filter.strings.get(i as usize) {
+                Some(s) if s.len() <= MAX_STR => Slot::Str(Text::Const(i)),
+                _ => Slot::Err,
+            },
+            Op::HitCount => Slot::Int(hit_count as i128),
+            Op::Not | Op::Neg | Op::Len => {
+                let Some(a) = sp.checked_sub(1).and_then(|i| stack.get(i).copied()) else {
+                    return FilterResult::Error;
+                };
+                sp -= 1;
+                m.unary(*op, a)
+            }
+            _ => {
+                let (Some(b), Some(a)) = (
+                    sp.checked_sub(1).and_then(|i| stack.get(i).copied()),
+                    sp.checked_sub(2).and_then(|i| stack.get(i).copied()),
+                ) else {
+                    return FilterResult::Error;
+                };
+                sp -= 2;
+                m.binary(*op, a, b)
+            }
+        };
+        let Some(slot) = stack.get_mut(sp) else {
+            return FilterResult::Error;
+        };
+        *slot = pushed;
+        sp += 1;
+    }
+    match (sp, stack[0]) {
+        (1, Slot::Bool(true)) => FilterResult::True,
+        (1, Slot::Bool(false)) => FilterResult::False,
+        _ => FilterResult::Error,
+    }
+}
+
+impl<M: Memory + ?Sized> Machine<'_, M> {
+    fn read(&mut self, i: usize) -> Slot {
+        if let Some(Some(s)) = self.cache.get(i) {
+            return *s;
+        }
+        let slot = self.fetch(i).unwrap_or(Slot::Err);
+        if let Some(c) = self.cache.get_mut(i) {
+            *c = Some(slot);
+        }
+        slot
+    }
+
+    /// Reads `buf.len()` bytes at `off` from `loc`.
+    fn bytes(&self, loc: Loc, off: u32, buf: &mut [u8]) -> Option<()> {
+        match loc {
+            Loc::Addr(a) => self.mem.read(a.wrapping_add(off as u64), buf).ok(),
+            Loc::Bytes(b, n) => {
+                let start = off as usize;
+                let src = b.get(start..start.checked_add(buf.len())?.min(n.min(16)))?;
+                if src.len() != buf.len() {
+                    return None;
+                }
+                buf.copy_from_slice(src);
+                Some(())
+            }
+        }
+    }
+
+    fn u64_at(&self, loc: Loc, off: u32) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.bytes(loc, off, &mut b)?;
+        Some(u64::from_le_bytes(b))
+    }
+
+    fn fetch(&mut self, i: usize) -> Option<Slot> {
+        if i >= MAX_READS {
+            return None;
+        }
+        let read = self.filter.reads.get(i)?;
+        let mut loc = match &read.root {
+            PieceSource::Register { reg } => {
+                let mut b = [0u8; 16];
+                match self.regs.bytes(*reg) {
+                    Some(x) => {
+                        let n = x.len().min(16);
+                        b[..n].copy_from_slice(&x[..n]);
+                        Loc::Bytes(b, n)
+                    }
+                    None => {
+                        b[..8].copy_from_slice(&self.regs.value(*reg)?.to_le_bytes());
+                        Loc::Bytes(b, 8)
+                    }
+                }
+            }
+            PieceSource::Memory { reg, offset } => {
+                Loc::Addr(self.regs.value(*reg)?.wrapping_add(*offset as u64))
+            }
+            PieceSource::Absolute { addr } => Loc::Addr(*addr),
+            PieceSource::Computed { reg, offset } => {
+                let v = self.regs.value(*reg)?.wrapping_add(*offset as u64);
+                let mut b = [0u8; 16];
+                b[..8].copy_from_slice(&v.to_le_bytes());
+                Loc::Bytes(b, 8)
+            }
+            PieceSource::Implicit(bytes) => {
+                let mut b = [0u8; 16];
+                let n = bytes.len().min(16);
+                b[..n].copy_from_slice(&bytes[..n]);
+                Loc::Bytes(b, n)
+            }
+            PieceSource::Unavailable => return None,
+        };
+        if read.derefs.len() > MAX_DEREFS {
+            return None;
+        }
+        for &off in &read.derefs {
+            let ptr = self.u64_at(loc, off)?;
+            if ptr == 0 {
+                return None;
+            }
+            loc = Loc::Addr(ptr);
+        }
+        let off = read.offset;
+        Some(match read.kind {
+            ReadKind::Bool => {
+                let mut b = [0u8; 1];
+                self.bytes(loc, off, &mut b)?;
+                Slot::Bool(b[0] != 0)
+            }
+            ReadKind::Int { size, signed } => {
+                let size = size as usize;
+                if !matches!(size, 1 | 2 | 4 | 8) {
+                    return None;
+                }
+                let mut b = [0u8; 8];
+                self.bytes(loc, off, &mut b[..size])?;
+                let raw = u64::from_le_bytes(b);
+                Slot::Int(if signed {
+                    let shift = 64 - 8 * size as u32;
+                    (((raw << shift) as i64) >> shift) as i128
+                } else {
+                    raw as i128
+                })
+            }
+            ReadKind::Float { size: 4 } => {
+                let mut b = [0u8; 4];
+                self.bytes(loc, off, &mut b)?;
+                Slot::Float(f32::from_le_bytes(b) as f64)
+            }
+            ReadKind::Float { size: 8 } => Slot::Float(f64::from_bits(self.u64_at(loc, off)?)),
+            ReadKind::Float { .. } => return None,
+            ReadKind::Str {
+                ptr_offset,
+                len_offset,
+            } => {
+                let ptr = self.u64_at(loc, off.checked_add(ptr_offset)?)?;
+                let len = self.u64_at(loc, off.checked_add(len_offset)?)?;
+                let have = len.min(MAX_STR as u64) as usize;
+                if have > 0 {
+                    if ptr == 0 {
+                        return None;
+                    }
+                    let buf = self.bufs.get_mut(i)?.get_mut(..have)?;
+                    self.mem.read(ptr, buf).ok()?;
+                }
+                Slot::Str(Text::Buf {
+                    i: i as u8,
+                    have: have as u8,
+                    len,
+                })
+            }
+        })
+    }
+
+    /// The bytes known of a string, and whether they are all of it.
+    fn text(&self, t: Text) -> Option<(&[u8], bool)> {
+        match t {
+            Text::Const(i) => {
+                let s = self.filter.strings.get(i as usize)?;
+                Some((s.get(..MAX_STR.min(s.len()))?, s.len() <= MAX_STR))
+            }
+            Text::Buf { i, have, len } => {
+                let b = self.bufs.get(i as usize)?.get(..have as usize)?;
+                Some((b, len == have as u64))
+            }
+        }
+    }
+
+    fn text_len(&self, t: Text) -> Option<u64> {
+        match t {
+            Text::Const(i) => self.filter.strings.get(i as usize).map(|s| s.len() as u64),
+            Text::Buf { len, .. } => Some(len),
+        }
+    }
+
+    fn unary(&self, op: Op, a: Slot) -> Slot {
+        match (op, a) {
+            (Op::Not, Slot::Bool(b)) => Slot::Bool(!b),
+            (Op::Neg, Slot::Int(i)) => int(i.checked_neg()),
+            (Op::Neg, Slot::Float(f)) => Slot::Float(-f),
+            (Op::Len, Slot::Str(t)) => match self.text_len(t) {
+                Some(n) => Slot::Int(n as i128),
+                None => Slot::Err,
+            },
+            _ => Slot::Err,
+        }
+    }
+
+    fn binary(&self, op: Op, a: Slot, b: Slot) -> Slot {
+        match op {
+            Op::And => match (a, b) {
+                (Slot::Bool(false), _) | (_, Slot::Bool(false)) => Slot::Bool(false),
+                (Slot::Bool(true), Slot::Bool(true)) => Slot::Bool(true),
+                _ => Slot::Err,
+            },
+            Op::Or => match (a, b) {
+                (Slot::Bool(true), _) | (_, Slot::Bool(true)) => Slot::Bool(true),
+                (Slot::Bool(false), Slot::Bool(false)) => Slot::Bool(false),
+                _ => Slot::Err,
+            },
+            Op::Eq | Op::Ne => match self.equal(a, b) {
+                Some(e) => Slot::Bool(e == (op == Op::Eq)),
+                None => Slot::Err,
+            },
+            Op::Lt | Op::Le | Op::Gt | Op::Ge => match self.order(a, b) {
+                Some(Some(o)) => Slot::Bool(match op {
+                    Op::Lt => o.is_lt(),
+                    Op::Le => o.is_le(),
+                    Op::Gt => o.is_gt(),
+                    _ => o.is_ge(),
+                }),
+                Some(None) => Slot::Bool(false), // NaN
+                None => Slot::Err,
+            },
+            Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Rem => arith(op, a, b),
+            Op::Contains | Op::StartsWith | Op::EndsWith => {
+                let (Slot::Str(h), Slot::Str(n)) = (a, b) else {
+                    return Slot::Err;
+                };
+                let (Some((hay, hay_all)), Some((needle, needle_all))) =
+                    (self.text(h), self.text(n))
+                else {
+                    return Slot::Err;
+                };
+                if !needle_all {
+                    return Slot::Err;
+                }
+                let found = match op {
+                    Op::StartsWith => hay.starts_with(needle),
+                    Op::EndsWith => hay_all && hay.ends_with(needle),
+                    _ => contains(hay, needle),
+                };
+                // Found in the part read: true. Not found: only false if we read it all.
+                if found || hay_all || (op == Op::StartsWith && hay.len() >= needle.len()) {
+                    Slot::Bool(found)
+                } else {
+                    Slot::Err
+                }
+            }
+            _ => Slot::Err,
+        }
+    }
+
+    fn equal(&self, a: Slot, b: Slot) -> Option<bool> {
+        match (a, b) {
+            (Slot::Bool(x), Slot::Bool(y)) => Some(x == y),
+            (Slot::Str(x), Slot::Str(y)) => {
+                let (xl, yl) = (self.text_len(x)?, self.text_len(y)?);
+                if xl != yl {
+                    return Some(false);
+                }
+                let ((xb, x_all), (yb, y_all)) = (self.text(x)?, self.text(y)?);
+                if xb != yb {
+                    Some(false)
+                } else if x_all && y_all {
+                    Some(true)
+                } else {
+                    None
+                }
+            }
+            _ => Some(self.order(a, b)?? == std::cmp::Ordering::Equal),
+        }
+    }
+
+    /// `None`: not comparable (an error); `Some(None)`: unordered (NaN).
+    fn order(&self, a: Slot, b: Slot) -> Option<Option<std::cmp::Ordering>> {
+        use std::cmp::Ordering;
+        Some(match (a, b) {
+            (Slot::Int(x), Slot::Int(y)) => Some(x.cmp(&y)),
+            (Slot::Float(x), Slot::Float(y)) => x.partial_cmp(&y),
+            (Slot::Int(x), Slot::Float(y)) => int_float_cmp(x, y),
+            (Slot::Float(x), Slot::Int(y)) => int_float_cmp(y, x).map(Ordering::reverse),
+            (Slot::Str(x), Slot::Str(y)) => {
+                let ((xb, x_all), (yb, y_all)) = (self.text(x)?, self.text(y)?);
+                let n = xb.len().min(yb.len());
+                match xb[..n].cmp(&yb[..n]) {
+                    Ordering::Equal if x_all && y_all => Some(xb.len().cmp(&yb.len())),
+                    // A shorter complete string that is a prefix of the other sorts first.
+                    Ordering::Equal if x_all && xb.len() < yb.len() => Some(Ordering::Less),
+                    Ordering::Equal if y_all && yb.len() < xb.len() => Some(Ordering::Greater),
+                    Ordering::Equal => return None,
+                    o => Some(o),
+                }
+            }
+            _ => return None,
+        })
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An integer result, if it fits in `i64` or `u64`.
+fn int(v: Option<i128>) -> Slot {
+    match v {
+        Some(v) if v >= i64::MIN as i128 && v <= u64::MAX as i128 => Slot::Int(v),
+        _ => Slot::Err,
+    }
+}
+
+fn arith(op: Op, a: Slot, b: Slot) -> Slot {
+    match (a, b) {
+        (Slot::Int(x), Slot::Int(y)) => int(match op {
+            Op::Add => x.checked_add(y),
+            Op::Sub => x.checked_sub(y),
+            Op::Mul => x.checked_mul(y),
+            Op::Div => x.checked_div(y),
+            _ => x.checked_rem(y),
+        }),
+        (Slot::Int(_) | Slot::Float(_), Slot::Int(_) | Slot::Float(_)) => {
+            let f = |s: Slot| match s {
+                Slot::Int(i) => i as f64,
+                Slot::Float(f) => f,
+                _ => 0.0,
+            };
+            let (x, y) = (f(a), f(b));
+            if matches!(op, Op::Div | Op::Rem) && y == 0.0 {
+                return Slot::Err;
+            }
+            Slot::Float(match op {
+                Op::Add => x + y,
+                Op::Sub => x - y,
+                Op::Mul => x * y,
+                Op::Div => x / y,
+                _ => x % y,
+            })
+        }
+        _ => Slot::Err,
+    }
+}
+
+/// `i` compared with `f`, exactly (no rounding of large integers).
+fn int_float_cmp(i: i128, f: f64) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    if f.is_nan() {
+        return None;
+    }
+    const FAR: f64 = 1.2676506002282294e30; // 2^100, beyond any 64-bit integer
+    if f >= FAR {
+        return Some(Ordering::Less);
+    }
+    if f <= -FAR {
+        return Some(Ordering::Greater);
+    }
+    let t = f.trunc();
+    match i.cmp(&(t as i128)) {
+        Ordering::Equal => 0.0f64.partial_cmp(&(f - t)),
+        o => Some(o),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::{REG_RSP, ReadError};
+    use std::collections::BTreeMap;
+
+    /// Memory of a fake process: a few mapped ranges.
+    pub(crate) struct Fake(pub BTreeMap<u64, Vec<u8>>);
+    impl Memory for Fake {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+            for (start, bytes) in &self.0 {
+                let end = start + bytes.len() as u64;
+                if addr >= *start && addr.saturating_add(buf.len() as u64) <= end {
+                    let off = (addr - start) as usize;
+                    buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                    return Ok(());
+                }
+            }
+            Err(ReadError::Fault)
+        }
+    }
+
+    const RDI: u16 = 5;
+
+    /// `order: &Order` in rdi; `Order { total: u64 @0, user: Box<User> @8 }`;
+    /// `User { country: String { cap @0, ptr @8, len @16 }, age: i32 @24 }`; `rate: f64` on the stack.
+    fn world(country: &[u8], total: u64) -> (Registers, Fake) {
+        let mut regs = Registers::default();
+        regs.gpr[RDI as usize] = 0x1000;
+        regs.gpr[REG_RSP as usize] = 0x7000;
+        let mut mem = BTreeMap::new();
+        mem.insert(
+            0x1000,
+            [total.to_le_bytes(), 0x2000u64.to_le_bytes()].concat(),
+        );
+        let user = [
+            (country.len() as u64).to_le_bytes(),
+            0x3000u64.to_le_bytes(),
+            (country.len() as u64).to_le_bytes(),
+        ]
+        .concat();
+        mem.insert(
+            0x2000,
+            [user, (-7i32).to_le_bytes().to_vec(), vec![0; 4]].concat(),
+        );
+        mem.insert(0x3000, country.to_vec());
+        mem.insert(0x7010, 2.5f64.to_le_bytes().to_vec());
+        (regs, Fake(mem))
+    }
+
+    fn total() -> FilterRead {
+        FilterRead {
+            root: PieceSource::Register { reg: RDI },
+            derefs: vec![0],
+            offset: 0,
+            kind: ReadKind::Int {
+                size: 8,
+                signed: false,
+            },
+        }
+    }
+
+    fn country() -> FilterRead {
+        FilterRead {
+            root: PieceSource::Register { reg: RDI },
+            derefs: vec![0, 8],
+            offset: 0,
+            kind: ReadKind::Str {
+                ptr_offset: 8,
+                len_offset: 16,
+            },
+        }
+    }
+
+    fn age() -> FilterRead {
+        FilterRead {
+            root: PieceSource::Register { reg: RDI },
+            derefs: vec![0, 8],
+            offset: 24,
+            kind: ReadKind::Int {
+                size: 4,
+                signed: true,
+            },
+        }
+    }
+
+    fn rate() -> FilterRead {
+        FilterRead {
+            root: PieceSource::Memory {
+                reg: REG_RSP,
+                offset: 0x10,
+            },
+            derefs: vec![],
+            offset: 0,
+            kind: ReadKind::Float { size: 8 },
+        }
+    }
+
+    /// `order.total > 10000 && user.country == "DE"`.
+    pub(crate) fn bench_filter() -> Filter {
+        Filter {
+            reads: vec![total(), country()],
+            strings: vec![b"DE".to_vec()],
+            code: vec![
+                Op::Read(0),
+                Op::Int(10000),
+                Op::Gt,
+                Op::Read(1),
+                Op::Str(0),
+                Op::Eq,
+                Op::And,
+            ],
+        }
+    }
+
+    fn run(f: &Filter, country: &[u8], total: u64) -> FilterResult {
+        let (regs, mem) = world(country, total);
+        eval_filter(f, &regs, &mem, 3)
+    }
+
+    fn program(code: Vec<Op>, strings: &[&str]) -> Filter {
+        Filter {
+            reads: vec![total(), country(), age(), rate()],
+            strings: strings.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            code,
+        }
+    }
+
+    #[test]
+    fn the_benchmark_condition() {
+        let f = bench_filter();
+        assert_eq!(run(&f, b"DE", 12000), FilterResult::True);
+        assert_eq!(run(&f, b"DE", 9000), FilterResult::False);
+        assert_eq!(run(&f, b"FR", 12000), FilterResult::False);
+        assert_eq!(run(&f, b"DEU", 12000), FilterResult::False);
+        assert_eq!(run(&f, b"", 12000), FilterResult::False);
+    }
+
+    #[test]
+    fn scalars_strings_and_arithmetic() {
+        use FilterResult::*;
+        let long = "x".repeat(100);
+        let table: Vec<(Vec<Op>, &[&str], &[u8], FilterResult)> = vec![
+            // age == -7 (sign-extended i32)
+            (vec![Op::Read(2), Op::Int(-7), Op::Eq], &[], b"DE", True),
+            // age < 0 && total >= 12000
+            (
+                vec![
+                    Op::Read(2),
+                    Op::Int(0),
+                    Op::Lt,
+                    Op::Read(0),
+                    Op::Uint(12000),
+                    Op::Ge,
+                    Op::And,
+                ],
+                &[],
+                b"DE",
+                True,
+            ),
+            // rate * 2 == 5 && rate > 2 (float vs int, exact)
+            (
+                vec![
+                    Op::Read(3),
+                    Op::Int(2),
+                    Op::Mul,
+                    Op::Int(5),
+                    Op::Eq,
+                    Op::Read(3),
+                    Op::Int(2),
+                    Op::Gt,
+                    Op::And,
+                ],
+                &[],
+                b"DE",
+                True,
+            ),
+            // (total - 12001) / 1 == -1
+            (
+                vec![
+                    Op::Read(0),
+                    Op::Int(12001),
+                    Op::Sub,
+                    Op::Int(1),
+                    Op::Div,
+                    Op::Int(-1),
+                    Op::Eq,
+                ],
+                &[],
+                b"DE",
+                True,
+            ),
+            // total / 0 → error
+            (
+                vec![Op::Read(0), Op::Int(0), Op::Div, Op::Int(1), Op::Eq],
+                &[],
+                b"DE",
+                Error,
+            ),
+            // total * total overflows 64 bits → error
+            (
+                vec![Op::Read(0), Op::Uint(u64::MAX), Op::Mul, Op::Int(1), Op::Gt],
+                &[],
+                b"DE",
+                Error,
+            ),
+            // false && error → false; true || error → true
+            (
+                vec![
+                    Op::Bool(false),
+                    Op::Read(0),
+                    Op::Int(0),
+                    Op::Div,
+                    Op::Int(1),
+                    Op::Eq,
+                    Op::And,
+                ],
+                &[],
+                b"DE",
+                False,
+            ),
+            (
+                vec![
+                    Op::Bool(true),
+                    Op::Read(0),
+                    Op::Int(0),
+                    Op::Div,
+                    Op::Int(1),
+                    Op::Eq,
+                    Op::Or,
+                ],
+                &[],
+                b"DE",
+                True,
+            ),
+            // !(country != "DE")
+            (
+                vec![Op::Read(1), Op::Str(0), Op::Ne, Op::Not],
+                &["DE"],
+                b"DE",
+                True,
+            ),
+            // country.starts_with("Ger") && country.ends_with("any") && country.contains("rma")
+            (
+                vec![
+                    Op::Read(1),
+                    Op::Str(0),
+                    Op::StartsWith,
+                    Op::Read(1),
+                    Op::Str(1),
+                    Op::EndsWith,
+                    Op::And,
+                    Op::Read(1),
+                    Op::Str(2),
+                    Op::Contains,
+                    Op::And,
+                ],
+                &["Ger", "any", "rma"],
+                b"Germany",
+                True,
+            ),
+            // len(country) == 7; "Germany" < "Greece"
+            (
+                vec![
+                    Op::Read(1),
+                    Op::Len,
+                    Op::Int(7),
+                    Op::Eq,
+                    Op::Read(1),
+                    Op::Str(0),
+                    Op::Lt,
+                    Op::And,
+                ],
+                &["Greece"],
+                b"Germany",
+                True,
+            ),
+            // A long string: length known, prefix known, equality with a short constant false.
+            (
+                vec![
+                    Op::Read(1),
+                    Op::Len,
+                    Op::Int(100),
+                    Op::Eq,
+                    Op::Read(1),
+                    Op::Str(0),
+                    Op::StartsWith,
+                    Op::And,
+                    Op::Read(1),
+                    Op::Str(0),
+                    Op::Ne,
+                    Op::And,
+                ],
+                &["xx"],
+                long.as_bytes(),
+                True,
+            ),
+            // ...but whether it ends with or contains something beyond the bytes read is unknown.
+            (
+                vec![Op::Read(1), Op::Str(0), Op::EndsWith],
+                &["y"],
+                long.as_bytes(),
+                Error,
+            ),
+            (
+                vec![Op::Read(1), Op::Str(0), Op::Contains],
+                &["y"],
+                long.as_bytes(),
+                Error,
+            ),
+            (
+                vec![Op::Read(1), Op::Str(0), Op::Contains],
+                &["xx"],
+                long.as_bytes(),
+                True,
+            ),
+            // hit_count % 3 == 0
+            (
+                vec![Op::HitCount, Op::Int(3), Op::Rem, Op::Int(0), Op::Eq],
+                &[],
+                b"DE",
+                True,
+            ),
+            // Type mismatch → error; a non-bool result → error; stack underflow → error.
+            (vec![Op::Read(1), Op::Int(3), Op::Gt], &[], b"DE", Error),
+            (vec![Op::Read(0)], &[], b"DE", Error),
+            (vec![Op::Eq], &[], b"DE", Error),
+            (vec![Op::Read(9), Op::Int(1), Op::Eq], &[], b"DE", Error),
+            (vec![Op::Str(5)], &[], b"DE", Error),
+            (vec![], &[], b"DE", Error),
+        ];
+        for (i, (code, strings, country, want)) in table.into_iter().enumerate() {
+            assert_eq!(
+                run(&program(code, strings), country, 12000),
+                want,
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_or_unreadable_pointer_is_an_error() {
+        let f = program(vec![Op::Read(2), Op::Int(0), Op::Lt], &[]);
+        let (regs, mut mem) = world(b"DE", 1);
+        mem.0
+            .insert(0x1000, [1u64.to_le_bytes(), 0u64.to_le_bytes()].concat());
+        assert_eq!(eval_filter(&f, &regs, &mem, 0), FilterResult::Error);
+        mem.0.insert(
+            0x1000,
+            [1u64.to_le_bytes(), 0xdead_0000u64.to_le_bytes()].concat(),
+        );
+        assert_eq!(eval_filter(&f, &regs, &mem, 0), FilterResult::Error);
+        let unavailable = Filter {
+            reads: vec![FilterRead {
+                root: PieceSource::Unavailable,
+                ..total()
+            }],
+            strings: vec![],
+            code: vec![Op::Read(0), Op::Int(0), Op::Gt],
+        };
+        assert_eq!(
+            eval_filter(&unavailable, &regs, &mem, 0),
+            FilterResult::Error
+        );
+    }
+
+    #[test]
+    fn values_in_registers_and_constants() {
+        let (mut regs, mem) = world(b"DE", 1);
+        regs.gpr[1] = (-3i64) as u64; // rdx holds an i64
+        regs.xmm[0][..8].copy_from_slice(&1.5f64.to_le_bytes());
+        let reg = |reg, kind| FilterRead {
+            root: PieceSource::Register { reg },
+            derefs: vec![],
+            offset: 0,
+            kind,
+        };
+        let f = Filter {
+            reads: vec![
+                reg(
+                    1,
+                    ReadKind::Int {
+                        size: 8,
+                        signed: true,
+                    },
+                ),
+                reg(17, ReadKind::Float { size: 8 }),
+                FilterRead {
+                    root: PieceSource::Implicit(vec![42]),
+                    derefs: vec![],
+                    offset: 0,
+                    kind: ReadKind::Int {
+                        size: 1,
+                        signed: false,
+                    },
+                },
+                FilterRead {
+                    root: PieceSource::Computed {
+                        reg: RDI,
+                        offset: 8,
+                    },
+                    derefs: vec![],
+                    offset: 0,
+                    kind: ReadKind::Int {
+                        size: 8,
+                        signed: false,
+                    },
+                },
+            ],
+            strings: vec![],
+            code: vec![
+                Op::Read(0),
+                Op::Int(-3),
+                Op::Eq,
+                Op::Read(1),
+                Op::Float(1.5),
+                Op::Eq,
+                Op::And,
+                Op::Read(2),
+                Op::Int(42),
+                Op::Eq,
+                Op::And,
+                Op::Read(3),
+                Op::Uint(0x1008),
+                Op::Eq,
+                Op::And,
+            ],
+        };
+        assert_eq!(eval_filter(&f, &regs, &mem, 0), FilterResult::True);
+    }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u8..20).prop_map(Op::Read),
+                any::<i64>().prop_map(Op::Int),
+                any::<u64>().prop_map(Op::Uint),
+                any::<f64>().prop_map(Op::Float),
+                any::<bool>().prop_map(Op::Bool),
+                (0u8..4).prop_map(Op::Str),
+                prop::sample::select(vec![
+                    Op::HitCount,
+                    Op::Eq,
+                    Op::Ne,
+                    Op::Lt,
+                    Op::Le,
+                    Op::Gt,
+                    Op::Ge,
+                    Op::And,
+                    Op::Or,
+                    Op::Not,
+                    Op::Add,
+                    Op::Sub,
+                    Op::Mul,
+                    Op::Div,
+                    Op::Rem,
+                    Op::Neg,
+                    Op::Len,
+                    Op::Contains,
+                    Op::StartsWith,
+                    Op::EndsWith,
+                ]),
+            ]
+        }
+
+        fn read() -> impl Strategy<Value = FilterRead> {
+            let root = prop_oneof![
+                (0u16..40).prop_map(|reg| PieceSource::Register { reg }),
+                (0u16..40, any::<i64>())
+                    .prop_map(|(reg, offset)| PieceSource::Memory { reg, offset }),
+                (0u64..0x200).prop_map(|addr| PieceSource::Absolute { addr }),
+                (0u16..40, any::<i64>())
+                    .prop_map(|(reg, offset)| PieceSource::Computed { reg, offset }),
+                prop::collection::vec(any::<u8>(), 0..24).prop_map(PieceSource::Implicit),
+                Just(PieceSource::Unavailable),
+            ];
+            let kind = prop_oneof![
+                (any::<u8>(), any::<bool>()).prop_map(|(size, signed)| ReadKind::Int {
+                    size: size % 10,
+                    signed
+                }),
+                any::<u8>().prop_map(|size| ReadKind::Float { size: size % 10 }),
+                Just(ReadKind::Bool),
+                (0u32..40, 0u32..40).prop_map(|(ptr_offset, len_offset)| ReadKind::Str {
+                    ptr_offset,
+                    len_offset
+                }),
+            ];
+            (root, prop::collection::vec(0u32..64, 0..12), 0u32..64, kind).prop_map(
+                |(root, derefs, offset, kind)| FilterRead {
+                    root,
+                    derefs,
+                    offset,
+                    kind,
+                },
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn random_filters_over_random_memory_never_panic(
+                reads in prop::collection::vec(read(), 0..20),
+                strings in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..4),
+                code in prop::collection::vec(op(), 0..80),
+                memory in prop::collection::vec(any::<u8>(), 0..0x200),
+                gpr in prop::array::uniform17(0u64..0x220),
+                hit_count in any::<u64>(),
+            ) {
+                let filter = Filter { reads, strings, code };
+                let mut regs = Registers::default();
+                regs.gpr = gpr;
+                let mem = Fake(BTreeMap::from([(0u64, memory)]));
+                let _ = eval_filter(&filter, &regs, &mem, hit_count);
+            }
+        }
+    }
+}
