@@ -721,7 +721,8 @@ mod tests {
     fn scalars_strings_and_arithmetic() {
         use FilterResult::*;
         let long = "x".repeat(100);
-        let table: Vec<(Vec<Op>, &[&str], &[u8], FilterResult)> = vec![
+        type Case<'a> = (Vec<Op>, &'a [&'a str], &'a [u8], FilterResult);
+        let table: Vec<Case> = vec![
             // age == -7 (sign-extended i32)
             (vec![Op::Read(2), Op::Int(-7), Op::Eq], &[], b"DE", True),
             // age < 0 && total >= 12000
@@ -1091,8 +1092,7 @@ mod tests {
                 hit_count in any::<u64>(),
             ) {
                 let filter = Filter { reads, strings, code };
-                let mut regs = Registers::default();
-                regs.gpr = gpr;
+                let regs = Registers { gpr, ..Registers::default() };
                 let mem = Fake(BTreeMap::from([(0u64, memory)]));
                 let _ = eval_filter(&filter, &regs, &mem, hit_count);
             }
