@@ -76,6 +76,12 @@ fn world(total: u64, country: &[u8; 2]) -> (Registers, Mem) {
 fn bench(c: &mut Criterion) {
     let expr = Expr::parse("order.total > 10000 && user.country == \"DE\"").unwrap();
     let filter = compile(&expr, &Resolver).unwrap();
+    // The fixed cost: a filter that reads nothing.
+    let constant = compile(&Expr::parse("hit_count > 0").unwrap(), &Resolver).unwrap();
+    let (regs, mem) = world(0, b"DE");
+    c.bench_function("filter_constant", |b| {
+        b.iter(|| eval_filter(black_box(&constant), black_box(&regs), black_box(&mem), 1))
+    });
     for (name, total, country, want) in [
         ("filter_true", 12_000, b"DE", FilterResult::True),
         ("filter_false_on_total", 100, b"DE", FilterResult::False),

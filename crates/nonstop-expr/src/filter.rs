@@ -11,7 +11,9 @@
 //! compiling does not type-check, and a mistyped filter only ever answers `Error`.
 
 use crate::syntax::{BinOp, Builtin, Expr, Lit, Node, NodeKind, UnOp};
-use nonstop_model::filter::{Filter, FilterRead, MAX_CODE, MAX_READS, MAX_STR, Op};
+use nonstop_model::filter::{
+    Filter, FilterRead, MAX_CODE, MAX_READS, MAX_STR, MAX_STR_READS, MAX_STRINGS, Op, ReadKind,
+};
 
 /// Maps the paths a condition reads to [`FilterRead`]s. The agent implements it over
 /// DWARF: variable locations at the probe address and type layouts.
@@ -110,6 +112,13 @@ impl Compiler<'_> {
                 "the condition reads more than {MAX_READS} values"
             )));
         }
+        let is_str = |r: &FilterRead| matches!(r.kind, ReadKind::Str { .. });
+        if is_str(&read) && self.filter.reads.iter().filter(|r| is_str(r)).count() >= MAX_STR_READS
+        {
+            return Err(no(format!(
+                "the condition reads more than {MAX_STR_READS} strings"
+            )));
+        }
         self.keys.push(key);
         self.filter.reads.push(read);
         Ok((self.keys.len() - 1) as u8)
@@ -122,8 +131,8 @@ impl Compiler<'_> {
         let i = match self.filter.strings.iter().position(|s| *s == bytes) {
             Some(i) => i,
             None => {
-                if self.filter.strings.len() >= MAX_READS {
-                    return Err(no(format!("more than {MAX_READS} string constants")));
+                if self.filter.strings.len() >= MAX_STRINGS {
+                    return Err(no(format!("more than {MAX_STRINGS} string constants")));
                 }
                 self.filter.strings.push(bytes);
                 self.filter.strings.len() - 1

@@ -28,6 +28,10 @@ pub const MAX_STACK: usize = 32;
 pub const MAX_STR: usize = 64;
 /// Most pointers one read follows.
 pub const MAX_DEREFS: usize = 8;
+/// Most string reads a filter may have (each takes a [`MAX_STR`]-byte buffer at a hit).
+pub const MAX_STR_READS: usize = 4;
+/// Most constant strings a filter may have.
+pub const MAX_STRINGS: usize = 16;
 
 /// How to interpret the bytes at the end of a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,21 +156,27 @@ pub enum FilterResult {
     Error,
 }
 
-#[derive(Clone, Copy)]
-enum Text {
-    /// `strings[i]`.
-    Const(u8),
-    /// Buffer `i` holding `have` bytes of a string of `len` bytes.
-    Buf { i: u8, have: u8, len: u64 },
-}
-
+/// `id`: a buffer index, or `CONST | i` for `strings[i]`; `have` bytes of a string of
+/// `len` bytes are in the buffer. (Fields inline keep a slot at 16 bytes.)
 #[derive(Clone, Copy)]
 enum Slot {
     Err,
     Bool(bool),
-    Int(i128),
+    Int(i64),
+    Uint(u64),
     Float(f64),
-    Str(Text),
+    Str { id: u8, have: u8, len: u64 },
+}
+
+const CONST: u8 = 0x80;
+
+/// An integer slot's value, exactly.
+fn wide(s: Slot) -> Option<i128> {
+    match s {
+        Slot::Int(i) => Some(i as i128),
+        Slot::Uint(u) => Some(u as i128),
+        _ => None,
+    }
 }
 
 /// Where a value is while a read follows its chain.
@@ -181,8 +191,11 @@ struct Machine<'a, M: Memory + ?Sized> {
     filter: &'a Filter,
     regs: &'a Registers,
     mem: &'a M,
-    cache: [Option<Slot>; MAX_READS],
-    bufs: [[u8; MAX_STR]; MAX_READS],
+    cache: [Slot; MAX_READS],
+    /// Bit `i`: `cache[i]` holds read `i`.
+    loaded: u32,
+    bufs: [[u8; MAX_STR]; MAX_STR_READS],
+    bufs_used: u8,
 }
 
 /// Evaluates `filter` at a hit. Never allocates, never panics, bounded work.
@@ -199,23 +212,29 @@ pub fn eval_filter<M: Memory + ?Sized>(
         filter,
         regs,
         mem,
-        cache: [None; MAX_READS],
-        bufs: [[0; MAX_STR]; MAX_READS],
+        cache: [Slot::Err; MAX_READS],
+        loaded: 0,
+        bufs: [[0; MAX_STR]; MAX_STR_READS],
+        bufs_used: 0,
     };
     let mut stack = [Slot::Err; MAX_STACK];
     let mut sp = 0usize;
     for op in &filter.code {
         let pushed = match *op {
             Op::Read(i) => m.read(i as usize),
-            Op::Int(v) => Slot::Int(v as i128),
-            Op::Uint(v) => Slot::Int(v as i128),
+            Op::Int(v) => Slot::Int(v),
+            Op::Uint(v) => Slot::Uint(v),
             Op::Float(v) => Slot::Float(v),
             Op::Bool(v) => Slot::Bool(v),
             Op::Str(i) => match filter.strings.get(i as usize) {
-                Some(s) if s.len() <= MAX_STR => Slot::Str(Text::Const(i)),
+                Some(s) if s.len() <= MAX_STR && (i as usize) < MAX_STRINGS => Slot::Str {
+                    id: CONST | i,
+                    have: s.len() as u8,
+                    len: s.len() as u64,
+                },
                 _ => Slot::Err,
             },
-            Op::HitCount => Slot::Int(hit_count as i128),
+            Op::HitCount => Slot::Uint(hit_count),
             Op::Not | Op::Neg | Op::Len => {
                 let Some(a) = sp.checked_sub(1).and_then(|i| stack.get(i).copied()) else {
                     return FilterResult::Error;
@@ -249,13 +268,15 @@ pub fn eval_filter<M: Memory + ?Sized>(
 
 impl<M: Memory + ?Sized> Machine<'_, M> {
     fn read(&mut self, i: usize) -> Slot {
-        if let Some(Some(s)) = self.cache.get(i) {
-            return *s;
+        let Some(cached) = self.cache.get(i).copied() else {
+            return Slot::Err;
+        };
+        if self.loaded & (1 << i) != 0 {
+            return cached;
         }
         let slot = self.fetch(i).unwrap_or(Slot::Err);
-        if let Some(c) = self.cache.get_mut(i) {
-            *c = Some(slot);
-        }
+        self.cache[i] = slot;
+        self.loaded |= 1 << i;
         slot
     }
 
@@ -344,12 +365,12 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
                 let mut b = [0u8; 8];
                 self.bytes(loc, off, &mut b[..size])?;
                 let raw = u64::from_le_bytes(b);
-                Slot::Int(if signed {
+                if signed {
                     let shift = 64 - 8 * size as u32;
-                    (((raw << shift) as i64) >> shift) as i128
+                    Slot::Int(((raw << shift) as i64) >> shift)
                 } else {
-                    raw as i128
-                })
+                    Slot::Uint(raw)
+                }
             }
             ReadKind::Float { size: 4 } => {
                 let mut b = [0u8; 4];
@@ -365,52 +386,44 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
                 let ptr = self.u64_at(loc, off.checked_add(ptr_offset)?)?;
                 let len = self.u64_at(loc, off.checked_add(len_offset)?)?;
                 let have = len.min(MAX_STR as u64) as usize;
+                let id = self.bufs_used;
                 if have > 0 {
                     if ptr == 0 {
                         return None;
                     }
-                    let buf = self.bufs.get_mut(i)?.get_mut(..have)?;
+                    let buf = self.bufs.get_mut(id as usize)?.get_mut(..have)?;
                     self.mem.read(ptr, buf).ok()?;
                 }
-                Slot::Str(Text::Buf {
-                    i: i as u8,
+                self.bufs_used += 1;
+                Slot::Str {
+                    id,
                     have: have as u8,
                     len,
-                })
+                }
             }
         })
     }
 
     /// The bytes known of a string, and whether they are all of it.
-    fn text(&self, t: Text) -> Option<(&[u8], bool)> {
-        match t {
-            Text::Const(i) => {
-                let s = self.filter.strings.get(i as usize)?;
-                Some((s.get(..MAX_STR.min(s.len()))?, s.len() <= MAX_STR))
-            }
-            Text::Buf { i, have, len } => {
-                let b = self.bufs.get(i as usize)?.get(..have as usize)?;
-                Some((b, len == have as u64))
-            }
-        }
-    }
-
-    fn text_len(&self, t: Text) -> Option<u64> {
-        match t {
-            Text::Const(i) => self.filter.strings.get(i as usize).map(|s| s.len() as u64),
-            Text::Buf { len, .. } => Some(len),
-        }
+    /// The bytes known of a string slot, whether they are all of it, and its length.
+    fn text(&self, s: Slot) -> Option<(&[u8], bool, u64)> {
+        let Slot::Str { id, have, len } = s else {
+            return None;
+        };
+        let bytes = if id & CONST != 0 {
+            self.filter.strings.get((id & !CONST) as usize)?.as_slice()
+        } else {
+            self.bufs.get(id as usize)?.as_slice()
+        };
+        Some((bytes.get(..have as usize)?, len == have as u64, len))
     }
 
     fn unary(&self, op: Op, a: Slot) -> Slot {
         match (op, a) {
             (Op::Not, Slot::Bool(b)) => Slot::Bool(!b),
-            (Op::Neg, Slot::Int(i)) => int(i.checked_neg()),
             (Op::Neg, Slot::Float(f)) => Slot::Float(-f),
-            (Op::Len, Slot::Str(t)) => match self.text_len(t) {
-                Some(n) => Slot::Int(n as i128),
-                None => Slot::Err,
-            },
+            (Op::Neg, a) => int(wide(a).and_then(i128::checked_neg)),
+            (Op::Len, Slot::Str { len, .. }) => Slot::Uint(len),
             _ => Slot::Err,
         }
     }
@@ -443,11 +456,8 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
             },
             Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Rem => arith(op, a, b),
             Op::Contains | Op::StartsWith | Op::EndsWith => {
-                let (Slot::Str(h), Slot::Str(n)) = (a, b) else {
-                    return Slot::Err;
-                };
-                let (Some((hay, hay_all)), Some((needle, needle_all))) =
-                    (self.text(h), self.text(n))
+                let (Some((hay, hay_all, _)), Some((needle, needle_all, _))) =
+                    (self.text(a), self.text(b))
                 else {
                     return Slot::Err;
                 };
@@ -473,12 +483,11 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
     fn equal(&self, a: Slot, b: Slot) -> Option<bool> {
         match (a, b) {
             (Slot::Bool(x), Slot::Bool(y)) => Some(x == y),
-            (Slot::Str(x), Slot::Str(y)) => {
-                let (xl, yl) = (self.text_len(x)?, self.text_len(y)?);
+            (Slot::Str { .. }, Slot::Str { .. }) => {
+                let ((xb, x_all, xl), (yb, y_all, yl)) = (self.text(a)?, self.text(b)?);
                 if xl != yl {
                     return Some(false);
                 }
-                let ((xb, x_all), (yb, y_all)) = (self.text(x)?, self.text(y)?);
                 if xb != yb {
                     Some(false)
                 } else if x_all && y_all {
@@ -495,12 +504,11 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
     fn order(&self, a: Slot, b: Slot) -> Option<Option<std::cmp::Ordering>> {
         use std::cmp::Ordering;
         Some(match (a, b) {
-            (Slot::Int(x), Slot::Int(y)) => Some(x.cmp(&y)),
             (Slot::Float(x), Slot::Float(y)) => x.partial_cmp(&y),
-            (Slot::Int(x), Slot::Float(y)) => int_float_cmp(x, y),
-            (Slot::Float(x), Slot::Int(y)) => int_float_cmp(y, x).map(Ordering::reverse),
-            (Slot::Str(x), Slot::Str(y)) => {
-                let ((xb, x_all), (yb, y_all)) = (self.text(x)?, self.text(y)?);
+            (Slot::Float(x), y) => int_float_cmp(wide(y)?, x).map(Ordering::reverse),
+            (x, Slot::Float(y)) => int_float_cmp(wide(x)?, y),
+            (Slot::Str { .. }, Slot::Str { .. }) => {
+                let ((xb, x_all, _), (yb, y_all, _)) = (self.text(a)?, self.text(b)?);
                 let n = xb.len().min(yb.len());
                 match xb[..n].cmp(&yb[..n]) {
                     Ordering::Equal if x_all && y_all => Some(xb.len().cmp(&yb.len())),
@@ -511,7 +519,7 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
                     o => Some(o),
                 }
             }
-            _ => return None,
+            (x, y) => Some(wide(x)?.cmp(&wide(y)?)),
         })
     }
 }
@@ -522,28 +530,33 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// An integer result, if it fits in `i64` or `u64`.
 fn int(v: Option<i128>) -> Slot {
-    match v {
-        Some(v) if v >= i64::MIN as i128 && v <= u64::MAX as i128 => Slot::Int(v),
+    let Some(v) = v else {
+        return Slot::Err;
+    };
+    match (i64::try_from(v), u64::try_from(v)) {
+        (Ok(i), _) => Slot::Int(i),
+        (_, Ok(u)) => Slot::Uint(u),
         _ => Slot::Err,
     }
 }
 
 fn arith(op: Op, a: Slot, b: Slot) -> Slot {
-    match (a, b) {
-        (Slot::Int(x), Slot::Int(y)) => int(match op {
+    match (wide(a), wide(b)) {
+        (Some(x), Some(y)) => int(match op {
             Op::Add => x.checked_add(y),
             Op::Sub => x.checked_sub(y),
             Op::Mul => x.checked_mul(y),
             Op::Div => x.checked_div(y),
             _ => x.checked_rem(y),
         }),
-        (Slot::Int(_) | Slot::Float(_), Slot::Int(_) | Slot::Float(_)) => {
+        _ => {
             let f = |s: Slot| match s {
-                Slot::Int(i) => i as f64,
-                Slot::Float(f) => f,
-                _ => 0.0,
+                Slot::Float(f) => Some(f),
+                s => wide(s).map(|i| i as f64),
             };
-            let (x, y) = (f(a), f(b));
+            let (Some(x), Some(y)) = (f(a), f(b)) else {
+                return Slot::Err;
+            };
             if matches!(op, Op::Div | Op::Rem) && y == 0.0 {
                 return Slot::Err;
             }
@@ -555,7 +568,6 @@ fn arith(op: Op, a: Slot, b: Slot) -> Slot {
                 _ => x % y,
             })
         }
-        _ => Slot::Err,
     }
 }
 
