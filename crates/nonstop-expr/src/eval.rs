@@ -1081,7 +1081,7 @@ pub(crate) mod tests {
         assert_eq!(int_float_cmp(3, f64::NAN), None);
     }
 
-    mod random {
+    pub(crate) mod random {
         use super::*;
         use proptest::prelude::*;
 
@@ -1119,7 +1119,7 @@ pub(crate) mod tests {
             })
         }
 
-        fn expr() -> impl Strategy<Value = String> {
+        pub(crate) fn expr() -> impl Strategy<Value = String> {
             let leaf = prop_oneof![
                 Just("a".to_owned()),
                 Just("b".to_owned()),

@@ -308,7 +308,7 @@ mod tests {
     /// `fn f(order: &Order, user: &User)`: `order` in rdi, `user` in rsi.
     /// `Order { total: u64 @0, kind: u8 @8 (Credit = 0, Debit = 1), coupon: Option<&str> @16 (ptr, len) }`,
     /// `User { country: String { cap @0, ptr @8, len @16 } }`.
-    struct Resolver;
+    pub(crate) struct Resolver;
     impl PathResolver for Resolver {
         fn read(&self, path: &[String]) -> Option<FilterRead> {
             let p: Vec<&str> = path.iter().map(String::as_str).collect();
@@ -369,7 +369,7 @@ mod tests {
         }
     }
 
-    struct Mem(Vec<(u64, Vec<u8>)>);
+    pub(crate) struct Mem(Vec<(u64, Vec<u8>)>);
     impl Memory for Mem {
         fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
             for (start, bytes) in &self.0 {
@@ -383,7 +383,7 @@ mod tests {
         }
     }
 
-    fn hit(total: u64, kind: u8, coupon: u64, country: &str) -> (Registers, Mem) {
+    pub(crate) fn hit(total: u64, kind: u8, coupon: u64, country: &str) -> (Registers, Mem) {
         let mut regs = Registers::default();
         regs.gpr[RDI as usize] = 0x1000;
         regs.gpr[RSI as usize] = 0x2000;
@@ -521,5 +521,64 @@ mod tests {
                 .reason,
             "the condition needs more than 64 steps"
         );
+    }
+}
+
+#[cfg(test)]
+mod random {
+    use super::tests::*;
+    use super::*;
+    use nonstop_model::capture::PieceSource;
+    use nonstop_model::filter::ReadKind;
+    use nonstop_model::filter::eval_filter;
+    use proptest::prelude::*;
+
+    /// Resolves every path, to reads of every kind.
+    struct Any;
+    impl PathResolver for Any {
+        fn read(&self, path: &[String]) -> Option<FilterRead> {
+            let n = path.iter().map(String::len).sum::<usize>();
+            let kind = match n % 4 {
+                0 => ReadKind::Str {
+                    ptr_offset: 8,
+                    len_offset: 16,
+                },
+                1 => ReadKind::Int {
+                    size: 8,
+                    signed: n % 3 == 0,
+                },
+                2 => ReadKind::Float { size: 8 },
+                _ => ReadKind::Bool,
+            };
+            Some(FilterRead {
+                root: PieceSource::Register {
+                    reg: (n % 6) as u16,
+                },
+                derefs: vec![0; n % 3],
+                offset: (n % 5) as u32 * 8,
+                kind,
+            })
+        }
+        fn variant(&self, path: &[String], _: &str) -> Option<(FilterRead, u64)> {
+            Some((self.read(path)?, path.len() as u64))
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn random_conditions_compile_and_run_without_panics(
+            src in crate::eval::tests::random::expr(),
+            total in any::<u64>(),
+            kind in any::<u8>(),
+            coupon in any::<u64>(),
+            country in "[A-Z]{0,80}",
+        ) {
+            if let Ok(e) = Expr::parse(&src)
+                && let Ok(f) = compile(&e, &Any)
+            {
+                let (regs, mem) = hit(total, kind, coupon, &country);
+                let _ = eval_filter(&f, &regs, &mem, 1);
+            }
+        }
     }
 }
