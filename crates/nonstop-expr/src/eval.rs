@@ -188,6 +188,8 @@ impl Val<'_> {
                 Data::Bool(b) => b.to_string(),
                 Data::Int(i) => i.to_string(),
                 Data::Uint(u) if !v.type_name.contains('*') => u.to_string(),
+                // An f32 widened to f64 shows as the f32 it was (0.1, not 0.10000000149011612).
+                Data::Float(f) if v.type_name == "f32" => (*f as f32).to_string(),
                 Data::Float(f) => f.to_string(),
                 _ => debug(v),
             },
@@ -808,6 +810,7 @@ pub(crate) mod tests {
                 ("id".into(), v("u64", Data::Uint(u64::MAX))),
                 ("total".into(), v("i64", Data::Int(12_000))),
                 ("ratio".into(), v("f64", Data::Float(0.5))),
+                ("small".into(), v("f32", Data::Float(0.1f32 as f64))),
                 (
                     "items".into(),
                     v(
@@ -1050,6 +1053,7 @@ pub(crate) mod tests {
         assert_eq!(show("user.name").as_deref(), Ok("ann"));
         assert_eq!(show("order.total").as_deref(), Ok("12000"));
         assert_eq!(show("order.ratio").as_deref(), Ok("0.5"));
+        assert_eq!(show("order.small").as_deref(), Ok("0.1"));
         assert_eq!(show("order.level").as_deref(), Ok("High"));
         assert_eq!(show("order.items").as_deref(), Ok("<Vec<u32>>"));
         assert_eq!(show("long").as_deref(), Ok("abc…"));
