@@ -183,6 +183,8 @@ fn wide(s: Slot) -> Option<i128> {
 #[derive(Clone, Copy)]
 enum Loc {
     Addr(u64),
+    /// A general register's (or a computed) value: its 8 bytes.
+    Word(u64),
     /// The value's bytes themselves (a register, a computed or implicit value).
     Bytes([u8; 16], usize),
 }
@@ -284,6 +286,12 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
     fn bytes(&self, loc: Loc, off: u32, buf: &mut [u8]) -> Option<()> {
         match loc {
             Loc::Addr(a) => self.mem.read(a.wrapping_add(off as u64), buf).ok(),
+            Loc::Word(w) => {
+                let start = off as usize;
+                let src = w.to_le_bytes();
+                buf.copy_from_slice(src.get(start..start.checked_add(buf.len())?)?);
+                Some(())
+            }
             Loc::Bytes(b, n) => {
                 let start = off as usize;
                 let src = b.get(start..start.checked_add(buf.len())?.min(n.min(16)))?;
@@ -297,6 +305,9 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
     }
 
     fn u64_at(&self, loc: Loc, off: u32) -> Option<u64> {
+        if let (Loc::Word(w), 0) = (loc, off) {
+            return Some(w);
+        }
         let mut b = [0u8; 8];
         self.bytes(loc, off, &mut b)?;
         Some(u64::from_le_bytes(b))
@@ -308,29 +319,22 @@ impl<M: Memory + ?Sized> Machine<'_, M> {
         }
         let read = self.filter.reads.get(i)?;
         let mut loc = match &read.root {
-            PieceSource::Register { reg } => {
-                let mut b = [0u8; 16];
-                match self.regs.bytes(*reg) {
-                    Some(x) => {
-                        let n = x.len().min(16);
-                        b[..n].copy_from_slice(&x[..n]);
-                        Loc::Bytes(b, n)
-                    }
-                    None => {
-                        b[..8].copy_from_slice(&self.regs.value(*reg)?.to_le_bytes());
-                        Loc::Bytes(b, 8)
-                    }
+            PieceSource::Register { reg } => match self.regs.gpr.get(*reg as usize) {
+                Some(w) => Loc::Word(*w),
+                None => {
+                    let x = self.regs.bytes(*reg)?;
+                    let mut b = [0u8; 16];
+                    let n = x.len().min(16);
+                    b[..n].copy_from_slice(&x[..n]);
+                    Loc::Bytes(b, n)
                 }
-            }
+            },
             PieceSource::Memory { reg, offset } => {
                 Loc::Addr(self.regs.value(*reg)?.wrapping_add(*offset as u64))
             }
             PieceSource::Absolute { addr } => Loc::Addr(*addr),
             PieceSource::Computed { reg, offset } => {
-                let v = self.regs.value(*reg)?.wrapping_add(*offset as u64);
-                let mut b = [0u8; 16];
-                b[..8].copy_from_slice(&v.to_le_bytes());
-                Loc::Bytes(b, 8)
+                Loc::Word(self.regs.value(*reg)?.wrapping_add(*offset as u64))
             }
             PieceSource::Implicit(bytes) => {
                 let mut b = [0u8; 16];
