@@ -3,10 +3,11 @@
 //! answers like the probe engine's fault-safe reads (here: plain copies from a few ranges).
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nonstop_expr::Expr;
 use nonstop_expr::filter::{PathResolver, compile};
+use nonstop_expr::{Env, Expr};
 use nonstop_model::capture::{Memory, PieceSource, ReadError, Registers};
 use nonstop_model::filter::{FilterRead, FilterResult, ReadKind, eval_filter};
+use nonstop_model::{Data, Value};
 use std::hint::black_box;
 
 const RDI: u16 = 5;
@@ -100,5 +101,48 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// The slow path for comparison: the same condition over decoded values (the capture and
+/// the decoding, which come first on that path, are not counted).
+struct Decoded(Vec<(String, Value)>);
+impl Env for Decoded {
+    fn var(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+    fn thread(&self) -> &str {
+        "main"
+    }
+    fn hit_count(&self) -> u64 {
+        1
+    }
+}
+
+fn bench_after_capture(c: &mut Criterion) {
+    let expr = Expr::parse("order.total > 10000 && user.country == \"DE\"").unwrap();
+    let field = |n: &str, v: Value| (n.to_owned(), v);
+    let env = Decoded(vec![
+        field(
+            "order",
+            Value::new(
+                "Order",
+                Data::Map(vec![field("total", Value::new("u64", Data::Uint(12_000)))]),
+            ),
+        ),
+        field(
+            "user",
+            Value::new(
+                "User",
+                Data::Map(vec![field(
+                    "country",
+                    Value::new("String", Data::Str("DE".into())),
+                )]),
+            ),
+        ),
+    ]);
+    assert_eq!(expr.eval_condition(&env), Ok(true));
+    c.bench_function("condition_over_decoded_values", |b| {
+        b.iter(|| black_box(&expr).eval_condition(black_box(&env)))
+    });
+}
+
+criterion_group!(benches, bench, bench_after_capture);
 criterion_main!(benches);
