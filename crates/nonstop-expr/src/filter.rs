@@ -274,6 +274,22 @@ impl Compiler<'_> {
                         return self.variant(r, v, eq);
                     }
                 }
+                if matches!(op, BinOp::And | BinOp::Or) {
+                    // Short-circuit: a decided left side skips the right side's reads.
+                    self.node(l)?;
+                    let at = self.filter.code.len();
+                    self.emit(Op::Bool(false))?; // patched below
+                    self.node(r)?;
+                    self.emit(if *op == BinOp::And { Op::And } else { Op::Or })?;
+                    let n = u8::try_from(self.filter.code.len() - at - 1)
+                        .map_err(|_| no("the condition is too long".into()))?;
+                    self.filter.code[at] = if *op == BinOp::And {
+                        Op::SkipIfFalse(n)
+                    } else {
+                        Op::SkipIfTrue(n)
+                    };
+                    return Ok(());
+                }
                 self.node(l)?;
                 self.node(r)?;
                 self.emit(match op {
@@ -420,6 +436,7 @@ mod tests {
                 Op::Read(0),
                 Op::Int(10000),
                 Op::Gt,
+                Op::SkipIfFalse(4),
                 Op::Read(1),
                 Op::Str(0),
                 Op::Eq,

@@ -105,6 +105,12 @@ pub enum Op {
     Gt,
     /// `a >= b`.
     Ge,
+    /// If the top of the stack is `false`, skip the next `n` ops, leaving it there
+    /// (`a && b` compiles to `a, SkipIfFalse(len(b) + 1), b, And`: a false `a` reads nothing
+    /// of `b`). Jumps only go forward, so a filter is still one pass.
+    SkipIfFalse(u8),
+    /// If the top of the stack is `true`, skip the next `n` ops (for `||`).
+    SkipIfTrue(u8),
     /// `a && b` (Kleene: false wins over an error).
     And,
     /// `a || b` (Kleene: true wins over an error).
@@ -221,8 +227,19 @@ pub fn eval_filter<M: Memory + ?Sized>(
     };
     let mut stack = [Slot::Err; MAX_STACK];
     let mut sp = 0usize;
-    for op in &filter.code {
+    let mut pc = 0usize;
+    while let Some(op) = filter.code.get(pc) {
+        pc += 1;
         let pushed = match *op {
+            Op::SkipIfFalse(n) | Op::SkipIfTrue(n) => {
+                let want = matches!(op, Op::SkipIfTrue(_));
+                if let Some(Slot::Bool(b)) = sp.checked_sub(1).and_then(|i| stack.get(i))
+                    && *b == want
+                {
+                    pc += n as usize;
+                }
+                continue;
+            }
             Op::Read(i) => m.read(i as usize),
             Op::Int(v) => Slot::Int(v),
             Op::Uint(v) => Slot::Uint(v),
@@ -702,6 +719,7 @@ mod tests {
                 Op::Read(0),
                 Op::Int(10000),
                 Op::Gt,
+                Op::SkipIfFalse(4),
                 Op::Read(1),
                 Op::Str(0),
                 Op::Eq,
@@ -731,6 +749,28 @@ mod tests {
         assert_eq!(run(&f, b"FR", 12000), FilterResult::False);
         assert_eq!(run(&f, b"DEU", 12000), FilterResult::False);
         assert_eq!(run(&f, b"", 12000), FilterResult::False);
+    }
+
+    #[test]
+    fn a_false_left_side_of_and_reads_nothing_of_the_right() {
+        struct Counting<'a>(&'a Fake, std::cell::Cell<u32>);
+        impl Memory for Counting<'_> {
+            fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+                self.1.set(self.1.get() + 1);
+                self.0.read(addr, buf)
+            }
+        }
+        let (regs, mem) = world(b"DE", 9000);
+        let counting = Counting(&mem, std::cell::Cell::new(0));
+        assert_eq!(
+            eval_filter(&bench_filter(), &regs, &counting, 0),
+            FilterResult::False
+        );
+        // `order` is a pointer in rdi: one read of `order.total`, nothing of `user.country`.
+        assert_eq!(counting.1.get(), 1);
+        // `true || …` likewise; a skip past the end just ends the program.
+        let or = program(vec![Op::Bool(true), Op::SkipIfTrue(200), Op::Read(1)], &[]);
+        assert_eq!(eval_filter(&or, &regs, &mem, 0), FilterResult::True);
     }
 
     #[test]
