@@ -12,7 +12,8 @@
 
 use crate::syntax::{BinOp, Builtin, Expr, Lit, Node, NodeKind, UnOp};
 use nonstop_model::filter::{
-    Filter, FilterRead, MAX_CODE, MAX_READS, MAX_STR, MAX_STR_READS, MAX_STRINGS, Op, ReadKind,
+    Filter, FilterRead, MAX_CODE, MAX_READS, MAX_STACK, MAX_STR, MAX_STR_READS, MAX_STRINGS, Op,
+    ReadKind,
 };
 
 /// Maps the paths a condition reads to [`FilterRead`]s. The agent implements it over
@@ -46,6 +47,8 @@ pub fn compile(expr: &Expr, resolver: &dyn PathResolver) -> Result<Filter, NotFi
         expr,
         resolver,
         keys: Vec::new(),
+        depth: 0,
+        max_depth: 0,
         filter: Filter::default(),
     };
     c.node(expr.root())?;
@@ -57,6 +60,9 @@ struct Compiler<'a> {
     resolver: &'a dyn PathResolver,
     /// One key per read, to read each path once.
     keys: Vec<String>,
+    /// Values on the stack after the ops emitted so far, and the most there were.
+    depth: usize,
+    max_depth: usize,
     filter: Filter,
 }
 
@@ -100,6 +106,23 @@ impl Compiler<'_> {
             )));
         }
         self.filter.code.push(op);
+        match op {
+            Op::Read(_)
+            | Op::Int(_)
+            | Op::Uint(_)
+            | Op::Float(_)
+            | Op::Bool(_)
+            | Op::Str(_)
+            | Op::HitCount => self.depth += 1,
+            Op::Not | Op::Neg | Op::Len | Op::SkipIfFalse(_) | Op::SkipIfTrue(_) => {}
+            _ => self.depth = self.depth.saturating_sub(1),
+        }
+        self.max_depth = self.max_depth.max(self.depth);
+        if self.max_depth > MAX_STACK {
+            return Err(no(format!(
+                "the condition nests deeper than {MAX_STACK} values"
+            )));
+        }
         Ok(())
     }
 
@@ -278,7 +301,7 @@ impl Compiler<'_> {
                     // Short-circuit: a decided left side skips the right side's reads.
                     self.node(l)?;
                     let at = self.filter.code.len();
-                    self.emit(Op::Bool(false))?; // patched below
+                    self.emit(Op::SkipIfFalse(0))?; // the count is patched below
                     self.node(r)?;
                     self.emit(if *op == BinOp::And { Op::And } else { Op::Or })?;
                     let n = u8::try_from(self.filter.code.len() - at - 1)
@@ -531,6 +554,11 @@ mod tests {
         }
         let long = format!("user.country == \"{}\"", "x".repeat(65));
         assert!(compile(&Expr::parse(&long).unwrap(), &Resolver).is_err());
+        let deep = format!("{}1{} > 0", "(1 + ".repeat(17), ")".repeat(17));
+        assert_eq!(
+            compile(&Expr::parse(&deep).unwrap(), &Resolver).unwrap_err().reason,
+            "the condition nests deeper than 16 values"
+        );
         let many = vec!["order.total > 1"; 20].join(" && ");
         assert_eq!(
             compile(&Expr::parse(&many).unwrap(), &Resolver)
