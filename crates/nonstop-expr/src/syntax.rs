@@ -20,7 +20,7 @@ use std::fmt;
 /// Longest expression accepted, in bytes. Keeps parsing and evaluation bounded.
 pub const MAX_EXPR_LEN: usize = 1024;
 /// Deepest nesting of parentheses, unary operators and calls.
-pub const MAX_NESTING: u32 = 48;
+pub const MAX_NESTING: u32 = 96;
 
 /// A byte range in the source text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
