@@ -144,7 +144,7 @@ pub enum Op {
 pub struct Filter {
     /// The values read (at most [`MAX_READS`]).
     pub reads: Vec<FilterRead>,
-    /// Constant strings (at most [`MAX_READS`], each at most [`MAX_STR`] bytes).
+    /// Constant strings (at most [`MAX_STRINGS`], each at most [`MAX_STR`] bytes).
     pub strings: Vec<Vec<u8>>,
     /// The program (at most [`MAX_CODE`] ops); it leaves one bool.
     pub code: Vec<Op>,
@@ -196,7 +196,7 @@ enum Loc {
 }
 
 // Sizes are small on purpose: every slot is initialised at each hit, so the fixed cost
-// of a filter grows with them (16 + 8 slots and 4 string buffers: ~50 ns here).
+// of a filter grows with them (16 + 8 slots, and 4 string buffers only when needed).
 struct Machine<'a, M: Memory + ?Sized, const BUFS: usize> {
     filter: &'a Filter,
     regs: &'a Registers,
