@@ -556,7 +556,9 @@ mod tests {
         assert!(compile(&Expr::parse(&long).unwrap(), &Resolver).is_err());
         let deep = format!("{}1{} > 0", "(1 + ".repeat(17), ")".repeat(17));
         assert_eq!(
-            compile(&Expr::parse(&deep).unwrap(), &Resolver).unwrap_err().reason,
+            compile(&Expr::parse(&deep).unwrap(), &Resolver)
+                .unwrap_err()
+                .reason,
             "the condition nests deeper than 16 values"
         );
         let many = vec!["order.total > 1"; 20].join(" && ");

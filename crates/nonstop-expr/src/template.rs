@@ -1,5 +1,6 @@
 //! Log templates: text with `{expr}` and `{expr:?}` holes.
 
+use crate::check::{CheckError, Scope};
 use crate::eval::{Env, EvalError};
 use crate::syntax::{Expr, ParseError};
 use nonstop_model::Value;
@@ -128,6 +129,16 @@ impl Template {
         &self.parts
     }
 
+    /// Checks every hole against the variables in scope (any type can be shown).
+    pub fn check(&self, scope: &dyn Scope) -> Result<(), CheckError> {
+        for part in &self.parts {
+            if let Part::Hole { expr, .. } = part {
+                expr.check(scope)?;
+            }
+        }
+        Ok(())
+    }
+
     /// The names the holes read, in order of first use: the variables to capture.
     pub fn roots(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
@@ -233,6 +244,16 @@ mod tests {
             "x=<error: `gone` cannot be read: optimized out> y=12000"
         );
         assert_eq!(r.errors.len(), 1);
+    }
+
+    #[test]
+    fn holes_are_checked_against_the_scope() {
+        let scope = vec![("order".to_owned(), crate::Ty::Unknown)];
+        let t = Template::parse("{order.total} {usr}").unwrap();
+        assert_eq!(
+            t.check(&scope).unwrap_err().to_string(),
+            "unknown variable `usr`; in scope: order"
+        );
     }
 
     #[test]
