@@ -425,8 +425,26 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                 ptr_offset,
                 len_offset,
             } => {
-                let ptr = self.u64_at(loc, off.checked_add(ptr_offset)?)?;
-                let len = self.u64_at(loc, off.checked_add(len_offset)?)?;
+                // Pointer and length are usually adjacent (`&str`: 0 and 8; `String`: 8
+                // and 16): one read of both saves a fault-safe read.
+                let (lo, hi) = (ptr_offset.min(len_offset), ptr_offset.max(len_offset));
+                let (ptr, len) = if hi - lo == 8 {
+                    let mut b = [0u8; 16];
+                    self.bytes(loc, off.checked_add(lo)?, &mut b)?;
+                    let (first, second) = b.split_at(8);
+                    let first = u64::from_le_bytes(first.try_into().ok()?);
+                    let second = u64::from_le_bytes(second.try_into().ok()?);
+                    if ptr_offset < len_offset {
+                        (first, second)
+                    } else {
+                        (second, first)
+                    }
+                } else {
+                    (
+                        self.u64_at(loc, off.checked_add(ptr_offset)?)?,
+                        self.u64_at(loc, off.checked_add(len_offset)?)?,
+                    )
+                };
                 let have = len.min(MAX_STR as u64) as usize;
                 let id = self.bufs_used;
                 if have > 0 {
