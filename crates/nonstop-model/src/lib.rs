@@ -3,6 +3,8 @@
 //! # Overview
 //! - [`Rule`]: what a user asks for at a location (the API body and the rules file form).
 //! - [`Response`]: what one hit produced, with its [`Value`]s.
+//! - [`filter::Filter`]: a condition the probe engine evaluates before the capture, with
+//!   [`filter::eval_filter`] (no allocation; it also runs in the trap handler).
 //! - [`capture::CapturePlan`]: which bytes to read at a hit, and [`capture::execute`],
 //!   which reads them without allocating (it runs in the probe engine's trap handler).
 //!
@@ -11,6 +13,7 @@
 #![deny(missing_docs)]
 
 pub mod capture;
+pub mod filter;
 pub mod response;
 pub mod rule;
 pub mod value;
