@@ -2,7 +2,7 @@
 
 use crate::limits::RuleLimits;
 use crate::redact::Redactor;
-use crate::template::Template;
+use nonstop_expr::{Env, Expr, Template};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
 use nonstop_model::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_model::{
@@ -39,6 +39,11 @@ struct ArmedRule {
     limits: RuleLimits,
     capture: CaptureLimits,
     template: Option<Template>,
+    /// The rule's condition (`when`), evaluated over the captured values.
+    when: Option<Expr>,
+    /// Hits whose condition could not be evaluated (counted as false), and the last reason.
+    condition_errors: u64,
+    last_condition_error: Option<String>,
     probes: Vec<ArmedProbe>,
     status: RuleStatus,
     armed_at: Instant,
@@ -178,6 +183,9 @@ impl Agent {
             },
             capture: rule.limits.resolve(),
             template: None,
+            when: None,
+            condition_errors: 0,
+            last_condition_error: None,
             probes: Vec::new(),
             status: status(StatusKind::Pending, None),
             armed_at: Instant::now(),
@@ -208,7 +216,9 @@ impl Agent {
                 let src = rule.template.as_deref().ok_or(
                     "a log rule needs a template: add \"template\": \"paid {order.total}\"",
                 )?;
-                held.template = Some(Template::parse(src).map_err(|e| e.to_string())?);
+                held.template = Some(
+                    Template::parse(src).map_err(|e| format!("bad template:\n{e}"))?,
+                );
             }
             Action::Metric => {
                 return Err(
@@ -216,6 +226,9 @@ impl Agent {
                         .into(),
                 );
             }
+        }
+        if let Some(when) = &rule.when {
+            held.when = Some(Expr::parse(when).map_err(|e| format!("bad condition:\n{e}"))?);
         }
         let sites = self.debug.resolve(&rule.at).map_err(|e| e.to_string())?;
         if sites.is_empty() {
@@ -228,29 +241,32 @@ impl Agent {
                 .debug
                 .variables_at(site.address)
                 .map_err(|e| e.to_string())?;
-            let vars = match &held.template {
-                Some(t) => {
-                    let roots: Vec<&str> = t.roots().collect();
-                    if let Some(missing) =
-                        roots.iter().find(|r| !vars.iter().any(|v| &v.name == *r))
-                    {
-                        let names: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
-                        return Err(format!(
-                            "unknown variable `{missing}` in the template; in scope at {}:{}: {}",
-                            site.file,
-                            site.line,
-                            if names.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                names.join(", ")
-                            }
-                        ));
+            let scope: Vec<(String, nonstop_expr::Ty)> = vars
+                .iter()
+                .map(|v| (v.name.clone(), nonstop_expr::Ty::Unknown))
+                .collect();
+            let at = |e: String| format!("{e} (at {}:{})", site.file, site.line);
+            if let Some(when) = &held.when {
+                when.check_condition(&scope).map_err(|e| at(format!("condition: {e}")))?;
+            }
+            if let Some(t) = &held.template {
+                t.check(&scope).map_err(|e| at(format!("template: {e}")))?;
+            }
+            // A snapshot takes every local; a log line only what its template and condition read.
+            let vars = match rule.action {
+                Action::Snapshot => vars,
+                _ => {
+                    let mut roots: Vec<&str> = Vec::new();
+                    if let Some(t) = &held.template {
+                        roots.extend(t.roots());
+                    }
+                    if let Some(w) = &held.when {
+                        roots.extend(w.roots());
                     }
                     vars.into_iter()
                         .filter(|v| roots.contains(&v.name.as_str()))
                         .collect()
                 }
-                None => vars,
             };
             let mut plan: CapturePlan = self.debug.capture_plan(&vars, &held.capture);
             relocate(&mut plan, self.bias);
@@ -260,7 +276,12 @@ impl Agent {
             let spec = ProbeSpec {
                 address: self.bias.wrapping_add(site.address),
                 plan: Arc::new(plan),
-                max_hits: held.limits.max_hits,
+                // With a condition the engine cannot tell hits from misses: the agent counts.
+                max_hits: if held.when.is_some() {
+                    None
+                } else {
+                    held.limits.max_hits
+                },
                 rate: Some(RateLimit {
                     per_second: held.limits.per_second,
                     burst: held.limits.burst,
@@ -360,6 +381,24 @@ impl Agent {
                 locals.push((var.name.clone(), value));
             }
             let locals = Locals(locals);
+            let env = HitEnv {
+                locals: &locals,
+                thread: &thread,
+                hit_count: held.emitted,
+            };
+            if let Some(when) = &held.when {
+                match when.eval_condition(&env) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        // A condition that cannot be evaluated counts as false, and says why.
+                        held.condition_errors += 1;
+                        held.last_condition_error = Some(e.to_string());
+                        self.statuses_changed = true;
+                        continue;
+                    }
+                }
+            }
             let frames = if held.rule.action == Action::Snapshot {
                 self.stacks
                     .frames(&mem.regs, &mem, held.capture.frames as usize)
@@ -369,7 +408,7 @@ impl Agent {
             let message = held
                 .template
                 .as_ref()
-                .map(|t| t.render(&locals, nonstop_debuginfo::debug_string));
+                .map(|t| t.render(&env, &nonstop_debuginfo::debug_string).text);
             let site = &probe.site;
             out.push(Response {
                 rule: rule_id.clone(),
@@ -452,6 +491,14 @@ impl Agent {
                     held.status.status = StatusKind::Armed;
                     held.status.message = None;
                 }
+                if held.status.status == StatusKind::Armed
+                    && let Some(why) = &held.last_condition_error
+                {
+                    held.status.message = Some(format!(
+                        "{} hits where the condition could not be evaluated (counted as false); last: {why}",
+                        held.condition_errors
+                    ));
+                }
                 held.last_dropped = dropped;
             }
             if held.status != before {
@@ -476,6 +523,25 @@ impl Agent {
                     .unwrap_or_else(|_| format!("thread-{tid}"))
             })
             .clone()
+    }
+}
+
+/// What a condition or template sees at a hit.
+struct HitEnv<'a> {
+    locals: &'a Locals,
+    thread: &'a str,
+    hit_count: u64,
+}
+
+impl Env for HitEnv<'_> {
+    fn var(&self, name: &str) -> Option<&Value> {
+        self.locals.get(name)
+    }
+    fn thread(&self) -> &str {
+        self.thread
+    }
+    fn hit_count(&self) -> u64 {
+        self.hit_count
     }
 }
 

@@ -28,7 +28,6 @@ pub mod connection;
 mod limits;
 mod offline;
 pub mod redact;
-pub mod template;
 
 pub use config::Config;
 
