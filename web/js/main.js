@@ -446,6 +446,7 @@ async function main() {
   responses.start();
   setInterval(pollRules, 2000);
   setInterval(pollAgents, 5000);
+  window.nonstopReadyMs = performance.now();
   document.body.dataset.ready = 'true';
 }
 

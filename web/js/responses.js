@@ -99,7 +99,7 @@ export class Responses {
   count() {
     const total = this.all.filter((r) => this.matches(r)).length;
     this.empty.hidden = total > 0;
-    this.moreButton.hidden = this.shown >= total;
+    this.moreButton.hidden = this.shown >= total - (this.paused ? this.queue.length : 0);
     const waiting = this.paused && this.queue.length ? `, ${this.queue.length} new while paused` : '';
     this.onCount(`${this.shown} shown of ${total}${waiting}`);
   }

@@ -220,6 +220,15 @@ fn skipped_dir(name: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // Git
 
+/// A file as read from a source: its size, and its bytes unless it is too large.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// Size in bytes.
+    pub size: u64,
+    /// The bytes, when at most the size asked for.
+    pub bytes: Option<Vec<u8>>,
+}
+
 /// What the server needs from Git. Calls block and may take long (clone, fetch).
 pub trait GitBackend: Send + Sync {
     /// Clones `src` bare into `repo` when absent, else fetches every branch.
@@ -229,13 +238,8 @@ pub trait GitBackend: Send + Sync {
     /// The files (paths relative to `dir`) at `commit` under `dir` (empty: the root).
     fn list(&self, repo: &Path, commit: &str, dir: &str) -> Result<Vec<String>, String>;
     /// A file's size and, when at most `max` bytes, its bytes; `None` when not there.
-    fn read(
-        &self,
-        repo: &Path,
-        commit: &str,
-        path: &str,
-        max: u64,
-    ) -> Result<Option<(u64, Option<Vec<u8>>)>, String>;
+    fn read(&self, repo: &Path, commit: &str, path: &str, max: u64)
+    -> Result<Option<Blob>, String>;
 }
 
 /// [`GitBackend`] by running the `git` program: no prompts, a deadline per command, the
@@ -348,8 +352,7 @@ fn last_line(stderr: &str) -> String {
     stderr
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or("git failed")
         .trim_start_matches("fatal: ")
         .to_string()
@@ -448,7 +451,7 @@ impl GitBackend for GitCli {
         commit: &str,
         path: &str,
         max: u64,
-    ) -> Result<Option<(u64, Option<Vec<u8>>)>, String> {
+    ) -> Result<Option<Blob>, String> {
         let gd = Self::git_dir_args(repo)?;
         let object = format!("{commit}:{path}");
         let (ok, out, _) = Self::run(None, &[&gd, "cat-file", "-s", &object], LOCAL_DEADLINE)?;
@@ -457,13 +460,16 @@ impl GitBackend for GitCli {
         }
         let size: u64 = String::from_utf8_lossy(&out).trim().parse().unwrap_or(0);
         if size > max {
-            return Ok(Some((size, None)));
+            return Ok(Some(Blob { size, bytes: None }));
         }
         let (ok, out, err) = Self::run(None, &[&gd, "cat-file", "blob", &object], LOCAL_DEADLINE)?;
         if !ok {
             return Err(format!("cannot read {path}: {}", last_line(&err)));
         }
-        Ok(Some((size, Some(out))))
+        Ok(Some(Blob {
+            size,
+            bytes: Some(out),
+        }))
     }
 }
 
@@ -1061,7 +1067,7 @@ pub(crate) async fn read_file(
     let git = app.sources.git.clone();
     on_blocking(move || {
         let at = pick_commit(&source, git.as_ref(), requested)?;
-        let (size, bytes) = match &source.spec {
+        let Blob { size, bytes } = match &source.spec {
             SourceSpec::Folder { path: root } => read_folder_file(root, &path)?,
             SourceSpec::Git(g) => {
                 let full = match &g.subdir {
@@ -1109,7 +1115,7 @@ pub(crate) async fn read_file(
     .await
 }
 
-fn read_folder_file(root: &Path, path: &str) -> Result<(u64, Option<Vec<u8>>), ApiError> {
+fn read_folder_file(root: &Path, path: &str) -> Result<Blob, ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1127,7 +1133,7 @@ fn read_folder_file(root: &Path, path: &str) -> Result<(u64, Option<Vec<u8>>), A
     }
     let size = std::fs::metadata(&full).map_err(|_| missing())?.len();
     if size > MAX_FILE_BYTES {
-        return Ok((size, None));
+        return Ok(Blob { size, bytes: None });
     }
     let bytes = std::fs::read(&full).map_err(|e| {
         ApiError::new(
@@ -1135,7 +1141,10 @@ fn read_folder_file(root: &Path, path: &str) -> Result<(u64, Option<Vec<u8>>), A
             format!("cannot read {path}: {e}"),
         )
     })?;
-    Ok((size, Some(bytes)))
+    Ok(Blob {
+        size,
+        bytes: Some(bytes),
+    })
 }
 
 /// `GET /api/v1/services/{service}/resolve?path=`
