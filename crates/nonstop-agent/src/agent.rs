@@ -296,9 +296,14 @@ impl Agent {
         Ok(())
     }
 
+    /// This agent's id.
+    pub fn id(&self) -> &str {
+        &self.identity.agent
+    }
+
     /// Loads what stack traces need ahead of the first hit.
     pub fn warm_up(&self) {
-        self.stacks.warm_up();
+        self.stacks.warm_up("libnonstop_agent");
     }
 
     /// Copies pending hits out of the engine (quickly, so its buffer frees up).

@@ -12,6 +12,7 @@
 //! | `NONSTOP_OUT` | offline mode: responses, one JSON object a line | `nonstop-responses.jsonl` |
 //! | `NONSTOP_STATUS` | offline mode: rule statuses, rewritten on change | `NONSTOP_OUT` + `.status.json` |
 //! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
+//! | `NONSTOP_CA_CERT` | PEM file of the CA to trust for an `https://` server | the public roots |
 //!
 //! Bad values never stop the program: the agent says what is wrong on stderr and goes on
 //! with the default, or stays off.
@@ -42,6 +43,8 @@ pub struct Config {
     pub status: PathBuf,
     /// Extra redaction patterns.
     pub redact: Vec<String>,
+    /// CA certificate (PEM) for an `https://` server.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Config {
@@ -112,6 +115,7 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            ca_cert: var("NONSTOP_CA_CERT").filter(|s| !s.is_empty()).map(PathBuf::from),
         };
         (config, warnings)
     }

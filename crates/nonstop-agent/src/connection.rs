@@ -5,11 +5,12 @@
 //! receives the full rule set; later sets replace it whole. Responses and statuses are queued
 //! without blocking (a bounded buffer that drops the oldest and counts what it dropped) and
 //! shipped by the thread. Lost connections are retried with exponential backoff and jitter.
+//! `https://` servers are reached over TLS (rustls).
 //!
 //! ```ignore
 //! # use nonstop_model::AgentInfo;
 //! # fn demo(info: AgentInfo) {
-//! let link = Link::start(LinkConfig { server: "http://127.0.0.1:7070".into(), token: None, info });
+//! let link = Link::start(LinkConfig::new("http://127.0.0.1:7070", None, info));
 //! if let Some(rules) = link.latest_rules() {
 //!     // arm what is new, disarm what is gone
 //! #   drop(rules);
@@ -19,9 +20,10 @@
 
 use nonstop_model::{AgentInfo, AgentMessage, Response, Rule, RuleStatus, ServerMessage};
 use std::collections::VecDeque;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -56,6 +58,21 @@ pub struct LinkConfig {
     pub token: Option<String>,
     /// This agent, as sent in every hello.
     pub info: AgentInfo,
+    /// For an `https://` server: trust the certificates in this PEM file (e.g. the server's
+    /// self-signed one) instead of the public roots.
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl LinkConfig {
+    /// A config for `server` with the public roots for `https://`.
+    pub fn new(server: impl Into<String>, token: Option<String>, info: AgentInfo) -> LinkConfig {
+        LinkConfig {
+            server: server.into(),
+            token,
+            info,
+            ca_cert: None,
+        }
+    }
 }
 
 /// The link to the server. Dropping it stops the thread.
@@ -153,6 +170,22 @@ impl Link {
     }
 
     /// Stops the thread and waits for it (at most about one read wait, or a connect attempt).
+    /// Waits, at most `timeout`, until what is queued has gone out (used at exit). Returns
+    /// at once when not connected: nothing would send it.
+    pub fn flush(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        while self.connected() && Instant::now() < until {
+            {
+                let out = lock(&self.shared.outbox);
+                if out.responses.is_empty() && out.statuses.is_empty() {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the link thread and waits for it.
     pub fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
@@ -188,6 +221,8 @@ struct Runner<'a> {
     /// The last problem logged, so each is logged once until the state changes.
     logged: Option<String>,
     rng: u64,
+    /// TLS settings, made on first use.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl<'a> Runner<'a> {
@@ -202,6 +237,7 @@ impl<'a> Runner<'a> {
             shared,
             logged: None,
             rng: seed | 1,
+            tls: None,
         }
     }
 
@@ -254,9 +290,15 @@ impl<'a> Runner<'a> {
         half + half.mul_f64((self.rng % 1000) as f64 / 1000.0)
     }
 
-    fn connect(&self) -> Result<WebSocket<TcpStream>, Failure> {
-        let server = &self.config.server;
-        let (url, host_port) = ws_url(server)?;
+    fn connect(&mut self) -> Result<WebSocket<Transport>, Failure> {
+        let server = self.config.server.clone();
+        let server = &server;
+        let Target {
+            url,
+            host_port,
+            host,
+            tls,
+        } = target(server)?;
         let addrs: Vec<_> = host_port
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve the nonstop server {server}: {e}; retrying"))?
@@ -284,6 +326,23 @@ impl<'a> Runner<'a> {
         stream
             .set_write_timeout(Some(CONNECT_TIMEOUT))
             .map_err(io)?;
+        let stream = if tls {
+            let config = match &self.tls {
+                Some(c) => c.clone(),
+                None => {
+                    let c = tls_config(self.config.ca_cert.as_deref())?;
+                    self.tls = Some(c.clone());
+                    c
+                }
+            };
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| format!("server address {server}: {e}"))?;
+            let conn = rustls::ClientConnection::new(config, name)
+                .map_err(|e| format!("TLS to {server}: {e}"))?;
+            Transport::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+        } else {
+            Transport::Plain(stream)
+        };
         let mut request = url
             .as_str()
             .into_client_request()
@@ -303,7 +362,10 @@ impl<'a> Runner<'a> {
             }
             e => Failure::Other(format!("cannot open a WebSocket to {server}: {e}; retrying")),
         })?;
-        ws.get_ref().set_read_timeout(Some(READ_WAIT)).map_err(io)?;
+        ws.get_ref()
+            .tcp()
+            .set_read_timeout(Some(READ_WAIT))
+            .map_err(io)?;
         Ok(ws)
     }
 
@@ -378,7 +440,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Sends queued statuses and responses. What fails to go out is counted as dropped.
-    fn ship(&mut self, ws: &mut WebSocket<TcpStream>) -> Result<(), Failure> {
+    fn ship(&mut self, ws: &mut WebSocket<Transport>) -> Result<(), Failure> {
         let (statuses, batch, dropped) = {
             let mut out = lock(&self.shared.outbox);
             let statuses = std::mem::take(&mut out.statuses);
@@ -411,36 +473,126 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// The WebSocket URL and the `HOST:PORT` to connect to, from a server address such as
-/// `http://127.0.0.1:7070`.
-fn ws_url(server: &str) -> Result<(String, String), String> {
+/// Where a server address leads.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    /// The WebSocket URL.
+    url: String,
+    /// `HOST:PORT` to connect to.
+    host_port: String,
+    /// The host name (or IP address) the certificate must name, for TLS.
+    host: String,
+    /// Whether to speak TLS.
+    tls: bool,
+}
+
+/// The target of a server address such as `http://127.0.0.1:7070` or `https://nonstop.corp`.
+fn target(server: &str) -> Result<Target, String> {
     let s = server.trim_end_matches('/');
     let (scheme, rest) = s
         .split_once("://")
         .ok_or_else(|| format!("server address {s:?} needs a scheme: http://HOST:PORT"))?;
-    let (ws_scheme, port) = match scheme {
-        "http" | "ws" => ("ws", 80),
-        "https" | "wss" => {
+    let (ws_scheme, port, tls) = match scheme {
+        "http" | "ws" => ("ws", 80, false),
+        "https" | "wss" => ("wss", 443, true),
+        _ => {
             return Err(format!(
-                "server address {s:?}: this agent does not speak TLS yet; use http://"
+                "server address {s:?}: use http://HOST:PORT or https://HOST:PORT"
             ));
         }
-        _ => return Err(format!("server address {s:?}: use http://HOST:PORT")),
     };
     let authority = rest.split('/').next().unwrap_or(rest);
-    let host_port = if authority
+    let has_port = authority
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']')
-    {
-        authority.to_string()
+        && !authority.ends_with(']');
+    let (host_port, host) = if has_port {
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        (authority.to_string(), host)
     } else {
-        format!("{authority}:{port}")
+        (format!("{authority}:{port}"), authority)
     };
-    Ok((format!("{ws_scheme}://{authority}/agent/v1/ws"), host_port))
+    if host.is_empty() {
+        return Err(format!("server address {s:?} has no host"));
+    }
+    Ok(Target {
+        url: format!("{ws_scheme}://{authority}/agent/v1/ws"),
+        host_port,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        tls,
+    })
 }
 
-fn send(ws: &mut WebSocket<TcpStream>, msg: &AgentMessage) -> Result<(), Failure> {
+/// TLS client settings: the certificates of `ca_cert`, or the public roots.
+fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!("{} holds no usable certificate", path.display()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The byte stream under the WebSocket.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn send(ws: &mut WebSocket<Transport>, msg: &AgentMessage) -> Result<(), Failure> {
     let text = serde_json::to_string(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
     ws.send(Message::text(text)).map_err(|e| {
         Failure::Other(format!(
@@ -454,25 +606,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn server_addresses_become_websocket_urls() {
-        let url = |s: &str| ws_url(s).map(|(u, hp)| format!("{u} {hp}"));
+    fn server_addresses_become_websocket_targets() {
+        let t =
+            |s: &str| target(s).map(|t| format!("{} {} {} {}", t.url, t.host_port, t.host, t.tls));
         assert_eq!(
-            url("http://127.0.0.1:7070").unwrap(),
-            "ws://127.0.0.1:7070/agent/v1/ws 127.0.0.1:7070"
+            t("http://127.0.0.1:7070").unwrap(),
+            "ws://127.0.0.1:7070/agent/v1/ws 127.0.0.1:7070 127.0.0.1 false"
         );
         assert_eq!(
-            url("http://nonstop.internal/").unwrap(),
-            "ws://nonstop.internal/agent/v1/ws nonstop.internal:80"
+            t("http://nonstop.internal/").unwrap(),
+            "ws://nonstop.internal/agent/v1/ws nonstop.internal:80 nonstop.internal false"
         );
         assert_eq!(
-            url("ws://[::1]:9").unwrap(),
-            "ws://[::1]:9/agent/v1/ws [::1]:9"
+            t("https://nonstop.corp").unwrap(),
+            "wss://nonstop.corp/agent/v1/ws nonstop.corp:443 nonstop.corp true"
         );
         assert_eq!(
-            url("http://[::1]").unwrap(),
-            "ws://[::1]/agent/v1/ws [::1]:80"
+            t("ws://[::1]:9").unwrap(),
+            "ws://[::1]:9/agent/v1/ws [::1]:9 ::1 false"
         );
-        assert!(url("https://x").unwrap_err().contains("TLS"));
-        assert!(url("127.0.0.1:7070").unwrap_err().contains("scheme"));
+        assert_eq!(
+            t("http://[::1]").unwrap(),
+            "ws://[::1]/agent/v1/ws [::1]:80 ::1 false"
+        );
+        assert!(t("127.0.0.1:7070").unwrap_err().contains("scheme"));
+        assert!(t("http://:7070").unwrap_err().contains("no host"));
     }
 }

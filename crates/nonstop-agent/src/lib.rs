@@ -25,6 +25,7 @@
 
 mod agent;
 pub mod config;
+pub mod connection;
 mod limits;
 mod offline;
 pub mod redact;
@@ -75,6 +76,10 @@ pub(crate) fn say(message: &str) {
 }
 
 fn start_inner() -> bool {
+    if preloaded_library_is_loaded() && !this_copy_is_the_preloaded_library() {
+        // The preloaded library runs the agent for this process.
+        return false;
+    }
     let (config, warnings) = Config::from_env();
     for w in &warnings {
         say(w);
@@ -82,80 +87,142 @@ fn start_inner() -> bool {
     if config.disabled {
         return false;
     }
-    let Some(rules_path) = config.rules.clone() else {
-        if config.server.is_none() {
-            say("no NONSTOP_RULES or NONSTOP_SERVER set; the agent stays idle");
+    if let Some(rules_path) = config.rules.clone() {
+        // Offline: arm the rules present at start before the program goes on.
+        let mut agent = match build_agent(&config) {
+            Ok(a) => a,
+            Err(message) => {
+                say(&format!("{message}; the agent stays off"));
+                return false;
+            }
+        };
+        let mut channel = Channel::Offline(
+            offline::RulesFile::new(rules_path),
+            offline::ResponseFile::new(config.out.clone(), config.status.clone()),
+        );
+        if let Some(rules) = channel.poll_rules() {
+            agent.sync(rules);
         }
+        if let Some(statuses) = agent.check() {
+            channel.statuses(statuses);
+        }
+        return spawn_agent_thread(move || Some((agent, channel)));
+    }
+    let Some(server) = config.server.clone() else {
+        say("no NONSTOP_SERVER or NONSTOP_RULES set; the agent stays idle");
         return false;
     };
-    let engine = match nonstop_probe::Engine::get() {
-        Ok(e) => e,
-        Err(e) => {
-            say(&format!(
-                "cannot start the probe engine: {e}; the agent stays off"
-            ));
-            return false;
+    // Online: everything, debug info included, happens on the agent thread; the program
+    // does not wait for the server or for its own debug info.
+    spawn_agent_thread(move || {
+        let agent = match build_agent(&config) {
+            Ok(a) => a,
+            Err(message) => {
+                say(&format!("{message}; the agent stays off"));
+                return None;
+            }
+        };
+        let link = connection::Link::start(connection::LinkConfig {
+            server,
+            token: config.token.clone(),
+            info: agent_info(&config, agent.id()),
+            ca_cert: config.ca_cert.clone(),
+        });
+        Some((agent, Channel::Online(link)))
+    })
+}
+
+/// Where rules come from and responses go.
+enum Channel {
+    /// A rules file and a responses file.
+    Offline(offline::RulesFile, offline::ResponseFile),
+    /// The server.
+    Online(connection::Link),
+}
+
+impl Channel {
+    fn poll_rules(&mut self) -> Option<Vec<nonstop_model::Rule>> {
+        match self {
+            Channel::Offline(file, _) => file.poll(),
+            Channel::Online(link) => link.latest_rules(),
         }
-    };
-    let exe = match std::fs::read_link("/proc/self/exe") {
-        Ok(p) => p,
-        Err(e) => {
-            say(&format!(
-                "cannot find the executable (/proc/self/exe: {e}); the agent stays off"
-            ));
-            return false;
+    }
+
+    fn responses(&mut self, responses: Vec<nonstop_model::Response>) {
+        match self {
+            Channel::Offline(_, out) => out.responses(&responses),
+            Channel::Online(link) => link.send_responses(responses),
         }
-    };
-    let debug = match nonstop_debuginfo::DebugInfo::load(&exe) {
-        Ok(d) => Arc::new(d),
-        Err(e) => {
-            say(&format!("{e}; the agent stays off"));
-            return false;
+    }
+
+    fn statuses(&mut self, statuses: Vec<nonstop_model::RuleStatus>) {
+        match self {
+            Channel::Offline(_, out) => out.statuses(&statuses),
+            Channel::Online(link) => link.send_status(statuses),
         }
-    };
-    let bias = match debug.load_bias_in(None) {
-        Ok(b) => b,
-        Err(e) => {
-            say(&format!(
-                "cannot find where {} is loaded: {e}; the agent stays off",
-                exe.display()
-            ));
-            return false;
-        }
-    };
-    let stacks = match nonstop_debuginfo::Stacks::new_for_self() {
-        Ok(s) => s,
-        Err(e) => {
-            say(&format!(
-                "cannot read this process's modules for stack traces: {e}; the agent stays off"
-            ));
-            return false;
-        }
-    };
+    }
+}
+
+/// Loads what the agent needs about this process: the engine, the executable's debug info,
+/// where it is loaded, and the modules for stack traces.
+fn build_agent(config: &Config) -> Result<Agent, String> {
+    let engine =
+        nonstop_probe::Engine::get().map_err(|e| format!("cannot start the probe engine: {e}"))?;
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(|e| format!("cannot find the executable (/proc/self/exe: {e})"))?;
+    let debug = Arc::new(nonstop_debuginfo::DebugInfo::load(&exe).map_err(|e| e.to_string())?);
+    let bias = debug
+        .load_bias_in(None)
+        .map_err(|e| format!("cannot find where {} is loaded: {e}", exe.display()))?;
+    let stacks = nonstop_debuginfo::Stacks::new_for_self()
+        .map_err(|e| format!("cannot read this process's modules for stack traces: {e}"))?;
     stacks.share_debug_info(&exe, Arc::clone(&debug));
     let identity = Identity {
-        agent: format!("{}-{}", hostname(), std::process::id()),
+        agent: format!(
+            "{}-{}-{:04x}",
+            hostname(),
+            std::process::id(),
+            nonstop_probe::monotonic_ns() & 0xffff
+        ),
         service: config.service.clone(),
     };
     let redactor = redact::Redactor::new(config.redact.clone());
-    let mut agent = Agent::new(identity, debug, bias, stacks, engine, redactor);
-    let mut source = offline::RulesFile::new(rules_path);
-    let mut sink = offline::ResponseFile::new(config.out.clone(), config.status.clone());
-    // Arm the rules present at start before the program goes on.
-    if let Some(rules) = source.poll() {
-        agent.sync(rules);
+    Ok(Agent::new(identity, debug, bias, stacks, engine, redactor))
+}
+
+fn agent_info(config: &Config, id: &str) -> nonstop_model::wire::AgentInfo {
+    nonstop_model::wire::AgentInfo {
+        id: id.to_owned(),
+        service: config.service.clone(),
+        version: std::env::var("NONSTOP_VERSION")
+            .ok()
+            .filter(|v| !v.is_empty()),
+        commit: config.commit.clone(),
+        host: hostname(),
+        pid: std::process::id(),
+        labels: config.labels.clone(),
+        started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     }
-    if let Some(statuses) = agent.check() {
-        sink.statuses(&statuses);
-    }
+}
+
+/// Starts the agent thread, which first runs `setup`; registers the exit flush.
+fn spawn_agent_thread(setup: impl FnOnce() -> Option<(Agent, Channel)> + Send + 'static) -> bool {
     let spawned = std::thread::Builder::new()
         .name("nonstop-agent".into())
         .spawn(move || {
-            let run =
-                std::panic::AssertUnwindSafe(|| run_offline(&mut agent, &mut source, &mut sink));
+            let run = std::panic::AssertUnwindSafe(|| {
+                if let Some((mut agent, mut channel)) = setup() {
+                    run(&mut agent, &mut channel);
+                }
+            });
             if std::panic::catch_unwind(run).is_err() {
+                if let Ok(engine) = nonstop_probe::Engine::get() {
+                    engine.disarm_all();
+                }
                 say("the agent stopped after an internal error; its probes are disarmed");
             }
+            // Whatever happened, an exiting program must not wait for this thread.
+            mark_flushed();
         });
     if let Err(e) = spawned {
         say(&format!("cannot start the agent thread: {e}"));
@@ -165,11 +232,15 @@ fn start_inner() -> bool {
     true
 }
 
-fn run_offline(
-    agent: &mut Agent,
-    source: &mut offline::RulesFile,
-    sink: &mut offline::ResponseFile,
-) {
+fn mark_flushed() {
+    let (lock, done) = &FLUSHED;
+    if let Ok(mut flushed) = lock.lock() {
+        *flushed = true;
+    }
+    done.notify_all();
+}
+
+fn run(agent: &mut Agent, channel: &mut Channel) {
     agent.warm_up();
     let mut last_check = Instant::now();
     loop {
@@ -178,23 +249,23 @@ fn run_offline(
         let busy = !hits.is_empty();
         if busy {
             let responses = agent.respond(hits);
-            sink.responses(&responses);
+            if !responses.is_empty() {
+                channel.responses(responses);
+            }
         }
         if exiting || last_check.elapsed() >= Duration::from_millis(200) {
             last_check = Instant::now();
-            if !exiting && let Some(rules) = source.poll() {
+            if !exiting && let Some(rules) = channel.poll_rules() {
                 agent.sync(rules);
             }
             if let Some(statuses) = agent.check() {
-                sink.statuses(&statuses);
+                channel.statuses(statuses);
             }
         }
         if exiting {
-            let (lock, done) = &FLUSHED;
-            if let Ok(mut flushed) = lock.lock() {
-                *flushed = true;
+            if let Channel::Online(link) = channel {
+                link.flush(EXIT_FLUSH_WAIT / 2);
             }
-            done.notify_all();
             return;
         }
         if !busy {
@@ -214,9 +285,32 @@ fn hostname() -> String {
 nonstop_probe::on_load!(preload_start);
 
 fn preload_start() {
-    let preloaded = std::env::var_os("LD_PRELOAD")
-        .is_some_and(|v| v.to_string_lossy().contains("libnonstop_agent"));
-    if preloaded {
+    if preloaded_library_is_loaded() && this_copy_is_the_preloaded_library() {
         start();
     }
+}
+
+/// Whether `LD_PRELOAD` names the agent library.
+fn preloaded_library_is_loaded() -> bool {
+    std::env::var_os("LD_PRELOAD").is_some_and(|v| v.to_string_lossy().contains("libnonstop_agent"))
+}
+
+/// Whether this copy of the agent's code is the one in `libnonstop_agent.so` (and not a copy
+/// linked into the program): a program that links the agent and is also run with it
+/// preloaded must get one agent, not two fighting over the same traps.
+fn this_copy_is_the_preloaded_library() -> bool {
+    let here = preload_start as *const () as usize as u64;
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return false;
+    };
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap_or("");
+        let path = fields.nth(4).unwrap_or("");
+        let (lo, hi) = range.split_once('-').unwrap_or(("", ""));
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
+            return false;
+        };
+        (lo..hi).contains(&here) && path.ends_with("libnonstop_agent.so")
+    })
 }

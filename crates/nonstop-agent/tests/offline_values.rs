@@ -44,16 +44,34 @@ fn check_values(build: Build) {
         );
         for (response, printed) in got.iter().zip(&expected) {
             assert_eq!(response.location.line, marks("orders.rs")[mark]);
+            let mut available = 0;
             for (var, text) in printed {
                 let value = response.locals.get(var).unwrap_or_else(|| {
                     panic!("{mark}: `{var}` missing from {:?}", response.locals)
                 });
+                // Optimized code may keep no location for a variable at this address (or
+                // only its value at function entry): the agent must say so, never guess.
+                if build == Build::Release
+                    && let Some(why) = &value.error
+                {
+                    assert!(
+                        why == "optimized out" || why.starts_with("unavailable here"),
+                        "{mark}: `{var}`: {why}"
+                    );
+                    continue;
+                }
+                available += 1;
                 assert_eq!(
                     &debug_string(value),
                     text,
                     "{mark}: `{var}` in a {build:?} build: {value:?}"
                 );
             }
+            assert!(
+                available * 2 >= printed.len(),
+                "{mark}: only {available} of {} variables available in a {build:?} build",
+                printed.len()
+            );
             assert!(!response.frames.is_empty());
             assert_eq!(response.frames[0].line, Some(marks("orders.rs")[mark]));
         }

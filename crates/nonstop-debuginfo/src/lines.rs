@@ -343,7 +343,8 @@ impl DebugInfo {
         // Runs of a function's opening line other than its entry (cleanup and landing
         // pads rustc attributes to it) are dropped once the entry was found.
         let mut entered: Vec<(usize, gimli::UnitOffset)> = Vec::new();
-        let mut others: Vec<(usize, gimli::UnitOffset, Site)> = Vec::new();
+        type Keyed = (Option<(usize, gimli::UnitOffset)>, Site);
+        let mut others: Vec<(usize, gimli::UnitOffset, Keyed)> = Vec::new();
         for run in here.iter().filter(|r| r.is_stmt || !any_stmt) {
             let ui = run.unit as usize;
             let chain = self.scope_chain(ui, run.addr)?;
@@ -371,6 +372,11 @@ impl DebugInfo {
             } else {
                 self.scope_chain(ui, address)?
             };
+            let instance = chain
+                .iter()
+                .rev()
+                .find(|s| s.is_function())
+                .map(|s| (ui, s.offset));
             let site = Site {
                 address,
                 functions: self.functions_at(ui, &chain, address),
@@ -379,8 +385,8 @@ impl DebugInfo {
                 is_stmt: run.is_stmt,
             };
             match function {
-                Some((u, o)) if !moved => others.push((u, o, site)),
-                _ => sites.push(site),
+                Some((u, o)) if !moved => others.push((u, o, (instance, site))),
+                _ => sites.push((instance, site)),
             }
         }
         for (u, o, site) in others {
@@ -388,7 +394,21 @@ impl DebugInfo {
                 sites.push(site);
             }
         }
-        sites.sort_by_key(|s| s.address);
+        // One execution of a line must be one hit: keep the first address of the line in
+        // each function instance (a subprogram, or one inlined copy of it), as gdb does.
+        // The line's later runs in the same instance (a loop's increment, code the
+        // compiler split) would fire again for the same execution.
+        sites.sort_by_key(|(_, s)| s.address);
+        let mut seen = Vec::new();
+        sites.retain(|(instance, _)| match instance {
+            Some(key) if seen.contains(key) => false,
+            Some(key) => {
+                seen.push(*key);
+                true
+            }
+            None => true,
+        });
+        let mut sites: Vec<Site> = sites.into_iter().map(|(_, s)| s).collect();
         sites.dedup_by_key(|s| s.address);
         Ok(sites)
     }

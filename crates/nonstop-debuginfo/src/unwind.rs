@@ -828,10 +828,18 @@ impl Stacks {
         frames
     }
 
-    /// Loads the names of every module now, so the first hit does not wait for them.
-    pub fn warm_up(&self) {
+    /// Loads the names of every module now, so the first hit does not wait for them —
+    /// except modules whose file name starts with `skip_prefix` (the agent's own library:
+    /// its code is never in the program's stacks, and its debug info is large).
+    pub fn warm_up(&self, skip_prefix: &str) {
         for m in self.unwinder.modules() {
-            let _ = self.symbols_for(m.path());
+            let own = m
+                .path()
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(skip_prefix));
+            if !own {
+                let _ = self.symbols_for(m.path());
+            }
         }
     }
 

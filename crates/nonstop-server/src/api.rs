@@ -362,50 +362,131 @@ pub async fn list_responses(
 pub struct StreamQuery {
     /// Only this rule's responses.
     pub rule: Option<String>,
+    /// Start after the response with this event id (as the `Last-Event-ID` header does).
+    pub after: Option<i64>,
     /// The UI's token (read by the auth layer, ignored here).
     #[serde(default, rename = "token")]
     _token: Option<serde::de::IgnoredAny>,
 }
 
-/// `GET /api/v1/responses/stream`: Server-Sent Events, each event's data one Response JSON.
+/// Responses read from the store per step when a stream catches up.
+const CATCH_UP: u64 = 1000;
+
+/// The state of one live stream.
+struct Stream {
+    app: Arc<App>,
+    rx: tokio::sync::broadcast::Receiver<Arc<crate::LiveResponse>>,
+    rule: Option<String>,
+    /// The id of the last response sent (or resumed after); 0 before any.
+    last: i64,
+    /// Responses read from the store, not yet sent.
+    backlog: std::collections::VecDeque<(i64, String)>,
+    /// Whether the store may hold more than the backlog (a full page was read).
+    behind: bool,
+}
+
+impl Stream {
+    /// Reads the next page of what was stored after `last`.
+    async fn catch_up(&mut self) {
+        let (rule, after) = (self.rule.clone(), self.last);
+        match self
+            .app
+            .blocking(move |s| s.responses_after(rule.as_deref(), after, CATCH_UP))
+            .await
+        {
+            Ok(page) => {
+                self.behind = page.len() as u64 == CATCH_UP;
+                self.backlog.extend(
+                    page.into_iter()
+                        .filter_map(|(id, r)| serde_json::to_string(&r).ok().map(|j| (id, j))),
+                );
+            }
+            Err(e) => {
+                tracing::error!("a live stream cannot catch up: {e}");
+                self.behind = false;
+            }
+        }
+    }
+
+    /// The next event, or `None` when the server stops.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Stream)> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.backlog.is_empty() && self.behind {
+                self.catch_up().await;
+            }
+            if let Some((id, json)) = self.backlog.pop_front() {
+                self.last = id;
+                let event = Event::default().id(id.to_string()).data(json);
+                return Some((Ok(event), self));
+            }
+            match self.rx.recv().await {
+                Ok(live) => {
+                    let wanted = self.rule.as_deref().is_none_or(|r| r == live.rule);
+                    if live.id > self.last && wanted {
+                        self.last = live.id;
+                        let event = Event::default()
+                            .id(live.id.to_string())
+                            .data(live.json.as_str());
+                        return Some((Ok(event), self));
+                    }
+                }
+                // Fallen behind the live channel: what was missed is in the store.
+                Err(RecvError::Lagged(n)) if self.last > 0 => {
+                    tracing::debug!(missed = n, "a live stream catches up from the store");
+                    self.behind = true;
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "a live stream fell behind before its first response"
+                    );
+                    let note = Event::default().comment("missed responses: the stream fell behind");
+                    return Some((Ok(note), self));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/responses/stream`: Server-Sent Events, each event's data one Response JSON
+/// and its id the response's id in the store. A client that reconnects with
+/// `Last-Event-ID` (or `?after=ID`) first gets what it missed, then the live ones.
 pub async fn stream_responses(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     q: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     if let Some(r) = &q.rule {
         checked_id(r)?;
     }
-    let rx = app.live.subscribe();
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Last-Event-ID must be an event id this stream sent")
+                })?,
+        ),
+        None => q.after,
+    };
+    // Subscribe before reading the store, so nothing falls between the two.
+    let stream = Stream {
+        rx: app.live.subscribe(),
+        rule: q.rule,
+        last: resume.unwrap_or(0).max(0),
+        backlog: Default::default(),
+        behind: resume.is_some(),
+        app: app.clone(),
+    };
     let mut shutdown = app.shutdown.clone();
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };
-    let filter = q.rule;
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        match rx.recv().await {
-            Ok(item) => Some((Ok::<_, Infallible>(Some(item)), rx)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "a live stream fell behind and missed responses");
-                Some((Ok(None), rx))
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-        }
-    })
-    .filter_map(move |item| {
-        let out = match item {
-            Ok(Some(live)) if filter.as_deref().is_none_or(|f| f == live.rule) => {
-                Some(Ok(Event::default().data(live.json.as_str())))
-            }
-            Ok(Some(_)) => None,
-            Ok(None) => Some(Ok(
-                Event::default().comment("missed responses: the stream fell behind")
-            )),
-            Err(e) => Some(Err(e)),
-        };
-        std::future::ready(out)
-    })
-    .take_until(Box::pin(stop));
+    let events = futures_util::stream::unfold(stream, Stream::next).take_until(Box::pin(stop));
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

@@ -206,6 +206,8 @@ impl ServerHandle {
 
 /// A stored response on its way to live streams.
 pub(crate) struct LiveResponse {
+    /// Its id in the store; live streams send it as the event id.
+    id: i64,
     rule: String,
     json: String,
 }
@@ -285,11 +287,14 @@ impl App {
                 "responses for inactive or full rules dropped"
             );
         }
-        for r in ins.stored {
+        for (id, r) in ins.stored {
             if let Ok(json) = serde_json::to_string(&r) {
-                let _ = self
-                    .live
-                    .send(Arc::new(LiveResponse { rule: r.rule, json }));
+                let live = LiveResponse {
+                    id,
+                    rule: r.rule,
+                    json,
+                };
+                let _ = self.live.send(Arc::new(live));
             }
         }
         if !ins.done.is_empty() {

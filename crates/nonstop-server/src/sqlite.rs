@@ -481,11 +481,13 @@ impl Store for SqliteStore {
                 what: "response",
                 source,
             })?;
-            tx.execute(
-                "INSERT INTO responses (rule, agent, time, json) VALUES (?1, ?2, ?3, ?4)",
-                params![resp.rule, resp.agent, now_ms, json],
-            )
-            .map_err(db)?;
+            let rid: i64 = tx
+                .query_row(
+                    "INSERT INTO responses (rule, agent, time, json) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    params![resp.rule, resp.agent, now_ms, json],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
             let finished = tx
                 .execute(
                     "UPDATE rules SET state = 'done', enabled = 0
@@ -499,7 +501,7 @@ impl Store for SqliteStore {
             if !touched.contains(&resp.rule) {
                 touched.push(resp.rule.clone());
             }
-            out.stored.push(resp);
+            out.stored.push((rid, resp));
         }
         for rule in &touched {
             tx.execute(
@@ -527,6 +529,36 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         Ok(n as u64)
+    }
+
+    fn responses_after(
+        &self,
+        rule: Option<&str>,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, Response)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id, json FROM responses WHERE id > ?1 AND (?2 IS NULL OR rule = ?2)
+                 ORDER BY id LIMIT ?3",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map(params![after, rule, to_i64(limit)], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, json) = row.map_err(db)?;
+            let resp = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+                what: "response",
+                source,
+            })?;
+            out.push((id, resp));
+        }
+        Ok(out)
     }
 
     fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError> {
@@ -622,6 +654,15 @@ mod tests {
         let kept = s.responses(Some("r-b"), 100).unwrap();
         let msgs: Vec<_> = kept.iter().map(|r| r.message.clone().unwrap()).collect();
         assert_eq!(msgs, ["hit 3", "hit 4"]);
+        let after = s.responses_after(Some("r-b"), 0, 100).unwrap();
+        let ids: Vec<i64> = after.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids[0] < ids[1]);
+        assert_eq!(
+            s.responses_after(Some("r-b"), ids[0], 100).unwrap().len(),
+            1
+        );
+        assert_eq!(s.responses_after(None, 0, 100).unwrap().len(), 4);
         let old = Retention {
             per_rule: 100,
             max_age_ms: 5,

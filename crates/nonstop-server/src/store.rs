@@ -121,8 +121,8 @@ impl Default for Retention {
 /// What [`Store::insert_responses`] did.
 #[derive(Debug, Default)]
 pub struct Inserted {
-    /// The responses stored (and so to stream), in order.
-    pub stored: Vec<Response>,
+    /// The responses stored (and so to stream), in order, with their ids (which increase).
+    pub stored: Vec<(i64, Response)>,
     /// Responses refused: unknown or inactive rule, or past the rule's max hits.
     pub refused: usize,
     /// Rules that reached their max hits with this batch.
@@ -187,6 +187,14 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes responses older than `retention` allows (inserts do this too; this covers
     /// rules that stopped receiving). Returns how many went.
     fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError>;
+    /// Up to `limit` responses stored after the one with id `after` (of one rule, or all),
+    /// oldest first, with their ids: what a live stream missed.
+    fn responses_after(
+        &self,
+        rule: Option<&str>,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<(i64, Response)>, StoreError>;
     /// The newest `limit` responses (of one rule, or all), oldest first.
     fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError>;
 }

@@ -91,12 +91,16 @@ fn responses_are_stored_and_streamed_and_statuses_shown() {
     });
 
     let mut streamed = Vec::new();
+    let mut ids = Vec::new();
     while streamed.len() < 2 {
         let line = lines.next().unwrap().unwrap();
         if let Some(data) = line.strip_prefix("data: ") {
             streamed.push(serde_json::from_str::<Value>(data).unwrap());
+        } else if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.to_string());
         }
     }
+    assert_eq!(ids.len(), 2, "every event carries its id");
     let want: Vec<Value> = [&sent[0], &sent[2]]
         .iter()
         .map(|r| serde_json::to_value(r).unwrap())
@@ -106,6 +110,20 @@ fn responses_are_stored_and_streamed_and_statuses_shown() {
         streamed[0]["locals"],
         json!({"n": {"type": "u32", "value": 1}})
     );
+
+    // A client that reconnects with Last-Event-ID gets what came after, from the store.
+    let resumed = http
+        .get(s.url(&format!("/api/v1/responses/stream?rule={id}")))
+        .header("Authorization", format!("Bearer {}", s.admin))
+        .header("Last-Event-ID", &ids[0])
+        .call()
+        .unwrap();
+    let first = BufReader::new(resumed.into_body().into_reader())
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&first).unwrap(), want[1]);
 
     let stored = s.get_json(&format!("/api/v1/responses?rule={id}"));
     assert_eq!(stored, json!(want));

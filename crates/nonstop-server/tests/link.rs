@@ -13,11 +13,11 @@ use connection::{Link, LinkConfig};
 use serde_json::json;
 
 fn link(s_addr: std::net::SocketAddr, token: &str, id: &str) -> Link {
-    Link::start(LinkConfig {
-        server: format!("http://{s_addr}"),
-        token: Some(token.to_string()),
-        info: info(id, "checkout"),
-    })
+    Link::start(LinkConfig::new(
+        format!("http://{s_addr}"),
+        Some(token.to_string()),
+        info(id, "checkout"),
+    ))
 }
 
 #[test]

@@ -152,12 +152,15 @@ impl Client {
     }
 
     /// `GET path` as Server-Sent Events: an iterator over each event's data.
-    pub fn events(&self, path: &str) -> Result<Events> {
-        let resp = self
+    /// After a reconnect, `last_event_id` asks the server for what came after that event.
+    pub fn events(&self, path: &str, last_event_id: Option<&str>) -> Result<Events> {
+        let mut req = self
             .auth(self.agent.get(self.url(path)))
-            .header("Accept", "text/event-stream")
-            .call()
-            .map_err(|e| self.unreachable(e))?;
+            .header("Accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.call().map_err(|e| self.unreachable(e))?;
         let resp = self.check(resp)?;
         let reader = resp.into_body().into_with_config().limit(u64::MAX).reader();
         Ok(Events {
@@ -186,16 +189,26 @@ fn trusting(path: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
         .build())
 }
 
-/// The data of each event of a Server-Sent Events stream.
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its `id:`, when it has one.
+    pub id: Option<String>,
+    /// Its `data:` lines, joined by newlines.
+    pub data: String,
+}
+
+/// The events of a Server-Sent Events stream.
 pub struct Events {
     lines: BufReader<Box<dyn Read + Send>>,
 }
 
 impl Iterator for Events {
-    type Item = Result<String>;
+    type Item = Result<Event>;
 
-    fn next(&mut self) -> Option<Result<String>> {
+    fn next(&mut self) -> Option<Result<Event>> {
         let mut data: Option<String> = None;
+        let mut id: Option<String> = None;
         let mut line = String::new();
         loop {
             line.clear();
@@ -206,22 +219,26 @@ impl Iterator for Events {
             }
             let l = line.trim_end_matches(['\r', '\n']);
             if l.is_empty() {
-                if let Some(d) = data.take() {
-                    return Some(Ok(d));
+                if let Some(data) = data.take() {
+                    return Some(Ok(Event { id, data }));
                 }
+                id = None;
                 continue;
             }
-            if let Some(rest) = l.strip_prefix("data:") {
-                let rest = rest.strip_prefix(' ').unwrap_or(rest);
-                match &mut data {
+            let (field, value) = l.split_once(':').unwrap_or((l, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => match &mut data {
                     Some(d) => {
                         d.push('\n');
-                        d.push_str(rest);
+                        d.push_str(value);
                     }
-                    None => data = Some(rest.to_string()),
-                }
+                    None => data = Some(value.to_string()),
+                },
+                "id" => id = Some(value.to_string()),
+                // Comments (empty field), `event:` and `retry:` carry nothing we use.
+                _ => {}
             }
-            // Comments (`:`), `event:`, `id:` and `retry:` lines carry nothing we use.
         }
     }
 }

@@ -123,7 +123,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
 }
 
-fn path_id(id: &str) -> Result<&str> {
+/// `id` if it can be a rule id (and so goes into a URL as it is).
+pub(crate) fn path_id(id: &str) -> Result<&str> {
     if id.is_empty()
         || !id
             .bytes()

@@ -1,6 +1,6 @@
 //! `nonstop tail`: responses as they arrive.
 
-use crate::client::{Client, ServerArgs};
+use crate::client::{Client, Events, ServerArgs};
 use anyhow::{Result, anyhow};
 use nonstop_model::Response;
 use std::io::Write;
@@ -27,11 +27,15 @@ pub struct Args {
     pub timeout: Option<Duration>,
 }
 
-/// Streams until `--count` responses, `--timeout`, or the stream ends.
+/// Streams until `--count` responses or `--timeout`; without either, for as long as it is
+/// left running (reconnecting when the server restarts).
 pub fn run(args: Args) -> Result<ExitCode> {
     let client = Client::new(&args.server)?;
     let path = match &args.rule {
-        Some(r) => format!("/api/v1/responses/stream?rule={r}"),
+        Some(r) => format!(
+            "/api/v1/responses/stream?rule={}",
+            crate::cmd_rules::path_id(r)?
+        ),
         None => "/api/v1/responses/stream".to_string(),
     };
     if args.count == Some(0) {
@@ -39,17 +43,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let deadline = args.timeout.map(|t| Instant::now() + t);
     // The stream blocks in reads; a reader thread lets the deadline win over a quiet stream.
+    // It also reconnects when the stream ends (the server restarted), resuming after the
+    // last event so nothing is missed or repeated.
+    let first = client.events(&path, None)?;
     let (tx, rx) = mpsc::channel();
-    let events = client.events(&path)?;
     std::thread::Builder::new()
         .name("nonstop-tail".into())
-        .spawn(move || {
-            for e in events {
-                if tx.send(e).is_err() {
-                    return;
-                }
-            }
-        })?;
+        .spawn(move || follow(&client, &path, first, &tx))?;
     let mut seen = 0u64;
     let mut out = std::io::stdout().lock();
     loop {
@@ -68,9 +68,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             None => rx.recv().ok(),
         };
         let Some(data) = next else {
-            return Err(anyhow!("the server closed the live stream (stopped?)"));
+            return Err(anyhow!("the live stream stopped"));
         };
-        let data = data?;
         let line = if args.json { data } else { human(&data) };
         if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
@@ -82,6 +81,43 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if args.count.is_some_and(|n| seen >= n) {
             return Ok(ExitCode::SUCCESS);
         }
+    }
+}
+
+/// Sends each event's data to `tx` until the receiver goes; reconnects when the stream ends.
+fn follow(client: &Client, path: &str, first: Events, tx: &mpsc::Sender<String>) {
+    let mut events = first;
+    let mut last: Option<String> = None;
+    loop {
+        let mut why = "the server closed it".to_string();
+        for e in events.by_ref() {
+            match e {
+                Ok(e) => {
+                    if e.id.is_some() {
+                        last.clone_from(&e.id);
+                    }
+                    if tx.send(e.data).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    why = format!("{e:#}");
+                    break;
+                }
+            }
+        }
+        eprintln!("nonstop: the live stream ended ({why}); reconnecting");
+        let mut wait = Duration::from_millis(500);
+        events = loop {
+            std::thread::sleep(wait);
+            match client.events(path, last.as_deref()) {
+                Ok(ev) => {
+                    eprintln!("nonstop: reconnected to the live stream");
+                    break ev;
+                }
+                Err(_) => wait = (wait * 2).min(Duration::from_secs(10)),
+            }
+        };
     }
 }
 

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 
 mod client;
 mod cmd_agents;
+mod cmd_demo;
 mod cmd_rules;
+mod cmd_run;
 mod cmd_serve;
 mod cmd_tail;
 mod cmd_where;
@@ -33,6 +35,10 @@ enum Command {
     /// Show what a location resolves to: addresses, function and inline chain, variables
     /// in scope with types and availability.
     Where(cmd_where::Args),
+    /// Run any native program with the nonstop agent preloaded.
+    Run(cmd_run::RunArgs),
+    /// Start the server, a demo shop under the agent and traffic to it; prints where to look.
+    Demo(cmd_demo::DemoArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -43,6 +49,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Tail(a) => cmd_tail::run(a),
         Command::Agents(a) => cmd_agents::run(a),
         Command::Where(args) => cmd_where::run(&args),
+        Command::Run(args) => cmd_run::run(args),
+        Command::Demo(args) => cmd_demo::run(args),
     }
 }
 

@@ -35,9 +35,13 @@ fn serve() -> Serve {
 }
 
 fn serve_with(home: tempfile::TempDir, extra: &[&str]) -> Serve {
+    serve_at(home, "127.0.0.1:0", extra)
+}
+
+fn serve_at(home: tempfile::TempDir, listen: &str, extra: &[&str]) -> Serve {
     let data = home.path().join("data");
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .args(["serve", "--listen", listen, "--data"])
         .arg(&data)
         .args(extra)
         .env("HOME", home.path())
@@ -79,6 +83,13 @@ fn serve_with(home: tempfile::TempDir, extra: &[&str]) -> Serve {
 }
 
 impl Serve {
+    /// Stops the server process; returns its home (with the data folder) for a restart.
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.home, tempfile::tempdir().unwrap())
+    }
+
     fn cli(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
@@ -339,4 +350,78 @@ fn the_cli_talks_https_to_a_server_with_its_own_certificate() {
     // Without trusting the certificate the CLI refuses to talk.
     let out = s.cli(&["rules", "list"]).output().unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn tail_follows_the_stream_across_a_server_restart() {
+    let s = serve();
+    let id = stdout(&s.run(&["rules", "add", "cart::add", "--log", "added {n}"]))
+        .trim()
+        .to_string();
+    let mut tail = s
+        .cli(&["tail", "--json", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(tail.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let batch = |n: u32| {
+        let m = AgentMessage::Responses {
+            responses: vec![response(&id, n)],
+            dropped: 0,
+        };
+        Message::text(serde_json::to_string(&m).unwrap())
+    };
+    let n_of = |line: &str| {
+        serde_json::from_str::<Value>(line).unwrap()["locals"]["n"]["value"]
+            .as_u64()
+            .unwrap()
+    };
+    // Responses 1, 2, 3… until tail shows one (it may subscribe after the first sends).
+    let mut ws = s.fake_agent("cli-agent");
+    let mut seen = Vec::new();
+    let mut n = 0;
+    while seen.is_empty() {
+        n += 1;
+        assert!(n < 100, "tail shows nothing");
+        ws.send(batch(n)).unwrap();
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push(n_of(&l));
+        }
+    }
+
+    // The server restarts on the same address; tail reconnects and goes on after the last
+    // response it showed: nothing twice, nothing stored missed.
+    let addr = s.base.strip_prefix("http://").unwrap().to_string();
+    let home = s.kill();
+    drop(ws);
+    let s = serve_at(home, &addr, &[]);
+    let mut ws = s.fake_agent("cli-agent");
+    let after_restart = 1000;
+    ws.send(batch(after_restart)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.last() != Some(&u64::from(after_restart)) {
+        assert!(
+            Instant::now() < deadline,
+            "tail did not follow the restart: {seen:?}"
+        );
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(300)) {
+            seen.push(n_of(&l));
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "each response once, in order");
+    let _ = tail.kill();
+    let _ = tail.wait();
 }

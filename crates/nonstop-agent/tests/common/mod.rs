@@ -62,19 +62,36 @@ pub fn build_fixture(name: &str, build: Build) -> PathBuf {
     out
 }
 
-/// The agent library built with this test (`target/<profile>/libnonstop_agent.so`).
+/// The agent library (`target/<profile>/libnonstop_agent.so`), brought up to date first:
+/// cargo builds the library's `rlib` for these tests but does not always rebuild the
+/// `cdylib` beside it when a dependency changed.
 pub fn agent_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    for candidate in [
-        profile_dir.join("libnonstop_agent.so"),
-        profile_dir.join("deps/libnonstop_agent.so"),
-    ] {
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    panic!("libnonstop_agent.so not found next to {}", exe.display());
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+            let target_dir = profile_dir.parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "nonstop-agent",
+                "--lib",
+                "--target-dir",
+            ])
+            .arg(target_dir);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().unwrap();
+            assert!(status.success(), "building the agent library failed");
+            let lib = profile_dir.join("libnonstop_agent.so");
+            assert!(lib.exists(), "{} missing after the build", lib.display());
+            lib
+        })
+        .clone()
 }
 
 /// The line numbers of `// @mark NAME` comments in a fixture.

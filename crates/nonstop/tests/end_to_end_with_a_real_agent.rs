@@ -1,0 +1,289 @@
+//! End to end: the real server (`nonstop serve`), real programs under the real agent
+//! (`nonstop run`), and the CLI (`rules add|rm`, `tail --json`, `agents --json`), all as
+//! processes talking over loopback.
+
+use nonstop_model::Response;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const NONSTOP: &str = env!("CARGO_BIN_EXE_nonstop");
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The ticker fixture, built with debug info, and the agent library beside `nonstop`.
+fn ticker() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = Path::new(NONSTOP);
+            let profile_dir = exe.parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "nonstop-agent", "--lib", "--target-dir"])
+                .arg(profile_dir.parent().unwrap());
+            if profile_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().unwrap().success(), "building the agent failed");
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ticker");
+            let ok = Command::new("rustc")
+                .args(["--edition", "2021", "-C", "debuginfo=2", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            out
+        })
+        .clone()
+}
+
+fn mark_line() -> u32 {
+    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs")).unwrap();
+    src.lines().position(|l| l.contains("// @mark tick")).unwrap() as u32 + 1
+}
+
+/// A `nonstop serve` process on a fixed port with its data folder.
+struct Server {
+    child: Child,
+    url: String,
+    data: PathBuf,
+}
+
+impl Server {
+    fn start(port: u16, data: &Path) -> Server {
+        let child = Command::new(NONSTOP)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, url, data: data.to_path_buf() }
+    }
+
+    fn token(&self, which: &str) -> String {
+        std::fs::read_to_string(self.data.join(format!("{which}.token"))).unwrap().trim().to_owned()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(NONSTOP)
+            .args(args)
+            .args(["--server", &self.url, "--token", &self.token("admin")])
+            .output()
+            .unwrap()
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A program under `nonstop run`, its stdout collected as it goes.
+struct Program {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Program {
+    fn start(server: &Server, ticks: u64, name: &str) -> Program {
+        let mut child = Command::new(NONSTOP)
+            .args(["run", "--server", &server.url, "--token", &server.token("agent"), "--service", "ticker", "--"])
+            .arg(ticker())
+            .args([ticks.to_string(), name.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Program { child, out, reader: Some(reader) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn finish(mut self) -> (bool, String) {
+        let ok = self.child.wait().unwrap().success();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let out = self.out.lock().unwrap().clone();
+        (ok, out)
+    }
+}
+
+fn expected_output(ticks: u64, name: &str) -> String {
+    (0..ticks).map(|n| format!("{n} {name}-{n} {}\n", n * n)).collect()
+}
+
+fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.cli(&["agents", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            let connected = v
+                .as_array()
+                .map(|a| a.iter().filter(|x| x["connected"] == true).count())
+                .unwrap_or(0);
+            if connected >= n {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "{n} agents did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn add_rule(server: &Server, args: &[&str]) -> String {
+    let mut all = vec!["rules", "add", &*Box::leak(format!("ticker.rs:{}", mark_line()).into_boxed_str())];
+    all.extend_from_slice(args);
+    let out = server.cli(&all);
+    assert!(out.status.success(), "rules add: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
+    let out = server.cli(&["tail", "--rule", rule, "--json", "--count", &count.to_string(), "--timeout", timeout]);
+    let responses = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad response {l}: {e}")))
+        .collect();
+    (out.status.success(), responses)
+}
+
+fn value(r: &Response, name: &str) -> serde_json::Value {
+    serde_json::to_value(r.locals.get(name).unwrap_or_else(|| panic!("no {name} in {:?}", r.locals))).unwrap()
+}
+
+#[test]
+fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
+    let data = tmp("rules");
+    let server = Server::start(free_port(), &data);
+    let program = Program::start(&server, 400, "alpha");
+    wait_for_agents(&server, 1);
+
+    let snap = add_rule(&server, &["--snapshot", "--service", "ticker", "--max-hits", "2"]);
+    let (ok, got) = tail(&server, &snap, 2, "30s");
+    assert!(ok, "tail ended before 2 responses");
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_eq!(r.rule, snap);
+        assert_eq!(r.service, "ticker");
+        assert_eq!(r.location.line, mark_line());
+        assert_eq!(r.frames[0].function, "ticker::tick");
+        let n = value(r, "n")["value"].as_u64().unwrap();
+        assert_eq!(value(r, "label")["value"], format!("alpha-{n}"));
+        assert_eq!(value(r, "square")["value"], n * n);
+        assert_eq!(value(r, "name")["value"], "alpha");
+        assert_eq!(value(r, "t")["value"]["label"]["value"], format!("alpha-{n}"));
+    }
+
+    let log = add_rule(&server, &["--log", "tick {n}: {label} squared is {square}", "--service", "ticker"]);
+    let (ok, got) = tail(&server, &log, 3, "30s");
+    assert!(ok);
+    for r in &got {
+        let msg = r.message.as_deref().unwrap();
+        let n: u64 = msg.split(&[' ', ':'][..]).nth(1).unwrap().parse().unwrap();
+        assert_eq!(msg, format!("tick {n}: alpha-{n} squared is {}", n * n));
+    }
+
+    let rm = server.cli(&["rules", "rm", &log]);
+    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, late) = tail(&server, &log, 1, "2s");
+    assert!(late.is_empty(), "responses after removal: {late:?}");
+
+    let (ok, out) = program.finish();
+    assert!(ok);
+    assert_eq!(out, expected_output(400, "alpha"));
+}
+
+#[test]
+fn two_instances_of_a_service_both_receive_a_rule() {
+    let data = tmp("two");
+    let server = Server::start(free_port(), &data);
+    let a = Program::start(&server, 400, "one");
+    let b = Program::start(&server, 400, "two");
+    wait_for_agents(&server, 2);
+    let rule = add_rule(&server, &["--log", "{label}", "--service", "ticker"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut agents = std::collections::BTreeSet::new();
+    let mut names = std::collections::BTreeSet::new();
+    while (agents.len() < 2 || names.len() < 2) && Instant::now() < deadline {
+        let (_, got) = tail(&server, &rule, 10, "3s");
+        for r in got {
+            agents.insert(r.agent.clone());
+            names.insert(r.message.unwrap_or_default().split('-').next().unwrap_or("").to_owned());
+        }
+    }
+    assert_eq!(agents.len(), 2, "responses from {agents:?}");
+    assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["one", "two"]);
+    assert_eq!(a.finish().1, expected_output(400, "one"));
+    assert_eq!(b.finish().1, expected_output(400, "two"));
+}
+
+#[test]
+fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
+    let data = tmp("restart");
+    let port = free_port();
+    let server = Server::start(port, &data);
+    let program = Program::start(&server, 600, "gamma");
+    wait_for_agents(&server, 1);
+    let rule = add_rule(&server, &["--log", "{n}", "--service", "ticker"]);
+    let (ok, _) = tail(&server, &rule, 1, "30s");
+    assert!(ok);
+
+    server.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let server = Server::start(port, &data);
+    // The rule survived the restart, the agent reconnected and re-synced.
+    let shown = server.cli(&["rules", "show", &rule, "--json"]);
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    wait_for_agents(&server, 1);
+    let (ok, got) = tail(&server, &rule, 2, "30s");
+    assert!(ok, "no responses after the server came back");
+    assert_eq!(got.len(), 2);
+    let pid = program.pid();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let (ok, out) = program.finish();
+    assert!(ok);
+    assert_eq!(out, expected_output(600, "gamma"));
+}
