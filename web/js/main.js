@@ -79,11 +79,15 @@ async function loadServices() {
   const sel = $('service');
   const names = state.services.map((s) => s.service);
   if (state.service && !names.includes(state.service)) names.push(state.service);
+  names.sort();
+  renderSourceStatus();
+  // Rebuilt only when the set changes, so an open picker is not closed under the mouse.
+  if (names.join('\n') === state.serviceNames) return;
+  state.serviceNames = names.join('\n');
   const cur = sel.value;
   fill(sel, names.length === 0 ? h('option', { value: '' }, 'no services yet') : null,
-    names.sort().map((n) => h('option', { value: n }, n)));
+    names.map((n) => h('option', { value: n }, n)));
   sel.value = state.service || cur;
-  renderSourceStatus();
   const svc = $('resp-service');
   const had = svc.value;
   fill(svc, h('option', { value: '' }, 'all services'), names.map((n) => h('option', { value: n }, n)));
