@@ -337,6 +337,18 @@ const codeView = new CodeView($('code'), (line) => {
 });
 const rulesPane = new RulesPane($('rules'), {
   onOpen: (rule, at) => openAgentPath(rule.service || state.service, at.file, at.line),
+  onEdit: (rule) => {
+    const at = splitAt(rule.at) || { file: rule.at, line: 0 };
+    openRuleForm($('rule-dialog'), {
+      service: rule.service || '', path: at.file, line: at.line,
+      lines: state.path && samePath(at.file, state.path) ? codeView.lines : [],
+      agents: state.agents, existing: rule,
+      onCreated: async () => {
+        await api(`/rules/${encodeURIComponent(rule.id)}`, { method: 'DELETE' }).catch((e) => toast(e.message, 'error'));
+        pollRules();
+      },
+    });
+  },
   onChange: (views) => {
     state.rules = views;
     $('rules-count').textContent = String(views.length);
@@ -351,7 +363,7 @@ const responses = new Responses($('responses'), {
   onFrame: (file, line, r) => openAgentPath(r.service, file, line),
   onCount: (text) => { $('resp-count').textContent = text; },
   onLive: setLive,
-  onRules: () => {},
+  onRules: (r) => rulesPane.hit(r),
 });
 window.nonstop = { responses, state };
 

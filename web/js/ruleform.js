@@ -25,7 +25,7 @@ const DEFAULTS = {
  * Opens the form for `path:line` of `service`. `lines`: the file's text lines (to find
  * the enclosing function); `agents`: the agents list; `onCreated(view)` after a 201.
  */
-export function openRuleForm(dialog, { service, path, line, lines, agents, onCreated }) {
+export function openRuleForm(dialog, { service, path, line, lines, agents, onCreated, existing }) {
   const lang = languageOf(path);
   const fn = lines && lines.length ? enclosingFunction(lines, line, lang || 'rust') : null;
   const metricName = `${basename(path).replace(/\.\w+$/, '')}_${line}`.replace(/[^A-Za-z0-9_]/g, '_');
@@ -182,7 +182,28 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
       h('div', { class: 'full' }, error)),
     h('div', { class: 'buttons' }, h('button', { type: 'button', onclick: () => dialog.close() }, 'Cancel'), create));
   fill(dialog, form);
-  choose('snapshot');
+  if (existing) {
+    // Editing makes a new rule from the old one's fields; the old one goes once the new one is in.
+    const m = existing.metric || {};
+    const k = existing.action === 'log' ? 'log'
+      : existing.action === 'metric' ? (m.kind === 'count' ? 'count' : 'measure') : 'snapshot';
+    choose(k);
+    f.at.value = existing.at;
+    if (existing.template) f.template.value = existing.template;
+    if (m.name) f.metricName.value = m.name;
+    if (m.kind && m.kind !== 'count') f.metricKind.value = m.kind;
+    if (m.value) f.value.value = m.value;
+    f.when.value = existing.when || '';
+    f.labels.value = Object.entries(existing.labels || {}).map(([a, b]) => `${a}=${b}`).join(',');
+    f.maxHits.value = existing.max_hits ?? '';
+    f.rate.value = existing.rate || '';
+    f.expires.value = existing.expires || '';
+    for (const [name, input] of Object.entries(limits)) input.value = (existing.limits || {})[name] ?? '';
+    f.to.value = (existing.to || []).join(',');
+    form.querySelector('h2').textContent = `Edit rule ${existing.id} (saving replaces it)`;
+    create.textContent = 'Replace rule';
+    update();
+  } else choose('snapshot');
   dialog.showModal();
   f.at.focus();
   return { choose };

@@ -28,9 +28,11 @@ export function describe(rule) {
 }
 
 export class RulesPane {
-  constructor(el, { onOpen, onChange }) {
+  constructor(el, { onOpen, onChange, onEdit }) {
     this.el = el;
     this.onOpen = onOpen;
+    this.onEdit = onEdit;
+    this.lastHit = new Map();
     this.onChange = onChange;
     this.views = [];
     this.json = '';
@@ -46,6 +48,11 @@ export class RulesPane {
     this.views = views;
     this.render();
     this.onChange(views);
+  }
+
+  /** Notes a response's time as its rule's last hit (shown at the next render). */
+  hit(response) {
+    this.lastHit.set(response.rule, response.time);
   }
 
   render() {
@@ -67,8 +74,10 @@ export class RulesPane {
         h('span', { class: `pill ${status}`, title: `state ${v.state}` }, status),
         at ? h('button', { class: 'link at', title: 'open in the code pane', onclick: () => this.onOpen(r, at) }, r.at)
           : h('span', { class: 'at' }, r.at),
-        h('span', { class: 'muted' }, `${v.hits} hit${v.hits === 1 ? '' : 's'}`),
+        h('span', { class: 'muted' }, `${v.hits} hit${v.hits === 1 ? '' : 's'}`,
+          this.lastHit.has(r.id) ? `, last ${ago(this.lastHit.get(r.id))}` : ''),
         h('span', { class: 'actions' },
+          h('button', { title: `edit rule ${r.id}`, 'aria-label': `edit rule ${r.id}`, onclick: () => this.onEdit(r) }, 'Edit'),
           h('button', { class: 'danger', title: `delete rule ${r.id}`, 'aria-label': `delete rule ${r.id}`, onclick: () => this.remove(r.id) }, 'Delete'))),
       h('div', { class: 'what' }, describe(r), r.when ? ` when ${r.when}` : ''),
       h('div', { class: 'what' }, `${r.id} · ${r.service || 'every service'}`,

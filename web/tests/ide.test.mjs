@@ -259,6 +259,18 @@ try {
     }
   });
 
+  await check('editing a rule replaces it', async () => {
+    await page.click(`#rules .rule[data-rule="${ruleId}"] button[aria-label^="edit"]`);
+    await page.locator('#rule-dialog[open]').waitFor();
+    assert.equal(await page.inputValue('#rf-template'), 'total is {total} for {qty}');
+    await page.fill('#rf-template', 'total={total}');
+    await page.click('#rf-create');
+    await page.locator(`#rules .rule[data-rule="${ruleId}"]`).waitFor({ state: 'detached' });
+    const card = page.locator('#rules .rule', { hasText: 'total={total}' });
+    await card.waitFor();
+    ruleId = await card.getAttribute('data-rule');
+  });
+
   await check('the rule is deleted from the rules pane', async () => {
     await page.click('#tree button.file[data-path="src/cart.rs"]');
     await page.locator(`#rules .rule[data-rule="${ruleId}"] button.danger`).click();
