@@ -89,7 +89,7 @@ export class RulesPane {
         : h('ul', { class: 'statuses' }, agents.map((a) => h('li', {},
           h('span', { class: `pill ${a.status}` }, a.status), ' ', h('span', { class: 'mono' }, a.agent),
           a.connected ? '' : h('span', { class: 'muted' }, ' (gone)'),
-          ` · ${a.hits} hits`, a.dropped ? ` · ${a.dropped} dropped` : '', a.probes ? ` · ${a.probes} probes` : '',
+          ` · ${a.hits} hits`, a.dropped ? ` · ${a.dropped} dropped` : '', a.probes ? ` · ${a.probes} probe${a.probes === 1 ? '' : 's'}` : '',
           h('span', { class: 'muted' }, ` · ${ago(a.updated)}`),
           a.message ? h('div', { class: a.status === 'error' ? 'error' : 'muted' }, a.message) : null))));
   }

@@ -142,6 +142,7 @@ try {
 
   await check('the live response arrives; a variable expands with its marks', async () => {
     await page.locator('#responses .resp', { hasText: 'total is' }).first().waitFor();
+    await page.waitForFunction(() => document.querySelectorAll('#responses .resp').length >= 4);
     // Pause, so that the rows stay where they are while we look (new ones wait).
     await page.click('#resp-pause');
     await page.locator('#resp-pause', { hasText: 'Resume' }).waitFor();
@@ -161,6 +162,8 @@ try {
 
   await check('the screenshot of the IDE in use', async () => {
     await page.locator('#rules .rule .statuses .pill.armed').first().waitFor();
+    await page.locator('#rules .rule .head', { hasText: /[1-9]\d* hits?/ }).first().waitFor();
+    await page.locator('#toasts .toast').first().waitFor({ state: 'detached' });
     await page.screenshot({ path: SHOT });
   });
 
