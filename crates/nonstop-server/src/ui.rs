@@ -7,12 +7,14 @@
 //! browser accepts it; an `ETag` (a hash of the bytes) lets the browser revalidate cheaply
 //! (`Cache-Control: no-cache`, since the names carry no version).
 
+use crate::App;
 use crate::api::ApiError;
-use axum::extract::Path;
+use axum::extract::{Path, State};
+use axum::http::Uri;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::io::Write;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// The files of `web/` (without its tests): name, content type, bytes.
 const FILES: &[(&str, &str, &[u8])] = &[
@@ -156,9 +158,31 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
     }
 }
 
-/// `GET /`: the IDE page.
-pub async fn index(headers: HeaderMap) -> Response {
+/// Compares without an early exit, so timing does not tell how much of a guess was right.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// `GET /`: the IDE page. With the admin token in `?token=`, it also sets the token's
+/// cookie (as the API does); a wrong token still gets the page, which says what is wrong.
+pub async fn index(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap) -> Response {
     let mut resp = serve("index.html", &headers);
+    let given = uri
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("token=")));
+    if let (Some(tokens), Some(t)) = (&app.tokens, given)
+        && same(t, &tokens.admin)
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{}={t}; Path=/; HttpOnly; SameSite=Strict",
+            crate::auth::COOKIE
+        ))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
     // The page runs only its own scripts and talks only to this server.
     resp.headers_mut().insert(
         header::CONTENT_SECURITY_POLICY,
