@@ -22,6 +22,7 @@ export class Responses {
     this.limit = PAGE;
     this.queue = [];
     this.paused = false;
+    this.pausedNew = 0;
     this.filter = { rule: '', service: '' };
     this.frame = 0;
     this.list = h('div', { class: 'list' });
@@ -70,8 +71,9 @@ export class Responses {
     this.onRules(r);
     if (!this.matches(r)) return;
     this.queue.push(r);
-    if (!this.paused && !this.frame) this.frame = requestAnimationFrame(() => this.flush());
-    else this.count();
+    if (this.paused) this.pausedNew++;
+    // One render (or, paused, one count) per frame, however fast responses come.
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.flush());
   }
 
   matches(r) {
@@ -81,7 +83,13 @@ export class Responses {
   /** Renders what arrived since the last frame, in one go. */
   flush() {
     this.frame = 0;
-    if (this.paused || this.queue.length === 0) return;
+    if (this.paused) {
+      // Keep what waits bounded too: only the newest page can ever be shown at once.
+      if (this.queue.length > this.limit) this.queue.splice(0, this.queue.length - this.limit);
+      this.count();
+      return;
+    }
+    if (this.queue.length === 0) return;
     const batch = this.queue.length > this.limit ? this.queue.slice(-this.limit) : this.queue;
     this.queue = [];
     const frag = document.createDocumentFragment();
@@ -99,13 +107,14 @@ export class Responses {
   count() {
     const total = this.all.filter((r) => this.matches(r)).length;
     this.empty.hidden = total > 0;
-    this.moreButton.hidden = this.shown >= total - (this.paused ? this.queue.length : 0);
-    const waiting = this.paused && this.queue.length ? `, ${this.queue.length} new while paused` : '';
+    this.moreButton.hidden = this.shown >= total - (this.paused ? this.pausedNew : 0);
+    const waiting = this.paused && this.pausedNew ? `, ${this.pausedNew} new while paused` : '';
     this.onCount(`${this.shown} shown of ${total}${waiting}`);
   }
 
   rerender() {
     this.queue = [];
+    this.pausedNew = 0;
     const matching = this.all.filter((r) => this.matches(r));
     const rows = matching.slice(-this.limit).reverse().map((r) => this.row(r));
     this.list.replaceChildren(...rows);
@@ -126,6 +135,7 @@ export class Responses {
 
   setPaused(p) {
     this.paused = p;
+    if (!p) this.pausedNew = 0;
     if (!p && this.queue.length) this.flush();
     this.count();
   }
