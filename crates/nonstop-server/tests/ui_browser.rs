@@ -4,7 +4,9 @@
 //! over real WebSockets.
 //!
 //! Needs what `web/tests/setup.sh` installs (chromium, node, playwright-core). Without it
-//! the test says so and passes, unless `NONSTOP_REQUIRE_BROWSER=1` (CI sets it).
+//! the test says so and passes, unless `NONSTOP_REQUIRE_BROWSER=1` (CI sets it). The
+//! screenshot goes to `docs/ide.png` with `NONSTOP_UPDATE_SCREENSHOT=1`, else under the
+//! target folder.
 
 mod common;
 
@@ -389,7 +391,12 @@ fn the_ide_creates_a_rule_shows_live_responses_and_says_what_is_wrong_in_place()
         ),
     ];
 
-    let screenshot = workspace().join("docs/ide.png");
+    // The README's screenshot is rewritten only when asked, so a test run leaves the tree clean.
+    let screenshot = if std::env::var_os("NONSTOP_UPDATE_SCREENSHOT").is_some() {
+        workspace().join("docs/ide.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("ide.png")
+    };
     std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
     let out = Command::new("node")
         .arg(workspace().join("web/tests/ide.test.mjs"))
