@@ -14,7 +14,7 @@
 //! | route | token |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
-//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
 //! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is

@@ -919,6 +919,43 @@ async fn requested_commit(
     Ok(agents_commit(&agents, service).map(|(c, a)| (c, Some(a))))
 }
 
+/// The other commits that connected agents of `service` run besides `shown` (a rollout in
+/// progress, or instances left behind).
+async fn other_commits(app: &Arc<App>, service: &str) -> Result<Vec<String>, ApiError> {
+    let agents = app.blocking(|s| s.agents()).await?;
+    let mut commits: Vec<String> = agents
+        .iter()
+        .filter(|a| a.connected && a.info.service == service)
+        .filter_map(|a| a.info.commit.clone())
+        .collect();
+    commits.sort();
+    commits.dedup();
+    Ok(commits)
+}
+
+/// Adds to `at`'s warning when the service's agents run several commits.
+fn note_mixed(at: &mut At, commits: &[String]) {
+    if commits.len() < 2 {
+        return;
+    }
+    let shown = at
+        .commit
+        .as_deref()
+        .or(at.requested.as_deref())
+        .unwrap_or("");
+    let list: Vec<&str> = commits.iter().map(|c| &c[..c.len().min(10)]).collect();
+    let note = format!(
+        "this service's agents run {} commits ({}); shown: {}",
+        commits.len(),
+        list.join(", "),
+        &shown[..shown.len().min(10)]
+    );
+    at.warning = Some(match at.warning.take() {
+        Some(w) => format!("{w}\n{note}"),
+        None => note,
+    });
+}
+
 async fn on_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -1039,10 +1076,16 @@ pub(crate) async fn list_files(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
     let source = source_of(&app, &service)?;
+    let mixed = if q.commit.is_none() {
+        other_commits(&app, &service).await?
+    } else {
+        Vec::new()
+    };
     let requested = requested_commit(&app, &service, q.commit).await?;
     let git = app.sources.git.clone();
     let view = on_blocking(move || {
-        let at = pick_commit(&source, git.as_ref(), requested)?;
+        let mut at = pick_commit(&source, git.as_ref(), requested)?;
+        note_mixed(&mut at, &mixed);
         let (files, truncated) = tree_of(&source, git.as_ref(), &at)?;
         let (status, error) = source.status();
         Ok(serde_json::json!({
@@ -1063,10 +1106,16 @@ pub(crate) async fn read_file(
     let q = query(q)?;
     let path = relative_path(&path).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
     let source = source_of(&app, &service)?;
+    let mixed = if q.commit.is_none() {
+        other_commits(&app, &service).await?
+    } else {
+        Vec::new()
+    };
     let requested = requested_commit(&app, &service, q.commit).await?;
     let git = app.sources.git.clone();
     on_blocking(move || {
-        let at = pick_commit(&source, git.as_ref(), requested)?;
+        let mut at = pick_commit(&source, git.as_ref(), requested)?;
+        note_mixed(&mut at, &mixed);
         let Blob { size, bytes } = match &source.spec {
             SourceSpec::Folder { path: root } => read_folder_file(root, &path)?,
             SourceSpec::Git(g) => {
@@ -1155,11 +1204,17 @@ pub(crate) async fn resolve(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
     let source = source_of(&app, &service)?;
+    let mixed = if q.commit.is_none() {
+        other_commits(&app, &service).await?
+    } else {
+        Vec::new()
+    };
     let requested = requested_commit(&app, &service, q.commit).await?;
     let git = app.sources.git.clone();
     let path = q.path;
     on_blocking(move || {
-        let at = pick_commit(&source, git.as_ref(), requested)?;
+        let mut at = pick_commit(&source, git.as_ref(), requested)?;
+        note_mixed(&mut at, &mixed);
         let (files, _) = tree_of(&source, git.as_ref(), &at)?;
         let (parts, found) = suffix_matches(&files, &path);
         if found.is_empty() {

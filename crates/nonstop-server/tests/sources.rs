@@ -200,6 +200,18 @@ fn a_git_source_is_read_at_the_agents_commit_and_says_when_it_falls_back() {
     assert_eq!(status, 400);
     let r = s.get_json("/api/v1/services/svc/resolve?path=/home/ci/repo/svc/src/lib.rs");
     assert_eq!(r["path"], json!("src/lib.rs"));
+
+    // A rollout: agents at two commits. The newest seen is shown, and the mix is said.
+    let _b = hello(&s, "b-1", "svc", &second);
+    let mixed = s.get_json("/api/v1/services/svc/files");
+    assert_eq!(mixed["at"]["commit"], json!(second));
+    assert!(
+        mixed["at"]["warning"]
+            .as_str()
+            .unwrap()
+            .contains("run 2 commits"),
+        "{mixed}"
+    );
 }
 
 #[test]
