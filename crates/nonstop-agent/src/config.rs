@@ -115,7 +115,9 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            ca_cert: var("NONSTOP_CA_CERT").filter(|s| !s.is_empty()).map(PathBuf::from),
+            ca_cert: var("NONSTOP_CA_CERT")
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
         };
         (config, warnings)
     }

@@ -58,19 +58,15 @@ pub struct LinkConfig {
     pub token: Option<String>,
     /// This agent, as sent in every hello.
     pub info: AgentInfo,
-    /// For an `https://` server: trust the certificates in this PEM file (e.g. the server's
-    /// self-signed one) instead of the public roots.
-    pub ca_cert: Option<PathBuf>,
 }
 
 impl LinkConfig {
-    /// A config for `server` with the public roots for `https://`.
+    /// A config for `server`.
     pub fn new(server: impl Into<String>, token: Option<String>, info: AgentInfo) -> LinkConfig {
         LinkConfig {
             server: server.into(),
             token,
             info,
-            ca_cert: None,
         }
     }
 }
@@ -104,7 +100,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Link {
     /// Starts the link thread. It never fails: problems are logged to stderr and retried.
+    /// An `https://` server must have a certificate from a public root; see
+    /// [`Link::start_trusting`] for others.
     pub fn start(config: LinkConfig) -> Link {
+        Link::spawn(config, None)
+    }
+
+    /// [`Link::start`] for an `https://` server whose certificate chains to one in the PEM
+    /// file `ca_cert` (e.g. the server's self-signed certificate) instead of a public root.
+    pub fn start_trusting(config: LinkConfig, ca_cert: PathBuf) -> Link {
+        Link::spawn(config, Some(ca_cert))
+    }
+
+    fn spawn(config: LinkConfig, ca_cert: Option<PathBuf>) -> Link {
         let shared = Arc::new(Shared {
             rules: Mutex::new(None),
             outbox: Mutex::new(Outbox::default()),
@@ -115,8 +123,9 @@ impl Link {
         let thread = std::thread::Builder::new()
             .name("nonstop-link".into())
             .spawn(move || {
-                let run =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| Runner::new(config, &s).run()));
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    Runner::new(config, ca_cert, &s).run()
+                }));
                 s.connected.store(false, Ordering::Relaxed);
                 if run.is_err() {
                     eprintln!(
@@ -217,6 +226,8 @@ impl From<String> for Failure {
 /// The state of the link thread.
 struct Runner<'a> {
     config: LinkConfig,
+    /// The CA to trust for TLS instead of the public roots.
+    ca_cert: Option<PathBuf>,
     shared: &'a Shared,
     /// The last problem logged, so each is logged once until the state changes.
     logged: Option<String>,
@@ -226,7 +237,7 @@ struct Runner<'a> {
 }
 
 impl<'a> Runner<'a> {
-    fn new(config: LinkConfig, shared: &'a Shared) -> Runner<'a> {
+    fn new(config: LinkConfig, ca_cert: Option<PathBuf>, shared: &'a Shared) -> Runner<'a> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -234,6 +245,7 @@ impl<'a> Runner<'a> {
             ^ u64::from(std::process::id()).rotate_left(32);
         Runner {
             config,
+            ca_cert,
             shared,
             logged: None,
             rng: seed | 1,
@@ -330,7 +342,7 @@ impl<'a> Runner<'a> {
             let config = match &self.tls {
                 Some(c) => c.clone(),
                 None => {
-                    let c = tls_config(self.config.ca_cert.as_deref())?;
+                    let c = tls_config(self.ca_cert.as_deref())?;
                     self.tls = Some(c.clone());
                     c
                 }

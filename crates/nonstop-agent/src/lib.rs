@@ -11,10 +11,9 @@
 //!
 //! # Example
 //! ```no_run
-//! fn main() {
-//!     nonstop_agent::start();
-//!     // … the program, unchanged …
-//! }
+//! // First thing in `main`:
+//! nonstop_agent::start();
+//! // … the program, unchanged …
 //! ```
 //!
 //! The agent never harms the program: it never panics into it, never blocks its threads
@@ -122,12 +121,15 @@ fn start_inner() -> bool {
                 return None;
             }
         };
-        let link = connection::Link::start(connection::LinkConfig {
+        let link_config = connection::LinkConfig {
             server,
             token: config.token.clone(),
             info: agent_info(&config, agent.id()),
-            ca_cert: config.ca_cert.clone(),
-        });
+        };
+        let link = match config.ca_cert.clone() {
+            Some(ca) => connection::Link::start_trusting(link_config, ca),
+            None => connection::Link::start(link_config),
+        };
         Some((agent, Channel::Online(link)))
     })
 }

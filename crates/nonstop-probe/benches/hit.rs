@@ -1,6 +1,7 @@
 //! Cost per hit of an armed probe: empty plan (emulated and out-of-line sites), a
 //! 5-variable plan, a hit dropped by the rate limit, against the unprobed function; and
-//! zero cost when nothing is armed (bytes unchanged, same timing).
+//! zero cost when nothing is armed (bytes unchanged, same timing); and a compiled-in
+//! `tracing` event with the same number of fields, for comparison.
 //!
 //! `cargo bench -p nonstop-probe --bench hit`
 
@@ -136,6 +137,22 @@ fn bench(c: &mut Criterion) {
     assert_eq!(engine.armed_count(), 0);
     g.bench_function("disarmed again", |b| {
         b.iter_custom(|n| timed_calls(engine, n))
+    });
+
+    // The compiled-in alternative: a `tracing` event with five fields, formatted by the
+    // fmt subscriber into a sink (what a log line costs when it is in the code already).
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        g.bench_function("compiled-in tracing::info! with 5 fields", |b| {
+            b.iter(|| {
+                let (a, bb) = (black_box(7u64), black_box(2u64));
+                tracing::info!(a, b = bb, sum = a + bb, name = "tea", flag = true, "hit");
+                black_box(nonstop_bench_fn(a, bb))
+            })
+        });
     });
     g.finish();
 }

@@ -131,13 +131,12 @@ fn the_link_reaches_an_https_server_that_it_trusts() {
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     let rule = v["rule"]["id"].as_str().unwrap().to_string();
 
-    let mut config = connection::LinkConfig::new(
+    let config = connection::LinkConfig::new(
         format!("https://{}", s.addr),
         Some(s.agent.clone()),
         common::info("tls-agent", "checkout"),
     );
-    config.ca_cert = Some(cert.clone());
-    let link = connection::Link::start(config);
+    let link = connection::Link::start_trusting(config, cert.clone());
     let rules = common::eventually(|| link.latest_rules());
     assert_eq!(rules[0].id, rule);
     link.send_responses(vec![common::response(&rule, "tls-agent", 1)]);

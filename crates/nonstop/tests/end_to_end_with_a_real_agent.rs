@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 const NONSTOP: &str = env!("CARGO_BIN_EXE_nonstop");
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -27,8 +28,15 @@ fn ticker() -> PathBuf {
             let exe = Path::new(NONSTOP);
             let profile_dir = exe.parent().unwrap();
             let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "-p", "nonstop-agent", "--lib", "--target-dir"])
-                .arg(profile_dir.parent().unwrap());
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "nonstop-agent",
+                "--lib",
+                "--target-dir",
+            ])
+            .arg(profile_dir.parent().unwrap());
             if profile_dir.ends_with("release") {
                 cmd.arg("--release");
             }
@@ -48,8 +56,14 @@ fn ticker() -> PathBuf {
 }
 
 fn mark_line() -> u32 {
-    let src = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs")).unwrap();
-    src.lines().position(|l| l.contains("// @mark tick")).unwrap() as u32 + 1
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs"),
+    )
+    .unwrap();
+    src.lines()
+        .position(|l| l.contains("// @mark tick"))
+        .unwrap() as u32
+        + 1
 }
 
 /// A `nonstop serve` process on a fixed port with its data folder.
@@ -74,11 +88,18 @@ impl Server {
             assert!(Instant::now() < deadline, "the server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { child, url, data: data.to_path_buf() }
+        Server {
+            child,
+            url,
+            data: data.to_path_buf(),
+        }
     }
 
     fn token(&self, which: &str) -> String {
-        std::fs::read_to_string(self.data.join(format!("{which}.token"))).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.data.join(format!("{which}.token")))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -103,7 +124,11 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A program under `nonstop run`, its stdout collected as it goes.
@@ -116,7 +141,16 @@ struct Program {
 impl Program {
     fn start(server: &Server, ticks: u64, name: &str) -> Program {
         let mut child = Command::new(NONSTOP)
-            .args(["run", "--server", &server.url, "--token", &server.token("agent"), "--service", "ticker", "--"])
+            .args([
+                "run",
+                "--server",
+                &server.url,
+                "--token",
+                &server.token("agent"),
+                "--service",
+                "ticker",
+                "--",
+            ])
             .arg(ticker())
             .args([ticks.to_string(), name.to_string()])
             .stdout(Stdio::piped())
@@ -133,7 +167,11 @@ impl Program {
                 s.push('\n');
             }
         });
-        Program { child, out, reader: Some(reader) }
+        Program {
+            child,
+            out,
+            reader: Some(reader),
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -151,7 +189,9 @@ impl Program {
 }
 
 fn expected_output(ticks: u64, name: &str) -> String {
-    (0..ticks).map(|n| format!("{n} {name}-{n} {}\n", n * n)).collect()
+    (0..ticks)
+        .map(|n| format!("{n} {name}-{n} {}\n", n * n))
+        .collect()
 }
 
 fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
@@ -173,15 +213,32 @@ fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
 }
 
 fn add_rule(server: &Server, args: &[&str]) -> String {
-    let mut all = vec!["rules", "add", &*Box::leak(format!("ticker.rs:{}", mark_line()).into_boxed_str())];
+    let mut all = vec![
+        "rules",
+        "add",
+        &*Box::leak(format!("ticker.rs:{}", mark_line()).into_boxed_str()),
+    ];
     all.extend_from_slice(args);
     let out = server.cli(&all);
-    assert!(out.status.success(), "rules add: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rules add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
-    let out = server.cli(&["tail", "--rule", rule, "--json", "--count", &count.to_string(), "--timeout", timeout]);
+    let out = server.cli(&[
+        "tail",
+        "--rule",
+        rule,
+        "--json",
+        "--count",
+        &count.to_string(),
+        "--timeout",
+        timeout,
+    ]);
     let responses = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad response {l}: {e}")))
@@ -190,7 +247,12 @@ fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<
 }
 
 fn value(r: &Response, name: &str) -> serde_json::Value {
-    serde_json::to_value(r.locals.get(name).unwrap_or_else(|| panic!("no {name} in {:?}", r.locals))).unwrap()
+    serde_json::to_value(
+        r.locals
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in {:?}", r.locals)),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -200,7 +262,10 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
     let program = Program::start(&server, 400, "alpha");
     wait_for_agents(&server, 1);
 
-    let snap = add_rule(&server, &["--snapshot", "--service", "ticker", "--max-hits", "2"]);
+    let snap = add_rule(
+        &server,
+        &["--snapshot", "--service", "ticker", "--max-hits", "2"],
+    );
     let (ok, got) = tail(&server, &snap, 2, "30s");
     assert!(ok, "tail ended before 2 responses");
     assert_eq!(got.len(), 2);
@@ -213,10 +278,21 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         assert_eq!(value(r, "label")["value"], format!("alpha-{n}"));
         assert_eq!(value(r, "square")["value"], n * n);
         assert_eq!(value(r, "name")["value"], "alpha");
-        assert_eq!(value(r, "t")["value"]["label"]["value"], format!("alpha-{n}"));
+        assert_eq!(
+            value(r, "t")["value"]["label"]["value"],
+            format!("alpha-{n}")
+        );
     }
 
-    let log = add_rule(&server, &["--log", "tick {n}: {label} squared is {square}", "--service", "ticker"]);
+    let log = add_rule(
+        &server,
+        &[
+            "--log",
+            "tick {n}: {label} squared is {square}",
+            "--service",
+            "ticker",
+        ],
+    );
     let (ok, got) = tail(&server, &log, 3, "30s");
     assert!(ok);
     for r in &got {
@@ -226,7 +302,11 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
     }
 
     let rm = server.cli(&["rules", "rm", &log]);
-    assert!(rm.status.success(), "{}", String::from_utf8_lossy(&rm.stderr));
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
     let (_, late) = tail(&server, &log, 1, "2s");
     assert!(late.is_empty(), "responses after removal: {late:?}");
@@ -251,7 +331,14 @@ fn two_instances_of_a_service_both_receive_a_rule() {
         let (_, got) = tail(&server, &rule, 10, "3s");
         for r in got {
             agents.insert(r.agent.clone());
-            names.insert(r.message.unwrap_or_default().split('-').next().unwrap_or("").to_owned());
+            names.insert(
+                r.message
+                    .unwrap_or_default()
+                    .split('-')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned(),
+            );
         }
     }
     assert_eq!(agents.len(), 2, "responses from {agents:?}");
@@ -276,7 +363,11 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     let server = Server::start(port, &data);
     // The rule survived the restart, the agent reconnected and re-synced.
     let shown = server.cli(&["rules", "show", &rule, "--json"]);
-    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
     wait_for_agents(&server, 1);
     let (ok, got) = tail(&server, &rule, 2, "30s");
     assert!(ok, "no responses after the server came back");
