@@ -13,8 +13,8 @@
 //! # Routes and tokens
 //! | route | token |
 //! | --- | --- |
-//! | `GET /healthz`, `GET /api/v1/openapi.json` | none |
-//! | `/`, `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
+//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
 //! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is
@@ -44,9 +44,11 @@ mod api;
 mod auth;
 pub mod clock;
 mod hub;
+pub mod sources;
 pub mod sqlite;
 pub mod store;
 pub mod tls;
+mod ui;
 pub mod validate;
 
 use crate::api::ApiError;
@@ -56,7 +58,7 @@ use crate::store::{Retention, RuleState, Store, StoreError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use nonstop_model::{AgentInfo, Response, Rule};
 use std::collections::HashMap;
@@ -89,6 +91,8 @@ pub struct Config {
     pub retention: Retention,
     /// Serve HTTPS with this certificate and key.
     pub tls: Option<tls::TlsFiles>,
+    /// Where the web IDE reads each service's code (`--source SERVICE=PATH_OR_URL`).
+    pub sources: Vec<(String, sources::SourceSpec)>,
 }
 
 impl Config {
@@ -100,6 +104,7 @@ impl Config {
             auth: true,
             retention: Retention::default(),
             tls: None,
+            sources: Vec::new(),
         }
     }
 }
@@ -218,6 +223,8 @@ pub(crate) struct App {
     shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections per agent id.
     connections: Mutex<HashMap<String, usize>>,
+    /// Where the web IDE reads code.
+    sources: Arc<sources::Sources>,
 }
 
 impl App {
@@ -324,14 +331,8 @@ impl App {
 
 const OPENAPI: &str = include_str!("openapi.json");
 
-const INDEX: &str = "<!doctype html><meta charset=utf-8><title>nonstop</title>\
-<h1>nonstop</h1><p>The server is running. The web IDE is not built into this binary yet; \
-use the API (<a href=\"/api/v1/openapi.json\">OpenAPI</a>) or the CLI: \
-<code>nonstop rules add FILE:LINE</code>, <code>nonstop tail</code>.</p>";
-
 fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
-        .route("/", get(|| async { Html(INDEX) }))
         .route("/api/v1/rules", get(api::list_rules).post(api::create_rule))
         .route(
             "/api/v1/rules/{id}",
@@ -340,6 +341,17 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/responses", get(api::list_responses))
         .route("/api/v1/responses/stream", get(api::stream_responses))
+        .route("/api/v1/services", get(sources::list_services))
+        .route(
+            "/api/v1/services/{service}/source",
+            get(sources::get_source).put(sources::put_source),
+        )
+        .route("/api/v1/services/{service}/files", get(sources::list_files))
+        .route(
+            "/api/v1/services/{service}/files/{*path}",
+            get(sources::read_file),
+        )
+        .route("/api/v1/services/{service}/resolve", get(sources::resolve))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -366,6 +378,8 @@ fn router(app: Arc<App>) -> Router {
             "/api/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/", get(ui::index))
+        .route("/assets/{*path}", get(ui::asset))
         .merge(admin)
         .merge(agent)
         .fallback(|| async {
@@ -441,7 +455,9 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         live: broadcast::channel(1024).0,
         shutdown: stop_rx.clone(),
         connections: Mutex::new(HashMap::new()),
+        sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
     });
+    app.sources.start(stop_rx.clone());
 
     // Rules whose time is up leave every agent's set.
     let expiry_app = app.clone();

@@ -66,7 +66,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .thread_name("nonstop-server")
         .build()
         .context("cannot start the async runtime")?;
-    let config = nonstop_server::Config::new(args.listen, data.clone());
+    let mut config = nonstop_server::Config::new(args.listen, data.clone());
+    // The web IDE shows the shop's code from this checkout when it is there.
+    let shop_source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    if let Ok(path) = shop_source.canonicalize() {
+        config.sources = vec![(
+            "shop".to_string(),
+            nonstop_server::sources::SourceSpec::Folder { path },
+        )];
+    }
     let server = runtime
         .block_on(nonstop_server::serve(config))
         .map_err(|err| {

@@ -30,6 +30,10 @@ pub struct Args {
     /// How long responses are kept, e.g. 7d, 24h.
     #[arg(long, default_value = "7d", value_parser = crate::client::parse_duration)]
     pub keep_for: std::time::Duration,
+    /// Where the web IDE reads a service's code: SERVICE=/path/to/folder or
+    /// SERVICE=URL[#branch] (a Git repository, cloned under DATA/sources); repeatable.
+    #[arg(long = "source", value_name = "SERVICE=PATH_OR_URL", value_parser = nonstop_server::sources::SourceSpec::parse_arg)]
+    pub sources: Vec<(String, nonstop_server::sources::SourceSpec)>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -38,6 +42,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let data = args.data.unwrap_or_else(nonstop_server::default_data_dir);
     let mut config = nonstop_server::Config::new(args.listen, data);
     config.auth = !args.no_auth;
+    config.sources = args.sources;
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(nonstop_server::tls::TlsFiles { cert, key });
     }
