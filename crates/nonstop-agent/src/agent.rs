@@ -2,8 +2,8 @@
 
 use crate::limits::RuleLimits;
 use crate::redact::Redactor;
-use nonstop_expr::{Env, Expr, Template};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
+use nonstop_expr::{Env, Expr, Template};
 use nonstop_model::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_model::{
     Action, CaptureLimits, Frame, Locals, Response, Rule, RuleStatus, SourceLocation, StatusKind,
@@ -216,9 +216,8 @@ impl Agent {
                 let src = rule.template.as_deref().ok_or(
                     "a log rule needs a template: add \"template\": \"paid {order.total}\"",
                 )?;
-                held.template = Some(
-                    Template::parse(src).map_err(|e| format!("bad template:\n{e}"))?,
-                );
+                held.template =
+                    Some(Template::parse(src).map_err(|e| format!("bad template:\n{e}"))?);
             }
             Action::Metric => {
                 return Err(
@@ -247,7 +246,8 @@ impl Agent {
                 .collect();
             let at = |e: String| format!("{e} (at {}:{})", site.file, site.line);
             if let Some(when) = &held.when {
-                when.check_condition(&scope).map_err(|e| at(format!("condition: {e}")))?;
+                when.check_condition(&scope)
+                    .map_err(|e| at(format!("condition: {e}")))?;
             }
             if let Some(t) = &held.template {
                 t.check(&scope).map_err(|e| at(format!("template: {e}")))?;

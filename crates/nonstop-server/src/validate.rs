@@ -60,6 +60,22 @@ pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
     {
         return Err("when is empty: remove it or give a condition such as \"user.id == 7\"".into());
     }
+    // Syntax here; names and types are checked by each agent against the variables in
+    // scope (the server has no debug info).
+    if let Some(w) = &rule.when {
+        nonstop_expr::Expr::parse(w).map_err(|e| format!("when: {e}"))?;
+    }
+    if let Some(t) = &rule.template {
+        nonstop_expr::Template::parse(t).map_err(|e| format!("template: {e}"))?;
+    }
+    if let Some(m) = &rule.metric {
+        if let Some(v) = &m.value {
+            nonstop_expr::Expr::parse(v).map_err(|e| format!("metric value: {e}"))?;
+        }
+        for (tag, expr) in &m.tags {
+            nonstop_expr::Expr::parse(expr).map_err(|e| format!("metric tag {tag}: {e}"))?;
+        }
+    }
     if let Some(n) = rule.max_hits
         && !(1..=MAX_HITS).contains(&n)
     {
@@ -251,6 +267,14 @@ mod tests {
             (r#"{"at":"","action":"snapshot"}"#, "at is empty"),
             (r#"{"at":"a.rs:1","action":"log"}"#, "needs a template"),
             (r#"{"at":"a.rs:1","action":"metric"}"#, "needs a metric"),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","when":"qty >"}"#,
+                "when: unexpected end of input at column 6: expected an expression",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"log","template":"paid {order.total"}"#,
+                "template: ",
+            ),
             (
                 r#"{"at":"a.rs:1","action":"snapshot","max_hits":0}"#,
                 "max_hits",
