@@ -26,11 +26,51 @@ pub struct Identity {
     pub service: String,
 }
 
-/// One probe of an armed rule.
-struct ArmedProbe {
+/// One patched address, shared by every rule that has code there: the engine allows one
+/// probe per address, and two rules on one line (a log line and a snapshot, say) are common.
+struct SiteProbe {
     id: ProbeId,
     site: Site,
+    /// Every variable in scope at the address: the plan's roots, in order.
     vars: Vec<Variable>,
+    /// Whether the plan copies stack for unwinding (some user is a snapshot).
+    stack: bool,
+    /// The engine's rate limit for the probe: at least each user's own rate.
+    per_second: f64,
+    /// The rules using it.
+    users: Vec<String>,
+}
+
+/// A token bucket: one per rule, since a probe may serve several rules.
+struct Gate {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Gate {
+    fn new(per_second: f64, burst: u32) -> Gate {
+        Gate {
+            per_second,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.per_second;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A rule as this agent holds it.
@@ -44,7 +84,13 @@ struct ArmedRule {
     /// Hits whose condition could not be evaluated (counted as false), and the last reason.
     condition_errors: u64,
     last_condition_error: Option<String>,
-    probes: Vec<ArmedProbe>,
+    /// Runtime addresses of the rule's probes (keys of `Agent::sites`).
+    probes: Vec<u64>,
+    /// Variables the rule reads (`None`: all of them, for a snapshot).
+    reads: Option<Vec<String>>,
+    gate: Gate,
+    /// Hits the rule's own rate limit dropped in the agent.
+    gated: u64,
     status: RuleStatus,
     armed_at: Instant,
     /// Hits emitted as responses (exact, across all the rule's probes).
@@ -62,7 +108,8 @@ pub struct Agent {
     engine: &'static Engine,
     redactor: Redactor,
     rules: HashMap<String, ArmedRule>,
-    by_probe: HashMap<ProbeId, (String, usize)>,
+    sites: HashMap<u64, SiteProbe>,
+    by_probe: HashMap<ProbeId, u64>,
     threads: HashMap<u32, String>,
     statuses_changed: bool,
     clock: Clock,
@@ -116,6 +163,7 @@ impl Agent {
             engine,
             redactor,
             rules: HashMap::new(),
+            sites: HashMap::new(),
             by_probe: HashMap::new(),
             threads: HashMap::new(),
             statuses_changed: false,
@@ -156,12 +204,87 @@ impl Agent {
     }
 
     fn disarm_all(&mut self, held: &mut ArmedRule) {
-        for p in held.probes.drain(..) {
-            // A probe that cannot be disarmed stays counted by the engine; nothing else to do.
-            let _ = self.engine.disarm(p.id);
-            self.by_probe.remove(&p.id);
+        for addr in held.probes.drain(..) {
+            let Some(site) = self.sites.get_mut(&addr) else {
+                continue;
+            };
+            site.users.retain(|u| *u != held.rule.id);
+            if site.users.is_empty() {
+                // A probe that cannot be disarmed stays counted by the engine; nothing else to do.
+                let _ = self.engine.disarm(site.id);
+                self.by_probe.remove(&site.id);
+                self.sites.remove(&addr);
+            }
         }
         held.status.probes = 0;
+    }
+
+    /// Arms (or re-arms, with wider settings) the probe at `addr` for one more rule.
+    fn use_site(
+        &mut self,
+        site: Site,
+        vars: Vec<Variable>,
+        rule: &str,
+        limits: &CaptureLimits,
+        stack: bool,
+        per_second: f64,
+    ) -> Result<u64, String> {
+        let addr = self.bias.wrapping_add(site.address);
+        let (stack, per_second, mut users) = match self.sites.get(&addr) {
+            Some(old) if old.stack >= stack && old.per_second >= per_second => {
+                let old = self.sites.get_mut(&addr).ok_or("internal: site vanished")?;
+                old.users.push(rule.to_owned());
+                return Ok(addr);
+            }
+            Some(old) => (
+                old.stack || stack,
+                old.per_second.max(per_second),
+                old.users.clone(),
+            ),
+            None => (stack, per_second, Vec::new()),
+        };
+        let mut plan: CapturePlan = self.debug.capture_plan(&vars, limits);
+        relocate(&mut plan, self.bias);
+        if !stack {
+            plan.stack_bytes = 0;
+        }
+        let spec = ProbeSpec {
+            address: addr,
+            plan: Arc::new(plan),
+            // The agent counts max hits per rule (conditions and sharing make the engine's
+            // count the wrong one); the engine keeps the rate and the time cap.
+            max_hits: None,
+            rate: Some(RateLimit {
+                per_second,
+                burst: per_second.ceil().clamp(1.0, 10_000.0) as u32,
+            }),
+            time_cap: HIT_TIME_CAP,
+        };
+        if let Some(old) = self.sites.remove(&addr) {
+            let _ = self.engine.disarm(old.id);
+            self.by_probe.remove(&old.id);
+        }
+        // Builds the symbolizer now, so the first hit is not the one that waits for it.
+        let _ = self.debug.frames_at(site.address);
+        match self.engine.arm(spec) {
+            Ok(id) => {
+                users.push(rule.to_owned());
+                self.by_probe.insert(id, addr);
+                self.sites.insert(
+                    addr,
+                    SiteProbe {
+                        id,
+                        site,
+                        vars,
+                        stack,
+                        per_second,
+                        users,
+                    },
+                );
+                Ok(addr)
+            }
+            Err(e) => Err(format!("0x{:x}: {e}", site.address)),
+        }
     }
 
     /// Resolves and arms one rule; its status says what happened.
@@ -187,6 +310,9 @@ impl Agent {
             condition_errors: 0,
             last_condition_error: None,
             probes: Vec::new(),
+            reads: None,
+            gate: Gate::new(1.0, 1),
+            gated: 0,
             status: status(StatusKind::Pending, None),
             armed_at: Instant::now(),
             emitted: 0,
@@ -208,8 +334,8 @@ impl Agent {
     }
 
     fn prepare(&mut self, held: &mut ArmedRule) -> Result<(), String> {
-        let rule = &held.rule;
-        held.limits = RuleLimits::of(rule)?;
+        let rule = held.rule.clone();
+        held.limits = RuleLimits::of(&rule)?;
         match rule.action {
             Action::Snapshot => {}
             Action::Log => {
@@ -252,47 +378,29 @@ impl Agent {
             if let Some(t) = &held.template {
                 t.check(&scope).map_err(|e| at(format!("template: {e}")))?;
             }
-            // A snapshot takes every local; a log line only what its template and condition read.
-            let vars = match rule.action {
-                Action::Snapshot => vars,
-                _ => {
-                    let mut roots: Vec<&str> = Vec::new();
-                    if let Some(t) = &held.template {
-                        roots.extend(t.roots());
-                    }
-                    if let Some(w) = &held.when {
-                        roots.extend(w.roots());
-                    }
-                    vars.into_iter()
-                        .filter(|v| roots.contains(&v.name.as_str()))
-                        .collect()
-                }
-            };
-            let mut plan: CapturePlan = self.debug.capture_plan(&vars, &held.capture);
-            relocate(&mut plan, self.bias);
+            // A snapshot shows every local; a log line only needs what it reads.
             if rule.action != Action::Snapshot {
-                plan.stack_bytes = 0;
+                let mut roots: Vec<String> = Vec::new();
+                if let Some(t) = &held.template {
+                    roots.extend(t.roots().into_iter().map(str::to_owned));
+                }
+                if let Some(w) = &held.when {
+                    roots.extend(w.roots().into_iter().map(str::to_owned));
+                }
+                held.reads = Some(roots);
             }
-            let spec = ProbeSpec {
-                address: self.bias.wrapping_add(site.address),
-                plan: Arc::new(plan),
-                // With a condition the engine cannot tell hits from misses: the agent counts.
-                max_hits: if held.when.is_some() {
-                    None
-                } else {
-                    held.limits.max_hits
-                },
-                rate: Some(RateLimit {
-                    per_second: held.limits.per_second,
-                    burst: held.limits.burst,
-                }),
-                time_cap: HIT_TIME_CAP,
-            };
-            // Builds the symbolizer now, so the first hit is not the one that waits for it.
-            let _ = self.debug.frames_at(site.address);
-            match self.engine.arm(spec) {
-                Ok(id) => armed.push(ArmedProbe { id, site, vars }),
-                Err(e) => refused.push(format!("0x{:x}: {e}", site.address)),
+            let snapshot = rule.action == Action::Snapshot;
+            let per_second = held.limits.per_second;
+            match self.use_site(
+                site,
+                vars,
+                &rule.id.clone(),
+                &held.capture,
+                snapshot,
+                per_second,
+            ) {
+                Ok(addr) => armed.push(addr),
+                Err(e) => refused.push(e),
             }
         }
         if armed.is_empty() {
@@ -302,9 +410,7 @@ impl Agent {
                 refused.join("; ")
             ));
         }
-        for (i, p) in armed.iter().enumerate() {
-            self.by_probe.insert(p.id, (held.rule.id.clone(), i));
-        }
+        held.gate = Gate::new(held.limits.per_second, held.limits.burst);
         held.probes = armed;
         if !refused.is_empty() {
             held.status.message = Some(format!(
@@ -345,95 +451,111 @@ impl Agent {
     pub fn respond(&mut self, hits: Vec<RawHit>) -> Vec<Response> {
         let mut out = Vec::new();
         for hit in hits {
-            let Some((rule_id, idx)) = self.by_probe.get(&hit.probe).cloned() else {
+            let Some(addr) = self.by_probe.get(&hit.probe).copied() else {
                 continue; // a late hit of a probe that was disarmed
             };
-            let thread = self.thread_name(hit.tid);
-            let Some(held) = self.rules.get_mut(&rule_id) else {
-                continue;
-            };
-            if held.limits.max_hits.is_some_and(|m| held.emitted >= m) {
-                continue;
-            }
-            let Some(probe) = held.probes.get(idx) else {
+            let Some(users) = self.sites.get(&addr).map(|s| s.users.clone()) else {
                 continue;
             };
             let Ok(mem) = CapturedMemory::parse(&hit.record) else {
                 continue;
             };
-            let mut locals = Vec::with_capacity(probe.vars.len());
-            for (i, var) in probe.vars.iter().enumerate() {
-                let mut value = match (&var.availability, mem.roots.get(i)) {
-                    (Availability::OptimizedOut, _) => {
-                        Value::error(&var.type_name, "optimized out")
-                    }
-                    (Availability::EntryValue, _) => Value::error(
-                        &var.type_name,
-                        "unavailable here (only its value at function entry is described)",
-                    ),
-                    (_, Some(root)) => self.debug.decode(var, root, &mem, &held.capture),
-                    (_, None) => Value::error(&var.type_name, "not captured"),
-                };
-                if matches!(mem.roots.get(i), Some(CapturedRoot::NoSpace)) {
-                    value.truncated = true;
-                }
-                self.redactor.apply(&var.name, &mut value);
-                locals.push((var.name.clone(), value));
-            }
-            let locals = Locals(locals);
-            let env = HitEnv {
-                locals: &locals,
-                thread: &thread,
-                hit_count: held.emitted,
-            };
-            if let Some(when) = &held.when {
-                match when.eval_condition(&env) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
-                        // A condition that cannot be evaluated counts as false, and says why.
-                        held.condition_errors += 1;
-                        held.last_condition_error = Some(e.to_string());
-                        self.statuses_changed = true;
-                        continue;
-                    }
+            let thread = self.thread_name(hit.tid);
+            for rule_id in users {
+                if let Some(r) = self.respond_one(&rule_id, addr, &hit, &mem, &thread) {
+                    out.push(r);
                 }
             }
-            let frames = if held.rule.action == Action::Snapshot {
-                self.stacks
-                    .frames(&mem.regs, &mem, held.capture.frames as usize)
-            } else {
-                site_frames(&probe.site)
-            };
-            let message = held
-                .template
-                .as_ref()
-                .map(|t| t.render(&env, &nonstop_debuginfo::debug_string).text);
-            let site = &probe.site;
-            out.push(Response {
-                rule: rule_id.clone(),
-                agent: self.identity.agent.clone(),
-                service: self.identity.service.clone(),
-                time: rfc3339(self.clock.wall_ns(hit.time_ns)),
-                thread,
-                location: SourceLocation {
-                    file: site.file.clone(),
-                    line: site.line,
-                    function: site.functions.first().cloned().unwrap_or_default(),
-                },
-                message,
-                frames,
-                locals: if held.rule.action == Action::Snapshot {
-                    locals
-                } else {
-                    Locals::default()
-                },
-            });
-            held.emitted += 1;
-            held.status.hits = held.emitted;
-            self.statuses_changed = true;
         }
         out
+    }
+
+    /// One rule's response to one hit, if its limits and condition let it through.
+    fn respond_one(
+        &mut self,
+        rule_id: &str,
+        addr: u64,
+        hit: &RawHit,
+        mem: &CapturedMemory,
+        thread: &str,
+    ) -> Option<Response> {
+        let site = self.sites.get(&addr)?;
+        let held = self.rules.get_mut(rule_id)?;
+        if held.limits.max_hits.is_some_and(|m| held.emitted >= m) {
+            return None;
+        }
+        if !held.gate.allow() {
+            held.gated += 1;
+            return None;
+        }
+        let mut locals = Vec::with_capacity(site.vars.len());
+        for (i, var) in site.vars.iter().enumerate() {
+            if held.reads.as_ref().is_some_and(|r| !r.contains(&var.name)) {
+                continue;
+            }
+            let mut value = match (&var.availability, mem.roots.get(i)) {
+                (Availability::OptimizedOut, _) => Value::error(&var.type_name, "optimized out"),
+                (Availability::EntryValue, _) => Value::error(
+                    &var.type_name,
+                    "unavailable here (only its value at function entry is described)",
+                ),
+                (_, Some(root)) => self.debug.decode(var, root, mem, &held.capture),
+                (_, None) => Value::error(&var.type_name, "not captured"),
+            };
+            if matches!(mem.roots.get(i), Some(CapturedRoot::NoSpace)) {
+                value.truncated = true;
+            }
+            self.redactor.apply(&var.name, &mut value);
+            locals.push((var.name.clone(), value));
+        }
+        let locals = Locals(locals);
+        let env = HitEnv {
+            locals: &locals,
+            thread,
+            hit_count: held.emitted,
+        };
+        if let Some(when) = &held.when {
+            match when.eval_condition(&env) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(e) => {
+                    // A condition that cannot be evaluated counts as false, and says why.
+                    held.condition_errors += 1;
+                    held.last_condition_error = Some(e.to_string());
+                    self.statuses_changed = true;
+                    return None;
+                }
+            }
+        }
+        let snapshot = held.rule.action == Action::Snapshot;
+        let frames = if snapshot {
+            self.stacks
+                .frames(&mem.regs, mem, held.capture.frames as usize)
+        } else {
+            site_frames(&site.site)
+        };
+        let message = held
+            .template
+            .as_ref()
+            .map(|t| t.render(&env, &nonstop_debuginfo::debug_string).text);
+        held.emitted += 1;
+        held.status.hits = held.emitted;
+        self.statuses_changed = true;
+        Some(Response {
+            rule: rule_id.to_owned(),
+            agent: self.identity.agent.clone(),
+            service: self.identity.service.clone(),
+            time: rfc3339(self.clock.wall_ns(hit.time_ns)),
+            thread: thread.to_owned(),
+            location: SourceLocation {
+                file: site.site.file.clone(),
+                line: site.site.line,
+                function: site.site.functions.first().cloned().unwrap_or_default(),
+            },
+            message,
+            frames,
+            locals: if snapshot { locals } else { Locals::default() },
+        })
     }
 
     /// Updates statuses from the engine's counters, expiry and max hits; disarms what is
@@ -449,10 +571,13 @@ impl Agent {
                 held.status.status,
                 StatusKind::Armed | StatusKind::RateLimited
             ) {
-                let mut dropped = 0;
+                let mut dropped = held.gated;
                 let mut disarm_reason = None;
-                for p in &held.probes {
-                    if let Some(s) = self.engine.stats(p.id) {
+                for addr in &held.probes {
+                    let Some(site) = self.sites.get(addr) else {
+                        continue;
+                    };
+                    if let Some(s) = self.engine.stats(site.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
                         // Max hits are enforced exactly below, across the rule's probes.
                         if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =

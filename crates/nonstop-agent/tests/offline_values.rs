@@ -117,3 +117,57 @@ fn log_rule_renders_the_programs_values() {
         run.stderr()
     );
 }
+
+#[test]
+fn a_conditional_snapshot_fires_exactly_for_the_matching_executions() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["price"];
+    let rules = serde_json::json!([
+        {"id": "coupon", "at": format!("orders.rs:{line}"), "action": "snapshot", "rate": "1000/s",
+         "when": "order.coupon.is_some() && order.customer.name != \"Ann\""},
+        {"id": "big", "at": format!("orders.rs:{line}"), "action": "log", "template": "{total}",
+         "when": "total > 4500"},
+        {"id": "ratio", "at": format!("orders.rs:{line}"), "action": "log", "template": "{subtotal / discount}",
+         "when": "subtotal / discount > 1"},
+    ]);
+    let run = run_with_rules(&program, &["3"], &rules.to_string(), &[]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    let of = |rule: &str| -> Vec<_> { run.responses.iter().filter(|r| r.rule == rule).collect() };
+    // Rounds: Ann (coupon), Bob (none), Cyd (coupon): only Cyd's matches.
+    let coupon = of("coupon");
+    assert_eq!(coupon.len(), 1, "{}", run.stderr());
+    assert_eq!(debug_string(coupon[0].locals.get("total").unwrap()), "3825");
+    let big: Vec<_> = of("big")
+        .iter()
+        .map(|r| r.message.clone().unwrap())
+        .collect();
+    assert_eq!(big, vec!["4950"]);
+    // Bob has no discount: division by zero counts as false and is reported.
+    let ratio: Vec<_> = of("ratio")
+        .iter()
+        .map(|r| r.message.clone().unwrap())
+        .collect();
+    assert_eq!(ratio, vec!["10", "6"]);
+    let status = run.status_of("ratio").unwrap();
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("1 hits where the condition could not be evaluated"),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_condition_on_an_unknown_variable_names_the_ones_in_scope() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["price"];
+    let rules = format!(
+        r#"[{{"id":"bad","at":"orders.rs:{line}","action":"snapshot","when":"ordr.id == 1"}}]"#
+    );
+    let run = run_with_rules(&program, &["1"], &rules, &[]);
+    assert!(run.output.status.success());
+    let status = run.status_of("bad").unwrap();
+    assert_eq!(status["status"], "error");
+    let message = status["message"].as_str().unwrap();
+    assert!(message.contains("unknown variable `ordr`"), "{message}");
+    assert!(message.contains("order"), "{message}");
+}
