@@ -37,6 +37,8 @@ struct SiteProbe {
     stack: bool,
     /// The engine's rate limit for the probe: at least each user's own rate.
     per_second: f64,
+    /// Whether the engine checks a condition before capturing (only with one user).
+    filtered: bool,
     /// The rules using it.
     users: Vec<String>,
 }
@@ -224,14 +226,16 @@ impl Agent {
         &mut self,
         site: Site,
         vars: Vec<Variable>,
-        rule: &str,
-        limits: &CaptureLimits,
-        stack: bool,
-        per_second: f64,
+        held: &ArmedRule,
     ) -> Result<u64, String> {
+        let rule = held.rule.id.as_str();
+        let limits = &held.capture;
+        let stack = held.rule.action == Action::Snapshot;
+        let per_second = held.limits.per_second;
+        let when = held.when.as_ref();
         let addr = self.bias.wrapping_add(site.address);
         let (stack, per_second, mut users) = match self.sites.get(&addr) {
-            Some(old) if old.stack >= stack && old.per_second >= per_second => {
+            Some(old) if old.stack >= stack && old.per_second >= per_second && !old.filtered => {
                 let old = self.sites.get_mut(&addr).ok_or("internal: site vanished")?;
                 old.users.push(rule.to_owned());
                 return Ok(addr);
@@ -245,6 +249,23 @@ impl Agent {
         };
         let mut plan: CapturePlan = self.debug.capture_plan(&vars, limits);
         relocate(&mut plan, self.bias);
+        // The condition goes into the trap path when this rule is the probe's only user and
+        // every value it reads has a fixed place: a false hit then costs the trap and those
+        // few reads. Otherwise the agent evaluates it after the capture.
+        let filter = match when {
+            Some(expr) if users.is_empty() => {
+                let resolver = SiteResolver {
+                    debug: &self.debug,
+                    vars: &vars,
+                    bias: self.bias,
+                };
+                nonstop_expr::filter::compile(expr, &resolver)
+                    .ok()
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
+        let filtered = filter.is_some();
         if !stack {
             plan.stack_bytes = 0;
         }
@@ -259,6 +280,7 @@ impl Agent {
                 burst: per_second.ceil().clamp(1.0, 10_000.0) as u32,
             }),
             time_cap: HIT_TIME_CAP,
+            filter,
         };
         if let Some(old) = self.sites.remove(&addr) {
             let _ = self.engine.disarm(old.id);
@@ -278,6 +300,7 @@ impl Agent {
                         vars,
                         stack,
                         per_second,
+                        filtered,
                         users,
                     },
                 );
@@ -389,16 +412,7 @@ impl Agent {
                 }
                 held.reads = Some(roots);
             }
-            let snapshot = rule.action == Action::Snapshot;
-            let per_second = held.limits.per_second;
-            match self.use_site(
-                site,
-                vars,
-                &rule.id.clone(),
-                &held.capture,
-                snapshot,
-                per_second,
-            ) {
+            match self.use_site(site, vars, held) {
                 Ok(addr) => armed.push(addr),
                 Err(e) => refused.push(e),
             }
@@ -572,6 +586,7 @@ impl Agent {
                 StatusKind::Armed | StatusKind::RateLimited
             ) {
                 let mut dropped = held.gated;
+                let mut trap_condition_errors = 0;
                 let mut disarm_reason = None;
                 for addr in &held.probes {
                     let Some(site) = self.sites.get(addr) else {
@@ -579,6 +594,7 @@ impl Agent {
                     };
                     if let Some(s) = self.engine.stats(site.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
+                        trap_condition_errors += s.filter_errors;
                         // Max hits are enforced exactly below, across the rule's probes.
                         if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =
                             s.disarm_reason
@@ -616,6 +632,12 @@ impl Agent {
                     held.status.status = StatusKind::Armed;
                     held.status.message = None;
                 }
+                if trap_condition_errors > 0 && held.last_condition_error.is_none() {
+                    held.status.message = Some(format!(
+                        "{trap_condition_errors} hits where the condition could not be evaluated \
+                         (a null pointer or unreadable memory; counted as false)"
+                    ));
+                }
                 if held.status.status == StatusKind::Armed
                     && let Some(why) = &held.last_condition_error
                 {
@@ -648,6 +670,45 @@ impl Agent {
                     .unwrap_or_else(|_| format!("thread-{tid}"))
             })
             .clone()
+    }
+}
+
+/// Resolves a condition's paths to trap-path reads at one site.
+struct SiteResolver<'a> {
+    debug: &'a DebugInfo,
+    vars: &'a [Variable],
+    bias: u64,
+}
+
+impl SiteResolver<'_> {
+    fn var(&self, name: &str) -> Option<&Variable> {
+        self.vars.iter().find(|v| v.name == name)
+    }
+}
+
+impl nonstop_expr::filter::PathResolver for SiteResolver<'_> {
+    fn read(&self, path: &[String]) -> Option<nonstop_model::filter::FilterRead> {
+        let (name, rest) = path.split_first()?;
+        let mut read = self.debug.filter_read(self.var(name)?, rest)?;
+        relocate_source(&mut read.root, self.bias);
+        Some(read)
+    }
+
+    fn variant(
+        &self,
+        path: &[String],
+        variant: &str,
+    ) -> Option<(nonstop_model::filter::FilterRead, u64)> {
+        let (name, rest) = path.split_first()?;
+        let (mut read, value) = self.debug.filter_variant(self.var(name)?, rest, variant)?;
+        relocate_source(&mut read.root, self.bias);
+        Some((read, value))
+    }
+}
+
+fn relocate_source(source: &mut nonstop_model::capture::PieceSource, bias: u64) {
+    if let nonstop_model::capture::PieceSource::Absolute { addr } = source {
+        *addr = addr.wrapping_add(bias);
     }
 }
 

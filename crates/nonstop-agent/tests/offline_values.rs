@@ -171,3 +171,46 @@ fn a_condition_on_an_unknown_variable_names_the_ones_in_scope() {
     assert!(message.contains("unknown variable `ordr`"), "{message}");
     assert!(message.contains("order"), "{message}");
 }
+
+#[test]
+fn conditions_decided_in_the_trap_path_select_exactly_the_matching_executions() {
+    for build in [Build::Debug, Build::Release] {
+        let program = build_fixture("orders.rs", build);
+        let (price, describe) = (marks("orders.rs")["price"], marks("orders.rs")["describe"]);
+        // One rule per line: each probe has a single user, so its condition is compiled into
+        // the trap path (through references, fields and a string comparison).
+        let rules = serde_json::json!([
+            {"id": "bob", "at": format!("orders.rs:{price}"), "action": "log", "template": "{order.id}",
+             "when": "order.customer.id == 8"},
+            {"id": "big", "at": format!("orders.rs:{describe}"), "action": "log", "template": "{label}",
+             "when": "total > 4000 && customer.name != \"Cyd\""},
+        ]);
+        let run = run_with_rules(&program, &["6"], &rules.to_string(), &[]);
+        assert!(run.output.status.success(), "{build:?}: {}", run.stderr());
+        let messages = |rule: &str| -> Vec<String> {
+            run.responses
+                .iter()
+                .filter(|r| r.rule == rule)
+                .map(|r| r.message.clone().unwrap())
+                .collect()
+        };
+        if build == Build::Debug {
+            assert_eq!(messages("bob"), vec!["101", "104"], "{}", run.stderr());
+        } else {
+            // Optimized: `order` is only described by its value at function entry there. The
+            // condition cannot be decided, counts as false, and the rule says why.
+            assert!(messages("bob").is_empty());
+            let status = run.status_of("bob").unwrap();
+            let message = status["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("only its value at function entry"),
+                "{status}"
+            );
+        }
+        assert_eq!(
+            messages("big"),
+            vec!["Ann#7", "Bob#8", "Ann#7"],
+            "{build:?}"
+        );
+    }
+}

@@ -33,6 +33,7 @@
 mod decode;
 mod dies;
 mod error;
+mod filter_paths;
 mod functions;
 mod lines;
 mod load;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use nonstop_model::capture::{CapturePlan, Piece, PieceSource, RootPlan};
+use nonstop_model::filter::{Filter, FilterRead, Op, ReadKind};
 use nonstop_probe::{Engine, EngineConfig, ProbeSpec, RateLimit};
 
 // bench_fn(a, b) = a + b + 1, starting with `push rbx` (emulated) then `lea` and `add`
@@ -114,6 +115,30 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|n| timed_calls(engine, n))
     });
     engine.disarm(id).unwrap();
+
+    // A condition decided in the trap path: `a > 1000` on the first argument (rdi), false
+    // for every call here, so nothing is captured: the cost of a hit that does not match.
+    let mut spec = ProbeSpec::new(entry(), five_variables());
+    spec.filter = Some(Arc::new(Filter {
+        reads: vec![FilterRead {
+            root: PieceSource::Register { reg: 5 },
+            derefs: vec![],
+            offset: 0,
+            kind: ReadKind::Int {
+                size: 8,
+                signed: false,
+            },
+        }],
+        strings: vec![],
+        code: vec![Op::Read(0), Op::Uint(1000), Op::Gt],
+    }));
+    let id = engine.arm(spec).unwrap();
+    g.bench_function("armed, condition false (decided in the trap path)", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    let stats = engine.stats(id).unwrap();
+    engine.disarm(id).unwrap();
+    assert!(stats.filtered > 0 && stats.hits == 0, "{stats:?}");
 
     let mut spec = ProbeSpec::new(entry(), empty.clone());
     spec.rate = Some(RateLimit {

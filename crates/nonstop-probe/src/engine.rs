@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_model::capture::{CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute};
+use nonstop_model::filter::{Filter, FilterResult, eval_filter};
 
 use crate::arch::asm;
 use crate::arch::context::Context;
@@ -44,6 +45,8 @@ struct ProbeState {
     next_ip: AtomicU64,
     slot: AtomicU64,
     plan: AtomicPtr<CapturePlan>,
+    /// The condition checked before capturing (null: none).
+    filter: AtomicPtr<Filter>,
     max_hits: AtomicU64,
     time_cap_ns: AtomicU64,
     rate: Gcra,
@@ -54,6 +57,8 @@ struct ProbeState {
     dropped_budget: AtomicU64,
     dropped_full: AtomicU64,
     dropped_nested: AtomicU64,
+    filtered: AtomicU64,
+    filter_errors: AtomicU64,
     slowest_ns: AtomicU64,
     done: AtomicBool,
     reason: AtomicU8,
@@ -72,6 +77,7 @@ impl ProbeState {
             next_ip: AtomicU64::new(0),
             slot: AtomicU64::new(0),
             plan: AtomicPtr::new(std::ptr::null_mut()),
+            filter: AtomicPtr::new(std::ptr::null_mut()),
             max_hits: AtomicU64::new(u64::MAX),
             time_cap_ns: AtomicU64::new(u64::MAX),
             rate: Gcra::new(),
@@ -82,6 +88,8 @@ impl ProbeState {
             dropped_budget: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
             dropped_nested: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            filter_errors: AtomicU64::new(0),
             slowest_ns: AtomicU64::new(0),
             done: AtomicBool::new(false),
             reason: AtomicU8::new(REASON_NONE),
@@ -97,6 +105,8 @@ impl ProbeState {
             &self.dropped_budget,
             &self.dropped_full,
             &self.dropped_nested,
+            &self.filtered,
+            &self.filter_errors,
             &self.slowest_ns,
             &self.reason_ns,
         ] {
@@ -116,6 +126,8 @@ impl ProbeState {
             dropped_budget: self.dropped_budget.load(r),
             dropped_full: self.dropped_full.load(r),
             dropped_nested: self.dropped_nested.load(r),
+            filtered: self.filtered.load(r),
+            filter_errors: self.filter_errors.load(r),
             slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
             done: self.done.load(r),
             disarm_reason: match self.reason.load(r) {
@@ -227,6 +239,9 @@ pub struct ProbeSpec {
     pub rate: Option<RateLimit>,
     /// A hit whose capture takes longer marks the probe for disarm (default 10 ms).
     pub time_cap: Duration,
+    /// A condition checked in the trap path before anything else: a hit where it is false
+    /// (or cannot be evaluated) costs the trap and the few reads the condition needs.
+    pub filter: Option<Arc<Filter>>,
 }
 
 impl ProbeSpec {
@@ -238,6 +253,7 @@ impl ProbeSpec {
             max_hits: None,
             rate: None,
             time_cap: DEFAULT_TIME_CAP,
+            filter: None,
         }
     }
 }
@@ -288,6 +304,10 @@ pub struct ProbeStats {
     pub dropped_full: u64,
     /// Hits not captured because they happened inside the trap handler on the same thread.
     pub dropped_nested: u64,
+    /// Traps where the probe's filter was false (no capture, not a hit).
+    pub filtered: u64,
+    /// Traps where the probe's filter could not be evaluated (counted as false).
+    pub filter_errors: u64,
     /// The slowest capture.
     pub slowest_hit: Duration,
     /// The probe stopped capturing (max hits or time cap); the agent should disarm it.
@@ -826,6 +846,11 @@ impl Engine {
         p.slot.store(slot, r);
         p.plan
             .store(Arc::into_raw(spec.plan) as *mut CapturePlan, r);
+        p.filter.store(
+            spec.filter
+                .map_or(std::ptr::null_mut(), |f| Arc::into_raw(f) as *mut Filter),
+            r,
+        );
         p.max_hits.store(spec.max_hits.unwrap_or(u64::MAX), r);
         p.time_cap_ns.store(
             u64::try_from(spec.time_cap.as_nanos()).unwrap_or(u64::MAX),
@@ -959,6 +984,12 @@ impl Engine {
                 // SAFETY: the pointer came from Arc::into_raw at arm time and no handler can
                 // use it any more (in_flight is 0 and the grace period passed).
                 drop(unsafe { Arc::from_raw(plan) });
+            }
+            let filter = p.filter.swap(std::ptr::null_mut(), Ordering::AcqRel);
+            if !filter.is_null() {
+                // SAFETY: as for the plan: from Arc::into_raw at arm time, no handler can
+                // use it any more.
+                drop(unsafe { Arc::from_raw(filter) });
             }
             p.addr.store(0, Ordering::Relaxed);
             p.status.store(FREE, Ordering::SeqCst);
@@ -1129,6 +1160,31 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     let r = Ordering::Relaxed;
     if p.done.load(Ordering::Acquire) {
         return;
+    }
+    let filter = p.filter.load(Ordering::Acquire);
+    if !filter.is_null() {
+        let mut regs = Registers::default();
+        ctx.registers(addr, &mut regs);
+        // SAFETY: the filter is kept alive by the probe (freed with the plan, only after
+        // quarantine with no handler in flight); eval_filter never allocates or panics.
+        let filter = unsafe { &*filter };
+        let hits = p.hits.load(r);
+        let result = if ctx.faults_unsafe() {
+            eval_filter(filter, &regs, &SyscallMemory, hits)
+        } else {
+            eval_filter(filter, &regs, &SafeMemory, hits)
+        };
+        match result {
+            FilterResult::True => {}
+            FilterResult::False => {
+                p.filtered.fetch_add(1, r);
+                return;
+            }
+            FilterResult::Error => {
+                p.filter_errors.fetch_add(1, r);
+                return;
+            }
+        }
     }
     if !p.rate.allow(t0) {
         p.dropped_rate.fetch_add(1, r);
