@@ -352,6 +352,11 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         assert_eq!(msg, format!("tick {n}: alpha-{n} squared is {}", n * n));
     }
 
+    // Armed: the line's first byte is the trap.
+    let addr = mark_address();
+    let original = file_bytes(addr);
+    assert_eq!(live_bytes(program.pid(), addr)[0], 0xcc);
+
     let rm = server.cli(&["rules", "rm", &log]);
     assert!(
         rm.status.success(),
@@ -361,6 +366,8 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
     std::thread::sleep(Duration::from_millis(500));
     let (_, late) = tail(&server, &log, 1, "2s");
     assert!(late.is_empty(), "responses after removal: {late:?}");
+    // Removed: the program's code is the file's again, byte for byte.
+    assert_eq!(live_bytes(program.pid(), addr), original);
 
     let (ok, out) = program.finish();
     assert!(ok);
