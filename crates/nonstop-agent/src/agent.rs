@@ -277,7 +277,7 @@ impl Agent {
             max_hits: None,
             rate: Some(RateLimit {
                 per_second,
-                burst: per_second.ceil().clamp(1.0, 10_000.0) as u32,
+                burst: crate::limits::burst_for(per_second),
             }),
             time_cap: HIT_TIME_CAP,
             filter,

@@ -16,6 +16,11 @@ pub struct RuleLimits {
     pub expires: Duration,
 }
 
+/// The token-bucket burst for a rate: one second's worth, at least one hit.
+pub fn burst_for(per_second: f64) -> u32 {
+    per_second.ceil().clamp(1.0, 10_000.0) as u32
+}
+
 /// Parses a duration such as `30m`, `1h`, `10s`, `2d`, `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -74,8 +79,7 @@ impl RuleLimits {
         };
         Ok(RuleLimits {
             per_second,
-            // A burst of one second's worth, at least one hit.
-            burst: per_second.ceil().clamp(1.0, 10_000.0) as u32,
+            burst: burst_for(per_second),
             max_hits: rule.max_hits.or(max_hits),
             expires: match &rule.expires {
                 Some(e) => parse_duration(e)?,

@@ -120,6 +120,18 @@ impl Run {
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.output.stderr).into_owned()
     }
+    /// Rules that were armed: `armed`, `done`, or `rate-limited` (with a probe on every line
+    /// the traps exceed the global CPU budget, and rules then say so).
+    pub fn working_rules(&self) -> usize {
+        self.statuses.as_array().map_or(0, |all| {
+            all.iter()
+                .filter(|s| {
+                    ["armed", "done", "rate-limited"].contains(&s["status"].as_str().unwrap_or(""))
+                })
+                .count()
+        })
+    }
+
     pub fn status_of(&self, rule: &str) -> Option<&serde_json::Value> {
         self.statuses.as_array()?.iter().find(|s| s["rule"] == rule)
     }
