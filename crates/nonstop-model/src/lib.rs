@@ -14,11 +14,13 @@
 
 pub mod capture;
 pub mod filter;
+pub mod metrics;
 pub mod response;
 pub mod rule;
 pub mod value;
 pub mod wire;
 
+pub use metrics::MetricSeries;
 pub use response::{Frame, Locals, Response, SourceLocation};
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};
 pub use value::{Data, Value};

@@ -128,6 +128,9 @@ pub struct Rule {
     /// Which service's agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Which agents, by the program version they report (`NONSTOP_VERSION`); exact match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// Which agents, by label.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,

@@ -11,12 +11,15 @@
 //! 3. the server sends `Rules` again, whole, whenever that set changes (added, removed, done,
 //!    expired); the agent arms what is new and disarms what is gone;
 //! 4. the agent sends [`AgentMessage::Status`] when a rule's state changes,
-//!    [`AgentMessage::Responses`] in batches, and [`AgentMessage::Ping`] every 10 s.
+//!    [`AgentMessage::Responses`] in batches, [`AgentMessage::Metrics`] (cumulative
+//!    series of its metric rules) about once a second while they change, and
+//!    [`AgentMessage::Ping`] every 10 s.
 //!
 //! After a reconnect the agent starts again at step 1, so it never needs to remember
 //! what the server sent before. Unknown fields are ignored so that agents and servers
 //! of neighbouring versions can talk.
 
+use crate::metrics::MetricSeries;
 use crate::response::Response;
 use crate::rule::{Rule, RuleStatus};
 use serde::{Deserialize, Serialize};
@@ -71,6 +74,12 @@ pub enum AgentMessage {
         /// Should be 0; if greater, data is missing.
         #[serde(default)]
         dropped: u64,
+    },
+    /// The series of this agent's metric rules that changed, each with its cumulative
+    /// values since the agent started (so a lost or repeated report changes nothing).
+    Metrics {
+        /// The series.
+        series: Vec<MetricSeries>,
     },
     /// Keep-alive, every 10 s; the server answers with [`ServerMessage::Pong`].
     Ping,

@@ -175,6 +175,7 @@ fn rule_from(a: &AddArgs) -> Result<Rule> {
         metric,
         when: a.when.clone(),
         service: a.service.clone(),
+        version: None,
         labels,
         max_hits: a.max_hits,
         expires: a.expires.clone(),
