@@ -68,6 +68,198 @@ pub fn bucket_of(value: f64) -> usize {
         .unwrap_or(HISTOGRAM_BOUNDS.len())
 }
 
+/// The Prometheus text exposition (format 0.0.4) of the series of several agents,
+/// each given with its agent's service.
+///
+/// Series of one service with the same metric name and tag values add up over the
+/// service's agents: counts, sums and buckets are summed, a gauge shows the value of the
+/// series updated last. Each sample carries a `service` label and one label per tag.
+/// Names are made valid for Prometheus (`cart.add` → `cart_add`); a count is exported as
+/// a counter named `NAME_total`. When two rules export one name with different kinds,
+/// the later kind's name gets the kind as a suffix (`NAME_gauge`) rather than clash.
+/// Hits lost to the series cap are exported as `nonstop_metric_overflow_total`.
+pub fn render_prometheus<'a>(
+    series: impl IntoIterator<Item = (&'a str, &'a MetricSeries)>,
+) -> String {
+    use std::fmt::Write;
+
+    // (exported family name) → kind, and (family, labels) → merged series.
+    let mut kinds: BTreeMap<String, MetricKind> = BTreeMap::new();
+    let mut first_kind: BTreeMap<String, MetricKind> = BTreeMap::new();
+    let mut merged: BTreeMap<(String, Vec<(String, String)>), MetricSeries> = BTreeMap::new();
+    let mut overflow: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for (service, s) in series {
+        let base = metric_name(&s.name);
+        let first = *first_kind.entry(base.clone()).or_insert(s.kind);
+        let mut family = if first == s.kind {
+            base.clone()
+        } else {
+            format!("{base}_{}", kind_word(s.kind))
+        };
+        if s.kind == MetricKind::Count {
+            family.push_str("_total");
+        }
+        kinds.insert(family.clone(), s.kind);
+        let mut labels = vec![("service".to_owned(), service.to_owned())];
+        for (k, v) in &s.tags {
+            let mut name = label_name(k);
+            if name == "service" || name == "le" {
+                name = format!("tag_{name}");
+            }
+            labels.push((name, v.clone()));
+        }
+        labels.sort();
+        if s.overflow > 0 {
+            *overflow
+                .entry((service.to_owned(), s.name.clone()))
+                .or_default() += s.overflow;
+        }
+        match merged.get_mut(&(family.clone(), labels.clone())) {
+            None => {
+                merged.insert((family, labels), s.clone());
+            }
+            Some(m) => {
+                m.count += s.count;
+                m.sum += s.sum;
+                if s.updated > m.updated {
+                    m.updated = s.updated.clone();
+                    if s.last.is_some() {
+                        m.last = s.last;
+                    }
+                }
+                if m.buckets.len() < s.buckets.len() {
+                    m.buckets.resize(s.buckets.len(), 0);
+                }
+                for (a, b) in m.buckets.iter_mut().zip(&s.buckets) {
+                    *a += b;
+                }
+            }
+        }
+    }
+
+    let mut out = String::new();
+    let mut current = String::new();
+    for ((family, labels), s) in &merged {
+        let kind = kinds[family];
+        if *family != current {
+            current = family.clone();
+            let _ = writeln!(
+                out,
+                "# HELP {family} recorded by nonstop metric rules ({})",
+                s.name
+            );
+            let _ = writeln!(out, "# TYPE {family} {}", prometheus_type(kind));
+        }
+        let l = render_labels(labels, None);
+        match kind {
+            MetricKind::Count => {
+                let _ = writeln!(out, "{family}{l} {}", s.count);
+            }
+            MetricKind::Gauge => {
+                let _ = writeln!(out, "{family}{l} {}", float(s.last.unwrap_or(0.0)));
+            }
+            MetricKind::Histogram => {
+                let mut cumulative = 0;
+                for (i, bound) in HISTOGRAM_BOUNDS.iter().enumerate() {
+                    cumulative += s.buckets.get(i).copied().unwrap_or(0);
+                    let l = render_labels(labels, Some(&float(*bound)));
+                    let _ = writeln!(out, "{family}_bucket{l} {cumulative}");
+                }
+                let l_inf = render_labels(labels, Some("+Inf"));
+                let _ = writeln!(out, "{family}_bucket{l_inf} {}", s.count);
+                let _ = writeln!(out, "{family}_sum{l} {}", float(s.sum));
+                let _ = writeln!(out, "{family}_count{l} {}", s.count);
+            }
+        }
+    }
+    if !overflow.is_empty() {
+        let family = "nonstop_metric_overflow_total";
+        let _ = writeln!(
+            out,
+            "# HELP {family} hits not recorded because a metric rule had {MAX_SERIES_PER_RULE} tag combinations on an agent"
+        );
+        let _ = writeln!(out, "# TYPE {family} counter");
+        for ((service, metric), n) in overflow {
+            let labels = vec![
+                ("metric".to_owned(), metric),
+                ("service".to_owned(), service),
+            ];
+            let _ = writeln!(out, "{family}{} {n}", render_labels(&labels, None));
+        }
+    }
+    out
+}
+
+fn kind_word(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Count => "count",
+        MetricKind::Gauge => "gauge",
+        MetricKind::Histogram => "histogram",
+    }
+}
+
+fn prometheus_type(kind: MetricKind) -> &'static str {
+    match kind {
+        MetricKind::Count => "counter",
+        MetricKind::Gauge => "gauge",
+        MetricKind::Histogram => "histogram",
+    }
+}
+
+/// A valid Prometheus metric name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, other characters as `_`.
+pub fn metric_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// A valid Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, other characters as `_`.
+fn label_name(name: &str) -> String {
+    metric_name(name).replace(':', "_")
+}
+
+fn render_labels(labels: &[(String, String)], le: Option<&str>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    format!("{{{}}}", parts.join(","))
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +292,106 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
             r#"{"rule":"r-1","name":"cart.add","kind":"count","tags":{"sku":"A-1"},"count":3,"sum":0.0,"updated":"2026-11-25T15:00:00Z"}"#
+        );
+    }
+
+    fn series(name: &str, kind: MetricKind, tags: &[(&str, &str)], count: u64) -> MetricSeries {
+        MetricSeries {
+            rule: "r-1".into(),
+            name: name.into(),
+            kind,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            count,
+            sum: 0.0,
+            last: None,
+            buckets: vec![],
+            updated: "2026-11-25T15:00:00Z".into(),
+            overflow: 0,
+        }
+    }
+
+    #[test]
+    fn counts_of_a_service_add_up_over_its_agents() {
+        let a = series("cart.add", MetricKind::Count, &[("sku", "A\"1")], 3);
+        let b = series("cart.add", MetricKind::Count, &[("sku", "A\"1")], 4);
+        let c = series("cart.add", MetricKind::Count, &[("sku", "A\"1")], 5);
+        let text = render_prometheus([("shop", &a), ("shop", &b), ("admin", &c)]);
+        assert_eq!(
+            text,
+            "# HELP cart_add_total recorded by nonstop metric rules (cart.add)\n\
+             # TYPE cart_add_total counter\n\
+             cart_add_total{service=\"admin\",sku=\"A\\\"1\"} 5\n\
+             cart_add_total{service=\"shop\",sku=\"A\\\"1\"} 7\n"
+        );
+    }
+
+    #[test]
+    fn a_gauge_shows_the_newest_value_and_a_histogram_cumulative_buckets() {
+        let mut old = series("queue", MetricKind::Gauge, &[], 2);
+        old.last = Some(9.0);
+        let mut new = series("queue", MetricKind::Gauge, &[], 1);
+        new.last = Some(4.5);
+        new.updated = "2026-11-25T15:00:01Z".into();
+        let text = render_prometheus([("s", &new), ("s", &old)]);
+        assert!(
+            text.ends_with("# TYPE queue gauge\nqueue{service=\"s\"} 4.5\n"),
+            "{text}"
+        );
+
+        let mut h = series("latency", MetricKind::Histogram, &[("service", "x")], 3);
+        h.sum = 1.5 + 2.0 + 7e9;
+        h.buckets = vec![0; HISTOGRAM_BOUNDS.len() + 1];
+        h.buckets[bucket_of(1.5)] += 1;
+        h.buckets[bucket_of(2.0)] += 1;
+        h.buckets[bucket_of(7e9)] += 1;
+        let text = render_prometheus([("s", &h)]);
+        assert!(
+            text.contains("latency_bucket{service=\"s\",tag_service=\"x\",le=\"1\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_bucket{service=\"s\",tag_service=\"x\",le=\"2.5\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_bucket{service=\"s\",tag_service=\"x\",le=\"5000000000\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_bucket{service=\"s\",tag_service=\"x\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_count{service=\"s\",tag_service=\"x\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("latency_sum{service=\"s\",tag_service=\"x\"} 7000000003.5\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_are_made_valid_and_kinds_do_not_clash() {
+        assert_eq!(metric_name("cart.add-item"), "cart_add_item");
+        assert_eq!(metric_name("9lives"), "_9lives");
+        assert_eq!(metric_name(""), "_");
+        let c = series("x", MetricKind::Gauge, &[], 1);
+        let mut o = series("x", MetricKind::Histogram, &[("bad tag", "v")], 1);
+        o.overflow = 2;
+        let text = render_prometheus([("s", &c), ("s", &o)]);
+        assert!(text.contains("# TYPE x gauge\n"), "{text}");
+        assert!(text.contains("# TYPE x_histogram histogram\n"), "{text}");
+        assert!(
+            text.contains("x_histogram_count{bad_tag=\"v\",service=\"s\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nonstop_metric_overflow_total{metric=\"x\",service=\"s\"} 2\n"),
+            "{text}"
         );
     }
 }
