@@ -1,13 +1,14 @@
 //! The agent thread's work: rules in, probes armed, hits decoded into responses.
 
 use crate::limits::RuleLimits;
+use crate::metrics::RuleSeries;
 use crate::redact::Redactor;
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
 use nonstop_expr::{Env, Expr, Template};
 use nonstop_model::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_model::{
-    Action, CaptureLimits, Frame, Locals, Response, Rule, RuleStatus, SourceLocation, StatusKind,
-    Value,
+    Action, CaptureLimits, Frame, Locals, MetricKind, MetricSeries, Response, Rule, RuleStatus,
+    SourceLocation, StatusKind, Value,
 };
 use nonstop_probe::{Engine, ProbeId, ProbeSpec, RateLimit};
 use std::collections::HashMap;
@@ -75,6 +76,39 @@ impl Gate {
     }
 }
 
+/// What a metric rule measures, and what it has recorded.
+struct MetricRule {
+    /// The value measured (gauge, histogram).
+    value: Option<Expr>,
+    /// Tag name → expression.
+    tags: Vec<(String, Expr)>,
+    series: RuleSeries,
+    /// Hits whose value or a tag could not be evaluated (not recorded), and the last reason.
+    eval_errors: u64,
+    last_eval_error: Option<String>,
+}
+
+impl MetricRule {
+    /// What the rule's status says about it, if anything.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(why) = &self.last_eval_error {
+            notes.push(format!(
+                "{} hits not recorded because the metric's value or a tag could not be evaluated; last: {why}",
+                self.eval_errors
+            ));
+        }
+        let overflow = self.series.overflow();
+        if overflow > 0 {
+            notes.push(format!(
+                "{overflow} hits not recorded: the metric already has {} tag combinations on this agent (use tags with fewer values)",
+                nonstop_model::metrics::MAX_SERIES_PER_RULE
+            ));
+        }
+        notes
+    }
+}
+
 /// A rule as this agent holds it.
 struct ArmedRule {
     rule: Rule,
@@ -90,6 +124,8 @@ struct ArmedRule {
     probes: Vec<u64>,
     /// Variables the rule reads (`None`: all of them, for a snapshot).
     reads: Option<Vec<String>>,
+    /// A metric rule's expressions and series.
+    metric: Option<MetricRule>,
     gate: Gate,
     /// Hits the rule's own rate limit dropped in the agent.
     gated: u64,
@@ -114,6 +150,8 @@ pub struct Agent {
     by_probe: HashMap<ProbeId, u64>,
     threads: HashMap<u32, String>,
     statuses_changed: bool,
+    /// Metric rules removed since the last [`Agent::take_metrics`]: their series are dropped.
+    removed_metric_rules: Vec<String>,
     clock: Clock,
 }
 
@@ -136,6 +174,10 @@ impl Clock {
 
     fn wall_ns(&self, monotonic: u64) -> u64 {
         (monotonic as i128 + self.offset).max(0) as u64
+    }
+
+    fn wall_now(&self) -> u64 {
+        self.wall_ns(nonstop_probe::monotonic_ns())
     }
 }
 
@@ -169,6 +211,7 @@ impl Agent {
             by_probe: HashMap::new(),
             threads: HashMap::new(),
             statuses_changed: false,
+            removed_metric_rules: Vec::new(),
             clock: Clock::new(),
         }
     }
@@ -202,6 +245,9 @@ impl Agent {
         if let Some(mut held) = self.rules.remove(id) {
             self.disarm_all(&mut held);
             self.statuses_changed = true;
+            if held.metric.is_some() {
+                self.removed_metric_rules.push(id.to_owned());
+            }
         }
     }
 
@@ -334,6 +380,7 @@ impl Agent {
             last_condition_error: None,
             probes: Vec::new(),
             reads: None,
+            metric: None,
             gate: Gate::new(1.0, 1),
             gated: 0,
             status: status(StatusKind::Pending, None),
@@ -368,12 +415,7 @@ impl Agent {
                 held.template =
                     Some(Template::parse(src).map_err(|e| format!("bad template:\n{e}"))?);
             }
-            Action::Metric => {
-                return Err(
-                    "metric rules need the nonstop server; offline mode takes snapshot and log rules"
-                        .into(),
-                );
-            }
+            Action::Metric => held.metric = Some(parse_metric(&rule)?),
         }
         if let Some(when) = &rule.when {
             held.when = Some(Expr::parse(when).map_err(|e| format!("bad condition:\n{e}"))?);
@@ -401,6 +443,16 @@ impl Agent {
             if let Some(t) = &held.template {
                 t.check(&scope).map_err(|e| at(format!("template: {e}")))?;
             }
+            if let Some(m) = &held.metric {
+                if let Some(v) = &m.value {
+                    v.check_number(&scope)
+                        .map_err(|e| at(format!("metric value: {e}")))?;
+                }
+                for (name, t) in &m.tags {
+                    t.check(&scope)
+                        .map_err(|e| at(format!("metric tag {name}: {e}")))?;
+                }
+            }
             // A snapshot shows every local; a log line only needs what it reads.
             if rule.action != Action::Snapshot {
                 let mut roots: Vec<String> = Vec::new();
@@ -410,6 +462,12 @@ impl Agent {
                 if let Some(w) = &held.when {
                     roots.extend(w.roots().into_iter().map(str::to_owned));
                 }
+                if let Some(m) = &held.metric {
+                    let exprs = m.value.iter().chain(m.tags.iter().map(|(_, t)| t));
+                    roots.extend(exprs.flat_map(|e| e.roots()).map(str::to_owned));
+                }
+                roots.sort();
+                roots.dedup();
                 held.reads = Some(roots);
             }
             match self.use_site(site, vars, held) {
@@ -426,6 +484,12 @@ impl Agent {
         }
         held.gate = Gate::new(held.limits.per_second, held.limits.burst);
         held.probes = armed;
+        if let Some(m) = &mut held.metric
+            && m.tags.is_empty()
+        {
+            m.series
+                .start_at_zero(Default::default(), &rfc3339(self.clock.wall_now()));
+        }
         if !refused.is_empty() {
             held.status.message = Some(format!(
                 "{} of {} addresses armed; refused: {}",
@@ -541,6 +605,23 @@ impl Agent {
                 }
             }
         }
+        if let Some(m) = &mut held.metric {
+            // A metric hit is aggregated here and produces no response.
+            match measure(m, &env) {
+                Ok((tags, value)) => {
+                    let time = rfc3339(self.clock.wall_ns(hit.time_ns));
+                    m.series.record(tags, value, &time);
+                    held.emitted += 1;
+                    held.status.hits = held.emitted;
+                }
+                Err(why) => {
+                    m.eval_errors += 1;
+                    m.last_eval_error = Some(why);
+                }
+            }
+            self.statuses_changed = true;
+            return None;
+        }
         let snapshot = held.rule.action == Action::Snapshot;
         let frames = if snapshot {
             self.stacks
@@ -638,13 +719,20 @@ impl Agent {
                          (a null pointer or unreadable memory; counted as false)"
                     ));
                 }
-                if held.status.status == StatusKind::Armed
-                    && let Some(why) = &held.last_condition_error
-                {
-                    held.status.message = Some(format!(
-                        "{} hits where the condition could not be evaluated (counted as false); last: {why}",
-                        held.condition_errors
-                    ));
+                if held.status.status == StatusKind::Armed {
+                    let mut notes = Vec::new();
+                    if let Some(why) = &held.last_condition_error {
+                        notes.push(format!(
+                            "{} hits where the condition could not be evaluated (counted as false); last: {why}",
+                            held.condition_errors
+                        ));
+                    }
+                    if let Some(m) = &held.metric {
+                        notes.extend(m.notes());
+                    }
+                    if !notes.is_empty() {
+                        held.status.message = Some(notes.join("; "));
+                    }
                 }
                 held.last_dropped = dropped;
             }
@@ -661,6 +749,34 @@ impl Agent {
         Some(all)
     }
 
+    /// The metric series that changed since the last call, and the metric rules removed
+    /// since then (whose series are gone).
+    pub fn take_metrics(&mut self) -> MetricsUpdate {
+        let mut changed = Vec::new();
+        for held in self.rules.values_mut() {
+            if let Some(m) = &mut held.metric {
+                changed.extend(m.series.take_changed());
+            }
+        }
+        MetricsUpdate {
+            changed,
+            removed_rules: std::mem::take(&mut self.removed_metric_rules),
+        }
+    }
+
+    /// Every series of every metric rule this agent holds.
+    pub fn all_series(&self) -> impl Iterator<Item = &MetricSeries> {
+        self.rules
+            .values()
+            .filter_map(|r| r.metric.as_ref())
+            .flat_map(|m| m.series.all())
+    }
+
+    /// This agent's service.
+    pub fn service(&self) -> &str {
+        &self.identity.service
+    }
+
     fn thread_name(&mut self, tid: u32) -> String {
         self.threads
             .entry(tid)
@@ -671,6 +787,85 @@ impl Agent {
             })
             .clone()
     }
+}
+
+/// What changed in the metrics since the last report.
+#[derive(Debug, Default)]
+pub struct MetricsUpdate {
+    /// Series with new values (cumulative).
+    pub changed: Vec<MetricSeries>,
+    /// Metric rules no longer held: their series are to be dropped.
+    pub removed_rules: Vec<String>,
+}
+
+impl MetricsUpdate {
+    /// Whether there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed_rules.is_empty()
+    }
+}
+
+/// The metric of a `metric` rule, parsed; its expressions are checked per site later.
+fn parse_metric(rule: &Rule) -> Result<MetricRule, String> {
+    let m = rule.metric.as_ref().ok_or(
+        "a metric rule needs a metric: add \"metric\": {\"kind\": \"count\", \"name\": \"orders\"} \
+         (or kind gauge or histogram with a \"value\" expression)",
+    )?;
+    if m.name.trim().is_empty() {
+        return Err("the metric needs a name: add \"name\": \"orders\" to \"metric\"".into());
+    }
+    let value = match (m.kind, &m.value) {
+        (MetricKind::Count, None) => None,
+        (MetricKind::Count, Some(v)) => {
+            return Err(format!(
+                "a count metric counts hits and takes no value: remove \"value\": {v:?}, \
+                 or make the metric a gauge or histogram of it"
+            ));
+        }
+        (kind, None) => {
+            let kind = if kind == MetricKind::Gauge {
+                "gauge"
+            } else {
+                "histogram"
+            };
+            return Err(format!(
+                "a {kind} metric needs a value expression: add \"value\": \"order.total\" to \"metric\""
+            ));
+        }
+        (_, Some(v)) => Some(Expr::parse(v).map_err(|e| format!("bad metric value:\n{e}"))?),
+    };
+    let mut tags = Vec::with_capacity(m.tags.len());
+    for (name, src) in &m.tags {
+        let expr = Expr::parse(src).map_err(|e| format!("bad metric tag {name}:\n{e}"))?;
+        tags.push((name.clone(), expr));
+    }
+    Ok(MetricRule {
+        value,
+        tags,
+        series: RuleSeries::new(&rule.id, &m.name, m.kind),
+        eval_errors: 0,
+        last_eval_error: None,
+    })
+}
+
+/// A metric hit's tag values (display form: strings without quotes, enum variants by
+/// name) and value, or why they cannot be had.
+fn measure(
+    m: &MetricRule,
+    env: &HitEnv<'_>,
+) -> Result<(std::collections::BTreeMap<String, String>, Option<f64>), String> {
+    let value = match &m.value {
+        Some(v) => Some(v.eval_number(env).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut tags = std::collections::BTreeMap::new();
+    for (name, expr) in &m.tags {
+        let text = expr
+            .eval_display(env, &nonstop_debuginfo::debug_string)
+            .map_err(|e| format!("tag {name}: {e}"))?;
+        tags.insert(name.clone(), text);
+    }
+    Ok((tags, value))
 }
 
 /// Resolves a condition's paths to trap-path reads at one site.

@@ -11,6 +11,7 @@
 //! | `NONSTOP_RULES` | offline mode: a JSON array of rules | none |
 //! | `NONSTOP_OUT` | offline mode: responses, one JSON object a line | `nonstop-responses.jsonl` |
 //! | `NONSTOP_STATUS` | offline mode: rule statuses, rewritten on change | `NONSTOP_OUT` + `.status.json` |
+//! | `NONSTOP_METRICS` | offline mode: metric rules' series in Prometheus text format (for node_exporter's textfile collector), replaced atomically at most once a second and at exit | `NONSTOP_OUT` + `.prom` |
 //! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
 //! | `NONSTOP_CA_CERT` | PEM file of the CA to trust for an `https://` server | the public roots |
 //!
@@ -41,6 +42,8 @@ pub struct Config {
     pub out: PathBuf,
     /// Offline status file.
     pub status: PathBuf,
+    /// Offline metrics file (Prometheus text format).
+    pub metrics: PathBuf,
     /// Extra redaction patterns.
     pub redact: Vec<String>,
     /// CA certificate (PEM) for an `https://` server.
@@ -95,6 +98,14 @@ impl Config {
                 s.push(".status.json");
                 PathBuf::from(s)
             });
+        let metrics = var("NONSTOP_METRICS")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let mut s = out.clone().into_os_string();
+                s.push(".prom");
+                PathBuf::from(s)
+            });
         let config = Config {
             disabled,
             server: var("NONSTOP_SERVER").filter(|s| !s.is_empty()),
@@ -107,6 +118,7 @@ impl Config {
                 .map(PathBuf::from),
             out,
             status,
+            metrics,
             redact: var("NONSTOP_REDACT")
                 .map(|s| {
                     s.split(',')
@@ -154,6 +166,9 @@ mod tests {
         assert_eq!(c.labels.get("region").map(String::as_str), Some("eu"));
         assert_eq!(c.labels.len(), 2);
         assert_eq!(c.status, PathBuf::from("/tmp/r.jsonl.status.json"));
+        assert_eq!(c.metrics, PathBuf::from("/tmp/r.jsonl.prom"));
+        let (c, _) = Config::from_vars(vars(&[("NONSTOP_METRICS", "/var/lib/node/app.prom")]));
+        assert_eq!(c.metrics, PathBuf::from("/var/lib/node/app.prom"));
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("\"broken\" is not key=value"), "{}", w[0]);
     }

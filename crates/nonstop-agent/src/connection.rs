@@ -4,7 +4,9 @@
 //! The protocol is [`nonstop_model::wire`]: on every connect the link sends a hello and
 //! receives the full rule set; later sets replace it whole. Responses and statuses are queued
 //! without blocking (a bounded buffer that drops the oldest and counts what it dropped) and
-//! shipped by the thread. Lost connections are retried with exponential backoff and jitter.
+//! shipped by the thread. Metric series are cumulative, so the link keeps only the newest
+//! value of each series (never a queue of them), sends those that changed, and sends them
+//! all again after a reconnect. Lost connections are retried with exponential backoff and jitter.
 //! `https://` servers are reached over TLS (rustls).
 //!
 //! ```ignore
@@ -18,8 +20,10 @@
 //! # }
 //! ```
 
-use nonstop_model::{AgentInfo, AgentMessage, Response, Rule, RuleStatus, ServerMessage};
-use std::collections::VecDeque;
+use nonstop_model::{
+    AgentInfo, AgentMessage, MetricSeries, Response, Rule, RuleStatus, ServerMessage,
+};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::AssertUnwindSafe;
@@ -35,6 +39,8 @@ use tungstenite::{Message, WebSocket};
 pub const RESPONSE_BUFFER: usize = 1000;
 /// Responses per `responses` message.
 const BATCH: usize = 200;
+/// Series per `metrics` message.
+const METRICS_BATCH: usize = 500;
 /// How often the link pings the server.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
 /// Silence from the server after which the connection counts as dead.
@@ -91,6 +97,18 @@ struct Outbox {
     dropped: u64,
     /// The latest status of each rule not yet sent.
     statuses: Vec<RuleStatus>,
+    /// The newest value of every metric series of the rules the agent holds: at most
+    /// `MAX_SERIES_PER_RULE` per rule, replaced in place, dropped with their rule.
+    series: BTreeMap<SeriesKey, MetricSeries>,
+    /// Series whose newest value has not gone out yet.
+    pending: BTreeSet<SeriesKey>,
+}
+
+/// A metric series' identity: its rule and its tag values.
+type SeriesKey = (String, BTreeMap<String, String>);
+
+fn series_key(s: &MetricSeries) -> SeriesKey {
+    (s.rule.clone(), s.tags.clone())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -173,6 +191,28 @@ impl Link {
         }
     }
 
+    /// Queues the newest values of metric series; an unsent older value of a series is
+    /// replaced, not queued behind (values are cumulative). Never blocks on the network.
+    pub fn send_metrics(&self, series: Vec<MetricSeries>) {
+        let mut out = lock(&self.shared.outbox);
+        for s in series {
+            let key = series_key(&s);
+            out.pending.insert(key.clone());
+            out.series.insert(key, s);
+        }
+    }
+
+    /// Drops every series of the rules `rules` (removed from the agent): they are neither
+    /// sent nor re-sent after a reconnect.
+    pub fn forget_metrics(&self, rules: &[String]) {
+        if rules.is_empty() {
+            return;
+        }
+        let mut out = lock(&self.shared.outbox);
+        out.series.retain(|(rule, _), _| !rules.contains(rule));
+        out.pending.retain(|(rule, _)| !rules.contains(rule));
+    }
+
     /// Whether the link holds a connection to the server now.
     pub fn connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)
@@ -186,7 +226,7 @@ impl Link {
         while self.connected() && Instant::now() < until {
             {
                 let out = lock(&self.shared.outbox);
-                if out.responses.is_empty() && out.statuses.is_empty() {
+                if out.responses.is_empty() && out.statuses.is_empty() && out.pending.is_empty() {
                     return;
                 }
             }
@@ -392,6 +432,12 @@ impl<'a> Runner<'a> {
             },
         )?;
         self.shared.connected.store(true, Ordering::Relaxed);
+        {
+            // A new connection may reach a server (or replica) that has none of the series.
+            let mut out = lock(&self.shared.outbox);
+            let all: Vec<SeriesKey> = out.series.keys().cloned().collect();
+            out.pending.extend(all);
+        }
         if self.logged.take().is_some() {
             eprintln!("nonstop: connected to the nonstop server at {server}");
         }
@@ -451,9 +497,10 @@ impl<'a> Runner<'a> {
         }
     }
 
-    /// Sends queued statuses and responses. What fails to go out is counted as dropped.
+    /// Sends queued statuses, metric series and responses. Responses that fail to go out
+    /// are counted as dropped; series that fail stay pending.
     fn ship(&mut self, ws: &mut WebSocket<Transport>) -> Result<(), Failure> {
-        let (statuses, batch, dropped) = {
+        let (statuses, batch, dropped, series) = {
             let mut out = lock(&self.shared.outbox);
             let statuses = std::mem::take(&mut out.statuses);
             let n = out.responses.len().min(BATCH);
@@ -463,10 +510,31 @@ impl<'a> Runner<'a> {
             } else {
                 std::mem::take(&mut out.dropped)
             };
-            (statuses, batch, dropped)
+            let keys: Vec<SeriesKey> = out.pending.iter().take(METRICS_BATCH).cloned().collect();
+            let mut series = Vec::with_capacity(keys.len());
+            for key in keys {
+                out.pending.remove(&key);
+                if let Some(s) = out.series.get(&key) {
+                    series.push(s.clone());
+                }
+            }
+            (statuses, batch, dropped, series)
         };
         if !statuses.is_empty() {
             send(ws, &AgentMessage::Status { statuses })?;
+        }
+        if !series.is_empty() {
+            let keys: Vec<SeriesKey> = series.iter().map(series_key).collect();
+            if let Err(e) = send(ws, &AgentMessage::Metrics { series }) {
+                // Still the newest values unless newer ones came meanwhile: send them later.
+                let mut out = lock(&self.shared.outbox);
+                for key in keys {
+                    if out.series.contains_key(&key) {
+                        out.pending.insert(key);
+                    }
+                }
+                return Err(e);
+            }
         }
         if !batch.is_empty() || dropped > 0 {
             let n = batch.len() as u64;

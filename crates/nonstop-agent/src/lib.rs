@@ -7,7 +7,8 @@
 //! - Offline mode: `NONSTOP_RULES=rules.json` (a JSON array of rules) and
 //!   `NONSTOP_OUT=responses.jsonl` (one response a line). Rules in the file when the
 //!   program starts are armed before `start` returns, so the first executions are caught;
-//!   later edits of the file are picked up within a second.
+//!   later edits of the file are picked up within a second. Metric rules write their
+//!   series in Prometheus text format to `NONSTOP_METRICS` (default `NONSTOP_OUT.prom`).
 //!
 //! # Example
 //! ```no_run
@@ -26,6 +27,7 @@ mod agent;
 pub mod config;
 pub mod connection;
 mod limits;
+mod metrics;
 mod offline;
 pub mod redact;
 
@@ -43,6 +45,9 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 static FLUSHED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 /// How long the exiting program waits for the agent's last responses at most.
 const EXIT_FLUSH_WAIT: Duration = Duration::from_millis(1000);
+/// How often changed metric series are reported (and at exit). Values are cumulative, so a
+/// longer period only delays them; a shorter one costs more messages or file writes.
+const METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// At exit: let the agent thread write the hits still in flight, waiting a bounded time.
 extern "C" fn flush_at_exit() {
@@ -97,6 +102,7 @@ fn start_inner() -> bool {
         let mut channel = Channel::Offline(
             offline::RulesFile::new(rules_path),
             offline::ResponseFile::new(config.out.clone(), config.status.clone()),
+            offline::MetricsFile::new(config.metrics.clone()),
         );
         if let Some(rules) = channel.poll_rules() {
             agent.sync(rules);
@@ -135,8 +141,12 @@ fn start_inner() -> bool {
 
 /// Where rules come from and responses go.
 enum Channel {
-    /// A rules file and a responses file.
-    Offline(offline::RulesFile, offline::ResponseFile),
+    /// A rules file, a responses file and a metrics file.
+    Offline(
+        offline::RulesFile,
+        offline::ResponseFile,
+        offline::MetricsFile,
+    ),
     /// The server.
     Online(connection::Link),
 }
@@ -144,22 +154,38 @@ enum Channel {
 impl Channel {
     fn poll_rules(&mut self) -> Option<Vec<nonstop_model::Rule>> {
         match self {
-            Channel::Offline(file, _) => file.poll(),
+            Channel::Offline(file, _, _) => file.poll(),
             Channel::Online(link) => link.latest_rules(),
         }
     }
 
     fn responses(&mut self, responses: Vec<nonstop_model::Response>) {
         match self {
-            Channel::Offline(_, out) => out.responses(&responses),
+            Channel::Offline(_, out, _) => out.responses(&responses),
             Channel::Online(link) => link.send_responses(responses),
         }
     }
 
     fn statuses(&mut self, statuses: Vec<nonstop_model::RuleStatus>) {
         match self {
-            Channel::Offline(_, out) => out.statuses(&statuses),
+            Channel::Offline(_, out, _) => out.statuses(&statuses),
             Channel::Online(link) => link.send_status(statuses),
+        }
+    }
+
+    /// Reports what changed in the agent's metric series since the last call.
+    fn metrics(&mut self, agent: &mut Agent) {
+        let update = agent.take_metrics();
+        if update.is_empty() {
+            return;
+        }
+        match self {
+            // The file holds every series, so it is rewritten whole.
+            Channel::Offline(_, _, file) => file.write(agent.service(), agent.all_series()),
+            Channel::Online(link) => {
+                link.forget_metrics(&update.removed_rules);
+                link.send_metrics(update.changed);
+            }
         }
     }
 }
@@ -244,6 +270,7 @@ fn mark_flushed() {
 fn run(agent: &mut Agent, channel: &mut Channel) {
     agent.warm_up();
     let mut last_check = Instant::now();
+    let mut last_metrics = Instant::now();
     loop {
         let exiting = EXITING.load(Ordering::Acquire);
         let hits = agent.drain();
@@ -262,6 +289,10 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
             if let Some(statuses) = agent.check() {
                 channel.statuses(statuses);
             }
+        }
+        if exiting || last_metrics.elapsed() >= METRICS_EVERY {
+            last_metrics = Instant::now();
+            channel.metrics(agent);
         }
         if exiting {
             if let Channel::Online(link) = channel {

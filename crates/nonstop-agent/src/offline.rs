@@ -1,6 +1,8 @@
-//! Offline mode: rules from a JSON file, responses to a JSON-lines file.
+//! Offline mode: rules from a JSON file, responses to a JSON-lines file, metrics to a
+//! Prometheus text file.
 
 use crate::say;
+use nonstop_model::metrics::{MetricSeries, render_prometheus};
 use nonstop_model::{Response, Rule, RuleStatus, StatusKind};
 use std::io::Write;
 use std::path::PathBuf;
@@ -132,6 +134,47 @@ impl ResponseFile {
                 "cannot write statuses to {}: {e}",
                 self.status.display()
             ));
+        }
+    }
+}
+
+/// The offline metrics file: the Prometheus text of every series, replaced whole (a temp
+/// file in the same folder, then a rename), so a reader such as node_exporter's textfile
+/// collector never sees half a file.
+pub struct MetricsFile {
+    path: PathBuf,
+    /// Whether a write failed and was reported (reported once until one succeeds).
+    failing: bool,
+}
+
+impl MetricsFile {
+    /// Writes to `path`.
+    pub fn new(path: PathBuf) -> MetricsFile {
+        MetricsFile {
+            path,
+            failing: false,
+        }
+    }
+
+    /// Replaces the file with the text of `series`, each of the agent's `service`.
+    pub fn write<'a>(&mut self, service: &str, series: impl Iterator<Item = &'a MetricSeries>) {
+        let text = render_prometheus(series.map(|s| (service, s)));
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(format!(".{}.tmp", std::process::id()));
+        let tmp = PathBuf::from(tmp);
+        let written = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.path));
+        match written {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if !self.failing {
+                    say(&format!(
+                        "cannot write metrics to {}: {e} (set NONSTOP_METRICS to a writable file)",
+                        self.path.display()
+                    ));
+                }
+                self.failing = true;
+            }
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct Run {
     pub output: Output,
     pub responses: Vec<Response>,
     pub statuses: serde_json::Value,
+    /// The metrics file (`NONSTOP_OUT` + `.prom`, the default), if the agent wrote one.
+    pub metrics: Option<String>,
 }
 
 impl Run {
@@ -175,10 +177,13 @@ pub fn run_with_rules(
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(serde_json::Value::Null);
+    let mut prom = out.into_os_string();
+    prom.push(".prom");
     Run {
         output,
         responses,
         statuses,
+        metrics: std::fs::read_to_string(prom).ok(),
     }
 }
 
