@@ -956,3 +956,66 @@ pub fn rfc3339(ns: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
     humantime::format_rfc3339_micros(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric_rule(metric: serde_json::Value) -> Result<MetricRule, String> {
+        let rule: Rule = serde_json::from_value(serde_json::json!({
+            "id": "m", "at": "a.rs:1", "action": "metric", "metric": metric
+        }))
+        .map_err(|e| e.to_string())?;
+        parse_metric(&rule)
+    }
+
+    #[test]
+    fn metric_rules_without_what_they_need_say_what_to_add() {
+        let rule: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"metric"}"#).unwrap();
+        let e = parse_metric(&rule).err().unwrap();
+        assert!(e.contains("a metric rule needs a metric"), "{e}");
+        let e = metric_rule(serde_json::json!({"kind": "gauge", "name": "g"}))
+            .err()
+            .unwrap();
+        assert!(e.contains("a gauge metric needs a value expression"), "{e}");
+        let e = metric_rule(serde_json::json!({"kind": "count", "name": "c", "value": "x"}))
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("a count metric counts hits and takes no value"),
+            "{e}"
+        );
+        let e = metric_rule(serde_json::json!({"kind": "count", "name": " "}))
+            .err()
+            .unwrap();
+        assert!(e.contains("the metric needs a name"), "{e}");
+        let e =
+            metric_rule(serde_json::json!({"kind": "count", "name": "c", "tags": {"t": "a +"}}))
+                .err()
+                .unwrap();
+        assert!(e.starts_with("bad metric tag t:"), "{e}");
+    }
+
+    #[test]
+    fn the_status_counts_evaluation_errors_and_overflow() {
+        let mut m =
+            metric_rule(serde_json::json!({"kind": "count", "name": "c", "tags": {"t": "x"}}))
+                .unwrap();
+        assert!(m.notes().is_empty());
+        for i in 0..=nonstop_model::metrics::MAX_SERIES_PER_RULE {
+            let tags = std::collections::BTreeMap::from([("t".to_owned(), i.to_string())]);
+            m.series.record(tags, None, "t");
+        }
+        m.eval_errors = 2;
+        m.last_eval_error = Some("division by zero in `a / b`".into());
+        assert_eq!(
+            m.notes(),
+            [
+                "2 hits not recorded because the metric's value or a tag could not be evaluated; \
+                 last: division by zero in `a / b`",
+                "1 hits not recorded: the metric already has 1000 tag combinations on this agent \
+                 (use tags with fewer values)"
+            ]
+        );
+    }
+}
