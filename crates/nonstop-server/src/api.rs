@@ -151,8 +151,33 @@ pub struct StatusView {
 /// selects that has not reported on it yet.
 fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecord]) -> RuleView {
     let connected = |id: &str| agents.iter().any(|a| a.info.id == id && a.connected);
+    // A rule that ended on the server left every agent's set, and the agents disarmed it;
+    // an agent's last word from before ("armed") would say otherwise.
+    let ended = match r.state {
+        RuleState::Active => None,
+        RuleState::Done => Some((
+            StatusKind::Done,
+            "the rule reached its max hits over all agents; this agent disarmed it",
+        )),
+        RuleState::Expired => Some((
+            StatusKind::Expired,
+            "the rule's time ran out; this agent disarmed it",
+        )),
+    };
     let mut views: Vec<StatusView> = statuses
         .into_iter()
+        .map(|mut s| {
+            if let Some((kind, why)) = ended
+                && matches!(
+                    s.status.status,
+                    StatusKind::Pending | StatusKind::Armed | StatusKind::RateLimited
+                )
+            {
+                s.status.status = kind;
+                s.status.message = Some(why.to_string());
+            }
+            s
+        })
         .map(|s| StatusView {
             connected: connected(&s.agent),
             agent: s.agent,
