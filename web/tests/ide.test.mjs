@@ -140,6 +140,35 @@ try {
     await page.locator(`#rules .rule[data-rule="${ruleId}"] .statuses .pill.armed`).waitFor();
   });
 
+  await check('the form\'s template buttons come from the server, with a version field', async () => {
+    const served = await page.evaluate(async () => (await fetch('/api/v1/templates')).json());
+    await page.click('#code .line[data-n="18"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    const titles = await page.locator('#rule-dialog button[data-template]').allTextContents();
+    assert.deepEqual(titles, served.map((t) => t.title));
+    assert.equal(titles[0], 'Dump frame');
+    await page.fill('#rf-version', '9.9.9');
+    assert.match(await page.textContent('#rf-preview'), /"version": "9.9.9"/);
+    assert.match(await page.textContent('#rf-reach'), /Reaches no connected agent/);
+    await page.click('#rule-dialog .buttons button[type=button]');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+  });
+
+  await check('a rule toggles off and on in the rules pane, keeping its hits', async () => {
+    const card = page.locator(`#rules .rule[data-rule="${ruleId}"]`);
+    await card.locator(`button[aria-label="disable rule ${ruleId}"]`).click();
+    await card.locator('.head .pill.disabled').waitFor();
+    const off = await page.evaluate(async (id) => (await fetch(`/api/v1/rules/${id}`)).json(), ruleId);
+    assert.equal(off.enabled, false);
+    assert.equal(off.state, 'active');
+    await card.locator(`button[aria-label="enable rule ${ruleId}"]`).click();
+    await card.locator(`button[aria-label="disable rule ${ruleId}"]`).waitFor();
+    const on = await page.evaluate(async (id) => (await fetch(`/api/v1/rules/${id}`)).json(), ruleId);
+    assert.equal(on.enabled, true);
+    assert.ok(on.hits >= off.hits, `hits kept: ${off.hits} -> ${on.hits}`);
+    await page.locator(`#rules .rule[data-rule="${ruleId}"] .statuses .pill.armed`).waitFor();
+  });
+
   await check('the live response arrives; a variable expands with its marks', async () => {
     await page.locator('#responses .resp', { hasText: 'total is' }).first().waitFor();
     await page.waitForFunction(() => document.querySelectorAll('#responses .resp').length >= 4);

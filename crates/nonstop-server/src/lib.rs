@@ -14,7 +14,7 @@
 //! | route | token |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
-//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `POST /api/v1/rules/{id}/enable` and `/disable`, `GET /api/v1/templates`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
 //! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is
@@ -93,6 +93,9 @@ pub struct Config {
     pub tls: Option<tls::TlsFiles>,
     /// Where the web IDE reads each service's code (`--source SERVICE=PATH_OR_URL`).
     pub sources: Vec<(String, sources::SourceSpec)>,
+    /// The largest capture limits a rule may ask for (`--max-limits`); a rule above one
+    /// is refused, and a default above one is lowered to it.
+    pub max_limits: nonstop_model::CaptureLimits,
 }
 
 impl Config {
@@ -105,6 +108,7 @@ impl Config {
             retention: Retention::default(),
             tls: None,
             sources: Vec::new(),
+            max_limits: validate::DEFAULT_MAX_LIMITS,
         }
     }
 }
@@ -225,6 +229,8 @@ pub(crate) struct App {
     connections: Mutex<HashMap<String, usize>>,
     /// Where the web IDE reads code.
     sources: Arc<sources::Sources>,
+    /// The largest capture limits a rule may ask for.
+    max_limits: nonstop_model::CaptureLimits,
 }
 
 impl App {
@@ -243,13 +249,15 @@ impl App {
         self.rules_gen.send_modify(|g| *g += 1);
     }
 
-    /// The active rules that select `info`.
+    /// The active, enabled rules that select `info`.
     async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
         let info = info.clone();
         self.blocking(move |s| {
             Ok(s.rules()?
                 .into_iter()
-                .filter(|r| r.state == RuleState::Active && hub::selects(&r.rule, &info))
+                .filter(|r| {
+                    r.state == RuleState::Active && r.enabled && hub::selects(&r.rule, &info)
+                })
                 .map(|r| r.rule)
                 .collect())
         })
@@ -338,6 +346,15 @@ fn router(app: Arc<App>) -> Router {
             "/api/v1/rules/{id}",
             get(api::get_rule).delete(api::delete_rule),
         )
+        .route(
+            "/api/v1/rules/{id}/enable",
+            axum::routing::post(api::enable_rule),
+        )
+        .route(
+            "/api/v1/rules/{id}/disable",
+            axum::routing::post(api::disable_rule),
+        )
+        .route("/api/v1/templates", get(api::list_templates))
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/responses", get(api::list_responses))
         .route("/api/v1/responses/stream", get(api::stream_responses))
@@ -456,6 +473,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         shutdown: stop_rx.clone(),
         connections: Mutex::new(HashMap::new()),
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
+        max_limits: config.max_limits,
     });
     app.sources.start(stop_rx.clone());
 

@@ -131,14 +131,24 @@ impl SqliteStore {
     }
 }
 
-const RULE_COLUMNS: &str = "json, created, expires_at, state, hits";
+const RULE_COLUMNS: &str = "json, created, expires_at, state, hits, enabled";
 
-fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, Option<i64>, String, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+/// A rule's row: json, created, expires_at, state, hits, enabled.
+type RuleRow = (String, i64, Option<i64>, String, i64, bool);
+
+fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get::<_, i64>(5)? != 0,
+    ))
 }
 
 fn to_stored_rule(
-    (json, created_ms, expires_ms, state, hits): (String, i64, Option<i64>, String, i64),
+    (json, created_ms, expires_ms, state, hits, enabled): RuleRow,
 ) -> Result<StoredRule, StoreError> {
     let rule: Rule = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
         what: "rule",
@@ -149,6 +159,7 @@ fn to_stored_rule(
         created_ms,
         expires_ms,
         state: RuleState::parse(&state),
+        enabled,
         hits: to_u64(hits),
     })
 }
@@ -227,7 +238,7 @@ impl Store for SqliteStore {
                 r.rule.id,
                 json,
                 r.created_ms,
-                r.state == RuleState::Active,
+                r.enabled,
                 r.state.as_str(),
                 r.expires_ms,
                 r.rule.max_hits.map(to_i64),
@@ -269,6 +280,20 @@ impl Store for SqliteStore {
         row.map(to_stored_rule).transpose()
     }
 
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<Option<StoredRule>, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE rules SET enabled = ?2 WHERE id = ?1",
+                params![id, enabled],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.rule(id)
+    }
+
     fn delete_rule(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
@@ -294,7 +319,7 @@ impl Store for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)?
         };
         tx.execute(
-            "UPDATE rules SET state = 'expired', enabled = 0 WHERE state = 'active' AND expires_at <= ?1",
+            "UPDATE rules SET state = 'expired' WHERE state = 'active' AND expires_at <= ?1",
             [now_ms],
         )
         .map_err(db)?;
@@ -465,11 +490,13 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let mut touched: Vec<String> = Vec::new();
         for resp in responses {
-            // One atomic step counts the hit if the rule is active and below its max.
+            // One atomic step counts the hit if the rule is active, enabled and below its
+            // max (a response still in flight when its rule was disabled is refused).
             let counted = tx
                 .execute(
                     "UPDATE rules SET hits = hits + 1
-                     WHERE id = ?1 AND state = 'active' AND (max_hits IS NULL OR hits < max_hits)",
+                     WHERE id = ?1 AND state = 'active' AND enabled = 1
+                       AND (max_hits IS NULL OR hits < max_hits)",
                     [&resp.rule],
                 )
                 .map_err(db)?;
@@ -490,7 +517,7 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             let finished = tx
                 .execute(
-                    "UPDATE rules SET state = 'done', enabled = 0
+                    "UPDATE rules SET state = 'done'
                      WHERE id = ?1 AND state = 'active' AND max_hits IS NOT NULL AND hits >= max_hits",
                     [&resp.rule],
                 )
@@ -625,8 +652,41 @@ mod tests {
             created_ms: 1,
             expires_ms: Some(1000),
             state: RuleState::Active,
+            enabled: true,
             hits: 0,
         }
+    }
+
+    #[test]
+    fn a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_rule(&stored("r-a", Some(3))).unwrap();
+        let keep = Retention::default();
+        let ins = s
+            .insert_responses(vec![response("r-a", 0)], 10, keep)
+            .unwrap();
+        assert_eq!(ins.stored.len(), 1);
+        let off = s.set_enabled("r-a", false).unwrap().unwrap();
+        assert_eq!(
+            (off.enabled, off.hits, off.state),
+            (false, 1, RuleState::Active)
+        );
+        let ins = s
+            .insert_responses(vec![response("r-a", 1)], 11, keep)
+            .unwrap();
+        assert_eq!((ins.stored.len(), ins.refused), (0, 1));
+        assert_eq!(s.responses(Some("r-a"), 10).unwrap().len(), 1);
+        assert!(s.set_enabled("r-a", true).unwrap().unwrap().enabled);
+        let batch = (2..6).map(|n| response("r-a", n)).collect();
+        let ins = s.insert_responses(batch, 12, keep).unwrap();
+        // One hit before the pause counts toward the max of 3.
+        assert_eq!((ins.stored.len(), ins.refused), (2, 2));
+        let done = s.rule("r-a").unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.hits, done.enabled),
+            (RuleState::Done, 3, true)
+        );
+        assert!(s.set_enabled("r-none", true).unwrap().is_none());
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct StoredRule {
     pub expires_ms: Option<i64>,
     /// Its state.
     pub state: RuleState,
+    /// Whether it is sent to agents. A disabled rule keeps its state, hits, statuses and
+    /// responses; its time keeps running toward `expires_ms`.
+    pub enabled: bool,
     /// Responses stored for it so far, over all agents.
     pub hits: u64,
 }
@@ -137,6 +140,8 @@ pub trait Store: Send + Sync + 'static {
     fn rules(&self) -> Result<Vec<StoredRule>, StoreError>;
     /// One rule.
     fn rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError>;
+    /// Enables or disables a rule; `None` when there is no such rule, else the rule after.
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<Option<StoredRule>, StoreError>;
     /// Deletes a rule and its statuses; false when there was none.
     fn delete_rule(&self, id: &str) -> Result<bool, StoreError>;
     /// Marks active rules whose time is up as expired; returns their ids.
@@ -176,7 +181,7 @@ pub trait Store: Send + Sync + 'static {
     /// A rule's status on each agent that reported one.
     fn statuses(&self, rule: &str) -> Result<Vec<AgentRuleStatus>, StoreError>;
 
-    /// Stores responses for active rules, up to each rule's max hits over all agents, then
+    /// Stores responses for active, enabled rules, up to each rule's max hits over all agents, then
     /// applies `retention`.
     fn insert_responses(
         &self,
