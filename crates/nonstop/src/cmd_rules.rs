@@ -71,6 +71,9 @@ pub struct AddArgs {
     /// The metric kind when an EXPR is given (default gauge; histogram with --template measure).
     #[arg(long, value_enum)]
     pub kind: Option<KindArg>,
+    /// A metric tag: K=EXPR, its value at each hit (repeat for more), e.g. --tag sku=item.sku.
+    #[arg(long = "tag", value_name = "K=EXPR")]
+    pub tags: Vec<String>,
     /// Make the rule from a named template (see `nonstop rules templates`); its parameters
     /// come from --log (message), --metric NAME[=EXPR] (name, value), --kind and --param.
     #[arg(long, value_name = "NAME")]
@@ -90,6 +93,10 @@ pub struct AddArgs {
     /// Most hits per agent: 1/s, 100/m.
     #[arg(long)]
     pub rate: Option<String>,
+    /// A capture limit: depth, string, collection, fields or frames (repeat for more),
+    /// e.g. --limit string=4096; the server refuses values above its maximums.
+    #[arg(long = "limit", value_name = "K=N")]
+    pub limits: Vec<String>,
     /// Targets for the responses (ui always).
     #[arg(long, value_name = "TARGET", num_args = 1..)]
     pub to: Vec<String>,
@@ -266,6 +273,38 @@ fn rule_from_template(a: &AddArgs, name: &str) -> Result<Rule> {
 }
 
 fn rule_from(a: &AddArgs) -> Result<Rule> {
+    let mut rule = plain_rule_from(a)?;
+    if !a.tags.is_empty() {
+        let Some(metric) = rule.metric.as_mut() else {
+            bail!("--tag applies to metric rules: add --metric NAME[=EXPR], or drop --tag");
+        };
+        for t in &a.tags {
+            let (k, v) = key_value("--tag", t, "sku=item.sku")?;
+            metric.tags.insert(k.to_string(), v.to_string());
+        }
+    }
+    for l in &a.limits {
+        let (k, v) = key_value("--limit", l, "string=4096")?;
+        let n: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--limit {l:?}: {v:?} is not a whole number"))?;
+        let slot = match k {
+            "depth" => &mut rule.limits.depth,
+            "string" => &mut rule.limits.string,
+            "collection" => &mut rule.limits.collection,
+            "fields" => &mut rule.limits.fields,
+            "frames" => &mut rule.limits.frames,
+            _ => bail!(
+                "--limit {k}: no such limit; use depth, string, collection, fields or frames"
+            ),
+        };
+        *slot = Some(n);
+    }
+    Ok(rule)
+}
+
+fn plain_rule_from(a: &AddArgs) -> Result<Rule> {
     let mut labels = BTreeMap::new();
     for l in &a.labels {
         let (k, v) = key_value("--label", l, "region=eu")?;
