@@ -63,8 +63,7 @@ pub async fn list_metrics(
     let stored = app
         .blocking(move |s| s.metric_series(q.rule.as_deref()))
         .await?;
-    let mut merged: BTreeMap<(String, String, BTreeMap<String, String>), (ServiceSeries, i64)> =
-        BTreeMap::new();
+    let mut merged: BTreeMap<SeriesKey, (ServiceSeries, i64)> = BTreeMap::new();
     for s in stored {
         let key = (
             s.service.clone(),
@@ -98,6 +97,9 @@ pub async fn list_metrics(
             .collect(),
     ))
 }
+
+/// A series of a service: (service, rule, tags).
+type SeriesKey = (String, String, BTreeMap<String, String>);
 
 /// Adds another agent's series of the same rule and tags into `into`.
 fn add(into: &mut MetricSeries, other: &MetricSeries) {

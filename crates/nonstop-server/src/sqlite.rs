@@ -6,15 +6,16 @@ use crate::store::{
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
-use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Schema migrations, applied in order; the index + 1 is the version recorded.
 /// Keep the SQL portable (PostgreSQL would take `BIGSERIAL` for the `INTEGER PRIMARY KEY`).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id TEXT PRIMARY KEY,
     service TEXT NOT NULL,
@@ -679,7 +680,10 @@ impl Store for SqliteStore {
 }
 
 /// The metric of a rule that takes series now: an active `metric` rule's name and kind.
-fn active_metric(tx: &rusqlite::Transaction<'_>, rule: &str) -> Result<Option<(String, MetricKind)>, StoreError> {
+fn active_metric(
+    tx: &rusqlite::Transaction<'_>,
+    rule: &str,
+) -> Result<Option<(String, MetricKind)>, StoreError> {
     let json: Option<String> = tx
         .query_row(
             "SELECT json FROM rules WHERE id = ?1 AND state = 'active'",
@@ -895,5 +899,117 @@ mod tests {
         assert_eq!(s.prune_responses(16, old).unwrap(), 4);
         assert_eq!(s.expire_rules(999).unwrap(), Vec::<String>::new());
         assert_eq!(s.expire_rules(1000).unwrap(), vec!["r-b".to_string()]);
+    }
+
+    fn metric_rule(id: &str, max_hits: Option<u64>) -> StoredRule {
+        let mut r = stored(id, max_hits);
+        r.rule.action = Action::Metric;
+        r.rule.metric = Some(serde_json::from_str(r#"{"kind":"count","name":"ticks"}"#).unwrap());
+        r
+    }
+
+    fn count(rule: &str, tag: &str, n: u64) -> MetricSeries {
+        MetricSeries {
+            rule: rule.into(),
+            name: "agent-says".into(),
+            kind: MetricKind::Gauge,
+            tags: [("k".to_string(), tag.to_string())].into(),
+            count: n,
+            sum: 0.0,
+            last: None,
+            buckets: vec![],
+            updated: "2026-01-01T00:00:00Z".into(),
+            overflow: 0,
+        }
+    }
+
+    fn agent(s: &SqliteStore, id: &str, now_ms: i64) {
+        let info: AgentInfo =
+            serde_json::from_value(serde_json::json!({"id": id, "service": "svc"})).unwrap();
+        s.upsert_agent(&info, false, now_ms).unwrap();
+    }
+
+    #[test]
+    fn metric_series_keep_the_newest_report_within_the_cap() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_rule(&metric_rule("m", Some(10))).unwrap();
+        s.insert_rule(&stored("snap", None)).unwrap();
+        agent(&s, "a", 0);
+        agent(&s, "b", 0);
+        let got = s
+            .upsert_metrics(
+                "a",
+                &[
+                    count("m", "x", 3),
+                    count("snap", "x", 1),
+                    count("gone", "x", 1),
+                ],
+                5,
+            )
+            .unwrap();
+        assert_eq!((got.stored, got.refused, got.stale), (1, 2, 0));
+        // The same report again, then an older one arriving late: nothing changes.
+        s.upsert_metrics("a", &[count("m", "x", 3)], 6).unwrap();
+        let late = s.upsert_metrics("a", &[count("m", "x", 2)], 7).unwrap();
+        assert_eq!((late.stored, late.stale), (0, 1));
+        let all = s.metric_series(None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (
+                all[0].series.count,
+                all[0].series.name.as_str(),
+                all[0].series.kind
+            ),
+            (3, "ticks", MetricKind::Count),
+            "the rule names the metric, not the agent"
+        );
+        assert_eq!((all[0].service.as_str(), all[0].updated_ms), ("svc", 6));
+        assert_eq!(s.rule("m").unwrap().unwrap().hits, 3);
+        // An unknown agent's series are refused.
+        let stranger = s
+            .upsert_metrics("nobody", &[count("m", "y", 1)], 8)
+            .unwrap();
+        assert_eq!((stranger.stored, stranger.refused), (0, 1));
+
+        // One agent may hold MAX_SERIES_PER_RULE series of a rule; another has its own room.
+        s.insert_rule(&metric_rule("wide", None)).unwrap();
+        let many: Vec<_> = (0..MAX_SERIES_PER_RULE + 5)
+            .map(|i| count("wide", &i.to_string(), 1))
+            .collect();
+        let got = s.upsert_metrics("a", &many, 9).unwrap();
+        assert_eq!((got.stored, got.refused), (MAX_SERIES_PER_RULE, 5));
+        let again = s.upsert_metrics("a", &many[..3], 10).unwrap();
+        assert_eq!(
+            (again.stored, again.refused),
+            (3, 0),
+            "known series still update"
+        );
+        let got = s.upsert_metrics("b", &many[..2], 10).unwrap();
+        assert_eq!(got.stored, 2);
+        assert_eq!(
+            s.rule("wide").unwrap().unwrap().hits,
+            MAX_SERIES_PER_RULE as u64 + 2
+        );
+        assert!(s.delete_rule("wide").unwrap());
+        assert_eq!(s.metric_series(Some("wide")).unwrap().len(), 0);
+
+        // Max hits over agents: 3 + 7 reaches 10 and the rule is done; later reports are refused.
+        let got = s.upsert_metrics("b", &[count("m", "x", 7)], 11).unwrap();
+        assert_eq!(got.done, vec!["m".to_string()]);
+        let rule = s.rule("m").unwrap().unwrap();
+        assert_eq!((rule.state, rule.hits), (RuleState::Done, 10));
+        let after = s.upsert_metrics("b", &[count("m", "x", 8)], 12).unwrap();
+        assert_eq!((after.stored, after.refused), (0, 1));
+
+        // A gone agent's series are pruned with old responses; a recently seen one stays.
+        agent(&s, "b", 1_000);
+        let keep = Retention {
+            per_rule: 100,
+            max_age_ms: 500,
+        };
+        assert_eq!(s.prune_responses(1_400, keep).unwrap(), 1);
+        let left: Vec<_> = s.metric_series(None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].agent, "b");
     }
 }
