@@ -262,6 +262,14 @@ fn metrics_need_the_admin_token_and_say_how_to_configure_the_scrape() {
     assert_eq!(resp.body_mut().read_to_string().unwrap(), "");
     let (status, _) = call(&s.url("/api/v1/metrics"), "GET", None, None);
     assert_eq!(status, 401);
+    let (_, doc) = call(&s.url("/api/v1/openapi.json"), "GET", None, None);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    for route in ["/metrics", "/api/v1/metrics"] {
+        assert!(
+            doc["paths"].get(route).is_some(),
+            "{route} not in the OpenAPI document"
+        );
+    }
 }
 
 #[test]
