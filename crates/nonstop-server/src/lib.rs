@@ -529,8 +529,11 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                     .await
                 {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(responses = n, "pruned old responses"),
-                    Err(e) => tracing::error!("cannot prune responses: {e}"),
+                    Ok(n) => tracing::info!(
+                        rows = n,
+                        "pruned old responses and metric series of gone agents"
+                    ),
+                    Err(e) => tracing::error!("cannot prune responses and metric series: {e}"),
                 }
             }
         }
