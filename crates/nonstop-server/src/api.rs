@@ -92,12 +92,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
 }
 
-fn checked_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn checked_id(id: &str) -> Result<(), ApiError> {
     if validate::is_valid_id(id) {
         Ok(())
     } else {
@@ -120,7 +120,8 @@ pub struct RuleView {
     pub created: String,
     /// When it expires (RFC 3339).
     pub expires_at: Option<String>,
-    /// Responses stored for it, over all agents.
+    /// Hits over all agents: responses stored, or for a metric rule the sum of its
+    /// series' counts.
     pub hits: u64,
     /// Its status on each agent that reported one.
     pub agents: Vec<StatusView>,

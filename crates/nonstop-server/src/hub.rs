@@ -256,7 +256,12 @@ async fn handle(
                 .map_err(|_| "the server could not store the responses".to_string())?;
             Ok(None)
         }
-        AgentMessage::Metrics { series: _ } => Ok(None), // stored by the metrics work (issue 5)
+        AgentMessage::Metrics { series } => {
+            app.ingest_metrics(&id, series)
+                .await
+                .map_err(|_| "the server could not store the metric series".to_string())?;
+            Ok(None)
+        }
         AgentMessage::Ping => {
             let _ = app
                 .blocking(move |s| s.touch_agent(&id, Some(true), now_ms()))
@@ -396,7 +401,10 @@ pub async fn post_messages(
     };
     for m in messages {
         match m {
-            AgentMessage::Hello { .. } | AgentMessage::Ping | AgentMessage::Metrics { .. } => {}
+            AgentMessage::Hello { .. } | AgentMessage::Ping => {}
+            AgentMessage::Metrics { series } => {
+                app.ingest_metrics(&info.id, series).await?;
+            }
             AgentMessage::Status { statuses } => {
                 let id = info.id.clone();
                 app.blocking(move |s| s.put_statuses(&id, &statuses, now_ms()))

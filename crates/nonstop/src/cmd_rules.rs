@@ -295,9 +295,9 @@ fn rule_from(a: &AddArgs) -> Result<Rule> {
             "collection" => &mut rule.limits.collection,
             "fields" => &mut rule.limits.fields,
             "frames" => &mut rule.limits.frames,
-            _ => bail!(
-                "--limit {k}: no such limit; use depth, string, collection, fields or frames"
-            ),
+            _ => {
+                bail!("--limit {k}: no such limit; use depth, string, collection, fields or frames")
+            }
         };
         *slot = Some(n);
     }
