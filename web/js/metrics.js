@@ -122,7 +122,10 @@ export class MetricsPanel {
       fill(b.el, h('p', { class: 'muted' }, 'No values yet: they appear about a second after an agent records a hit.'), hint);
       return;
     }
-    const cols = [['service', 'service'], ['tags', 'tags'], ['count', 'count']];
+    // A tags column only when the rule has tags: the pane is narrow.
+    const cols = [['service', 'service']];
+    if (series.some((s) => Object.keys(s.tags || {}).length)) cols.push(['tags', 'tags']);
+    cols.push(['count', 'count']);
     if (kind === 'gauge') cols.push(['last', 'last']);
     if (kind === 'histogram') cols.push(['sum', 'sum'], ['mean', 'mean'], ['p50', 'p50'], ['p90', 'p90'], ['p99', 'p99']);
     const cell = (s, k) => {
