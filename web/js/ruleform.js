@@ -17,6 +17,22 @@ export async function loadTemplates() {
   return templates;
 }
 
+/**
+ * Metric tags from `tier=user.tier,sku=item.sku`: a comma starts a new tag only where a
+ * name and `=` follow, so an expression may hold commas (`matches(tier, Gold)`).
+ */
+export function parseTags(text) {
+  const parts = text.split(/,(?=\s*[A-Za-z_]\w*\s*=(?!=))/).map((p) => p.trim()).filter(Boolean);
+  if (parts.length === 0) return undefined;
+  const tags = {};
+  for (const p of parts) {
+    const m = /^([A-Za-z_]\w*)\s*=(?!=)\s*(.+)$/.exec(p);
+    if (!m) throw new Error(`tag ${JSON.stringify(p)}: write name=expression, e.g. tier=user.tier`);
+    tags[m[1]] = m[2].trim();
+  }
+  return tags;
+}
+
 /** The server's defaults (DESIGN.md), shown as placeholders. */
 const DEFAULTS = {
   snapshot: { max_hits: '100', rate: '1/s', expires: '1h' },
@@ -41,6 +57,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     metricName: h('input', { id: 'rf-metric', spellcheck: false, value: metricName }),
     metricKind: h('select', { id: 'rf-metric-kind' }, h('option', { value: 'histogram' }, 'histogram'), h('option', { value: 'gauge' }, 'gauge')),
     value: h('input', { id: 'rf-value', spellcheck: false, placeholder: 'an expression, e.g. order.total' }),
+    tags: h('input', { id: 'rf-tags', spellcheck: false, placeholder: 'optional: tier=user.tier,sku=item.sku (one series per value)' }),
     when: h('input', { id: 'rf-when', spellcheck: false, placeholder: 'optional, e.g. user.id == 7 && cart.items.len() > 3' }),
     labels: h('input', { id: 'rf-labels', spellcheck: false, placeholder: 'optional: region=eu,tier=canary' }),
     version: h('input', { id: 'rf-version', spellcheck: false, placeholder: 'optional: only agents reporting this version, e.g. 1.4.2' }),
@@ -60,6 +77,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     template: [h('label', { for: 'rf-template' }, 'Message'), f.template],
     metric: [h('label', { for: 'rf-metric' }, 'Metric name'), f.metricName],
     measure: [h('label', { for: 'rf-value' }, 'Value'), h('div', { class: 'templates' }, f.metricKind, f.value)],
+    tags: [h('label', { for: 'rf-tags' }, 'Tags'), f.tags],
   };
 
   function choose(k) {
@@ -69,6 +87,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     show(rows.template, k === 'log' || k === 'trace');
     show(rows.metric, k === 'count' || k === 'measure');
     show(rows.measure, k === 'measure');
+    show(rows.tags, k === 'count' || k === 'measure');
     if (k === 'trace') {
       if (fn) {
         f.at.value = `${path}:${fn.line}`;
@@ -96,6 +115,8 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
       r.metric = kind === 'count'
         ? { kind: 'count', name: f.metricName.value.trim() }
         : { kind: f.metricKind.value, name: f.metricName.value.trim(), value: f.value.value.trim() || undefined };
+      const tags = parseTags(f.tags.value);
+      if (tags) r.metric.tags = tags;
     }
     if (f.when.value.trim()) r.when = f.when.value;
     if (service) r.service = service;
@@ -177,7 +198,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     h('div', { class: 'form' },
       h('label', {}, 'Template'), h('div', { class: 'templates', role: 'group', 'aria-label': 'Template' }, buttons),
       h('label', { for: 'rf-at' }, 'Location'), f.at,
-      rows.template, rows.metric, rows.measure,
+      rows.template, rows.metric, rows.measure, rows.tags,
       h('label', { for: 'rf-when' }, 'Condition'), f.when,
       h('label', { for: 'rf-labels' }, 'Agents'), f.labels,
       h('label', { for: 'rf-version' }, 'Version'), f.version, reach,
@@ -201,6 +222,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     if (m.name) f.metricName.value = m.name;
     if (m.kind && m.kind !== 'count') f.metricKind.value = m.kind;
     if (m.value) f.value.value = m.value;
+    f.tags.value = Object.entries(m.tags || {}).map(([a, b]) => `${a}=${b}`).join(',');
     f.when.value = existing.when || '';
     f.labels.value = Object.entries(existing.labels || {}).map(([a, b]) => `${a}=${b}`).join(',');
     f.version.value = existing.version || '';

@@ -1,8 +1,10 @@
 // The rules pane: every rule with its action, condition, state, hits and status on each
-// agent (errors with their message). Disable/enable, edit, delete; click the location to open it.
+// agent (errors with their message), and a metric rule's values (metrics.js). Disable/enable,
+// edit, delete; click the location to open it.
 
 import { h, fill, ago } from './dom.js';
 import { api, splitAt } from './api.js';
+import { MetricsPanel } from './metrics.js';
 
 const WORST_FIRST = ['error', 'rate-limited', 'pending', 'armed', 'expired', 'done'];
 
@@ -43,6 +45,7 @@ export class RulesPane {
     this.views = [];
     this.json = '';
     this.current = null;
+    this.metrics = new MetricsPanel();
   }
 
   /** Fetches the rules; re-renders only when something changed. */
@@ -52,6 +55,7 @@ export class RulesPane {
     if (json === this.json) return;
     this.json = json;
     this.views = views;
+    this.metrics.retain(new Set(views.map((v) => v.rule.id)));
     this.render();
     this.onChange(views);
   }
@@ -105,7 +109,8 @@ export class RulesPane {
           a.connected ? '' : h('span', { class: 'muted' }, ' (gone)'),
           ` · ${a.hits} hits`, a.dropped ? ` · ${a.dropped} dropped` : '', a.probes ? ` · ${a.probes} probe${a.probes === 1 ? '' : 's'}` : '',
           h('span', { class: 'muted' }, ` · ${ago(a.updated)}`),
-          a.message ? h('div', { class: a.status === 'error' ? 'error' : 'muted' }, a.message) : null))));
+          a.message ? h('div', { class: a.status === 'error' ? 'error' : 'muted' }, a.message) : null))),
+      r.action === 'metric' ? this.metrics.block(r) : null);
   }
 
   /** Enables or disables a rule; its hits and responses stay either way. */

@@ -303,6 +303,71 @@ try {
     await page.waitForFunction(() => !document.querySelector('#code .line[data-n="18"] .mark[data-status]'));
   });
 
+  await check('a metric rule shows its values per service and tags, polled only while visible', async () => {
+    // The test's agent reports fixed series for metric rules (ui_browser.rs, metric_series):
+    // a tagged count of 7 gold and 3 silver; a histogram of ten values from 0.2 to 1200.
+    const polls = [];
+    page.on('request', (r) => { if (r.url().includes('/api/v1/metrics?rule=')) polls.push(new URL(r.url()).searchParams.get('rule')); });
+    await page.click('#code .line[data-n="18"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    await page.click('#rule-dialog button[data-template=count]');
+    await page.fill('#rf-metric', 'cart_adds');
+    await page.fill('#rf-tags', 'tier=item.sku');
+    assert.match(await page.textContent('#rf-preview'), /"tags": \{\s*"tier": "item.sku"\s*\}/);
+    await page.click('#rf-create');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+    const count = page.locator('#rules .rule', { hasText: 'count cart_adds' });
+    await count.waitFor();
+    const countId = await count.getAttribute('data-rule');
+
+    await page.click('#code .line[data-n="19"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    await page.click('#rule-dialog button[data-template=measure]');
+    await page.fill('#rf-metric', 'cart_total');
+    await page.selectOption('#rf-metric-kind', 'histogram');
+    await page.fill('#rf-value', 'total');
+    await page.click('#rf-create');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+    const hist = page.locator('#rules .rule', { hasText: 'histogram cart_total = total' });
+    await hist.waitFor();
+    const histId = await hist.getAttribute('data-rule');
+
+    const gold = count.locator('.metrics tr[data-tags="tier=gold"]');
+    await gold.locator('td[data-k=count]', { hasText: /^7$/ }).waitFor();
+    assert.deepEqual(await gold.locator('td').allTextContents(), ['shop', 'tier=gold', '7']);
+    assert.deepEqual(await count.locator('.metrics tr[data-tags="tier=silver"] td').allTextContents(), ['shop', 'tier=silver', '3']);
+    assert.equal(await count.locator('.metrics tbody tr').count(), 2);
+    await count.locator('.head', { hasText: '10 hits' }).waitFor();
+    assert.match(await count.locator('.metrics .hint').last().textContent(), /Prometheus: \/metrics as cart_adds_total/);
+
+    const row = hist.locator('.metrics tbody tr[data-service=shop]');
+    await row.locator('td[data-k=count]', { hasText: /^10$/ }).waitFor();
+    assert.deepEqual(await hist.locator('.metrics thead th').allTextContents(), ['service', 'count', 'sum', 'mean', 'p50', 'p90', 'p99']);
+    assert.deepEqual(await row.locator('td').allTextContents(), ['shop', '10', '2280.7', '228.07', '≤ 50', '≤ 1000', '≤ 2500']);
+    assert.match(await hist.locator('.metrics').textContent(), /p50\/p90\/p99 are upper bounds/);
+    assert.equal(await hist.locator('.metrics a').getAttribute('href'), '/metrics');
+    // The link works from the page (the sign-in cookie opens /metrics too).
+    const prom = await page.evaluate(async () => (await fetch('/metrics')).text());
+    assert.ok(prom.includes('cart_adds_total{service="shop",tier="gold"} 7\n'), prom);
+    assert.ok(prom.includes('cart_total_count{service="shop"} 10\n'), prom);
+
+    // Every 2 s while on screen; not while the agents tab hides the rules.
+    const seen = (id) => polls.filter((x) => x === id).length;
+    let before = seen(countId);
+    await page.waitForTimeout(4500);
+    assert.ok(seen(countId) - before >= 2, `polled ${seen(countId) - before} times in 4.5 s`);
+    await page.click('#tab-agents');
+    await page.waitForTimeout(300);
+    before = polls.length;
+    await page.waitForTimeout(4500);
+    assert.equal(polls.length - before, 0, 'no polling while hidden');
+    await page.click('#tab-rules');
+    for (const id of [countId, histId]) {
+      await page.evaluate(async (x) => fetch(`/api/v1/rules/${x}`, { method: 'DELETE' }), id);
+    }
+    await hist.waitFor({ state: 'detached' });
+  });
+
   await check('the agents view lists both agents with their commit', async () => {
     await page.click('#tab-agents');
     await page.locator('#agents tr[data-agent="shop-7f3a"]', { hasText: 'connected' }).waitFor();
