@@ -246,7 +246,7 @@ async function openFile(path, line = 0) {
 
 function paintMarkers() {
   if (!state.path) return;
-  const worst = ['error', 'rate-limited', 'pending', 'armed', 'expired', 'done'];
+  const worst = ['error', 'rate-limited', 'pending', 'armed', 'disabled', 'expired', 'done'];
   const marks = new Map();
   for (const v of state.rules) {
     const at = splitAt(v.rule.at);

@@ -6,7 +6,7 @@ import { h, fill, ago } from './dom.js';
 import { api, splitAt } from './api.js';
 import { MetricsPanel } from './metrics.js';
 
-const WORST_FIRST = ['error', 'rate-limited', 'pending', 'armed', 'expired', 'done'];
+const WORST_FIRST = ['error', 'rate-limited', 'pending', 'armed', 'disabled', 'expired', 'done'];
 
 /** One status for a rule over its agents: the worst one; `done`/`expired` once over. */
 export function ruleStatus(view) {

@@ -155,6 +155,10 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
     // A rule that ended on the server left every agent's set, and the agents disarmed it;
     // an agent's last word from before ("armed") would say otherwise.
     let ended = match r.state {
+        RuleState::Active if !r.enabled => Some((
+            StatusKind::Disabled,
+            "the rule is disabled; this agent disarmed it (enable it to arm it again)",
+        )),
         RuleState::Active => None,
         RuleState::Done => Some((
             StatusKind::Done,
@@ -176,6 +180,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
             {
                 s.status.status = kind;
                 s.status.message = Some(why.to_string());
+                s.status.probes = 0;
             }
             s
         })

@@ -232,6 +232,7 @@ fn status_word(s: StatusKind) -> &'static str {
         StatusKind::RateLimited => "rate-limited",
         StatusKind::Expired => "expired",
         StatusKind::Done => "done",
+        StatusKind::Disabled => "disabled",
     }
 }
 
@@ -242,6 +243,7 @@ fn parse_status_word(s: &str) -> StatusKind {
         "rate-limited" => StatusKind::RateLimited,
         "expired" => StatusKind::Expired,
         "done" => StatusKind::Done,
+        "disabled" => StatusKind::Disabled,
         _ => StatusKind::Pending,
     }
 }

@@ -322,6 +322,12 @@ fn a_disabled_rule_leaves_the_agents_set_keeps_its_history_and_counts_on_when_en
     assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
     let id = s.add_rule(r#"{"at":"cart::add","action":"log","template":"x","max_hits":3}"#);
     assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    let armed = || AgentMessage::Status {
+        statuses: vec![
+            serde_json::from_value(json!({"rule": id, "status": "armed", "probes": 1})).unwrap(),
+        ],
+    };
+    a.send(&armed());
     a.send(&AgentMessage::Responses {
         responses: vec![response(&id, "a", 0)],
         dropped: 0,
@@ -346,10 +352,20 @@ fn a_disabled_rule_leaves_the_agents_set_keeps_its_history_and_counts_on_when_en
     let kept = s.get_json(&format!("/api/v1/responses?rule={id}"));
     assert_eq!(kept.as_array().unwrap().len(), 1);
     assert_eq!(s.get_json("/api/v1/rules")[0]["enabled"], json!(false));
+    // The agent's last word was "armed"; the rule's view says what the agent did since.
+    let agent = &s.get_json(&format!("/api/v1/rules/{id}"))["agents"][0];
+    assert_eq!(
+        (&agent["status"], &agent["probes"]),
+        (&json!("disabled"), &json!(0))
+    );
 
     let (status, body) = s.call("POST", &format!("/api/v1/rules/{id}/enable"), None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    a.send(&armed());
+    eventually(|| {
+        (s.get_json(&format!("/api/v1/rules/{id}"))["agents"][0]["status"] == "armed").then_some(())
+    });
     a.send(&AgentMessage::Responses {
         responses: (2..6).map(|n| response(&id, "a", n)).collect(),
         dropped: 0,
