@@ -214,3 +214,41 @@ fn conditions_decided_in_the_trap_path_select_exactly_the_matching_executions() 
         );
     }
 }
+
+#[test]
+fn mistakes_in_a_condition_are_refused_at_arm_time_naming_what_exists() {
+    let program = build_fixture("orders.rs", Build::Debug);
+    let line = marks("orders.rs")["price"];
+    let cases = [
+        (
+            "order.custmer.id == 1",
+            "`order` has no field `custmer`; its fields: id, customer, lines, coupon",
+        ),
+        (
+            "order.customer.name > 3",
+            "cannot compare a string with a number: order.customer.name > 3",
+        ),
+        (
+            "matches(order.customer.tier, Platinum)",
+            "has no variant `Platinum`; its variants: Basic, Gold, Partner",
+        ),
+    ];
+    let rules: Vec<String> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (when, _))| {
+            serde_json::json!({"id": format!("bad-{i}"), "at": format!("orders.rs:{line}"),
+                "action": "snapshot", "when": when})
+            .to_string()
+        })
+        .collect();
+    let run = run_with_rules(&program, &["3"], &format!("[{}]", rules.join(",")), &[]);
+    assert!(run.output.status.success());
+    for (i, (when, want)) in cases.iter().enumerate() {
+        let status = run.status_of(&format!("bad-{i}")).unwrap();
+        assert_eq!(status["status"], "error", "{when}");
+        let message = status["message"].as_str().unwrap();
+        assert!(message.contains(want), "{when}: {message}");
+    }
+    assert!(run.responses.is_empty(), "{:?}", run.responses);
+}
