@@ -173,6 +173,7 @@ fn rule_from(a: &AddArgs) -> Result<Rule> {
         action,
         template,
         metric,
+        watch: Vec::new(),
         when: a.when.clone(),
         service: a.service.clone(),
         version: None,
