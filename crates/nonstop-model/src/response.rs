@@ -135,7 +135,10 @@ mod tests {
     fn watch_values_keep_the_rules_order() {
         let watch = Locals(vec![
             ("n * 2".into(), Value::new("i64", Data::Int(-6))),
-            ("a / b".into(), Value::error("?", "division by zero in `a / b`")),
+            (
+                "a / b".into(),
+                Value::error("?", "division by zero in `a / b`"),
+            ),
         ]);
         let json = serde_json::to_string(&response(watch.clone())).unwrap();
         assert!(

@@ -266,7 +266,9 @@ fn watch_expressions_are_kept_and_bad_ones_are_refused_naming_the_watch() {
     };
     // The caret points into the watch that does not parse, and the message says which one.
     assert_eq!(
-        error_of(r#"{"at":"a.rs:1","action":"snapshot","watch":["order.total","order.total > )"]}"#),
+        error_of(
+            r#"{"at":"a.rs:1","action":"snapshot","watch":["order.total","order.total > )"]}"#
+        ),
         "watch 2 `order.total > )`: unexpected `)` at column 15: expected an expression\n\
          order.total > )\n              ^"
     );
