@@ -644,7 +644,7 @@ impl Agent {
         let watch = Locals(
             held.watch
                 .iter()
-                .map(|w| (w.source().to_owned(), watch_value(w, &env)))
+                .map(|w| (w.source().to_owned(), w.eval_value(&env)))
                 .collect(),
         );
         held.emitted += 1;
@@ -889,24 +889,6 @@ fn parse_watch(rule: &Rule) -> Result<Vec<Expr>, String> {
             Expr::parse(src).map_err(|e| format!("bad watch expression {} `{src}`:\n{e}", i + 1))
         })
         .collect()
-}
-
-/// One watch expression's value at a hit: a path gives the captured (and redacted) value
-/// itself, a computation a value of its result type, a failure a value with its `error` set.
-fn watch_value(expr: &Expr, env: &HitEnv<'_>) -> Value {
-    use nonstop_expr::Val;
-    use nonstop_model::Data;
-    match expr.eval(env) {
-        Ok(Val::Value(v)) => v.clone(),
-        Ok(Val::Bool(b)) => Value::new("bool", Data::Bool(b)),
-        Ok(Val::Int(i)) => Value::new("i64", Data::Int(i)),
-        Ok(Val::Uint(u)) => Value::new("u64", Data::Uint(u)),
-        Ok(Val::Float(f)) => Value::new("f64", Data::Float(f)),
-        Ok(Val::Str(t)) => Value::new("&str", Data::Str(t.to_owned())),
-        Ok(Val::Char(c)) => Value::new("char", Data::Str(c.to_string())),
-        // The type of a value that could not be computed is unknown.
-        Err(e) => Value::error("?", e.to_string()),
-    }
 }
 
 /// A metric hit's tag values (display form: strings without quotes, enum variants by
