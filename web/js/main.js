@@ -246,7 +246,7 @@ async function openFile(path, line = 0) {
 
 function paintMarkers() {
   if (!state.path) return;
-  const worst = ['error', 'rate-limited', 'pending', 'armed', 'expired', 'done'];
+  const worst = ['error', 'rate-limited', 'pending', 'armed', 'disabled', 'expired', 'done'];
   const marks = new Map();
   for (const v of state.rules) {
     const at = splitAt(v.rule.at);
@@ -333,7 +333,7 @@ const codeView = new CodeView($('code'), (line) => {
   openRuleForm($('rule-dialog'), {
     service: state.service, path: state.path, line, lines: codeView.lines, agents: state.agents,
     onCreated: () => pollRules(),
-  });
+  }).catch((e) => toast(e.message, 'error'));
 });
 const rulesPane = new RulesPane($('rules'), {
   onOpen: (rule, at) => openAgentPath(rule.service || state.service, at.file, at.line),
@@ -347,7 +347,7 @@ const rulesPane = new RulesPane($('rules'), {
         await api(`/rules/${encodeURIComponent(rule.id)}`, { method: 'DELETE' }).catch((e) => toast(e.message, 'error'));
         pollRules();
       },
-    });
+    }).catch((e) => toast(e.message, 'error'));
   },
   onChange: (views) => {
     state.rules = views;

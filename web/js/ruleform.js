@@ -1,18 +1,37 @@
-// The rule form: a template (snapshot, log line, count hits, measure value, trace
-// arguments) expands to plain rule JSON, shown as it is typed; limits show their
-// defaults; the API's answer (an error included) appears in place.
+// The rule form: a template (the server's list, GET /api/v1/templates: snapshot, log line,
+// count hits, measure value, trace arguments) expands to plain rule JSON, shown as it is
+// typed; limits show their defaults; the API's answer (an error included) appears in place.
 
 import { h, fill, toast, basename } from './dom.js';
 import { api } from './api.js';
 import { enclosingFunction, languageOf } from './highlight.js';
 
-const TEMPLATES = [
-  ['snapshot', 'Snapshot', 'locals and stack'],
-  ['log', 'Log line', 'a message with values'],
-  ['count', 'Count hits', 'a counter metric'],
-  ['measure', 'Measure value', 'a gauge or histogram of an expression'],
-  ['trace', 'Trace arguments', 'log the function\'s arguments at its entry'],
-];
+/** The templates this form knows how to fill in; their titles and order come from the server. */
+const KNOWN = new Set(['snapshot', 'log', 'count', 'measure', 'trace']);
+
+let templates = null;
+
+/** The server's templates (fetched once): [{name, title, description, …}]. */
+export async function loadTemplates() {
+  if (!templates) templates = (await api('/templates')).filter((t) => KNOWN.has(t.name));
+  return templates;
+}
+
+/**
+ * Metric tags from `tier=user.tier,sku=item.sku`: a comma starts a new tag only where a
+ * name and `=` follow, so an expression may hold commas (`matches(tier, Gold)`).
+ */
+export function parseTags(text) {
+  const parts = text.split(/,(?=\s*[A-Za-z_]\w*\s*=(?!=))/).map((p) => p.trim()).filter(Boolean);
+  if (parts.length === 0) return undefined;
+  const tags = {};
+  for (const p of parts) {
+    const m = /^([A-Za-z_]\w*)\s*=(?!=)\s*(.+)$/.exec(p);
+    if (!m) throw new Error(`tag ${JSON.stringify(p)}: write name=expression, e.g. tier=user.tier`);
+    tags[m[1]] = m[2].trim();
+  }
+  return tags;
+}
 
 /** The server's defaults (DESIGN.md), shown as placeholders. */
 const DEFAULTS = {
@@ -25,7 +44,8 @@ const DEFAULTS = {
  * Opens the form for `path:line` of `service`. `lines`: the file's text lines (to find
  * the enclosing function); `agents`: the agents list; `onCreated(view)` after a 201.
  */
-export function openRuleForm(dialog, { service, path, line, lines, agents, onCreated, existing }) {
+export async function openRuleForm(dialog, { service, path, line, lines, agents, onCreated, existing }) {
+  const list = await loadTemplates();
   const lang = languageOf(path);
   const fn = lines && lines.length ? enclosingFunction(lines, line, lang || 'rust') : null;
   const metricName = `${basename(path).replace(/\.\w+$/, '')}_${line}`.replace(/[^A-Za-z0-9_]/g, '_');
@@ -37,8 +57,10 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
     metricName: h('input', { id: 'rf-metric', spellcheck: false, value: metricName }),
     metricKind: h('select', { id: 'rf-metric-kind' }, h('option', { value: 'histogram' }, 'histogram'), h('option', { value: 'gauge' }, 'gauge')),
     value: h('input', { id: 'rf-value', spellcheck: false, placeholder: 'an expression, e.g. order.total' }),
+    tags: h('input', { id: 'rf-tags', spellcheck: false, placeholder: 'optional: tier=user.tier,sku=item.sku (one series per value)' }),
     when: h('input', { id: 'rf-when', spellcheck: false, placeholder: 'optional, e.g. user.id == 7 && cart.items.len() > 3' }),
     labels: h('input', { id: 'rf-labels', spellcheck: false, placeholder: 'optional: region=eu,tier=canary' }),
+    version: h('input', { id: 'rf-version', spellcheck: false, placeholder: 'optional: only agents reporting this version, e.g. 1.4.2' }),
     maxHits: h('input', { id: 'rf-max-hits', inputmode: 'numeric' }),
     rate: h('input', { id: 'rf-rate' }),
     expires: h('input', { id: 'rf-expires' }),
@@ -49,12 +71,13 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
   const error = h('div', { class: 'form-error', role: 'alert', id: 'rf-error' });
   const preview = h('pre', { class: 'preview', id: 'rf-preview' });
   const reach = h('div', { class: 'muted full', id: 'rf-reach' });
-  const buttons = TEMPLATES.map(([k, label, title]) =>
-    h('button', { type: 'button', title, 'aria-pressed': String(k === kind), dataset: { template: k }, onclick: () => choose(k) }, label));
+  const buttons = list.map((t) =>
+    h('button', { type: 'button', title: t.description, 'aria-pressed': String(t.name === kind), dataset: { template: t.name }, onclick: () => choose(t.name) }, t.title));
   const rows = {
     template: [h('label', { for: 'rf-template' }, 'Message'), f.template],
     metric: [h('label', { for: 'rf-metric' }, 'Metric name'), f.metricName],
     measure: [h('label', { for: 'rf-value' }, 'Value'), h('div', { class: 'templates' }, f.metricKind, f.value)],
+    tags: [h('label', { for: 'rf-tags' }, 'Tags'), f.tags],
   };
 
   function choose(k) {
@@ -64,6 +87,7 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
     show(rows.template, k === 'log' || k === 'trace');
     show(rows.metric, k === 'count' || k === 'measure');
     show(rows.measure, k === 'measure');
+    show(rows.tags, k === 'count' || k === 'measure');
     if (k === 'trace') {
       if (fn) {
         f.at.value = `${path}:${fn.line}`;
@@ -91,9 +115,12 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
       r.metric = kind === 'count'
         ? { kind: 'count', name: f.metricName.value.trim() }
         : { kind: f.metricKind.value, name: f.metricName.value.trim(), value: f.value.value.trim() || undefined };
+      const tags = parseTags(f.tags.value);
+      if (tags) r.metric.tags = tags;
     }
     if (f.when.value.trim()) r.when = f.when.value;
     if (service) r.service = service;
+    if (f.version.value.trim()) r.version = f.version.value.trim();
     const labels = f.labels.value.split(',').map((s) => s.trim()).filter(Boolean);
     if (labels.length) {
       r.labels = {};
@@ -130,6 +157,7 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
       preview.textContent = JSON.stringify(r, null, 1);
       if (!error.dataset.api) error.textContent = '';
       const mine = (agents || []).filter((a) => a.connected && (!r.service || a.service === r.service)
+        && (!r.version || a.version === r.version)
         && Object.entries(r.labels || {}).every(([k, v]) => (a.labels || {})[k] === v));
       reach.textContent = mine.length === 0
         ? `Reaches no connected agent of ${service || 'any service'} yet; it waits for them.`
@@ -170,9 +198,10 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
     h('div', { class: 'form' },
       h('label', {}, 'Template'), h('div', { class: 'templates', role: 'group', 'aria-label': 'Template' }, buttons),
       h('label', { for: 'rf-at' }, 'Location'), f.at,
-      rows.template, rows.metric, rows.measure,
+      rows.template, rows.metric, rows.measure, rows.tags,
       h('label', { for: 'rf-when' }, 'Condition'), f.when,
-      h('label', { for: 'rf-labels' }, 'Agents'), f.labels, reach,
+      h('label', { for: 'rf-labels' }, 'Agents'), f.labels,
+      h('label', { for: 'rf-version' }, 'Version'), f.version, reach,
       h('label', {}, 'Limits'),
       h('div', { class: 'limits' },
         h('label', {}, 'max hits', f.maxHits), h('label', {}, 'rate', f.rate), h('label', {}, 'expires', f.expires),
@@ -193,8 +222,10 @@ export function openRuleForm(dialog, { service, path, line, lines, agents, onCre
     if (m.name) f.metricName.value = m.name;
     if (m.kind && m.kind !== 'count') f.metricKind.value = m.kind;
     if (m.value) f.value.value = m.value;
+    f.tags.value = Object.entries(m.tags || {}).map(([a, b]) => `${a}=${b}`).join(',');
     f.when.value = existing.when || '';
     f.labels.value = Object.entries(existing.labels || {}).map(([a, b]) => `${a}=${b}`).join(',');
+    f.version.value = existing.version || '';
     f.maxHits.value = existing.max_hits ?? '';
     f.rate.value = existing.rate || '';
     f.expires.value = existing.expires || '';

@@ -1,16 +1,24 @@
 // The rules pane: every rule with its action, condition, state, hits and status on each
-// agent (errors with their message). Delete; click the location to open it.
+// agent (errors with their message), and a metric rule's values (metrics.js). Disable/enable,
+// edit, delete; click the location to open it.
 
 import { h, fill, ago } from './dom.js';
 import { api, splitAt } from './api.js';
+import { MetricsPanel } from './metrics.js';
 
-const WORST_FIRST = ['error', 'rate-limited', 'pending', 'armed', 'expired', 'done'];
+const WORST_FIRST = ['error', 'rate-limited', 'pending', 'armed', 'disabled', 'expired', 'done'];
 
 /** One status for a rule over its agents: the worst one; `done`/`expired` once over. */
 export function ruleStatus(view) {
   if (view.state && view.state !== 'active') return view.state;
+  if (view.enabled === false) return 'disabled';
   const seen = new Set((view.agents || []).map((a) => a.status));
   return WORST_FIRST.find((s) => seen.has(s)) || 'pending';
+}
+
+/** An agent's status on a rule as shown: `disabled` for what a disabled rule left behind. */
+function shown(view, a) {
+  return view.enabled === false && ['armed', 'pending', 'rate-limited'].includes(a.status) ? 'disabled' : a.status;
 }
 
 /** A one-line description of what a rule does. */
@@ -37,6 +45,7 @@ export class RulesPane {
     this.views = [];
     this.json = '';
     this.current = null;
+    this.metrics = new MetricsPanel();
   }
 
   /** Fetches the rules; re-renders only when something changed. */
@@ -46,6 +55,7 @@ export class RulesPane {
     if (json === this.json) return;
     this.json = json;
     this.views = views;
+    this.metrics.retain(new Set(views.map((v) => v.rule.id)));
     this.render();
     this.onChange(views);
   }
@@ -77,6 +87,13 @@ export class RulesPane {
         h('span', { class: 'muted' }, `${v.hits} hit${v.hits === 1 ? '' : 's'}`,
           this.lastHit.has(r.id) ? `, last ${ago(this.lastHit.get(r.id))}` : ''),
         h('span', { class: 'actions' },
+          v.state === 'active' ? h('button', {
+            class: 'toggle',
+            title: v.enabled === false ? `send rule ${r.id} to its agents again` : `take rule ${r.id} from its agents, keeping its history`,
+            'aria-label': `${v.enabled === false ? 'enable' : 'disable'} rule ${r.id}`,
+            'aria-pressed': String(v.enabled !== false),
+            onclick: () => this.toggle(r.id, v.enabled === false),
+          }, v.enabled === false ? 'Enable' : 'Disable') : null,
           h('button', { title: `edit rule ${r.id}`, 'aria-label': `edit rule ${r.id}`, onclick: () => this.onEdit(r) }, 'Edit'),
           h('button', { class: 'danger', title: `delete rule ${r.id}`, 'aria-label': `delete rule ${r.id}`, onclick: () => this.remove(r.id) }, 'Delete'))),
       h('div', { class: 'what' }, describe(r), r.when ? ` when ${r.when}` : ''),
@@ -87,11 +104,25 @@ export class RulesPane {
       agents.length === 0
         ? h('ul', { class: 'statuses' }, h('li', { class: 'muted' }, 'no agent of this service is connected yet'))
         : h('ul', { class: 'statuses' }, agents.map((a) => h('li', {},
-          h('span', { class: `pill ${a.status}` }, a.status), ' ', h('span', { class: 'mono' }, a.agent),
+          // A disabled rule left every agent's set: its last "armed" is history, not now.
+          h('span', { class: `pill ${shown(v, a)}` }, shown(v, a)), ' ', h('span', { class: 'mono' }, a.agent),
           a.connected ? '' : h('span', { class: 'muted' }, ' (gone)'),
           ` · ${a.hits} hits`, a.dropped ? ` · ${a.dropped} dropped` : '', a.probes ? ` · ${a.probes} probe${a.probes === 1 ? '' : 's'}` : '',
           h('span', { class: 'muted' }, ` · ${ago(a.updated)}`),
-          a.message ? h('div', { class: a.status === 'error' ? 'error' : 'muted' }, a.message) : null))));
+          a.message ? h('div', { class: a.status === 'error' ? 'error' : 'muted' }, a.message) : null))),
+      r.action === 'metric' ? this.metrics.block(r) : null);
+  }
+
+  /** Enables or disables a rule; its hits and responses stay either way. */
+  async toggle(id, enable) {
+    try {
+      await api(`/rules/${encodeURIComponent(id)}/${enable ? 'enable' : 'disable'}`, { method: 'POST' });
+    } catch (e) {
+      const card = this.el.querySelector(`[data-rule="${CSS.escape(id)}"]`);
+      if (card) card.append(h('div', { class: 'error' }, e.message));
+      return;
+    }
+    await this.refresh().catch(() => {});
   }
 
   async remove(id) {

@@ -140,6 +140,35 @@ try {
     await page.locator(`#rules .rule[data-rule="${ruleId}"] .statuses .pill.armed`).waitFor();
   });
 
+  await check('the form\'s template buttons come from the server, with a version field', async () => {
+    const served = await page.evaluate(async () => (await fetch('/api/v1/templates')).json());
+    await page.click('#code .line[data-n="18"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    const titles = await page.locator('#rule-dialog button[data-template]').allTextContents();
+    assert.deepEqual(titles, served.map((t) => t.title));
+    assert.equal(titles[0], 'Dump frame');
+    await page.fill('#rf-version', '9.9.9');
+    assert.match(await page.textContent('#rf-preview'), /"version": "9.9.9"/);
+    assert.match(await page.textContent('#rf-reach'), /Reaches no connected agent/);
+    await page.click('#rule-dialog .buttons button[type=button]');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+  });
+
+  await check('a rule toggles off and on in the rules pane, keeping its hits', async () => {
+    const card = page.locator(`#rules .rule[data-rule="${ruleId}"]`);
+    await card.locator(`button[aria-label="disable rule ${ruleId}"]`).click();
+    await card.locator('.head .pill.disabled').waitFor();
+    const off = await page.evaluate(async (id) => (await fetch(`/api/v1/rules/${id}`)).json(), ruleId);
+    assert.equal(off.enabled, false);
+    assert.equal(off.state, 'active');
+    await card.locator(`button[aria-label="enable rule ${ruleId}"]`).click();
+    await card.locator(`button[aria-label="disable rule ${ruleId}"]`).waitFor();
+    const on = await page.evaluate(async (id) => (await fetch(`/api/v1/rules/${id}`)).json(), ruleId);
+    assert.equal(on.enabled, true);
+    assert.ok(on.hits >= off.hits, `hits kept: ${off.hits} -> ${on.hits}`);
+    await page.locator(`#rules .rule[data-rule="${ruleId}"] .statuses .pill.armed`).waitFor();
+  });
+
   await check('the live response arrives; a variable expands with its marks', async () => {
     await page.locator('#responses .resp', { hasText: 'total is' }).first().waitFor();
     await page.waitForFunction(() => document.querySelectorAll('#responses .resp').length >= 4);
@@ -208,11 +237,16 @@ try {
     });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const id = created.body.rule.id;
+    await page.locator(`#responses .resp[data-rule="${id}"]`).first().waitFor();
+    // Pause, so that the row stays first while we look (new responses wait).
+    await page.click('#resp-pause');
+    await page.locator('#resp-pause', { hasText: 'Resume' }).waitFor();
     const row = page.locator(`#responses .resp[data-rule="${id}"]`).first();
-    await row.waitFor();
     assert.match(await row.locator('summary').first().textContent(), /4 watched · 5 variables/);
     await row.locator('summary').first().click();
     const watch = row.locator('.vars.watch');
+    // The body is built on the toggle event, which fires after the click returns.
+    await watch.locator('.name', { hasText: 'total / 0' }).waitFor();
     // Above the locals, in the rule's order, with their types and marks.
     assert.deepEqual(await watch.locator(':scope > .leaf > .name').allTextContents(),
       ['total * 2', 'self.owner', 'self.api_token', 'total / 0']);
@@ -222,8 +256,10 @@ try {
     await watch.locator('.flag.error', { hasText: 'division by zero in `total / 0`' }).waitFor();
     const heads = await row.locator('.body h4').allTextContents();
     assert.deepEqual(heads.slice(0, 2), ['Watch', 'Variables']);
-    await page.evaluate(async (rid) => fetch(`/api/v1/rules/${rid}`, { method: 'DELETE' }), id);
     await row.locator('summary').first().click();
+    await page.evaluate(async (rid) => fetch(`/api/v1/rules/${rid}`, { method: 'DELETE' }), id);
+    await page.click('#resp-pause');
+    await page.locator('#resp-pause', { hasText: 'Pause' }).waitFor();
   });
 
   await check('opening a 5,000-line file', async () => {
@@ -302,6 +338,71 @@ try {
     const views = await page.evaluate(async () => (await fetch('/api/v1/rules')).json());
     assert.ok(!views.some((v) => v.rule.id === ruleId), 'gone from the API');
     await page.waitForFunction(() => !document.querySelector('#code .line[data-n="18"] .mark[data-status]'));
+  });
+
+  await check('a metric rule shows its values per service and tags, polled only while visible', async () => {
+    // The test's agent reports fixed series for metric rules (ui_browser.rs, metric_series):
+    // a tagged count of 7 gold and 3 silver; a histogram of ten values from 0.2 to 1200.
+    const polls = [];
+    page.on('request', (r) => { if (r.url().includes('/api/v1/metrics?rule=')) polls.push(new URL(r.url()).searchParams.get('rule')); });
+    await page.click('#code .line[data-n="18"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    await page.click('#rule-dialog button[data-template=count]');
+    await page.fill('#rf-metric', 'cart_adds');
+    await page.fill('#rf-tags', 'tier=item.sku');
+    assert.match(await page.textContent('#rf-preview'), /"tags": \{\s*"tier": "item.sku"\s*\}/);
+    await page.click('#rf-create');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+    const count = page.locator('#rules .rule', { hasText: 'count cart_adds' });
+    await count.waitFor();
+    const countId = await count.getAttribute('data-rule');
+
+    await page.click('#code .line[data-n="19"] .src');
+    await page.locator('#rule-dialog[open]').waitFor();
+    await page.click('#rule-dialog button[data-template=measure]');
+    await page.fill('#rf-metric', 'cart_total');
+    await page.selectOption('#rf-metric-kind', 'histogram');
+    await page.fill('#rf-value', 'total');
+    await page.click('#rf-create');
+    await page.waitForFunction(() => !document.querySelector('#rule-dialog').open);
+    const hist = page.locator('#rules .rule', { hasText: 'histogram cart_total = total' });
+    await hist.waitFor();
+    const histId = await hist.getAttribute('data-rule');
+
+    const gold = count.locator('.metrics tr[data-tags="tier=gold"]');
+    await gold.locator('td[data-k=count]', { hasText: /^7$/ }).waitFor();
+    assert.deepEqual(await gold.locator('td').allTextContents(), ['shop', 'tier=gold', '7']);
+    assert.deepEqual(await count.locator('.metrics tr[data-tags="tier=silver"] td').allTextContents(), ['shop', 'tier=silver', '3']);
+    assert.equal(await count.locator('.metrics tbody tr').count(), 2);
+    await count.locator('.head', { hasText: '10 hits' }).waitFor();
+    assert.match(await count.locator('.metrics .hint').last().textContent(), /Prometheus: \/metrics as cart_adds_total/);
+
+    const row = hist.locator('.metrics tbody tr[data-service=shop]');
+    await row.locator('td[data-k=count]', { hasText: /^10$/ }).waitFor();
+    assert.deepEqual(await hist.locator('.metrics thead th').allTextContents(), ['service', 'count', 'sum', 'mean', 'p50', 'p90', 'p99']);
+    assert.deepEqual(await row.locator('td').allTextContents(), ['shop', '10', '2280.7', '228.07', '≤ 50', '≤ 1000', '≤ 2500']);
+    assert.match(await hist.locator('.metrics').textContent(), /p50\/p90\/p99 are upper bounds/);
+    assert.equal(await hist.locator('.metrics a').getAttribute('href'), '/metrics');
+    // The link works from the page (the sign-in cookie opens /metrics too).
+    const prom = await page.evaluate(async () => (await fetch('/metrics')).text());
+    assert.ok(prom.includes('cart_adds_total{service="shop",tier="gold"} 7\n'), prom);
+    assert.ok(prom.includes('cart_total_count{service="shop"} 10\n'), prom);
+
+    // Every 2 s while on screen; not while the agents tab hides the rules.
+    const seen = (id) => polls.filter((x) => x === id).length;
+    let before = seen(countId);
+    await page.waitForTimeout(4500);
+    assert.ok(seen(countId) - before >= 2, `polled ${seen(countId) - before} times in 4.5 s`);
+    await page.click('#tab-agents');
+    await page.waitForTimeout(300);
+    before = polls.length;
+    await page.waitForTimeout(4500);
+    assert.equal(polls.length - before, 0, 'no polling while hidden');
+    await page.click('#tab-rules');
+    for (const id of [countId, histId]) {
+      await page.evaluate(async (x) => fetch(`/api/v1/rules/${x}`, { method: 'DELETE' }), id);
+    }
+    await hist.waitFor({ state: 'detached' });
   });
 
   await check('the agents view lists both agents with their commit', async () => {

@@ -435,10 +435,9 @@ impl Agent {
                 .debug
                 .variables_at(site.address)
                 .map_err(|e| e.to_string())?;
-            let scope: Vec<(String, nonstop_expr::Ty)> = vars
-                .iter()
-                .map(|v| (v.name.clone(), nonstop_expr::Ty::Unknown))
-                .collect();
+            // The variables' real types: a misspelt field or a string compared with a
+            // number is refused now, naming what exists, not at every hit.
+            let scope = self.debug.expr_scope(&vars);
             let at = |e: String| format!("{e} (at {}:{})", site.file, site.line);
             if let Some(when) = &held.when {
                 when.check_condition(&scope)

@@ -10,6 +10,8 @@
 //!   location made of capture-plan pieces, or a reason it is not available.
 //! - [`DebugInfo::capture_plan`] and [`DebugInfo::decode`]: what to read at a hit, and
 //!   the bytes read turned into [`nonstop_model::Value`]s (Rust-aware).
+//! - [`DebugInfo::expr_scope`]: the variables' types as `nonstop_expr::Ty`, to check a
+//!   rule's expressions against the real types when it is armed.
 //!
 //! Addresses are file addresses; [`DebugInfo::load_bias_in`] gives what to add for a
 //! running process, and [`Availability::relocate`] moves static (`Absolute`) pieces.
@@ -33,6 +35,7 @@
 mod decode;
 mod dies;
 mod error;
+mod expr_types;
 mod filter_paths;
 mod functions;
 mod lines;

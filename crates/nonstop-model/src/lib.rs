@@ -7,6 +7,8 @@
 //!   [`filter::eval_filter`] (no allocation; it also runs in the trap handler).
 //! - [`capture::CapturePlan`]: which bytes to read at a hit, and [`capture::execute`],
 //!   which reads them without allocating (it runs in the probe engine's trap handler).
+//! - [`templates::Template`]: the named templates ("dump frame", "log line", …) that
+//!   expand into plain rules.
 //!
 //! No I/O here; every type's serde form is the JSON contract of DESIGN.md.
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ pub mod filter;
 pub mod metrics;
 pub mod response;
 pub mod rule;
+pub mod templates;
 pub mod value;
 pub mod wire;
 

@@ -68,6 +68,27 @@ pub fn bucket_of(value: f64) -> usize {
         .unwrap_or(HISTOGRAM_BOUNDS.len())
 }
 
+/// An upper bound of the `q`-quantile (`0.5` for the median, `0.99`, …) of a histogram's
+/// [`MetricSeries::buckets`]: the upper bound of the bucket holding the value of rank
+/// `⌈q·n⌉`, so the true quantile is at most this (and above the bucket below). `None`
+/// when the buckets hold no value; [`f64::INFINITY`] when the value is above every bound.
+pub fn quantile_upper_bound(buckets: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    // The rank of the value sought, 1-based, clamped to the values there are.
+    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0u64;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return Some(HISTOGRAM_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY));
+        }
+    }
+    Some(f64::INFINITY)
+}
+
 /// The Prometheus text exposition (format 0.0.4) of the series of several agents,
 /// each given with its agent's service.
 ///
@@ -293,6 +314,21 @@ mod tests {
             serde_json::to_string(&s).unwrap(),
             r#"{"rule":"r-1","name":"cart.add","kind":"count","tags":{"sku":"A-1"},"count":3,"sum":0.0,"updated":"2026-11-25T15:00:00Z"}"#
         );
+    }
+
+    #[test]
+    fn a_quantile_is_bounded_by_the_bucket_of_its_rank() {
+        let mut b = vec![0u64; HISTOGRAM_BOUNDS.len() + 1];
+        for v in [0.2, 1.5, 2.0, 7.0, 40.0, 40.0, 90.0, 300.0, 600.0, 6e9] {
+            b[bucket_of(v)] += 1;
+        }
+        // Ranks 5, 9 and 10 of ten values: 40 (≤ 50), 600 (≤ 1000), 6e9 (above every bound).
+        assert_eq!(quantile_upper_bound(&b, 0.5), Some(50.0));
+        assert_eq!(quantile_upper_bound(&b, 0.9), Some(1000.0));
+        assert_eq!(quantile_upper_bound(&b, 0.99), Some(f64::INFINITY));
+        assert_eq!(quantile_upper_bound(&b, 0.0), Some(0.25));
+        assert_eq!(quantile_upper_bound(&b[..3], 0.5), None);
+        assert_eq!(quantile_upper_bound(&[], 0.5), None);
     }
 
     fn series(name: &str, kind: MetricKind, tags: &[(&str, &str)], count: u64) -> MetricSeries {

@@ -178,6 +178,9 @@ pub enum StatusKind {
     Expired,
     /// The rule reached its max hits.
     Done,
+    /// The rule is disabled on the server, so the agent disarmed it (the server's view of
+    /// an agent's status; agents never report it).
+    Disabled,
 }
 
 /// A rule's status on one agent.

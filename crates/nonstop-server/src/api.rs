@@ -92,12 +92,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
 }
 
-fn checked_id(id: &str) -> Result<(), ApiError> {
+pub(crate) fn checked_id(id: &str) -> Result<(), ApiError> {
     if validate::is_valid_id(id) {
         Ok(())
     } else {
@@ -114,11 +114,14 @@ pub struct RuleView {
     pub rule: Rule,
     /// `active`, `done` or `expired`.
     pub state: RuleState,
+    /// Whether it is sent to agents (`POST /api/v1/rules/{id}/disable` and `/enable`).
+    pub enabled: bool,
     /// When it was created (RFC 3339).
     pub created: String,
     /// When it expires (RFC 3339).
     pub expires_at: Option<String>,
-    /// Responses stored for it, over all agents.
+    /// Hits over all agents: responses stored, or for a metric rule the sum of its
+    /// series' counts.
     pub hits: u64,
     /// Its status on each agent that reported one.
     pub agents: Vec<StatusView>,
@@ -149,8 +152,38 @@ pub struct StatusView {
 /// selects that has not reported on it yet.
 fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecord]) -> RuleView {
     let connected = |id: &str| agents.iter().any(|a| a.info.id == id && a.connected);
+    // A rule that ended on the server left every agent's set, and the agents disarmed it;
+    // an agent's last word from before ("armed") would say otherwise.
+    let ended = match r.state {
+        RuleState::Active if !r.enabled => Some((
+            StatusKind::Disabled,
+            "the rule is disabled; this agent disarmed it (enable it to arm it again)",
+        )),
+        RuleState::Active => None,
+        RuleState::Done => Some((
+            StatusKind::Done,
+            "the rule reached its max hits over all agents; this agent disarmed it",
+        )),
+        RuleState::Expired => Some((
+            StatusKind::Expired,
+            "the rule's time ran out; this agent disarmed it",
+        )),
+    };
     let mut views: Vec<StatusView> = statuses
         .into_iter()
+        .map(|mut s| {
+            if let Some((kind, why)) = ended
+                && matches!(
+                    s.status.status,
+                    StatusKind::Pending | StatusKind::Armed | StatusKind::RateLimited
+                )
+            {
+                s.status.status = kind;
+                s.status.message = Some(why.to_string());
+                s.status.probes = 0;
+            }
+            s
+        })
         .map(|s| StatusView {
             connected: connected(&s.agent),
             agent: s.agent,
@@ -162,7 +195,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
             updated: rfc3339(s.updated_ms),
         })
         .collect();
-    if r.state == RuleState::Active {
+    if r.state == RuleState::Active && r.enabled {
         for a in agents {
             if a.connected
                 && crate::hub::selects(&r.rule, &a.info)
@@ -185,6 +218,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
     RuleView {
         rule: r.rule,
         state: r.state,
+        enabled: r.enabled,
         created: rfc3339(r.created_ms),
         expires_at: r.expires_ms.map(rfc3339),
         hits: r.hits,
@@ -239,7 +273,7 @@ pub async fn create_rule(
     State(app): State<Arc<App>>,
     JsonBody(mut rule): JsonBody<Rule>,
 ) -> Result<(StatusCode, Json<RuleView>), ApiError> {
-    validate::check_and_fill(&mut rule).map_err(ApiError::bad_request)?;
+    validate::check_and_fill(&mut rule, &app.max_limits).map_err(ApiError::bad_request)?;
     let generated = rule.id.is_empty();
     let created_ms = now_ms();
     let expires_ms = match &rule.expires {
@@ -254,6 +288,7 @@ pub async fn create_rule(
         created_ms,
         expires_ms,
         state: RuleState::Active,
+        enabled: true,
         hits: 0,
     };
     let mut attempts = 0;
@@ -319,6 +354,59 @@ pub async fn delete_rule(
     } else {
         Err(no_rule(&id))
     }
+}
+
+/// `POST /api/v1/rules/{id}/enable`: sends the rule to its agents again; hits go on
+/// counting toward its max hits. A `done` or `expired` rule cannot be enabled (409).
+pub async fn enable_rule(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    set_enabled(app, id, true).await
+}
+
+/// `POST /api/v1/rules/{id}/disable`: takes the rule from its agents (they disarm it and
+/// restore the program's bytes); its hits, statuses and responses are kept.
+pub async fn disable_rule(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    set_enabled(app, id, false).await
+}
+
+async fn set_enabled(app: Arc<App>, id: String, enabled: bool) -> Result<Json<RuleView>, ApiError> {
+    checked_id(&id)?;
+    let key = id.clone();
+    let current = app.blocking(move |s| s.rule(&key)).await?;
+    let current = current.ok_or_else(|| no_rule(&id))?;
+    if enabled && current.state != RuleState::Active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "rule {id} is {} and cannot run again: add a new rule (`nonstop rules add`)",
+                current.state.as_str()
+            ),
+        ));
+    }
+    let key = id.clone();
+    let view = app
+        .blocking(move |s| match s.set_enabled(&key, enabled)? {
+            Some(r) => Ok(Some(rule_view(r, s.statuses(&key)?, &s.agents()?))),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| no_rule(&id))?;
+    if current.enabled != enabled {
+        let what = if enabled { "enabled" } else { "disabled" };
+        tracing::info!(rule = %id, "rule {what}");
+        app.rules_changed();
+    }
+    Ok(Json(view))
+}
+
+/// `GET /api/v1/templates`: the named rule templates, with their parameters.
+pub async fn list_templates() -> Json<&'static [nonstop_model::templates::Template]> {
+    Json(nonstop_model::templates::TEMPLATES)
 }
 
 /// `GET /api/v1/agents`

@@ -163,6 +163,42 @@ pub async fn require_admin(State(app): State<Arc<App>>, req: Request, next: Next
     wrong()
 }
 
+/// How to give Prometheus the token, for the answers of `/metrics`.
+const SCRAPE_HELP: &str = "in prometheus.yml give the scrape job `authorization: {credentials_file: DATA/admin.token}` (`nonstop serve` prints where DATA is); by hand: `curl -H \"Authorization: Bearer $(cat DATA/admin.token)\" …/metrics`";
+
+fn scrape_refused(status: StatusCode, what: &str) -> Response {
+    let mut resp = ApiError::new(status, format!("{what}: {SCRAPE_HELP}")).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"nonstop\""),
+    );
+    resp
+}
+
+/// Middleware for `/metrics`: the admin token, with answers that say how to set up a
+/// Prometheus scrape.
+pub async fn require_admin_scrape(
+    State(app): State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(tokens) = &app.tokens else {
+        return next.run(req).await;
+    };
+    match presented(&req) {
+        Some((t, _)) if same(&t, &tokens.admin) => next.run(req).await,
+        Some((t, _)) if same(&t, &tokens.agent) => scrape_refused(
+            StatusCode::FORBIDDEN,
+            "the agent token does not open /metrics, the admin token does",
+        ),
+        Some(_) => scrape_refused(StatusCode::UNAUTHORIZED, "wrong token for /metrics"),
+        None => scrape_refused(
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs the admin token as `Authorization: Bearer TOKEN`",
+        ),
+    }
+}
+
 /// Middleware for agent routes (`/agent/v1/…`): agent or admin token.
 pub async fn require_agent(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let Some(tokens) = &app.tokens else {

@@ -27,10 +27,14 @@ const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
 
-/// Whether `rule` selects the agent `info`: same service (when the rule names one) and
-/// every label of the rule present with the same value.
+/// Whether `rule` selects the agent `info`: same service and the same version (exactly,
+/// when the rule names them) and every label of the rule present with the same value.
 pub fn selects(rule: &Rule, info: &AgentInfo) -> bool {
     rule.service.as_deref().is_none_or(|s| s == info.service)
+        && rule
+            .version
+            .as_deref()
+            .is_none_or(|v| info.version.as_deref() == Some(v))
         && rule
             .labels
             .iter()
@@ -252,7 +256,12 @@ async fn handle(
                 .map_err(|_| "the server could not store the responses".to_string())?;
             Ok(None)
         }
-        AgentMessage::Metrics { series: _ } => Ok(None), // stored by the metrics work (issue 5)
+        AgentMessage::Metrics { series } => {
+            app.ingest_metrics(&id, series)
+                .await
+                .map_err(|_| "the server could not store the metric series".to_string())?;
+            Ok(None)
+        }
         AgentMessage::Ping => {
             let _ = app
                 .blocking(move |s| s.touch_agent(&id, Some(true), now_ms()))
@@ -392,7 +401,10 @@ pub async fn post_messages(
     };
     for m in messages {
         match m {
-            AgentMessage::Hello { .. } | AgentMessage::Ping | AgentMessage::Metrics { .. } => {}
+            AgentMessage::Hello { .. } | AgentMessage::Ping => {}
+            AgentMessage::Metrics { series } => {
+                app.ingest_metrics(&info.id, series).await?;
+            }
             AgentMessage::Status { statuses } => {
                 let id = info.id.clone();
                 app.blocking(move |s| s.put_statuses(&id, &statuses, now_ms()))
@@ -437,5 +449,29 @@ mod tests {
             &info
         ));
         assert_eq!(etag(&[]), etag(&[]));
+    }
+
+    #[test]
+    fn rules_select_agents_by_exact_version() {
+        let agent = |j: &str| serde_json::from_str::<AgentInfo>(j).unwrap();
+        let v12 = agent(r#"{"id":"a","service":"checkout","version":"1.2.0"}"#);
+        let v13 = agent(r#"{"id":"b","service":"checkout","version":"1.3.0"}"#);
+        let unknown = agent(r#"{"id":"c","service":"checkout"}"#);
+        let rule = serde_json::from_str::<Rule>(
+            r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","version":"1.2.0"}"#,
+        )
+        .unwrap();
+        assert!(selects(&rule, &v12));
+        assert!(!selects(&rule, &v13));
+        assert!(!selects(&rule, &unknown));
+        let any = serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
+        assert!(selects(&any, &v13) && selects(&any, &unknown));
+        let prefix =
+            serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot","version":"1.2"}"#)
+                .unwrap();
+        assert!(
+            !selects(&prefix, &v12),
+            "versions match exactly, not by prefix"
+        );
     }
 }

@@ -14,7 +14,9 @@
 //! | route | token |
 //! | --- | --- |
 //! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
-//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `POST /api/v1/rules/{id}/enable` and `/disable`, `GET /api/v1/templates`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
+//! | `GET /api/v1/metrics` (the series of metric rules as JSON, summed per service) | admin, as above |
+//! | `GET /metrics` (the same in the Prometheus text format, for a scrape) | admin, as `Authorization: Bearer` |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
 //! Request bodies are bounded ([`MAX_API_BODY`], [`MAX_AGENT_BODY`]); every error is
@@ -25,7 +27,10 @@
 //! state `active`/`done`/`expired` and hit count), agents, statuses per rule and agent, and a
 //! bounded window of responses ([`store::Retention`]). A rule's max hits hold over all agents:
 //! the count is one atomic `UPDATE`, and the rule turns `done` (and leaves every agent's set)
-//! when it is reached. In memory there is only what one replica serves: its WebSocket
+//! when it is reached. Agents report the cumulative series of their metric rules; the store
+//! keeps each agent's newest report per series (so a repeated report changes nothing), a
+//! metric rule's hits are the sum of its series' counts, and its max hits end it the same
+//! way. In memory there is only what one replica serves: its WebSocket
 //! sessions and its live streams.
 //!
 //! # Example
@@ -44,6 +49,7 @@ mod api;
 mod auth;
 pub mod clock;
 mod hub;
+mod metrics;
 pub mod sources;
 pub mod sqlite;
 pub mod store;
@@ -93,6 +99,9 @@ pub struct Config {
     pub tls: Option<tls::TlsFiles>,
     /// Where the web IDE reads each service's code (`--source SERVICE=PATH_OR_URL`).
     pub sources: Vec<(String, sources::SourceSpec)>,
+    /// The largest capture limits a rule may ask for (`--max-limits`); a rule above one
+    /// is refused, and a default above one is lowered to it.
+    pub max_limits: nonstop_model::CaptureLimits,
 }
 
 impl Config {
@@ -105,6 +114,7 @@ impl Config {
             retention: Retention::default(),
             tls: None,
             sources: Vec::new(),
+            max_limits: validate::DEFAULT_MAX_LIMITS,
         }
     }
 }
@@ -225,6 +235,8 @@ pub(crate) struct App {
     connections: Mutex<HashMap<String, usize>>,
     /// Where the web IDE reads code.
     sources: Arc<sources::Sources>,
+    /// The largest capture limits a rule may ask for.
+    max_limits: nonstop_model::CaptureLimits,
 }
 
 impl App {
@@ -243,13 +255,15 @@ impl App {
         self.rules_gen.send_modify(|g| *g += 1);
     }
 
-    /// The active rules that select `info`.
+    /// The active, enabled rules that select `info`.
     async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
         let info = info.clone();
         self.blocking(move |s| {
             Ok(s.rules()?
                 .into_iter()
-                .filter(|r| r.state == RuleState::Active && hub::selects(&r.rule, &info))
+                .filter(|r| {
+                    r.state == RuleState::Active && r.enabled && hub::selects(&r.rule, &info)
+                })
                 .map(|r| r.rule)
                 .collect())
         })
@@ -304,6 +318,32 @@ impl App {
         Ok(())
     }
 
+    /// Stores an agent's metric series and pushes new rule sets when a metric rule
+    /// reached its max hits.
+    async fn ingest_metrics(
+        &self,
+        agent: &str,
+        series: Vec<nonstop_model::MetricSeries>,
+    ) -> Result<(), StoreError> {
+        let id = agent.to_string();
+        let done = self
+            .blocking(move |s| s.upsert_metrics(&id, &series, clock::now_ms()))
+            .await?;
+        if done.refused > 0 || done.stale > 0 {
+            tracing::debug!(
+                agent,
+                refused = done.refused,
+                stale = done.stale,
+                "metric series for inactive rules, past the series cap, or older than stored were not kept"
+            );
+        }
+        if !done.done.is_empty() {
+            tracing::info!(rules = ?done.done, "metric rules reached their max hits");
+            self.rules_changed();
+        }
+        Ok(())
+    }
+
     fn connection_opened(&self, agent: &str) {
         let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry(agent.to_string()).or_default() += 1;
@@ -338,6 +378,15 @@ fn router(app: Arc<App>) -> Router {
             "/api/v1/rules/{id}",
             get(api::get_rule).delete(api::delete_rule),
         )
+        .route(
+            "/api/v1/rules/{id}/enable",
+            axum::routing::post(api::enable_rule),
+        )
+        .route(
+            "/api/v1/rules/{id}/disable",
+            axum::routing::post(api::disable_rule),
+        )
+        .route("/api/v1/templates", get(api::list_templates))
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/responses", get(api::list_responses))
         .route("/api/v1/responses/stream", get(api::stream_responses))
@@ -352,6 +401,7 @@ fn router(app: Arc<App>) -> Router {
             get(sources::read_file),
         )
         .route("/api/v1/services/{service}/resolve", get(sources::resolve))
+        .route("/api/v1/metrics", get(metrics::list_metrics))
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -369,6 +419,12 @@ fn router(app: Arc<App>) -> Router {
             app.clone(),
             auth::require_agent,
         ));
+    let scrape = Router::new()
+        .route("/metrics", get(metrics::prometheus))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_admin_scrape,
+        ));
     Router::new()
         .route(
             "/healthz",
@@ -382,6 +438,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/assets/{*path}", get(ui::asset))
         .merge(admin)
         .merge(agent)
+        .merge(scrape)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -456,6 +513,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         shutdown: stop_rx.clone(),
         connections: Mutex::new(HashMap::new()),
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
+        max_limits: config.max_limits,
     });
     app.sources.start(stop_rx.clone());
 
@@ -489,8 +547,11 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                     .await
                 {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(responses = n, "pruned old responses"),
-                    Err(e) => tracing::error!("cannot prune responses: {e}"),
+                    Ok(n) => tracing::info!(
+                        rows = n,
+                        "pruned old responses and metric series of gone agents"
+                    ),
+                    Err(e) => tracing::error!("cannot prune responses and metric series: {e}"),
                 }
             }
         }

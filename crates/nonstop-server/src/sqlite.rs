@@ -1,17 +1,21 @@
 //! The SQLite store: one file, WAL, numbered migrations recorded in `schema_migrations`.
 
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Inserted, Retention, RuleState, Store, StoreError, StoredRule,
+    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, Retention, RuleState, Store, StoreError,
+    StoredRule, StoredSeries,
 };
-use nonstop_model::{AgentInfo, Response, Rule, RuleStatus, StatusKind};
+use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
+use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Schema migrations, applied in order; the index + 1 is the version recorded.
 /// Keep the SQL portable (PostgreSQL would take `BIGSERIAL` for the `INTEGER PRIMARY KEY`).
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id TEXT PRIMARY KEY,
     service TEXT NOT NULL,
@@ -56,7 +60,24 @@ CREATE TABLE responses (
 );
 CREATE INDEX responses_by_rule ON responses (rule, id);
 CREATE INDEX responses_by_time ON responses (time);
-"#];
+"#,
+    // The newest cumulative report of each metric series: one row per (rule, agent, tags),
+    // `tags` being the tags' JSON (keys sorted), `count` kept beside the JSON so a rule's
+    // hits are one SUM.
+    r#"
+CREATE TABLE metric_series (
+    rule TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    service TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    json TEXT NOT NULL,
+    updated BIGINT NOT NULL,
+    PRIMARY KEY (rule, agent, tags)
+);
+CREATE INDEX metric_series_by_agent ON metric_series (agent);
+"#,
+];
 
 /// A [`Store`] in one SQLite file.
 pub struct SqliteStore {
@@ -131,14 +152,24 @@ impl SqliteStore {
     }
 }
 
-const RULE_COLUMNS: &str = "json, created, expires_at, state, hits";
+const RULE_COLUMNS: &str = "json, created, expires_at, state, hits, enabled";
 
-fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64, Option<i64>, String, i64)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+/// A rule's row: json, created, expires_at, state, hits, enabled.
+type RuleRow = (String, i64, Option<i64>, String, i64, bool);
+
+fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get::<_, i64>(5)? != 0,
+    ))
 }
 
 fn to_stored_rule(
-    (json, created_ms, expires_ms, state, hits): (String, i64, Option<i64>, String, i64),
+    (json, created_ms, expires_ms, state, hits, enabled): RuleRow,
 ) -> Result<StoredRule, StoreError> {
     let rule: Rule = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
         what: "rule",
@@ -149,6 +180,7 @@ fn to_stored_rule(
         created_ms,
         expires_ms,
         state: RuleState::parse(&state),
+        enabled,
         hits: to_u64(hits),
     })
 }
@@ -200,6 +232,7 @@ fn status_word(s: StatusKind) -> &'static str {
         StatusKind::RateLimited => "rate-limited",
         StatusKind::Expired => "expired",
         StatusKind::Done => "done",
+        StatusKind::Disabled => "disabled",
     }
 }
 
@@ -210,6 +243,7 @@ fn parse_status_word(s: &str) -> StatusKind {
         "rate-limited" => StatusKind::RateLimited,
         "expired" => StatusKind::Expired,
         "done" => StatusKind::Done,
+        "disabled" => StatusKind::Disabled,
         _ => StatusKind::Pending,
     }
 }
@@ -227,7 +261,7 @@ impl Store for SqliteStore {
                 r.rule.id,
                 json,
                 r.created_ms,
-                r.state == RuleState::Active,
+                r.enabled,
                 r.state.as_str(),
                 r.expires_ms,
                 r.rule.max_hits.map(to_i64),
@@ -269,6 +303,20 @@ impl Store for SqliteStore {
         row.map(to_stored_rule).transpose()
     }
 
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<Option<StoredRule>, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE rules SET enabled = ?2 WHERE id = ?1",
+                params![id, enabled],
+            )
+            .map_err(db)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.rule(id)
+    }
+
     fn delete_rule(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
@@ -276,6 +324,8 @@ impl Store for SqliteStore {
             .execute("DELETE FROM rules WHERE id = ?1", [id])
             .map_err(db)?;
         tx.execute("DELETE FROM rule_status WHERE rule = ?1", [id])
+            .map_err(db)?;
+        tx.execute("DELETE FROM metric_series WHERE rule = ?1", [id])
             .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(n > 0)
@@ -294,7 +344,7 @@ impl Store for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)?
         };
         tx.execute(
-            "UPDATE rules SET state = 'expired', enabled = 0 WHERE state = 'active' AND expires_at <= ?1",
+            "UPDATE rules SET state = 'expired' WHERE state = 'active' AND expires_at <= ?1",
             [now_ms],
         )
         .map_err(db)?;
@@ -465,11 +515,13 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let mut touched: Vec<String> = Vec::new();
         for resp in responses {
-            // One atomic step counts the hit if the rule is active and below its max.
+            // One atomic step counts the hit if the rule is active, enabled and below its
+            // max (a response still in flight when its rule was disabled is refused).
             let counted = tx
                 .execute(
                     "UPDATE rules SET hits = hits + 1
-                     WHERE id = ?1 AND state = 'active' AND (max_hits IS NULL OR hits < max_hits)",
+                     WHERE id = ?1 AND state = 'active' AND enabled = 1
+                       AND (max_hits IS NULL OR hits < max_hits)",
                     [&resp.rule],
                 )
                 .map_err(db)?;
@@ -490,7 +542,7 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             let finished = tx
                 .execute(
-                    "UPDATE rules SET state = 'done', enabled = 0
+                    "UPDATE rules SET state = 'done'
                      WHERE id = ?1 AND state = 'active' AND max_hits IS NOT NULL AND hits >= max_hits",
                     [&resp.rule],
                 )
@@ -521,14 +573,22 @@ impl Store for SqliteStore {
     }
 
     fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError> {
-        let n = self
-            .conn()
+        let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let responses = tx
+            .execute("DELETE FROM responses WHERE time < ?1", [cutoff])
+            .map_err(db)?;
+        // A gone agent's series leave the sums once it has not been seen for as long.
+        let series = tx
             .execute(
-                "DELETE FROM responses WHERE time < ?1",
-                [now_ms.saturating_sub(retention.max_age_ms)],
+                "DELETE FROM metric_series WHERE agent NOT IN (
+                    SELECT id FROM agents WHERE connected = 1 OR last_seen >= ?1)",
+                [cutoff],
             )
             .map_err(db)?;
-        Ok(n as u64)
+        tx.commit().map_err(db)?;
+        Ok((responses + series) as u64)
     }
 
     fn responses_after(
@@ -595,6 +655,203 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    fn upsert_metrics(
+        &self,
+        agent: &str,
+        series: &[MetricSeries],
+        now_ms: i64,
+    ) -> Result<MetricsStored, StoreError> {
+        if series.is_empty() {
+            return Ok(MetricsStored::default());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let out = Self::upsert_metrics_in(&tx, agent, series, now_ms)?;
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    fn metric_series(&self, rule: Option<&str>) -> Result<Vec<StoredSeries>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT agent, service, json, updated FROM metric_series
+                 WHERE (?1 IS NULL OR rule = ?1) ORDER BY rule, agent, tags",
+            )
+            .map_err(db)?;
+        let rows = st
+            .query_map([rule], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (agent, service, json, updated_ms) = row.map_err(db)?;
+            let series = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+                what: "metric series",
+                source,
+            })?;
+            out.push(StoredSeries {
+                agent,
+                service,
+                series,
+                updated_ms,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The metric of a rule that takes series now: an active `metric` rule's name and kind.
+fn active_metric(
+    tx: &rusqlite::Transaction<'_>,
+    rule: &str,
+) -> Result<Option<(String, MetricKind)>, StoreError> {
+    let json: Option<String> = tx
+        .query_row(
+            "SELECT json FROM rules WHERE id = ?1 AND state = 'active'",
+            [rule],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    let Some(json) = json else { return Ok(None) };
+    let rule: Rule = serde_json::from_str(&json).map_err(|source| StoreError::Corrupt {
+        what: "rule",
+        source,
+    })?;
+    Ok(match (rule.action, rule.metric) {
+        (Action::Metric, Some(m)) => Some((m.name, m.kind)),
+        _ => None,
+    })
+}
+
+impl SqliteStore {
+    fn upsert_metrics_in(
+        tx: &rusqlite::Transaction<'_>,
+        agent: &str,
+        series: &[MetricSeries],
+        now_ms: i64,
+    ) -> Result<MetricsStored, StoreError> {
+        let mut out = MetricsStored::default();
+        let service: Option<String> = tx
+            .query_row("SELECT service FROM agents WHERE id = ?1", [agent], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db)?;
+        let Some(service) = service else {
+            out.refused = series.len();
+            return Ok(out);
+        };
+        let mut metrics: HashMap<String, Option<(String, MetricKind)>> = HashMap::new();
+        // Series this agent has per rule, read once per rule and kept up to date.
+        let mut per_rule: HashMap<String, usize> = HashMap::new();
+        let mut touched: Vec<String> = Vec::new();
+        for s in series {
+            if !metrics.contains_key(&s.rule) {
+                metrics.insert(s.rule.clone(), active_metric(tx, &s.rule)?);
+            }
+            let Some(Some((name, kind))) = metrics.get(&s.rule) else {
+                out.refused += 1;
+                continue;
+            };
+            if s.buckets.len() > HISTOGRAM_BOUNDS.len() + 1 {
+                out.refused += 1;
+                continue;
+            }
+            // The rule, not the agent, says what the metric is called and what it is.
+            let mut s = s.clone();
+            s.name = name.clone();
+            s.kind = *kind;
+            let tags = serde_json::to_string(&s.tags).map_err(|source| StoreError::Corrupt {
+                what: "metric tags",
+                source,
+            })?;
+            let json = serde_json::to_string(&s).map_err(|source| StoreError::Corrupt {
+                what: "metric series",
+                source,
+            })?;
+            let held: Option<i64> = tx
+                .query_row(
+                    "SELECT count FROM metric_series WHERE rule = ?1 AND agent = ?2 AND tags = ?3",
+                    params![s.rule, agent, tags],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            match held {
+                // Counts only grow on an agent: a lower one is an older report arriving late.
+                Some(held) if to_u64(held) > s.count => {
+                    out.stale += 1;
+                    continue;
+                }
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE metric_series SET service = ?4, count = ?5, json = ?6, updated = ?7
+                         WHERE rule = ?1 AND agent = ?2 AND tags = ?3",
+                        params![s.rule, agent, tags, service, to_i64(s.count), json, now_ms],
+                    )
+                    .map_err(db)?;
+                }
+                None => {
+                    let n = match per_rule.get_mut(&s.rule) {
+                        Some(n) => n,
+                        None => {
+                            let n: i64 = tx
+                                .query_row(
+                                    "SELECT COUNT(*) FROM metric_series WHERE rule = ?1 AND agent = ?2",
+                                    params![s.rule, agent],
+                                    |r| r.get(0),
+                                )
+                                .map_err(db)?;
+                            per_rule.entry(s.rule.clone()).or_insert(to_u64(n) as usize)
+                        }
+                    };
+                    if *n >= MAX_SERIES_PER_RULE {
+                        out.refused += 1;
+                        continue;
+                    }
+                    *n += 1;
+                    tx.execute(
+                        "INSERT INTO metric_series (rule, agent, tags, service, count, json, updated)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![s.rule, agent, tags, service, to_i64(s.count), json, now_ms],
+                    )
+                    .map_err(db)?;
+                }
+            }
+            out.stored += 1;
+            if !touched.contains(&s.rule) {
+                touched.push(s.rule.clone());
+            }
+        }
+        for rule in touched {
+            tx.execute(
+                "UPDATE rules SET hits = (SELECT COALESCE(SUM(count), 0) FROM metric_series WHERE rule = ?1)
+                 WHERE id = ?1",
+                [&rule],
+            )
+            .map_err(db)?;
+            let finished = tx
+                .execute(
+                    "UPDATE rules SET state = 'done', enabled = 0
+                     WHERE id = ?1 AND state = 'active' AND max_hits IS NOT NULL AND hits >= max_hits",
+                    [&rule],
+                )
+                .map_err(db)?;
+            if finished > 0 {
+                out.done.push(rule);
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -626,8 +883,41 @@ mod tests {
             created_ms: 1,
             expires_ms: Some(1000),
             state: RuleState::Active,
+            enabled: true,
             hits: 0,
         }
+    }
+
+    #[test]
+    fn a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_rule(&stored("r-a", Some(3))).unwrap();
+        let keep = Retention::default();
+        let ins = s
+            .insert_responses(vec![response("r-a", 0)], 10, keep)
+            .unwrap();
+        assert_eq!(ins.stored.len(), 1);
+        let off = s.set_enabled("r-a", false).unwrap().unwrap();
+        assert_eq!(
+            (off.enabled, off.hits, off.state),
+            (false, 1, RuleState::Active)
+        );
+        let ins = s
+            .insert_responses(vec![response("r-a", 1)], 11, keep)
+            .unwrap();
+        assert_eq!((ins.stored.len(), ins.refused), (0, 1));
+        assert_eq!(s.responses(Some("r-a"), 10).unwrap().len(), 1);
+        assert!(s.set_enabled("r-a", true).unwrap().unwrap().enabled);
+        let batch = (2..6).map(|n| response("r-a", n)).collect();
+        let ins = s.insert_responses(batch, 12, keep).unwrap();
+        // One hit before the pause counts toward the max of 3.
+        assert_eq!((ins.stored.len(), ins.refused), (2, 2));
+        let done = s.rule("r-a").unwrap().unwrap();
+        assert_eq!(
+            (done.state, done.hits, done.enabled),
+            (RuleState::Done, 3, true)
+        );
+        assert!(s.set_enabled("r-none", true).unwrap().is_none());
     }
 
     #[test]
@@ -672,5 +962,117 @@ mod tests {
         assert_eq!(s.prune_responses(16, old).unwrap(), 4);
         assert_eq!(s.expire_rules(999).unwrap(), Vec::<String>::new());
         assert_eq!(s.expire_rules(1000).unwrap(), vec!["r-b".to_string()]);
+    }
+
+    fn metric_rule(id: &str, max_hits: Option<u64>) -> StoredRule {
+        let mut r = stored(id, max_hits);
+        r.rule.action = Action::Metric;
+        r.rule.metric = Some(serde_json::from_str(r#"{"kind":"count","name":"ticks"}"#).unwrap());
+        r
+    }
+
+    fn count(rule: &str, tag: &str, n: u64) -> MetricSeries {
+        MetricSeries {
+            rule: rule.into(),
+            name: "agent-says".into(),
+            kind: MetricKind::Gauge,
+            tags: [("k".to_string(), tag.to_string())].into(),
+            count: n,
+            sum: 0.0,
+            last: None,
+            buckets: vec![],
+            updated: "2026-01-01T00:00:00Z".into(),
+            overflow: 0,
+        }
+    }
+
+    fn agent(s: &SqliteStore, id: &str, now_ms: i64) {
+        let info: AgentInfo =
+            serde_json::from_value(serde_json::json!({"id": id, "service": "svc"})).unwrap();
+        s.upsert_agent(&info, false, now_ms).unwrap();
+    }
+
+    #[test]
+    fn metric_series_keep_the_newest_report_within_the_cap() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.insert_rule(&metric_rule("m", Some(10))).unwrap();
+        s.insert_rule(&stored("snap", None)).unwrap();
+        agent(&s, "a", 0);
+        agent(&s, "b", 0);
+        let got = s
+            .upsert_metrics(
+                "a",
+                &[
+                    count("m", "x", 3),
+                    count("snap", "x", 1),
+                    count("gone", "x", 1),
+                ],
+                5,
+            )
+            .unwrap();
+        assert_eq!((got.stored, got.refused, got.stale), (1, 2, 0));
+        // The same report again, then an older one arriving late: nothing changes.
+        s.upsert_metrics("a", &[count("m", "x", 3)], 6).unwrap();
+        let late = s.upsert_metrics("a", &[count("m", "x", 2)], 7).unwrap();
+        assert_eq!((late.stored, late.stale), (0, 1));
+        let all = s.metric_series(None).unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            (
+                all[0].series.count,
+                all[0].series.name.as_str(),
+                all[0].series.kind
+            ),
+            (3, "ticks", MetricKind::Count),
+            "the rule names the metric, not the agent"
+        );
+        assert_eq!((all[0].service.as_str(), all[0].updated_ms), ("svc", 6));
+        assert_eq!(s.rule("m").unwrap().unwrap().hits, 3);
+        // An unknown agent's series are refused.
+        let stranger = s
+            .upsert_metrics("nobody", &[count("m", "y", 1)], 8)
+            .unwrap();
+        assert_eq!((stranger.stored, stranger.refused), (0, 1));
+
+        // One agent may hold MAX_SERIES_PER_RULE series of a rule; another has its own room.
+        s.insert_rule(&metric_rule("wide", None)).unwrap();
+        let many: Vec<_> = (0..MAX_SERIES_PER_RULE + 5)
+            .map(|i| count("wide", &i.to_string(), 1))
+            .collect();
+        let got = s.upsert_metrics("a", &many, 9).unwrap();
+        assert_eq!((got.stored, got.refused), (MAX_SERIES_PER_RULE, 5));
+        let again = s.upsert_metrics("a", &many[..3], 10).unwrap();
+        assert_eq!(
+            (again.stored, again.refused),
+            (3, 0),
+            "known series still update"
+        );
+        let got = s.upsert_metrics("b", &many[..2], 10).unwrap();
+        assert_eq!(got.stored, 2);
+        assert_eq!(
+            s.rule("wide").unwrap().unwrap().hits,
+            MAX_SERIES_PER_RULE as u64 + 2
+        );
+        assert!(s.delete_rule("wide").unwrap());
+        assert_eq!(s.metric_series(Some("wide")).unwrap().len(), 0);
+
+        // Max hits over agents: 3 + 7 reaches 10 and the rule is done; later reports are refused.
+        let got = s.upsert_metrics("b", &[count("m", "x", 7)], 11).unwrap();
+        assert_eq!(got.done, vec!["m".to_string()]);
+        let rule = s.rule("m").unwrap().unwrap();
+        assert_eq!((rule.state, rule.hits), (RuleState::Done, 10));
+        let after = s.upsert_metrics("b", &[count("m", "x", 8)], 12).unwrap();
+        assert_eq!((after.stored, after.refused), (0, 1));
+
+        // A gone agent's series are pruned with old responses; a recently seen one stays.
+        agent(&s, "b", 1_000);
+        let keep = Retention {
+            per_rule: 100,
+            max_age_ms: 500,
+        };
+        assert_eq!(s.prune_responses(1_400, keep).unwrap(), 1);
+        let left: Vec<_> = s.metric_series(None).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].agent, "b");
     }
 }

@@ -1,9 +1,11 @@
-//! The store interface: rules, agents, statuses and the recent window of responses.
+//! The store interface: rules, agents, statuses, the recent window of responses, and the
+//! newest metric series of each agent.
 //!
 //! Calls block; the server runs them on tokio's blocking pool. [`crate::sqlite::SqliteStore`]
 //! is the implementation today; the SQL is kept portable so a PostgreSQL store can follow
 //! (counters such as a rule's hits are single atomic `UPDATE`s, not read-modify-write).
 
+use nonstop_model::metrics::MetricSeries;
 use nonstop_model::{AgentInfo, Response, Rule, RuleStatus};
 use serde::Serialize;
 
@@ -70,7 +72,12 @@ pub struct StoredRule {
     pub expires_ms: Option<i64>,
     /// Its state.
     pub state: RuleState,
+    /// Whether it is sent to agents. A disabled rule keeps its state, hits, statuses and
+    /// responses; its time keeps running toward `expires_ms`.
+    pub enabled: bool,
     /// Responses stored for it so far, over all agents.
+    /// Hits so far over all agents: responses stored, or for a metric rule the sum of its
+    /// series' counts.
     pub hits: u64,
 }
 
@@ -129,6 +136,34 @@ pub struct Inserted {
     pub done: Vec<String>,
 }
 
+/// What [`Store::upsert_metrics`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MetricsStored {
+    /// Series stored (new, or replacing an older report of the same series).
+    pub stored: usize,
+    /// Series refused: unknown, deleted, inactive or non-metric rule, a malformed
+    /// histogram, or a new series past [`nonstop_model::metrics::MAX_SERIES_PER_RULE`]
+    /// for that rule on that agent.
+    pub refused: usize,
+    /// Series ignored because the store holds a newer report of them (a higher count).
+    pub stale: usize,
+    /// Rules that reached their max hits with this report.
+    pub done: Vec<String>,
+}
+
+/// One agent's newest report of one metric series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSeries {
+    /// The agent that reported it.
+    pub agent: String,
+    /// That agent's service.
+    pub service: String,
+    /// The cumulative values, as reported (name and kind as the rule says).
+    pub series: MetricSeries,
+    /// When the server received it, Unix ms.
+    pub updated_ms: i64,
+}
+
 /// Where the server keeps its state.
 pub trait Store: Send + Sync + 'static {
     /// Adds a rule; [`StoreError::DuplicateRule`] when its id is taken.
@@ -137,7 +172,9 @@ pub trait Store: Send + Sync + 'static {
     fn rules(&self) -> Result<Vec<StoredRule>, StoreError>;
     /// One rule.
     fn rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError>;
-    /// Deletes a rule and its statuses; false when there was none.
+    /// Enables or disables a rule; `None` when there is no such rule, else the rule after.
+    fn set_enabled(&self, id: &str, enabled: bool) -> Result<Option<StoredRule>, StoreError>;
+    /// Deletes a rule, its statuses and its metric series; false when there was none.
     fn delete_rule(&self, id: &str) -> Result<bool, StoreError>;
     /// Marks active rules whose time is up as expired; returns their ids.
     fn expire_rules(&self, now_ms: i64) -> Result<Vec<String>, StoreError>;
@@ -176,7 +213,7 @@ pub trait Store: Send + Sync + 'static {
     /// A rule's status on each agent that reported one.
     fn statuses(&self, rule: &str) -> Result<Vec<AgentRuleStatus>, StoreError>;
 
-    /// Stores responses for active rules, up to each rule's max hits over all agents, then
+    /// Stores responses for active, enabled rules, up to each rule's max hits over all agents, then
     /// applies `retention`.
     fn insert_responses(
         &self,
@@ -185,7 +222,8 @@ pub trait Store: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<Inserted, StoreError>;
     /// Deletes responses older than `retention` allows (inserts do this too; this covers
-    /// rules that stopped receiving). Returns how many went.
+    /// rules that stopped receiving), and the metric series of agents not seen for that
+    /// long. Returns how many rows went.
     fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError>;
     /// Up to `limit` responses stored after the one with id `after` (of one rule, or all),
     /// oldest first, with their ids: what a live stream missed.
@@ -197,4 +235,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(i64, Response)>, StoreError>;
     /// The newest `limit` responses (of one rule, or all), oldest first.
     fn responses(&self, rule: Option<&str>, limit: u64) -> Result<Vec<Response>, StoreError>;
+
+    /// Stores an agent's report of cumulative metric series: each replaces the agent's
+    /// older report of the same (rule, tags) unless that one has a higher count. Only
+    /// active metric rules take series, at most `MAX_SERIES_PER_RULE` per rule and agent.
+    /// A metric rule's hits become the sum of its series' counts over all agents, and the
+    /// rule turns `done` when that reaches its max hits.
+    fn upsert_metrics(
+        &self,
+        agent: &str,
+        series: &[MetricSeries],
+        now_ms: i64,
+    ) -> Result<MetricsStored, StoreError>;
+    /// The newest series of every agent (of one rule, or all), by rule, agent and tags.
+    fn metric_series(&self, rule: Option<&str>) -> Result<Vec<StoredSeries>, StoreError>;
 }

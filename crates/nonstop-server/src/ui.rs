@@ -68,6 +68,11 @@ const FILES: &[(&str, &str, &[u8])] = &[
         JS,
         include_bytes!("../../../web/js/panes.js"),
     ),
+    (
+        "js/metrics.js",
+        JS,
+        include_bytes!("../../../web/js/metrics.js"),
+    ),
 ];
 
 const JS: &str = "text/javascript; charset=utf-8";

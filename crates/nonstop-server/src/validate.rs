@@ -1,6 +1,7 @@
 //! Rule validation, the per-action defaults of DESIGN.md, and rule ids.
 
-use nonstop_model::{Action, Rule};
+use nonstop_expr::check::{Scope, Ty};
+use nonstop_model::{Action, CaptureLimits, Rule};
 use std::time::Duration;
 
 /// Longest `expires` a rule may ask for.
@@ -10,9 +11,87 @@ pub const MAX_HITS: u64 = 1_000_000;
 /// Highest rate, in hits per second.
 pub const MAX_RATE_PER_SEC: u64 = 100_000;
 
+/// The largest capture limits a rule may ask for when the server sets none
+/// (`nonstop serve --max-limits`).
+pub const DEFAULT_MAX_LIMITS: CaptureLimits = CaptureLimits {
+    depth: 16,
+    string: 1 << 20,
+    collection: 100_000,
+    fields: 1000,
+    frames: 1000,
+};
+
+/// Parses `depth=5,string=4096,collection=1000,fields=100,frames=64` into maximums; what
+/// is not given keeps its value in [`DEFAULT_MAX_LIMITS`].
+pub fn parse_max_limits(s: &str) -> Result<CaptureLimits, String> {
+    let mut max = DEFAULT_MAX_LIMITS;
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((name, value)) = item.split_once('=') else {
+            return Err(format!(
+                "{item:?}: write NAME=N, e.g. depth=5,string=4096,collection=1000,fields=100,frames=64"
+            ));
+        };
+        let slot = match name.trim() {
+            "depth" => &mut max.depth,
+            "string" => &mut max.string,
+            "collection" => &mut max.collection,
+            "fields" => &mut max.fields,
+            "frames" => &mut max.frames,
+            other => {
+                return Err(format!(
+                    "no capture limit {other:?}: the limits are depth, string, collection, fields, frames"
+                ));
+            }
+        };
+        *slot = value.trim().parse().map_err(|_| {
+            format!("{item:?}: the maximum must be a whole number, e.g. {name}=100")
+        })?;
+    }
+    Ok(max)
+}
+
+/// A scope where every name is a variable of unknown type: what the server knows without
+/// debug info. Checking against it still catches mismatches among literals and operators
+/// (`"a" > 3`, `!5`, `"x" + 1`).
+struct UnknownTypes;
+
+impl Scope for UnknownTypes {
+    fn var(&self, _name: &str) -> Option<Ty> {
+        Some(Ty::Unknown)
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// A type error with the source under it and a caret at the part the message quotes
+/// (the text after a `: `, or a `` `…` `` fragment, found in the source), like a parse error.
+fn with_caret(source: &str, message: &str) -> String {
+    let after_colons = message.match_indices(": ").map(|(i, _)| &message[i + 2..]);
+    let backticked = message.split('`').skip(1).step_by(2);
+    let at = after_colons
+        .chain(backticked)
+        .filter(|q| !q.trim().is_empty())
+        .find_map(|q| source.find(q));
+    match at {
+        Some(at) => nonstop_expr::ParseError::new(source, at, message.to_string()).to_string(),
+        None => format!("{message}\n{source}"),
+    }
+}
+
+fn check_expr(
+    what: &str,
+    source: &str,
+    check: impl Fn(&nonstop_expr::Expr) -> Result<(), nonstop_expr::check::CheckError>,
+) -> Result<(), String> {
+    let expr = nonstop_expr::Expr::parse(source).map_err(|e| format!("{what}: {e}"))?;
+    check(&expr).map_err(|e| format!("{what}: {}", with_caret(source, &e.to_string())))
+}
+
 /// Checks `rule` and fills in the defaults of its action (rate, max hits, expiry), so
-/// agents receive explicit values. The error says what is wrong and what to write instead.
-pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
+/// agents receive explicit values; capture limits must lie within `max` (a default above
+/// a maximum is lowered to it). The error says what is wrong and what to write instead.
+pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String> {
     if !rule.id.is_empty() && !is_valid_id(&rule.id) {
         return Err(format!(
             "invalid id {:?}: use 1-64 letters, digits, `-` or `_`, or leave it out to get one",
@@ -60,21 +139,27 @@ pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
     {
         return Err("when is empty: remove it or give a condition such as \"user.id == 7\"".into());
     }
-    // Syntax here; names and types are checked by each agent against the variables in
-    // scope (the server has no debug info).
+    // Syntax, and the types that are known without debug info (literals, operators);
+    // names and the variables' types are checked by each agent against its debug info.
+    let scope = UnknownTypes;
     if let Some(w) = &rule.when {
-        nonstop_expr::Expr::parse(w).map_err(|e| format!("when: {e}"))?;
+        check_expr("when", w, |e| e.check_condition(&scope))?;
     }
     if let Some(t) = &rule.template {
-        nonstop_expr::Template::parse(t).map_err(|e| format!("template: {e}"))?;
+        let template = nonstop_expr::Template::parse(t).map_err(|e| format!("template: {e}"))?;
+        template
+            .check(&scope)
+            .map_err(|e| format!("template: {}", with_caret(t, &e.to_string())))?;
     }
-    check_watch(rule)?;
+    check_watch(rule, &scope)?;
     if let Some(m) = &rule.metric {
         if let Some(v) = &m.value {
-            nonstop_expr::Expr::parse(v).map_err(|e| format!("metric value: {e}"))?;
+            check_expr("metric value", v, |e| e.check_number(&scope))?;
         }
         for (tag, expr) in &m.tags {
-            nonstop_expr::Expr::parse(expr).map_err(|e| format!("metric tag {tag}: {e}"))?;
+            check_expr(&format!("metric tag {tag}"), expr, |e| {
+                e.check(&scope).map(|_| ())
+            })?;
         }
     }
     if let Some(n) = rule.max_hits
@@ -90,7 +175,7 @@ pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
     if let Some(r) = &rule.rate {
         parse_rate(r)?;
     }
-    check_limits(&rule.limits)?;
+    check_limits(&mut rule.limits, max)?;
     for t in &rule.to {
         if t.is_empty() || t.chars().any(char::is_whitespace) {
             return Err(format!(
@@ -117,8 +202,8 @@ pub fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
 }
 
 /// Checks a rule's watch expressions: snapshot rules only, at most
-/// [`MAX_WATCH`](nonstop_model::rule::MAX_WATCH), each one an expression.
-fn check_watch(rule: &Rule) -> Result<(), String> {
+/// [`MAX_WATCH`](nonstop_model::rule::MAX_WATCH), each one an expression whose known types fit.
+fn check_watch(rule: &Rule, scope: &dyn nonstop_expr::Scope) -> Result<(), String> {
     if rule.watch.is_empty() {
         return Ok(());
     }
@@ -143,26 +228,38 @@ fn check_watch(rule: &Rule) -> Result<(), String> {
                 i + 1
             ));
         }
-        nonstop_expr::Expr::parse(w).map_err(|e| format!("watch {} `{w}`: {e}", i + 1))?;
+        check_expr(&format!("watch {} `{w}`", i + 1), w, |e| {
+            e.check(scope).map(|_| ())
+        })?;
     }
     Ok(())
 }
 
-fn check_limits(l: &nonstop_model::Limits) -> Result<(), String> {
-    let ranges = [
-        ("depth", l.depth, 0, 16),
-        ("string", l.string, 0, 1 << 20),
-        ("collection", l.collection, 0, 100_000),
-        ("fields", l.fields, 0, 1000),
-        ("frames", l.frames, 0, 1000),
+/// Refuses a limit above the server's maximum; lowers an unset limit whose default is
+/// above the maximum to the maximum, so agents never capture more than the server allows.
+fn check_limits(l: &mut nonstop_model::Limits, max: &CaptureLimits) -> Result<(), String> {
+    let defaults = CaptureLimits::default();
+    let limits = [
+        ("depth", &mut l.depth, defaults.depth, max.depth),
+        ("string", &mut l.string, defaults.string, max.string),
+        (
+            "collection",
+            &mut l.collection,
+            defaults.collection,
+            max.collection,
+        ),
+        ("fields", &mut l.fields, defaults.fields, max.fields),
+        ("frames", &mut l.frames, defaults.frames, max.frames),
     ];
-    for (name, v, lo, hi) in ranges {
-        if let Some(v) = v
-            && !(lo..=hi).contains(&v)
-        {
-            return Err(format!(
-                "limits.{name} must be between {lo} and {hi}, not {v}"
-            ));
+    for (name, value, default, hi) in limits {
+        match *value {
+            Some(v) if v > hi => {
+                return Err(format!(
+                    "limits.{name} is {v}, above this server's maximum of {hi}: ask for at most {hi} (the server's maximums are set by `nonstop serve --max-limits`)"
+                ));
+            }
+            None if default > hi => *value = Some(hi),
+            _ => {}
         }
     }
     Ok(())
@@ -276,6 +373,10 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    fn check_and_fill(rule: &mut Rule) -> Result<(), String> {
+        super::check_and_fill(rule, &DEFAULT_MAX_LIMITS)
+    }
+
     #[test]
     fn snapshot_defaults_are_filled_in() {
         let mut r = rule(r#"{"at":"src/cart.rs:42","action":"snapshot"}"#);
@@ -309,8 +410,16 @@ mod tests {
                 "template: ",
             ),
             (
+                r#"{"at":"a.rs:1","action":"snapshot","max_hits":0}"#,
+                "max_hits",
+            ),
+            (
                 r#"{"at":"a.rs:1","action":"snapshot","watch":["order.total","len(items"]}"#,
                 "watch 2 `len(items`: unexpected end of input at column 10",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","watch":["n", "\"a\" > 3"]}"#,
+                "watch 2 `\"a\" > 3`: cannot compare",
             ),
             (
                 r#"{"at":"a.rs:1","action":"snapshot","watch":[" "]}"#,
@@ -319,10 +428,6 @@ mod tests {
             (
                 r#"{"at":"a.rs:1","action":"log","template":"x","watch":["n"]}"#,
                 "watch is only used by snapshot rules",
-            ),
-            (
-                r#"{"at":"a.rs:1","action":"snapshot","max_hits":0}"#,
-                "max_hits",
             ),
             (
                 r#"{"at":"a.rs:1","action":"snapshot","expires":"5x"}"#,
@@ -359,6 +464,70 @@ mod tests {
             err,
             "21 watch expressions: a rule takes at most 20; remove some or split the rule"
         );
+    }
+
+    #[test]
+    fn limits_above_the_server_maximum_are_refused_with_the_limit_and_the_maximum() {
+        let max = parse_max_limits("depth=5,string=4096, frames=10").unwrap();
+        assert_eq!(
+            max,
+            CaptureLimits {
+                depth: 5,
+                string: 4096,
+                collection: 100_000,
+                fields: 1000,
+                frames: 10
+            }
+        );
+        let mut r = rule(r#"{"at":"a.rs:1","action":"snapshot","limits":{"string":5000}}"#);
+        assert_eq!(
+            super::check_and_fill(&mut r, &max).unwrap_err(),
+            "limits.string is 5000, above this server's maximum of 4096: ask for at most 4096 (the server's maximums are set by `nonstop serve --max-limits`)"
+        );
+        let mut r = rule(r#"{"at":"a.rs:1","action":"snapshot","limits":{"depth":5}}"#);
+        super::check_and_fill(&mut r, &max).unwrap();
+        assert_eq!(r.limits.depth, Some(5));
+        // A default above a maximum is lowered to it; others stay unset.
+        let low = parse_max_limits("depth=2").unwrap();
+        let mut r = rule(r#"{"at":"a.rs:1","action":"snapshot"}"#);
+        super::check_and_fill(&mut r, &low).unwrap();
+        assert_eq!((r.limits.depth, r.limits.string), (Some(2), None));
+        for (bad, needle) in [
+            ("depth", "write NAME=N"),
+            ("size=3", "no capture limit \"size\""),
+            ("depth=-1", "whole number"),
+        ] {
+            let err = parse_max_limits(bad).unwrap_err();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn type_mismatches_known_without_debug_info_are_refused_with_a_caret() {
+        let mut r = rule(r#"{"at":"a.rs:1","action":"snapshot","when":"n > 2 && \"a\" > 3"}"#);
+        assert_eq!(
+            check_and_fill(&mut r).unwrap_err(),
+            "when: cannot compare a string with a number: \"a\" > 3\nn > 2 && \"a\" > 3\n         ^"
+        );
+        let mut r = rule(r#"{"at":"a.rs:1","action":"snapshot","when":"name.len() + 1"}"#);
+        let err = check_and_fill(&mut r).unwrap_err();
+        assert!(
+            err.starts_with("when: a condition must be true or false"),
+            "{err}"
+        );
+        let mut r = rule(
+            r#"{"at":"a.rs:1","action":"metric","metric":{"kind":"gauge","name":"g","value":"\"x\""}}"#,
+        );
+        let err = check_and_fill(&mut r).unwrap_err();
+        assert!(
+            err.starts_with("metric value: a metric value must be a number"),
+            "{err}"
+        );
+        // Unknown names are the agent's to check: any variable passes here.
+        let mut r = rule(
+            r#"{"at":"a.rs:1","action":"snapshot","when":"order.total > 3 && user.name == \"x\""}"#,
+        );
+        check_and_fill(&mut r).unwrap();
     }
 
     #[test]

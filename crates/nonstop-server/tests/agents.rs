@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestServer, eventually, response};
+use common::{FakeAgent, TestServer, eventually, info, response};
 use nonstop_model::{AgentMessage, ServerMessage};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -312,4 +312,104 @@ fn rules_expire_and_leave_the_agents() {
         s.get_json(&format!("/api/v1/rules/{id}"))["state"],
         json!("expired")
     );
+}
+
+#[test]
+fn a_disabled_rule_leaves_the_agents_set_keeps_its_history_and_counts_on_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let mut a = s.agent("a", "checkout");
+    assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
+    let id = s.add_rule(r#"{"at":"cart::add","action":"log","template":"x","max_hits":3}"#);
+    assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    let armed = || AgentMessage::Status {
+        statuses: vec![
+            serde_json::from_value(json!({"rule": id, "status": "armed", "probes": 1})).unwrap(),
+        ],
+    };
+    a.send(&armed());
+    a.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "a", 0)],
+        dropped: 0,
+    });
+    eventually(|| (s.get_json(&format!("/api/v1/rules/{id}"))["hits"] == 1).then_some(()));
+
+    let (status, body) = s.call("POST", &format!("/api/v1/rules/{id}/disable"), None);
+    assert_eq!(status, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&view["enabled"], &view["state"], &view["hits"]),
+        (&json!(false), &json!("active"), &json!(1))
+    );
+    assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
+    // A response still in flight is refused; the history stays listed.
+    a.send(&AgentMessage::Responses {
+        responses: vec![response(&id, "a", 1)],
+        dropped: 0,
+    });
+    a.send(&AgentMessage::Ping);
+    assert_eq!(a.recv(), ServerMessage::Pong);
+    let kept = s.get_json(&format!("/api/v1/responses?rule={id}"));
+    assert_eq!(kept.as_array().unwrap().len(), 1);
+    assert_eq!(s.get_json("/api/v1/rules")[0]["enabled"], json!(false));
+    // The agent's last word was "armed"; the rule's view says what the agent did since.
+    let agent = &s.get_json(&format!("/api/v1/rules/{id}"))["agents"][0];
+    assert_eq!(
+        (&agent["status"], &agent["probes"]),
+        (&json!("disabled"), &json!(0))
+    );
+
+    let (status, body) = s.call("POST", &format!("/api/v1/rules/{id}/enable"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.recv_rule_ids(), vec![id.clone()]);
+    a.send(&armed());
+    eventually(|| {
+        (s.get_json(&format!("/api/v1/rules/{id}"))["agents"][0]["status"] == "armed").then_some(())
+    });
+    a.send(&AgentMessage::Responses {
+        responses: (2..6).map(|n| response(&id, "a", n)).collect(),
+        dropped: 0,
+    });
+    // The hit before the pause counts toward the max of 3: two more, then done.
+    let view = eventually(|| {
+        let v = s.get_json(&format!("/api/v1/rules/{id}"));
+        (v["state"] == "done").then_some(v)
+    });
+    assert_eq!((&view["hits"], &view["enabled"]), (&json!(3), &json!(true)));
+    assert_eq!(a.recv_rule_ids(), Vec::<String>::new());
+    let (status, body) = s.call("POST", &format!("/api/v1/rules/{id}/enable"), None);
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("is done and cannot run again"), "{body}");
+    let (status, body) = s.call("POST", "/api/v1/rules/r-none/disable", None);
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn rules_reach_only_agents_of_their_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let hello = |id: &str, version: &str| {
+        let mut agent = FakeAgent::open(s.addr, &s.agent);
+        let mut i = info(id, "checkout");
+        i.version = Some(version.into());
+        agent.send(&AgentMessage::Hello { agent: i });
+        agent
+    };
+    let mut old = hello("old", "1.2.0");
+    let mut new = hello("new", "1.3.0");
+    assert_eq!(old.recv_rule_ids(), Vec::<String>::new());
+    assert_eq!(new.recv_rule_ids(), Vec::<String>::new());
+    let id = s.add_rule(r#"{"at":"cart::add","action":"snapshot","version":"1.3.0"}"#);
+    assert_eq!(new.recv_rule_ids(), vec![id.clone()]);
+    let view = s.get_json(&format!("/api/v1/rules/{id}"));
+    let agents: Vec<&Value> = view["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["agent"])
+        .collect();
+    assert_eq!(agents, [&json!("new")]);
+    // The old agent got nothing: its next message is the pong.
+    old.send(&AgentMessage::Ping);
+    assert_eq!(old.recv(), ServerMessage::Pong);
 }

@@ -27,7 +27,15 @@ fn a_rule_round_trips_with_its_defaults_filled_in() {
     keys.sort();
     assert_eq!(
         keys,
-        ["agents", "created", "expires_at", "hits", "rule", "state"]
+        [
+            "agents",
+            "created",
+            "enabled",
+            "expires_at",
+            "hits",
+            "rule",
+            "state"
+        ]
     );
     assert_eq!(
         (created["state"].clone(), created["hits"].clone()),
@@ -235,6 +243,62 @@ fn no_auth_is_refused_off_loopback() {
     config.auth = false;
     let err = rt.block_on(nonstop_server::serve(config)).err().unwrap();
     assert!(err.to_string().contains("without tokens"), "{err}");
+}
+
+#[test]
+fn capture_limits_above_the_servers_maximums_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.max_limits = nonstop_server::validate::parse_max_limits("depth=5,string=4096").unwrap();
+    });
+    let (status, body) = s.call(
+        "POST",
+        "/api/v1/rules",
+        Some(r#"{"at":"a.rs:1","action":"snapshot","limits":{"string":5000}}"#),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "limits.string is 5000, above this server's maximum of 4096: ask for at most 4096 (the server's maximums are set by `nonstop serve --max-limits`)"
+    );
+    let id =
+        s.add_rule(r#"{"at":"a.rs:1","action":"snapshot","limits":{"string":4096,"depth":5}}"#);
+    let rule = &s.get_json(&format!("/api/v1/rules/{id}"))["rule"];
+    assert_eq!(rule["limits"], json!({"string": 4096, "depth": 5}));
+}
+
+#[test]
+fn a_type_mismatch_in_a_condition_is_refused_at_submit_time_with_a_caret() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let (status, body) = s.call(
+        "POST",
+        "/api/v1/rules",
+        Some(r#"{"at":"a.rs:1","action":"snapshot","when":"\"a\" > 3"}"#),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "when: cannot compare a string with a number: \"a\" > 3\n\"a\" > 3\n^"
+    );
+    assert_eq!(s.get_json("/api/v1/rules"), json!([]));
+}
+
+#[test]
+fn the_templates_are_listed_with_their_parameters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let list = s.get_json("/api/v1/templates");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["snapshot", "log", "count", "measure", "trace"]);
+    assert_eq!(list[4]["title"], "Trace arguments");
+    assert_eq!(list[4]["params"][0]["name"], "args");
+    assert_eq!(list[4]["params"][0]["required"], true);
 }
 
 #[test]

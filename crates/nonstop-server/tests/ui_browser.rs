@@ -11,9 +11,11 @@
 mod common;
 
 use common::{FakeAgent, TestServer};
-use nonstop_model::{AgentMessage, ServerMessage};
+use nonstop_model::metrics::{HISTOGRAM_BOUNDS, bucket_of};
+use nonstop_model::{Action, AgentMessage, MetricKind, MetricSeries, ServerMessage};
 use nonstop_server::sources::{GitSource, SourceSpec};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -202,7 +204,8 @@ impl Drop for GitDaemon {
 }
 
 /// An agent that behaves like an instrumented program with traffic: it reports every
-/// rule armed and sends a hit for each about every 300 ms; a rule at `src/load.rs` gets
+/// rule armed and sends a hit for each about every 300 ms (metric rules: their series,
+/// see [`metric_series`]); a rule at `src/load.rs` gets
 /// 200 hits a second for 5 s instead (the load figure of the test).
 fn run_agent(
     addr: SocketAddr,
@@ -228,6 +231,7 @@ fn run_agent(
         let mut n = 0u64;
         let mut load_started: Option<Instant> = None;
         let mut last_hit = Instant::now();
+        let mut last_report: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             match a.ws.read() {
                 Ok(Message::Text(t)) => {
@@ -254,8 +258,17 @@ fn run_agent(
                     ) => {}
                 Err(_) => return,
             }
+            // Metric rules: their fixed series, reported about once a second (cumulative
+            // values, so each report repeats the same numbers).
+            if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_report = Some(Instant::now());
+                let series: Vec<_> = rules.iter().flat_map(metric_series).collect();
+                if !series.is_empty() {
+                    a.send(&AgentMessage::Metrics { series });
+                }
+            }
             let mut batch = Vec::new();
-            for r in &rules {
+            for r in rules.iter().filter(|r| r.action != Action::Metric) {
                 let Some((file, line)) = r.at.rsplit_once(':') else {
                     continue;
                 };
@@ -290,6 +303,54 @@ fn run_agent(
             }
         }
     })
+}
+
+/// What the agent reports for a metric rule, always the same numbers: a count of 5, or
+/// with a tag 7 for `gold` and 3 for `silver`; a histogram of ten values from 0.2 to 1200
+/// (sum 2280.7); a gauge that saw 3, 9 and 4.5 last.
+fn metric_series(rule: &nonstop_model::Rule) -> Vec<MetricSeries> {
+    let Some(m) = &rule.metric else {
+        return Vec::new();
+    };
+    let one = |tags: BTreeMap<String, String>, values: &[f64]| {
+        let mut buckets = Vec::new();
+        if m.kind == MetricKind::Histogram {
+            buckets = vec![0; HISTOGRAM_BOUNDS.len() + 1];
+            for v in values {
+                buckets[bucket_of(*v)] += 1;
+            }
+        }
+        MetricSeries {
+            rule: rule.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind,
+            tags,
+            count: values.len() as u64,
+            sum: if m.kind == MetricKind::Count {
+                0.0
+            } else {
+                values.iter().sum()
+            },
+            last: (m.kind == MetricKind::Gauge).then(|| values[values.len() - 1]),
+            buckets,
+            updated: "2026-11-25T15:00:00Z".into(),
+            overflow: 0,
+        }
+    };
+    match m.kind {
+        MetricKind::Count => match m.tags.keys().next() {
+            Some(tag) => vec![
+                one(BTreeMap::from([(tag.clone(), "gold".into())]), &[1.0; 7]),
+                one(BTreeMap::from([(tag.clone(), "silver".into())]), &[1.0; 3]),
+            ],
+            None => vec![one(BTreeMap::new(), &[1.0; 5])],
+        },
+        MetricKind::Histogram => vec![one(
+            BTreeMap::new(),
+            &[0.2, 1.5, 2.0, 7.0, 40.0, 40.0, 90.0, 300.0, 600.0, 1200.0],
+        )],
+        MetricKind::Gauge => vec![one(BTreeMap::new(), &[3.0, 9.0, 4.5])],
+    }
 }
 
 /// One hit at `file:line`, as an agent reports it: absolute paths from debug info,

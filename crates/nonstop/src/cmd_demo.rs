@@ -200,8 +200,14 @@ fn print_welcome(
     out.push_str(&format!(
         "  {nonstop} rules add {PRICING_FILE}:{line} --service shop --log \"{{reason}}: {{cents}} cents off\"\n"
     ));
+    out.push_str(&format!(
+        "  {nonstop} rules add {PRICING_FILE}:{line} --service shop --metric discount_cents=cents --kind histogram --tag reason=reason\n"
+    ));
     out.push_str(&format!("  {nonstop} tail\n"));
     out.push_str(&format!("  {nonstop} agents\n"));
+    out.push_str(&format!(
+        "  curl -H \"Authorization: Bearer {admin_token}\" {server_url}/metrics\n"
+    ));
     print!("{out}");
     let _ = std::io::stdout().flush();
 }

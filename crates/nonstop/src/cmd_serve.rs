@@ -34,6 +34,12 @@ pub struct Args {
     /// SERVICE=URL[#branch] (a Git repository, cloned under DATA/sources); repeatable.
     #[arg(long = "source", value_name = "SERVICE=PATH_OR_URL", value_parser = nonstop_server::sources::SourceSpec::parse_arg)]
     pub sources: Vec<(String, nonstop_server::sources::SourceSpec)>,
+    /// The largest capture limits a rule may ask for, e.g.
+    /// depth=5,string=4096,collection=1000,fields=100,frames=64; a rule above one is refused,
+    /// a default above one is lowered to it. Unnamed limits: depth 16, string 1048576,
+    /// collection 100000, fields 1000, frames 1000.
+    #[arg(long, value_name = "NAME=N,…", value_parser = nonstop_server::validate::parse_max_limits)]
+    pub max_limits: Option<nonstop_model::CaptureLimits>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -43,6 +49,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut config = nonstop_server::Config::new(args.listen, data);
     config.auth = !args.no_auth;
     config.sources = args.sources;
+    if let Some(max) = args.max_limits {
+        config.max_limits = max;
+    }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(nonstop_server::tls::TlsFiles { cert, key });
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod client;
 mod cmd_agents;
 mod cmd_demo;
+mod cmd_metrics;
 mod cmd_rules;
 mod cmd_run;
 mod cmd_serve;
@@ -32,6 +33,8 @@ enum Command {
     Tail(cmd_tail::Args),
     /// List the agents the server knows.
     Agents(cmd_agents::Args),
+    /// Show the values of metric rules: counts, gauges and histograms per service and tags.
+    Metrics(cmd_metrics::Args),
     /// Show what a location resolves to: addresses, function and inline chain, variables
     /// in scope with types and availability.
     Where(cmd_where::Args),
@@ -48,6 +51,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Rules(a) => cmd_rules::run(a),
         Command::Tail(a) => cmd_tail::run(a),
         Command::Agents(a) => cmd_agents::run(a),
+        Command::Metrics(a) => cmd_metrics::run(a),
         Command::Where(args) => cmd_where::run(&args),
         Command::Run(args) => cmd_run::run(args),
         Command::Demo(args) => cmd_demo::run(args),

@@ -425,3 +425,223 @@ fn tail_follows_the_stream_across_a_server_restart() {
     let _ = tail.kill();
     let _ = tail.wait();
 }
+
+/// Sends `message` from a fake agent, then a ping, and waits for the pong: messages of one
+/// connection are handled in order, so the server has stored what came before.
+fn send_and_sync(ws: &mut tungstenite::WebSocket<TcpStream>, message: &AgentMessage) {
+    for m in [message, &AgentMessage::Ping] {
+        ws.send(Message::text(serde_json::to_string(m).unwrap()))
+            .unwrap();
+    }
+    loop {
+        if let Message::Text(t) = ws.read().unwrap()
+            && serde_json::from_str::<nonstop_model::ServerMessage>(&t).ok()
+                == Some(nonstop_model::ServerMessage::Pong)
+        {
+            return;
+        }
+    }
+}
+
+/// A series as an agent reports it: histograms get their buckets from `values`.
+fn metric_series(
+    rule: &str,
+    name: &str,
+    kind: nonstop_model::MetricKind,
+    tags: &[(&str, &str)],
+    values: &[f64],
+) -> nonstop_model::MetricSeries {
+    use nonstop_model::MetricKind;
+    use nonstop_model::metrics::{HISTOGRAM_BOUNDS, bucket_of};
+    let mut buckets = Vec::new();
+    if kind == MetricKind::Histogram {
+        buckets = vec![0; HISTOGRAM_BOUNDS.len() + 1];
+        for v in values {
+            buckets[bucket_of(*v)] += 1;
+        }
+    }
+    nonstop_model::MetricSeries {
+        rule: rule.into(),
+        name: name.into(),
+        kind,
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        count: values.len() as u64,
+        sum: if kind == MetricKind::Count {
+            0.0
+        } else {
+            values.iter().sum()
+        },
+        last: (kind == MetricKind::Gauge).then(|| values[values.len() - 1]),
+        buckets,
+        updated: "2026-11-25T15:00:00Z".into(),
+        overflow: 0,
+    }
+}
+
+#[test]
+fn metrics_shows_counts_gauges_and_histograms_summed_over_agents() {
+    use nonstop_model::MetricKind::{Count, Gauge, Histogram};
+    let s = serve();
+    let id = |args: &[&str]| stdout(&s.run(args)).trim().to_string();
+    let adds = id(&[
+        "rules",
+        "add",
+        "src/cart.rs:42",
+        "--service",
+        "checkout",
+        "--metric",
+        "cart.add",
+        "--tag",
+        "tier=user.tier",
+    ]);
+    let totals = id(&[
+        "rules",
+        "add",
+        "src/cart.rs:50",
+        "--service",
+        "checkout",
+        "--metric",
+        "cart.total=order.total",
+        "--kind",
+        "histogram",
+    ]);
+    let depth = id(&[
+        "rules",
+        "add",
+        "src/queue.rs:7",
+        "--service",
+        "checkout",
+        "--metric",
+        "queue.depth=q.len",
+        "--kind",
+        "gauge",
+    ]);
+    let snap = id(&["rules", "add", "src/cart.rs:60", "--service", "checkout"]);
+
+    // Nothing reported yet: said, per rule too.
+    assert_eq!(
+        stdout(&s.run(&["metrics"])),
+        "no metric series yet: add a metric rule (`nonstop rules add FILE:LINE --metric NAME`); its series appear once an agent records a hit\n"
+    );
+    assert_eq!(
+        stdout(&s.run(&["metrics", "--rule", &adds])),
+        format!(
+            "rule {adds} has no series yet: they appear once one of its agents records a hit (`nonstop rules show {adds}` shows its status on each agent)\n"
+        )
+    );
+
+    // Two agents of the service; agent a's gauge is the newer one.
+    let mut a = s.fake_agent("m-a");
+    let mut b = s.fake_agent("m-b");
+    let mut gauge_a = metric_series(&depth, "queue.depth", Gauge, &[], &[9.0, 4.5]);
+    gauge_a.updated = "2026-11-25T15:00:01Z".into();
+    send_and_sync(
+        &mut a,
+        &AgentMessage::Metrics {
+            series: vec![
+                metric_series(&adds, "cart.add", Count, &[("tier", "gold")], &[0.0; 3]),
+                metric_series(&adds, "cart.add", Count, &[("tier", "silver")], &[0.0]),
+                metric_series(
+                    &totals,
+                    "cart.total",
+                    Histogram,
+                    &[],
+                    &[0.2, 1.5, 2.0, 7.0, 40.0],
+                ),
+                gauge_a,
+            ],
+        },
+    );
+    send_and_sync(
+        &mut b,
+        &AgentMessage::Metrics {
+            series: vec![
+                metric_series(&adds, "cart.add", Count, &[("tier", "gold")], &[0.0; 4]),
+                metric_series(
+                    &totals,
+                    "cart.total",
+                    Histogram,
+                    &[],
+                    &[40.0, 90.0, 300.0, 600.0, 6e9],
+                ),
+                metric_series(&depth, "queue.depth", Gauge, &[], &[9.0]),
+            ],
+        },
+    );
+
+    // Counts 3+4 and 1; ten values 0.2…6e9: sum 6000001080.7, ranks 5, 9, 10 in the
+    // buckets ≤50, ≤1000 and above 5e9; the gauge's newest value 4.5, mean 22.5/3.
+    let table = stdout(&s.run(&["metrics"]));
+    let want = format!(
+        "RULE        METRIC       KIND       SERVICE   TAGS         COUNT  LAST  SUM         MEAN       P50  P90    P99          AGENTS\n\
+         {adds}  cart.add     count      checkout  tier=gold    7      -     -           -          -    -      -            2\n\
+         {adds}  cart.add     count      checkout  tier=silver  1      -     -           -          -    -      -            1\n\
+         {totals}  cart.total   histogram  checkout  -            10     -     6000001081  600000108  ≤50  ≤1000  >5000000000  2\n\
+         {depth}  queue.depth  gauge      checkout  -            3      4.5   22.5        7.5        -    -      -            2\n\
+         P50/P90/P99 of a histogram are upper bounds: the bound of the bucket the quantile falls in (buckets 1, 2.5, 5 × 10^k).\n"
+    );
+    assert_eq!(table, want);
+
+    // --rule: one rule's series; --json: the server's JSON as it is.
+    let one = stdout(&s.run(&["metrics", "--rule", &adds]));
+    assert_eq!(one.lines().count(), 3, "{one}");
+    assert!(one.lines().skip(1).all(|l| l.starts_with(&adds)), "{one}");
+    let json: Value =
+        serde_json::from_str(&stdout(&s.run(&["metrics", "--rule", &totals, "--json"]))).unwrap();
+    let h = &json.as_array().unwrap()[0];
+    assert_eq!(json.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&h["service"], &h["agents"], &h["count"], &h["kind"]),
+        (
+            &json!("checkout"),
+            &json!(2),
+            &json!(10),
+            &json!("histogram")
+        )
+    );
+    let buckets = h["buckets"].as_array().unwrap();
+    assert_eq!(buckets.iter().map(|b| b.as_u64().unwrap()).sum::<u64>(), 10);
+    assert_eq!(
+        buckets[buckets.len() - 1],
+        json!(1),
+        "6e9 is above every bound"
+    );
+
+    // --prometheus: what a scrape gets.
+    let prom = stdout(&s.run(&["metrics", "--prometheus"]));
+    for line in [
+        "cart_add_total{service=\"checkout\",tier=\"gold\"} 7\n",
+        "cart_add_total{service=\"checkout\",tier=\"silver\"} 1\n",
+        "cart_total_bucket{service=\"checkout\",le=\"50\"} 6\n",
+        "cart_total_bucket{service=\"checkout\",le=\"+Inf\"} 10\n",
+        "cart_total_count{service=\"checkout\"} 10\n",
+        "queue_depth{service=\"checkout\"} 4.5\n",
+    ] {
+        assert!(prom.contains(line), "{line} in:\n{prom}");
+    }
+
+    // Bad input says what to do.
+    let err = |args: &[&str]| {
+        let out = s.cli(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert_eq!(
+        err(&["metrics", "--rule", &snap]),
+        format!(
+            "nonstop: rule {snap} is a snapshot rule, not a metric rule: `nonstop tail --rule {snap}` shows its responses\n"
+        )
+    );
+    let unknown = err(&["metrics", "--rule", "r-nothere"]);
+    assert!(
+        unknown.contains("r-nothere") && unknown.contains("404"),
+        "{unknown}"
+    );
+    assert!(
+        err(&["metrics", "--rule", &adds, "--prometheus"]).contains("cannot be used with"),
+        "--rule and --prometheus conflict"
+    );
+}

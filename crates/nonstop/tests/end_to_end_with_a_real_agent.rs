@@ -436,3 +436,251 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     assert!(ok);
     assert_eq!(out, expected_output(600, "gamma"));
 }
+
+/// `GET path` on the server with the admin token, as JSON (a plain HTTP/1.1 request, so the
+/// test needs no HTTP client crate).
+fn api_get(server: &Server, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let addr = server.url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        server.token("admin")
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path}: {head}\n{body}"
+    );
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+fn stored_responses(server: &Server, rule: &str) -> Vec<Response> {
+    serde_json::from_value(api_get(server, &format!("/api/v1/responses?rule={rule}"))).unwrap()
+}
+
+fn show(server: &Server, rule: &str) -> serde_json::Value {
+    let out = server.cli(&["rules", "show", rule, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Polls `rules show ID --json` until `f` holds on it, for at most 15 s.
+fn show_until(
+    server: &Server,
+    rule: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = show(server, rule);
+        if f(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "rule never got there: {v:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let out = server.cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn max_hits_stops_at_exactly_n_across_two_agents() {
+    let data = tmp("maxhits");
+    let server = Server::start(free_port(), &data);
+    let a = Program::start(&server, 150, "one");
+    let b = Program::start(&server, 150, "two");
+    wait_for_agents(&server, 2);
+    let rule = add_rule(
+        &server,
+        &["--log", "{label}", "--service", "ticker", "--max-hits", "3"],
+    );
+    let done = show_until(&server, &rule, |v| v["state"] == "done");
+    assert_eq!(a.finish(), (true, expected_output(150, "one")));
+    assert_eq!(b.finish(), (true, expected_output(150, "two")));
+
+    // After both programs ended: exactly 3 stored, over both agents' hits.
+    let stored = stored_responses(&server, &rule);
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for r in &stored {
+        let msg = r.message.as_deref().unwrap();
+        assert!(msg.starts_with("one-") || msg.starts_with("two-"), "{msg}");
+    }
+    let v = show(&server, &rule);
+    assert_eq!((&v["state"], &v["hits"]), (&"done".into(), &3.into()));
+    assert_eq!(done["rule"]["max_hits"], 3);
+    for agent in v["agents"].as_array().unwrap() {
+        assert_eq!(agent["status"], "done", "{agent}");
+    }
+}
+
+#[test]
+fn an_expired_rule_stops_says_expired_and_restores_the_program() {
+    let data = tmp("expires");
+    let server = Server::start(free_port(), &data);
+    let program = Program::start(&server, 400, "delta");
+    wait_for_agents(&server, 1);
+    let rule = add_rule(
+        &server,
+        &["--log", "{n}", "--service", "ticker", "--expires", "2s"],
+    );
+    let (ok, _) = tail(&server, &rule, 1, "10s");
+    assert!(ok, "no response before expiry");
+    let addr = mark_address();
+    assert_eq!(live_bytes(program.pid(), addr)[0], 0xcc);
+
+    let v = show_until(&server, &rule, |v| v["state"] == "expired");
+    let agents = v["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{v:#}");
+    assert_eq!(agents[0]["status"], "expired", "{v:#}");
+    // The agent disarms once the rule leaves its set: the line is the file's again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_bytes(program.pid(), addr) != file_bytes(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the probe stayed armed after expiry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = stored_responses(&server, &rule).len();
+    assert!(before >= 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        stored_responses(&server, &rule).len(),
+        before,
+        "responses after expiry"
+    );
+    assert_eq!(live_bytes(program.pid(), addr), file_bytes(addr));
+    assert_eq!(program.finish(), (true, expected_output(400, "delta")));
+}
+
+#[test]
+fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
+    let data = tmp("disable");
+    let server = Server::start(free_port(), &data);
+    let program = Program::start(&server, 500, "eps");
+    wait_for_agents(&server, 1);
+    let rule = add_rule(&server, &["--log", "{n}", "--service", "ticker"]);
+    let (ok, _) = tail(&server, &rule, 2, "10s");
+    assert!(ok);
+    let addr = mark_address();
+
+    cli_ok(&server, &["rules", "disable", &rule]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_bytes(program.pid(), addr) != file_bytes(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the probe stayed armed after disable"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let history = stored_responses(&server, &rule);
+    assert!(history.len() >= 2, "{history:?}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        stored_responses(&server, &rule).len(),
+        history.len(),
+        "responses while disabled"
+    );
+    let v = show(&server, &rule);
+    assert_eq!(
+        (&v["enabled"], &v["state"], &v["hits"]),
+        (&false.into(), &"active".into(), &history.len().into())
+    );
+    let list = cli_ok(&server, &["rules", "list"]);
+    assert!(list.contains("active, disabled"), "{list}");
+
+    cli_ok(&server, &["rules", "enable", &rule]);
+    let (ok, resumed) = tail(&server, &rule, 2, "10s");
+    assert!(ok, "no responses after enable");
+    let last_before: u64 = history
+        .last()
+        .unwrap()
+        .message
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for r in &resumed {
+        let n: u64 = r.message.as_deref().unwrap().parse().unwrap();
+        assert!(
+            n > last_before + 10,
+            "tick {n} is not after the pause (last {last_before})"
+        );
+    }
+    assert_eq!(live_bytes(program.pid(), addr)[0], 0xcc);
+    let v = show(&server, &rule);
+    assert_eq!(v["enabled"], true);
+    assert!(v["hits"].as_u64().unwrap() >= history.len() as u64 + 2);
+    assert_eq!(program.finish(), (true, expected_output(500, "eps")));
+}
+
+#[test]
+fn the_trace_template_logs_a_functions_arguments_at_its_entry() {
+    let data = tmp("template");
+    let server = Server::start(free_port(), &data);
+    let listed = cli_ok(&server, &["rules", "templates"]);
+    for name in ["snapshot", "log", "count", "measure", "trace"] {
+        assert!(
+            listed.lines().any(|l| l.starts_with(name)),
+            "{name} missing:\n{listed}"
+        );
+    }
+    assert!(listed.contains("--param args=…"), "{listed}");
+    let missing = server.cli(&["rules", "add", "ticker::tick", "--template", "trace"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("template trace needs the parameter args"),
+        "{err}"
+    );
+
+    let program = Program::start(&server, 300, "zeta");
+    wait_for_agents(&server, 1);
+    let rule = cli_ok(
+        &server,
+        &[
+            "rules",
+            "add",
+            "ticker::tick",
+            "--template",
+            "trace",
+            "--param",
+            "args=n,name",
+            "--service",
+            "ticker",
+        ],
+    );
+    let rule = rule.trim();
+    let (ok, got) = tail(&server, rule, 2, "15s");
+    let v = show(&server, rule);
+    assert!(ok, "no trace responses: {v:#}");
+    for r in &got {
+        let msg = r.message.as_deref().unwrap();
+        let n: u64 = msg
+            .trim_start_matches("ticker::tick(n=")
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{msg}"));
+        assert_eq!(msg, format!("ticker::tick(n={n}, name=\"zeta\")"));
+    }
+    assert_eq!(program.finish(), (true, expected_output(300, "zeta")));
+}

@@ -82,11 +82,18 @@ fn run(cmd: &mut Command) {
 }
 
 fn build(name: &str, make: impl FnOnce(&Path, &Path)) -> Fixture {
-    let source = fixtures_dir().join(if name.starts_with("shop") {
+    let source = if name.starts_with("shop") {
         "shop.rs"
+    } else if name.starts_with("typed") {
+        if name.ends_with("-c") {
+            "typed.c"
+        } else {
+            "typed.rs"
+        }
     } else {
         "points.c"
-    });
+    };
+    let source = fixtures_dir().join(source);
     let binary = out_dir().join(name);
     make(&source, &binary);
     Fixture {
@@ -127,6 +134,30 @@ pub fn shop_debug() -> &'static Fixture {
 pub fn shop_release() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| rust("shop-release", "2"))
+}
+
+/// The expression-type fixture (`typed.rs`) at `-C opt-level=0`.
+pub fn typed_debug() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| rust("typed-debug", "0"))
+}
+
+/// The expression-type fixture (`typed.rs`) at `-C opt-level=2`.
+pub fn typed_release() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| rust("typed-release", "2"))
+}
+
+/// The C expression-type fixture (`typed.c`) at `-g -O0`.
+pub fn typed_c_o0() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| c("typed-O0-c", "-O0"))
+}
+
+/// The C expression-type fixture (`typed.c`) at `-g -O2`.
+pub fn typed_c_o2() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| c("typed-O2-c", "-O2"))
 }
 
 /// The C fixture at `-g -O0`.

@@ -1,0 +1,121 @@
+//! The metrics of `metric` rules: `GET /metrics` for Prometheus and `GET /api/v1/metrics`
+//! for the IDE and the CLI, both summed per service over its agents.
+
+use crate::App;
+use crate::api::{ApiError, checked_id, query};
+use crate::clock::rfc3339;
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use nonstop_model::MetricSeries;
+use nonstop_model::metrics::render_prometheus;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The content type of the Prometheus text exposition format.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `GET /metrics`: every stored series in the Prometheus text format, summed per service.
+pub async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let stored = app.blocking(|s| s.metric_series(None)).await?;
+    let text = render_prometheus(stored.iter().map(|s| (s.service.as_str(), &s.series)));
+    Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
+}
+
+/// The query of `GET /api/v1/metrics`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// Only this rule's series.
+    pub rule: Option<String>,
+    /// The UI's token (read by the auth layer, ignored here).
+    #[serde(default, rename = "token")]
+    _token: Option<serde::de::IgnoredAny>,
+}
+
+/// One series of one service: its agents' series with the same rule and tags, summed.
+#[derive(Debug, Serialize)]
+pub struct ServiceSeries {
+    /// The service.
+    pub service: String,
+    /// How many of its agents reported this series.
+    pub agents: usize,
+    /// The summed values: counts, sums, buckets and overflow added up; `last` and
+    /// `updated` from the series updated last.
+    #[serde(flatten)]
+    pub series: MetricSeries,
+    /// When the server last received a report of it (RFC 3339).
+    pub received: String,
+}
+
+/// `GET /api/v1/metrics[?rule=ID]`: the series summed per service, by service, rule and tags.
+pub async fn list_metrics(
+    State(app): State<Arc<App>>,
+    q: Result<Query<MetricsQuery>, QueryRejection>,
+) -> Result<Json<Vec<ServiceSeries>>, ApiError> {
+    let q = query(q)?;
+    if let Some(r) = &q.rule {
+        checked_id(r)?;
+    }
+    let stored = app
+        .blocking(move |s| s.metric_series(q.rule.as_deref()))
+        .await?;
+    let mut merged: BTreeMap<SeriesKey, (ServiceSeries, i64)> = BTreeMap::new();
+    for s in stored {
+        let key = (
+            s.service.clone(),
+            s.series.rule.clone(),
+            s.series.tags.clone(),
+        );
+        match merged.get_mut(&key) {
+            None => {
+                let view = ServiceSeries {
+                    service: s.service,
+                    agents: 1,
+                    series: s.series,
+                    received: String::new(),
+                };
+                merged.insert(key, (view, s.updated_ms));
+            }
+            Some((view, received)) => {
+                add(&mut view.series, &s.series);
+                view.agents += 1;
+                *received = (*received).max(s.updated_ms);
+            }
+        }
+    }
+    Ok(Json(
+        merged
+            .into_values()
+            .map(|(mut view, received)| {
+                view.received = rfc3339(received);
+                view
+            })
+            .collect(),
+    ))
+}
+
+/// A series of a service: (service, rule, tags).
+type SeriesKey = (String, String, BTreeMap<String, String>);
+
+/// Adds another agent's series of the same rule and tags into `into`.
+fn add(into: &mut MetricSeries, other: &MetricSeries) {
+    into.count += other.count;
+    into.sum += other.sum;
+    into.overflow += other.overflow;
+    if other.updated > into.updated {
+        into.updated = other.updated.clone();
+        if other.last.is_some() {
+            into.last = other.last;
+        }
+    }
+    if into.buckets.len() < other.buckets.len() {
+        into.buckets.resize(other.buckets.len(), 0);
+    }
+    for (a, b) in into.buckets.iter_mut().zip(&other.buckets) {
+        *a += b;
+    }
+}
