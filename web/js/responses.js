@@ -152,7 +152,7 @@ export class Responses {
         h('span', { class: 'time', title: r.time }, clock(r.time)),
         h('span', { class: 'who', title: `agent ${r.agent}` }, `${r.service} · ${shortAgent(r.agent)}`),
         h('span', { class: 'loc', title: loc.function || '' }, `${tail(loc.file)}:${loc.line}`),
-        h('span', { class: 'msg-text' }, r.message ?? h('span', { class: 'muted' }, `${Object.keys(r.locals || {}).length} variables · ${loc.function || ''}`))));
+        h('span', { class: 'msg-text' }, r.message ?? h('span', { class: 'muted' }, `${watchCount(r)}${Object.keys(r.locals || {}).length} variables · ${loc.function || ''}`))));
     d.addEventListener('toggle', () => {
       if (d.open && d.children.length === 1) d.append(this.body(r));
     }, { once: false });
@@ -160,6 +160,10 @@ export class Responses {
   }
 
   body(r) {
+    // A snapshot rule's watch expressions come first: they are what the user asked to see.
+    const watches = Object.entries(r.watch || {});
+    const watch = watches.length === 0 ? null : h('div', {}, h('h4', {}, 'Watch'),
+      h('div', { class: 'vars watch' }, watches.map(([expr, v]) => valueTree(expr, v, 0))));
     const vars = h('div', { class: 'vars' });
     const locals = Object.entries(r.locals || {});
     if (locals.length === 0) vars.append(h('p', { class: 'muted' }, 'no variables'));
@@ -181,10 +185,15 @@ export class Responses {
       },
     }, 'Copy JSON');
     return h('div', { class: 'body' },
-      h('div', {}, h('h4', {}, 'Variables'), vars),
+      h('div', {}, watch, h('h4', {}, 'Variables'), vars),
       h('div', {}, h('h4', {}, `Stack · thread ${r.thread}`), frames, h('p', {}, copy, ' ',
         h('span', { class: 'muted' }, `rule ${r.rule} · agent ${r.agent}`))));
   }
+}
+
+function watchCount(r) {
+  const n = Object.keys(r.watch || {}).length;
+  return n === 0 ? '' : `${n} watched · `;
 }
 
 function tail(file) {

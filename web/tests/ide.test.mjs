@@ -225,6 +225,43 @@ try {
     await page.keyboard.press('Escape');
   });
 
+  await check('a snapshot rule\'s watch values show above its locals', async () => {
+    const created = await page.evaluate(async () => {
+      const res = await fetch('/api/v1/rules', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ at: 'src/cart.rs:22', action: 'snapshot', service: 'shop',
+          watch: ['total * 2', 'self.owner', 'self.api_token', 'total / 0'] }),
+      });
+      return { status: res.status, body: await res.json() };
+    });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    const id = created.body.rule.id;
+    await page.locator(`#responses .resp[data-rule="${id}"]`).first().waitFor();
+    // Pause, so that the row stays first while we look (new responses wait).
+    await page.click('#resp-pause');
+    await page.locator('#resp-pause', { hasText: 'Resume' }).waitFor();
+    const row = page.locator(`#responses .resp[data-rule="${id}"]`).first();
+    assert.match(await row.locator('summary').first().textContent(), /4 watched · 5 variables/);
+    await row.locator('summary').first().click();
+    const watch = row.locator('.vars.watch');
+    // The body is built on the toggle event, which fires after the click returns.
+    await watch.locator('.name', { hasText: 'total / 0' }).waitFor();
+    // Above the locals, in the rule's order, with their types and marks.
+    assert.deepEqual(await watch.locator(':scope > .leaf > .name').allTextContents(),
+      ['total * 2', 'self.owner', 'self.api_token', 'total / 0']);
+    assert.match(await watch.locator('.leaf', { hasText: 'total * 2' }).textContent(), /^total \* 2: i64 = (84|168|252)$/);
+    assert.equal(await watch.locator('.leaf', { hasText: 'self.owner' }).textContent(), 'self.owner: &str = "ann"');
+    await watch.locator('.leaf', { hasText: 'self.api_token' }).locator('.flag.redacted').waitFor();
+    await watch.locator('.flag.error', { hasText: 'division by zero in `total / 0`' }).waitFor();
+    const heads = await row.locator('.body h4').allTextContents();
+    assert.deepEqual(heads.slice(0, 2), ['Watch', 'Variables']);
+    await row.locator('summary').first().click();
+    await page.evaluate(async (rid) => fetch(`/api/v1/rules/${rid}`, { method: 'DELETE' }), id);
+    await page.click('#resp-pause');
+    await page.locator('#resp-pause', { hasText: 'Pause' }).waitFor();
+  });
+
   await check('opening a 5,000-line file', async () => {
     const t0 = Date.now();
     await page.click('#tree button.file[data-path="src/big.rs"]');

@@ -117,6 +117,8 @@ struct ArmedRule {
     template: Option<Template>,
     /// The rule's condition (`when`), evaluated over the captured values.
     when: Option<Expr>,
+    /// A snapshot rule's watch expressions, in the rule's order.
+    watch: Vec<Expr>,
     /// Hits whose condition could not be evaluated (counted as false), and the last reason.
     condition_errors: u64,
     last_condition_error: Option<String>,
@@ -376,6 +378,7 @@ impl Agent {
             capture: rule.limits.resolve(),
             template: None,
             when: None,
+            watch: Vec::new(),
             condition_errors: 0,
             last_condition_error: None,
             probes: Vec::new(),
@@ -420,6 +423,7 @@ impl Agent {
         if let Some(when) = &rule.when {
             held.when = Some(Expr::parse(when).map_err(|e| format!("bad condition:\n{e}"))?);
         }
+        held.watch = parse_watch(&rule)?;
         let sites = self.debug.resolve(&rule.at).map_err(|e| e.to_string())?;
         if sites.is_empty() {
             return Err(format!("no code at {}", rule.at));
@@ -441,6 +445,10 @@ impl Agent {
             }
             if let Some(t) = &held.template {
                 t.check(&scope).map_err(|e| at(format!("template: {e}")))?;
+            }
+            for w in &held.watch {
+                w.check(&scope)
+                    .map_err(|e| at(format!("watch `{}`: {e}", w.source())))?;
             }
             if let Some(m) = &held.metric {
                 if let Some(v) = &m.value {
@@ -632,6 +640,12 @@ impl Agent {
             .template
             .as_ref()
             .map(|t| t.render(&env, &nonstop_debuginfo::debug_string).text);
+        let watch = Locals(
+            held.watch
+                .iter()
+                .map(|w| (w.source().to_owned(), w.eval_value(&env)))
+                .collect(),
+        );
         held.emitted += 1;
         held.status.hits = held.emitted;
         self.statuses_changed = true;
@@ -649,6 +663,7 @@ impl Agent {
             message,
             frames,
             locals: if snapshot { locals } else { Locals::default() },
+            watch,
         })
     }
 
@@ -845,6 +860,34 @@ fn parse_metric(rule: &Rule) -> Result<MetricRule, String> {
         eval_errors: 0,
         last_eval_error: None,
     })
+}
+
+/// A snapshot rule's watch expressions, parsed; they are checked per site later.
+fn parse_watch(rule: &Rule) -> Result<Vec<Expr>, String> {
+    if rule.watch.is_empty() {
+        return Ok(Vec::new());
+    }
+    if rule.action != Action::Snapshot {
+        return Err(
+            "watch expressions belong to snapshot rules: put the expressions in the log \
+             template (\"{order.total}\") or make the rule a snapshot"
+                .into(),
+        );
+    }
+    if rule.watch.len() > nonstop_model::rule::MAX_WATCH {
+        return Err(format!(
+            "{} watch expressions: a rule takes at most {}",
+            rule.watch.len(),
+            nonstop_model::rule::MAX_WATCH
+        ));
+    }
+    rule.watch
+        .iter()
+        .enumerate()
+        .map(|(i, src)| {
+            Expr::parse(src).map_err(|e| format!("bad watch expression {} `{src}`:\n{e}", i + 1))
+        })
+        .collect()
 }
 
 /// A metric hit's tag values (display form: strings without quotes, enum variants by

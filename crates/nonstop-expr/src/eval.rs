@@ -135,6 +135,24 @@ impl Expr {
         }
     }
 
+    /// Evaluates to a [`Value`] (a snapshot's watch expressions): a path gives the captured
+    /// value itself, marks included (so a redacted field stays redacted); a computed result
+    /// gets the type it has here (`i64`, `u64`, `f64`, `bool`, `&str`, `char`); a failure is
+    /// a value of type `?` with its `error` set. Never fails.
+    pub fn eval_value(&self, env: &dyn Env) -> Value {
+        match self.eval(env) {
+            Ok(Val::Value(v)) => v.clone(),
+            Ok(Val::Bool(b)) => Value::new("bool", Data::Bool(b)),
+            Ok(Val::Int(i)) => Value::new("i64", Data::Int(i)),
+            Ok(Val::Uint(u)) => Value::new("u64", Data::Uint(u)),
+            Ok(Val::Float(f)) => Value::new("f64", Data::Float(f)),
+            Ok(Val::Str(t)) => Value::new("&str", Data::Str(t.to_owned())),
+            Ok(Val::Char(c)) => Value::new("char", Data::Str(c.to_string())),
+            // What a failed expression would have been is not known.
+            Err(e) => Value::error("?", e.to_string()),
+        }
+    }
+
     /// Evaluates to the display form (`{expr}` in a template, metric tag values):
     /// strings without quotes, numbers plain, other values in their debug form.
     pub fn eval_display(
@@ -889,6 +907,51 @@ pub(crate) mod tests {
             .unwrap()
             .eval_condition(&env())
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn watch_values_are_captured_values_or_typed_results_or_errors() {
+        let env = env();
+        let value = |src: &str| Expr::parse(src).unwrap().eval_value(&env);
+        let user = env.var("user").unwrap();
+        assert_eq!(value("user.name"), *user.field("name").unwrap());
+        assert_eq!(value("user.pair"), *user.field("pair").unwrap());
+        assert_eq!(value("order.total * 2"), v("i64", Data::Int(24_000)));
+        assert_eq!(value("len(order.items)"), v("u64", Data::Uint(2)));
+        assert_eq!(value("order.ratio / 2.0"), v("f64", Data::Float(0.25)));
+        assert_eq!(
+            value("user.name.starts_with(\"a\")"),
+            v("bool", Data::Bool(true))
+        );
+        assert_eq!(value("thread"), v("&str", Data::Str("worker-1".into())));
+        assert_eq!(value("'x'"), v("char", Data::Str("x".into())));
+        // A secret stays redacted, and nothing can be computed from it.
+        let secret = value("user.password");
+        assert!(secret.redacted, "{secret:?}");
+        assert_eq!(
+            value("len(user.password)"),
+            Value::error(
+                "?",
+                "`user.password` is redacted: expressions cannot read redacted values"
+            )
+        );
+        assert_eq!(
+            value("order.total / zero"),
+            Value::error("?", "division by zero in `order.total / zero`")
+        );
+        assert_eq!(value("gone"), Value::error("u32", "optimized out"));
+        assert_eq!(
+            value("gone + 1"),
+            Value::error("?", "`gone` cannot be read: optimized out")
+        );
+        assert_eq!(
+            value("user.parent.name"),
+            Value::error("?", "`user.parent` is null (None or a null pointer)")
+        );
+        assert_eq!(
+            value("nobody"),
+            Value::error("?", "unknown variable `nobody` at this hit")
+        );
     }
 
     #[test]

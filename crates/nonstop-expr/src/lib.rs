@@ -3,7 +3,8 @@
 //! # Overview
 //! - [`Expr`]: one expression, parsed by [`Expr::parse`] (the server's syntax-only check),
 //!   checked against the variables in scope by [`Expr::check`] (a [`Scope`] of [`Ty`]s),
-//!   evaluated over captured [`Value`](nonstop_model::Value)s by [`Expr::eval`] (an [`Env`]).
+//!   evaluated over captured [`Value`](nonstop_model::Value)s by [`Expr::eval`] (an [`Env`]),
+//!   or into a value of its own by [`Expr::eval_value`] (a snapshot's watch expressions).
 //! - [`Template`]: a log message with `{expr}` and `{expr:?}` holes.
 //! - [`filter::compile`]: turns a condition into a [`nonstop_model::filter::Filter`] that the
 //!   probe engine evaluates in the trap handler, before the capture, without allocating.

@@ -46,6 +46,11 @@ pub struct Response {
     pub frames: Vec<Frame>,
     /// Variables in scope, by name, in scope order.
     pub locals: Locals,
+    /// The values of a snapshot rule's watch expressions, by expression text, in the
+    /// rule's order; an expression that could not be evaluated is a value with its
+    /// `error` set. Absent from the JSON when the rule has none.
+    #[serde(default, skip_serializing_if = "Locals::is_empty")]
+    pub watch: Locals,
 }
 
 /// Variables by name, kept in scope order (a JSON object).
@@ -53,6 +58,11 @@ pub struct Response {
 pub struct Locals(pub Vec<(String, Value)>);
 
 impl Locals {
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// A variable by name.
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
@@ -87,5 +97,57 @@ impl<'de> Deserialize<'de> for Locals {
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Data;
+
+    fn response(watch: Locals) -> Response {
+        Response {
+            rule: "r".into(),
+            agent: "a".into(),
+            service: "s".into(),
+            time: "2026-01-01T00:00:00Z".into(),
+            thread: "main".into(),
+            location: SourceLocation::default(),
+            message: None,
+            frames: vec![],
+            locals: Locals(vec![("n".into(), Value::new("u32", Data::Uint(3)))]),
+            watch,
+        }
+    }
+
+    #[test]
+    fn a_response_without_watch_values_keeps_its_json() {
+        let json = serde_json::to_string(&response(Locals::default())).unwrap();
+        assert_eq!(
+            json,
+            r#"{"rule":"r","agent":"a","service":"s","time":"2026-01-01T00:00:00Z","thread":"main","location":{"file":"","line":0,"function":""},"message":null,"frames":[],"locals":{"n":{"type":"u32","value":3}}}"#
+        );
+        let back: Response = serde_json::from_str(&json).unwrap();
+        assert!(back.watch.is_empty());
+    }
+
+    #[test]
+    fn watch_values_keep_the_rules_order() {
+        let watch = Locals(vec![
+            ("n * 2".into(), Value::new("i64", Data::Int(-6))),
+            (
+                "a / b".into(),
+                Value::error("?", "division by zero in `a / b`"),
+            ),
+        ]);
+        let json = serde_json::to_string(&response(watch.clone())).unwrap();
+        assert!(
+            json.ends_with(
+                r#""watch":{"n * 2":{"type":"i64","value":-6},"a / b":{"type":"?","value":null,"error":"division by zero in `a / b`"}}}"#
+            ),
+            "{json}"
+        );
+        let back: Response = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.watch, watch);
     }
 }

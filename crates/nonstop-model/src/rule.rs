@@ -105,6 +105,9 @@ impl Limits {
     }
 }
 
+/// Most watch expressions one rule may carry.
+pub const MAX_WATCH: usize = 20;
+
 /// A rule. Only `at` and `action` are required.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +125,10 @@ pub struct Rule {
     /// The metric of a `metric` rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<Metric>,
+    /// Watch expressions of a `snapshot` rule: each is evaluated at every hit and shown
+    /// beside the locals (`["order.total", "len(cart.items)"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub watch: Vec<String>,
     /// A condition: only hits where it holds count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when: Option<String>,
@@ -211,5 +218,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `tmplate`"), "{err}");
+    }
+
+    #[test]
+    fn watch_expressions_round_trip_and_are_left_out_when_there_are_none() {
+        let json = r#"{"id":"w","at":"a.rs:1","action":"snapshot","watch":["order.total","len(cart.items)"]}"#;
+        let r: Rule = serde_json::from_str(json).unwrap();
+        assert_eq!(r.watch, ["order.total", "len(cart.items)"]);
+        assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        let r: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
+        assert!(r.watch.is_empty());
+        assert!(!serde_json::to_string(&r).unwrap().contains("watch"));
     }
 }

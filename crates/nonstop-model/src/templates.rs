@@ -329,6 +329,7 @@ fn plain(at: &str, action: Action) -> Rule {
         action,
         template: None,
         metric: None,
+        watch: Vec::new(),
         when: None,
         service: None,
         version: None,

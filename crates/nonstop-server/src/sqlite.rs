@@ -869,6 +869,7 @@ mod tests {
             message: Some(format!("hit {n}")),
             frames: vec![],
             locals: Default::default(),
+            watch: Default::default(),
         }
     }
 

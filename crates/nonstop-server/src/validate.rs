@@ -151,6 +151,7 @@ pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String
             .check(&scope)
             .map_err(|e| format!("template: {}", with_caret(t, &e.to_string())))?;
     }
+    check_watch(rule, &scope)?;
     if let Some(m) = &rule.metric {
         if let Some(v) = &m.value {
             check_expr("metric value", v, |e| e.check_number(&scope))?;
@@ -197,6 +198,40 @@ pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String
         rule.max_hits = max_hits;
     }
     rule.expires.get_or_insert_with(|| expires.to_string());
+    Ok(())
+}
+
+/// Checks a rule's watch expressions: snapshot rules only, at most
+/// [`MAX_WATCH`](nonstop_model::rule::MAX_WATCH), each one an expression whose known types fit.
+fn check_watch(rule: &Rule, scope: &dyn nonstop_expr::Scope) -> Result<(), String> {
+    if rule.watch.is_empty() {
+        return Ok(());
+    }
+    if rule.action != Action::Snapshot {
+        return Err(
+            "watch is only used by snapshot rules: in a log rule, put the expressions in the \
+             template (\"paid {order.total}\"), or use \"action\": \"snapshot\""
+                .into(),
+        );
+    }
+    let max = nonstop_model::rule::MAX_WATCH;
+    if rule.watch.len() > max {
+        return Err(format!(
+            "{} watch expressions: a rule takes at most {max}; remove some or split the rule",
+            rule.watch.len()
+        ));
+    }
+    for (i, w) in rule.watch.iter().enumerate() {
+        if w.trim().is_empty() {
+            return Err(format!(
+                "watch {} is empty: give an expression such as \"order.total\"",
+                i + 1
+            ));
+        }
+        check_expr(&format!("watch {} `{w}`", i + 1), w, |e| {
+            e.check(scope).map(|_| ())
+        })?;
+    }
     Ok(())
 }
 
@@ -379,6 +414,22 @@ mod tests {
                 "max_hits",
             ),
             (
+                r#"{"at":"a.rs:1","action":"snapshot","watch":["order.total","len(items"]}"#,
+                "watch 2 `len(items`: unexpected end of input at column 10",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","watch":["n", "\"a\" > 3"]}"#,
+                "watch 2 `\"a\" > 3`: cannot compare",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"snapshot","watch":[" "]}"#,
+                "watch 1 is empty",
+            ),
+            (
+                r#"{"at":"a.rs:1","action":"log","template":"x","watch":["n"]}"#,
+                "watch is only used by snapshot rules",
+            ),
+            (
                 r#"{"at":"a.rs:1","action":"snapshot","expires":"5x"}"#,
                 "invalid duration",
             ),
@@ -394,6 +445,25 @@ mod tests {
             let err = check_and_fill(&mut rule(json)).unwrap_err();
             assert!(err.contains(needle), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn watch_expressions_are_checked_and_counted() {
+        let watch = |n: usize| -> Rule {
+            let exprs: Vec<String> = (0..n).map(|i| format!("v{i} + 1")).collect();
+            serde_json::from_value(serde_json::json!(
+                {"at": "a.rs:1", "action": "snapshot", "watch": exprs}
+            ))
+            .unwrap()
+        };
+        let mut ok = watch(nonstop_model::rule::MAX_WATCH);
+        check_and_fill(&mut ok).unwrap();
+        assert_eq!(ok.watch.len(), 20);
+        let err = check_and_fill(&mut watch(21)).unwrap_err();
+        assert_eq!(
+            err,
+            "21 watch expressions: a rule takes at most 20; remove some or split the rule"
+        );
     }
 
     #[test]

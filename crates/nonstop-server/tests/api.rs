@@ -300,3 +300,52 @@ fn the_templates_are_listed_with_their_parameters() {
     assert_eq!(list[4]["params"][0]["name"], "args");
     assert_eq!(list[4]["params"][0]["required"], true);
 }
+
+#[test]
+fn watch_expressions_are_kept_and_bad_ones_are_refused_naming_the_watch() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let (status, body) = s.call(
+        "POST",
+        "/api/v1/rules",
+        Some(r#"{"at":"src/cart.rs:42","action":"snapshot","watch":["order.total","len(cart.items)"]}"#),
+    );
+    assert_eq!(status, 201, "{body}");
+    let created: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        created["rule"]["watch"],
+        json!(["order.total", "len(cart.items)"])
+    );
+    let id = created["rule"]["id"].as_str().unwrap();
+    assert_eq!(
+        s.get_json(&format!("/api/v1/rules/{id}"))["rule"]["watch"],
+        json!(["order.total", "len(cart.items)"])
+    );
+
+    let error_of = |body: &str| -> String {
+        let (status, text) = s.call("POST", "/api/v1/rules", Some(body));
+        assert_eq!(status, 400, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["error"].as_str().unwrap().to_owned()
+    };
+    // The caret points into the watch that does not parse, and the message says which one.
+    assert_eq!(
+        error_of(
+            r#"{"at":"a.rs:1","action":"snapshot","watch":["order.total","order.total > )"]}"#
+        ),
+        "watch 2 `order.total > )`: unexpected `)` at column 15: expected an expression\n\
+         order.total > )\n              ^"
+    );
+    assert_eq!(
+        error_of(r#"{"at":"a.rs:1","action":"log","template":"{n}","watch":["n"]}"#),
+        "watch is only used by snapshot rules: in a log rule, put the expressions in the \
+         template (\"paid {order.total}\"), or use \"action\": \"snapshot\""
+    );
+    let many: Vec<String> = (0..21).map(|i| format!("x{i}")).collect();
+    let body = json!({"at": "a.rs:1", "action": "snapshot", "watch": many}).to_string();
+    assert_eq!(
+        error_of(&body),
+        "21 watch expressions: a rule takes at most 20; remove some or split the rule"
+    );
+    assert_eq!(s.get_json("/api/v1/rules").as_array().unwrap().len(), 1);
+}

@@ -369,7 +369,7 @@ fn hit(
             .replace("{qty}", "1")
     });
     let abs = format!("/home/ci/shop/{file}");
-    serde_json::from_value(json!({
+    let response = json!({
         "rule": rule.id, "agent": agent, "service": service,
         "time": nonstop_server::clock::rfc3339(nonstop_server::clock::now_ms()), "thread": "worker-1",
         "location": {"file": abs, "line": line, "function": "shop::cart::Cart::add"},
@@ -397,8 +397,38 @@ fn hit(
             }},
             "spare": {"type": "u64", "value": null, "error": "optimized out"}
         }
-    }))
-    .unwrap()
+    });
+    let mut response: nonstop_model::Response = serde_json::from_value(response).unwrap();
+    // Watch expressions are evaluated over these locals as a real agent does.
+    let env = HitLocals(&response.locals);
+    let watch = rule
+        .watch
+        .iter()
+        .map(|w| {
+            let value = match nonstop_expr::Expr::parse(w) {
+                Ok(e) => e.eval_value(&env),
+                Err(e) => nonstop_model::Value::error("?", e.to_string()),
+            };
+            (w.clone(), value)
+        })
+        .collect();
+    response.watch = nonstop_model::Locals(watch);
+    response
+}
+
+/// The locals of a fake hit, as expressions see them.
+struct HitLocals<'a>(&'a nonstop_model::Locals);
+
+impl nonstop_expr::Env for HitLocals<'_> {
+    fn var(&self, name: &str) -> Option<&nonstop_model::Value> {
+        self.0.get(name)
+    }
+    fn thread(&self) -> &str {
+        "worker-1"
+    }
+    fn hit_count(&self) -> u64 {
+        1
+    }
 }
 
 #[test]

@@ -355,6 +355,7 @@ fn plain_rule_from(a: &AddArgs) -> Result<Rule> {
         action,
         template,
         metric,
+        watch: Vec::new(),
         when: a.when.clone(),
         service: a.service.clone(),
         version: a.version.clone(),

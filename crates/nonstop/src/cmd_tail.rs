@@ -121,7 +121,8 @@ fn follow(client: &Client, path: &str, first: Events, tx: &mpsc::Sender<String>)
     }
 }
 
-/// One line a person reads: time, service/agent, rule, place, message and locals.
+/// One line a person reads: time, service/agent, rule, place, message, watch values (in
+/// parentheses) and locals.
 fn human(data: &str) -> String {
     let Ok(r) = serde_json::from_str::<Response>(data) else {
         return data.to_string();
@@ -133,6 +134,17 @@ fn human(data: &str) -> String {
     if let Some(m) = &r.message {
         line.push_str(&format!(" {m}"));
     }
+    for (expr, v) in &r.watch.0 {
+        let shown = match (&v.error, v.redacted) {
+            (Some(e), _) => format!("<{e}>"),
+            (None, true) => "<redacted>".into(),
+            (None, false) => serde_json::to_value(v)
+                .ok()
+                .and_then(|j| j.get("value").map(|x| x.to_string()))
+                .unwrap_or_else(|| "?".into()),
+        };
+        line.push_str(&format!(" ({expr})={shown}"));
+    }
     for (name, v) in &r.locals.0 {
         let v = serde_json::to_value(v).unwrap_or_default();
         let shown = v
@@ -142,4 +154,24 @@ fn human(data: &str) -> String {
         line.push_str(&format!(" {name}={shown}"));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_human_line_shows_watch_values_before_the_locals() {
+        let json = r#"{"rule":"r-1","agent":"a","service":"shop","time":"T","thread":"main",
+            "location":{"file":"src/cart.rs","line":22,"function":"f"},"message":null,"frames":[],
+            "locals":{"total":{"type":"u64","value":42}},
+            "watch":{"total * 2":{"type":"i64","value":84},
+                     "self.api_token":{"type":"String","value":null,"redacted":true},
+                     "total / 0":{"type":"?","value":null,"error":"division by zero in `total / 0`"}}}"#;
+        assert_eq!(
+            human(json),
+            "T shop/a r-1 src/cart.rs:22 (total * 2)=84 (self.api_token)=<redacted> \
+             (total / 0)=<division by zero in `total / 0`> total=42"
+        );
+    }
 }
