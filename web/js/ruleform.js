@@ -58,6 +58,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     metricKind: h('select', { id: 'rf-metric-kind' }, h('option', { value: 'histogram' }, 'histogram'), h('option', { value: 'gauge' }, 'gauge')),
     value: h('input', { id: 'rf-value', spellcheck: false, placeholder: 'an expression, e.g. order.total' }),
     tags: h('input', { id: 'rf-tags', spellcheck: false, placeholder: 'optional: tier=user.tier,sku=item.sku (one series per value)' }),
+    watch: h('textarea', { id: 'rf-watch', rows: 2, spellcheck: false, placeholder: 'optional, one expression a line, shown with each snapshot: order.total - discount' }),
     when: h('input', { id: 'rf-when', spellcheck: false, placeholder: 'optional, e.g. user.id == 7 && cart.items.len() > 3' }),
     labels: h('input', { id: 'rf-labels', spellcheck: false, placeholder: 'optional: region=eu,tier=canary' }),
     version: h('input', { id: 'rf-version', spellcheck: false, placeholder: 'optional: only agents reporting this version, e.g. 1.4.2' }),
@@ -78,6 +79,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     metric: [h('label', { for: 'rf-metric' }, 'Metric name'), f.metricName],
     measure: [h('label', { for: 'rf-value' }, 'Value'), h('div', { class: 'templates' }, f.metricKind, f.value)],
     tags: [h('label', { for: 'rf-tags' }, 'Tags'), f.tags],
+    watch: [h('label', { for: 'rf-watch' }, 'Watch'), f.watch],
   };
 
   function choose(k) {
@@ -88,6 +90,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     show(rows.metric, k === 'count' || k === 'measure');
     show(rows.measure, k === 'measure');
     show(rows.tags, k === 'count' || k === 'measure');
+    show(rows.watch, k === 'snapshot');
     if (k === 'trace') {
       if (fn) {
         f.at.value = `${path}:${fn.line}`;
@@ -106,7 +109,11 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
   /** The rule JSON the form stands for; throws on a bad number. */
   function rule() {
     const r = { at: f.at.value.trim() };
-    if (kind === 'snapshot') r.action = 'snapshot';
+    if (kind === 'snapshot') {
+      r.action = 'snapshot';
+      const watch = f.watch.value.split('\n').map((s) => s.trim()).filter(Boolean);
+      if (watch.length) r.watch = watch;
+    }
     else if (kind === 'log' || kind === 'trace') {
       r.action = 'log';
       r.template = f.template.value;
@@ -198,7 +205,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     h('div', { class: 'form' },
       h('label', {}, 'Template'), h('div', { class: 'templates', role: 'group', 'aria-label': 'Template' }, buttons),
       h('label', { for: 'rf-at' }, 'Location'), f.at,
-      rows.template, rows.metric, rows.measure, rows.tags,
+      rows.template, rows.metric, rows.measure, rows.tags, rows.watch,
       h('label', { for: 'rf-when' }, 'Condition'), f.when,
       h('label', { for: 'rf-labels' }, 'Agents'), f.labels,
       h('label', { for: 'rf-version' }, 'Version'), f.version, reach,
@@ -223,6 +230,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     if (m.kind && m.kind !== 'count') f.metricKind.value = m.kind;
     if (m.value) f.value.value = m.value;
     f.tags.value = Object.entries(m.tags || {}).map(([a, b]) => `${a}=${b}`).join(',');
+    f.watch.value = (existing.watch || []).join('\n');
     f.when.value = existing.when || '';
     f.labels.value = Object.entries(existing.labels || {}).map(([a, b]) => `${a}=${b}`).join(',');
     f.version.value = existing.version || '';

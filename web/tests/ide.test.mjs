@@ -212,6 +212,10 @@ try {
     await page.click('#code .line[data-n="20"] .src');
     await page.locator('#rule-dialog[open]').waitFor();
     await page.fill('#rf-when', 'qty > 1');
+    // Watch expressions, one a line (blank lines skipped), go into the snapshot's JSON.
+    await page.fill('#rf-watch', 'qty * 2\n\nlen(items)');
+    await page.locator('#rf-preview', { hasText: '"watch"' }).waitFor();
+    assert.deepEqual(JSON.parse(await page.locator('#rf-preview').textContent()).watch, ['qty * 2', 'len(items)']);
     await page.fill('#rf-expires', 'soon');
     await page.click('#rf-create');
     await page.locator('#rf-error', { hasText: 'soon' }).waitFor();

@@ -81,6 +81,10 @@ pub struct AddArgs {
     /// A template parameter, e.g. --param args=order,user (repeat for more).
     #[arg(long = "param", value_name = "K=V", requires = "template")]
     pub params: Vec<String>,
+    /// A snapshot's watch expression, shown with its value at each hit (repeat for more),
+    /// e.g. --watch "order.total - discount" --watch "len(cart.items)".
+    #[arg(long = "watch", value_name = "EXPR")]
+    pub watch: Vec<String>,
     /// Only hits where this condition holds.
     #[arg(long, value_name = "EXPR")]
     pub when: Option<String>,
@@ -274,6 +278,14 @@ fn rule_from_template(a: &AddArgs, name: &str) -> Result<Rule> {
 
 fn rule_from(a: &AddArgs) -> Result<Rule> {
     let mut rule = plain_rule_from(a)?;
+    if !a.watch.is_empty() {
+        if rule.action != Action::Snapshot {
+            bail!(
+                "--watch applies to snapshots: put the expressions in the --log message as {{EXPR}} instead"
+            );
+        }
+        rule.watch = a.watch.clone();
+    }
     if !a.tags.is_empty() {
         let Some(metric) = rule.metric.as_mut() else {
             bail!("--tag applies to metric rules: add --metric NAME[=EXPR], or drop --tag");

@@ -315,7 +315,17 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
 
     let snap = add_rule(
         &server,
-        &["--snapshot", "--service", "ticker", "--max-hits", "2"],
+        &[
+            "--snapshot",
+            "--service",
+            "ticker",
+            "--max-hits",
+            "2",
+            "--watch",
+            "n * 2 + 1",
+            "--watch",
+            "t.label.starts_with(name)",
+        ],
     );
     let (ok, got) = tail(&server, &snap, 2, "30s");
     assert!(ok, "tail ended before 2 responses");
@@ -329,6 +339,24 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         assert_eq!(value(r, "label")["value"], format!("alpha-{n}"));
         assert_eq!(value(r, "square")["value"], n * n);
         assert_eq!(value(r, "name")["value"], "alpha");
+        let watched: Vec<(&str, serde_json::Value)> = r
+            .watch
+            .0
+            .iter()
+            .map(|(e, v)| {
+                (
+                    e.as_str(),
+                    serde_json::to_value(v).unwrap()["value"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            watched,
+            [
+                ("n * 2 + 1", serde_json::json!(n * 2 + 1)),
+                ("t.label.starts_with(name)", serde_json::json!(true))
+            ]
+        );
         assert_eq!(
             value(r, "t")["value"]["label"]["value"],
             format!("alpha-{n}")
