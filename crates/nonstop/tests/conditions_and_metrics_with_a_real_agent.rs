@@ -1,4 +1,4 @@
-//! End to end for metric rules: the real server (`nonstop serve`), the ticker fixture under
+//! End to end for metric and conditional rules: the real server (`nonstop serve`), the ticker fixture under
 //! the real agent (`nonstop run`), rules added with the CLI, and `GET /metrics` read as
 //! Prometheus reads it, all as processes talking over loopback.
 //!
@@ -152,22 +152,38 @@ impl Server {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    /// `GET /metrics` with the admin token, as a Prometheus scrape sends it.
-    fn scrape(&self) -> String {
+    /// `GET path` with the admin token: the content type and the body.
+    fn get(&self, path: &str) -> (String, String) {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
         let mut resp = agent
-            .get(format!("{}/metrics", self.url))
+            .get(format!("{}{path}", self.url))
             .header("Authorization", format!("Bearer {}", self.token("admin")))
             .call()
             .unwrap();
-        assert_eq!(
-            resp.headers().get("content-type").unwrap(),
-            "text/plain; version=0.0.4; charset=utf-8"
-        );
-        resp.body_mut().read_to_string().unwrap()
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (kind, resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// `GET /metrics` with the admin token, as a Prometheus scrape sends it.
+    fn scrape(&self) -> String {
+        let (kind, text) = self.get("/metrics");
+        assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+        text
+    }
+
+    /// A rule's stored responses, oldest first.
+    fn responses(&self, rule: &str) -> serde_json::Value {
+        let (_, body) = self.get(&format!("/api/v1/responses?rule={rule}&limit=1000"));
+        serde_json::from_str(&body).unwrap()
     }
 }
 
@@ -368,4 +384,81 @@ fn a_count_and_a_histogram_at_metrics_equal_the_matching_iterations_exactly() {
         .find(|r| r["rule"]["id"] == squares.as_str())
         .map(|r| r["hits"].clone());
     assert_eq!(hits, Some(serde_json::json!(WINDOW)));
+}
+
+/// The `n` of each response, in order, and the message of each.
+fn ticks_of(responses: &serde_json::Value) -> Vec<(u64, Option<String>)> {
+    responses
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let n = r["locals"]["n"]["value"].as_u64();
+            let message = r["message"].as_str().map(str::to_owned);
+            // A log response carries no locals: its tick is the word after "tick".
+            let n = n.or_else(|| {
+                let word = message.as_deref()?.split(' ').nth(1)?;
+                word.trim_end_matches(':').parse().ok()
+            });
+            (n.unwrap(), message)
+        })
+        .collect()
+}
+
+#[test]
+fn a_conditional_snapshot_and_log_fire_exactly_for_the_matching_iterations() {
+    let data = tmp("conditional");
+    let server = Server::start(&data);
+    let program = Program::start(&server, TICKS);
+    wait_for_agent(&server);
+    let now = loop {
+        if let Some(n) = program.current_tick() {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let start = now + LEAD;
+    let end = start + WINDOW;
+    assert!(end + TAIL <= TICKS, "the program got too far ({now})");
+    let window = format!("n >= {start} && n < {end}");
+    let snapshot = server.add_rule(&[
+        "--snapshot",
+        "--max-hits",
+        "1000",
+        "--rate",
+        "1000/s",
+        "--when",
+        &format!("n % 7 == 2 && t.label.ends_with(\"5\") == false && {window}"),
+    ]);
+    let log = server.add_rule(&[
+        "--log",
+        "tick {n}: {t.label:?} squared is {square}",
+        "--when",
+        &format!("square % 2 == 1 && {window}"),
+    ]);
+    wait_until_armed(&server, &snapshot);
+    wait_until_armed(&server, &log);
+    let armed_at = program.current_tick().unwrap();
+    assert!(armed_at < start, "armed at tick {armed_at}, after {start}");
+    let (ok, out) = program.finish();
+    assert!(ok, "the program failed under the agent");
+    let expected: String = (0..TICKS)
+        .map(|n| format!("{n} m-{n} {}\n", n * n))
+        .collect();
+    assert_eq!(
+        out, expected,
+        "the program's output changed under the agent"
+    );
+
+    let snapshots = ticks_of(&server.responses(&snapshot));
+    let want: Vec<u64> = (start..end)
+        .filter(|n| n % 7 == 2 && !format!("m-{n}").ends_with('5'))
+        .collect();
+    assert_eq!(snapshots.iter().map(|(n, _)| *n).collect::<Vec<_>>(), want);
+    let logs = ticks_of(&server.responses(&log));
+    let want: Vec<(u64, Option<String>)> = (start..end)
+        .filter(|n| (n * n) % 2 == 1)
+        .map(|n| (n, Some(format!("tick {n}: \"m-{n}\" squared is {}", n * n))))
+        .collect();
+    assert_eq!(logs, want);
 }
