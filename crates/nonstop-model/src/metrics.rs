@@ -56,6 +56,28 @@ pub struct MetricSeries {
     pub overflow: u64,
 }
 
+impl MetricSeries {
+    /// Adds another agent's series of the same metric and tags into this one: counts,
+    /// sums, buckets and overflow add up; `last` and `updated` come from the newer.
+    pub fn merge(&mut self, other: &MetricSeries) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.overflow += other.overflow;
+        if other.updated > self.updated {
+            self.updated = other.updated.clone();
+            if other.last.is_some() {
+                self.last = other.last;
+            }
+        }
+        if self.buckets.len() < other.buckets.len() {
+            self.buckets.resize(other.buckets.len(), 0);
+        }
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -139,22 +161,7 @@ pub fn render_prometheus<'a>(
             None => {
                 merged.insert((family, labels), s.clone());
             }
-            Some(m) => {
-                m.count += s.count;
-                m.sum += s.sum;
-                if s.updated > m.updated {
-                    m.updated = s.updated.clone();
-                    if s.last.is_some() {
-                        m.last = s.last;
-                    }
-                }
-                if m.buckets.len() < s.buckets.len() {
-                    m.buckets.resize(s.buckets.len(), 0);
-                }
-                for (a, b) in m.buckets.iter_mut().zip(&s.buckets) {
-                    *a += b;
-                }
-            }
+            Some(m) => m.merge(s),
         }
     }
 
@@ -207,6 +214,44 @@ pub fn render_prometheus<'a>(
             ];
             let _ = writeln!(out, "{family}{} {n}", render_labels(&labels, None));
         }
+    }
+    out
+}
+
+/// A metric rule's hits that its agents did not record — dropped by the rule's rate limit,
+/// the CPU budget or a full buffer — so its values undercount by this much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedHits {
+    /// The rule.
+    pub rule: String,
+    /// Its metric's name, as the rule gives it.
+    pub metric: String,
+    /// Hits dropped over all agents that reported a status.
+    pub dropped: u64,
+}
+
+/// The Prometheus text of [`DroppedHits`]: the counter `nonstop_metric_dropped_hits_total`
+/// with `rule` and `metric` labels; empty when `rows` is.
+pub fn render_dropped(rows: &[DroppedHits]) -> String {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return String::new();
+    }
+    let family = "nonstop_metric_dropped_hits_total";
+    let mut out = format!(
+        "# HELP {family} hits of a metric rule its agents did not record (rate limit, CPU budget, full buffer): its values undercount by this much\n# TYPE {family} counter\n"
+    );
+    for r in rows {
+        let labels = vec![
+            ("metric".to_owned(), r.metric.clone()),
+            ("rule".to_owned(), r.rule.clone()),
+        ];
+        let _ = writeln!(
+            out,
+            "{family}{} {}",
+            render_labels(&labels, None),
+            r.dropped
+        );
     }
     out
 }

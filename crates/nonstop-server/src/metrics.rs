@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use nonstop_model::MetricSeries;
-use nonstop_model::metrics::render_prometheus;
+use nonstop_model::metrics::{DroppedHits, render_dropped, render_prometheus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,9 +19,34 @@ use std::sync::Arc;
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`: every stored series in the Prometheus text format, summed per service.
+///
+/// After the series, `nonstop_metric_dropped_hits_total` gives, for each metric rule with a
+/// status from at least one agent, the hits its agents dropped (rate limit, CPU budget):
+/// a count that undercounts says so where the count is read.
 pub async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
-    let stored = app.blocking(|s| s.metric_series(None)).await?;
-    let text = render_prometheus(stored.iter().map(|s| (s.service.as_str(), &s.series)));
+    let (stored, dropped) = app
+        .blocking(|s| {
+            let series = s.metric_series(None)?;
+            let mut dropped = Vec::new();
+            for r in s.rules()? {
+                let Some(metric) = r.rule.metric.as_ref() else {
+                    continue;
+                };
+                let statuses = s.statuses(&r.rule.id)?;
+                if statuses.is_empty() {
+                    continue;
+                }
+                dropped.push(DroppedHits {
+                    rule: r.rule.id.clone(),
+                    metric: metric.name.clone(),
+                    dropped: statuses.iter().map(|st| st.status.dropped).sum(),
+                });
+            }
+            Ok((series, dropped))
+        })
+        .await?;
+    let mut text = render_prometheus(stored.iter().map(|s| (s.service.as_str(), &s.series)));
+    text.push_str(&render_dropped(&dropped));
     Ok(([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], text).into_response())
 }
 
@@ -81,7 +106,7 @@ pub async fn list_metrics(
                 merged.insert(key, (view, s.updated_ms));
             }
             Some((view, received)) => {
-                add(&mut view.series, &s.series);
+                view.series.merge(&s.series);
                 view.agents += 1;
                 *received = (*received).max(s.updated_ms);
             }
@@ -100,22 +125,3 @@ pub async fn list_metrics(
 
 /// A series of a service: (service, rule, tags).
 type SeriesKey = (String, String, BTreeMap<String, String>);
-
-/// Adds another agent's series of the same rule and tags into `into`.
-fn add(into: &mut MetricSeries, other: &MetricSeries) {
-    into.count += other.count;
-    into.sum += other.sum;
-    into.overflow += other.overflow;
-    if other.updated > into.updated {
-        into.updated = other.updated.clone();
-        if other.last.is_some() {
-            into.last = other.last;
-        }
-    }
-    if into.buckets.len() < other.buckets.len() {
-        into.buckets.resize(other.buckets.len(), 0);
-    }
-    for (a, b) in into.buckets.iter_mut().zip(&other.buckets) {
-        *a += b;
-    }
-}

@@ -352,3 +352,35 @@ fn a_metric_rule_is_done_when_its_counts_over_agents_reach_max_hits() {
         json!(10)
     );
 }
+
+#[test]
+fn hits_the_agents_dropped_are_exported_beside_the_counts_they_are_missing_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let rule = s.add_rule(
+        r#"{"id":"hot","at":"src/cart.rs:42","action":"metric","metric":{"kind":"count","name":"adds"},"rate":"10/s"}"#,
+    );
+    let mut a = s.agent("a", "checkout");
+    let mut b = s.agent("b", "checkout");
+    a.recv_rule_ids();
+    b.recv_rule_ids();
+    for (agent, hits, dropped) in [(&mut a, 40, 5), (&mut b, 30, 7)] {
+        agent.send(&AgentMessage::Status {
+            statuses: vec![
+                serde_json::from_value(json!({"rule": rule, "status": "rate-limited",
+                    "probes": 1, "hits": hits, "dropped": dropped}))
+                .unwrap(),
+            ],
+        });
+        report(agent, vec![series(&rule, MetricKind::Count, &[], hits)]);
+    }
+    assert_eq!(
+        scrape(&s),
+        "# HELP adds_total recorded by nonstop metric rules (adds)\n\
+         # TYPE adds_total counter\n\
+         adds_total{service=\"checkout\"} 70\n\
+         # HELP nonstop_metric_dropped_hits_total hits of a metric rule its agents did not record (rate limit, CPU budget, full buffer): its values undercount by this much\n\
+         # TYPE nonstop_metric_dropped_hits_total counter\n\
+         nonstop_metric_dropped_hits_total{metric=\"adds\",rule=\"hot\"} 12\n"
+    );
+}
