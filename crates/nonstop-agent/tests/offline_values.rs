@@ -252,3 +252,38 @@ fn mistakes_in_a_condition_are_refused_at_arm_time_naming_what_exists() {
     }
     assert!(run.responses.is_empty(), "{:?}", run.responses);
 }
+
+#[test]
+fn a_condition_through_a_null_pointer_counts_as_false_and_says_so() {
+    for build in [Build::Debug, Build::Release] {
+        let program = build_fixture("links.c", build);
+        let line = marks("links.c")["visit"];
+        // `n.next.value` reads through two pointers: `n` is NULL when i % 5 == 0, `next`
+        // when i % 3 == 0. Those hits cannot decide the condition; the rest can.
+        let rules = format!(
+            r#"[{{"id":"deep","at":"links.c:{line}","action":"log","template":"{{i}} {{n.next.value}}","when":"n.next.value >= 0","rate":"1000/s"}}]"#
+        );
+        let run = run_with_rules(&program, &[], &rules, &[]);
+        let plain = run_plain(&program, &[]);
+        assert!(run.output.status.success(), "{build:?}: {}", run.stderr());
+        assert_eq!(run.stdout(), String::from_utf8_lossy(&plain.stdout));
+        let decided: Vec<i32> = (0..30).filter(|i| i % 5 != 0 && i % 3 != 0).collect();
+        let logged: Vec<String> = run
+            .responses
+            .iter()
+            .map(|r| r.message.clone().unwrap())
+            .collect();
+        let want: Vec<String> = decided.iter().map(|i| format!("{i} {}", i * 10)).collect();
+        assert_eq!(logged, want, "{build:?}");
+        let status = run.status_of("deep").unwrap();
+        assert_eq!(status["status"], "armed", "{build:?}: {status}");
+        let undecided = 30 - decided.len();
+        let message = status["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "{undecided} hits where the condition could not be evaluated"
+            )),
+            "{build:?}: {message}"
+        );
+    }
+}
