@@ -56,8 +56,13 @@ pub struct AddArgs {
     /// Only agents that report this program version (NONSTOP_VERSION), exactly.
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
-    /// Only agents with this label (k=v; repeat for more).
-    #[arg(long = "label", value_name = "K=V")]
+    /// Only agents with these labels: env=prod,region=eu (or repeat the flag).
+    #[arg(
+        long = "label",
+        visible_alias = "labels",
+        value_name = "K=V,…",
+        value_delimiter = ','
+    )]
     pub labels: Vec<String>,
     /// Capture locals and the stack (the default action).
     #[arg(long, group = "action")]

@@ -154,6 +154,12 @@ fn rules_add_list_show_rm_and_tail_work_against_a_real_server() {
         "checkout",
         "--max-hits",
         "10",
+        "--labels",
+        "env=prod,region=eu",
+        "--label",
+        "tier=canary",
+        "--limit",
+        "string=4096",
     ]);
     let id = stdout(&out).trim().to_string();
     assert!(
@@ -164,6 +170,11 @@ fn rules_add_list_show_rm_and_tail_work_against_a_real_server() {
     let list: Value = serde_json::from_str(&stdout(&s.run(&["rules", "list", "--json"]))).unwrap();
     assert_eq!(list[0]["rule"]["id"], json!(id));
     assert_eq!(list[0]["rule"]["max_hits"], json!(10));
+    assert_eq!(
+        list[0]["rule"]["labels"],
+        json!({"env": "prod", "region": "eu", "tier": "canary"})
+    );
+    assert_eq!(list[0]["rule"]["limits"], json!({"string": 4096}));
     let table = stdout(&s.run(&["rules", "list"]));
     assert!(
         table.starts_with("RULE") && table.contains(&id) && table.contains("src/cart.rs:42"),
