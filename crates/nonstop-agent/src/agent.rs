@@ -508,6 +508,11 @@ impl Agent {
         Ok(())
     }
 
+    /// Whether any probe is armed (so hits can arrive).
+    pub fn has_probes(&self) -> bool {
+        !self.sites.is_empty()
+    }
+
     /// This agent's id.
     pub fn id(&self) -> &str {
         &self.identity.agent

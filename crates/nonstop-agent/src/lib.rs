@@ -43,6 +43,15 @@ static STARTED: OnceLock<bool> = OnceLock::new();
 /// Set by the exit hook: the agent thread writes out what it holds, then says so.
 static EXITING: AtomicBool = AtomicBool::new(false);
 static FLUSHED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+/// The agent thread, so the exit flush can wake it from an idle nap at once.
+static AGENT_THREAD: std::sync::OnceLock<std::thread::Thread> = std::sync::OnceLock::new();
+
+/// How long the agent thread naps between looks at the engine's buffer while probes are
+/// armed (the buffer holds far more hits than arrive in this time under the CPU budget).
+const BUSY_NAP: Duration = Duration::from_millis(5);
+/// How long it naps while no probe is armed: no hit can come, only rule changes, which are
+/// looked at every 200 ms anyway. This keeps an idle agent's own CPU use near zero.
+const IDLE_NAP: Duration = Duration::from_millis(100);
 /// How long the exiting program waits for the agent's last responses at most.
 const EXIT_FLUSH_WAIT: Duration = Duration::from_millis(1000);
 /// How often changed metric series are reported (and at exit). Values are cumulative, so a
@@ -53,6 +62,9 @@ const METRICS_EVERY: Duration = Duration::from_secs(1);
 extern "C" fn flush_at_exit() {
     let _ = std::panic::catch_unwind(|| {
         EXITING.store(true, Ordering::Release);
+        if let Some(agent) = AGENT_THREAD.get() {
+            agent.unpark();
+        }
         let (lock, done) = &FLUSHED;
         if let Ok(guard) = lock.lock() {
             let _ = done.wait_timeout_while(guard, EXIT_FLUSH_WAIT, |flushed| !*flushed);
@@ -237,6 +249,7 @@ fn spawn_agent_thread(setup: impl FnOnce() -> Option<(Agent, Channel)> + Send + 
     let spawned = std::thread::Builder::new()
         .name("nonstop-agent".into())
         .spawn(move || {
+            let _ = AGENT_THREAD.set(std::thread::current());
             let run = std::panic::AssertUnwindSafe(|| {
                 if let Some((mut agent, mut channel)) = setup() {
                     run(&mut agent, &mut channel);
@@ -301,7 +314,12 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
             return;
         }
         if !busy {
-            std::thread::sleep(Duration::from_millis(5));
+            // Woken early by the exit flush (`unpark`).
+            std::thread::park_timeout(if agent.has_probes() {
+                BUSY_NAP
+            } else {
+                IDLE_NAP
+            });
         }
     }
 }
