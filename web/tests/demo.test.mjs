@@ -87,6 +87,8 @@ try {
     await row.waitFor();
     await page.click('#resp-pause');
     await row.locator('summary').first().click();
+    // The body is built on the row's `toggle` event, which fires after the click returns.
+    await row.locator('.vars .name').first().waitFor();
     const names = await row.locator('.vars .name').allTextContents();
     console.log(`  variables: ${names.join(', ')}`);
     assert.ok(names.includes('cents') && names.includes('reason'), names.join(','));
