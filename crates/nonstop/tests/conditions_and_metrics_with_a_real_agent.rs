@@ -20,7 +20,7 @@ const NONSTOP: &str = env!("CARGO_BIN_EXE_nonstop");
 /// Ticks the program runs (20 ms each).
 const TICKS: u64 = 600;
 /// Ticks between the tick seen when the rules are added and the window's start.
-const LEAD: u64 = 100;
+const LEAD: u64 = 150;
 /// Ticks in the window.
 const WINDOW: u64 = 150;
 /// Ticks after the window until the program ends, at least.
