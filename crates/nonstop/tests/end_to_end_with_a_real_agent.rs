@@ -2,231 +2,15 @@
 //! (`nonstop run`), and the CLI (`rules add|rm`, `tail --json`, `agents --json`), all as
 //! processes talking over loopback.
 
+mod ticker;
+
 use nonstop_model::Response;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const NONSTOP: &str = env!("CARGO_BIN_EXE_nonstop");
-
-fn tmp(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The ticker fixture, built with debug info, and the agent library beside `nonstop`.
-fn ticker() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = Path::new(NONSTOP);
-            let profile_dir = exe.parent().unwrap();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "nonstop-agent",
-                "--lib",
-                "--target-dir",
-            ])
-            .arg(profile_dir.parent().unwrap());
-            if profile_dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().unwrap().success(), "building the agent failed");
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs");
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ticker");
-            let ok = Command::new("rustc")
-                .args(["--edition", "2021", "-C", "debuginfo=2", "-o"])
-                .arg(&out)
-                .arg(&src)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            out
-        })
-        .clone()
-}
-
-fn mark_line() -> u32 {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs"),
-    )
-    .unwrap();
-    src.lines()
-        .position(|l| l.contains("// @mark tick"))
-        .unwrap() as u32
-        + 1
-}
-
-/// A `nonstop serve` process on a fixed port with its data folder.
-struct Server {
-    child: Child,
-    url: String,
-    data: PathBuf,
-}
-
-impl Server {
-    fn start(port: u16, data: &Path) -> Server {
-        let child = Command::new(NONSTOP)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Server {
-            child,
-            url,
-            data: data.to_path_buf(),
-        }
-    }
-
-    fn token(&self, which: &str) -> String {
-        std::fs::read_to_string(self.data.join(format!("{which}.token")))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(NONSTOP)
-            .args(args)
-            .args(["--server", &self.url, "--token", &self.token("admin")])
-            .output()
-            .unwrap()
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A program under `nonstop run`, its stdout collected as it goes.
-struct Program {
-    child: Child,
-    out: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Program {
-    fn start(server: &Server, ticks: u64, name: &str) -> Program {
-        let mut child = Command::new(NONSTOP)
-            .args([
-                "run",
-                "--server",
-                &server.url,
-                "--token",
-                &server.token("agent"),
-                "--service",
-                "ticker",
-                "--",
-            ])
-            .arg(ticker())
-            .args([ticks.to_string(), name.to_string()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let out = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Program {
-            child,
-            out,
-            reader: Some(reader),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn finish(mut self) -> (bool, String) {
-        let ok = self.child.wait().unwrap().success();
-        if let Some(r) = self.reader.take() {
-            r.join().unwrap();
-        }
-        let out = self.out.lock().unwrap().clone();
-        (ok, out)
-    }
-}
-
-fn expected_output(ticks: u64, name: &str) -> String {
-    (0..ticks)
-        .map(|n| format!("{n} {name}-{n} {}\n", n * n))
-        .collect()
-}
-
-fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = server.cli(&["agents", "--json"]);
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            let connected = v
-                .as_array()
-                .map(|a| a.iter().filter(|x| x["connected"] == true).count())
-                .unwrap_or(0);
-            if connected >= n {
-                return v;
-            }
-        }
-        assert!(Instant::now() < deadline, "{n} agents did not connect");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn add_rule(server: &Server, args: &[&str]) -> String {
-    let mut all = vec![
-        "rules",
-        "add",
-        &*Box::leak(format!("ticker.rs:{}", mark_line()).into_boxed_str()),
-    ];
-    all.extend_from_slice(args);
-    let out = server.cli(&all);
-    assert!(
-        out.status.success(),
-        "rules add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use ticker::{
+    NONSTOP, Program, Server, expected_output, free_port, mark_line, ticker, tmp, wait_for_agents,
+};
 
 fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
     let out = server.cli(&[
@@ -313,20 +97,17 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
     let program = Program::start(&server, 400, "alpha");
     wait_for_agents(&server, 1);
 
-    let snap = add_rule(
-        &server,
-        &[
-            "--snapshot",
-            "--service",
-            "ticker",
-            "--max-hits",
-            "2",
-            "--watch",
-            "n * 2 + 1",
-            "--watch",
-            "t.label.starts_with(name)",
-        ],
-    );
+    let snap = server.add_rule(&[
+        "--snapshot",
+        "--service",
+        "ticker",
+        "--max-hits",
+        "2",
+        "--watch",
+        "n * 2 + 1",
+        "--watch",
+        "t.label.starts_with(name)",
+    ]);
     let (ok, got) = tail(&server, &snap, 2, "30s");
     assert!(ok, "tail ended before 2 responses");
     assert_eq!(got.len(), 2);
@@ -363,15 +144,12 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         );
     }
 
-    let log = add_rule(
-        &server,
-        &[
-            "--log",
-            "tick {n}: {label} squared is {square}",
-            "--service",
-            "ticker",
-        ],
-    );
+    let log = server.add_rule(&[
+        "--log",
+        "tick {n}: {label} squared is {square}",
+        "--service",
+        "ticker",
+    ]);
     let (ok, got) = tail(&server, &log, 3, "30s");
     assert!(ok);
     for r in &got {
@@ -409,7 +187,7 @@ fn two_instances_of_a_service_both_receive_a_rule() {
     let a = Program::start(&server, 400, "one");
     let b = Program::start(&server, 400, "two");
     wait_for_agents(&server, 2);
-    let rule = add_rule(&server, &["--log", "{label}", "--service", "ticker"]);
+    let rule = server.add_rule(&["--log", "{label}", "--service", "ticker"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut agents = std::collections::BTreeSet::new();
     let mut names = std::collections::BTreeSet::new();
@@ -440,7 +218,7 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     let server = Server::start(port, &data);
     let program = Program::start(&server, 600, "gamma");
     wait_for_agents(&server, 1);
-    let rule = add_rule(&server, &["--log", "{n}", "--service", "ticker"]);
+    let rule = server.add_rule(&["--log", "{n}", "--service", "ticker"]);
     let (ok, _) = tail(&server, &rule, 1, "30s");
     assert!(ok);
 
@@ -465,40 +243,12 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     assert_eq!(out, expected_output(600, "gamma"));
 }
 
-/// `GET path` on the server with the admin token, as JSON (a plain HTTP/1.1 request, so the
-/// test needs no HTTP client crate).
-fn api_get(server: &Server, path: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let addr = server.url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        server.token("admin")
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET {path}: {head}\n{body}"
-    );
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
-}
-
 fn stored_responses(server: &Server, rule: &str) -> Vec<Response> {
-    serde_json::from_value(api_get(server, &format!("/api/v1/responses?rule={rule}"))).unwrap()
+    serde_json::from_value(server.get_json(&format!("/api/v1/responses?rule={rule}"))).unwrap()
 }
 
 fn show(server: &Server, rule: &str) -> serde_json::Value {
-    let out = server.cli(&["rules", "show", rule, "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    server.cli_json(&["rules", "show", rule, "--json"])
 }
 
 /// Polls `rules show ID --json` until `f` holds on it, for at most 15 s.
@@ -518,16 +268,6 @@ fn show_until(
     }
 }
 
-fn cli_ok(server: &Server, args: &[&str]) -> String {
-    let out = server.cli(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn max_hits_stops_at_exactly_n_across_two_agents() {
     let data = tmp("maxhits");
@@ -535,10 +275,7 @@ fn max_hits_stops_at_exactly_n_across_two_agents() {
     let a = Program::start(&server, 150, "one");
     let b = Program::start(&server, 150, "two");
     wait_for_agents(&server, 2);
-    let rule = add_rule(
-        &server,
-        &["--log", "{label}", "--service", "ticker", "--max-hits", "3"],
-    );
+    let rule = server.add_rule(&["--log", "{label}", "--service", "ticker", "--max-hits", "3"]);
     let done = show_until(&server, &rule, |v| v["state"] == "done");
     assert_eq!(a.finish(), (true, expected_output(150, "one")));
     assert_eq!(b.finish(), (true, expected_output(150, "two")));
@@ -564,10 +301,7 @@ fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     let server = Server::start(free_port(), &data);
     let program = Program::start(&server, 400, "delta");
     wait_for_agents(&server, 1);
-    let rule = add_rule(
-        &server,
-        &["--log", "{n}", "--service", "ticker", "--expires", "2s"],
-    );
+    let rule = server.add_rule(&["--log", "{n}", "--service", "ticker", "--expires", "2s"]);
     let (ok, _) = tail(&server, &rule, 1, "10s");
     assert!(ok, "no response before expiry");
     let addr = mark_address();
@@ -604,12 +338,12 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     let server = Server::start(free_port(), &data);
     let program = Program::start(&server, 500, "eps");
     wait_for_agents(&server, 1);
-    let rule = add_rule(&server, &["--log", "{n}", "--service", "ticker"]);
+    let rule = server.add_rule(&["--log", "{n}", "--service", "ticker"]);
     let (ok, _) = tail(&server, &rule, 2, "10s");
     assert!(ok);
     let addr = mark_address();
 
-    cli_ok(&server, &["rules", "disable", &rule]);
+    server.cli_ok(&["rules", "disable", &rule]);
     let deadline = Instant::now() + Duration::from_secs(5);
     while live_bytes(program.pid(), addr) != file_bytes(addr) {
         assert!(
@@ -631,10 +365,10 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
         (&v["enabled"], &v["state"], &v["hits"]),
         (&false.into(), &"active".into(), &history.len().into())
     );
-    let list = cli_ok(&server, &["rules", "list"]);
+    let list = server.cli_ok(&["rules", "list"]);
     assert!(list.contains("active, disabled"), "{list}");
 
-    cli_ok(&server, &["rules", "enable", &rule]);
+    server.cli_ok(&["rules", "enable", &rule]);
     let (ok, resumed) = tail(&server, &rule, 2, "10s");
     assert!(ok, "no responses after enable");
     let last_before: u64 = history
@@ -663,7 +397,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
 fn the_trace_template_logs_a_functions_arguments_at_its_entry() {
     let data = tmp("template");
     let server = Server::start(free_port(), &data);
-    let listed = cli_ok(&server, &["rules", "templates"]);
+    let listed = server.cli_ok(&["rules", "templates"]);
     for name in ["snapshot", "log", "count", "measure", "trace"] {
         assert!(
             listed.lines().any(|l| l.starts_with(name)),
@@ -681,20 +415,17 @@ fn the_trace_template_logs_a_functions_arguments_at_its_entry() {
 
     let program = Program::start(&server, 300, "zeta");
     wait_for_agents(&server, 1);
-    let rule = cli_ok(
-        &server,
-        &[
-            "rules",
-            "add",
-            "ticker::tick",
-            "--template",
-            "trace",
-            "--param",
-            "args=n,name",
-            "--service",
-            "ticker",
-        ],
-    );
+    let rule = server.cli_ok(&[
+        "rules",
+        "add",
+        "ticker::tick",
+        "--template",
+        "trace",
+        "--param",
+        "args=n,name",
+        "--service",
+        "ticker",
+    ]);
     let rule = rule.trim();
     let (ok, got) = tail(&server, rule, 2, "15s");
     let v = show(&server, rule);

@@ -1,0 +1,285 @@
+//! Shared helpers of the end-to-end tests that run the ticker fixture under the real
+//! agent: a `nonstop serve` process, the ticker under `nonstop run`, and the CLI.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const NONSTOP: &str = env!("CARGO_BIN_EXE_nonstop");
+
+/// A fresh folder for one test, named after the test binary so binaries running at the
+/// same time do not share it.
+pub fn tmp(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{}-{name}-{}",
+        env!("CARGO_CRATE_NAME"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The ticker fixture, built with debug info (once per test binary, into a file of its
+/// own), and the agent library beside `nonstop`.
+pub fn ticker() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = Path::new(NONSTOP).parent().unwrap();
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "nonstop-agent",
+                "--lib",
+                "--target-dir",
+            ])
+            .arg(profile_dir.parent().unwrap());
+            if profile_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            assert!(cmd.status().unwrap().success(), "building the agent failed");
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("ticker-{}", env!("CARGO_CRATE_NAME")));
+            let ok = Command::new("rustc")
+                .args(["--edition", "2021", "-C", "debuginfo=2", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            out
+        })
+        .clone()
+}
+
+/// The line of the ticker's `// @mark tick` comment.
+pub fn mark_line() -> u32 {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs"),
+    )
+    .unwrap();
+    src.lines()
+        .position(|l| l.contains("// @mark tick"))
+        .unwrap() as u32
+        + 1
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// What the ticker prints when it runs `ticks` ticks named `name`.
+pub fn expected_output(ticks: u64, name: &str) -> String {
+    (0..ticks)
+        .map(|n| format!("{n} {name}-{n} {}\n", n * n))
+        .collect()
+}
+
+/// A `nonstop serve` process on a fixed port with its data folder.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    data: PathBuf,
+}
+
+impl Server {
+    pub fn start(port: u16, data: &Path) -> Server {
+        let child = Command::new(NONSTOP)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data: data.to_path_buf(),
+        }
+    }
+
+    pub fn token(&self, which: &str) -> String {
+        std::fs::read_to_string(self.data.join(format!("{which}.token")))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(NONSTOP)
+            .args(args)
+            .args(["--server", &self.url, "--token", &self.token("admin")])
+            .output()
+            .unwrap()
+    }
+
+    /// The CLI's stdout; fails the test with its stderr when it fails.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "nonstop {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(args)).unwrap()
+    }
+
+    /// Adds a rule on the ticker's marked line; returns its id.
+    pub fn add_rule(&self, args: &[&str]) -> String {
+        let at = format!("ticker.rs:{}", mark_line());
+        let mut all = vec!["rules", "add", at.as_str()];
+        all.extend_from_slice(args);
+        self.cli_ok(&all).trim().to_owned()
+    }
+
+    /// `GET path` with the admin token: the content type and the body (a status other
+    /// than 2xx fails the test).
+    pub fn get(&self, path: &str) -> (String, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut resp = agent
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", format!("Bearer {}", self.token("admin")))
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (kind, resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// `GET path` as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        let (_, body) = self.get(path);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The ticker under `nonstop run` (service `ticker`), its stdout collected as it goes.
+pub struct Program {
+    child: Child,
+    out: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Program {
+    pub fn start(server: &Server, ticks: u64, name: &str) -> Program {
+        let mut child = Command::new(NONSTOP)
+            .args([
+                "run",
+                "--server",
+                &server.url,
+                "--token",
+                &server.token("agent"),
+                "--service",
+                "ticker",
+                "--",
+            ])
+            .arg(ticker())
+            .args([ticks.to_string(), name.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().unwrap();
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Program {
+            child,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last tick the program printed (each line starts with its `n`).
+    pub fn current_tick(&self) -> Option<u64> {
+        let out = self.out.lock().unwrap();
+        out.lines().last()?.split(' ').next()?.parse().ok()
+    }
+
+    /// Waits for the program to end: whether it succeeded, and all it printed.
+    pub fn finish(mut self) -> (bool, String) {
+        let ok = self.child.wait().unwrap().success();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        let out = self.out.lock().unwrap().clone();
+        (ok, out)
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `n` agents are connected; returns `agents --json`.
+pub fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.cli(&["agents", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            let connected = v
+                .as_array()
+                .map(|a| a.iter().filter(|x| x["connected"] == true).count())
+                .unwrap_or(0);
+            if connected >= n {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "{n} agents did not connect");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
