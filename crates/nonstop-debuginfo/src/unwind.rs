@@ -19,7 +19,7 @@ use gimli::{
     UnwindTableRow, Value,
 };
 use nonstop_model::Frame;
-use nonstop_model::capture::{GPR_COUNT, Memory, REG_RBP, REG_RIP, REG_RSP, Registers};
+use nonstop_capture::capture::{GPR_COUNT, Memory, REG_RBP, REG_RIP, REG_RSP, Registers};
 use object::{Object, ObjectSection, ObjectSegment};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -916,11 +916,11 @@ garbage line
     /// 8-byte words at addresses.
     struct Words(HashMap<u64, u64>);
     impl Memory for Words {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), nonstop_capture::capture::ReadError> {
             let w = self
                 .0
                 .get(&addr)
-                .ok_or(nonstop_model::capture::ReadError::NotCaptured)?;
+                .ok_or(nonstop_capture::capture::ReadError::NotCaptured)?;
             buf.copy_from_slice(w.to_le_bytes().get(..buf.len()).unwrap_or(&[]));
             Ok(())
         }
@@ -970,8 +970,8 @@ garbage line
 
     struct NoMemory;
     impl Memory for NoMemory {
-        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
-            Err(nonstop_model::capture::ReadError::NotCaptured)
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), nonstop_capture::capture::ReadError> {
+            Err(nonstop_capture::capture::ReadError::NotCaptured)
         }
     }
 

@@ -5,7 +5,7 @@ mod decode_support;
 
 use decode_support::{build, local_types};
 use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
-use nonstop_model::capture::{
+use nonstop_capture::capture::{
     CapturedMemory, CapturedRoot, Memory, Piece, PieceSource, ReadError, Registers, execute,
 };
 use nonstop_model::{CaptureLimits, Data, Value};

@@ -10,7 +10,7 @@ mod stack_stopped;
 
 use nonstop_debuginfo::{RawFrame, Stacks};
 use nonstop_model::Frame;
-use nonstop_model::capture::{CapturePlan, CapturedMemory, execute};
+use nonstop_capture::capture::{CapturePlan, CapturedMemory, execute};
 use stack_stopped::{Build, Stopped, marked_line};
 
 /// The frames every build must start with.

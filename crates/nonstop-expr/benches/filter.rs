@@ -5,8 +5,8 @@
 use criterion::{Criterion, criterion_group, criterion_main};
 use nonstop_expr::filter::{PathResolver, compile};
 use nonstop_expr::{Env, Expr};
-use nonstop_model::capture::{Memory, PieceSource, ReadError, Registers};
-use nonstop_model::filter::{FilterRead, FilterResult, ReadKind, eval_filter};
+use nonstop_capture::capture::{Memory, PieceSource, ReadError, Registers};
+use nonstop_capture::filter::{FilterRead, FilterResult, ReadKind, eval_filter};
 use nonstop_model::{Data, Value};
 use std::hint::black_box;
 

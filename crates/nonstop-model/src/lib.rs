@@ -1,12 +1,8 @@
-//! The data model of nonstop: rules, responses, typed values and capture plans.
+//! The data model of nonstop: rules, responses, typed values, wire messages.
 //!
 //! # Overview
 //! - [`Rule`]: what a user asks for at a location (the API body and the rules file form).
 //! - [`Response`]: what one hit produced, with its [`Value`]s.
-//! - [`filter::Filter`]: a condition the probe engine evaluates before the capture, with
-//!   [`filter::eval_filter`] (no allocation; it also runs in the trap handler).
-//! - [`capture::CapturePlan`]: which bytes to read at a hit, and [`capture::execute`],
-//!   which reads them without allocating (it runs in the probe engine's trap handler).
 //! - [`templates::Template`]: the named templates ("dump frame", "log line", …) that
 //!   expand into plain rules.
 //!
@@ -14,8 +10,6 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod capture;
-pub mod filter;
 pub mod metrics;
 pub mod response;
 pub mod rule;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
-use nonstop_model::capture::CapturePlan;
+use nonstop_capture::capture::CapturePlan;
 use nonstop_probe::{ArmError, ProbeSpec};
 
 const INPUTS: [(u64, u64); 6] = [
@@ -85,7 +85,7 @@ fn all_kinds_at_once_and_entry_registers() {
 
 #[test]
 fn a_plan_reading_a_null_pointer_yields_a_fault_not_a_crash() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let entry = target_instructions()[0].ip();
@@ -193,7 +193,7 @@ fn refusals_say_why() {
 
 #[test]
 fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let instrs = target_instructions();
@@ -236,7 +236,7 @@ fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
     assert_eq!(engine.disarm_all(), 2);
     let mut seen = Vec::new();
     engine.drain(|hit| {
-        let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+        let r = nonstop_capture::capture::CapturedMemory::parse(hit.record).unwrap();
         assert_eq!(r.roots[0], CapturedRoot::Fault);
         seen.push(hit.probe);
     });
@@ -263,7 +263,7 @@ fn unreadable_address() -> u64 {
 
 #[test]
 fn faults_inside_the_handler_on_threads_with_and_without_altstacks() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let instrs = target_instructions();
@@ -293,7 +293,7 @@ fn faults_inside_the_handler_on_threads_with_and_without_altstacks() {
     let mut n = 0;
     let mut drain = || {
         engine.drain(|hit| {
-            let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+            let r = nonstop_capture::capture::CapturedMemory::parse(hit.record).unwrap();
             assert_eq!(r.roots[0], CapturedRoot::Fault);
             n += 1;
         });
@@ -336,7 +336,7 @@ extern "C" fn usr1_on_altstack(_: libc::c_int) {
 
 #[test]
 fn a_hit_inside_a_program_handler_on_the_alternate_stack() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let plan = Arc::new(CapturePlan {

@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Variable, VariableKind};
-use nonstop_model::capture::{Piece, PieceSource};
+use nonstop_capture::capture::{Piece, PieceSource};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 
 use gimli::constants as dw;
 use nonstop_debuginfo::DieRef;
-use nonstop_model::capture::{Memory, ReadError};
+use nonstop_capture::capture::{Memory, ReadError};
 use object::{Object, ObjectSection};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
