@@ -3,9 +3,9 @@
 use crate::limits::RuleLimits;
 use crate::metrics::RuleSeries;
 use crate::redact::Redactor;
+use nonstop_capture::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
 use nonstop_expr::{Env, Expr, Template};
-use nonstop_capture::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_model::{
     Action, CaptureLimits, Frame, Locals, MetricKind, MetricSeries, Response, Rule, RuleStatus,
     SourceLocation, StatusKind, Value,
@@ -14,9 +14,6 @@ use nonstop_probe::{Engine, ProbeId, ProbeSpec, RateLimit};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The hard cap on one hit's capture time (DESIGN.md).
-const HIT_TIME_CAP: Duration = Duration::from_millis(10);
 
 /// Facts about this agent that go into every response.
 #[derive(Debug, Clone)]
@@ -327,7 +324,7 @@ impl Agent {
                 per_second,
                 burst: crate::limits::burst_for(per_second),
             }),
-            time_cap: HIT_TIME_CAP,
+            time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
         };
         if let Some(old) = self.sites.remove(&addr) {

@@ -42,13 +42,13 @@ const BATCH: usize = 200;
 /// Series per `metrics` message.
 const METRICS_BATCH: usize = 500;
 /// How often the link pings the server.
-pub const PING_EVERY: Duration = Duration::from_secs(10);
+pub const PING_EVERY: Duration = nonstop_model::defaults::PING_EVERY;
 /// Silence from the server after which the connection counts as dead.
 const DEAD_AFTER: Duration = Duration::from_secs(35);
 /// First and last reconnect delays (doubling in between, with jitter).
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const BACKOFF_MIN: Duration = nonstop_model::defaults::BACKOFF_MIN;
 /// See [`BACKOFF_MIN`].
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const BACKOFF_MAX: Duration = nonstop_model::defaults::BACKOFF_MAX;
 /// How long one read waits; bounds the delay before queued responses go out. Longer
 /// means fewer wake-ups of an idle process, shorter means fresher live streams.
 const READ_WAIT: Duration = Duration::from_millis(200);

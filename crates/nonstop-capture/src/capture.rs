@@ -677,7 +677,10 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     if taken >= *max_elems {
                         break;
                     }
-                    let Some(c) = ctrl_at.checked_add(i).and_then(|at| self.out.get(at)).copied()
+                    let Some(c) = ctrl_at
+                        .checked_add(i)
+                        .and_then(|at| self.out.get(at))
+                        .copied()
                     else {
                         return;
                     };
@@ -686,7 +689,9 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     }
                     taken = taken.saturating_add(1);
                     // Addresses wrap as the program's pointer arithmetic would; a wild one faults.
-                    let below = (i as u64).wrapping_add(1).wrapping_mul(u64::from(*elem_size));
+                    let below = (i as u64)
+                        .wrapping_add(1)
+                        .wrapping_mul(u64::from(*elem_size));
                     let addr = ctrl.wrapping_sub(below);
                     if let Some(data) = self.block(addr, *elem_size as usize)
                         && let Some(each) = each
@@ -750,7 +755,12 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         if let Some(each) = each {
             let deeper = depth.saturating_add(1);
             for i in 0..n as usize {
-                self.apply(each, data.saturating_add(i.saturating_mul(size)), size, deeper);
+                self.apply(
+                    each,
+                    data.saturating_add(i.saturating_mul(size)),
+                    size,
+                    deeper,
+                );
             }
         }
     }

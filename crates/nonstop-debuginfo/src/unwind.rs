@@ -18,8 +18,8 @@ use gimli::{
     Expression, Location, ParsedEhFrameHdr, Register, RegisterRule, UnwindContext, UnwindSection,
     UnwindTableRow, Value,
 };
-use nonstop_model::Frame;
 use nonstop_capture::capture::{GPR_COUNT, Memory, REG_RBP, REG_RIP, REG_RSP, Registers};
+use nonstop_model::Frame;
 use object::{Object, ObjectSection, ObjectSegment};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -916,7 +916,11 @@ garbage line
     /// 8-byte words at addresses.
     struct Words(HashMap<u64, u64>);
     impl Memory for Words {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), nonstop_capture::capture::ReadError> {
+        fn read(
+            &self,
+            addr: u64,
+            buf: &mut [u8],
+        ) -> Result<(), nonstop_capture::capture::ReadError> {
             let w = self
                 .0
                 .get(&addr)

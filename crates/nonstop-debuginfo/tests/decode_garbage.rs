@@ -4,10 +4,10 @@
 mod decode_support;
 
 use decode_support::{build, local_types};
-use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
 use nonstop_capture::capture::{
     CapturedMemory, CapturedRoot, Memory, Piece, PieceSource, ReadError, Registers, execute,
 };
+use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
 use nonstop_model::{CaptureLimits, Data, Value};
 use proptest::prelude::*;
 use std::sync::OnceLock;

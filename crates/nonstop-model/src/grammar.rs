@@ -19,8 +19,11 @@ use std::time::Duration;
 /// Zero is accepted (`0s`); the caller decides whether it means anything.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad =
-        || format!("invalid duration {text:?}: write a number and a unit, e.g. 500ms, 30s, 30m, 1h, 2d");
+    let bad = || {
+        format!(
+            "invalid duration {text:?}: write a number and a unit, e.g. 500ms, 30s, 30m, 1h, 2d"
+        )
+    };
     let (n, unit) = split_number(t).ok_or_else(bad)?;
     let secs = match unit {
         "ms" => n / 1000.0,
@@ -55,8 +58,11 @@ impl Rate {
 
 /// Parses a rate such as `1/s`, `100/m`, `10/h` or `0.5/s`; the hits must be positive.
 pub fn parse_rate(text: &str) -> Result<Rate, String> {
-    let bad =
-        || format!("invalid rate {text:?}: write hits per second, minute or hour, e.g. 1/s, 100/m or 10/h");
+    let bad = || {
+        format!(
+            "invalid rate {text:?}: write hits per second, minute or hour, e.g. 1/s, 100/m or 10/h"
+        )
+    };
     let (n, per) = text.trim().split_once('/').ok_or_else(bad)?;
     let (hits, rest) = split_number(n.trim()).ok_or_else(bad)?;
     if !rest.is_empty() || hits <= 0.0 {

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod defaults;
+pub mod grammar;
 pub mod metrics;
 pub mod response;
 pub mod rule;
@@ -17,6 +19,7 @@ pub mod templates;
 pub mod value;
 pub mod wire;
 
+pub use grammar::{Rate, parse_duration, parse_rate};
 pub use metrics::MetricSeries;
 pub use response::{Frame, Locals, Response, SourceLocation};
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, O
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nonstop_capture::capture::{CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute};
+use nonstop_capture::capture::{
+    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute,
+};
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 
 use crate::arch::asm;

@@ -1,8 +1,8 @@
 //! `nonstop where BINARY LOCATION [--json]`: what a location resolves to.
 
 use anyhow::Context as _;
-use nonstop_debuginfo::{Availability, DebugInfo, Site, Variable, VariableKind};
 use nonstop_capture::capture::{Piece, PieceSource};
+use nonstop_debuginfo::{Availability, DebugInfo, Site, Variable, VariableKind};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use gimli::constants as dw;
-use nonstop_debuginfo::DieRef;
 use nonstop_capture::capture::{Memory, ReadError};
+use nonstop_debuginfo::DieRef;
 use object::{Object, ObjectSection};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
