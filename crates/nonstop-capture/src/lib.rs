@@ -9,6 +9,9 @@
 //! - [`filter::Filter`]: a condition compiled by `nonstop-expr`, and [`filter::eval_filter`],
 //!   which the probe engine runs before the capture.
 //!
+//! - [`maps`]: `/proc/PID/maps` parsed once, and the load bias of a mapped ELF file (not
+//!   trap-path code, but the probe engine, the debug-info reader and the agent all need it).
+//!
 //! Both entry points run inside the signal handler of the host program: they never
 //! allocate, never panic on any plan, filter or memory contents, and do bounded work.
 //! The crate lints against the ways Rust code panics (`panic!`, slice indexing, unchecked
@@ -65,5 +68,6 @@
 
 pub mod capture;
 pub mod filter;
+pub mod maps;
 
 pub use capture::{CapturedMemory, Memory, ReadError, Registers};
