@@ -58,7 +58,8 @@ fn https_get(addr: SocketAddr, cert: &Path, path: &str, token: &str) -> String {
 #[test]
 fn the_server_speaks_https_with_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let nonstop_testkit::tls::TestCert { cert, key } = nonstop_testkit::tls::self_signed(dir.path());
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(dir.path());
     let s = tls_server(dir.path(), &cert, &key);
     assert_eq!(
         s.handle.as_ref().unwrap().url(),
@@ -80,7 +81,8 @@ fn the_server_speaks_https_with_the_given_certificate() {
 #[test]
 fn the_link_reaches_an_https_server_that_it_trusts() {
     let dir = tempfile::tempdir().unwrap();
-    let nonstop_testkit::tls::TestCert { cert, key } = nonstop_testkit::tls::self_signed(dir.path());
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(dir.path());
     let s = tls_server(dir.path(), &cert, &key);
     let body = r#"{"at":"src/cart.rs:42","action":"log","template":"{n}"}"#;
     let answer = https(
@@ -120,10 +122,7 @@ fn the_link_reaches_an_https_server_that_it_trusts() {
     ));
     // The event: its first attempt ended, and said why.
     let problem = common::eventually(|| untrusting.problem());
-    assert!(
-        problem.contains("invalid peer certificate"),
-        "{problem}"
-    );
+    assert!(problem.contains("invalid peer certificate"), "{problem}");
     assert!(!untrusting.connected());
     untrusting.stop();
 }

@@ -79,10 +79,7 @@ fn compiler(source: &Path) -> &'static str {
         Some("rs") => "rustc",
         Some("c") => "gcc",
         Some("cpp" | "cc" | "cxx") => "g++",
-        _ => panic!(
-            "{}: a fixture is a .rs, .c or .cpp file",
-            source.display()
-        ),
+        _ => panic!("{}: a fixture is a .rs, .c or .cpp file", source.display()),
     }
 }
 
@@ -137,7 +134,11 @@ pub fn build(source: &Path, flags: &[&str]) -> Fixture {
         if compiler == "rustc" && !flags.contains(&"--edition") {
             cmd.args(["--edition", "2021"]);
         }
-        cmd.args(flags).arg("-o").arg(&out).arg(source).current_dir(&work);
+        cmd.args(flags)
+            .arg("-o")
+            .arg(&out)
+            .arg(source)
+            .current_dir(&work);
         let done = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));

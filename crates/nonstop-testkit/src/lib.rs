@@ -122,10 +122,7 @@ pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -177,12 +174,16 @@ impl ServerProcess {
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
         );
-        wait_for("the server accepts connections", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = child.0.try_wait() {
-                panic!("{cmd:?} exited with {status} before listening");
-            }
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+        wait_for(
+            "the server accepts connections",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = child.0.try_wait() {
+                    panic!("{cmd:?} exited with {status} before listening");
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            },
+        );
         ServerProcess {
             child,
             port,

@@ -314,7 +314,8 @@ fn the_cli_finds_the_admin_token_in_the_default_data_folder() {
 #[test]
 fn the_cli_talks_https_to_a_server_with_its_own_certificate() {
     let home = tempfile::tempdir().unwrap();
-    let nonstop_testkit::tls::TestCert { cert, key } = nonstop_testkit::tls::self_signed(home.path());
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(home.path());
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     let s = serve_with(home, &["--tls-cert", &c, "--tls-key", &k]);
     assert!(s.base.starts_with("https://"), "{}", s.base);
