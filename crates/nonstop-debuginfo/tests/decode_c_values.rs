@@ -13,7 +13,7 @@ use nonstop_model::CaptureLimits;
 
 #[test]
 fn c_locals_decode_like_the_program_prints_them() {
-    let exe = build("values.c", "values-c", &["-O0"]);
+    let exe = build("values.c", &["-O0"]);
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", None);
     let run = Running::start(&exe);

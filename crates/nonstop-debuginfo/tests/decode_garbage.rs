@@ -46,7 +46,7 @@ impl Memory for Noise {
 fn fixture() -> &'static (DebugInfo, Vec<Variable>) {
     static F: OnceLock<(DebugInfo, Vec<Variable>)> = OnceLock::new();
     F.get_or_init(|| {
-        let exe = build("values.rs", "values-garbage", &["-C", "opt-level=0"]);
+        let exe = build("values.rs", &["-C", "opt-level=0"]);
         let di = DebugInfo::load(&exe).expect("load fixture");
         let mut types: Vec<_> = local_types(&exe, "main", Some("v_")).into_iter().collect();
         types.sort();

@@ -169,7 +169,10 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         "{}",
         String::from_utf8_lossy(&rm.stderr)
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // The event: the agent disarmed the line (its first byte is the file's again).
+    nonstop_testkit::wait_for("the probe is removed", Duration::from_secs(10), || {
+        (live_bytes(program.pid(), addr) == original).then_some(())
+    });
     let (_, late) = tail(&server, &log, 1, "2s");
     assert!(late.is_empty(), "responses after removal: {late:?}");
     // Removed: the program's code is the file's again, byte for byte.
@@ -222,8 +225,14 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     let (ok, _) = tail(&server, &rule, 1, "30s");
     assert!(ok);
 
+    let at_kill = program.current_tick();
     server.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The event: the program ticks on while no server is there.
+    nonstop_testkit::wait_for(
+        "the program runs on without the server",
+        Duration::from_secs(10),
+        || (program.current_tick() >= at_kill.map(|t| t + 10)).then_some(()),
+    );
     let server = Server::start(port, &data);
     // The rule survived the restart, the agent reconnected and re-synced.
     let shown = server.cli(&["rules", "show", &rule, "--json"]);
