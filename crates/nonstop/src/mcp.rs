@@ -254,16 +254,13 @@ impl Server {
                 }
             },
         };
-        let raw: Vec<Value> = self
+        let text = self
             .client
-            .get(&format!("/api/v1/responses?rule={id}&limit={limit}"))?;
-        let lines: Vec<String> = raw
-            .iter()
-            .map(|v| match serde_json::from_value::<Response>(v.clone()) {
-                Ok(r) => response_line(&r),
-                Err(_) => v.to_string(),
-            })
-            .collect();
+            .get_text(&format!("/api/v1/responses?rule={id}&limit={limit}"))?;
+        // Typed for the text, so the variables keep the program's order.
+        let typed: Vec<Response> = serde_json::from_str(&text)?;
+        let raw: Vec<Value> = serde_json::from_str(&text)?;
+        let lines: Vec<String> = typed.iter().map(response_line).collect();
         Ok((
             or_none(lines, &format!("no responses for rule {id} yet")),
             json!({"responses": raw}),
