@@ -572,7 +572,7 @@ fn rule_of(args: &Value, action: Action) -> std::result::Result<Rule, String> {
         },
     };
     let expires = s("expires")?.unwrap_or_else(|| DEFAULT_EXPIRES.into());
-    let d = crate::client::parse_duration(&expires)?;
+    let d = nonstop_model::parse_duration(&expires)?;
     if d > MAX_EXPIRES || d.is_zero() {
         return Err(format!(
             "expires {expires:?}: give a duration above 0 and at most {}d, e.g. 15m",
