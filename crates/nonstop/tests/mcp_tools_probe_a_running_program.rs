@@ -160,7 +160,7 @@ fn the_tools_add_a_bounded_snapshot_read_it_and_remove_it() {
     assert_eq!(long["isError"], true);
     assert_eq!(
         long["content"][0]["text"],
-        "duration \"90d\" must be between 1s and 30d"
+        "expires \"90d\": give a duration above 0 and at most 30d, e.g. 15m"
     );
     let added = mcp.call("add_snapshot", json!({"at": at(), "service": "ticker"}));
     assert_eq!(added["isError"], false, "{added:#}");
