@@ -2,7 +2,8 @@
 //! (`.rs`), gcc (`.c`) or g++ (`.cpp`, `.cc`) with the flags the test gives.
 //!
 //! A build is cached by content: the output is `TARGET/nonstop-fixtures/STEM-HASH`, where
-//! the hash covers the compiler's version, the flags and the source's bytes, so an edited
+//! the hash covers the compiler's version, the flags, the source's path (the debug info names
+//! it) and its bytes, so an edited
 //! fixture or a new compiler builds again and everything else is reused across test
 //! binaries and runs. Parallel test processes are safe: each compiles in a folder of its
 //! own and moves the result into place with an atomic rename, so a reader sees either no
@@ -117,6 +118,9 @@ pub fn build(source: &Path, flags: &[&str]) -> Fixture {
         fnv(&mut hash, f.as_bytes());
     }
     fnv(&mut hash, &text);
+    // The debug info names the source by its path: a checkout elsewhere (a CI clone
+    // sharing the target folder) must not get a binary that points into another one.
+    fnv(&mut hash, source.as_os_str().as_encoded_bytes());
 
     let stem = source
         .file_stem()

@@ -12,7 +12,10 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use ticker::{NONSTOP, Program, Server, free_port, mark_line, ticker, tmp, wait_for_agents};
+use ticker::{
+    NONSTOP, Program, Server, file_bytes, free_port, live_bytes, mark_line, ticker, tmp,
+    wait_for_agents,
+};
 
 /// A DAP client: Content-Length framed JSON over the adapter's stdin/stdout.
 struct Dap {
@@ -153,42 +156,6 @@ fn mark_address() -> u64 {
         16,
     )
     .unwrap()
-}
-
-/// The first byte at file address `addr` in the running program's memory.
-fn live_byte(pid: u32, addr: u64) -> u8 {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let name = ticker().to_string_lossy().into_owned();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(&name) && l.split_whitespace().nth(2) == Some("00000000"))
-        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
-        .expect("the ticker's first mapping");
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut buf = [0u8; 1];
-    mem.read_exact_at(&mut buf, base + addr).unwrap();
-    buf[0]
-}
-
-/// The ticker's byte at file address `addr`, as the ELF file has it.
-fn file_byte(addr: u64) -> u8 {
-    let out = Command::new("readelf")
-        .arg("-lW")
-        .arg(ticker())
-        .output()
-        .unwrap();
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.first() == Some(&"LOAD") {
-            let (offset, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
-            if (vaddr..vaddr + filesz).contains(&addr) {
-                return std::fs::read(ticker()).unwrap()[(addr - vaddr + offset) as usize];
-            }
-        }
-    }
-    panic!("0x{addr:x} is in no LOAD segment");
 }
 
 #[test]
@@ -346,7 +313,7 @@ fn logpoints_and_snapshots_arrive_as_output_and_clearing_them_restores_the_progr
     let addr = mark_address();
     let deadline = Instant::now() + Duration::from_secs(5);
     // (max hits 3 may already have disarmed the snapshot; the logpoint keeps its line armed)
-    let _ = live_byte(program.pid(), addr);
+    let _ = live_bytes(program.pid(), addr);
     let cleared = dap.ok(
         "setBreakpoints",
         json!({"source": source, "breakpoints": []}),
@@ -371,8 +338,8 @@ fn logpoints_and_snapshots_arrive_as_output_and_clearing_them_restores_the_progr
         )
         .unwrap()
     };
-    while live_byte(program.pid(), square_addr) != file_byte(square_addr)
-        || live_byte(program.pid(), addr) != file_byte(addr)
+    while live_bytes(program.pid(), square_addr) != file_bytes(square_addr)
+        || live_bytes(program.pid(), addr) != file_bytes(addr)
     {
         assert!(
             Instant::now() < deadline,

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use ticker::{
-    NONSTOP, Program, Server, expected_output, free_port, mark_line, ticker, tmp, wait_for_agents,
+    NONSTOP, Program, Server, expected_output, file_bytes, free_port, live_bytes, mark_line,
+    ticker, tmp, wait_for_agents,
 };
 
 fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
@@ -42,43 +43,6 @@ fn mark_address() -> u64 {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let text = v["sites"][0]["address"].as_str().unwrap();
     u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
-}
-
-/// The 16 bytes at file address `addr` as the ELF file has them (through `readelf -lW`).
-fn file_bytes(addr: u64) -> Vec<u8> {
-    let out = Command::new("readelf")
-        .arg("-lW")
-        .arg(ticker())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (offset, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
-        if (vaddr..vaddr + filesz).contains(&addr) {
-            let data = std::fs::read(ticker()).unwrap();
-            let at = (addr - vaddr + offset) as usize;
-            return data[at..at + 16].to_vec();
-        }
-    }
-    panic!("0x{addr:x} is in no LOAD segment of the ticker");
-}
-
-/// The 16 bytes at file address `addr` in the running program's memory.
-fn live_bytes(pid: u32, addr: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let name = ticker().to_string_lossy().into_owned();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(&name) && l.split_whitespace().nth(2) == Some("00000000"))
-        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
-        .expect("the ticker's first mapping");
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut buf = vec![0u8; 16];
-    mem.read_exact_at(&mut buf, base + addr).unwrap();
-    buf
 }
 
 fn value(r: &Response, name: &str) -> serde_json::Value {

@@ -225,3 +225,40 @@ pub fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The 16 bytes at file address `addr` as the ELF file has them (through `readelf -lW`).
+pub fn file_bytes(addr: u64) -> Vec<u8> {
+    let out = Command::new("readelf")
+        .arg("-lW")
+        .arg(ticker())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (offset, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
+        if (vaddr..vaddr + filesz).contains(&addr) {
+            let data = std::fs::read(ticker()).unwrap();
+            let at = (addr - vaddr + offset) as usize;
+            return data[at..at + 16].to_vec();
+        }
+    }
+    panic!("0x{addr:x} is in no LOAD segment of the ticker");
+}
+
+/// The 16 bytes at file address `addr` in the running program's memory.
+pub fn live_bytes(pid: u32, addr: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let name = ticker().to_string_lossy().into_owned();
+    let base = maps
+        .lines()
+        .find(|l| l.ends_with(&name) && l.split_whitespace().nth(2) == Some("00000000"))
+        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
+        .expect("the ticker's first mapping");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = vec![0u8; 16];
+    mem.read_exact_at(&mut buf, base + addr).unwrap();
+    buf
+}
