@@ -220,6 +220,24 @@ fn stored_responses(server: &Server, rule: &str) -> Vec<Response> {
     serde_json::from_value(server.get_json(&format!("/api/v1/responses?rule={rule}"))).unwrap()
 }
 
+/// Proves that nothing captured earlier is still on its way: a witness rule on the same
+/// line, whose first response is stored only after everything the agent captured before
+/// it (the agent ships in order). The witness is removed again and the line restored.
+fn wait_for_a_later_hit(server: &Server, program: &Program, addr: u64) {
+    let witness = server.add_rule(&["--log", "witness {n}", "--service", "ticker"]);
+    let (ok, got) = tail(server, &witness, 1, "10s");
+    assert!(ok, "no response of the witness rule: {got:?}");
+    server.cli_ok(&["rules", "rm", &witness]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_bytes(program.pid(), addr) != file_bytes(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the witness probe stayed armed after rm"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn show(server: &Server, rule: &str) -> serde_json::Value {
     server.cli_json(&["rules", "show", rule, "--json"])
 }
@@ -272,7 +290,7 @@ fn max_hits_stops_at_exactly_n_across_two_agents() {
 fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     let data = tmp("expires");
     let server = Server::start(free_port(), &data);
-    let program = Program::start(&server, 400, "delta");
+    let program = Program::start(&server, 800, "delta");
     wait_for_agents(&server, 1);
     let rule = server.add_rule(&["--log", "{n}", "--service", "ticker", "--expires", "2s"]);
     let (ok, _) = tail(&server, &rule, 1, "10s");
@@ -295,21 +313,21 @@ fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     }
     let before = stored_responses(&server, &rule).len();
     assert!(before >= 1);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_for_a_later_hit(&server, &program, addr);
     assert_eq!(
         stored_responses(&server, &rule).len(),
         before,
         "responses after expiry"
     );
     assert_eq!(live_bytes(program.pid(), addr), file_bytes(addr));
-    assert_eq!(program.finish(), (true, expected_output(400, "delta")));
+    assert_eq!(program.finish(), (true, expected_output(800, "delta")));
 }
 
 #[test]
 fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     let data = tmp("disable");
     let server = Server::start(free_port(), &data);
-    let program = Program::start(&server, 500, "eps");
+    let program = Program::start(&server, 900, "eps");
     wait_for_agents(&server, 1);
     let rule = server.add_rule(&["--log", "{n}", "--service", "ticker"]);
     let (ok, _) = tail(&server, &rule, 2, "10s");
@@ -327,7 +345,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     }
     let history = stored_responses(&server, &rule);
     assert!(history.len() >= 2, "{history:?}");
-    std::thread::sleep(Duration::from_millis(600));
+    wait_for_a_later_hit(&server, &program, addr);
     assert_eq!(
         stored_responses(&server, &rule).len(),
         history.len(),
@@ -363,7 +381,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     let v = show(&server, &rule);
     assert_eq!(v["enabled"], true);
     assert!(v["hits"].as_u64().unwrap() >= history.len() as u64 + 2);
-    assert_eq!(program.finish(), (true, expected_output(500, "eps")));
+    assert_eq!(program.finish(), (true, expected_output(900, "eps")));
 }
 
 #[test]
