@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use ticker::{
-    NONSTOP, Program, Server, file_bytes, free_port, live_bytes, mark_line, ticker, tmp,
+    NONSTOP, Program, Server, file_bytes, free_port, line_address, live_bytes, mark_line, tmp,
     wait_for_agents,
 };
 
@@ -140,22 +140,7 @@ impl Drop for Dap {
 
 /// The marked line's file address, from `nonstop where --json`.
 fn mark_address() -> u64 {
-    let out = Command::new(NONSTOP)
-        .arg("where")
-        .arg(ticker())
-        .arg(format!("ticker.rs:{}", mark_line()))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    u64::from_str_radix(
-        v["sites"][0]["address"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("0x"),
-        16,
-    )
-    .unwrap()
+    line_address(mark_line())
 }
 
 #[test]
@@ -320,24 +305,7 @@ fn logpoints_and_snapshots_arrive_as_output_and_clearing_them_restores_the_progr
     );
     assert_eq!(cleared["breakpoints"], json!([]));
     assert_eq!(server.get_json("/api/v1/rules"), json!([]));
-    let square_addr = {
-        let out = Command::new(NONSTOP)
-            .arg("where")
-            .arg(ticker())
-            .arg(format!("ticker.rs:{square_line}"))
-            .arg("--json")
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        u64::from_str_radix(
-            v["sites"][0]["address"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("0x"),
-            16,
-        )
-        .unwrap()
-    };
+    let square_addr = line_address(square_line);
     while live_bytes(program.pid(), square_addr) != file_bytes(square_addr)
         || live_bytes(program.pid(), addr) != file_bytes(addr)
     {

@@ -6,11 +6,10 @@ mod ticker;
 
 use nonstop_model::Response;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use ticker::{
-    NONSTOP, Program, Server, expected_output, file_bytes, free_port, live_bytes, mark_line,
-    ticker, tmp, wait_for_agents,
+    Program, Server, expected_output, file_bytes, free_port, line_address, live_bytes, mark_line,
+    tmp, wait_for_agents,
 };
 
 fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
@@ -31,18 +30,9 @@ fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<
     (out.status.success(), responses)
 }
 
-/// The marked line's address in the ticker (a file address), from `nonstop where --json`.
+/// The marked line's address in the ticker (a file address).
 fn mark_address() -> u64 {
-    let out = Command::new(NONSTOP)
-        .args(["where"])
-        .arg(ticker())
-        .arg(format!("ticker.rs:{}", mark_line()))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let text = v["sites"][0]["address"].as_str().unwrap();
-    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
+    line_address(mark_line())
 }
 
 fn value(r: &Response, name: &str) -> serde_json::Value {

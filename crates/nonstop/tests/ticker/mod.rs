@@ -262,3 +262,17 @@ pub fn live_bytes(pid: u32, addr: u64) -> Vec<u8> {
     mem.read_exact_at(&mut buf, base + addr).unwrap();
     buf
 }
+
+/// The file address of `line` in the ticker, from `nonstop where --json` (its first site).
+pub fn line_address(line: u32) -> u64 {
+    let out = Command::new(NONSTOP)
+        .arg("where")
+        .arg(ticker())
+        .arg(format!("ticker.rs:{line}"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["sites"][0]["address"].as_str().unwrap();
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
+}
