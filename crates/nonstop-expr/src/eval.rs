@@ -605,8 +605,20 @@ impl<'a> Eval<'a> {
         r: &'a Node,
     ) -> Result<Val<'a>, EvalError> {
         match op {
-            BinOp::And => return Ok(Val::Bool(self.truth(l)? && self.truth(r)?)),
-            BinOp::Or => return Ok(Val::Bool(self.truth(l)? || self.truth(r)?)),
+            // Left to right with short circuits, and Kleene's rule when the left side
+            // fails: `false` decides an `&&` and `true` an `||` whichever side it is on, as
+            // in the trap handler's filter, so a condition means the same on both paths.
+            BinOp::And | BinOp::Or => {
+                let decides = op == BinOp::Or;
+                return match self.truth(l) {
+                    Ok(b) if b == decides => Ok(Val::Bool(b)),
+                    Ok(_) => self.truth(r).map(Val::Bool),
+                    Err(e) => match self.truth(r) {
+                        Ok(b) if b == decides => Ok(Val::Bool(b)),
+                        _ => Err(e),
+                    },
+                };
+            }
             BinOp::Eq | BinOp::Ne => {
                 let test = if let Some(var) = self.variant_operand(r) {
                     Some(self.variant_test(self.eval(l)?, l, var)?)

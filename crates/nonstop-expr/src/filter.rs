@@ -629,3 +629,153 @@ mod random {
         }
     }
 }
+
+/// The trap handler's [`eval_filter`](nonstop_capture::filter::eval_filter) and the agent's
+/// [`Expr::eval_condition`] must agree: a condition means the same whether it runs before
+/// the capture or after it. Random conditions over the paths [`tests::Resolver`] can read,
+/// at random hits, evaluated both ways: the filter over registers and memory, the
+/// evaluator over the values a capture of the same memory gives.
+#[cfg(test)]
+mod agreement {
+    use super::tests::{Resolver, hit};
+    use super::*;
+    use crate::eval::tests::Vars;
+    use nonstop_capture::filter::{FilterResult, eval_filter};
+    use nonstop_model::{Data, Value};
+    use proptest::prelude::*;
+
+    /// What a snapshot of `order` and `user` holds at the hit [`hit`] builds.
+    fn captured(total: u64, debit: bool, coupon: u64, country: &str) -> Vars {
+        let kind = Value {
+            variant: Some(if debit { "Debit" } else { "Credit" }.into()),
+            ..Value::new("Kind", Data::Null)
+        };
+        // `coupon` is an `Option<&str>` whose `None` is a null pointer; `hit` gives a
+        // `Some` the length 4.
+        let coupon = if coupon == 0 {
+            Value {
+                variant: Some("None".into()),
+                ..Value::new("Option<&str>", Data::Null)
+            }
+        } else {
+            Value {
+                variant: Some("Some".into()),
+                ..Value::new(
+                    "Option<&str>",
+                    Data::List(vec![Value::new("&str", Data::Str("abcd".into()))]),
+                )
+            }
+        };
+        let order = Value::new(
+            "shop::Order",
+            Data::Map(vec![
+                ("total".into(), Value::new("u64", Data::Uint(total))),
+                ("kind".into(), kind),
+                ("coupon".into(), coupon),
+            ]),
+        );
+        let user = Value::new(
+            "shop::User",
+            Data::Map(vec![(
+                "country".into(),
+                Value::new("String", Data::Str(country.into())),
+            )]),
+        );
+        Vars(vec![("order".into(), order), ("user".into(), user)])
+    }
+
+    fn number() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("order.total".to_owned()),
+            Just("user.country.len()".to_owned()),
+            Just("len(user.country)".to_owned()),
+            Just("hit_count".to_owned()),
+            (0u64..20).prop_map(|i| i.to_string()),
+            any::<u64>().prop_map(|i| i.to_string()),
+            (-5i64..5).prop_map(|i| format!("({i})")),
+            Just("2.5".to_owned()),
+        ];
+        leaf.prop_recursive(3, 12, 2, |inner| {
+            let ops = prop::sample::select(vec!["+", "-", "*", "/", "%"]);
+            prop_oneof![
+                (inner.clone(), ops, inner.clone()).prop_map(|(a, o, b)| format!("({a} {o} {b})")),
+                inner.prop_map(|a| format!("-({a})")),
+            ]
+        })
+    }
+
+    fn condition() -> impl Strategy<Value = String> {
+        let text = "[A-Z]{0,3}";
+        let leaf = prop_oneof![
+            (
+                number(),
+                prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
+                number()
+            )
+                .prop_map(|(a, o, b)| format!("{a} {o} {b}")),
+            text.prop_map(|s| format!("user.country == \"{s}\"")),
+            text.prop_map(|s| format!("user.country != \"{s}\"")),
+            text.prop_map(|s| format!("user.country.starts_with(\"{s}\")")),
+            text.prop_map(|s| format!("user.country.ends_with(\"{s}\")")),
+            text.prop_map(|s| format!("user.country.contains(\"{s}\")")),
+            Just("order.kind == Credit".to_owned()),
+            Just("order.kind != Kind::Debit".to_owned()),
+            Just("matches(order.kind, Debit)".to_owned()),
+            Just("order.coupon.is_none()".to_owned()),
+            Just("order.coupon == None".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+        ];
+        leaf.prop_recursive(3, 8, 2, |inner| {
+            prop_oneof![
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) && ({b})")),
+                (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) || ({b})")),
+                inner.prop_map(|a| format!("!({a})")),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_filter_and_the_evaluator_agree(
+            src in condition(),
+            total in prop_oneof![0u64..50, any::<u64>()],
+            debit in any::<bool>(),
+            coupon in prop_oneof![Just(0u64), Just(0x3000u64)],
+            country in "[A-Z]{0,4}",
+            hit_count in prop_oneof![1u64..10, any::<u64>()],
+        ) {
+            let expr = Expr::parse(&src).map_err(|e| TestCaseError::fail(format!("{src}: {e}")))?;
+            let filter = compile(&expr, &Resolver)
+                .map_err(|e| TestCaseError::fail(format!("{src} does not compile: {e}")))?;
+            let (regs, mem) = hit(total, u8::from(debit), coupon, &country);
+            let in_handler = eval_filter(&filter, &regs, &mem, hit_count);
+            let env = WithHits(captured(total, debit, coupon, &country), hit_count);
+            let after_capture = match expr.eval_condition(&env) {
+                Ok(true) => FilterResult::True,
+                Ok(false) => FilterResult::False,
+                Err(_) => FilterResult::Error,
+            };
+            prop_assert_eq!(
+                in_handler, after_capture,
+                "{} at total={} debit={} coupon={:#x} country={:?} hit_count={}",
+                src, total, debit, coupon, country, hit_count
+            );
+        }
+    }
+
+    /// [`Vars`] with a chosen hit count.
+    struct WithHits(Vars, u64);
+    impl crate::Env for WithHits {
+        fn var(&self, name: &str) -> Option<&Value> {
+            self.0.var(name)
+        }
+        fn thread(&self) -> &str {
+            self.0.thread()
+        }
+        fn hit_count(&self) -> u64 {
+            self.1
+        }
+    }
+}

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use ticker::{Program, Server, expected_output, free_port, tmp, wait_for_agents};
 
 /// Ticks the program runs (20 ms each).
-const TICKS: u64 = 600;
-/// Ticks between the tick seen when the rules are added and the window's start.
-const LEAD: u64 = 150;
+const TICKS: u64 = 800;
+/// Ticks between the tick seen when the rules are added and the window's start: room for
+/// the CLI and the agent to arm them on a loaded machine (6 s).
+const LEAD: u64 = 300;
 /// Ticks in the window.
 const WINDOW: u64 = 150;
 /// Ticks after the window until the program ends, at least.
@@ -90,6 +91,25 @@ fn scrape(server: &Server) -> String {
     text
 }
 
+/// Scrapes until the samples `want` (name, value) are all exported, for at most 30 s, and
+/// returns the last scrape. The agent's last report leaves at the program's exit, and the
+/// server may still be writing it when the program is gone: waiting for the values (rather
+/// than scraping once) keeps the check exact on a loaded machine. A wrong or missing value
+/// still fails, with the whole scrape to read.
+fn scrape_until(server: &Server, want: &[(&str, String)]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = scrape(server);
+        let all = want
+            .iter()
+            .all(|(name, value)| sample(&text, name).as_deref() == Some(value.as_str()));
+        if all || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The value of the sample `name` in Prometheus text, if exported.
 fn sample(text: &str, name: &str) -> Option<String> {
     text.lines()
@@ -124,7 +144,13 @@ fn a_count_and_a_histogram_at_metrics_equal_the_matching_iterations_exactly() {
 
     let matching = window.clone().filter(|n| n % 3 == 0).count();
     let sum_of_squares: u64 = window.map(|n| n * n).sum();
-    let text = scrape(&server);
+    let text = scrape_until(
+        &server,
+        &[
+            ("ticks_total{service=\"ticker\"}", matching.to_string()),
+            ("sq_count{service=\"ticker\"}", WINDOW.to_string()),
+        ],
+    );
     assert_eq!(
         sample(&text, "ticks_total{service=\"ticker\"}"),
         Some(matching.to_string()),
@@ -202,20 +228,30 @@ fn a_conditional_snapshot_and_log_fire_exactly_for_the_matching_iterations() {
             ]),
         ]
     });
-    let responses = |rule: &str| {
-        ticks_of(&server.get_json(&format!("/api/v1/responses?rule={rule}&limit=1000")))
+    // The last responses leave at the program's exit and may still be on their way into the
+    // store: read until as many as expected are there (or 30 s passed), then compare exactly.
+    let responses = |rule: &str, expected: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got =
+                ticks_of(&server.get_json(&format!("/api/v1/responses?rule={rule}&limit=1000")));
+            if got.len() >= expected || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     };
 
-    let snapshots = responses(&rules[0]);
     let want: Vec<u64> = window
         .clone()
         .filter(|n| n % 7 == 2 && !format!("m-{n}").ends_with('5'))
         .collect();
+    let snapshots = responses(&rules[0], want.len());
     assert_eq!(snapshots.iter().map(|(n, _)| *n).collect::<Vec<_>>(), want);
-    let logs = responses(&rules[1]);
     let want: Vec<(u64, Option<String>)> = window
         .filter(|n| (n * n) % 2 == 1)
         .map(|n| (n, Some(format!("tick {n}: \"m-{n}\" squared is {}", n * n))))
         .collect();
+    let logs = responses(&rules[1], want.len());
     assert_eq!(logs, want);
 }
