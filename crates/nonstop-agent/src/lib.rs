@@ -33,6 +33,13 @@ pub mod redact;
 
 pub use config::Config;
 
+/// Whether the agent takes `rule` as it stands (shape, max hits, expiry, rate), before
+/// any debug info is looked at: what an offline rules file is held to. The server holds
+/// rules to the same checks (the model's [`Rule::check_shape`](nonstop_model::Rule)).
+pub fn check_rule(rule: &nonstop_model::Rule) -> Result<(), String> {
+    limits::RuleLimits::of(rule).map(|_| ())
+}
+
 use agent::{Agent, Identity};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};

@@ -1,6 +1,7 @@
 //! Rule limits: a rule's rate, max hits and expiry, with the model's defaults filled in.
 
-use nonstop_model::{Rule, parse_duration, parse_rate};
+use nonstop_model::Rule;
+use nonstop_model::check::parse_bounded_rate;
 use std::time::Duration;
 
 /// A rule's limits with the defaults filled in.
@@ -21,24 +22,16 @@ pub fn burst_for(per_second: f64) -> u32 {
     per_second.ceil().clamp(1.0, 10_000.0) as u32
 }
 
-/// The longest `expires` the agent takes (the server caps it lower, `nonstop serve`).
-const MAX_EXPIRES: Duration = Duration::from_secs(366 * 86_400);
-
-/// Parses a rule's `expires` (the model's grammar): more than zero, at most 366 days.
-pub fn parse_expires(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
-    if d.is_zero() || d > MAX_EXPIRES {
-        return Err(format!("{text:?} is out of range: between 1ms and 366d"));
-    }
-    Ok(d)
-}
+/// Parses a rule's `expires` with the bounds every part of nonstop holds it to.
+pub use nonstop_model::check::parse_expires;
 
 impl RuleLimits {
     /// The limits of `rule`, with DESIGN.md's defaults for its action.
     pub fn of(rule: &Rule) -> Result<RuleLimits, String> {
+        rule.check_shape()?;
         let defaults = rule.action.defaults();
         let per_second = match &rule.rate {
-            Some(r) => parse_rate(r)?.per_second(),
+            Some(r) => parse_bounded_rate(r)?.per_second(),
             None => defaults.per_second,
         };
         Ok(RuleLimits {
@@ -56,6 +49,7 @@ impl RuleLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nonstop_model::parse_rate;
 
     #[test]
     fn durations_and_rates_parse_with_clear_errors() {
@@ -68,16 +62,9 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!(parse_rate("fast").unwrap_err().contains("1/s"));
-        assert!(
-            parse_expires("0s")
-                .unwrap_err()
-                .contains("between 1ms and 366d")
-        );
-        assert!(
-            parse_expires("367d")
-                .unwrap_err()
-                .contains("between 1ms and 366d")
-        );
+        // The server's bounds: a rules file the agent runs offline is one the server takes.
+        assert!(parse_expires("0s").unwrap_err().contains("at most 30d"));
+        assert!(parse_expires("31d").unwrap_err().contains("at most 30d"));
     }
 
     #[test]
@@ -88,9 +75,10 @@ mod tests {
             (l.per_second, l.max_hits, l.expires.as_secs()),
             (1.0, Some(100), 3600)
         );
-        let log: Rule =
-            serde_json::from_str(r#"{"at":"a.rs:1","action":"log","rate":"10/s","max_hits":3}"#)
-                .unwrap();
+        let log: Rule = serde_json::from_str(
+            r#"{"at":"a.rs:1","action":"log","template":"x","rate":"10/s","max_hits":3}"#,
+        )
+        .unwrap();
         let l = RuleLimits::of(&log).unwrap();
         assert_eq!(
             (l.per_second, l.max_hits, l.expires.as_secs()),

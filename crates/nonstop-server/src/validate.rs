@@ -2,14 +2,11 @@
 
 use nonstop_expr::check::{Scope, Ty};
 use nonstop_model::{Action, CaptureLimits, Rule};
-use std::time::Duration;
 
-/// Longest `expires` a rule may ask for.
-pub const MAX_EXPIRES: Duration = Duration::from_secs(30 * 86_400);
-/// Highest `max_hits`.
-pub const MAX_HITS: u64 = 1_000_000;
-/// Highest rate, in hits per second.
-pub const MAX_RATE_PER_SEC: u64 = 100_000;
+pub use nonstop_model::check::{
+    MAX_EXPIRES, MAX_HITS, MAX_RATE_PER_SEC, check_location, is_valid_id,
+    parse_bounded_rate as check_rate, parse_expires,
+};
 
 /// The largest capture limits a rule may ask for when the server sets none
 /// (`nonstop serve --max-limits`).
@@ -92,53 +89,7 @@ fn check_expr(
 /// agents receive explicit values; capture limits must lie within `max` (a default above
 /// a maximum is lowered to it). The error says what is wrong and what to write instead.
 pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String> {
-    if !rule.id.is_empty() && !is_valid_id(&rule.id) {
-        return Err(format!(
-            "invalid id {:?}: use 1-64 letters, digits, `-` or `_`, or leave it out to get one",
-            rule.id
-        ));
-    }
-    check_location(&rule.at)?;
-    match rule.action {
-        Action::Log => {
-            if rule.template.as_deref().is_none_or(|t| t.trim().is_empty()) {
-                return Err(
-                    "a log rule needs a template, e.g. \"template\": \"paid {order.total}\"".into(),
-                );
-            }
-        }
-        Action::Metric => {
-            let Some(m) = &rule.metric else {
-                return Err("a metric rule needs a metric, e.g. \"metric\": {\"kind\": \"count\", \"name\": \"cart.add\"}".into());
-            };
-            if m.name.trim().is_empty() {
-                return Err("the metric needs a name".into());
-            }
-            if m.kind != nonstop_model::MetricKind::Count && m.value.is_none() {
-                return Err(format!(
-                    "a {:?} metric needs a value expression, e.g. \"value\": \"order.total\"",
-                    m.kind
-                )
-                .to_lowercase());
-            }
-        }
-        Action::Snapshot => {}
-    }
-    if rule.action != Action::Log && rule.template.is_some() {
-        return Err(
-            "template is only used by log rules: remove it or use \"action\": \"log\"".into(),
-        );
-    }
-    if rule.action != Action::Metric && rule.metric.is_some() {
-        return Err(
-            "metric is only used by metric rules: remove it or use \"action\": \"metric\"".into(),
-        );
-    }
-    if let Some(w) = &rule.when
-        && w.trim().is_empty()
-    {
-        return Err("when is empty: remove it or give a condition such as \"user.id == 7\"".into());
-    }
+    rule.check_shape()?;
     // Syntax, and the types that are known without debug info (literals, operators);
     // names and the variables' types are checked by each agent against its debug info.
     let scope = UnknownTypes;
@@ -162,32 +113,7 @@ pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String
             })?;
         }
     }
-    if let Some(n) = rule.max_hits
-        && !(1..=MAX_HITS).contains(&n)
-    {
-        return Err(format!(
-            "max_hits must be between 1 and {MAX_HITS}, not {n}"
-        ));
-    }
-    if let Some(e) = &rule.expires {
-        parse_expires(e)?;
-    }
-    if let Some(r) = &rule.rate {
-        check_rate(r)?;
-    }
     check_limits(&mut rule.limits, max)?;
-    for t in &rule.to {
-        if t.is_empty() || t.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "invalid target {t:?}: name a target such as \"ui\" or \"slack\""
-            ));
-        }
-    }
-    if let Some(s) = &rule.service
-        && s.trim().is_empty()
-    {
-        return Err("service is empty: remove it to select every service".into());
-    }
     // Defaults per action (DESIGN.md, "Defaults").
     let defaults = rule.action.defaults();
     rule.rate.get_or_insert_with(|| defaults.rate.to_string());
@@ -261,78 +187,6 @@ fn check_limits(l: &mut nonstop_model::Limits, max: &CaptureLimits) -> Result<()
         }
     }
     Ok(())
-}
-
-/// Checks a location: `FILE:LINE` with a line from 1, or a function path such as
-/// `checkout::cart::add`.
-pub fn check_location(at: &str) -> Result<(), String> {
-    if at.trim().is_empty() {
-        return Err(
-            "at is empty: give FILE:LINE (src/cart.rs:42) or a function (cart::add)".into(),
-        );
-    }
-    if at.trim() != at || at.chars().any(char::is_control) {
-        return Err(format!(
-            "at {at:?} has surrounding spaces or control characters"
-        ));
-    }
-    // A single colon (not part of `::`) separates a file from its line.
-    if let Some((file, line)) = split_file_line(at) {
-        if file.is_empty() {
-            return Err(format!("at {at:?} has no file before the line number"));
-        }
-        return match line.parse::<u32>() {
-            Ok(0) => Err(format!("at {at:?}: lines start at 1")),
-            Ok(_) => Ok(()),
-            Err(_) => Err(format!(
-                "at {at:?}: expected FILE:LINE with a line number, e.g. src/cart.rs:42"
-            )),
-        };
-    }
-    Ok(())
-}
-
-/// Splits `FILE:LINE` at its last single colon; `None` for a function path.
-fn split_file_line(at: &str) -> Option<(&str, &str)> {
-    let bytes = at.as_bytes();
-    let i = at.rfind(':')?;
-    let double = (i > 0 && bytes[i - 1] == b':') || bytes.get(i + 1) == Some(&b':');
-    if double {
-        return None;
-    }
-    Some((&at[..i], &at[i + 1..]))
-}
-
-/// Parses a rule's `expires` (the model's grammar) and holds it to this server's bounds:
-/// more than zero, at most [`MAX_EXPIRES`].
-pub fn parse_expires(s: &str) -> Result<Duration, String> {
-    let d = nonstop_model::parse_duration(s)?;
-    if d.is_zero() || d > MAX_EXPIRES {
-        return Err(format!(
-            "duration {s:?} must be more than 0s and at most 30d"
-        ));
-    }
-    Ok(d)
-}
-
-/// Parses a rule's `rate` (the model's grammar) and holds it to this server's bounds:
-/// at most [`MAX_RATE_PER_SEC`] hits per second.
-pub fn check_rate(s: &str) -> Result<nonstop_model::Rate, String> {
-    let rate = nonstop_model::parse_rate(s)?;
-    if rate.per_second() > MAX_RATE_PER_SEC as f64 {
-        return Err(format!(
-            "rate {s:?} must allow at most {MAX_RATE_PER_SEC} hits per second"
-        ));
-    }
-    Ok(rate)
-}
-
-/// Whether `id` can name a rule or agent: 1-64 of `[A-Za-z0-9_-.]`.
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// A new rule id: `r-` and 8 base32 characters (40 random bits).

@@ -8,8 +8,8 @@
 
 use crate::client::{Client, ServerArgs};
 use anyhow::{Result, bail};
+use nonstop_model::check::{MAX_EXPIRES, MAX_HITS};
 use nonstop_model::{Action, Metric, MetricKind, Response, Rule};
-use nonstop_server::validate::{MAX_EXPIRES, MAX_HITS};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
