@@ -638,10 +638,7 @@ impl Agent {
         } else {
             site_frames(&site.site)
         };
-        let message = held
-            .template
-            .as_ref()
-            .map(|t| t.render(&env, &nonstop_debuginfo::debug_string).text);
+        let message = held.template.as_ref().map(|t| t.render(&env).text);
         let watch = Locals(
             held.watch
                 .iter()
@@ -905,7 +902,7 @@ fn measure(
     let mut tags = std::collections::BTreeMap::new();
     for (name, expr) in &m.tags {
         let text = expr
-            .eval_display(env, &nonstop_debuginfo::debug_string)
+            .eval_display(env)
             .map_err(|e| format!("tag {name}: {e}"))?;
         tags.insert(name.clone(), text);
     }

@@ -155,25 +155,17 @@ impl Expr {
 
     /// Evaluates to the display form (`{expr}` in a template, metric tag values):
     /// strings without quotes, numbers plain, other values in their debug form.
-    pub fn eval_display(
-        &self,
-        env: &dyn Env,
-        debug: &dyn Fn(&Value) -> String,
-    ) -> Result<String, EvalError> {
+    pub fn eval_display(&self, env: &dyn Env) -> Result<String, EvalError> {
         let v = self.eval(env)?;
         check_readable(v, self.source())?;
-        Ok(v.display(debug))
+        Ok(v.display())
     }
 
     /// Evaluates to the debug form (`{expr:?}` in a template), like Rust's `{:?}`.
-    pub fn eval_debug(
-        &self,
-        env: &dyn Env,
-        debug: &dyn Fn(&Value) -> String,
-    ) -> Result<String, EvalError> {
+    pub fn eval_debug(&self, env: &dyn Env) -> Result<String, EvalError> {
         let v = self.eval(env)?;
         check_readable(v, self.source())?;
-        Ok(v.debug(debug))
+        Ok(v.debug())
     }
 }
 
@@ -185,8 +177,9 @@ fn check_readable(v: Val<'_>, what: &str) -> Result<(), EvalError> {
 }
 
 impl Val<'_> {
-    /// The display form: strings without quotes, numbers plain, other values through `debug`.
-    pub fn display(&self, debug: &dyn Fn(&Value) -> String) -> String {
+    /// The display form: strings without quotes, numbers plain, other values in their
+    /// debug form ([`Value::rust_debug`]).
+    pub fn display(&self) -> String {
         match self {
             Val::Bool(b) => b.to_string(),
             Val::Int(i) => i.to_string(),
@@ -209,13 +202,13 @@ impl Val<'_> {
                 // An f32 widened to f64 shows as the f32 it was (0.1, not 0.10000000149011612).
                 Data::Float(f) if v.type_name == "f32" => (*f as f32).to_string(),
                 Data::Float(f) => f.to_string(),
-                _ => debug(v),
+                _ => v.rust_debug(),
             },
         }
     }
 
-    /// The debug form, like Rust's `{:?}`; captured values go through `debug`.
-    pub fn debug(&self, debug: &dyn Fn(&Value) -> String) -> String {
+    /// The debug form, like Rust's `{:?}` ([`Value::rust_debug`] for captured values).
+    pub fn debug(&self) -> String {
         match self {
             Val::Bool(b) => format!("{b:?}"),
             Val::Int(i) => format!("{i:?}"),
@@ -223,7 +216,7 @@ impl Val<'_> {
             Val::Float(f) => format!("{f:?}"),
             Val::Str(s) => format!("{s:?}"),
             Val::Char(c) => format!("{c:?}"),
-            Val::Value(v) => debug(v),
+            Val::Value(v) => v.rust_debug(),
         }
     }
 }
@@ -1122,21 +1115,20 @@ pub(crate) mod tests {
         assert_eq!(num("order.ratio"), Ok(0.5));
         assert_eq!(num("order.items.len() > 1"), Ok(1.0));
         assert!(num("user.name").is_err());
-        let dbg = |v: &Value| format!("<{}>", v.type_name);
-        let show = |s: &str| Expr::parse(s).unwrap().eval_display(&env, &dbg);
-        let debug = |s: &str| Expr::parse(s).unwrap().eval_debug(&env, &dbg);
+        let show = |s: &str| Expr::parse(s).unwrap().eval_display(&env);
+        let debug = |s: &str| Expr::parse(s).unwrap().eval_debug(&env);
         assert_eq!(show("user.name").as_deref(), Ok("ann"));
         assert_eq!(show("order.total").as_deref(), Ok("12000"));
         assert_eq!(show("order.ratio").as_deref(), Ok("0.5"));
         assert_eq!(show("order.small").as_deref(), Ok("0.1"));
         assert_eq!(show("order.level").as_deref(), Ok("High"));
-        assert_eq!(show("order.items").as_deref(), Ok("<Vec<u32>>"));
+        assert_eq!(show("order.items").as_deref(), Ok("[3, 4]"));
         assert_eq!(show("long").as_deref(), Ok("abc…"));
         assert_eq!(show("order.total + 1").as_deref(), Ok("12001"));
         assert_eq!(show("\"x\"").as_deref(), Ok("x"));
         assert_eq!(debug("\"x\"").as_deref(), Ok("\"x\""));
         assert_eq!(debug("1.0").as_deref(), Ok("1.0"));
-        assert_eq!(debug("user.name").as_deref(), Ok("<&str>"));
+        assert_eq!(debug("user.name").as_deref(), Ok("\"ann\""));
         assert!(show("gone").is_err());
         assert!(show("user.password").is_err());
     }
@@ -1253,7 +1245,7 @@ pub(crate) mod tests {
                     let env = Vars(vec![("a".into(), a), ("b".into(), b)]);
                     let _ = e.eval_condition(&env);
                     let _ = e.eval_number(&env);
-                    let _ = e.eval_display(&env, &|v: &Value| v.type_name.clone());
+                    let _ = e.eval_display(&env);
                 }
             }
         }

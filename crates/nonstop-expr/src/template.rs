@@ -3,7 +3,6 @@
 use crate::check::{CheckError, Scope};
 use crate::eval::{Env, EvalError};
 use crate::syntax::{Expr, ParseError};
-use nonstop_model::Value;
 
 /// One piece of a template.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,9 +154,9 @@ impl Template {
     }
 
     /// Renders the template; a hole that fails renders as `<error: …>` and is listed in
-    /// [`Rendered::errors`]. `debug` renders a captured value like Rust's `{:?}`
-    /// (the agent passes `nonstop_debuginfo::decode::debug_string`).
-    pub fn render(&self, env: &dyn Env, debug: &dyn Fn(&Value) -> String) -> Rendered {
+    /// [`Rendered::errors`]. A captured value in a `{x:?}` hole (or one with no plain
+    /// form) renders like Rust's `{:?}` ([`Value::rust_debug`](nonstop_model::Value::rust_debug)).
+    pub fn render(&self, env: &dyn Env) -> Rendered {
         let mut text = String::new();
         let mut errors = Vec::new();
         for part in &self.parts {
@@ -165,9 +164,9 @@ impl Template {
                 Part::Text(t) => text.push_str(t),
                 Part::Hole { expr, debug: d } => {
                     let r = if *d {
-                        expr.eval_debug(env, debug)
+                        expr.eval_debug(env)
                     } else {
-                        expr.eval_display(env, debug)
+                        expr.eval_display(env)
                     };
                     match r {
                         Ok(s) => text.push_str(&s),
@@ -212,9 +211,7 @@ mod tests {
     use crate::eval::tests::env;
 
     fn render(src: &str) -> Rendered {
-        Template::parse(src)
-            .unwrap()
-            .render(&env(), &|v: &Value| format!("<{}>", v.type_name))
+        Template::parse(src).unwrap().render(&env())
     }
 
     fn error(src: &str) -> String {
@@ -224,7 +221,7 @@ mod tests {
     #[test]
     fn holes_render_display_and_debug_forms() {
         let r = render("paid {order.total} for {user.name:?} ({user.name}) on {thread}");
-        assert_eq!(r.text, "paid 12000 for <&str> (ann) on worker-1");
+        assert_eq!(r.text, "paid 12000 for \"ann\" (ann) on worker-1");
         assert!(r.errors.is_empty());
         assert_eq!(
             render("{{literal}} {{{order.kind == Credit}}}").text,
@@ -290,7 +287,7 @@ mod tests {
         #[test]
         fn parse_never_panics(s in "[{}a-z.:?\" ]{0,40}") {
             if let Ok(t) = Template::parse(&s) {
-                let _ = t.render(&env(), &|v: &Value| v.type_name.clone());
+                let _ = t.render(&env());
             }
         }
     }

@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod check;
+pub mod debug;
 pub mod defaults;
 pub mod grammar;
 pub mod metrics;
