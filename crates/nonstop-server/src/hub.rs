@@ -1,7 +1,7 @@
 //! The agent hub: the WebSocket sessions and the HTTP path for serverless agents.
 
-use crate::App;
-use crate::api::{ApiError, parse_json};
+use crate::app::App;
+use crate::error::{ApiError, parse_json};
 use crate::clock::now_ms;
 use crate::validate;
 use axum::Json;
@@ -26,20 +26,6 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
-
-/// Whether `rule` selects the agent `info`: same service and the same version (exactly,
-/// when the rule names them) and every label of the rule present with the same value.
-pub fn selects(rule: &Rule, info: &AgentInfo) -> bool {
-    rule.service.as_deref().is_none_or(|s| s == info.service)
-        && rule
-            .version
-            .as_deref()
-            .is_none_or(|v| info.version.as_deref() == Some(v))
-        && rule
-            .labels
-            .iter()
-            .all(|(k, v)| info.labels.get(k) == Some(v))
-}
 
 fn check_hello(info: &AgentInfo) -> Result<(), String> {
     if !validate::is_valid_id(&info.id) {

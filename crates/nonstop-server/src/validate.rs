@@ -344,26 +344,7 @@ pub fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
     Ok((n, per))
 }
 
-/// Whether `id` can name a rule or agent: 1-64 of `[A-Za-z0-9_-.]`.
-pub fn is_valid_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-}
-
-/// A new rule id: `r-` and 8 base32 characters (40 random bits).
-pub fn new_rule_id() -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut bytes = [0u8; 5];
-    crate::auth::fill_random(&mut bytes);
-    let bits = bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
-    let mut id = String::from("r-");
-    for i in (0..8).rev() {
-        id.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
-    }
-    id
-}
+pub use crate::ids::{is_valid_id, new_rule_id};
 
 #[cfg(test)]
 mod tests {
