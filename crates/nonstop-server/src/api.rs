@@ -1,22 +1,17 @@
 //! The REST API under `/api/v1` and the live stream of responses.
 
 use crate::app::App;
-use crate::error::{ApiError, JsonBody, checked_id, query};
 use crate::clock::{now_ms, rfc3339};
+use crate::error::{ApiError, JsonBody, checked_id, query};
 use crate::store::{AgentRecord, AgentRuleStatus, RuleState, StoreError, StoredRule};
 use crate::validate;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use nonstop_model::{AgentInfo, Rule, StatusKind};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::sync::Arc;
 
 /// A rule with its server-side state and its status on each agent.

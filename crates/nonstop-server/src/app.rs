@@ -2,9 +2,9 @@
 //! and the live stream of responses (`GET /api/v1/responses/stream`).
 
 use crate::error::{ApiError, checked_id, query};
+use crate::ids::Tokens;
 use crate::sources::Sources;
 use crate::store::{Retention, RuleState, Store, StoreError};
-use crate::ids::Tokens;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -37,7 +37,7 @@ pub(crate) struct App {
     /// Open WebSocket connections per agent id.
     pub(crate) connections: Mutex<HashMap<String, usize>>,
     /// Where the web IDE reads code.
-    pub(crate) sources: Arc<sources::Sources>,
+    pub(crate) sources: Arc<Sources>,
     /// The largest capture limits a rule may ask for.
     pub(crate) max_limits: nonstop_model::CaptureLimits,
 }
@@ -65,7 +65,9 @@ impl App {
             Ok(s.rules()?
                 .into_iter()
                 .filter(|r| {
-                    r.state == RuleState::Active && r.enabled && crate::selection::selects(&r.rule, &info)
+                    r.state == RuleState::Active
+                        && r.enabled
+                        && crate::selection::selects(&r.rule, &info)
                 })
                 .map(|r| r.rule)
                 .collect())

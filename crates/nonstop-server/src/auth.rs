@@ -5,15 +5,11 @@
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::ids::{new_token, same};
+use crate::ids::same;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 /// The cookie that carries the admin token for the browser.

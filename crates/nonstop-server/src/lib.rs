@@ -333,9 +333,13 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         None
     };
     let db = data.join("nonstop.db");
+    let sources_dir = data.join("sources");
     let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
         let s = sqlite::SqliteStore::open(&db)?;
         s.disconnect_all()?;
+        if let Err(e) = sources::registry::import_saved(&sources_dir, &s) {
+            tracing::error!("sources: {e}");
+        }
         Ok::<_, StoreError>(s)
     })
     .await
@@ -364,7 +368,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
         max_limits: config.max_limits,
     });
-    app.sources.start(stop_rx.clone());
+    app.sources.start(app.store.clone(), stop_rx.clone());
 
     // Rules whose time is up leave every agent's set.
     let expiry_app = app.clone();

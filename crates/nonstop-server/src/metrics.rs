@@ -2,8 +2,8 @@
 //! for the IDE and the CLI, both summed per service over its agents.
 
 use crate::app::App;
-use crate::error::{ApiError, checked_id, query};
 use crate::clock::rfc3339;
+use crate::error::{ApiError, checked_id, query};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};

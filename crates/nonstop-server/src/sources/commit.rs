@@ -29,7 +29,7 @@ pub struct At {
 
 /// The commit the service's agents report: the most recently seen agent that has one,
 /// connected agents first.
-fn agents_commit(agents: &[AgentRecord], service: &str) -> Option<(String, String)> {
+pub(crate) fn agents_commit(agents: &[AgentRecord], service: &str) -> Option<(String, String)> {
     agents
         .iter()
         .filter(|a| a.info.service == service && a.info.commit.is_some())
@@ -39,7 +39,7 @@ fn agents_commit(agents: &[AgentRecord], service: &str) -> Option<(String, Strin
 
 /// Picks the commit to read: the asked or reported one when the repository has it (after a
 /// fetch if needed), else the branch head with a warning. Blocking.
-fn pick_commit(
+pub(crate) fn pick_commit(
     source: &Source,
     git: &dyn GitBackend,
     requested: Option<(String, Option<String>)>,
@@ -125,7 +125,7 @@ fn pick_commit(
 }
 
 /// Adds to `at`'s warning when the service's agents run several commits.
-fn note_mixed(at: &mut At, commits: &[String]) {
+pub(crate) fn note_mixed(at: &mut At, commits: &[String]) {
     if commits.len() < 2 {
         return;
     }
@@ -146,4 +146,3 @@ fn note_mixed(at: &mut At, commits: &[String]) {
         None => note,
     });
 }
-

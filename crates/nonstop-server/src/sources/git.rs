@@ -149,7 +149,13 @@ impl gix::Progress for Task {
         *self.state.name.lock().unwrap_or_else(|p| p.into_inner()) = name;
     }
     fn name(&self) -> Option<String> {
-        Some(self.state.name.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(
+            self.state
+                .name
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
     }
     fn id(&self) -> Id {
         *b"nsrc"
@@ -333,7 +339,8 @@ fn object_dirs(repo: &Repository) -> Vec<PathBuf> {
 
 /// Brings `dst` up to date with the local repository at `path`.
 fn sync_local(dst: &Repository, path: &Path, progress: &Progress) -> Result<(), String> {
-    let src = gix::open(path).map_err(|e| format!("no Git repository at {}: {e}", path.display()))?;
+    let src =
+        gix::open(path).map_err(|e| format!("no Git repository at {}: {e}", path.display()))?;
     let task = progress.task("copying objects".into());
     for dir in object_dirs(&src) {
         copy_objects(&dir, &dst.common_dir().join("objects"), &task)?;
@@ -593,7 +600,8 @@ fn tree_at<'r>(r: &'r Repository, commit: &str) -> Result<gix::Tree<'r>, String>
             .map_err(|e| format!("the repository has no HEAD: {e}"))?
             .detach()
     } else {
-        ObjectId::from_hex(commit.as_bytes()).map_err(|e| format!("invalid commit {commit}: {e}"))?
+        ObjectId::from_hex(commit.as_bytes())
+            .map_err(|e| format!("invalid commit {commit}: {e}"))?
     };
     r.find_commit(id)
         .map_err(|e| format!("no commit {commit}: {e}"))?

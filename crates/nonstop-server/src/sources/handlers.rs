@@ -2,9 +2,9 @@
 //! resolution.
 
 use super::MAX_FILE_BYTES;
-use super::commit::{At, agents_commit, note_mixed, pick_commit};
+use super::commit::{agents_commit, note_mixed, pick_commit};
 use super::git::Blob;
-use super::registry::Source;
+use super::registry::{Source, stored};
 use super::spec::{SourceSpec, check_service, is_commit_id, relative_path};
 use super::tree::{read_folder_file, suffix_matches, tree_of};
 use crate::app::App;
@@ -28,8 +28,20 @@ fn no_source(service: &str) -> ApiError {
     )
 }
 
-fn source_of(app: &App, service: &str) -> Result<Arc<Source>, ApiError> {
+/// Reads the store's sources into the map (another replica may have set one) and starts a
+/// sync of new ones.
+async fn refresh(app: &Arc<App>) -> Result<(), ApiError> {
+    let stored = app.blocking(|s| stored(s)).await?;
+    for s in app.sources.refresh(stored) {
+        let git = app.sources.git.clone();
+        tokio::task::spawn_blocking(move || s.sync(git.as_ref(), Duration::ZERO));
+    }
+    Ok(())
+}
+
+async fn source_of(app: &Arc<App>, service: &str) -> Result<Arc<Source>, ApiError> {
     check_service(service).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    refresh(app).await?;
     app.sources.get(service).ok_or_else(|| no_source(service))
 }
 
@@ -110,6 +122,8 @@ pub struct ServiceView {
     pub status: &'static str,
     /// What went wrong, with `error`.
     pub error: Option<String>,
+    /// How far the clone got, with `cloning` (e.g. `receiving objects 120/340`).
+    pub progress: Option<String>,
     /// Its agents, connected or not.
     pub agents: usize,
     /// Its connected agents.
@@ -122,8 +136,9 @@ pub struct ServiceView {
 pub(crate) async fn list_services(
     State(app): State<Arc<App>>,
 ) -> Result<Json<Vec<ServiceView>>, ApiError> {
+    refresh(&app).await?;
     let agents = app.blocking(|s| s.agents()).await?;
-    let mut names: Vec<String> = app.sources.lock().keys().cloned().collect();
+    let mut names: Vec<String> = app.sources.names();
     names.extend(agents.iter().map(|a| a.info.service.clone()));
     names.sort();
     names.dedup();
@@ -135,9 +150,10 @@ pub(crate) async fn list_services(
                 let (status, error) = src.as_ref().map_or(("none", None), |s| s.status());
                 let mine = agents.iter().filter(|a| a.info.service == service);
                 ServiceView {
-                    source: src.map(|s| s.spec.view()),
+                    source: src.as_ref().map(|s| s.spec.view()),
                     status,
                     error,
+                    progress: src.as_ref().and_then(|s| s.progress()),
                     agents: mine.clone().count(),
                     connected: mine.filter(|a| a.connected).count(),
                     commit: agents_commit(&agents, &service).map(|(c, _)| c),
@@ -150,7 +166,10 @@ pub(crate) async fn list_services(
 
 fn source_view(service: &str, s: &Source) -> serde_json::Value {
     let (status, error) = s.status();
-    serde_json::json!({"service": service, "source": s.spec.view(), "status": status, "error": error})
+    serde_json::json!({
+        "service": service, "source": s.spec.view(), "status": status, "error": error,
+        "progress": s.progress(),
+    })
 }
 
 /// `GET /api/v1/services/{service}/source`
@@ -158,7 +177,7 @@ pub(crate) async fn get_source(
     State(app): State<Arc<App>>,
     UrlPath(service): UrlPath<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let s = source_of(&app, &service)?;
+    let s = source_of(&app, &service).await?;
     Ok(Json(source_view(&service, &s)))
 }
 
@@ -189,10 +208,12 @@ pub(crate) async fn put_source(
     };
     spec.check()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let source = app
-        .sources
-        .set(&service, spec)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let json = serde_json::to_string(&spec)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let key = service.clone();
+    app.blocking(move |s| s.put_source(&key, &json, crate::clock::now_ms()))
+        .await?;
+    let source = app.sources.set(&service, spec);
     tracing::info!(%service, "source set");
     let git = app.sources.git.clone();
     let bg = source.clone();
@@ -207,7 +228,7 @@ pub(crate) async fn list_files(
     q: Result<Query<CommitQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
-    let source = source_of(&app, &service)?;
+    let source = source_of(&app, &service).await?;
     let mixed = if q.commit.is_none() {
         other_commits(&app, &service).await?
     } else {
@@ -237,7 +258,7 @@ pub(crate) async fn read_file(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
     let path = relative_path(&path).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
-    let source = source_of(&app, &service)?;
+    let source = source_of(&app, &service).await?;
     let mixed = if q.commit.is_none() {
         other_commits(&app, &service).await?
     } else {
@@ -303,7 +324,7 @@ pub(crate) async fn resolve(
     q: Result<Query<ResolveQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = query(q)?;
-    let source = source_of(&app, &service)?;
+    let source = source_of(&app, &service).await?;
     let mixed = if q.commit.is_none() {
         other_commits(&app, &service).await?
     } else {
@@ -333,4 +354,3 @@ pub(crate) async fn resolve(
     })
     .await
 }
-

@@ -51,9 +51,8 @@ pub const MAX_FILE_BYTES: u64 = 2 << 20;
 /// How often Git sources are fetched in the background.
 pub const REFRESH: Duration = Duration::from_secs(60);
 /// Shortest time between two fetches asked for by a commit the repository lacks.
-const ON_DEMAND_FETCH: Duration = Duration::from_secs(10);
+pub(crate) const ON_DEMAND_FETCH: Duration = Duration::from_secs(10);
 /// Longest a clone or fetch may take.
-const NETWORK_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const NETWORK_DEADLINE: Duration = Duration::from_secs(120);
 /// Longest a local git command (list, read) may take.
-const LOCAL_DEADLINE: Duration = Duration::from_secs(20);
-
+pub(crate) const LOCAL_DEADLINE: Duration = Duration::from_secs(20);

@@ -62,7 +62,7 @@ impl SourceSpec {
         Ok((service.to_string(), spec))
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         match self {
             SourceSpec::Folder { path } if !path.is_absolute() => Err(format!(
                 "source folder {} is not an absolute path: give the full path",
@@ -87,7 +87,7 @@ impl SourceSpec {
     }
 
     /// The spec as the API shows it: the token replaced by `has_token`.
-    fn view(&self) -> serde_json::Value {
+    pub(crate) fn view(&self) -> serde_json::Value {
         match self {
             SourceSpec::Folder { path } => serde_json::json!({"kind": "folder", "path": path}),
             SourceSpec::Git(g) => serde_json::json!({
@@ -98,7 +98,7 @@ impl SourceSpec {
     }
 }
 
-fn check_service(service: &str) -> Result<(), String> {
+pub(crate) fn check_service(service: &str) -> Result<(), String> {
     if crate::validate::is_valid_id(service) {
         Ok(())
     } else {
@@ -108,7 +108,7 @@ fn check_service(service: &str) -> Result<(), String> {
     }
 }
 
-fn is_ref_name(b: &str) -> bool {
+pub(crate) fn is_ref_name(b: &str) -> bool {
     !b.is_empty()
         && b.len() <= 200
         && !b.starts_with(['-', '/', '.'])
@@ -118,12 +118,12 @@ fn is_ref_name(b: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"-_./+".contains(&c))
 }
 
-fn is_commit_id(c: &str) -> bool {
+pub(crate) fn is_commit_id(c: &str) -> bool {
     (4..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// A checked relative path: no `..`, no root, no empty parts; `/`-separated.
-fn relative_path(p: &str) -> Result<String, String> {
+pub(crate) fn relative_path(p: &str) -> Result<String, String> {
     let p = p.trim_matches('/');
     if p.is_empty() || p.contains('\0') || p.contains('\\') {
         return Err(format!("invalid path {p:?}"));
@@ -168,7 +168,6 @@ pub fn is_text_path(path: &str) -> bool {
 }
 
 /// Folders never listed from a local folder source.
-fn skipped_dir(name: &str) -> bool {
+pub(crate) fn skipped_dir(name: &str) -> bool {
     name.starts_with('.') || matches!(name, "target" | "node_modules" | "build" | "__pycache__")
 }
-

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use std::path::Path;
 
 /// The files of a local folder, relative, sorted, at most `MAX_FILES`.
-fn walk_folder(root: &Path) -> (Vec<String>, bool) {
+pub(crate) fn walk_folder(root: &Path) -> (Vec<String>, bool) {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), String::new())];
     let mut truncated = false;
@@ -46,7 +46,7 @@ fn walk_folder(root: &Path) -> (Vec<String>, bool) {
     (out, truncated)
 }
 
-fn tree_of(
+pub(crate) fn tree_of(
     source: &Source,
     git: &dyn GitBackend,
     at: &At,
@@ -93,7 +93,7 @@ pub fn suffix_matches<'a>(files: &'a [String], path: &str) -> (usize, Vec<&'a st
     (best, found)
 }
 
-fn read_folder_file(root: &Path, path: &str) -> Result<Blob, ApiError> {
+pub(crate) fn read_folder_file(root: &Path, path: &str) -> Result<Blob, ApiError> {
     let missing = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -124,4 +124,3 @@ fn read_folder_file(root: &Path, path: &str) -> Result<Blob, ApiError> {
         bytes: Some(bytes),
     })
 }
-
