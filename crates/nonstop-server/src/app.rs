@@ -67,7 +67,7 @@ impl App {
                 .filter(|r| {
                     r.state == RuleState::Active
                         && r.enabled
-                        && crate::selection::selects(&r.rule, &info)
+                        && r.rule.selects(&info)
                 })
                 .map(|r| r.rule)
                 .collect())

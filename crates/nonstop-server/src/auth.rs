@@ -140,24 +140,3 @@ pub async fn require_agent(State(app): State<Arc<App>>, req: Request, next: Next
         Some(_) => wrong(),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    #[test]
-    fn tokens_are_created_once_owner_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = load_or_create(dir.path()).unwrap();
-        assert_eq!(t.admin.len(), 64);
-        assert_ne!(t.admin, t.agent);
-        let mode = fs::metadata(dir.path().join("admin.token"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_or_create(dir.path()).unwrap(), t);
-        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
-    }
-}

@@ -92,3 +92,24 @@ fn load_or_create_one(path: &Path) -> std::io::Result<String> {
     writeln!(f, "{token}")?;
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn tokens_are_created_once_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = load_or_create(dir.path()).unwrap();
+        assert_eq!(t.admin.len(), 64);
+        assert_ne!(t.admin, t.agent);
+        let mode = std::fs::metadata(dir.path().join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(dir.path()).unwrap(), t);
+        assert!(same("abc", "abc") && !same("abc", "abd") && !same("abc", "ab"));
+    }
+}
