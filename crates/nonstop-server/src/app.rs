@@ -64,11 +64,7 @@ impl App {
         self.blocking(move |s| {
             Ok(s.rules()?
                 .into_iter()
-                .filter(|r| {
-                    r.state == RuleState::Active
-                        && r.enabled
-                        && r.rule.selects(&info)
-                })
+                .filter(|r| r.state == RuleState::Active && r.enabled && r.rule.selects(&info))
                 .map(|r| r.rule)
                 .collect())
         })

@@ -367,6 +367,22 @@ fn sync_local(dst: &Repository, path: &Path, progress: &Progress) -> Result<(), 
     set_refs(dst, &branches, head.as_deref())
 }
 
+/// An error and its causes, `: `-separated (gix's top-level messages alone say too little,
+/// e.g. `Transport handshake failed`).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        next = c.source();
+    }
+    s
+}
+
 /// Brings `dst` up to date with the remote `src`.
 fn sync_remote(
     dst: &Repository,
@@ -406,9 +422,9 @@ fn sync_remote(
     };
     let outcome = connection
         .prepare_fetch(&mut task, options)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| causes(&e))?
         .receive(task, interrupt)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| causes(&e))?;
     let mut branches = BTreeMap::new();
     let mut head = None;
     for r in &outcome.ref_map.remote_refs {
@@ -450,6 +466,9 @@ fn sync_into(
 impl GitBackend for Gix {
     fn sync(&self, repo: &Path, src: &GitSource, progress: &Progress) -> Result<(), String> {
         progress.reset();
+        // HTTPS goes through reqwest on the workspace's rustls, which has no crypto
+        // provider of its own: ring, as for the server's TLS (already set: kept).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if repo.join("HEAD").exists() {
             let dst = gix::open(repo).map_err(|e| format!("cannot open the clone: {e}"))?;
             return with_deadline(NETWORK_DEADLINE, "git fetch", |stop| {
@@ -633,5 +652,59 @@ mod tests {
         assert_eq!(p.summary().as_deref(), Some("receiving objects 120/340"));
         p.reset();
         assert_eq!(p.summary(), None);
+    }
+
+    /// A token is never sent in clear text: over `http://` a remote asking for credentials
+    /// gets none and the error says why (over `https://` gix sends it as basic auth, user
+    /// `x-access-token`).
+    #[test]
+    fn a_token_is_not_sent_over_plain_http() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+                request.push(line.trim_end().to_string());
+            }
+            conn.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            request
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let src = GitSource {
+            url: format!("http://127.0.0.1:{port}/r.git"),
+            branch: None,
+            token: Some("t".into()),
+            subdir: None,
+        };
+        let err = Gix
+            .sync(&dir.path().join("r.git"), &src, &Progress::default())
+            .unwrap_err();
+        assert!(
+            err.contains("Will not send credentials in clear text over http"),
+            "{err}"
+        );
+        let request = seen.join().unwrap();
+        assert_eq!(
+            request[0],
+            "GET /r.git/info/refs?service=git-upload-pack HTTP/1.1"
+        );
+        assert!(
+            !request
+                .iter()
+                .any(|h| h.to_ascii_lowercase().starts_with("authorization:")),
+            "{request:?}"
+        );
+        assert!(!dir.path().join("r.git").exists());
     }
 }

@@ -171,3 +171,45 @@ pub fn is_text_path(path: &str) -> bool {
 pub(crate) fn skipped_dir(name: &str) -> bool {
     name.starts_with('.') || matches!(name, "target" | "node_modules" | "build" | "__pycache__")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_arguments_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            SourceSpec::parse_arg("shop=/srv/shop").unwrap(),
+            (
+                "shop".into(),
+                SourceSpec::Folder {
+                    path: "/srv/shop".into()
+                }
+            )
+        );
+        let (_, g) = SourceSpec::parse_arg("shop=https://example.invalid/shop.git#main").unwrap();
+        assert!(
+            matches!(g, SourceSpec::Git(GitSource { ref branch, .. }) if branch.as_deref() == Some("main"))
+        );
+        assert!(
+            SourceSpec::parse_arg("shop")
+                .unwrap_err()
+                .contains("SERVICE=")
+        );
+        assert!(
+            SourceSpec::parse_arg("shop=relative/dir")
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(SourceSpec::parse_arg("shop=git://h/r.git#-x").is_err());
+    }
+
+    #[test]
+    fn paths_stay_inside_and_text_files_are_picked() {
+        assert!(relative_path("../etc/passwd").is_err());
+        assert!(relative_path("src/../../x").is_err());
+        assert_eq!(relative_path("/src/cart.rs").unwrap(), "src/cart.rs");
+        assert!(is_text_path("src/cart.rs") && is_text_path("Makefile") && is_text_path("a/b.hpp"));
+        assert!(!is_text_path("logo.png") && !is_text_path("a/bin"));
+    }
+}

@@ -124,3 +124,34 @@ pub(crate) fn read_folder_file(root: &Path, path: &str) -> Result<Blob, ApiError
         bytes: Some(bytes),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_suffix_wins_and_ties_are_ambiguous() {
+        let files: Vec<String> = [
+            "src/cart.rs",
+            "shop/src/cart.rs",
+            "src/main.rs",
+            "b/x.c",
+            "a/x.c",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            suffix_matches(&files, "/home/ci/shop/src/cart.rs"),
+            (3, vec!["shop/src/cart.rs"])
+        );
+        assert_eq!(
+            suffix_matches(&files, "/build/x.c"),
+            (1, vec!["b/x.c", "a/x.c"])
+        );
+        assert_eq!(suffix_matches(&files, "/nowhere.rs").1.len(), 0);
+        assert_eq!(
+            suffix_matches(&files, "src/main.rs"),
+            (2, vec!["src/main.rs"])
+        );
+    }
+}
