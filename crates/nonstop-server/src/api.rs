@@ -1,111 +1,18 @@
 //! The REST API under `/api/v1` and the live stream of responses.
 
-use crate::App;
+use crate::app::App;
 use crate::clock::{now_ms, rfc3339};
+use crate::error::{ApiError, JsonBody, checked_id, query};
 use crate::store::{AgentRecord, AgentRuleStatus, RuleState, StoreError, StoredRule};
 use crate::validate;
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use nonstop_model::{AgentInfo, Rule, StatusKind};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::convert::Infallible;
 use std::sync::Arc;
-
-/// An error answered as `{"error": "…"}` with a status code.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-}
-
-impl ApiError {
-    /// An error with `status` and a message that says what to do.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        tracing::error!(error = %e, "store failed");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("the server's store failed ({e}); see the server log"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
-    }
-}
-
-/// A JSON body whose every failure (too large, malformed, unknown field) is an [`ApiError`].
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
-            if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the request body is larger than this route accepts: send less at once",
-                )
-            } else {
-                ApiError::bad_request(format!("cannot read the request body: {rej}"))
-            }
-        })?;
-        parse_json(&bytes).map(JsonBody)
-    }
-}
-
-/// Parses a JSON body into `T`, with an error that says where it went wrong.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let what = if e.is_data() {
-            "invalid JSON body"
-        } else {
-            "malformed JSON"
-        };
-        ApiError::bad_request(format!("{what}: {e}"))
-    })
-}
-
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))
-}
-
-pub(crate) fn checked_id(id: &str) -> Result<(), ApiError> {
-    if validate::is_valid_id(id) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "invalid rule id {id:?}: ids are 1-64 letters, digits, `-`, `_` or `.`; list them with GET /api/v1/rules"
-        )))
-    }
-}
 
 /// A rule with its server-side state and its status on each agent.
 #[derive(Debug, Serialize)]
@@ -255,12 +162,10 @@ pub async fn list_rules(State(app): State<Arc<App>>) -> Result<Json<Vec<RuleView
     let views = app
         .blocking(|s| {
             let agents = s.agents()?;
-            let mut out = Vec::new();
-            for r in s.rules()? {
-                let st = s.statuses(&r.rule.id)?;
-                out.push(rule_view(r, st, &agents));
-            }
-            Ok(out)
+            Ok(s.rules_with_statuses()?
+                .into_iter()
+                .map(|(r, st)| rule_view(r, st, &agents))
+                .collect::<Vec<_>>())
         })
         .await?;
     Ok(Json(views))
@@ -440,140 +345,4 @@ pub async fn list_responses(
         .blocking(move |s| s.responses(q.rule.as_deref(), limit))
         .await?;
     Ok(Json(responses).into_response())
-}
-
-/// The query of `GET /api/v1/responses/stream`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamQuery {
-    /// Only this rule's responses.
-    pub rule: Option<String>,
-    /// Start after the response with this event id (as the `Last-Event-ID` header does).
-    pub after: Option<i64>,
-    /// The UI's token (read by the auth layer, ignored here).
-    #[serde(default, rename = "token")]
-    _token: Option<serde::de::IgnoredAny>,
-}
-
-/// Responses read from the store per step when a stream catches up.
-const CATCH_UP: u64 = 1000;
-
-/// The state of one live stream.
-struct Stream {
-    app: Arc<App>,
-    rx: tokio::sync::broadcast::Receiver<Arc<crate::LiveResponse>>,
-    rule: Option<String>,
-    /// The id of the last response sent (or resumed after); 0 before any.
-    last: i64,
-    /// Responses read from the store, not yet sent.
-    backlog: std::collections::VecDeque<(i64, String)>,
-    /// Whether the store may hold more than the backlog (a full page was read).
-    behind: bool,
-}
-
-impl Stream {
-    /// Reads the next page of what was stored after `last`.
-    async fn catch_up(&mut self) {
-        let (rule, after) = (self.rule.clone(), self.last);
-        match self
-            .app
-            .blocking(move |s| s.responses_after(rule.as_deref(), after, CATCH_UP))
-            .await
-        {
-            Ok(page) => {
-                self.behind = page.len() as u64 == CATCH_UP;
-                self.backlog.extend(
-                    page.into_iter()
-                        .filter_map(|(id, r)| serde_json::to_string(&r).ok().map(|j| (id, j))),
-                );
-            }
-            Err(e) => {
-                tracing::error!("a live stream cannot catch up: {e}");
-                self.behind = false;
-            }
-        }
-    }
-
-    /// The next event, or `None` when the server stops.
-    async fn next(mut self) -> Option<(Result<Event, Infallible>, Stream)> {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            if self.backlog.is_empty() && self.behind {
-                self.catch_up().await;
-            }
-            if let Some((id, json)) = self.backlog.pop_front() {
-                self.last = id;
-                let event = Event::default().id(id.to_string()).data(json);
-                return Some((Ok(event), self));
-            }
-            match self.rx.recv().await {
-                Ok(live) => {
-                    let wanted = self.rule.as_deref().is_none_or(|r| r == live.rule);
-                    if live.id > self.last && wanted {
-                        self.last = live.id;
-                        let event = Event::default()
-                            .id(live.id.to_string())
-                            .data(live.json.as_str());
-                        return Some((Ok(event), self));
-                    }
-                }
-                // Fallen behind the live channel: what was missed is in the store.
-                Err(RecvError::Lagged(n)) if self.last > 0 => {
-                    tracing::debug!(missed = n, "a live stream catches up from the store");
-                    self.behind = true;
-                }
-                Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "a live stream fell behind before its first response"
-                    );
-                    let note = Event::default().comment("missed responses: the stream fell behind");
-                    return Some((Ok(note), self));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
-/// `GET /api/v1/responses/stream`: Server-Sent Events, each event's data one Response JSON
-/// and its id the response's id in the store. A client that reconnects with
-/// `Last-Event-ID` (or `?after=ID`) first gets what it missed, then the live ones.
-pub async fn stream_responses(
-    State(app): State<Arc<App>>,
-    headers: axum::http::HeaderMap,
-    q: Result<Query<StreamQuery>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let q = query(q)?;
-    if let Some(r) = &q.rule {
-        checked_id(r)?;
-    }
-    let resume = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("Last-Event-ID must be an event id this stream sent")
-                })?,
-        ),
-        None => q.after,
-    };
-    // Subscribe before reading the store, so nothing falls between the two.
-    let stream = Stream {
-        rx: app.live.subscribe(),
-        rule: q.rule,
-        last: resume.unwrap_or(0).max(0),
-        backlog: Default::default(),
-        behind: resume.is_some(),
-        app: app.clone(),
-    };
-    let mut shutdown = app.shutdown.clone();
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    let events = futures_util::stream::unfold(stream, Stream::next).take_until(Box::pin(stop));
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::default())
-        .into_response())
 }

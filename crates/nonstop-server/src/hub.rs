@@ -1,8 +1,8 @@
 //! The agent hub: the WebSocket sessions and the HTTP path for serverless agents.
 
-use crate::App;
-use crate::api::{ApiError, parse_json};
+use crate::app::App;
 use crate::clock::now_ms;
+use crate::error::{ApiError, parse_json};
 use crate::validate;
 use axum::Json;
 use axum::body::Bytes;

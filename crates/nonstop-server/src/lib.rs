@@ -46,9 +46,12 @@
 #![deny(missing_docs)]
 
 mod api;
+mod app;
 mod auth;
 pub mod clock;
+mod error;
 mod hub;
+pub mod ids;
 mod metrics;
 pub mod sources;
 pub mod sqlite;
@@ -57,15 +60,15 @@ pub mod tls;
 mod ui;
 pub mod validate;
 
-use crate::api::ApiError;
-pub use crate::auth::Tokens;
-use crate::store::{Retention, RuleState, Store, StoreError};
+use crate::app::App;
+use crate::error::ApiError;
+pub use crate::ids::Tokens;
+use crate::store::{Retention, Store, StoreError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use nonstop_model::{AgentInfo, Response, Rule};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
@@ -213,159 +216,6 @@ impl ServerHandle {
     }
 }
 
-/// A stored response on its way to live streams.
-pub(crate) struct LiveResponse {
-    /// Its id in the store; live streams send it as the event id.
-    id: i64,
-    rule: String,
-    json: String,
-}
-
-/// The state every handler shares.
-pub(crate) struct App {
-    store: Arc<dyn Store>,
-    tokens: Option<Tokens>,
-    retention: Retention,
-    /// Bumped whenever any rule changes; each agent session recomputes its set.
-    rules_gen: watch::Sender<u64>,
-    live: broadcast::Sender<Arc<LiveResponse>>,
-    shutdown: watch::Receiver<bool>,
-    /// Open WebSocket connections per agent id.
-    connections: Mutex<HashMap<String, usize>>,
-    /// Where the web IDE reads code.
-    sources: Arc<sources::Sources>,
-    /// The largest capture limits a rule may ask for.
-    max_limits: nonstop_model::CaptureLimits,
-}
-
-impl App {
-    /// Runs a store call on the blocking pool.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
-            .await
-            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
-    }
-
-    fn rules_changed(&self) {
-        self.rules_gen.send_modify(|g| *g += 1);
-    }
-
-    /// The active, enabled rules that select `info`.
-    async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
-        let info = info.clone();
-        self.blocking(move |s| {
-            Ok(s.rules()?
-                .into_iter()
-                .filter(|r| r.state == RuleState::Active && r.enabled && r.rule.selects(&info))
-                .map(|r| r.rule)
-                .collect())
-        })
-        .await
-    }
-
-    /// Stores responses, streams the stored ones, and pushes new rule sets when a rule
-    /// reached its max hits.
-    async fn ingest(
-        &self,
-        agent: &str,
-        mut responses: Vec<Response>,
-        dropped: u64,
-    ) -> Result<(), ApiError> {
-        // A sender speaks for its own agent only.
-        for r in &mut responses {
-            if r.agent != agent {
-                r.agent = agent.to_string();
-            }
-        }
-        let retention = self.retention;
-        let id = agent.to_string();
-        let ins = self
-            .blocking(move |s| {
-                if dropped > 0 {
-                    s.add_dropped(&id, dropped)?;
-                }
-                s.insert_responses(responses, clock::now_ms(), retention)
-            })
-            .await?;
-        if ins.refused > 0 {
-            tracing::debug!(
-                agent,
-                refused = ins.refused,
-                "responses for inactive or full rules dropped"
-            );
-        }
-        for (id, r) in ins.stored {
-            if let Ok(json) = serde_json::to_string(&r) {
-                let live = LiveResponse {
-                    id,
-                    rule: r.rule,
-                    json,
-                };
-                let _ = self.live.send(Arc::new(live));
-            }
-        }
-        if !ins.done.is_empty() {
-            tracing::info!(rules = ?ins.done, "rules reached their max hits");
-            self.rules_changed();
-        }
-        Ok(())
-    }
-
-    /// Stores an agent's metric series and pushes new rule sets when a metric rule
-    /// reached its max hits.
-    async fn ingest_metrics(
-        &self,
-        agent: &str,
-        series: Vec<nonstop_model::MetricSeries>,
-    ) -> Result<(), StoreError> {
-        let id = agent.to_string();
-        let done = self
-            .blocking(move |s| s.upsert_metrics(&id, &series, clock::now_ms()))
-            .await?;
-        if done.refused > 0 || done.stale > 0 {
-            tracing::debug!(
-                agent,
-                refused = done.refused,
-                stale = done.stale,
-                "metric series for inactive rules, past the series cap, or older than stored were not kept"
-            );
-        }
-        if !done.done.is_empty() {
-            tracing::info!(rules = ?done.done, "metric rules reached their max hits");
-            self.rules_changed();
-        }
-        Ok(())
-    }
-
-    fn connection_opened(&self, agent: &str) {
-        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        *c.entry(agent.to_string()).or_default() += 1;
-    }
-
-    async fn connection_closed(&self, agent: &str) {
-        let last = {
-            let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-            let n = c.entry(agent.to_string()).or_default();
-            *n = n.saturating_sub(1);
-            let last = *n == 0;
-            if last {
-                c.remove(agent);
-            }
-            last
-        };
-        if last {
-            let id = agent.to_string();
-            let _ = self
-                .blocking(move |s| s.touch_agent(&id, Some(false), clock::now_ms()))
-                .await;
-        }
-    }
-}
-
 const OPENAPI: &str = include_str!("openapi.json");
 
 fn router(app: Arc<App>) -> Router {
@@ -386,7 +236,7 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/templates", get(api::list_templates))
         .route("/api/v1/agents", get(api::list_agents))
         .route("/api/v1/responses", get(api::list_responses))
-        .route("/api/v1/responses/stream", get(api::stream_responses))
+        .route("/api/v1/responses/stream", get(app::stream_responses))
         .route("/api/v1/services", get(sources::list_services))
         .route(
             "/api/v1/services/{service}/source",
@@ -472,7 +322,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         })?;
     let tokens = if config.auth {
         Some(
-            auth::load_or_create(&data).map_err(|source| ServeError::Data {
+            ids::load_or_create(&data).map_err(|source| ServeError::Data {
                 path: data.clone(),
                 source,
             })?,
@@ -481,9 +331,13 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         None
     };
     let db = data.join("nonstop.db");
+    let sources_dir = data.join("sources");
     let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
         let s = sqlite::SqliteStore::open(&db)?;
         s.disconnect_all()?;
+        if let Err(e) = sources::registry::import_saved(&sources_dir, &s) {
+            tracing::error!("sources: {e}");
+        }
         Ok::<_, StoreError>(s)
     })
     .await
@@ -512,7 +366,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
         max_limits: config.max_limits,
     });
-    app.sources.start(stop_rx.clone());
+    app.sources.start(app.store.clone(), stop_rx.clone());
 
     // Rules whose time is up leave every agent's set.
     let expiry_app = app.clone();

@@ -1,9 +1,9 @@
 //! The metrics of `metric` rules: `GET /metrics` for Prometheus and `GET /api/v1/metrics`
 //! for the IDE and the CLI, both summed per service over its agents.
 
-use crate::App;
-use crate::api::{ApiError, checked_id, query};
+use crate::app::App;
 use crate::clock::rfc3339;
+use crate::error::{ApiError, checked_id, query};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};

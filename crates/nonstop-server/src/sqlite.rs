@@ -77,6 +77,15 @@ CREATE TABLE metric_series (
 );
 CREATE INDEX metric_series_by_agent ON metric_series (agent);
 "#,
+    // Where the web IDE reads each service's code, set through the API (the command line's
+    // sources are not stored). `spec` is the source's JSON, its access token included.
+    r#"
+CREATE TABLE sources (
+    service TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    updated BIGINT NOT NULL
+);
+"#,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -166,6 +175,27 @@ fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
         r.get(4)?,
         r.get::<_, i64>(5)? != 0,
     ))
+}
+
+/// A status read from `row`'s columns `at..at + 7`: agent, status, message, probes, hits,
+/// dropped, updated.
+fn read_status(
+    row: &rusqlite::Row<'_>,
+    at: usize,
+    rule: &str,
+) -> rusqlite::Result<AgentRuleStatus> {
+    Ok(AgentRuleStatus {
+        agent: row.get(at)?,
+        status: RuleStatus {
+            rule: rule.to_string(),
+            status: parse_status_word(&row.get::<_, String>(at + 1)?),
+            message: row.get(at + 2)?,
+            probes: u32::try_from(row.get::<_, i64>(at + 3)?).unwrap_or(0),
+            hits: to_u64(row.get(at + 4)?),
+            dropped: to_u64(row.get(at + 5)?),
+        },
+        updated_ms: row.get(at + 6)?,
+    })
 }
 
 fn to_stored_rule(
@@ -483,22 +513,60 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         let rows = st
-            .query_map([rule], |r| {
-                Ok(AgentRuleStatus {
-                    agent: r.get(0)?,
-                    status: RuleStatus {
-                        rule: rule.to_string(),
-                        status: parse_status_word(&r.get::<_, String>(1)?),
-                        message: r.get(2)?,
-                        probes: u32::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                        hits: to_u64(r.get(4)?),
-                        dropped: to_u64(r.get(5)?),
-                    },
-                    updated_ms: r.get(6)?,
-                })
-            })
+            .query_map([rule], |r| read_status(r, 0, rule))
             .map_err(db)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn rules_with_statuses(&self) -> Result<Vec<(StoredRule, Vec<AgentRuleStatus>)>, StoreError> {
+        let conn = self.conn();
+        // One read: each rule's row repeated for each of its statuses (or once, with NULLs).
+        let mut st = conn
+            .prepare(
+                "SELECT r.json, r.created, r.expires_at, r.state, r.hits, r.enabled, r.id,
+                        s.agent, s.status, s.message, s.probes, s.hits, s.dropped, s.updated
+                 FROM rules r LEFT JOIN rule_status s ON s.rule = r.id
+                 ORDER BY r.created, r.id, s.agent",
+            )
+            .map_err(db)?;
+        let mut rows = st.query([]).map_err(db)?;
+        let mut out: Vec<(StoredRule, Vec<AgentRuleStatus>)> = Vec::new();
+        let mut last_id: Option<String> = None;
+        while let Some(row) = rows.next().map_err(db)? {
+            let id: String = row.get(6).map_err(db)?;
+            if last_id.as_deref() != Some(id.as_str()) {
+                out.push((to_stored_rule(read_rule(row).map_err(db)?)?, Vec::new()));
+                last_id = Some(id.clone());
+            }
+            if row.get::<_, Option<String>>(7).map_err(db)?.is_some()
+                && let Some((_, statuses)) = out.last_mut()
+            {
+                statuses.push(read_status(row, 7, &id).map_err(db)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn sources(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT service, spec FROM sources ORDER BY service")
+            .map_err(db)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn put_source(&self, service: &str, spec_json: &str, now_ms: i64) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO sources (service, spec, updated) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service) DO UPDATE SET spec = ?2, updated = ?3",
+                params![service, spec_json, now_ms],
+            )
+            .map_err(db)?;
+        Ok(())
     }
 
     fn insert_responses(

@@ -212,6 +212,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// A rule's status on each agent that reported one.
     fn statuses(&self, rule: &str) -> Result<Vec<AgentRuleStatus>, StoreError>;
+    /// Every rule, oldest first, each with its status on each agent that reported one
+    /// (by agent): [`Store::rules`] and [`Store::statuses`] in one read.
+    fn rules_with_statuses(&self) -> Result<Vec<(StoredRule, Vec<AgentRuleStatus>)>, StoreError>;
+
+    /// The sources set through the API: service and the source's JSON (a
+    /// `sources::SourceSpec`, token included), by service.
+    fn sources(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Sets a service's source (its JSON); replaces the one before.
+    fn put_source(&self, service: &str, spec_json: &str, now_ms: i64) -> Result<(), StoreError>;
 
     /// Stores responses for active, enabled rules, up to each rule's max hits over all agents, then
     /// applies `retention`.

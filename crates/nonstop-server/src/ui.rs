@@ -7,8 +7,8 @@
 //! browser accepts it; an `ETag` (a hash of the bytes) lets the browser revalidate cheaply
 //! (`Cache-Control: no-cache`, since the names carry no version).
 
-use crate::App;
-use crate::api::ApiError;
+use crate::app::App;
+use crate::error::ApiError;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};

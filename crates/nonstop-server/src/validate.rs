@@ -189,18 +189,7 @@ fn check_limits(l: &mut nonstop_model::Limits, max: &CaptureLimits) -> Result<()
     Ok(())
 }
 
-/// A new rule id: `r-` and 8 base32 characters (40 random bits).
-pub fn new_rule_id() -> String {
-    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-    let mut bytes = [0u8; 5];
-    crate::auth::fill_random(&mut bytes);
-    let bits = bytes.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b));
-    let mut id = String::from("r-");
-    for i in (0..8).rev() {
-        id.push(ALPHABET[((bits >> (i * 5)) & 31) as usize] as char);
-    }
-    id
-}
+pub use crate::ids::new_rule_id;
 
 #[cfg(test)]
 mod tests {

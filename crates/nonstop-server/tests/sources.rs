@@ -321,3 +321,41 @@ fn the_ide_page_is_served_without_a_token_gzipped_and_revalidated() {
     let api = agent.get(s.url("/api/v1/services")).call().unwrap();
     assert_eq!(api.status().as_u16(), 401);
 }
+
+#[test]
+fn sources_saved_by_an_older_server_are_imported_into_the_store_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    repo(&work);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("sources")).unwrap();
+    let saved = json!({"svc": {"url": format!("file://{}", work.display()), "subdir": "svc"}});
+    std::fs::write(data.join("sources/sources.json"), saved.to_string()).unwrap();
+    let s = TestServer::start(&data);
+    assert!(!data.join("sources/sources.json").exists());
+    assert_eq!(
+        std::fs::read_to_string(data.join("sources/sources.json.imported")).unwrap(),
+        saved.to_string()
+    );
+    let tree = eventually(|| {
+        let t = s.get_json("/api/v1/services/svc/files");
+        t["files"].is_array().then_some(t)
+    });
+    assert_eq!(tree["files"], json!(["src/lib.rs", "src/new.rs"]));
+    // Kept in the store: there after a restart, with the file gone.
+    s.stop();
+    let s = TestServer::start(&data);
+    let all = s.get_json("/api/v1/services");
+    let svc = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["service"] == "svc")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        svc["source"],
+        json!({"kind": "git", "url": format!("file://{}", work.display()), "branch": null,
+               "subdir": "svc", "has_token": false})
+    );
+}

@@ -1,0 +1,307 @@
+//! The state every handler shares, and the path of responses: ingest (store, then stream)
+//! and the live stream of responses (`GET /api/v1/responses/stream`).
+
+use crate::error::{ApiError, checked_id, query};
+use crate::ids::Tokens;
+use crate::sources::Sources;
+use crate::store::{Retention, RuleState, Store, StoreError};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use nonstop_model::{AgentInfo, Response as AgentResponse, Rule};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+/// A stored response on its way to live streams.
+pub(crate) struct LiveResponse {
+    /// Its id in the store; live streams send it as the event id.
+    pub(crate) id: i64,
+    pub(crate) rule: String,
+    pub(crate) json: String,
+}
+
+/// The state every handler shares.
+pub(crate) struct App {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) tokens: Option<Tokens>,
+    pub(crate) retention: Retention,
+    /// Bumped whenever any rule changes; each agent session recomputes its set.
+    pub(crate) rules_gen: watch::Sender<u64>,
+    pub(crate) live: broadcast::Sender<Arc<LiveResponse>>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open WebSocket connections per agent id.
+    pub(crate) connections: Mutex<HashMap<String, usize>>,
+    /// Where the web IDE reads code.
+    pub(crate) sources: Arc<Sources>,
+    /// The largest capture limits a rule may ask for.
+    pub(crate) max_limits: nonstop_model::CaptureLimits,
+}
+
+impl App {
+    /// Runs a store call on the blocking pool.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
+    }
+
+    pub(crate) fn rules_changed(&self) {
+        self.rules_gen.send_modify(|g| *g += 1);
+    }
+
+    /// The active, enabled rules that select `info`.
+    pub(crate) async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
+        let info = info.clone();
+        self.blocking(move |s| {
+            Ok(s.rules()?
+                .into_iter()
+                .filter(|r| r.state == RuleState::Active && r.enabled && r.rule.selects(&info))
+                .map(|r| r.rule)
+                .collect())
+        })
+        .await
+    }
+
+    /// Stores responses, streams the stored ones, and pushes new rule sets when a rule
+    /// reached its max hits.
+    pub(crate) async fn ingest(
+        &self,
+        agent: &str,
+        mut responses: Vec<AgentResponse>,
+        dropped: u64,
+    ) -> Result<(), ApiError> {
+        // A sender speaks for its own agent only.
+        for r in &mut responses {
+            if r.agent != agent {
+                r.agent = agent.to_string();
+            }
+        }
+        let retention = self.retention;
+        let id = agent.to_string();
+        let ins = self
+            .blocking(move |s| {
+                if dropped > 0 {
+                    s.add_dropped(&id, dropped)?;
+                }
+                s.insert_responses(responses, crate::clock::now_ms(), retention)
+            })
+            .await?;
+        if ins.refused > 0 {
+            tracing::debug!(
+                agent,
+                refused = ins.refused,
+                "responses for inactive or full rules dropped"
+            );
+        }
+        for (id, r) in ins.stored {
+            if let Ok(json) = serde_json::to_string(&r) {
+                let live = LiveResponse {
+                    id,
+                    rule: r.rule,
+                    json,
+                };
+                let _ = self.live.send(Arc::new(live));
+            }
+        }
+        if !ins.done.is_empty() {
+            tracing::info!(rules = ?ins.done, "rules reached their max hits");
+            self.rules_changed();
+        }
+        Ok(())
+    }
+
+    /// Stores an agent's metric series and pushes new rule sets when a metric rule
+    /// reached its max hits.
+    pub(crate) async fn ingest_metrics(
+        &self,
+        agent: &str,
+        series: Vec<nonstop_model::MetricSeries>,
+    ) -> Result<(), StoreError> {
+        let id = agent.to_string();
+        let done = self
+            .blocking(move |s| s.upsert_metrics(&id, &series, crate::clock::now_ms()))
+            .await?;
+        if done.refused > 0 || done.stale > 0 {
+            tracing::debug!(
+                agent,
+                refused = done.refused,
+                stale = done.stale,
+                "metric series for inactive rules, past the series cap, or older than stored were not kept"
+            );
+        }
+        if !done.done.is_empty() {
+            tracing::info!(rules = ?done.done, "metric rules reached their max hits");
+            self.rules_changed();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn connection_opened(&self, agent: &str) {
+        let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        *c.entry(agent.to_string()).or_default() += 1;
+    }
+
+    pub(crate) async fn connection_closed(&self, agent: &str) {
+        let last = {
+            let mut c = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let n = c.entry(agent.to_string()).or_default();
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                c.remove(agent);
+            }
+            last
+        };
+        if last {
+            let id = agent.to_string();
+            let _ = self
+                .blocking(move |s| s.touch_agent(&id, Some(false), crate::clock::now_ms()))
+                .await;
+        }
+    }
+}
+
+/// The query of `GET /api/v1/responses/stream`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    /// Only this rule's responses.
+    pub rule: Option<String>,
+    /// Start after the response with this event id (as the `Last-Event-ID` header does).
+    pub after: Option<i64>,
+    /// The UI's token (read by the auth layer, ignored here).
+    #[serde(default, rename = "token")]
+    _token: Option<serde::de::IgnoredAny>,
+}
+
+/// Responses read from the store per step when a stream catches up.
+const CATCH_UP: u64 = 1000;
+
+/// The state of one live stream.
+struct Stream {
+    app: Arc<App>,
+    rx: tokio::sync::broadcast::Receiver<Arc<LiveResponse>>,
+    rule: Option<String>,
+    /// The id of the last response sent (or resumed after); 0 before any.
+    last: i64,
+    /// Responses read from the store, not yet sent.
+    backlog: std::collections::VecDeque<(i64, String)>,
+    /// Whether the store may hold more than the backlog (a full page was read).
+    behind: bool,
+}
+
+impl Stream {
+    /// Reads the next page of what was stored after `last`.
+    async fn catch_up(&mut self) {
+        let (rule, after) = (self.rule.clone(), self.last);
+        match self
+            .app
+            .blocking(move |s| s.responses_after(rule.as_deref(), after, CATCH_UP))
+            .await
+        {
+            Ok(page) => {
+                self.behind = page.len() as u64 == CATCH_UP;
+                self.backlog.extend(
+                    page.into_iter()
+                        .filter_map(|(id, r)| serde_json::to_string(&r).ok().map(|j| (id, j))),
+                );
+            }
+            Err(e) => {
+                tracing::error!("a live stream cannot catch up: {e}");
+                self.behind = false;
+            }
+        }
+    }
+
+    /// The next event, or `None` when the server stops.
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, Stream)> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.backlog.is_empty() && self.behind {
+                self.catch_up().await;
+            }
+            if let Some((id, json)) = self.backlog.pop_front() {
+                self.last = id;
+                let event = Event::default().id(id.to_string()).data(json);
+                return Some((Ok(event), self));
+            }
+            match self.rx.recv().await {
+                Ok(live) => {
+                    let wanted = self.rule.as_deref().is_none_or(|r| r == live.rule);
+                    if live.id > self.last && wanted {
+                        self.last = live.id;
+                        let event = Event::default()
+                            .id(live.id.to_string())
+                            .data(live.json.as_str());
+                        return Some((Ok(event), self));
+                    }
+                }
+                // Fallen behind the live channel: what was missed is in the store.
+                Err(RecvError::Lagged(n)) if self.last > 0 => {
+                    tracing::debug!(missed = n, "a live stream catches up from the store");
+                    self.behind = true;
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "a live stream fell behind before its first response"
+                    );
+                    let note = Event::default().comment("missed responses: the stream fell behind");
+                    return Some((Ok(note), self));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// `GET /api/v1/responses/stream`: Server-Sent Events, each event's data one Response JSON
+/// and its id the response's id in the store. A client that reconnects with
+/// `Last-Event-ID` (or `?after=ID`) first gets what it missed, then the live ones.
+pub async fn stream_responses(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    q: Result<Query<StreamQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    if let Some(r) = &q.rule {
+        checked_id(r)?;
+    }
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Last-Event-ID must be an event id this stream sent")
+                })?,
+        ),
+        None => q.after,
+    };
+    // Subscribe before reading the store, so nothing falls between the two.
+    let stream = Stream {
+        rx: app.live.subscribe(),
+        rule: q.rule,
+        last: resume.unwrap_or(0).max(0),
+        backlog: Default::default(),
+        behind: resume.is_some(),
+        app: app.clone(),
+    };
+    let mut shutdown = app.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let events = futures_util::stream::unfold(stream, Stream::next).take_until(Box::pin(stop));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
