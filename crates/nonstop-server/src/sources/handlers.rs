@@ -31,7 +31,7 @@ fn no_source(service: &str) -> ApiError {
 /// Reads the store's sources into the map (another replica may have set one) and starts a
 /// sync of new ones.
 async fn refresh(app: &Arc<App>) -> Result<(), ApiError> {
-    let stored = app.blocking(|s| stored(s)).await?;
+    let stored = app.blocking(stored).await?;
     for s in app.sources.refresh(stored) {
         let git = app.sources.git.clone();
         tokio::task::spawn_blocking(move || s.sync(git.as_ref(), Duration::ZERO));
