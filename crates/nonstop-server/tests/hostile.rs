@@ -203,3 +203,67 @@ fn a_count_out_of_range_is_refused_to_its_agent_and_others_report_on() {
     assert_eq!(third.recv(), ServerMessage::Pong);
     assert_eq!(hits(&s), json!(9223372036854775807u64));
 }
+
+#[test]
+fn oversized_or_control_character_hellos_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let host = "h".repeat(5 << 20);
+    let (status, body) = post_agent(
+        &s,
+        "/agent/v1/responses",
+        &json!({"type": "hello", "agent": {"id": "x1", "service": "svc", "host": host}}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "message 0 of the batch: the hello's host is 5242880 characters long: at most 255 are accepted"})
+    );
+    let labels: serde_json::Map<String, Value> =
+        (0..100_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let (status, body) = post_agent(
+        &s,
+        "/agent/v1/responses",
+        &json!({"type": "hello", "agent": {"id": "x1", "service": "svc", "labels": labels}})
+            .to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": "message 0 of the batch: the hello has 100000 labels: at most 64 are accepted"})
+    );
+    assert_eq!(s.get_json("/api/v1/agents"), json!([]), "nothing stored");
+
+    // On the WebSocket: the first hello closes with the reason; a re-sent one is refused.
+    let mut a = FakeAgent::open(s.addr, &s.agent);
+    a.send(
+        &serde_json::from_value::<AgentMessage>(
+            json!({"type": "hello", "agent": {"id": "x2", "service": "svc\u{1b}[2J"}}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        a.recv(),
+        ServerMessage::Error {
+            message: "the hello's service holds the control character '\\u{1b}': use printable text"
+                .into()
+        }
+    );
+    let mut b = s.agent("x3", "svc");
+    b.recv_rule_ids();
+    b.send(
+        &serde_json::from_value::<AgentMessage>(
+            json!({"type": "hello", "agent": {"id": "x3", "service": "s".repeat(129)}}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        b.recv(),
+        ServerMessage::Error {
+            message: "the hello's service is 129 characters long: at most 128 are accepted".into()
+        }
+    );
+    let agents = s.get_json("/api/v1/agents");
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
+    assert_eq!(agents[0]["service"], json!("svc"));
+}
