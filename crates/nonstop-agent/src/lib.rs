@@ -224,16 +224,34 @@ fn build_agent(config: &Config) -> Result<Agent, String> {
         .map_err(|e| format!("cannot read this process's modules for stack traces: {e}"))?;
     stacks.share_debug_info(&exe, Arc::clone(&debug));
     let identity = Identity {
-        agent: format!(
-            "{}-{}-{:04x}",
-            hostname(),
+        agent: agent_id(
+            &hostname(),
             std::process::id(),
-            nonstop_probe::monotonic_ns() & 0xffff
+            nonstop_probe::monotonic_ns() & 0xffff,
         ),
         service: config.service.clone(),
     };
     let redactor = redact::Redactor::new(config.redact.clone());
     Ok(Agent::new(identity, debug, bias, stacks, engine, redactor))
+}
+
+/// `{host}-{pid}-{hex}` as the server accepts ids: at most 64 of `[A-Za-z0-9_.-]`, so the
+/// host name is cut to fit and its other characters become `-`.
+fn agent_id(host: &str, pid: u32, hex: u64) -> String {
+    let tail = format!("-{pid}-{hex:04x}");
+    let room = 64usize.saturating_sub(tail.len());
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(room)
+        .collect();
+    format!("{host}{tail}")
 }
 
 fn agent_info(config: &Config, id: &str) -> nonstop_model::wire::AgentInfo {
@@ -362,4 +380,17 @@ fn this_copy_is_the_preloaded_library() -> bool {
     };
     nonstop_debuginfo::maps::containing(&maps, here)
         .is_some_and(|m| m.name.ends_with("libnonstop_agent.so"))
+}
+
+#[cfg(test)]
+mod id_tests {
+    #[test]
+    fn a_long_host_name_is_cut_so_the_id_fits_in_64() {
+        let host = "build-runner-".repeat(8);
+        let id = super::agent_id(&host, 4_194_304, 0xbeef);
+        assert_eq!(id.len(), 64);
+        assert_eq!(id, format!("{}-4194304-beef", &host[..51]));
+        assert_eq!(super::agent_id("h", 7, 0x1), "h-7-0001");
+        assert_eq!(super::agent_id("höst", 7, 0x1), "h-st-7-0001");
+    }
 }

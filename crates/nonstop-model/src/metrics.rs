@@ -60,9 +60,9 @@ impl MetricSeries {
     /// Adds another agent's series of the same metric and tags into this one: counts,
     /// sums, buckets and overflow add up; `last` and `updated` come from the newer.
     pub fn merge(&mut self, other: &MetricSeries) {
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.sum += other.sum;
-        self.overflow += other.overflow;
+        self.overflow = self.overflow.saturating_add(other.overflow);
         if other.updated > self.updated {
             self.updated = other.updated.clone();
             if other.last.is_some() {
@@ -73,7 +73,7 @@ impl MetricSeries {
             self.buckets.resize(other.buckets.len(), 0);
         }
         for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
-            *a += b;
+            *a = a.saturating_add(*b);
         }
     }
 }
@@ -95,7 +95,7 @@ pub fn bucket_of(value: f64) -> usize {
 /// `⌈q·n⌉`, so the true quantile is at most this (and above the bucket below). `None`
 /// when the buckets hold no value; [`f64::INFINITY`] when the value is above every bound.
 pub fn quantile_upper_bound(buckets: &[u64], q: f64) -> Option<f64> {
-    let total: u64 = buckets.iter().sum();
+    let total = buckets.iter().fold(0u64, |t, n| t.saturating_add(*n));
     if total == 0 {
         return None;
     }
@@ -103,7 +103,7 @@ pub fn quantile_upper_bound(buckets: &[u64], q: f64) -> Option<f64> {
     let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).clamp(1, total);
     let mut seen = 0u64;
     for (i, n) in buckets.iter().enumerate() {
-        seen += n;
+        seen = seen.saturating_add(*n);
         if seen >= rank {
             return Some(HISTOGRAM_BOUNDS.get(i).copied().unwrap_or(f64::INFINITY));
         }

@@ -72,17 +72,22 @@ impl App {
     }
 
     /// Stores responses, streams the stored ones, and pushes new rule sets when a rule
-    /// reached its max hits.
+    /// reached its max hits. A response speaks for its sender: its `agent` and `service` are
+    /// the sender's hello's. Returns a note for the agent when some responses were for rules
+    /// the server does not know (deleted or never created).
     pub(crate) async fn ingest(
         &self,
-        agent: &str,
+        info: &AgentInfo,
         mut responses: Vec<AgentResponse>,
         dropped: u64,
-    ) -> Result<(), ApiError> {
-        // A sender speaks for its own agent only.
+    ) -> Result<Option<String>, ApiError> {
+        let agent = info.id.as_str();
         for r in &mut responses {
-            if r.agent != agent {
-                r.agent = agent.to_string();
+            if r.agent != info.id {
+                r.agent.clone_from(&info.id);
+            }
+            if r.service != info.service {
+                r.service.clone_from(&info.service);
             }
         }
         let retention = self.retention;
@@ -116,7 +121,13 @@ impl App {
             tracing::info!(rules = ?ins.done, "rules reached their max hits");
             self.rules_changed();
         }
-        Ok(())
+        Ok((!ins.unknown.is_empty()).then(|| {
+            format!(
+                "responses for unknown rules were not kept: {} (deleted, or never created on this server); \
+                 the agent's next rule set leaves them out",
+                ins.unknown.join(", ")
+            )
+        }))
     }
 
     /// Stores an agent's metric series and pushes new rule sets when a metric rule

@@ -1,9 +1,9 @@
 //! The agent hub: the WebSocket sessions and the HTTP path for serverless agents.
 
 use crate::app::App;
+use crate::checks;
 use crate::clock::now_ms;
 use crate::error::{ApiError, parse_json};
-use crate::validate;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -26,19 +26,6 @@ const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
-
-fn check_hello(info: &AgentInfo) -> Result<(), String> {
-    if !validate::is_valid_id(&info.id) {
-        return Err(format!(
-            "invalid agent id {:?}: use 1-64 letters, digits, `-`, `_` or `.`",
-            info.id
-        ));
-    }
-    if info.service.trim().is_empty() {
-        return Err("the hello has no service: set NONSTOP_SERVICE".into());
-    }
-    Ok(())
-}
 
 /// `GET /agent/v1/ws`
 pub async fn ws(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
@@ -113,7 +100,7 @@ async fn session(app: Arc<App>, mut socket: WebSocket) {
             return;
         }
     };
-    if let Err(reason) = check_hello(&info) {
+    if let Err(reason) = checks::hello(&info) {
         tracing::warn!(%reason, "agent connection closed: bad hello");
         close(&mut socket, CLOSE_POLICY, &reason).await;
         return;
@@ -135,20 +122,20 @@ async fn session(app: Arc<App>, mut socket: WebSocket) {
     }
     app.connection_opened(&id);
     tracing::info!(agent = %id, service = %info.service, "agent connected");
-    let reason = run_session(&app, &mut socket, &info).await;
+    let reason = run_session(&app, &mut socket, info).await;
     app.connection_closed(&id).await;
     tracing::info!(agent = %id, %reason, "agent disconnected");
 }
 
 /// Serves one connected agent until it goes; returns why it ended.
-async fn run_session(app: &Arc<App>, socket: &mut WebSocket, info: &AgentInfo) -> String {
+async fn run_session(app: &Arc<App>, socket: &mut WebSocket, mut info: AgentInfo) -> String {
     let mut changes = app.rules_gen.subscribe();
     let mut shutdown = app.shutdown.clone();
     let mut sent: Option<Vec<Rule>> = None;
     loop {
         // (Re)send the rule set when it differs from what this agent has.
         changes.mark_unchanged();
-        match app.rules_for(info).await {
+        match app.rules_for(&info).await {
             Ok(rules) if sent.as_ref() != Some(&rules) => {
                 if socket
                     .send(text(&ServerMessage::Rules {
@@ -196,7 +183,17 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, info: &AgentInfo) -
                             return reason;
                         }
                     };
-                    match handle(app, &info.id, msg).await {
+                    // A message out of bounds is refused whole, with the reason; the
+                    // connection goes on.
+                    let before = info.clone();
+                    let handled = match checks::message(&msg) {
+                        Ok(()) => handle(app, &mut info, msg).await,
+                        Err(e) => {
+                            tracing::warn!(agent = %info.id, reason = %e, "agent message refused");
+                            Err(e)
+                        }
+                    };
+                    match handled {
                         Ok(Some(reply)) => {
                             if socket.send(text(&reply)).await.is_err() {
                                 return "send failed".into();
@@ -207,27 +204,34 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, info: &AgentInfo) -
                             let _ = socket.send(text(&ServerMessage::Error { message: e })).await;
                         }
                     }
+                    // A hello that changed what selects rules: recompute the set.
+                    if info != before {
+                        break;
+                    }
                 }
             }
         }
     }
 }
 
-/// Handles one message of a known agent; returns the reply, if any.
+/// Handles one checked message of a known agent; returns the reply, if any. A re-sent
+/// hello (same id) updates what the server knows of the agent, `info` included.
 async fn handle(
     app: &Arc<App>,
-    agent: &str,
+    info: &mut AgentInfo,
     msg: AgentMessage,
 ) -> Result<Option<ServerMessage>, String> {
-    let id = agent.to_string();
+    let id = info.id.clone();
     match msg {
-        AgentMessage::Hello { agent: info } => {
-            if info.id != agent {
+        AgentMessage::Hello { agent: hello } => {
+            if hello.id != info.id {
                 return Err("a connection speaks for one agent: reconnect to change the id".into());
             }
-            app.blocking(move |s| s.upsert_agent(&info, true, now_ms()))
+            let stored = hello.clone();
+            app.blocking(move |s| s.upsert_agent(&stored, true, now_ms()))
                 .await
-                .map_err(|e| format!("{e:?}"))?;
+                .map_err(|_| "the server could not record the hello".to_string())?;
+            *info = hello;
             Ok(None)
         }
         AgentMessage::Status { statuses } => {
@@ -237,10 +241,11 @@ async fn handle(
             Ok(None)
         }
         AgentMessage::Responses { responses, dropped } => {
-            app.ingest(&id, responses, dropped)
+            let note = app
+                .ingest(info, responses, dropped)
                 .await
                 .map_err(|_| "the server could not store the responses".to_string())?;
-            Ok(None)
+            Ok(note.map(|message| ServerMessage::Error { message }))
         }
         AgentMessage::Metrics { series } => {
             app.ingest_metrics(&id, series)
@@ -363,13 +368,21 @@ pub async fn post_messages(
             ));
         }
     };
+    // Every message is checked before any is used: a batch out of bounds changes nothing.
+    for (i, m) in messages.iter().enumerate() {
+        checks::message(m).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("message {i} of the batch: {e}"),
+            )
+        })?;
+    }
     let hello = messages.iter().find_map(|m| match m {
         AgentMessage::Hello { agent } => Some(agent.clone()),
         _ => None,
     });
     let info = match hello {
         Some(info) => {
-            check_hello(&info).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
             let i = info.clone();
             app.blocking(move |s| s.upsert_agent(&i, false, now_ms()))
                 .await?;
@@ -397,7 +410,8 @@ pub async fn post_messages(
                     .await?;
             }
             AgentMessage::Responses { responses, dropped } => {
-                app.ingest(&info.id, responses, dropped).await?;
+                // The rule set answered leaves unknown rules out already.
+                app.ingest(&info, responses, dropped).await?;
             }
         }
     }

@@ -48,6 +48,7 @@
 mod api;
 mod app;
 mod auth;
+mod checks;
 pub mod clock;
 mod error;
 mod hub;

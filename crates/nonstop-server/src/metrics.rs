@@ -39,7 +39,9 @@ pub async fn prometheus(State(app): State<Arc<App>>) -> Result<Response, ApiErro
                 dropped.push(DroppedHits {
                     rule: r.rule.id.clone(),
                     metric: metric.name.clone(),
-                    dropped: statuses.iter().map(|st| st.status.dropped).sum(),
+                    dropped: statuses
+                        .iter()
+                        .fold(0u64, |d, st| d.saturating_add(st.status.dropped)),
                 });
             }
             Ok((series, dropped))

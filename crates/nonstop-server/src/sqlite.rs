@@ -86,6 +86,18 @@ CREATE TABLE sources (
     updated BIGINT NOT NULL
 );
 "#,
+    // Heals counts an older server let overflow: SQLite turned `dropped + n` past its
+    // largest integer into a REAL, which no read accepts. Such values become the largest
+    // integer (negative ones 0); counts are saturating and bounded from here on.
+    r#"
+UPDATE agents SET dropped = CASE WHEN dropped < 0 THEN 0 WHEN dropped >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(dropped AS INTEGER) END WHERE typeof(dropped) <> 'integer';
+UPDATE rules SET hits = CASE WHEN hits < 0 THEN 0 WHEN hits >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(hits AS INTEGER) END WHERE typeof(hits) <> 'integer';
+UPDATE rules SET max_hits = CASE WHEN max_hits < 0 THEN 0 WHEN max_hits >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(max_hits AS INTEGER) END WHERE max_hits IS NOT NULL AND typeof(max_hits) <> 'integer';
+UPDATE rule_status SET hits = CASE WHEN hits < 0 THEN 0 WHEN hits >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(hits AS INTEGER) END WHERE typeof(hits) <> 'integer';
+UPDATE rule_status SET dropped = CASE WHEN dropped < 0 THEN 0 WHEN dropped >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(dropped AS INTEGER) END WHERE typeof(dropped) <> 'integer';
+UPDATE rule_status SET probes = CASE WHEN probes < 0 THEN 0 WHEN probes >= 4294967295.0 THEN 4294967295 ELSE CAST(probes AS INTEGER) END WHERE typeof(probes) <> 'integer';
+UPDATE metric_series SET count = CASE WHEN count < 0 THEN 0 WHEN count >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(count AS INTEGER) END WHERE typeof(count) <> 'integer';
+"#,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -442,7 +454,9 @@ impl Store for SqliteStore {
     fn add_dropped(&self, agent: &str, dropped: u64) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                "UPDATE agents SET dropped = dropped + ?2 WHERE id = ?1",
+                // Saturating: `dropped + n` past the largest integer would turn into a REAL.
+                "UPDATE agents SET dropped = CASE WHEN dropped > 9223372036854775807 - ?2
+                    THEN 9223372036854775807 ELSE dropped + ?2 END WHERE id = ?1",
                 params![agent, to_i64(dropped)],
             )
             .map_err(db)?;
@@ -595,6 +609,20 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             if counted == 0 {
                 out.refused += 1;
+                if !out.unknown.contains(&resp.rule) {
+                    let known = tx
+                        .query_row(
+                            "SELECT 1 FROM rules WHERE id = ?1",
+                            [&resp.rule],
+                            |_| Ok(()),
+                        )
+                        .optional()
+                        .map_err(db)?
+                        .is_some();
+                    if !known {
+                        out.unknown.push(resp.rule.clone());
+                    }
+                }
                 continue;
             }
             let json = serde_json::to_string(&resp).map_err(|source| StoreError::Corrupt {
@@ -901,10 +929,22 @@ impl SqliteStore {
             }
         }
         for rule in touched {
+            // Summed saturating here: SQL's SUM fails with `integer overflow` past the largest
+            // integer, which would refuse every later report of the rule.
+            let hits = {
+                let mut st = tx
+                    .prepare_cached("SELECT count FROM metric_series WHERE rule = ?1")
+                    .map_err(db)?;
+                let counts = st.query_map([&rule], |r| r.get::<_, i64>(0)).map_err(db)?;
+                let mut hits = 0i64;
+                for c in counts {
+                    hits = hits.saturating_add(c.map_err(db)?.max(0));
+                }
+                hits
+            };
             tx.execute(
-                "UPDATE rules SET hits = (SELECT COALESCE(SUM(count), 0) FROM metric_series WHERE rule = ?1)
-                 WHERE id = ?1",
-                [&rule],
+                "UPDATE rules SET hits = ?2 WHERE id = ?1",
+                params![&rule, hits],
             )
             .map_err(db)?;
             let finished = tx

@@ -132,6 +132,9 @@ pub struct Inserted {
     pub stored: Vec<(i64, Response)>,
     /// Responses refused: unknown or inactive rule, or past the rule's max hits.
     pub refused: usize,
+    /// The rules of refused responses that the store does not know (deleted, or never
+    /// created), each once.
+    pub unknown: Vec<String>,
     /// Rules that reached their max hits with this batch.
     pub done: Vec<String>,
 }

@@ -98,7 +98,7 @@ pub(crate) fn pick_commit(
                 ),
             )
         })?;
-    let short = &head[..head.len().min(10)];
+    let short = short(&head);
     at.warning = Some(match &at.requested {
         Some(c) => {
             at.fallback = true;
@@ -134,15 +134,34 @@ pub(crate) fn note_mixed(at: &mut At, commits: &[String]) {
         .as_deref()
         .or(at.requested.as_deref())
         .unwrap_or("");
-    let list: Vec<&str> = commits.iter().map(|c| &c[..c.len().min(10)]).collect();
+    let list: Vec<&str> = commits.iter().map(|c| short(c)).collect();
     let note = format!(
         "this service's agents run {} commits ({}); shown: {}",
         commits.len(),
         list.join(", "),
-        &shown[..shown.len().min(10)]
+        short(shown)
     );
     at.warning = Some(match at.warning.take() {
         Some(w) => format!("{w}\n{note}"),
         None => note,
     });
+}
+
+/// A commit as shown: its first 10 characters (by characters: an agent's commit need not be
+/// ASCII, and slicing it at byte 10 could cut a character).
+fn short(commit: &str) -> &str {
+    match commit.char_indices().nth(10) {
+        Some((at, _)) => &commit[..at],
+        None => commit,
+    }
+}
+
+#[cfg(test)]
+mod short_tests {
+    #[test]
+    fn commits_are_shortened_by_characters() {
+        assert_eq!(super::short("0123456789abcdef"), "0123456789");
+        assert_eq!(super::short("abc"), "abc");
+        assert_eq!(super::short(&"é".repeat(12)), "é".repeat(10));
+    }
 }
