@@ -40,6 +40,10 @@ struct SiteProbe {
     per_second: f64,
     /// Whether the engine checks a condition before capturing (only with one user).
     filtered: bool,
+    /// Whether the probe only counts in the trap path (one count rule without tags).
+    count_only: bool,
+    /// The probe's trap-path count already added to the rule's series.
+    counted_seen: u64,
     /// The rules using it.
     users: Vec<String>,
 }
@@ -283,7 +287,12 @@ impl Agent {
         let when = held.when.as_ref();
         let addr = self.bias.wrapping_add(site.address);
         let (stack, per_second, mut users) = match self.sites.get(&addr) {
-            Some(old) if old.stack >= stack && old.per_second >= per_second && !old.filtered => {
+            Some(old)
+                if old.stack >= stack
+                    && old.per_second >= per_second
+                    && !old.filtered
+                    && !old.count_only =>
+            {
                 let old = self.sites.get_mut(&addr).ok_or("internal: site vanished")?;
                 old.users.push(rule.to_owned());
                 return Ok(addr);
@@ -314,6 +323,15 @@ impl Agent {
             _ => None,
         };
         let filtered = filter.is_some();
+        // A count without tags, alone on its site, with no condition or one decided in the
+        // trap path, is counted there: exact at any rate, no record, no rate limit.
+        let count_only = users.is_empty()
+            && held.limits.max_hits.is_none()
+            && (when.is_none() || filtered)
+            && held
+                .metric
+                .as_ref()
+                .is_some_and(|m| m.tags.is_empty() && m.value.is_none());
         if !stack {
             plan.stack_bytes = 0;
         }
@@ -323,13 +341,20 @@ impl Agent {
             // The agent counts max hits per rule (conditions and sharing make the engine's
             // count the wrong one); the engine keeps the rate and the time cap.
             max_hits: None,
-            rate: Some(RateLimit {
+            rate: (!count_only).then(|| RateLimit {
                 per_second,
                 burst: crate::limits::burst_for(per_second),
             }),
             time_cap: HIT_TIME_CAP,
             filter,
+            count_only,
         };
+        if let Some(old) = self.sites.get(&addr)
+            && old.count_only
+        {
+            // Its counts so far go to its rule before the probe is replaced.
+            self.collect_site_counts(addr);
+        }
         if let Some(old) = self.sites.remove(&addr) {
             let _ = self.engine.disarm(old.id);
             self.by_probe.remove(&old.id);
@@ -349,6 +374,8 @@ impl Agent {
                         stack,
                         per_second,
                         filtered,
+                        count_only,
+                        counted_seen: 0,
                         users,
                     },
                 );
@@ -508,9 +535,55 @@ impl Agent {
         Ok(())
     }
 
-    /// Whether any probe is armed (so hits can arrive).
-    pub fn has_probes(&self) -> bool {
-        !self.sites.is_empty()
+    /// Adds what the count-only probe at `addr` counted since the last look to its rule.
+    fn collect_site_counts(&mut self, addr: u64) {
+        let Some(site) = self.sites.get_mut(&addr) else {
+            return;
+        };
+        if !site.count_only {
+            return;
+        }
+        let Some(stats) = self.engine.stats(site.id) else {
+            return;
+        };
+        let delta = stats.counted.saturating_sub(site.counted_seen);
+        site.counted_seen = stats.counted;
+        if delta == 0 {
+            return;
+        }
+        let time = rfc3339(self.clock.wall_now());
+        for user in &site.users {
+            if let Some(held) = self.rules.get_mut(user)
+                && let Some(m) = &mut held.metric
+            {
+                m.series.add_count(delta, &time);
+                held.emitted += delta;
+                held.status.hits = held.emitted;
+                self.statuses_changed = true;
+            }
+        }
+    }
+
+    fn collect_counts(&mut self) {
+        let addrs: Vec<u64> = self
+            .sites
+            .iter()
+            .filter(|(_, s)| s.count_only)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in addrs {
+            self.collect_site_counts(addr);
+        }
+    }
+
+    /// The budget's work (take hot sites out, put them back); how long until one is due.
+    pub fn enforce_budget(&self) -> Option<Duration> {
+        self.engine.enforce_budget()
+    }
+
+    /// Sleeps until a hit arrives or `timeout` passes (no CPU meanwhile).
+    pub fn wait(&self, timeout: Duration) {
+        self.engine.wait(timeout)
     }
 
     /// This agent's id.
@@ -675,6 +748,8 @@ impl Agent {
     /// Updates statuses from the engine's counters, expiry and max hits; disarms what is
     /// finished. Returns the statuses when any changed since the last call.
     pub fn check(&mut self) -> Option<Vec<RuleStatus>> {
+        self.collect_counts();
+        let budget_percent = self.engine.budget_fraction() * 100.0;
         let ids: Vec<String> = self.rules.keys().cloned().collect();
         for id in ids {
             let Some(mut held) = self.rules.remove(&id) else {
@@ -688,12 +763,35 @@ impl Agent {
                 let mut dropped = held.gated;
                 let mut trap_condition_errors = 0;
                 let mut disarm_reason = None;
+                let mut sampled: Option<String> = None;
+                let mut uncounted = 0u64;
                 for addr in &held.probes {
                     let Some(site) = self.sites.get(addr) else {
                         continue;
                     };
                     if let Some(s) = self.engine.stats(site.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
+                        let sm = s.sampling;
+                        if sm.times_out > 0 {
+                            let in_ns = sm.in_time.as_nanos().max(1) as f64;
+                            let total = in_ns + sm.out_time.as_nanos() as f64;
+                            let one_in = (total / in_ns).round().max(1.0) as u64;
+                            let why = match sm.reason {
+                                Some(nonstop_probe::OutReason::Rate) => format!(
+                                    "rate limit {}/s",
+                                    group_digits(held.limits.per_second.round() as u64)
+                                ),
+                                _ => format!("budget {budget_percent} % of a core"),
+                            };
+                            sampled = Some(format!(
+                                "line runs ~{}/s; probe sampled 1 window in {one_in} ({why})",
+                                group_digits(sm.line_runs_per_second)
+                            ));
+                            // Executions while out, at the rate matching ones came in.
+                            let matching = s.traps.saturating_sub(s.filtered + s.filter_errors);
+                            uncounted +=
+                                (matching as f64 / in_ns * sm.out_time.as_nanos() as f64) as u64;
+                        }
                         trap_condition_errors += s.filter_errors;
                         // Max hits are enforced exactly below, across the rule's probes.
                         if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =
@@ -722,6 +820,16 @@ impl Agent {
                             .as_deref()
                             .unwrap_or("its default lifetime")
                     ));
+                } else if let Some(text) = sampled {
+                    held.status.status = StatusKind::RateLimited;
+                    let mut text = text;
+                    if held.metric.is_some() && uncounted > 0 {
+                        text.push_str(&format!(
+                            "; ~{} executions uncounted while the probe was out (estimate)",
+                            group_digits(uncounted)
+                        ));
+                    }
+                    held.status.message = Some(text);
                 } else if dropped > held.last_dropped {
                     held.status.status = StatusKind::RateLimited;
                     held.status.message = Some(format!(
@@ -771,6 +879,7 @@ impl Agent {
     /// The metric series that changed since the last call, and the metric rules removed
     /// since then (whose series are gone).
     pub fn take_metrics(&mut self) -> MetricsUpdate {
+        self.collect_counts();
         let mut changed = Vec::new();
         for held in self.rules.values_mut() {
             if let Some(m) = &mut held.metric {
@@ -996,6 +1105,19 @@ fn site_frames(site: &Site) -> Vec<Frame> {
             line: (i == 0).then_some(site.line),
         })
         .collect()
+}
+
+/// `7100000` → `7,100,000`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Formats nanoseconds since the Unix epoch as RFC 3339 with microseconds, UTC.
