@@ -769,10 +769,7 @@ impl Agent {
                     if let Some(s) = self.engine.stats(site.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
                         let sm = s.sampling;
-                        if sm.times_out > 0 {
-                            let in_ns = sm.in_time.as_nanos().max(1) as f64;
-                            let total = in_ns + sm.out_time.as_nanos() as f64;
-                            let one_in = (total / in_ns).round().max(1.0) as u64;
+                        if sampling_now(&sm) {
                             let why = match sm.reason {
                                 Some(nonstop_probe::OutReason::Rate) => format!(
                                     "rate limit {}/s",
@@ -780,14 +777,14 @@ impl Agent {
                                 ),
                                 _ => format!("budget {budget_percent} % of a core"),
                             };
-                            sampled = Some(format!(
-                                "line runs ~{}/s; probe sampled 1 window in {one_in} ({why})",
-                                group_digits(sm.line_runs_per_second)
-                            ));
-                            // Executions while out, at the rate matching ones came in.
+                            sampled = Some(sampled_text(&sm, &why));
+                            // Executions while out: the line's rate, times the share of
+                            // traps that matched the condition.
                             let matching = s.traps.saturating_sub(s.filtered + s.filter_errors);
-                            uncounted +=
-                                (matching as f64 / in_ns * sm.out_time.as_nanos() as f64) as u64;
+                            let share = matching as f64 / s.traps.max(1) as f64;
+                            uncounted += (sm.line_runs_per_second as f64
+                                * sm.out_time.as_secs_f64()
+                                * share) as u64;
                         }
                         trap_condition_errors += s.filter_errors;
                         // Max hits are enforced exactly below, across the rule's probes.
@@ -1104,6 +1101,27 @@ fn site_frames(site: &Site) -> Vec<Frame> {
         .collect()
 }
 
+/// Whether the budget samples the site now: it is out, or it went back in and has not yet
+/// stayed in for a calm window (which resets the back-off).
+fn sampling_now(sm: &nonstop_probe::Sampling) -> bool {
+    sm.times_out > 0 && (sm.out || sm.backoff > nonstop_probe::FIRST_BACKOFF)
+}
+
+/// The status text of a site the budget samples: how often the line runs, and how much of
+/// the time the probe was in, `why` (the budget or the rate limit): `line runs
+/// ~7,100,000/s; probe sampled 1 window in 8 (budget 1 % of a core)`.
+fn sampled_text(sm: &nonstop_probe::Sampling, why: &str) -> String {
+    let in_ns = sm.in_time.as_nanos().max(1) as f64;
+    let total = in_ns + sm.out_time.as_nanos() as f64;
+    let one_in = (total / in_ns).round().max(1.0) as u64;
+    // Where the line's own time was lost in the traps', the rate is only a floor.
+    let about = if sm.line_rate_is_floor { "over " } else { "~" };
+    format!(
+        "line runs {about}{}/s; probe sampled 1 window in {one_in} ({why})",
+        group_digits(sm.line_runs_per_second)
+    )
+}
+
 /// `7100000` → `7,100,000`.
 fn group_digits(n: u64) -> String {
     let digits = n.to_string();
@@ -1126,6 +1144,77 @@ pub fn rfc3339(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits_are_grouped_by_three() {
+        let all: Vec<String> = [0, 7, 999, 1000, 65_536, 7_100_000, 1_000_000_000]
+            .into_iter()
+            .map(group_digits)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "0",
+                "7",
+                "999",
+                "1,000",
+                "65,536",
+                "7,100,000",
+                "1,000,000,000"
+            ]
+        );
+    }
+
+    fn sampling(in_ms: u64, out_ms: u64, runs: u64) -> nonstop_probe::Sampling {
+        nonstop_probe::Sampling {
+            out: true,
+            times_out: 3,
+            out_time: Duration::from_millis(out_ms),
+            in_time: Duration::from_millis(in_ms),
+            reason: Some(nonstop_probe::OutReason::Budget),
+            backoff: Duration::from_millis(400),
+            line_runs_per_second: runs,
+            line_rate_is_floor: false,
+        }
+    }
+
+    #[test]
+    fn the_sampled_status_says_how_often_the_line_runs_and_the_probe_was_in() {
+        assert_eq!(
+            sampled_text(&sampling(125, 875, 7_100_000), "budget 1 % of a core"),
+            "line runs ~7,100,000/s; probe sampled 1 window in 8 (budget 1 % of a core)"
+        );
+        // 1 in 2.6 rounds to 3; never less than 1 in 1.
+        assert_eq!(
+            sampled_text(&sampling(500, 800, 42), "rate limit 1,000/s"),
+            "line runs ~42/s; probe sampled 1 window in 3 (rate limit 1,000/s)"
+        );
+        let mut floor = sampling(10, 990, 13_000_000);
+        floor.line_rate_is_floor = true;
+        assert_eq!(
+            sampled_text(&floor, "budget 1 % of a core"),
+            "line runs over 13,000,000/s; probe sampled 1 window in 100 (budget 1 % of a core)"
+        );
+        assert_eq!(
+            sampled_text(&sampling(0, 0, 0), "budget 0.5 % of a core"),
+            "line runs ~0/s; probe sampled 1 window in 1 (budget 0.5 % of a core)"
+        );
+    }
+
+    #[test]
+    fn a_site_is_sampled_until_a_calm_window_resets_its_back_off() {
+        let mut sm = sampling(10, 100, 1);
+        assert!(sampling_now(&sm), "out");
+        sm.out = false;
+        assert!(sampling_now(&sm), "back in, back-off 400 ms");
+        sm.backoff = nonstop_probe::FIRST_BACKOFF;
+        assert!(
+            !sampling_now(&sm),
+            "calm: the back-off is the first one again"
+        );
+        let never = nonstop_probe::Sampling::default();
+        assert!(!sampling_now(&never));
+    }
 
     fn metric_rule(metric: serde_json::Value) -> Result<MetricRule, String> {
         let rule: Rule = serde_json::from_value(serde_json::json!({

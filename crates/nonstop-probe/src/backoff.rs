@@ -10,7 +10,7 @@
 //! the engine's arming lock; the fields are atomics so that [`SiteBudget::stats`] and the
 //! trap path can read them without that lock.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The first back-off of a site taken out.
@@ -53,6 +53,9 @@ pub struct Sampling {
     /// Executions of the line per second, estimated from the last period in before it was
     /// taken out (corrected for the time the traps themselves took); 0 when unknown.
     pub line_runs_per_second: u64,
+    /// The line's own time was lost in the traps' (under a twentieth of the period in):
+    /// `line_runs_per_second` is then a floor, the line runs faster.
+    pub line_rate_is_floor: bool,
 }
 
 /// The state of one site for the budget.
@@ -71,11 +74,16 @@ pub struct SiteBudget {
     armed_at: AtomicU64,
     /// Traps counted when the current period in began.
     traps_at_in: AtomicU64,
+    /// Handler time of every trap since the site was armed, ns (the trap path adds it).
+    handler_ns: AtomicU64,
+    /// `handler_ns` when the current period in began.
+    handler_at_in: AtomicU64,
     times_out: AtomicU64,
     /// Time out, of finished periods, ns.
     out_ns: AtomicU64,
     backoff_ns: AtomicU64,
     line_rate: AtomicU64,
+    line_rate_floor: AtomicBool,
 }
 
 impl SiteBudget {
@@ -88,10 +96,13 @@ impl SiteBudget {
             in_since: AtomicU64::new(0),
             armed_at: AtomicU64::new(0),
             traps_at_in: AtomicU64::new(0),
+            handler_ns: AtomicU64::new(0),
+            handler_at_in: AtomicU64::new(0),
             times_out: AtomicU64::new(0),
             out_ns: AtomicU64::new(0),
             backoff_ns: AtomicU64::new(0),
             line_rate: AtomicU64::new(0),
+            line_rate_floor: AtomicBool::new(false),
         }
     }
 
@@ -102,17 +113,30 @@ impl SiteBudget {
             &self.refused,
             &self.out_since,
             &self.traps_at_in,
+            &self.handler_ns,
+            &self.handler_at_in,
             &self.times_out,
             &self.out_ns,
             &self.line_rate,
         ] {
             c.store(0, r);
         }
+        self.line_rate_floor.store(false, r);
         self.want_out.store(REASON_NONE, r);
         self.reason.store(REASON_NONE, r);
         self.in_since.store(now, r);
         self.armed_at.store(now, r);
         self.backoff_ns.store(FIRST_BACKOFF.as_nanos() as u64, r);
+    }
+
+    /// Trap path: adds one trap's handler time.
+    pub fn add_handler_time(&self, ns: u64) {
+        self.handler_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Handler time of every trap since the site was armed.
+    pub fn handler_time(&self) -> Duration {
+        Duration::from_nanos(self.handler_ns.load(Ordering::Relaxed))
     }
 
     /// Trap path: the global budget is exceeded. True when this call made the request
@@ -143,7 +167,8 @@ impl SiteBudget {
     }
 
     /// Records that the original bytes are back at `now`, with `traps` counted so far and
-    /// the per-trap cost `trap_cost_ns` (to estimate how often the line runs unprobed).
+    /// the kernel's cost of a trap `trap_cost_ns` (to estimate how often the line runs
+    /// unprobed).
     pub fn went_out(&self, now: u64, traps: u64, trap_cost_ns: u64) {
         let r = Ordering::Relaxed;
         let reason = self.want_out.load(Ordering::Acquire);
@@ -151,14 +176,21 @@ impl SiteBudget {
         let since = self.in_since.load(r);
         let period = now.saturating_sub(since);
         let n = traps.saturating_sub(self.traps_at_in.load(r));
+        let handlers = self
+            .handler_ns
+            .load(r)
+            .saturating_sub(self.handler_at_in.load(r));
         if period > 0 && n > 0 {
             // The period in was mostly traps: what the line took without them is the period
-            // minus their cost (at least a twentieth of it, so a bad estimate stays bounded).
+            // minus the handlers' time and the kernel's part of each trap (at least a
+            // twentieth of it, so a bad estimate stays bounded).
             let untrapped = period
-                .saturating_sub(n.saturating_mul(trap_cost_ns))
-                .max(period / 20);
-            let rate = (n as u128 * 1_000_000_000 / untrapped as u128) as u64;
+                .saturating_sub(handlers)
+                .saturating_sub(n.saturating_mul(trap_cost_ns));
+            let floor = period / 20;
+            let rate = (n as u128 * 1_000_000_000 / untrapped.max(floor).max(1) as u128) as u64;
             self.line_rate.store(rate, r);
+            self.line_rate_floor.store(untrapped < floor, r);
         }
         self.times_out.fetch_add(1, r);
         self.out_since.store(now.max(1), r);
@@ -187,6 +219,7 @@ impl SiteBudget {
         let since = self.out_since.load(r);
         self.out_ns.fetch_add(now.saturating_sub(since), r);
         self.traps_at_in.store(traps, r);
+        self.handler_at_in.store(self.handler_ns.load(r), r);
         self.in_since.store(now, r);
         self.refused.store(0, r);
         let next = self
@@ -231,6 +264,7 @@ impl SiteBudget {
             },
             backoff: Duration::from_nanos(self.backoff_ns.load(r)),
             line_runs_per_second: self.line_rate.load(r),
+            line_rate_is_floor: self.line_rate_floor.load(r),
         }
     }
 }
@@ -275,10 +309,74 @@ mod tests {
         s.went_out(100 * MS, 30_000, 3_000);
         let st = s.stats(150 * MS);
         assert_eq!(st.line_runs_per_second, 3_000_000);
+        assert!(!st.line_rate_is_floor);
         assert!(st.out);
         assert_eq!(st.out_time, Duration::from_millis(50));
         assert_eq!(st.in_time, Duration::from_millis(100));
         assert_eq!(st.times_out, 1);
+    }
+
+    #[test]
+    fn the_handlers_time_is_taken_off_and_a_rate_lost_in_the_traps_is_a_floor() {
+        let s = SiteBudget::new();
+        s.reset(0);
+        // 100 ms in: 20,000 traps, 1 µs of kernel each (20 ms) and 60 ms of handlers,
+        // leaving 20 ms for the line: 1,000,000 a second.
+        for _ in 0..20_000 {
+            s.add_handler_time(3_000);
+        }
+        s.went_out(100 * MS, 20_000, 1_000);
+        let st = s.stats(100 * MS);
+        assert_eq!(st.line_runs_per_second, 1_000_000);
+        assert!(!st.line_rate_is_floor);
+        assert_eq!(s.handler_time(), Duration::from_millis(60));
+        // Back in at 200 ms; out at 300 ms after 30,000 traps of 1 µs of kernel and 2.5 µs
+        // of handler (105 ms: more than the period). The line's time is lost in the traps':
+        // the rate is a floor, the traps over a twentieth of the period.
+        s.went_in(200 * MS, 20_000);
+        for _ in 0..30_000 {
+            s.add_handler_time(2_500);
+        }
+        s.went_out(300 * MS, 50_000, 1_000);
+        let st = s.stats(300 * MS);
+        assert_eq!(st.line_runs_per_second, 6_000_000);
+        assert!(st.line_rate_is_floor);
+        assert_eq!(st.times_out, 2);
+    }
+
+    #[test]
+    fn a_site_out_is_due_back_after_exactly_its_back_off() {
+        let s = SiteBudget::new();
+        s.reset(0);
+        assert_eq!(s.due_in(5 * MS), None, "in: not due");
+        assert!(!s.due(5 * MS));
+        assert!(s.request_for_budget());
+        assert!(s.pending());
+        s.went_out(10 * MS, 0, 0);
+        assert!(!s.pending());
+        assert!(!s.request_for_budget(), "already out");
+        assert_eq!(s.due_in(10 * MS), Some(100 * MS));
+        assert_eq!(s.due_in(60 * MS), Some(50 * MS));
+        assert!(!s.due(110 * MS - 1));
+        assert!(s.due(110 * MS));
+        assert_eq!(s.due_in(500 * MS), Some(0));
+        s.went_in(110 * MS, 0);
+        assert_eq!(s.due_in(110 * MS), None);
+        let st = s.stats(110 * MS);
+        assert_eq!(
+            (st.out, st.out_time, st.in_time, st.backoff),
+            (
+                false,
+                Duration::from_millis(100),
+                Duration::from_millis(10),
+                Duration::from_millis(200)
+            )
+        );
+        // Asked again 50 ms later (not calm yet): out for the doubled back-off.
+        s.note_calm(160 * MS, 1000 * MS);
+        assert!(s.request_for_budget());
+        s.went_out(160 * MS, 0, 0);
+        assert_eq!(s.due_in(160 * MS), Some(200 * MS));
     }
 
     #[test]

@@ -279,7 +279,7 @@ impl ProbeSpec {
 
 /// What one trap is taken to cost the kernel when it cannot be measured, ns.
 const FALLBACK_TRAP_COST_NS: u64 = 2_500;
-/// Calibration: rounds of traps, and traps per round (the median round counts).
+/// Calibration: rounds of traps, and traps per round (the fastest round counts).
 const CALIBRATION_ROUNDS: usize = 5;
 const CALIBRATION_TRAPS: usize = 20;
 
@@ -832,20 +832,38 @@ impl Engine {
         // SAFETY: the page holds `nop; ret`, a valid function of this signature; it is
         // mapped for the life of the process (never unmapped).
         let f: extern "C" fn() = unsafe { std::mem::transmute(page as usize) };
-        let mut per_trap = Vec::with_capacity(CALIBRATION_ROUNDS);
+        let mut fastest = u64::MAX;
+        let mut handlers = 0;
         for _ in 0..CALIBRATION_ROUNDS {
+            let h0 = self.site_handler_ns(id);
             let t0 = sys::now_ns();
             for _ in 0..CALIBRATION_TRAPS {
                 std::hint::black_box(f)();
             }
-            per_trap.push(sys::now_ns().saturating_sub(t0) / CALIBRATION_TRAPS as u64);
+            let total = sys::now_ns().saturating_sub(t0);
+            if total < fastest {
+                fastest = total;
+                handlers = self.site_handler_ns(id).saturating_sub(h0);
+            }
         }
         let _ = self.disarm(id);
         self.budget.clear();
-        per_trap.sort_unstable();
-        if let Some(&median) = per_trap.get(per_trap.len() / 2) {
-            self.trap_cost_ns.store(median.max(100), Ordering::Relaxed);
+        // The fastest round: the others were slowed by something else (a preemption, cold
+        // caches), which is not what a trap costs. The handler's own time is measured on
+        // every trap anyway, so only the kernel's part is kept.
+        if fastest != u64::MAX {
+            let kernel = fastest.saturating_sub(handlers) / CALIBRATION_TRAPS as u64;
+            self.trap_cost_ns.store(kernel.max(100), Ordering::Relaxed);
         }
+    }
+
+    /// The handler time of a probe's traps so far, ns (0 when it is not armed).
+    fn site_handler_ns(&self, id: ProbeId) -> u64 {
+        self.lock()
+            .live
+            .get(&id.0)
+            .and_then(|&(idx, _)| STATES.get(idx))
+            .map_or(0, |p| p.budget.handler_time().as_nanos() as u64)
     }
 
     /// The kernel's cost of one trap and its return, as measured at start; the budget
@@ -1334,7 +1352,9 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         // Every trap is charged: the handler's time, and the kernel's trap and return
         // (measured once at start), which the handler cannot see.
         let t1 = sys::now_ns();
-        let cost = t1.saturating_sub(t0) + engine.trap_cost_ns.load(Ordering::Relaxed);
+        let handler = t1.saturating_sub(t0);
+        p.budget.add_handler_time(handler);
+        let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
         engine.budget.charge(t1, cost);
     }
     guard_exit(guard);
