@@ -210,6 +210,8 @@ fn build_agent(config: &Config) -> Result<Agent, String> {
         ..nonstop_probe::EngineConfig::default()
     })
     .map_err(|e| format!("cannot start the probe engine: {e}"))?;
+    // Hot sites go out within a wake-up, whatever the agent thread is busy with.
+    engine.start_budget_thread();
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(|e| format!("cannot find the executable (/proc/self/exe: {e})"))?;
     let debug = Arc::new(nonstop_debuginfo::DebugInfo::load(&exe).map_err(|e| e.to_string())?);

@@ -78,6 +78,10 @@ pub struct SiteBudget {
     handler_ns: AtomicU64,
     /// `handler_ns` when the current period in began.
     handler_at_in: AtomicU64,
+    /// The first trap's entry and the last trap's exit of the current period in (monotonic
+    /// ns, 0: none yet): the span the line was running and trapping.
+    first_trap: AtomicU64,
+    last_trap: AtomicU64,
     times_out: AtomicU64,
     /// Time out, of finished periods, ns.
     out_ns: AtomicU64,
@@ -98,6 +102,8 @@ impl SiteBudget {
             traps_at_in: AtomicU64::new(0),
             handler_ns: AtomicU64::new(0),
             handler_at_in: AtomicU64::new(0),
+            first_trap: AtomicU64::new(0),
+            last_trap: AtomicU64::new(0),
             times_out: AtomicU64::new(0),
             out_ns: AtomicU64::new(0),
             backoff_ns: AtomicU64::new(0),
@@ -115,6 +121,8 @@ impl SiteBudget {
             &self.traps_at_in,
             &self.handler_ns,
             &self.handler_at_in,
+            &self.first_trap,
+            &self.last_trap,
             &self.times_out,
             &self.out_ns,
             &self.line_rate,
@@ -129,9 +137,12 @@ impl SiteBudget {
         self.backoff_ns.store(FIRST_BACKOFF.as_nanos() as u64, r);
     }
 
-    /// Trap path: adds one trap's handler time.
-    pub fn add_handler_time(&self, ns: u64) {
-        self.handler_ns.fetch_add(ns, Ordering::Relaxed);
+    /// Trap path: one trap's handler ran from `entry` to `exit` (monotonic ns).
+    pub fn add_trap(&self, entry: u64, exit: u64) {
+        let r = Ordering::Relaxed;
+        self.handler_ns.fetch_add(exit.saturating_sub(entry), r);
+        let _ = self.first_trap.compare_exchange(0, entry.max(1), r, r);
+        self.last_trap.fetch_max(exit, r);
     }
 
     /// Handler time of every trap since the site was armed.
@@ -173,8 +184,14 @@ impl SiteBudget {
         let r = Ordering::Relaxed;
         let reason = self.want_out.load(Ordering::Acquire);
         self.reason.store(reason, r);
-        let since = self.in_since.load(r);
-        let period = now.saturating_sub(since);
+        // The span the line trapped in (from the first trap to the last), not the whole
+        // period in: the line may not have run at first (the program had not reached it).
+        let (first, last) = (self.first_trap.load(r), self.last_trap.load(r));
+        let period = if first != 0 && last > first {
+            last - first
+        } else {
+            now.saturating_sub(self.in_since.load(r))
+        };
         let n = traps.saturating_sub(self.traps_at_in.load(r));
         let handlers = self
             .handler_ns
@@ -220,6 +237,8 @@ impl SiteBudget {
         self.out_ns.fetch_add(now.saturating_sub(since), r);
         self.traps_at_in.store(traps, r);
         self.handler_at_in.store(self.handler_ns.load(r), r);
+        self.first_trap.store(0, r);
+        self.last_trap.store(0, r);
         self.in_since.store(now, r);
         self.refused.store(0, r);
         let next = self
@@ -320,26 +339,30 @@ mod tests {
     fn the_handlers_time_is_taken_off_and_a_rate_lost_in_the_traps_is_a_floor() {
         let s = SiteBudget::new();
         s.reset(0);
-        // 100 ms in: 20,000 traps, 1 µs of kernel each (20 ms) and 60 ms of handlers,
-        // leaving 20 ms for the line: 1,000,000 a second.
-        for _ in 0..20_000 {
-            s.add_handler_time(3_000);
+        // 20,000 traps in 99.998 ms, 1 µs of kernel each (20 ms) and 60 ms of handlers,
+        // leaving 19.998 ms for the line: 1,000,100 a second.
+        for i in 0..20_000 {
+            let entry = MS + 5 * i * 1_000;
+            s.add_trap(entry, entry + 3_000);
         }
-        s.went_out(100 * MS, 20_000, 1_000);
-        let st = s.stats(100 * MS);
-        assert_eq!(st.line_runs_per_second, 1_000_000);
+        // The traps span 1 ms to 100.998 ms; out at 130 ms: the 99.998 ms of traps count.
+        s.went_out(130 * MS, 20_000, 1_000);
+        let st = s.stats(130 * MS);
+        assert_eq!(st.line_runs_per_second, 1_000_100);
         assert!(!st.line_rate_is_floor);
         assert_eq!(s.handler_time(), Duration::from_millis(60));
-        // Back in at 200 ms; out at 300 ms after 30,000 traps of 1 µs of kernel and 2.5 µs
-        // of handler (105 ms: more than the period). The line's time is lost in the traps':
-        // the rate is a floor, the traps over a twentieth of the period.
+        // Back in at 200 ms; 30,002 traps from 200 to 300 ms with 1 µs of kernel and 75 ms
+        // of handlers in all (105 ms: more than the span). The line's time is lost in the
+        // traps': the rate is a floor, the traps over a twentieth of the span.
         s.went_in(200 * MS, 20_000);
+        s.add_trap(200 * MS, 200 * MS);
         for _ in 0..30_000 {
-            s.add_handler_time(2_500);
+            s.add_trap(250 * MS, 250 * MS + 2_500);
         }
-        s.went_out(300 * MS, 50_000, 1_000);
-        let st = s.stats(300 * MS);
-        assert_eq!(st.line_runs_per_second, 6_000_000);
+        s.add_trap(300 * MS, 300 * MS);
+        s.went_out(320 * MS, 50_002, 1_000);
+        let st = s.stats(320 * MS);
+        assert_eq!(st.line_runs_per_second, 6_000_400);
         assert!(st.line_rate_is_floor);
         assert_eq!(st.times_out, 2);
     }

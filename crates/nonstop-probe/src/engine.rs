@@ -748,6 +748,11 @@ pub struct Engine {
     wake_fd: RawFd,
     /// The agent thread is (about to be) asleep in [`Engine::wait`].
     sleeping: AtomicBool,
+    /// The eventfd the budget's thread sleeps on (-1: none; the agent thread then does the
+    /// budget's work).
+    out_fd: RawFd,
+    /// The budget's thread runs.
+    budget_thread: AtomicBool,
     /// Requests to take a site out since start (the agent compares with what it saw).
     out_requests: AtomicU64,
     out_requests_seen: AtomicU64,
@@ -809,6 +814,8 @@ impl Engine {
                 table_used: 0,
             }),
             wake_fd: sys::eventfd().unwrap_or(-1),
+            out_fd: sys::eventfd().unwrap_or(-1),
+            budget_thread: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             out_requests: AtomicU64::new(0),
             out_requests_seen: AtomicU64::new(0),
@@ -877,11 +884,51 @@ impl Engine {
         self.config.budget
     }
 
-    /// Trap path: a site asked to go out; wake the agent thread.
+    /// Trap path: a site asked to go out; wake the budget's thread (or, without one, the
+    /// agent thread).
     #[unsafe(link_section = "nonstop_probe_trap")]
     fn request_out(&self) {
         self.out_requests.fetch_add(1, Ordering::SeqCst);
-        self.wake();
+        if self.budget_thread.load(Ordering::Acquire) {
+            sys::eventfd_signal(self.out_fd);
+        } else {
+            self.wake();
+        }
+    }
+
+    /// Starts the budget's own thread, `nonstop-budget`: it sleeps on an eventfd the trap
+    /// path writes when a site asks to go out, and wakes when an out site is due back. So a
+    /// hot site goes out within a wake-up of asking, whatever the agent thread is busy with
+    /// (loading debug info, formatting a burst of hits). Without it (never started, or it
+    /// could not be), sites only go out when someone calls [`Engine::enforce_budget`], and
+    /// a site's requests wake the thread in [`Engine::wait`]. Later calls do nothing.
+    pub fn start_budget_thread(&'static self) {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| self.spawn_budget_thread());
+    }
+
+    fn spawn_budget_thread(&'static self) {
+        if self.out_fd < 0 || FORKED.load(Ordering::Acquire) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("nonstop-budget".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                loop {
+                    let due = self.enforce_budget();
+                    if FORKED.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // A site due back: then (rounded up to a millisecond); else a second,
+                    // for the calm-window resets.
+                    let ms = due.map_or(1000, |d| {
+                        (d.as_nanos().div_ceil(1_000_000)).clamp(1, 1000) as i32
+                    });
+                    sys::eventfd_wait(self.out_fd, ms);
+                }
+            });
+        self.budget_thread.store(spawned.is_ok(), Ordering::Release);
     }
 
     /// Trap path: a record is committed; wake the agent thread if it sleeps.
@@ -921,7 +968,8 @@ impl Engine {
         self.sleeping.store(false, Ordering::SeqCst);
     }
 
-    /// The budget's work, for the agent thread: takes out every site that asked (original
+    /// The budget's work (the budget's thread runs it; the agent thread may too, and a
+    /// test): takes out every site that asked (original
     /// bytes back), puts back those whose back-off is over (while the budget has room), and
     /// resets the back-off of sites that stayed in for a calm window. Returns how long
     /// until the next site is due back, if one is out.
@@ -1344,8 +1392,10 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     let t0 = sys::now_ns();
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
+    // Wake-ups wait until the hit is timed: the woken thread may take this CPU.
+    let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, t0);
+        capture(engine, p, &ctx, addr, t0, &mut wake);
     }
     perform(p, &mut ctx);
     if let Some(engine) = engine {
@@ -1353,20 +1403,42 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         // (measured once at start), which the handler cannot see.
         let t1 = sys::now_ns();
         let handler = t1.saturating_sub(t0);
-        p.budget.add_handler_time(handler);
+        p.budget.add_trap(t0, t1);
         let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
         engine.budget.charge(t1, cost);
+        if wake.out {
+            engine.request_out();
+        }
+        if wake.committed {
+            engine.wake_if_sleeping();
+        }
     }
     guard_exit(guard);
     p.in_flight.fetch_sub(1, Ordering::Release);
     true
 }
 
-fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u64) {
+/// Whom the trap path wakes once it is done with a hit.
+#[derive(Default)]
+struct Wake {
+    /// The site asked to go out: the budget's thread.
+    out: bool,
+    /// A record was committed: the agent thread, if it sleeps.
+    committed: bool,
+}
+
+fn capture(
+    engine: &Engine,
+    p: &ProbeState,
+    ctx: &Context<'_>,
+    addr: u64,
+    t0: u64,
+    wake: &mut Wake,
+) {
     let r = Ordering::Relaxed;
     let over_budget = engine.budget.exceeded(t0);
     if over_budget && p.budget.request_for_budget() {
-        engine.request_out();
+        wake.out = true;
     }
     if p.done.load(Ordering::Acquire) {
         return;
@@ -1403,7 +1475,7 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
     if !p.rate.allow(t0) {
         p.dropped_rate.fetch_add(1, r);
         if p.budget.refused() {
-            engine.request_out();
+            wake.out = true;
         }
         return;
     }
@@ -1479,7 +1551,7 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
             len: job.outcome.len as u32,
         },
     );
-    engine.wake_if_sleeping();
+    wake.committed = true;
     let took = sys::now_ns().saturating_sub(t0);
     p.slowest_ns.fetch_max(took, r);
     if took > p.time_cap_ns.load(r) {

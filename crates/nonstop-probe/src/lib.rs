@@ -48,12 +48,13 @@
 //! - **Budget** is measured handler time plus the kernel's trap delivery and return (timed
 //!   once at start on a private page, ≈ 1.3–3.7 µs a trap), summed over a sliding window;
 //!   every trap is charged, captured or not. A site whose traps exceed the budget, or its
-//!   own rate limit many times over, asks the agent thread to take it out: the handler
-//!   only flips a flag and writes an eventfd (both async-signal-safe); the agent thread
-//!   ([`Engine::enforce_budget`]) restores the original byte and patches it back after a
+//!   own rate limit many times over, asks to be taken out: the handler only flips a flag
+//!   and, once the hit is timed, writes an eventfd (both async-signal-safe); the budget's
+//!   thread `nonstop-budget` ([`Engine::start_budget_thread`], running
+//!   [`Engine::enforce_budget`]) restores the original byte and patches it back after a
 //!   back-off (100 ms doubling to 10 s, reset after a calm window). So the program pays the
-//!   budget plus the traps until the agent thread wakes, not a trap per execution forever.
-//! - **The agent thread sleeps** in [`Engine::wait`] on that eventfd: a committed hit or a
+//!   budget plus the traps until that thread wakes, not a trap per execution forever.
+//! - **The agent thread sleeps** in [`Engine::wait`] on an eventfd: a committed hit or a
 //!   site asking to go out wakes it; with probes armed and no hits it uses no CPU.
 //! - **Count-only probes** ([`ProbeSpec::count_only`]) add one to an atomic counter in the
 //!   trap path and write no record, so counts stay exact at any rate the budget allows.
