@@ -37,6 +37,10 @@ struct SiteProbe {
     per_second: f64,
     /// Whether the engine checks a condition before capturing (only with one user).
     filtered: bool,
+    /// Whether the probe only counts in the trap path (one count rule without tags).
+    count_only: bool,
+    /// The probe's trap-path count already added to the rule's series.
+    counted_seen: u64,
     /// The rules using it.
     users: Vec<String>,
 }
@@ -280,7 +284,12 @@ impl Agent {
         let when = held.when.as_ref();
         let addr = self.bias.wrapping_add(site.address);
         let (stack, per_second, mut users) = match self.sites.get(&addr) {
-            Some(old) if old.stack >= stack && old.per_second >= per_second && !old.filtered => {
+            Some(old)
+                if old.stack >= stack
+                    && old.per_second >= per_second
+                    && !old.filtered
+                    && !old.count_only =>
+            {
                 let old = self.sites.get_mut(&addr).ok_or("internal: site vanished")?;
                 old.users.push(rule.to_owned());
                 return Ok(addr);
@@ -311,6 +320,15 @@ impl Agent {
             _ => None,
         };
         let filtered = filter.is_some();
+        // A count without tags, alone on its site, with no condition or one decided in the
+        // trap path, is counted there: exact at any rate, no record, no rate limit.
+        let count_only = users.is_empty()
+            && held.limits.max_hits.is_none()
+            && (when.is_none() || filtered)
+            && held
+                .metric
+                .as_ref()
+                .is_some_and(|m| m.tags.is_empty() && m.value.is_none());
         if !stack {
             plan.stack_bytes = 0;
         }
@@ -320,13 +338,20 @@ impl Agent {
             // The agent counts max hits per rule (conditions and sharing make the engine's
             // count the wrong one); the engine keeps the rate and the time cap.
             max_hits: None,
-            rate: Some(RateLimit {
+            rate: (!count_only).then(|| RateLimit {
                 per_second,
                 burst: crate::limits::burst_for(per_second),
             }),
             time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
+            count_only,
         };
+        if let Some(old) = self.sites.get(&addr)
+            && old.count_only
+        {
+            // Its counts so far go to its rule before the probe is replaced.
+            self.collect_site_counts(addr);
+        }
         if let Some(old) = self.sites.remove(&addr) {
             let _ = self.engine.disarm(old.id);
             self.by_probe.remove(&old.id);
@@ -346,6 +371,8 @@ impl Agent {
                         stack,
                         per_second,
                         filtered,
+                        count_only,
+                        counted_seen: 0,
                         users,
                     },
                 );
@@ -505,9 +532,55 @@ impl Agent {
         Ok(())
     }
 
-    /// Whether any probe is armed (so hits can arrive).
-    pub fn has_probes(&self) -> bool {
-        !self.sites.is_empty()
+    /// Adds what the count-only probe at `addr` counted since the last look to its rule.
+    fn collect_site_counts(&mut self, addr: u64) {
+        let Some(site) = self.sites.get_mut(&addr) else {
+            return;
+        };
+        if !site.count_only {
+            return;
+        }
+        let Some(stats) = self.engine.stats(site.id) else {
+            return;
+        };
+        let delta = stats.counted.saturating_sub(site.counted_seen);
+        site.counted_seen = stats.counted;
+        if delta == 0 {
+            return;
+        }
+        let time = rfc3339(self.clock.wall_now());
+        for user in &site.users {
+            if let Some(held) = self.rules.get_mut(user)
+                && let Some(m) = &mut held.metric
+            {
+                m.series.add_count(delta, &time);
+                held.emitted += delta;
+                held.status.hits = held.emitted;
+                self.statuses_changed = true;
+            }
+        }
+    }
+
+    fn collect_counts(&mut self) {
+        let addrs: Vec<u64> = self
+            .sites
+            .iter()
+            .filter(|(_, s)| s.count_only)
+            .map(|(a, _)| *a)
+            .collect();
+        for addr in addrs {
+            self.collect_site_counts(addr);
+        }
+    }
+
+    /// The budget's work (take hot sites out, put them back); how long until one is due.
+    pub fn enforce_budget(&self) -> Option<Duration> {
+        self.engine.enforce_budget()
+    }
+
+    /// Sleeps until a hit arrives or `timeout` passes (no CPU meanwhile).
+    pub fn wait(&self, timeout: Duration) {
+        self.engine.wait(timeout)
     }
 
     /// This agent's id.
@@ -669,6 +742,8 @@ impl Agent {
     /// Updates statuses from the engine's counters, expiry and max hits; disarms what is
     /// finished. Returns the statuses when any changed since the last call.
     pub fn check(&mut self) -> Option<Vec<RuleStatus>> {
+        self.collect_counts();
+        let budget_percent = self.engine.budget_fraction() * 100.0;
         let ids: Vec<String> = self.rules.keys().cloned().collect();
         for id in ids {
             let Some(mut held) = self.rules.remove(&id) else {
@@ -682,12 +757,32 @@ impl Agent {
                 let mut dropped = held.gated;
                 let mut trap_condition_errors = 0;
                 let mut disarm_reason = None;
+                let mut sampled: Option<String> = None;
+                let mut uncounted = 0u64;
                 for addr in &held.probes {
                     let Some(site) = self.sites.get(addr) else {
                         continue;
                     };
                     if let Some(s) = self.engine.stats(site.id) {
                         dropped += s.dropped_rate + s.dropped_budget + s.dropped_full;
+                        let sm = s.sampling;
+                        if sampling_now(&sm) {
+                            let why = match sm.reason {
+                                Some(nonstop_probe::OutReason::Rate) => format!(
+                                    "rate limit {}/s",
+                                    group_digits(held.limits.per_second.round() as u64)
+                                ),
+                                _ => format!("budget {budget_percent} % of a core"),
+                            };
+                            sampled = Some(sampled_text(&sm, &why));
+                            // Executions while out: the line's rate, times the share of
+                            // traps that matched the condition.
+                            let matching = s.traps.saturating_sub(s.filtered + s.filter_errors);
+                            let share = matching as f64 / s.traps.max(1) as f64;
+                            uncounted += (sm.line_runs_per_second as f64
+                                * sm.out_time.as_secs_f64()
+                                * share) as u64;
+                        }
                         trap_condition_errors += s.filter_errors;
                         // Max hits are enforced exactly below, across the rule's probes.
                         if let Some(r @ nonstop_probe::DisarmReason::TimeCap { .. }) =
@@ -716,6 +811,16 @@ impl Agent {
                             .as_deref()
                             .unwrap_or("its default lifetime")
                     ));
+                } else if let Some(text) = sampled {
+                    held.status.status = StatusKind::RateLimited;
+                    let mut text = text;
+                    if held.metric.is_some() && uncounted > 0 {
+                        text.push_str(&format!(
+                            "; ~{} executions uncounted while the probe was out (estimate)",
+                            group_digits(uncounted)
+                        ));
+                    }
+                    held.status.message = Some(text);
                 } else if dropped > held.last_dropped {
                     held.status.status = StatusKind::RateLimited;
                     held.status.message = Some(format!(
@@ -765,6 +870,7 @@ impl Agent {
     /// The metric series that changed since the last call, and the metric rules removed
     /// since then (whose series are gone).
     pub fn take_metrics(&mut self) -> MetricsUpdate {
+        self.collect_counts();
         let mut changed = Vec::new();
         for held in self.rules.values_mut() {
             if let Some(m) = &mut held.metric {
@@ -992,6 +1098,40 @@ fn site_frames(site: &Site) -> Vec<Frame> {
         .collect()
 }
 
+/// Whether the budget samples the site now: it is out, or it went back in and has not yet
+/// stayed in for a calm window (which resets the back-off).
+fn sampling_now(sm: &nonstop_probe::Sampling) -> bool {
+    sm.times_out > 0 && (sm.out || sm.backoff > nonstop_probe::FIRST_BACKOFF)
+}
+
+/// The status text of a site the budget samples: how often the line runs, and how much of
+/// the time the probe was in, `why` (the budget or the rate limit): `line runs
+/// ~7,100,000/s; probe sampled 1 window in 8 (budget 1 % of a core)`.
+fn sampled_text(sm: &nonstop_probe::Sampling, why: &str) -> String {
+    let in_ns = sm.in_time.as_nanos().max(1) as f64;
+    let total = in_ns + sm.out_time.as_nanos() as f64;
+    let one_in = (total / in_ns).round().max(1.0) as u64;
+    // Where the line's own time was lost in the traps', the rate is only a floor.
+    let about = if sm.line_rate_is_floor { "over " } else { "~" };
+    format!(
+        "line runs {about}{}/s; probe sampled 1 window in {one_in} ({why})",
+        group_digits(sm.line_runs_per_second)
+    )
+}
+
+/// `7100000` → `7,100,000`.
+fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Formats nanoseconds since the Unix epoch as RFC 3339 with microseconds, UTC.
 pub fn rfc3339(ns: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(ns);
@@ -1001,6 +1141,77 @@ pub fn rfc3339(ns: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits_are_grouped_by_three() {
+        let all: Vec<String> = [0, 7, 999, 1000, 65_536, 7_100_000, 1_000_000_000]
+            .into_iter()
+            .map(group_digits)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "0",
+                "7",
+                "999",
+                "1,000",
+                "65,536",
+                "7,100,000",
+                "1,000,000,000"
+            ]
+        );
+    }
+
+    fn sampling(in_ms: u64, out_ms: u64, runs: u64) -> nonstop_probe::Sampling {
+        nonstop_probe::Sampling {
+            out: true,
+            times_out: 3,
+            out_time: Duration::from_millis(out_ms),
+            in_time: Duration::from_millis(in_ms),
+            reason: Some(nonstop_probe::OutReason::Budget),
+            backoff: Duration::from_millis(400),
+            line_runs_per_second: runs,
+            line_rate_is_floor: false,
+        }
+    }
+
+    #[test]
+    fn the_sampled_status_says_how_often_the_line_runs_and_the_probe_was_in() {
+        assert_eq!(
+            sampled_text(&sampling(125, 875, 7_100_000), "budget 1 % of a core"),
+            "line runs ~7,100,000/s; probe sampled 1 window in 8 (budget 1 % of a core)"
+        );
+        // 1 in 2.6 rounds to 3; never less than 1 in 1.
+        assert_eq!(
+            sampled_text(&sampling(500, 800, 42), "rate limit 1,000/s"),
+            "line runs ~42/s; probe sampled 1 window in 3 (rate limit 1,000/s)"
+        );
+        let mut floor = sampling(10, 990, 13_000_000);
+        floor.line_rate_is_floor = true;
+        assert_eq!(
+            sampled_text(&floor, "budget 1 % of a core"),
+            "line runs over 13,000,000/s; probe sampled 1 window in 100 (budget 1 % of a core)"
+        );
+        assert_eq!(
+            sampled_text(&sampling(0, 0, 0), "budget 0.5 % of a core"),
+            "line runs ~0/s; probe sampled 1 window in 1 (budget 0.5 % of a core)"
+        );
+    }
+
+    #[test]
+    fn a_site_is_sampled_until_a_calm_window_resets_its_back_off() {
+        let mut sm = sampling(10, 100, 1);
+        assert!(sampling_now(&sm), "out");
+        sm.out = false;
+        assert!(sampling_now(&sm), "back in, back-off 400 ms");
+        sm.backoff = nonstop_probe::FIRST_BACKOFF;
+        assert!(
+            !sampling_now(&sm),
+            "calm: the back-off is the first one again"
+        );
+        let never = nonstop_probe::Sampling::default();
+        assert!(!sampling_now(&never));
+    }
 
     fn metric_rule(metric: serde_json::Value) -> Result<MetricRule, String> {
         let rule: Rule = serde_json::from_value(serde_json::json!({

@@ -14,6 +14,7 @@
 //! | `NONSTOP_METRICS` | offline mode: metric rules' series in Prometheus text format (for node_exporter's textfile collector), replaced atomically at most once a second and at exit | `NONSTOP_OUT` + `.prom` |
 //! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
 //! | `NONSTOP_CA_CERT` | PEM file of the CA to trust for an `https://` server | the public roots |
+//! | `NONSTOP_BUDGET` | the global CPU budget of the probes, in percent of one core (0.1–100): handler time plus the kernel's trap cost; a site over it is taken out and put back after a back-off | `1` |
 //!
 //! Bad values never stop the program: the agent says what is wrong on stderr and goes on
 //! with the default, or stays off.
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The agent's settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// `NONSTOP_DISABLE=1`.
     pub disabled: bool,
@@ -48,6 +49,31 @@ pub struct Config {
     pub redact: Vec<String>,
     /// CA certificate (PEM) for an `https://` server.
     pub ca_cert: Option<PathBuf>,
+    /// The global CPU budget, percent of one core.
+    pub budget_percent: f64,
+}
+
+/// The default global CPU budget, percent of one core (DESIGN.md).
+pub const DEFAULT_BUDGET_PERCENT: f64 = 1.0;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            disabled: false,
+            server: None,
+            token: None,
+            service: String::new(),
+            labels: BTreeMap::new(),
+            commit: None,
+            rules: None,
+            out: PathBuf::new(),
+            status: PathBuf::new(),
+            metrics: PathBuf::new(),
+            redact: Vec::new(),
+            ca_cert: None,
+            budget_percent: DEFAULT_BUDGET_PERCENT,
+        }
+    }
 }
 
 impl Config {
@@ -106,7 +132,20 @@ impl Config {
                 s.push(".prom");
                 PathBuf::from(s)
             });
+        let budget_percent = match var("NONSTOP_BUDGET").filter(|s| !s.trim().is_empty()) {
+            None => DEFAULT_BUDGET_PERCENT,
+            Some(text) => match text.trim().trim_end_matches('%').trim().parse::<f64>() {
+                Ok(p) if (0.1..=100.0).contains(&p) => p,
+                _ => {
+                    warnings.push(format!(
+                        "NONSTOP_BUDGET={text:?} is not a percentage between 0.1 and 100; using {DEFAULT_BUDGET_PERCENT}"
+                    ));
+                    DEFAULT_BUDGET_PERCENT
+                }
+            },
+        };
         let config = Config {
+            budget_percent,
             disabled,
             server: var("NONSTOP_SERVER").filter(|s| !s.is_empty()),
             token: var("NONSTOP_TOKEN").filter(|s| !s.is_empty()),
@@ -171,6 +210,25 @@ mod tests {
         assert_eq!(c.metrics, PathBuf::from("/var/lib/node/app.prom"));
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("\"broken\" is not key=value"), "{}", w[0]);
+    }
+
+    #[test]
+    fn the_budget_is_a_percentage_in_range_or_the_default_with_a_warning() {
+        assert_eq!(Config::from_vars(vars(&[])).0.budget_percent, 1.0);
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_BUDGET", "100")]));
+        assert_eq!((c.budget_percent, w.len()), (100.0, 0));
+        assert_eq!(
+            Config::from_vars(vars(&[("NONSTOP_BUDGET", "0.5%")]))
+                .0
+                .budget_percent,
+            0.5
+        );
+        for bad in ["0.05", "101", "lots"] {
+            let (c, w) = Config::from_vars(vars(&[("NONSTOP_BUDGET", bad)]));
+            assert_eq!(c.budget_percent, 1.0);
+            assert_eq!(w.len(), 1, "{bad}");
+            assert!(w[0].contains("between 0.1 and 100"), "{}", w[0]);
+        }
     }
 
     #[test]

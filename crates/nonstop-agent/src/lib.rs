@@ -53,12 +53,9 @@ static FLUSHED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
 /// The agent thread, so the exit flush can wake it from an idle nap at once.
 static AGENT_THREAD: std::sync::OnceLock<std::thread::Thread> = std::sync::OnceLock::new();
 
-/// How long the agent thread naps between looks at the engine's buffer while probes are
-/// armed (the buffer holds far more hits than arrive in this time under the CPU budget).
-const BUSY_NAP: Duration = Duration::from_millis(5);
-/// How long it naps while no probe is armed: no hit can come, only rule changes, which are
-/// looked at every 200 ms anyway. This keeps an idle agent's own CPU use near zero.
-const IDLE_NAP: Duration = Duration::from_millis(100);
+/// How often rules and statuses are looked at. The agent thread otherwise sleeps until a
+/// hit wakes it (the engine's eventfd), or a site taken out by the budget is due back.
+const CHECK_EVERY: Duration = Duration::from_millis(200);
 /// How long the exiting program waits for the agent's last responses at most.
 const EXIT_FLUSH_WAIT: Duration = Duration::from_millis(1000);
 /// How often changed metric series are reported (and at exit). Values are cumulative, so a
@@ -71,6 +68,9 @@ extern "C" fn flush_at_exit() {
         EXITING.store(true, Ordering::Release);
         if let Some(agent) = AGENT_THREAD.get() {
             agent.unpark();
+        }
+        if let Ok(engine) = nonstop_probe::Engine::get() {
+            engine.wake();
         }
         let (lock, done) = &FLUSHED;
         if let Ok(guard) = lock.lock() {
@@ -212,8 +212,13 @@ impl Channel {
 /// Loads what the agent needs about this process: the engine, the executable's debug info,
 /// where it is loaded, and the modules for stack traces.
 fn build_agent(config: &Config) -> Result<Agent, String> {
-    let engine =
-        nonstop_probe::Engine::get().map_err(|e| format!("cannot start the probe engine: {e}"))?;
+    let engine = nonstop_probe::Engine::init(nonstop_probe::EngineConfig {
+        budget: config.budget_percent / 100.0,
+        ..nonstop_probe::EngineConfig::default()
+    })
+    .map_err(|e| format!("cannot start the probe engine: {e}"))?;
+    // Hot sites go out within a wake-up, whatever the agent thread is busy with.
+    engine.start_budget_thread();
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(|e| format!("cannot find the executable (/proc/self/exe: {e})"))?;
     let debug = Arc::new(nonstop_debuginfo::DebugInfo::load(&exe).map_err(|e| e.to_string())?);
@@ -319,7 +324,8 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
                 channel.responses(responses);
             }
         }
-        if exiting || last_check.elapsed() >= Duration::from_millis(200) {
+        let due_back = agent.enforce_budget();
+        if exiting || last_check.elapsed() >= CHECK_EVERY {
             last_check = Instant::now();
             if !exiting && let Some(rules) = channel.poll_rules() {
                 agent.sync(rules);
@@ -339,12 +345,16 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
             return;
         }
         if !busy {
-            // Woken early by the exit flush (`unpark`).
-            std::thread::park_timeout(if agent.has_probes() {
-                BUSY_NAP
-            } else {
-                IDLE_NAP
-            });
+            // Sleeps without using the CPU until a hit, a site asking to go out, the exit
+            // flush (`Engine::wake`), or the next timer: the status check, the metrics
+            // report, or a site due back.
+            let mut timeout = CHECK_EVERY
+                .saturating_sub(last_check.elapsed())
+                .min(METRICS_EVERY.saturating_sub(last_metrics.elapsed()));
+            if let Some(d) = due_back {
+                timeout = timeout.min(d);
+            }
+            agent.wait(timeout.max(Duration::from_millis(1)));
         }
     }
 }

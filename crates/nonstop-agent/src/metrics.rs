@@ -118,6 +118,21 @@ impl RuleSeries {
         Recorded::Added
     }
 
+    /// Adds `n` hits counted in the trap path (a count-only probe) to the series without
+    /// tags.
+    pub fn add_count(&mut self, n: u64, time: &str) {
+        let tags = BTreeMap::new();
+        let i = match self.index.get(&tags) {
+            Some(&i) => i,
+            None => self.add_series(tags, time),
+        };
+        let s = &mut self.series[i];
+        s.count += n;
+        s.updated.clear();
+        s.updated.push_str(time);
+        self.changed[i] = true;
+    }
+
     /// The series that changed since the last call (copies), and marks them reported.
     pub fn take_changed(&mut self) -> Vec<MetricSeries> {
         let mut out = Vec::new();

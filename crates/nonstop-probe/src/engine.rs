@@ -15,6 +15,7 @@ use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 use crate::arch::asm;
 use crate::arch::context::Context;
 use crate::arch::site::{self, Emulation, SiteError};
+use crate::backoff::{Sampling, SiteBudget};
 use crate::limits::{Budget, Gcra};
 use crate::ring::{RecordMeta, Ring};
 use crate::signals;
@@ -65,6 +66,12 @@ struct ProbeState {
     done: AtomicBool,
     reason: AtomicU8,
     reason_ns: AtomicU64,
+    /// Only count matching traps (no record): see [`ProbeSpec::count_only`].
+    count_only: AtomicBool,
+    /// Traps counted by a count-only probe.
+    counted: AtomicU64,
+    /// Whether the budget has the site out, and its back-off.
+    budget: SiteBudget,
 }
 
 impl ProbeState {
@@ -96,6 +103,9 @@ impl ProbeState {
             done: AtomicBool::new(false),
             reason: AtomicU8::new(REASON_NONE),
             reason_ns: AtomicU64::new(0),
+            count_only: AtomicBool::new(false),
+            counted: AtomicU64::new(0),
+            budget: SiteBudget::new(),
         }
     }
 
@@ -111,6 +121,7 @@ impl ProbeState {
             &self.filter_errors,
             &self.slowest_ns,
             &self.reason_ns,
+            &self.counted,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -131,6 +142,8 @@ impl ProbeState {
             filtered: self.filtered.load(r),
             filter_errors: self.filter_errors.load(r),
             slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
+            counted: self.counted.load(r),
+            sampling: self.budget.stats(sys::now_ns()),
             done: self.done.load(r),
             disarm_reason: match self.reason.load(r) {
                 REASON_MAX_HITS => Some(DisarmReason::MaxHits),
@@ -244,6 +257,9 @@ pub struct ProbeSpec {
     /// A condition checked in the trap path before anything else: a hit where it is false
     /// (or cannot be evaluated) costs the trap and the few reads the condition needs.
     pub filter: Option<Arc<Filter>>,
+    /// Count the traps where the filter holds (in [`ProbeStats::counted`]) and capture
+    /// nothing: no record, no rate limit, exact at any rate the budget allows.
+    pub count_only: bool,
 }
 
 impl ProbeSpec {
@@ -256,9 +272,16 @@ impl ProbeSpec {
             rate: None,
             time_cap: DEFAULT_TIME_CAP,
             filter: None,
+            count_only: false,
         }
     }
 }
+
+/// What one trap is taken to cost the kernel when it cannot be measured, ns.
+const FALLBACK_TRAP_COST_NS: u64 = 2_500;
+/// Calibration: rounds of traps, and traps per round (the fastest round counts).
+const CALIBRATION_ROUNDS: usize = 5;
+const CALIBRATION_TRAPS: usize = 20;
 
 /// The per-hit time cap of DESIGN.md's defaults.
 pub const DEFAULT_TIME_CAP: Duration = Duration::from_millis(10);
@@ -312,6 +335,11 @@ pub struct ProbeStats {
     pub filter_errors: u64,
     /// The slowest capture.
     pub slowest_hit: Duration,
+    /// Traps counted by a [`ProbeSpec::count_only`] probe (where its filter held).
+    pub counted: u64,
+    /// How the budget has sampled the site: taken out (original bytes back) when its
+    /// traps exceed the budget or its rate limit, put back after a back-off.
+    pub sampling: Sampling,
     /// The probe stopped capturing (max hits or time cap); the agent should disarm it.
     pub done: bool,
     /// Why it is done.
@@ -716,6 +744,20 @@ pub struct Engine {
     stacks: StackPool,
     sync_core: bool,
     arming: Mutex<Arming>,
+    /// The eventfd the agent thread sleeps on (-1: none, it then naps).
+    wake_fd: RawFd,
+    /// The agent thread is (about to be) asleep in [`Engine::wait`].
+    sleeping: AtomicBool,
+    /// The eventfd the budget's thread sleeps on (-1: none; the agent thread then does the
+    /// budget's work).
+    out_fd: RawFd,
+    /// The budget's thread runs.
+    budget_thread: AtomicBool,
+    /// Requests to take a site out since start (the agent compares with what it saw).
+    out_requests: AtomicU64,
+    out_requests_seen: AtomicU64,
+    /// The kernel's cost of one trap and return, ns (measured at start).
+    trap_cost_ns: AtomicU64,
 }
 
 static CELL: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
@@ -733,6 +775,8 @@ impl Engine {
         match r {
             Ok(e) => {
                 ENGINE.store(e as *const Engine as *mut Engine, Ordering::Release);
+                static CALIBRATED: std::sync::Once = std::sync::Once::new();
+                CALIBRATED.call_once(|| e.calibrate());
                 Ok(e)
             }
             Err(e) => Err(e.clone()),
@@ -769,7 +813,208 @@ impl Engine {
                 stale_slots: Vec::new(),
                 table_used: 0,
             }),
+            wake_fd: sys::eventfd().unwrap_or(-1),
+            out_fd: sys::eventfd().unwrap_or(-1),
+            budget_thread: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            out_requests: AtomicU64::new(0),
+            out_requests_seen: AtomicU64::new(0),
+            trap_cost_ns: AtomicU64::new(FALLBACK_TRAP_COST_NS),
         })
+    }
+
+    /// Measures what one trap costs the program: a few traps on a count-only probe (the
+    /// handler's least work, no record) over a `nop; ret` on a private page, timed. Falls
+    /// back to a typical figure when that cannot be done (a hardened kernel, a forked
+    /// child). The calibration's traps are not charged to the budget.
+    fn calibrate(&self) {
+        let Some(page) = sys::map_code_page(&[0x90, 0xc3]) else {
+            return;
+        };
+        let mut spec = ProbeSpec::new(page, Arc::new(CapturePlan::default()));
+        spec.count_only = true;
+        let Ok(id) = self.arm(spec) else {
+            return;
+        };
+        // SAFETY: the page holds `nop; ret`, a valid function of this signature; it is
+        // mapped for the life of the process (never unmapped).
+        let f: extern "C" fn() = unsafe { std::mem::transmute(page as usize) };
+        let mut fastest = u64::MAX;
+        let mut handlers = 0;
+        for _ in 0..CALIBRATION_ROUNDS {
+            let h0 = self.site_handler_ns(id);
+            let t0 = sys::now_ns();
+            for _ in 0..CALIBRATION_TRAPS {
+                std::hint::black_box(f)();
+            }
+            let total = sys::now_ns().saturating_sub(t0);
+            if total < fastest {
+                fastest = total;
+                handlers = self.site_handler_ns(id).saturating_sub(h0);
+            }
+        }
+        let _ = self.disarm(id);
+        self.budget.clear();
+        // The fastest round: the others were slowed by something else (a preemption, cold
+        // caches), which is not what a trap costs. The handler's own time is measured on
+        // every trap anyway, so only the kernel's part is kept.
+        if fastest != u64::MAX {
+            let kernel = fastest.saturating_sub(handlers) / CALIBRATION_TRAPS as u64;
+            self.trap_cost_ns.store(kernel.max(100), Ordering::Relaxed);
+        }
+    }
+
+    /// The handler time of a probe's traps so far, ns (0 when it is not armed).
+    fn site_handler_ns(&self, id: ProbeId) -> u64 {
+        self.lock()
+            .live
+            .get(&id.0)
+            .and_then(|&(idx, _)| STATES.get(idx))
+            .map_or(0, |p| p.budget.handler_time().as_nanos() as u64)
+    }
+
+    /// The kernel's cost of one trap and its return, as measured at start; the budget
+    /// charges it to every trap along with the handler's own time.
+    pub fn trap_cost(&self) -> Duration {
+        Duration::from_nanos(self.trap_cost_ns.load(Ordering::Relaxed))
+    }
+
+    /// The global budget: the share of one core the traps may take.
+    pub fn budget_fraction(&self) -> f64 {
+        self.config.budget
+    }
+
+    /// Trap path: a site asked to go out; wake the budget's thread (or, without one, the
+    /// agent thread).
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    fn request_out(&self) {
+        self.out_requests.fetch_add(1, Ordering::SeqCst);
+        if self.budget_thread.load(Ordering::Acquire) {
+            sys::eventfd_signal(self.out_fd);
+        } else {
+            self.wake();
+        }
+    }
+
+    /// Starts the budget's own thread, `nonstop-budget`: it sleeps on an eventfd the trap
+    /// path writes when a site asks to go out, and wakes when an out site is due back. So a
+    /// hot site goes out within a wake-up of asking, whatever the agent thread is busy with
+    /// (loading debug info, formatting a burst of hits). Without it (never started, or it
+    /// could not be), sites only go out when someone calls [`Engine::enforce_budget`], and
+    /// a site's requests wake the thread in [`Engine::wait`]. Later calls do nothing.
+    pub fn start_budget_thread(&'static self) {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| self.spawn_budget_thread());
+    }
+
+    fn spawn_budget_thread(&'static self) {
+        if self.out_fd < 0 || FORKED.load(Ordering::Acquire) {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("nonstop-budget".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                loop {
+                    let due = self.enforce_budget();
+                    if FORKED.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // A site due back: then (rounded up to a millisecond); else a second,
+                    // for the calm-window resets.
+                    let ms = due.map_or(1000, |d| {
+                        (d.as_nanos().div_ceil(1_000_000)).clamp(1, 1000) as i32
+                    });
+                    sys::eventfd_wait(self.out_fd, ms);
+                }
+            });
+        self.budget_thread.store(spawned.is_ok(), Ordering::Release);
+    }
+
+    /// Trap path: a record is committed; wake the agent thread if it sleeps.
+    fn wake_if_sleeping(&self) {
+        // Pairs with the fence in `wait`: either this sees `sleeping`, or `wait` sees the
+        // record committed before it.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+            sys::eventfd_signal(self.wake_fd);
+        }
+    }
+
+    /// Wakes the thread in [`Engine::wait`] (async-signal-safe: one `write`).
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    pub fn wake(&self) {
+        if self.wake_fd >= 0 {
+            sys::eventfd_signal(self.wake_fd);
+        }
+    }
+
+    /// Sleeps until a hit is committed, a site asks to go out, [`Engine::wake`] is called
+    /// or `timeout` passes — without using the CPU meanwhile. For the agent thread.
+    pub fn wait(&self, timeout: Duration) {
+        if self.wake_fd < 0 {
+            std::thread::sleep(timeout.min(Duration::from_millis(5)));
+            return;
+        }
+        self.sleeping.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let work = self.ring.has_committed()
+            || self.out_requests.load(Ordering::SeqCst)
+                != self.out_requests_seen.load(Ordering::Relaxed);
+        if !work {
+            let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
+            sys::eventfd_wait(self.wake_fd, ms);
+        }
+        self.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// The budget's work (the budget's thread runs it; the agent thread may too, and a
+    /// test): takes out every site that asked (original
+    /// bytes back), puts back those whose back-off is over (while the budget has room), and
+    /// resets the back-off of sites that stayed in for a calm window. Returns how long
+    /// until the next site is due back, if one is out.
+    pub fn enforce_budget(&self) -> Option<Duration> {
+        if FORKED.load(Ordering::Acquire) {
+            return None;
+        }
+        let seen = self.out_requests.load(Ordering::SeqCst);
+        let a = self.lock();
+        self.out_requests_seen.store(seen, Ordering::Relaxed);
+        let now = sys::now_ns();
+        let calm = self.config.budget_window.as_nanos() as u64;
+        let trap_cost = self.trap_cost_ns.load(Ordering::Relaxed);
+        let room = !self.budget.exceeded(now);
+        let mut next: Option<u64> = None;
+        let mut changed = false;
+        for &(idx, _) in a.live.values() {
+            let p = &STATES[idx];
+            let b = &p.budget;
+            let addr = p.addr.load(Ordering::Relaxed);
+            if b.pending() {
+                let orig = p.orig_byte.load(Ordering::Relaxed);
+                if sys::write_mem(a.mem_fd, addr, &[orig]).is_ok() {
+                    b.went_out(now, p.traps.load(Ordering::Relaxed), trap_cost);
+                    changed = true;
+                }
+            } else if b.due(now) && room {
+                if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
+                    b.went_in(now, p.traps.load(Ordering::Relaxed));
+                    changed = true;
+                }
+            } else {
+                b.note_calm(now, calm);
+            }
+            if let Some(due) = b.due_in(now) {
+                // Over budget when due: look again after a bucket of the budget's window.
+                let due = if due == 0 { calm / 10 } else { due };
+                next = Some(next.map_or(due, |n| n.min(due)));
+            }
+        }
+        drop(a);
+        if changed {
+            self.sync();
+        }
+        next.map(Duration::from_nanos)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Arming> {
@@ -862,6 +1107,8 @@ impl Engine {
             Some(l) => p.rate.set(Some(l.per_second), l.burst),
             None => p.rate.set(None, 1),
         }
+        p.count_only.store(spec.count_only, r);
+        p.budget.reset(sys::now_ns());
         p.status.store(ARMED, Ordering::SeqCst);
         VALS[cell].store(idx as u32 + 1, Ordering::Release);
         if let Err(e) = sys::write_mem(a.mem_fd, address, &[0xcc]) {
@@ -1145,21 +1392,54 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     let t0 = sys::now_ns();
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
+    // Wake-ups wait until the hit is timed: the woken thread may take this CPU.
+    let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, t0);
+        capture(engine, p, &ctx, addr, t0, &mut wake);
     }
     perform(p, &mut ctx);
     if let Some(engine) = engine {
+        // Every trap is charged: the handler's time, and the kernel's trap and return
+        // (measured once at start), which the handler cannot see.
         let t1 = sys::now_ns();
-        engine.budget.charge(t1, t1.saturating_sub(t0));
+        let handler = t1.saturating_sub(t0);
+        p.budget.add_trap(t0, t1);
+        let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
+        engine.budget.charge(t1, cost);
+        if wake.out {
+            engine.request_out();
+        }
+        if wake.committed {
+            engine.wake_if_sleeping();
+        }
     }
     guard_exit(guard);
     p.in_flight.fetch_sub(1, Ordering::Release);
     true
 }
 
-fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u64) {
+/// Whom the trap path wakes once it is done with a hit.
+#[derive(Default)]
+struct Wake {
+    /// The site asked to go out: the budget's thread.
+    out: bool,
+    /// A record was committed: the agent thread, if it sleeps.
+    committed: bool,
+}
+
+fn capture(
+    engine: &Engine,
+    p: &ProbeState,
+    ctx: &Context<'_>,
+    addr: u64,
+    t0: u64,
+    wake: &mut Wake,
+) {
     let r = Ordering::Relaxed;
+    let over_budget = engine.budget.exceeded(t0);
+    if over_budget && p.budget.request_for_budget() {
+        wake.out = true;
+    }
     if p.done.load(Ordering::Acquire) {
         return;
     }
@@ -1188,11 +1468,18 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
             }
         }
     }
-    if !p.rate.allow(t0) {
-        p.dropped_rate.fetch_add(1, r);
+    if p.count_only.load(r) {
+        p.counted.fetch_add(1, r);
         return;
     }
-    if engine.budget.exceeded(t0) {
+    if !p.rate.allow(t0) {
+        p.dropped_rate.fetch_add(1, r);
+        if p.budget.refused() {
+            wake.out = true;
+        }
+        return;
+    }
+    if over_budget {
         p.dropped_budget.fetch_add(1, r);
         return;
     }
@@ -1264,6 +1551,7 @@ fn capture(engine: &Engine, p: &ProbeState, ctx: &Context<'_>, addr: u64, t0: u6
             len: job.outcome.len as u32,
         },
     );
+    wake.committed = true;
     let took = sys::now_ns().saturating_sub(t0);
     p.slowest_ns.fetch_max(took, r);
     if took > p.time_cap_ns.load(r) {

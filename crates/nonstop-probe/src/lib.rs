@@ -45,8 +45,19 @@
 //!   thread pointer, no TLS) and only runs the displaced instruction, counting
 //!   `dropped_nested`. The code the handler runs before that check sits in the
 //!   `nonstop_probe_trap` section and cannot be probed.
-//! - **Budget** is measured handler time (not the kernel's trap delivery, ≈ 2.5 µs a hit
-//!   here) summed over a sliding window; every trap is charged, captured or not.
+//! - **Budget** is measured handler time plus the kernel's trap delivery and return (timed
+//!   once at start on a private page, ≈ 1.3–3.7 µs a trap), summed over a sliding window;
+//!   every trap is charged, captured or not. A site whose traps exceed the budget, or its
+//!   own rate limit many times over, asks to be taken out: the handler only flips a flag
+//!   and, once the hit is timed, writes an eventfd (both async-signal-safe); the budget's
+//!   thread `nonstop-budget` ([`Engine::start_budget_thread`], running
+//!   [`Engine::enforce_budget`]) restores the original byte and patches it back after a
+//!   back-off (100 ms doubling to 10 s, reset after a calm window). So the program pays the
+//!   budget plus the traps until that thread wakes, not a trap per execution forever.
+//! - **The agent thread sleeps** in [`Engine::wait`] on an eventfd: a committed hit or a
+//!   site asking to go out wakes it; with probes armed and no hits it uses no CPU.
+//! - **Count-only probes** ([`ProbeSpec::count_only`]) add one to an atomic counter in the
+//!   trap path and write no record, so counts stay exact at any rate the budget allows.
 //!
 //! # Example
 //!
@@ -96,6 +107,7 @@ compile_error!("nonstop-probe supports x86_64 Linux only");
 
 #[path = "arch/x86_64/mod.rs"]
 mod arch;
+mod backoff;
 mod engine;
 mod limits;
 mod ring;
@@ -104,6 +116,7 @@ mod slots;
 #[path = "sys/linux.rs"]
 mod sys;
 
+pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
 pub use engine::{
     ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
     ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,

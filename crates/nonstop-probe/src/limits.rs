@@ -97,6 +97,13 @@ impl Budget {
         self.limit_ns.store(limit, Ordering::Relaxed);
     }
 
+    /// Forgets everything charged so far.
+    pub fn clear(&self) {
+        for u in &self.used {
+            u.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Adds `ns` of handler time at `now`.
     pub fn charge(&self, now: u64, ns: u64) {
         let epoch = now / self.bucket_ns.load(Ordering::Relaxed);

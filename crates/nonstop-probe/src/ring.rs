@@ -113,6 +113,14 @@ impl Ring {
         }
     }
 
+    /// Whether a committed record waits to be drained (consumer side).
+    pub fn has_committed(&self) -> bool {
+        let tail = *self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        self.seqs
+            .get((tail & self.mask) as usize)
+            .is_some_and(|s| s.load(Ordering::Acquire) == tail + 1)
+    }
+
     /// Calls `f` for every committed record in order, up to the first uncommitted one;
     /// returns how many.
     pub fn drain(&self, mut f: impl FnMut(RecordMeta, &[u8])) -> usize {

@@ -50,6 +50,8 @@ pub struct Run {
     pub statuses: serde_json::Value,
     /// The metrics file (`NONSTOP_OUT` + `.prom`, the default), if the agent wrote one.
     pub metrics: Option<String>,
+    /// The program's wall time, from its start to its exit.
+    pub wall: std::time::Duration,
 }
 
 impl Run {
@@ -104,7 +106,9 @@ pub fn run_with_rules(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
+    let started = std::time::Instant::now();
     let output = cmd.output().unwrap();
+    let wall = started.elapsed();
     let responses = std::fs::read_to_string(&out)
         .unwrap_or_default()
         .lines()
@@ -121,6 +125,7 @@ pub fn run_with_rules(
         responses,
         statuses,
         metrics: std::fs::read_to_string(prom).ok(),
+        wall,
     }
 }
 

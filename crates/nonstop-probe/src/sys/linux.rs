@@ -204,3 +204,50 @@ pub fn pwrite_byte(fd: RawFd, addr: u64, byte: u8) -> bool {
     // SAFETY: one readable byte on our stack.
     unsafe { libc::pwrite(fd, (&byte as *const u8).cast(), 1, addr as libc::off_t) == 1 }
 }
+
+/// A non-blocking, close-on-exec eventfd: the trap path wakes the agent thread through it.
+pub fn eventfd() -> Option<RawFd> {
+    // SAFETY: eventfd takes plain integers; the result is checked.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    (fd >= 0).then_some(fd)
+}
+
+/// Adds one to an eventfd (one `write`, async-signal-safe).
+pub fn eventfd_signal(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: 8 readable bytes on our stack; a full counter (EAGAIN) means already signalled.
+    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
+}
+
+/// Waits up to `timeout_ms` for an eventfd to be signalled, then clears it.
+pub fn eventfd_wait(fd: RawFd, timeout_ms: i32) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; poll writes only its `revents`.
+    unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    let mut buf: u64 = 0;
+    // SAFETY: 8 writable bytes on our stack; the fd is non-blocking.
+    unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+}
+
+/// Maps one page of anonymous memory holding `code`, readable and executable.
+pub fn map_code_page(code: &[u8]) -> Option<u64> {
+    let page = mmap_anon(4096)?;
+    if code.len() > 4096 {
+        return None;
+    }
+    // SAFETY: `page` is a fresh writable mapping of 4096 bytes owned by us alone.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), page as *mut u8, code.len()) };
+    // SAFETY: the same fresh page; nothing else refers to it.
+    let ok = unsafe {
+        libc::mprotect(
+            page as *mut libc::c_void,
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+        ) == 0
+    };
+    ok.then_some(page)
+}
