@@ -13,6 +13,8 @@
 //! | `NONSTOP_STATUS` | offline mode: rule statuses, rewritten on change | `NONSTOP_OUT` + `.status.json` |
 //! | `NONSTOP_METRICS` | offline mode: metric rules' series in Prometheus text format (for node_exporter's textfile collector), replaced atomically at most once a second and at exit | `NONSTOP_OUT` + `.prom` |
 //! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
+//! | `NONSTOP_LINK` | `ws` (a WebSocket) or `http` (polling, for frozen or short-lived processes such as AWS Lambda) | `ws` |
+//! | `NONSTOP_VERSION` | the program's version, which rules may select on | none |
 //! | `NONSTOP_CA_CERT` | PEM file of the CA to trust for an `https://` server | the public roots |
 //!
 //! Bad values never stop the program: the agent says what is wrong on stderr and goes on
@@ -48,6 +50,20 @@ pub struct Config {
     pub redact: Vec<String>,
     /// CA certificate (PEM) for an `https://` server.
     pub ca_cert: Option<PathBuf>,
+    /// How the agent talks to the server.
+    pub link: LinkKind,
+    /// The program's version.
+    pub version: Option<String>,
+}
+
+/// How the agent talks to the server (`NONSTOP_LINK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A WebSocket held open (`ws`, the default).
+    #[default]
+    WebSocket,
+    /// HTTP requests: rules polled, responses posted in batches (`http`).
+    Http,
 }
 
 impl Config {
@@ -106,7 +122,19 @@ impl Config {
                 s.push(".prom");
                 PathBuf::from(s)
             });
+        let link = match var("NONSTOP_LINK").as_deref().map(str::trim) {
+            None | Some("") | Some("ws") | Some("websocket") => LinkKind::WebSocket,
+            Some("http") => LinkKind::Http,
+            Some(other) => {
+                warnings.push(format!(
+                    "NONSTOP_LINK={other:?} is not ws or http; using ws"
+                ));
+                LinkKind::WebSocket
+            }
+        };
         let config = Config {
+            link,
+            version: var("NONSTOP_VERSION").filter(|v| !v.is_empty()),
             disabled,
             server: var("NONSTOP_SERVER").filter(|s| !s.is_empty()),
             token: var("NONSTOP_TOKEN").filter(|s| !s.is_empty()),
@@ -171,6 +199,16 @@ mod tests {
         assert_eq!(c.metrics, PathBuf::from("/var/lib/node/app.prom"));
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("\"broken\" is not key=value"), "{}", w[0]);
+    }
+
+    #[test]
+    fn link_is_ws_by_default_http_on_request_and_garbage_warns() {
+        assert_eq!(Config::from_vars(vars(&[])).0.link, LinkKind::WebSocket);
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_LINK", "http")]));
+        assert_eq!((c.link, w.len()), (LinkKind::Http, 0));
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_LINK", "carrier-pigeon")]));
+        assert_eq!(c.link, LinkKind::WebSocket);
+        assert_eq!(w, vec!["NONSTOP_LINK=\"carrier-pigeon\" is not ws or http; using ws"]);
     }
 
     #[test]
