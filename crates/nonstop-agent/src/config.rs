@@ -208,7 +208,10 @@ mod tests {
         assert_eq!((c.link, w.len()), (LinkKind::Http, 0));
         let (c, w) = Config::from_vars(vars(&[("NONSTOP_LINK", "carrier-pigeon")]));
         assert_eq!(c.link, LinkKind::WebSocket);
-        assert_eq!(w, vec!["NONSTOP_LINK=\"carrier-pigeon\" is not ws or http; using ws"]);
+        assert_eq!(
+            w,
+            vec!["NONSTOP_LINK=\"carrier-pigeon\" is not ws or http; using ws"]
+        );
     }
 
     #[test]

@@ -643,7 +643,9 @@ pub(crate) fn http_target(server: &str) -> Result<HttpTarget, String> {
 }
 
 /// TLS client settings: the certificates of `ca_cert`, or the public roots.
-pub(crate) fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

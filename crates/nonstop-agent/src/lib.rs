@@ -27,8 +27,8 @@ mod agent;
 pub mod config;
 pub mod connection;
 mod drive;
-pub mod link_http;
 mod limits;
+pub mod link_http;
 mod metrics;
 mod offline;
 pub mod redact;
@@ -90,9 +90,9 @@ pub fn start_with(adjust: impl FnOnce(&mut Config)) -> bool {
     *STARTED.get_or_init(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_inner(adjust)))
             .unwrap_or_else(|_| {
-            say("the agent failed to start (internal error); the program runs without it");
-            false
-        })
+                say("the agent failed to start (internal error); the program runs without it");
+                false
+            })
     })
 }
 

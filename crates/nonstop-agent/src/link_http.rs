@@ -16,8 +16,8 @@
 //! sent stay queued (bounded, oldest dropped and counted) and go out when the server is back.
 
 use crate::connection::{Transport, http_target, tls_config};
-use nonstop_model::{AgentInfo, AgentMessage, MetricSeries, Response, Rule, RuleStatus};
 use nonstop_model::wire::ServerMessage;
+use nonstop_model::{AgentInfo, AgentMessage, MetricSeries, Response, Rule, RuleStatus};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -300,7 +300,9 @@ impl Runner<'_> {
                     if let Some(t) = retry_at {
                         wake = wake.max(t);
                     }
-                    let wait = wake.saturating_duration_since(now).max(Duration::from_millis(1));
+                    let wait = wake
+                        .saturating_duration_since(now)
+                        .max(Duration::from_millis(1));
                     st = match self.shared.changed.wait_timeout(st, wait) {
                         Ok((g, _)) => g,
                         Err(p) => p.into_inner().0,
@@ -561,7 +563,9 @@ impl Runner<'_> {
             .map_err(|e| format!("server address {server}: {e}"))?;
         let conn = rustls::ClientConnection::new(config, name)
             .map_err(|e| format!("TLS to {server}: {e}"))?;
-        Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(conn, stream))))
+        Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+            conn, stream,
+        ))))
     }
 }
 
