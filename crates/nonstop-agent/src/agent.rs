@@ -3,9 +3,9 @@
 use crate::limits::RuleLimits;
 use crate::metrics::RuleSeries;
 use crate::redact::Redactor;
+use nonstop_capture::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Stacks, Variable};
 use nonstop_expr::{Env, Expr, Template};
-use nonstop_model::capture::{CapturePlan, CapturedMemory, CapturedRoot};
 use nonstop_model::{
     Action, CaptureLimits, Frame, Locals, MetricKind, MetricSeries, Response, Rule, RuleStatus,
     SourceLocation, StatusKind, Value,
@@ -14,9 +14,6 @@ use nonstop_probe::{Engine, ProbeId, ProbeSpec, RateLimit};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// The hard cap on one hit's capture time (DESIGN.md).
-const HIT_TIME_CAP: Duration = Duration::from_millis(10);
 
 /// Facts about this agent that go into every response.
 #[derive(Debug, Clone)]
@@ -327,7 +324,7 @@ impl Agent {
                 per_second,
                 burst: crate::limits::burst_for(per_second),
             }),
-            time_cap: HIT_TIME_CAP,
+            time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
         };
         if let Some(old) = self.sites.remove(&addr) {
@@ -929,7 +926,7 @@ impl SiteResolver<'_> {
 }
 
 impl nonstop_expr::filter::PathResolver for SiteResolver<'_> {
-    fn read(&self, path: &[String]) -> Option<nonstop_model::filter::FilterRead> {
+    fn read(&self, path: &[String]) -> Option<nonstop_capture::filter::FilterRead> {
         let (name, rest) = path.split_first()?;
         let mut read = self.debug.filter_read(self.var(name)?, rest)?;
         relocate_source(&mut read.root, self.bias);
@@ -940,7 +937,7 @@ impl nonstop_expr::filter::PathResolver for SiteResolver<'_> {
         &self,
         path: &[String],
         variant: &str,
-    ) -> Option<(nonstop_model::filter::FilterRead, u64)> {
+    ) -> Option<(nonstop_capture::filter::FilterRead, u64)> {
         let (name, rest) = path.split_first()?;
         let (mut read, value) = self.debug.filter_variant(self.var(name)?, rest, variant)?;
         relocate_source(&mut read.root, self.bias);
@@ -948,8 +945,8 @@ impl nonstop_expr::filter::PathResolver for SiteResolver<'_> {
     }
 }
 
-fn relocate_source(source: &mut nonstop_model::capture::PieceSource, bias: u64) {
-    if let nonstop_model::capture::PieceSource::Absolute { addr } = source {
+fn relocate_source(source: &mut nonstop_capture::capture::PieceSource, bias: u64) {
+    if let nonstop_capture::capture::PieceSource::Absolute { addr } = source {
         *addr = addr.wrapping_add(bias);
     }
 }
@@ -975,7 +972,7 @@ impl Env for HitEnv<'_> {
 
 /// Adds the load bias to addresses of statics in the plan.
 fn relocate(plan: &mut CapturePlan, bias: u64) {
-    use nonstop_model::capture::PieceSource;
+    use nonstop_capture::capture::PieceSource;
     for root in &mut plan.roots {
         for piece in &mut root.pieces {
             if let PieceSource::Absolute { addr } = &mut piece.source {

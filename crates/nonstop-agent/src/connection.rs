@@ -42,13 +42,13 @@ const BATCH: usize = 200;
 /// Series per `metrics` message.
 const METRICS_BATCH: usize = 500;
 /// How often the link pings the server.
-pub const PING_EVERY: Duration = Duration::from_secs(10);
+pub const PING_EVERY: Duration = nonstop_model::defaults::PING_EVERY;
 /// Silence from the server after which the connection counts as dead.
 const DEAD_AFTER: Duration = Duration::from_secs(35);
 /// First and last reconnect delays (doubling in between, with jitter).
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const BACKOFF_MIN: Duration = nonstop_model::defaults::BACKOFF_MIN;
 /// See [`BACKOFF_MIN`].
-pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const BACKOFF_MAX: Duration = nonstop_model::defaults::BACKOFF_MAX;
 /// How long one read waits; bounds the delay before queued responses go out. Longer
 /// means fewer wake-ups of an idle process, shorter means fresher live streams.
 const READ_WAIT: Duration = Duration::from_millis(200);
@@ -89,6 +89,8 @@ struct Shared {
     rules: Mutex<Option<Vec<Rule>>>,
     outbox: Mutex<Outbox>,
     connected: AtomicBool,
+    /// Why the last connection ended or could not start (cleared when one is up).
+    problem: Mutex<Option<String>>,
     stop: AtomicBool,
 }
 
@@ -137,6 +139,7 @@ impl Link {
             rules: Mutex::new(None),
             outbox: Mutex::new(Outbox::default()),
             connected: AtomicBool::new(false),
+            problem: Mutex::new(None),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -218,6 +221,12 @@ impl Link {
     /// Whether the link holds a connection to the server now.
     pub fn connected(&self) -> bool {
         self.shared.connected.load(Ordering::Relaxed)
+    }
+
+    /// Why the last attempt to connect failed or the last connection ended, as logged;
+    /// `None` while connected and before the first attempt ends.
+    pub fn problem(&self) -> Option<String> {
+        lock(&self.shared.problem).clone()
     }
 
     /// Stops the thread and waits for it (at most about one read wait, or a connect attempt).
@@ -315,6 +324,7 @@ impl<'a> Runner<'a> {
                 Err(Failure::Stopped) => return,
                 Err(Failure::Other(why)) => {
                     self.shared.connected.store(false, Ordering::Relaxed);
+                    *lock(&self.shared.problem) = Some(why.clone());
                     self.log_once(why);
                 }
                 Ok(()) => {}
@@ -434,6 +444,7 @@ impl<'a> Runner<'a> {
             },
         )?;
         self.shared.connected.store(true, Ordering::Relaxed);
+        *lock(&self.shared.problem) = None;
         {
             // A new connection may reach a server (or replica) that has none of the series.
             let mut out = lock(&self.shared.outbox);

@@ -396,17 +396,9 @@ fn preloaded_library_is_loaded() -> bool {
 /// preloaded must get one agent, not two fighting over the same traps.
 fn this_copy_is_the_preloaded_library() -> bool {
     let here = preload_start as *const () as usize as u64;
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    let Ok(maps) = nonstop_debuginfo::maps::read(None) else {
         return false;
     };
-    maps.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let range = fields.next().unwrap_or("");
-        let path = fields.nth(4).unwrap_or("");
-        let (lo, hi) = range.split_once('-').unwrap_or(("", ""));
-        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else {
-            return false;
-        };
-        (lo..hi).contains(&here) && path.ends_with("libnonstop_agent.so")
-    })
+    nonstop_debuginfo::maps::containing(&maps, here)
+        .is_some_and(|m| m.name.ends_with("libnonstop_agent.so"))
 }

@@ -8,8 +8,8 @@
 mod stack_stopped;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use nonstop_capture::capture::{CapturePlan, CapturedMemory, execute};
 use nonstop_debuginfo::{DEFAULT_MAX_FRAMES, Stacks};
-use nonstop_model::capture::{CapturePlan, CapturedMemory, execute};
 use stack_stopped::{Build, Stopped};
 use std::hint::black_box;
 

@@ -1,5 +1,5 @@
 //! Bytes → typed [`Value`]s, Rust-aware, over any [`Memory`]: the live process or a
-//! [`CapturedMemory`](nonstop_model::capture::CapturedMemory) record.
+//! [`CapturedMemory`](nonstop_capture::capture::CapturedMemory) record.
 //!
 //! # Shapes (the JSON form of `Value`)
 //! - structs: `Map` of fields in declaration order; tuples and tuple structs: `List`.
@@ -23,7 +23,7 @@ use crate::types::{
     BTREE_CAPACITY, BTreeLayout, PointerKind, StdLayout, Type, TypeKind, base_of, truncate,
 };
 use crate::{Availability, DebugInfo, DieRef, Variable};
-use nonstop_model::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
+use nonstop_capture::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
 use nonstop_model::{CaptureLimits, Data, Value};
 use std::cell::Cell;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
 //! Paths into variables as trap-path reads: what a condition such as
 //! `order.total > 10000` reads, compiled to a register or stack location, pointer hops and
-//! an offset (`nonstop_model::filter::FilterRead`), so the probe engine can decide a hit
+//! an offset (`nonstop_capture::filter::FilterRead`), so the probe engine can decide a hit
 //! before capturing anything.
 
 use crate::types::{PointerKind, Type, TypeKind};
 use crate::{Availability, DebugInfo, Variable};
-use nonstop_model::capture::PieceSource;
-use nonstop_model::filter::{FilterRead, ReadKind};
+use nonstop_capture::capture::PieceSource;
+use nonstop_capture::filter::{FilterRead, ReadKind};
 use std::sync::Arc;
 
 /// Where a path led: the variable's location, the pointers followed, the offset and the type.

@@ -49,6 +49,8 @@ mod unwind;
 pub use decode::{debug_string, key_string};
 pub use error::Error;
 pub use lines::Site;
+/// `/proc/PID/maps`, parsed (re-exported for the agent).
+pub use nonstop_capture::maps;
 pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind};
 pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};

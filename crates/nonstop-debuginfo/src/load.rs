@@ -15,8 +15,8 @@ pub(crate) struct LoadedFile {
     pub(crate) debug_path: Option<PathBuf>,
     /// The GNU build id, if the file has one.
     pub(crate) build_id: Option<Vec<u8>>,
-    /// `PT_LOAD` segments: (virtual address, file offset, memory size).
-    pub(crate) loads: Vec<(u64, u64, u64)>,
+    /// `PT_LOAD` segments.
+    pub(crate) loads: Vec<nonstop_capture::maps::Segment>,
     /// Address ranges of executable sections; line rows outside them are discarded code.
     pub(crate) code_ranges: Vec<(u64, u64)>,
     /// `.eh_frame` and the addresses its pointers are relative to.
@@ -161,10 +161,7 @@ impl DebugInfo {
             reason,
         };
 
-        let loads = obj
-            .segments()
-            .map(|s| (s.address(), s.file_range().0, s.size()))
-            .collect();
+        let loads = segments(&obj);
         let code_ranges = obj
             .sections()
             .filter(|s| s.kind() == object::SectionKind::Text && s.size() > 0)
@@ -284,10 +281,7 @@ impl DebugInfo {
     /// the runtime address. 0 for a non-PIE executable. Reads `/proc/PID/maps` and
     /// matches the mapping by device and inode (or path).
     pub fn load_bias_in(&self, pid: Option<u32>) -> Result<u64, Error> {
-        let maps_path = match pid {
-            Some(p) => PathBuf::from(format!("/proc/{p}/maps")),
-            None => PathBuf::from("/proc/self/maps"),
-        };
+        let maps_path = crate::maps::path(pid);
         let maps = std::fs::read_to_string(&maps_path).map_err(|source| Error::Io {
             path: maps_path.clone(),
             source,
@@ -301,70 +295,57 @@ impl DebugInfo {
     }
 }
 
-/// The bias from the text of a `/proc/PID/maps` file: the first mapping of `path` whose
-/// file offset starts a `PT_LOAD` segment gives `start - page_down(p_vaddr)`.
+/// The `PT_LOAD` segments of `obj`, as the load-bias computation takes them.
+pub(crate) fn segments(obj: &object::File<'_>) -> Vec<crate::maps::Segment> {
+    obj.segments()
+        .map(|s| crate::maps::Segment {
+            vaddr: s.address(),
+            file_offset: s.file_range().0,
+            file_size: s.file_range().1,
+            exec: matches!(s.flags(), object::SegmentFlags::Elf { p_flags, .. } if p_flags.contains(object::elf::PF_X)),
+        })
+        .collect()
+}
+
+/// The bias from the text of a `/proc/PID/maps` file: the mappings of `path` (matched by
+/// device and inode, or by canonical path) and its `PT_LOAD` segments, see
+/// [`crate::maps::load_bias`].
 pub(crate) fn load_bias_from_maps(
     maps: &str,
     path: &Path,
-    loads: &[(u64, u64, u64)],
+    loads: &[crate::maps::Segment],
 ) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok();
+    let id = crate::maps::FileId::of(path);
     let canon = std::fs::canonicalize(path).ok();
-    const PAGE: u64 = 4096;
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (range, _perm, off, dev, inode) =
-            (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-        let name = f.collect::<Vec<_>>().join(" ");
-        let inode: u64 = inode.parse().ok()?;
-        let same = match &meta {
-            Some(m) if inode != 0 && m.ino() == inode => {
-                // The device is "major:minor" in hex; compare it too when it parses.
-                let mut dm = dev.split(':');
-                let major = u64::from_str_radix(dm.next().unwrap_or(""), 16).ok();
-                let minor = u64::from_str_radix(dm.next().unwrap_or(""), 16).ok();
-                let dev_ok = match (major, minor) {
-                    (Some(ma), Some(mi)) => {
-                        let d = m.dev();
-                        let (dma, dmi) = ((d >> 8) & 0xfff, (d & 0xff) | ((d >> 12) & 0xfff00));
-                        dma == ma && dmi == mi
-                    }
-                    _ => true,
-                };
-                dev_ok || canon.as_deref().is_some_and(|c| Path::new(&name) == c)
-            }
-            _ => canon.as_deref().is_some_and(|c| Path::new(&name) == c),
-        };
-        if !same {
-            continue;
-        }
-        let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-        let off = u64::from_str_radix(off, 16).ok()?;
-        for &(vaddr, foff, _) in loads {
-            if foff & !(PAGE - 1) == off {
-                return Some(start.wrapping_sub(vaddr & !(PAGE - 1)));
-            }
-        }
-    }
-    None
+    let mine: Vec<crate::maps::Mapping> = crate::maps::parse(maps)
+        .into_iter()
+        .filter(|m| m.maps_file(id, canon.as_deref()))
+        .collect();
+    crate::maps::load_bias(&mine, loads)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const PAGE0: crate::maps::Segment = crate::maps::Segment {
+        vaddr: 0,
+        file_offset: 0,
+        file_size: 0x4000,
+        exec: false,
+    };
+
     #[test]
     fn bias_of_a_pie_mapping() {
         let exe = std::env::current_exe().unwrap();
         let maps = "555555554000-555555558000 r--p 00000000 00:00 0 /nowhere\n";
-        assert_eq!(load_bias_from_maps(maps, &exe, &[(0, 0, 0x4000)]), None);
+        assert_eq!(load_bias_from_maps(maps, &exe, &[PAGE0]), None);
         let maps = format!(
             "555555554000-555555558000 r--p 00000000 00:00 0 {}\n",
             std::fs::canonicalize(&exe).unwrap().display()
         );
         assert_eq!(
-            load_bias_from_maps(&maps, &exe, &[(0, 0, 0x4000)]),
+            load_bias_from_maps(&maps, &exe, &[PAGE0]),
             Some(0x5555_5555_4000)
         );
     }

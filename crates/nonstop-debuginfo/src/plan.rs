@@ -10,8 +10,8 @@
 
 use crate::types::{PointerKind, StdLayout, TypeKind};
 use crate::{Availability, DebugInfo, DieRef, Variable};
+use nonstop_capture::capture::{CapturePlan, NodeId, Piece, PieceSource, PlanNode, RootPlan};
 use nonstop_model::CaptureLimits;
-use nonstop_model::capture::{CapturePlan, NodeId, Piece, PieceSource, PlanNode, RootPlan};
 
 /// Default cap on the bytes one hit may record (64 KiB).
 pub const DEFAULT_MAX_BYTES: u32 = 64 * 1024;

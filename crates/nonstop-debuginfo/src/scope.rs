@@ -4,7 +4,7 @@ use crate::dies::{Die, Scope, Unit};
 use crate::{DebugInfo, DieRef, Error, Reader};
 use gimli::Reader as _;
 use gimli::{AttributeValue, Operation, UnitOffset};
-use nonstop_model::capture::{Piece, PieceSource};
+use nonstop_capture::capture::{Piece, PieceSource};
 use std::collections::HashSet;
 
 pub(crate) use crate::dies::UnitPaths;

@@ -11,6 +11,7 @@
 //! - [`Stacks`]: an [`Unwinder`] plus the debug info of every module, cached;
 //!   [`Stacks::frames`] gives symbolized [`Frame`]s, inlined frames expanded.
 
+use crate::maps::Mapping;
 use crate::symbolize::SymbolMap;
 use crate::{DebugInfo, Error, Reader};
 use gimli::{
@@ -18,9 +19,9 @@ use gimli::{
     Expression, Location, ParsedEhFrameHdr, Register, RegisterRule, UnwindContext, UnwindSection,
     UnwindTableRow, Value,
 };
+use nonstop_capture::capture::{GPR_COUNT, Memory, REG_RBP, REG_RIP, REG_RSP, Registers};
 use nonstop_model::Frame;
-use nonstop_model::capture::{GPR_COUNT, Memory, REG_RBP, REG_RIP, REG_RSP, Registers};
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -533,80 +534,21 @@ fn frame_pointer_step(regs: &Regs, mem: &dyn Memory) -> Option<Regs> {
     Some(next)
 }
 
-/// One line of `/proc/PID/maps` that maps a file executable: runtime range and file offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-}
-
 /// Executable file mappings of a process, grouped by file, in the order first seen.
 fn read_proc_maps(pid: Option<u32>) -> Result<Vec<(PathBuf, Vec<Mapping>)>, Error> {
-    let path = match pid {
-        Some(pid) => PathBuf::from(format!("/proc/{pid}/maps")),
-        None => PathBuf::from("/proc/self/maps"),
-    };
+    let path = crate::maps::path(pid);
     let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path, source })?;
     Ok(parse_proc_maps(&text))
 }
 
 fn parse_proc_maps(text: &str) -> Vec<(PathBuf, Vec<Mapping>)> {
-    let mut out: Vec<(PathBuf, Vec<Mapping>)> = Vec::new();
-    for line in text.lines() {
-        // start-end perms offset dev inode path (the path may contain spaces)
-        let mut fields = line.splitn(6, ' ');
-        let (Some(range), Some(perms), Some(offset), Some(_dev), Some(_inode), Some(path)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            continue;
-        };
-        let path = path.trim_start();
-        if !perms.contains('x') || !path.starts_with('/') || path.ends_with(" (deleted)") {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end), Ok(offset)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-            u64::from_str_radix(offset, 16),
-        ) else {
-            continue;
-        };
-        let mapping = Mapping { start, end, offset };
-        match out.iter_mut().find(|(p, _)| p.as_os_str() == path) {
-            Some((_, list)) => list.push(mapping),
-            None => out.push((PathBuf::from(path), vec![mapping])),
-        }
-    }
-    out
+    crate::maps::by_file(&crate::maps::parse(text), |m| m.exec)
 }
 
-/// The load bias of a file from where its executable mappings landed, and their ranges.
-/// The bias comes from the `PT_LOAD` segment that holds the first mapping's file offset.
+/// The load bias of a file from where its executable mappings landed
+/// ([`crate::maps::load_bias`]), and their ranges.
 fn bias_and_ranges(obj: &object::File<'_>, mappings: &[Mapping]) -> Option<(u64, Vec<Range<u64>>)> {
-    let first = mappings.first()?;
-    // The first page of a segment often also holds the end of the previous one (lld puts
-    // `r--` and `r-x` segments back to back in the file): take the segment that starts
-    // latest at or before the mapped offset.
-    let (file_start, vaddr) = obj
-        .segments()
-        .map(|seg| (seg.file_range(), seg.address()))
-        .filter(|&((start, size), _)| {
-            start & !0xfff <= first.offset && first.offset < start.saturating_add(size)
-        })
-        .max_by_key(|&((start, _), _)| start)
-        .map(|((start, _), vaddr)| (start, vaddr))?;
-    // runtime(first.start) = file address of offset `first.offset` + bias
-    let mapped_vaddr = vaddr.wrapping_add(first.offset).wrapping_sub(file_start);
-    let bias = first.start.wrapping_sub(mapped_vaddr);
+    let bias = crate::maps::load_bias(mappings, &crate::load::segments(obj))?;
     Some((bias, mappings.iter().map(|m| m.start..m.end).collect()))
 }
 
@@ -878,19 +820,16 @@ garbage line
         let maps = parse_proc_maps(text);
         assert_eq!(maps.len(), 2);
         assert_eq!(maps[0].0, PathBuf::from("/usr/bin/x"));
+        let ranges: Vec<(u64, u64, u64)> = maps[0]
+            .1
+            .iter()
+            .map(|m| (m.start, m.end, m.offset))
+            .collect();
         assert_eq!(
-            maps[0].1,
+            ranges,
             vec![
-                Mapping {
-                    start: 0x55d0c0001000,
-                    end: 0x55d0c0005000,
-                    offset: 0x1000
-                },
-                Mapping {
-                    start: 0x55d0c0009000,
-                    end: 0x55d0c000a000,
-                    offset: 0x9000
-                }
+                (0x55d0c0001000, 0x55d0c0005000, 0x1000),
+                (0x55d0c0009000, 0x55d0c000a000, 0x9000)
             ]
         );
         assert_eq!(maps[1].0, PathBuf::from("/lib/with space.so"));
@@ -916,11 +855,15 @@ garbage line
     /// 8-byte words at addresses.
     struct Words(HashMap<u64, u64>);
     impl Memory for Words {
-        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
+        fn read(
+            &self,
+            addr: u64,
+            buf: &mut [u8],
+        ) -> Result<(), nonstop_capture::capture::ReadError> {
             let w = self
                 .0
                 .get(&addr)
-                .ok_or(nonstop_model::capture::ReadError::NotCaptured)?;
+                .ok_or(nonstop_capture::capture::ReadError::NotCaptured)?;
             buf.copy_from_slice(w.to_le_bytes().get(..buf.len()).unwrap_or(&[]));
             Ok(())
         }
@@ -970,8 +913,8 @@ garbage line
 
     struct NoMemory;
     impl Memory for NoMemory {
-        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), nonstop_model::capture::ReadError> {
-            Err(nonstop_model::capture::ReadError::NotCaptured)
+        fn read(&self, _: u64, _: &mut [u8]) -> Result<(), nonstop_capture::capture::ReadError> {
+            Err(nonstop_capture::capture::ReadError::NotCaptured)
         }
     }
 

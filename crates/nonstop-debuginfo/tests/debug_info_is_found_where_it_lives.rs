@@ -29,7 +29,7 @@ fn same_answers(a: &Path, b: &Path, locations: &[String]) {
 #[test]
 fn rust_is_dwarf_4_and_gcc_is_dwarf_5() {
     let version = |p: &Path| {
-        let out = Command::new("llvm-dwarfdump")
+        let out = nonstop_testkit::tool::command("llvm-dwarfdump")
             .arg("--debug-info")
             .arg(p)
             .output()
@@ -53,7 +53,7 @@ fn compressed_sections_give_the_same_answers() {
                 "{}-{kind}",
                 f.binary.file_name().unwrap().to_string_lossy()
             ));
-            let status = Command::new("objcopy")
+            let status = nonstop_testkit::tool::command("objcopy")
                 .arg(format!("--compress-debug-sections={kind}"))
                 .arg(&f.binary)
                 .arg(&out)
@@ -76,11 +76,11 @@ fn a_separate_debug_file_is_found_by_debuglink() {
     std::fs::create_dir_all(dir.join(".debug")).unwrap();
     let exe = dir.join("points");
     let debug = dir.join(".debug/points.debug");
-    run(Command::new("objcopy")
+    run(nonstop_testkit::tool::command("objcopy")
         .arg("--only-keep-debug")
         .arg(&f.binary)
         .arg(&debug));
-    run(Command::new("objcopy")
+    run(nonstop_testkit::tool::command("objcopy")
         .arg("--strip-debug")
         .arg(format!("--add-gnu-debuglink={}", debug.display()))
         .arg(&f.binary)

@@ -7,13 +7,13 @@
 mod decode_support;
 
 use decode_support::{ProcMem, Running, build, local_types};
+use nonstop_capture::capture::{CapturedMemory, Piece, PieceSource, Registers, execute};
 use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind, debug_string};
 use nonstop_model::CaptureLimits;
-use nonstop_model::capture::{CapturedMemory, Piece, PieceSource, Registers, execute};
 
 #[test]
 fn c_locals_decode_like_the_program_prints_them() {
-    let exe = build("values.c", "values-c", &["-O0"]);
+    let exe = build("values.c", &["-O0"]);
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", None);
     let run = Running::start(&exe);

@@ -4,10 +4,10 @@
 mod decode_support;
 
 use decode_support::{build, local_types};
-use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
-use nonstop_model::capture::{
+use nonstop_capture::capture::{
     CapturedMemory, CapturedRoot, Memory, Piece, PieceSource, ReadError, Registers, execute,
 };
+use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind};
 use nonstop_model::{CaptureLimits, Data, Value};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -46,7 +46,7 @@ impl Memory for Noise {
 fn fixture() -> &'static (DebugInfo, Vec<Variable>) {
     static F: OnceLock<(DebugInfo, Vec<Variable>)> = OnceLock::new();
     F.get_or_init(|| {
-        let exe = build("values.rs", "values-garbage", &["-C", "opt-level=0"]);
+        let exe = build("values.rs", &["-C", "opt-level=0"]);
         let di = DebugInfo::load(&exe).expect("load fixture");
         let mut types: Vec<_> = local_types(&exe, "main", Some("v_")).into_iter().collect();
         types.sort();

@@ -7,9 +7,9 @@
 mod decode_support;
 
 use decode_support::{ProcMem, Running, build, local_types};
+use nonstop_capture::capture::{CapturedMemory, Piece, PieceSource, Registers, execute};
 use nonstop_debuginfo::{Availability, DebugInfo, Variable, VariableKind, debug_string};
 use nonstop_model::CaptureLimits;
-use nonstop_model::capture::{CapturedMemory, Piece, PieceSource, Registers, execute};
 
 /// What the decoder shows for a value the program printed in full, given the limits.
 fn expected(name: &str, printed: &str, limits: &CaptureLimits) -> String {
@@ -53,11 +53,7 @@ fn variables(
 }
 
 fn check(opt: &str) {
-    let exe = build(
-        "values.rs",
-        &format!("values-O{opt}"),
-        &["-C", &format!("opt-level={opt}")],
-    );
+    let exe = build("values.rs", &["-C", &format!("opt-level={opt}")]);
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", Some("v_"));
     let run = Running::start(&exe);
@@ -117,7 +113,7 @@ fn check(opt: &str) {
 /// record gives the same values (marks included) as decoding live.
 #[test]
 fn plans_capture_what_the_decoder_shows_under_tight_limits() {
-    let exe = build("values.rs", "values-limits", &["-C", "opt-level=0"]);
+    let exe = build("values.rs", &["-C", "opt-level=0"]);
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", Some("v_"));
     let run = Running::start(&exe);

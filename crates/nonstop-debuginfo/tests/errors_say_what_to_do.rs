@@ -4,13 +4,12 @@
 mod common;
 
 use nonstop_debuginfo::{DebugInfo, Error};
-use std::process::Command;
 
 #[test]
 fn a_stripped_binary_has_no_debug_info() {
     let f = common::shop_debug();
     let stripped = common::out_dir().join("shop-stripped");
-    let ok = Command::new("strip")
+    let ok = nonstop_testkit::tool::command("strip")
         .arg("-o")
         .arg(&stripped)
         .arg(&f.binary)
@@ -168,23 +167,9 @@ fn an_address_outside_any_function_is_an_error() {
 
 #[test]
 fn line_tables_only_resolves_lines_but_says_why_there_are_no_variables() {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop.rs");
-    let bin = common::out_dir().join("shop-lines-only");
-    let ok = Command::new("rustc")
-        .args([
-            "--edition",
-            "2021",
-            "-C",
-            "debuginfo=line-tables-only",
-            "-C",
-            "opt-level=0",
-        ])
-        .arg(&src)
-        .arg("-o")
-        .arg(&bin)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    let src = nonstop_testkit::fixture::source(env!("CARGO_MANIFEST_DIR"), "shop.rs");
+    let flags = ["-C", "debuginfo=line-tables-only", "-C", "opt-level=0"];
+    let bin = nonstop_testkit::fixture::build(&src, &flags).binary;
     let info = DebugInfo::load(&bin).unwrap();
     let sites = info.resolve("shop.rs:42").unwrap();
     assert_eq!(sites[0].functions, ["shop::Cart::total"]);

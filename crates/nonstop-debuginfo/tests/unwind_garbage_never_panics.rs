@@ -2,8 +2,8 @@
 //! never return more frames than asked for. Code addresses are mixed into the registers
 //! and the stack words so the CFI paths of real modules (this test binary, libc) run.
 
+use nonstop_capture::capture::{GPR_COUNT, Memory, REG_RSP, ReadError, Registers};
 use nonstop_debuginfo::{Stacks, Unwinder};
-use nonstop_model::capture::{GPR_COUNT, Memory, REG_RSP, ReadError, Registers};
 use proptest::prelude::*;
 use std::sync::{Mutex, OnceLock};
 

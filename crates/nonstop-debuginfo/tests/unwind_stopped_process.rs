@@ -8,9 +8,9 @@
 #[path = "fixtures/stack_stopped.rs"]
 mod stack_stopped;
 
+use nonstop_capture::capture::{CapturePlan, CapturedMemory, execute};
 use nonstop_debuginfo::{RawFrame, Stacks};
 use nonstop_model::Frame;
-use nonstop_model::capture::{CapturePlan, CapturedMemory, execute};
 use stack_stopped::{Build, Stopped, marked_line};
 
 /// The frames every build must start with.

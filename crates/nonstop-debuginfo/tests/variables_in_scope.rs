@@ -4,8 +4,8 @@
 mod common;
 
 use common::Fixture;
+use nonstop_capture::capture::{Piece, PieceSource, REG_RSP};
 use nonstop_debuginfo::{Availability, DebugInfo, VariableKind};
-use nonstop_model::capture::{Piece, PieceSource, REG_RSP};
 
 /// `name: type` for each variable at the first site of a mark; parameters end in ` (p)`.
 fn variables(f: &Fixture, mark: &str) -> Vec<String> {

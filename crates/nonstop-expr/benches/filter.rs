@@ -3,10 +3,10 @@
 //! answers like the probe engine's fault-safe reads (here: plain copies from a few ranges).
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use nonstop_capture::capture::{Memory, PieceSource, ReadError, Registers};
+use nonstop_capture::filter::{FilterRead, FilterResult, ReadKind, eval_filter};
 use nonstop_expr::filter::{PathResolver, compile};
 use nonstop_expr::{Env, Expr};
-use nonstop_model::capture::{Memory, PieceSource, ReadError, Registers};
-use nonstop_model::filter::{FilterRead, FilterResult, ReadKind, eval_filter};
 use nonstop_model::{Data, Value};
 use std::hint::black_box;
 

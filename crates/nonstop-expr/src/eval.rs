@@ -1,7 +1,7 @@
 //! Evaluation over captured values.
 //!
 //! Runs on the agent thread after a capture (the trap-time fast path is
-//! `nonstop_model::filter`). Never panics, never loops: work is bounded by the size of the
+//! `nonstop_capture::filter`). Never panics, never loops: work is bounded by the size of the
 //! expression (at most [`MAX_EXPR_LEN`](crate::syntax::MAX_EXPR_LEN) bytes) times the size
 //! of the captured values, which capture limits bound.
 

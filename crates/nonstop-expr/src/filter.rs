@@ -11,7 +11,7 @@
 //! compiling does not type-check, and a mistyped filter only ever answers `Error`.
 
 use crate::syntax::{BinOp, Builtin, Expr, Lit, Node, NodeKind, UnOp};
-use nonstop_model::filter::{
+use nonstop_capture::filter::{
     Filter, FilterRead, MAX_CODE, MAX_READS, MAX_STACK, MAX_STR, MAX_STR_READS, MAX_STRINGS, Op,
     ReadKind,
 };
@@ -338,8 +338,8 @@ impl Compiler<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nonstop_model::capture::{Memory, PieceSource, ReadError, Registers};
-    use nonstop_model::filter::{FilterResult, ReadKind, eval_filter};
+    use nonstop_capture::capture::{Memory, PieceSource, ReadError, Registers};
+    use nonstop_capture::filter::{FilterResult, ReadKind, eval_filter};
 
     const RDI: u16 = 5;
     const RSI: u16 = 4;
@@ -575,9 +575,9 @@ mod tests {
 mod random {
     use super::tests::*;
     use super::*;
-    use nonstop_model::capture::PieceSource;
-    use nonstop_model::filter::ReadKind;
-    use nonstop_model::filter::eval_filter;
+    use nonstop_capture::capture::PieceSource;
+    use nonstop_capture::filter::ReadKind;
+    use nonstop_capture::filter::eval_filter;
     use proptest::prelude::*;
 
     /// Resolves every path, to reads of every kind.

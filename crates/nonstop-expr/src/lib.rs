@@ -6,7 +6,7 @@
 //!   evaluated over captured [`Value`](nonstop_model::Value)s by [`Expr::eval`] (an [`Env`]),
 //!   or into a value of its own by [`Expr::eval_value`] (a snapshot's watch expressions).
 //! - [`Template`]: a log message with `{expr}` and `{expr:?}` holes.
-//! - [`filter::compile`]: turns a condition into a [`nonstop_model::filter::Filter`] that the
+//! - [`filter::compile`]: turns a condition into a [`nonstop_capture::filter::Filter`] that the
 //!   probe engine evaluates in the trap handler, before the capture, without allocating.
 //!
 //! **Read-only by construction**: the syntax tree has no node for assignment or for

@@ -1,12 +1,8 @@
-//! The data model of nonstop: rules, responses, typed values and capture plans.
+//! The data model of nonstop: rules, responses, typed values, wire messages.
 //!
 //! # Overview
 //! - [`Rule`]: what a user asks for at a location (the API body and the rules file form).
 //! - [`Response`]: what one hit produced, with its [`Value`]s.
-//! - [`filter::Filter`]: a condition the probe engine evaluates before the capture, with
-//!   [`filter::eval_filter`] (no allocation; it also runs in the trap handler).
-//! - [`capture::CapturePlan`]: which bytes to read at a hit, and [`capture::execute`],
-//!   which reads them without allocating (it runs in the probe engine's trap handler).
 //! - [`templates::Template`]: the named templates ("dump frame", "log line", …) that
 //!   expand into plain rules.
 //!
@@ -14,8 +10,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod capture;
-pub mod filter;
+pub mod defaults;
+pub mod grammar;
 pub mod metrics;
 pub mod response;
 pub mod rule;
@@ -23,6 +19,7 @@ pub mod templates;
 pub mod value;
 pub mod wire;
 
+pub use grammar::{Rate, parse_duration, parse_rate};
 pub use metrics::MetricSeries;
 pub use response::{Frame, Locals, Response, SourceLocation};
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};

@@ -1,5 +1,6 @@
 //! Rules: what a user asks for at one location, in the JSON form of DESIGN.md.
 
+use crate::wire::AgentInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -80,14 +81,9 @@ pub struct CaptureLimits {
 }
 
 impl Default for CaptureLimits {
+    /// DESIGN.md's defaults ([`crate::defaults::CAPTURE_LIMITS`]).
     fn default() -> Self {
-        CaptureLimits {
-            depth: 3,
-            string: 255,
-            collection: 100,
-            fields: 20,
-            frames: 20,
-        }
+        crate::defaults::CAPTURE_LIMITS
     }
 }
 
@@ -156,6 +152,23 @@ pub struct Rule {
     /// Targets the responses go to (`ui` always).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<String>,
+}
+
+impl Rule {
+    /// Whether this rule selects the agent `info`: same service and the same version
+    /// (exactly, when the rule names them) and every label of the rule present with the
+    /// same value.
+    pub fn selects(&self, info: &AgentInfo) -> bool {
+        self.service.as_deref().is_none_or(|s| s == info.service)
+            && self
+                .version
+                .as_deref()
+                .is_none_or(|v| info.version.as_deref() == Some(v))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| info.labels.get(k) == Some(v))
+    }
 }
 
 fn is_default_limits(l: &Limits) -> bool {
@@ -229,5 +242,49 @@ mod tests {
         let r: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
         assert!(r.watch.is_empty());
         assert!(!serde_json::to_string(&r).unwrap().contains("watch"));
+    }
+
+    #[test]
+    fn rules_select_agents_by_service_and_labels() {
+        let info: AgentInfo = serde_json::from_str(
+            r#"{"id":"a","service":"checkout","labels":{"region":"eu","canary":"1"}}"#,
+        )
+        .unwrap();
+        let rule = |j: &str| serde_json::from_str::<Rule>(j).unwrap();
+        assert!(rule(r#"{"at":"a.rs:1","action":"snapshot"}"#).selects(&info));
+        assert!(
+            rule(
+                r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","labels":{"region":"eu"}}"#
+            )
+            .selects(&info)
+        );
+        assert!(!rule(r#"{"at":"a.rs:1","action":"snapshot","service":"cart"}"#).selects(&info));
+        assert!(
+            !rule(r#"{"at":"a.rs:1","action":"snapshot","labels":{"region":"us"}}"#).selects(&info)
+        );
+    }
+
+    #[test]
+    fn rules_select_agents_by_exact_version() {
+        let agent = |j: &str| serde_json::from_str::<AgentInfo>(j).unwrap();
+        let v12 = agent(r#"{"id":"a","service":"checkout","version":"1.2.0"}"#);
+        let v13 = agent(r#"{"id":"b","service":"checkout","version":"1.3.0"}"#);
+        let unknown = agent(r#"{"id":"c","service":"checkout"}"#);
+        let rule = serde_json::from_str::<Rule>(
+            r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","version":"1.2.0"}"#,
+        )
+        .unwrap();
+        assert!(rule.selects(&v12));
+        assert!(!rule.selects(&v13));
+        assert!(!rule.selects(&unknown));
+        let any = serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
+        assert!(any.selects(&v13) && any.selects(&unknown));
+        let prefix =
+            serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot","version":"1.2"}"#)
+                .unwrap();
+        assert!(
+            !prefix.selects(&v12),
+            "versions match exactly, not by prefix"
+        );
     }
 }

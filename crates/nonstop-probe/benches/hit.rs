@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use nonstop_model::capture::{CapturePlan, Piece, PieceSource, RootPlan};
-use nonstop_model::filter::{Filter, FilterRead, Op, ReadKind};
+use nonstop_capture::capture::{CapturePlan, Piece, PieceSource, RootPlan};
+use nonstop_capture::filter::{Filter, FilterRead, Op, ReadKind};
 use nonstop_probe::{Engine, EngineConfig, ProbeSpec, RateLimit};
 
 // bench_fn(a, b) = a + b + 1, starting with `push rbx` (emulated) then `lea` and `add`

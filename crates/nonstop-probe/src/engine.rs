@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, O
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nonstop_model::capture::{CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute};
-use nonstop_model::filter::{Filter, FilterResult, eval_filter};
+use nonstop_capture::capture::{
+    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute,
+};
+use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 
 use crate::arch::asm;
 use crate::arch::context::Context;
@@ -325,7 +327,7 @@ pub struct Hit<'a> {
     pub time_ns: u64,
     /// The thread id (`gettid`).
     pub tid: u32,
-    /// The capture record (`nonstop_model::capture::CapturedMemory::parse` reads it).
+    /// The capture record (`nonstop_capture::capture::CapturedMemory::parse` reads it).
     pub record: &'a [u8],
 }
 

@@ -9,7 +9,7 @@
 //!   to the agent thread, [`Engine::stats`] reports counters and drops.
 //! - [`ProbeSpec`]: where, what to capture (a [`CapturePlan`]) and the limits of one probe.
 //! - [`Hit`]: one captured record, parsed with
-//!   [`nonstop_model::capture::CapturedMemory::parse`].
+//!   [`nonstop_capture::capture::CapturedMemory::parse`].
 //! - [`read_memory`] / [`SafeMemory`]: fault-safe reads (a bad pointer gives
 //!   `Err(ReadError::Fault)`, never a crash).
 //!
@@ -52,7 +52,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use nonstop_model::capture::{CapturePlan, CapturedMemory};
+//! use nonstop_capture::capture::{CapturePlan, CapturedMemory};
 //! use nonstop_probe::{Engine, ProbeSpec};
 //!
 //! #[inline(never)]
@@ -87,7 +87,7 @@
 //! A forked child inherits the `int3`s but not the agent thread: a `pthread_atfork` child
 //! hook restores every original byte in the child, and the engine refuses to arm there.
 //!
-//! [`CapturePlan`]: nonstop_model::capture::CapturePlan
+//! [`CapturePlan`]: nonstop_capture::capture::CapturePlan
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 

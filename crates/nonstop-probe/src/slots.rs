@@ -12,37 +12,11 @@ const CHUNK: u64 = 64 * 1024;
 const REACH: u64 = (1 << 31) - (1 << 24);
 const PAGE: u64 = 4096;
 
-/// One line of `/proc/self/maps`.
-#[derive(Debug, Clone)]
-pub struct Mapping {
-    /// First address.
-    pub start: u64,
-    /// One past the last address.
-    pub end: u64,
-    /// Executable.
-    pub exec: bool,
-    /// The path or pseudo-name (`[heap]`, `[stack]`), possibly empty.
-    pub name: String,
-}
+pub use nonstop_capture::maps::Mapping;
 
-/// Reads `/proc/self/maps`.
+/// Reads `/proc/self/maps` (empty when it cannot be read: no gaps are known then).
 pub fn read_maps() -> Vec<Mapping> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.split_whitespace();
-            let range = parts.next()?;
-            let perms = parts.next()?;
-            let name = parts.nth(3).unwrap_or("").to_string();
-            let (a, b) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(a, 16).ok()?,
-                end: u64::from_str_radix(b, 16).ok()?,
-                exec: perms.as_bytes().get(2) == Some(&b'x'),
-                name,
-            })
-        })
-        .collect()
+    nonstop_capture::maps::read(None).unwrap_or_default()
 }
 
 struct Chunk {

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use nonstop_model::capture::{Memory, ReadError};
+use nonstop_capture::capture::{Memory, ReadError};
 use nonstop_probe::{SafeMemory, read_memory};
 
 #[test]

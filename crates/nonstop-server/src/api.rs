@@ -197,9 +197,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
         .collect();
     if r.state == RuleState::Active && r.enabled {
         for a in agents {
-            if a.connected
-                && crate::hub::selects(&r.rule, &a.info)
-                && !views.iter().any(|v| v.agent == a.info.id)
+            if a.connected && r.rule.selects(&a.info) && !views.iter().any(|v| v.agent == a.info.id)
             {
                 views.push(StatusView {
                     agent: a.info.id.clone(),
@@ -278,7 +276,7 @@ pub async fn create_rule(
     let created_ms = now_ms();
     let expires_ms = match &rule.expires {
         Some(e) => {
-            let d = validate::parse_duration(e).map_err(ApiError::bad_request)?;
+            let d = validate::parse_expires(e).map_err(ApiError::bad_request)?;
             Some(created_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         }
         None => None,

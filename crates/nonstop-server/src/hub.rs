@@ -27,20 +27,6 @@ const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
 
-/// Whether `rule` selects the agent `info`: same service and the same version (exactly,
-/// when the rule names them) and every label of the rule present with the same value.
-pub fn selects(rule: &Rule, info: &AgentInfo) -> bool {
-    rule.service.as_deref().is_none_or(|s| s == info.service)
-        && rule
-            .version
-            .as_deref()
-            .is_none_or(|v| info.version.as_deref() == Some(v))
-        && rule
-            .labels
-            .iter()
-            .all(|(k, v)| info.labels.get(k) == Some(v))
-}
-
 fn check_hello(info: &AgentInfo) -> Result<(), String> {
     if !validate::is_valid_id(&info.id) {
         return Err(format!(
@@ -424,54 +410,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rules_select_agents_by_service_and_labels() {
-        let info: AgentInfo = serde_json::from_str(
-            r#"{"id":"a","service":"checkout","labels":{"region":"eu","canary":"1"}}"#,
-        )
-        .unwrap();
-        let rule = |j: &str| serde_json::from_str::<Rule>(j).unwrap();
-        assert!(selects(
-            &rule(r#"{"at":"a.rs:1","action":"snapshot"}"#),
-            &info
-        ));
-        assert!(selects(
-            &rule(
-                r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","labels":{"region":"eu"}}"#
-            ),
-            &info
-        ));
-        assert!(!selects(
-            &rule(r#"{"at":"a.rs:1","action":"snapshot","service":"cart"}"#),
-            &info
-        ));
-        assert!(!selects(
-            &rule(r#"{"at":"a.rs:1","action":"snapshot","labels":{"region":"us"}}"#),
-            &info
-        ));
+    fn etags_of_the_same_rules_are_equal() {
         assert_eq!(etag(&[]), etag(&[]));
-    }
-
-    #[test]
-    fn rules_select_agents_by_exact_version() {
-        let agent = |j: &str| serde_json::from_str::<AgentInfo>(j).unwrap();
-        let v12 = agent(r#"{"id":"a","service":"checkout","version":"1.2.0"}"#);
-        let v13 = agent(r#"{"id":"b","service":"checkout","version":"1.3.0"}"#);
-        let unknown = agent(r#"{"id":"c","service":"checkout"}"#);
-        let rule = serde_json::from_str::<Rule>(
-            r#"{"at":"a.rs:1","action":"snapshot","service":"checkout","version":"1.2.0"}"#,
-        )
-        .unwrap();
-        assert!(selects(&rule, &v12));
-        assert!(!selects(&rule, &v13));
-        assert!(!selects(&rule, &unknown));
-        let any = serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
-        assert!(selects(&any, &v13) && selects(&any, &unknown));
-        let prefix =
-            serde_json::from_str::<Rule>(r#"{"at":"a.rs:1","action":"snapshot","version":"1.2"}"#)
-                .unwrap();
-        assert!(
-            !selects(&prefix, &v12),
-            "versions match exactly, not by prefix"
-        );
     }
 }

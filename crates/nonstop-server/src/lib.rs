@@ -59,7 +59,6 @@ pub mod validate;
 
 use crate::api::ApiError;
 pub use crate::auth::Tokens;
-pub use crate::hub::selects;
 use crate::store::{Retention, RuleState, Store, StoreError};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -261,9 +260,7 @@ impl App {
         self.blocking(move |s| {
             Ok(s.rules()?
                 .into_iter()
-                .filter(|r| {
-                    r.state == RuleState::Active && r.enabled && hub::selects(&r.rule, &info)
-                })
+                .filter(|r| r.state == RuleState::Active && r.enabled && r.rule.selects(&info))
                 .map(|r| r.rule)
                 .collect())
         })

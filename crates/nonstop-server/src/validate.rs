@@ -170,10 +170,10 @@ pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String
         ));
     }
     if let Some(e) = &rule.expires {
-        parse_duration(e)?;
+        parse_expires(e)?;
     }
     if let Some(r) = &rule.rate {
-        parse_rate(r)?;
+        check_rate(r)?;
     }
     check_limits(&mut rule.limits, max)?;
     for t in &rule.to {
@@ -189,15 +189,13 @@ pub fn check_and_fill(rule: &mut Rule, max: &CaptureLimits) -> Result<(), String
         return Err("service is empty: remove it to select every service".into());
     }
     // Defaults per action (DESIGN.md, "Defaults").
-    let (rate, max_hits, expires) = match rule.action {
-        Action::Snapshot => ("1/s", Some(100), "1h"),
-        Action::Log | Action::Metric => ("5000/s", None, "24h"),
-    };
-    rule.rate.get_or_insert_with(|| rate.to_string());
+    let defaults = rule.action.defaults();
+    rule.rate.get_or_insert_with(|| defaults.rate.to_string());
     if rule.max_hits.is_none() {
-        rule.max_hits = max_hits;
+        rule.max_hits = defaults.max_hits;
     }
-    rule.expires.get_or_insert_with(|| expires.to_string());
+    rule.expires
+        .get_or_insert_with(|| defaults.expires.to_string());
     Ok(())
 }
 
@@ -305,43 +303,28 @@ fn split_file_line(at: &str) -> Option<(&str, &str)> {
     Some((&at[..i], &at[i + 1..]))
 }
 
-/// Parses a duration such as `90s`, `30m`, `1h`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad =
-        || format!("invalid duration {s:?}: write a number and a unit, e.g. 30s, 30m, 1h, 24h, 7d");
-    let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let n: u64 = s[..unit_at].parse().map_err(|_| bad())?;
-    let secs = match &s[unit_at..] {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(bad()),
-    };
-    let d = Duration::from_secs(secs);
+/// Parses a rule's `expires` (the model's grammar) and holds it to this server's bounds:
+/// more than zero, at most [`MAX_EXPIRES`].
+pub fn parse_expires(s: &str) -> Result<Duration, String> {
+    let d = nonstop_model::parse_duration(s)?;
     if d.is_zero() || d > MAX_EXPIRES {
-        return Err(format!("duration {s:?} must be between 1s and 30d"));
+        return Err(format!(
+            "duration {s:?} must be more than 0s and at most 30d"
+        ));
     }
     Ok(d)
 }
 
-/// Parses a rate `N/s` or `N/m` into (hits, per).
-pub fn parse_rate(s: &str) -> Result<(u64, Duration), String> {
-    let bad = || format!("invalid rate {s:?}: write hits per second or minute, e.g. 1/s, 100/m");
-    let (n, per) = s.split_once('/').ok_or_else(bad)?;
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let per = match per {
-        "s" => Duration::from_secs(1),
-        "m" => Duration::from_secs(60),
-        _ => return Err(bad()),
-    };
-    let per_sec_max = MAX_RATE_PER_SEC * per.as_secs();
-    if n == 0 || n > per_sec_max {
+/// Parses a rule's `rate` (the model's grammar) and holds it to this server's bounds:
+/// at most [`MAX_RATE_PER_SEC`] hits per second.
+pub fn check_rate(s: &str) -> Result<nonstop_model::Rate, String> {
+    let rate = nonstop_model::parse_rate(s)?;
+    if rate.per_second() > MAX_RATE_PER_SEC as f64 {
         return Err(format!(
-            "rate {s:?} must allow between 1 and {MAX_RATE_PER_SEC} hits per second"
+            "rate {s:?} must allow at most {MAX_RATE_PER_SEC} hits per second"
         ));
     }
-    Ok((n, per))
+    Ok(rate)
 }
 
 /// Whether `id` can name a rule or agent: 1-64 of `[A-Za-z0-9_-.]`.
@@ -434,7 +417,7 @@ mod tests {
                 "invalid duration",
             ),
             (
-                r#"{"at":"a.rs:1","action":"snapshot","rate":"1/h"}"#,
+                r#"{"at":"a.rs:1","action":"snapshot","rate":"1/d"}"#,
                 "invalid rate",
             ),
             (

@@ -104,7 +104,12 @@ fn a_wrong_token_keeps_retrying_without_harm() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path());
     let l = link(s.addr, "not-the-token", "link-3");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The event: the server answered the first attempt, and the link says what to do.
+    let problem = eventually(|| l.problem());
+    assert!(
+        problem.contains("refused the token: set NONSTOP_TOKEN"),
+        "{problem}"
+    );
     assert!(!l.connected());
     assert_eq!(l.latest_rules(), None);
     l.send_responses(vec![response("r-x", "link-3", 1)]);

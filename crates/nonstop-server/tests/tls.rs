@@ -1,6 +1,6 @@
-//! HTTPS with a certificate made by `openssl` for the test (skipped when openssl is
-//! missing): the API over TLS, and the agent's `Link` to an `https://` server. The Link
-//! module is compiled in here by path, as in `link.rs`.
+//! HTTPS with a certificate made for the test (in-process, by the testkit; nothing to
+//! install, never skipped): the API over TLS, and the agent's `Link` to an `https://`
+//! server. The Link module is compiled in here by path, as in `link.rs`.
 
 mod common;
 #[path = "../../nonstop-agent/src/connection.rs"]
@@ -11,38 +11,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-/// A self-signed certificate for 127.0.0.1 and its key, or None without openssl.
-fn make_cert(dir: &Path) -> Option<(PathBuf, PathBuf)> {
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output();
-    match made {
-        Ok(o) if o.status.success() => Some((cert, key)),
-        _ => {
-            eprintln!("skipped: openssl cannot make a test certificate here");
-            None
-        }
-    }
-}
 
 fn tls_server(dir: &Path, cert: &Path, key: &Path) -> common::TestServer {
     let files = nonstop_server::tls::TlsFiles {
@@ -88,9 +58,8 @@ fn https_get(addr: SocketAddr, cert: &Path, path: &str, token: &str) -> String {
 #[test]
 fn the_server_speaks_https_with_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((cert, key)) = make_cert(dir.path()) else {
-        return;
-    };
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(dir.path());
     let s = tls_server(dir.path(), &cert, &key);
     assert_eq!(
         s.handle.as_ref().unwrap().url(),
@@ -112,9 +81,8 @@ fn the_server_speaks_https_with_the_given_certificate() {
 #[test]
 fn the_link_reaches_an_https_server_that_it_trusts() {
     let dir = tempfile::tempdir().unwrap();
-    let Some((cert, key)) = make_cert(dir.path()) else {
-        return;
-    };
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(dir.path());
     let s = tls_server(dir.path(), &cert, &key);
     let body = r#"{"at":"src/cart.rs:42","action":"log","template":"{n}"}"#;
     let answer = https(
@@ -152,7 +120,9 @@ fn the_link_reaches_an_https_server_that_it_trusts() {
         Some(s.agent.clone()),
         common::info("tls-agent-2", "checkout"),
     ));
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The event: its first attempt ended, and said why.
+    let problem = common::eventually(|| untrusting.problem());
+    assert!(problem.contains("invalid peer certificate"), "{problem}");
     assert!(!untrusting.connected());
     untrusting.stop();
 }

@@ -267,14 +267,3 @@ macro_rules! outln {
     };
 }
 pub(crate) use outln;
-
-/// Parses `30s`, `5m`, `1h`, `2d` (and bare seconds) for command-line durations.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>()
-        && secs >= 0.0
-        && secs.is_finite()
-    {
-        return Ok(Duration::from_secs_f64(secs));
-    }
-    nonstop_server::validate::parse_duration(s)
-}

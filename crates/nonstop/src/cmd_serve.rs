@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000)]
     pub keep_responses: u64,
     /// How long responses are kept, e.g. 7d, 24h.
-    #[arg(long, default_value = "7d", value_parser = crate::client::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = nonstop_model::parse_duration)]
     pub keep_for: std::time::Duration,
     /// Where the web IDE reads a service's code: SERVICE=/path/to/folder or
     /// SERVICE=URL[#branch] (a Git repository, cloned under DATA/sources); repeatable.

@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub count: Option<u64>,
     /// Exit when this time is up (status 1 if fewer than --count arrived): 30s, 5m.
-    #[arg(long, value_parser = crate::client::parse_duration)]
+    #[arg(long, value_parser = nonstop_model::parse_duration)]
     pub timeout: Option<Duration>,
 }
 

@@ -1,8 +1,8 @@
 //! `nonstop where BINARY LOCATION [--json]`: what a location resolves to.
 
 use anyhow::Context as _;
+use nonstop_capture::capture::{Piece, PieceSource};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Variable, VariableKind};
-use nonstop_model::capture::{Piece, PieceSource};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,15 +63,7 @@ struct PieceOut {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let info = DebugInfo::load(&args.binary)?;
-    let sites = info
-        .resolve(&args.location)
-        .with_context(|| format!("cannot resolve {}", args.location))?;
-    let out = Output {
-        binary: args.binary.display().to_string(),
-        location: args.location.clone(),
-        sites: sites.iter().map(|s| site_out(&info, s)).collect(),
-    };
+    let out = output(&args.binary, &args.location)?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut stdout, &out)?;
@@ -80,6 +72,33 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         print_text(&mut stdout, &out)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn output(binary: &std::path::Path, location: &str) -> anyhow::Result<Output> {
+    let info = DebugInfo::load(binary)?;
+    let sites = info
+        .resolve(location)
+        .with_context(|| format!("cannot resolve {location}"))?;
+    Ok(Output {
+        binary: binary.display().to_string(),
+        location: location.to_string(),
+        sites: sites.iter().map(|s| site_out(&info, s)).collect(),
+    })
+}
+
+/// What `nonstop where` prints for `location` in `binary`: its `--json` object and its text
+/// (for the MCP server's `where` tool).
+pub(crate) fn resolve(
+    binary: &std::path::Path,
+    location: &str,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let out = output(binary, location)?;
+    let mut text = Vec::new();
+    print_text(&mut text, &out)?;
+    Ok((
+        serde_json::to_value(&out)?,
+        String::from_utf8_lossy(&text).into_owned(),
+    ))
 }
 
 fn site_out(info: &DebugInfo, site: &Site) -> SiteOut {

@@ -14,6 +14,8 @@ mod cmd_run;
 mod cmd_serve;
 mod cmd_tail;
 mod cmd_where;
+mod dap;
+mod mcp;
 
 /// Breakpoints that don't stop: a live debugger for native Rust and C programs.
 #[derive(Parser)]
@@ -42,6 +44,12 @@ enum Command {
     Run(cmd_run::RunArgs),
     /// Start the server, a demo shop under the agent and traffic to it; prints where to look.
     Demo(cmd_demo::DemoArgs),
+    /// A Debug Adapter Protocol server on stdio for editors: breakpoints become rules
+    /// (logpoints, snapshots, counts) and the program never stops.
+    Dap(dap::Args),
+    /// A Model Context Protocol server on stdio: tools a coding assistant uses to set
+    /// probes and read what they caught.
+    Mcp(mcp::Args),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -55,6 +63,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Where(args) => cmd_where::run(&args),
         Command::Run(args) => cmd_run::run(args),
         Command::Demo(args) => cmd_demo::run(args),
+        Command::Dap(args) => dap::run(args),
+        Command::Mcp(args) => mcp::run(args),
     }
 }
 

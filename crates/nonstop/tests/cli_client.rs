@@ -314,29 +314,8 @@ fn the_cli_finds_the_admin_token_in_the_default_data_folder() {
 #[test]
 fn the_cli_talks_https_to_a_server_with_its_own_certificate() {
     let home = tempfile::tempdir().unwrap();
-    let cert = home.path().join("cert.pem");
-    let key = home.path().join("key.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output();
-    if !made.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: openssl cannot make a test certificate here");
-        return;
-    }
+    let nonstop_testkit::tls::TestCert { cert, key } =
+        nonstop_testkit::tls::self_signed(home.path());
     let (c, k) = (cert.display().to_string(), key.display().to_string());
     let s = serve_with(home, &["--tls-cert", &c, "--tls-key", &k]);
     assert!(s.base.starts_with("https://"), "{}", s.base);

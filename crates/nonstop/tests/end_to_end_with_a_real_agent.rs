@@ -6,10 +6,10 @@ mod ticker;
 
 use nonstop_model::Response;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use ticker::{
-    NONSTOP, Program, Server, expected_output, free_port, mark_line, ticker, tmp, wait_for_agents,
+    Program, Server, expected_output, file_bytes, free_port, line_address, live_bytes, mark_line,
+    tmp, wait_for_agents,
 };
 
 fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
@@ -30,55 +30,9 @@ fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<
     (out.status.success(), responses)
 }
 
-/// The marked line's address in the ticker (a file address), from `nonstop where --json`.
+/// The marked line's address in the ticker (a file address).
 fn mark_address() -> u64 {
-    let out = Command::new(NONSTOP)
-        .args(["where"])
-        .arg(ticker())
-        .arg(format!("ticker.rs:{}", mark_line()))
-        .arg("--json")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let text = v["sites"][0]["address"].as_str().unwrap();
-    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
-}
-
-/// The 16 bytes at file address `addr` as the ELF file has them (through `readelf -lW`).
-fn file_bytes(addr: u64) -> Vec<u8> {
-    let out = Command::new("readelf")
-        .arg("-lW")
-        .arg(ticker())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
-    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (offset, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
-        if (vaddr..vaddr + filesz).contains(&addr) {
-            let data = std::fs::read(ticker()).unwrap();
-            let at = (addr - vaddr + offset) as usize;
-            return data[at..at + 16].to_vec();
-        }
-    }
-    panic!("0x{addr:x} is in no LOAD segment of the ticker");
-}
-
-/// The 16 bytes at file address `addr` in the running program's memory.
-fn live_bytes(pid: u32, addr: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
-    let name = ticker().to_string_lossy().into_owned();
-    let base = maps
-        .lines()
-        .find(|l| l.ends_with(&name) && l.split_whitespace().nth(2) == Some("00000000"))
-        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
-        .expect("the ticker's first mapping");
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
-    let mut buf = vec![0u8; 16];
-    mem.read_exact_at(&mut buf, base + addr).unwrap();
-    buf
+    line_address(mark_line())
 }
 
 fn value(r: &Response, name: &str) -> serde_json::Value {
@@ -169,7 +123,10 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         "{}",
         String::from_utf8_lossy(&rm.stderr)
     );
-    std::thread::sleep(Duration::from_millis(500));
+    // The event: the agent disarmed the line (its first byte is the file's again).
+    nonstop_testkit::wait_for("the probe is removed", Duration::from_secs(10), || {
+        (live_bytes(program.pid(), addr) == original).then_some(())
+    });
     let (_, late) = tail(&server, &log, 1, "2s");
     assert!(late.is_empty(), "responses after removal: {late:?}");
     // Removed: the program's code is the file's again, byte for byte.
@@ -222,8 +179,14 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
     let (ok, _) = tail(&server, &rule, 1, "30s");
     assert!(ok);
 
+    let at_kill = program.current_tick();
     server.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The event: the program ticks on while no server is there.
+    nonstop_testkit::wait_for(
+        "the program runs on without the server",
+        Duration::from_secs(10),
+        || (program.current_tick() >= at_kill.map(|t| t + 10)).then_some(()),
+    );
     let server = Server::start(port, &data);
     // The rule survived the restart, the agent reconnected and re-synced.
     let shown = server.cli(&["rules", "show", &rule, "--json"]);
@@ -245,6 +208,24 @@ fn the_program_outlives_the_server_and_reconnects_when_it_returns() {
 
 fn stored_responses(server: &Server, rule: &str) -> Vec<Response> {
     serde_json::from_value(server.get_json(&format!("/api/v1/responses?rule={rule}"))).unwrap()
+}
+
+/// Proves that nothing captured earlier is still on its way: a witness rule on the same
+/// line, whose first response is stored only after everything the agent captured before
+/// it (the agent ships in order). The witness is removed again and the line restored.
+fn wait_for_a_later_hit(server: &Server, program: &Program, addr: u64) {
+    let witness = server.add_rule(&["--log", "witness {n}", "--service", "ticker"]);
+    let (ok, got) = tail(server, &witness, 1, "10s");
+    assert!(ok, "no response of the witness rule: {got:?}");
+    server.cli_ok(&["rules", "rm", &witness]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_bytes(program.pid(), addr) != file_bytes(addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the witness probe stayed armed after rm"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn show(server: &Server, rule: &str) -> serde_json::Value {
@@ -299,7 +280,7 @@ fn max_hits_stops_at_exactly_n_across_two_agents() {
 fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     let data = tmp("expires");
     let server = Server::start(free_port(), &data);
-    let program = Program::start(&server, 400, "delta");
+    let program = Program::start(&server, 800, "delta");
     wait_for_agents(&server, 1);
     let rule = server.add_rule(&["--log", "{n}", "--service", "ticker", "--expires", "2s"]);
     let (ok, _) = tail(&server, &rule, 1, "10s");
@@ -322,21 +303,21 @@ fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     }
     let before = stored_responses(&server, &rule).len();
     assert!(before >= 1);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_for_a_later_hit(&server, &program, addr);
     assert_eq!(
         stored_responses(&server, &rule).len(),
         before,
         "responses after expiry"
     );
     assert_eq!(live_bytes(program.pid(), addr), file_bytes(addr));
-    assert_eq!(program.finish(), (true, expected_output(400, "delta")));
+    assert_eq!(program.finish(), (true, expected_output(800, "delta")));
 }
 
 #[test]
 fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     let data = tmp("disable");
     let server = Server::start(free_port(), &data);
-    let program = Program::start(&server, 500, "eps");
+    let program = Program::start(&server, 900, "eps");
     wait_for_agents(&server, 1);
     let rule = server.add_rule(&["--log", "{n}", "--service", "ticker"]);
     let (ok, _) = tail(&server, &rule, 2, "10s");
@@ -354,7 +335,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     }
     let history = stored_responses(&server, &rule);
     assert!(history.len() >= 2, "{history:?}");
-    std::thread::sleep(Duration::from_millis(600));
+    wait_for_a_later_hit(&server, &program, addr);
     assert_eq!(
         stored_responses(&server, &rule).len(),
         history.len(),
@@ -390,7 +371,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
     let v = show(&server, &rule);
     assert_eq!(v["enabled"], true);
     assert!(v["hits"].as_u64().unwrap() >= history.len() as u64 + 2);
-    assert_eq!(program.finish(), (true, expected_output(500, "eps")));
+    assert_eq!(program.finish(), (true, expected_output(900, "eps")));
 }
 
 #[test]

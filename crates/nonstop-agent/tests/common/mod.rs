@@ -17,93 +17,30 @@ pub enum Build {
 }
 
 pub fn fixture_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    nonstop_testkit::fixture::source(env!("CARGO_MANIFEST_DIR"), name)
 }
 
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
-
-/// Compiles `tests/fixtures/NAME` (Rust with rustc, C with gcc) once per build kind.
+/// Compiles `tests/fixtures/NAME` (Rust with rustc, C with gcc) for the build kind, once
+/// per content (the testkit caches it in the target dir).
 pub fn build_fixture(name: &str, build: Build) -> PathBuf {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let src = fixture_source(name);
-    let stem = src.file_stem().unwrap().to_string_lossy().into_owned();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{stem}-{build:?}").to_lowercase());
-    let fresh = match (std::fs::metadata(&out), std::fs::metadata(&src)) {
-        (Ok(o), Ok(s)) => o.modified().unwrap() >= s.modified().unwrap(),
-        _ => false,
+    let flags: &[&str] = match (name.ends_with(".c"), build) {
+        (true, Build::Debug) => &["-g", "-O0"],
+        (true, Build::Release) => &["-g", "-O2"],
+        (false, Build::Debug) => &["-C", "debuginfo=2", "-C", "opt-level=0"],
+        (false, Build::Release) => &["-C", "debuginfo=2", "-C", "opt-level=2"],
     };
-    if fresh {
-        return out;
-    }
-    let status = if name.ends_with(".c") {
-        let opt = if build == Build::Debug { "-O0" } else { "-O2" };
-        Command::new("gcc")
-            .args(["-g", opt, "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-    } else {
-        let opt = if build == Build::Debug {
-            "opt-level=0"
-        } else {
-            "opt-level=2"
-        };
-        Command::new("rustc")
-            .args(["--edition", "2021", "-C", "debuginfo=2", "-C", opt, "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-    };
-    assert!(status.unwrap().success(), "building {name} failed");
-    out
+    nonstop_testkit::fixture::build(&src, flags).binary
 }
 
-/// The agent library (`target/<profile>/libnonstop_agent.so`), brought up to date first:
-/// cargo builds the library's `rlib` for these tests but does not always rebuild the
-/// `cdylib` beside it when a dependency changed.
+/// The agent library (`target/<profile>/libnonstop_agent.so`), brought up to date first.
 pub fn agent_library() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "nonstop-agent",
-                "--lib",
-                "--target-dir",
-            ])
-            .arg(target_dir);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().unwrap();
-            assert!(status.success(), "building the agent library failed");
-            let lib = profile_dir.join("libnonstop_agent.so");
-            assert!(lib.exists(), "{} missing after the build", lib.display());
-            lib
-        })
-        .clone()
+    nonstop_testkit::agent_library()
 }
 
 /// The line numbers of `// @mark NAME` comments in a fixture.
 pub fn marks(name: &str) -> BTreeMap<String, u32> {
-    let text = std::fs::read_to_string(fixture_source(name)).unwrap();
-    let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if let Some(pos) = line.find("// @mark ") {
-            out.insert(line[pos + 9..].trim().to_owned(), i as u32 + 1);
-        }
-    }
-    out
+    nonstop_testkit::marks(&fixture_source(name))
 }
 
 /// A run of a program under the agent in offline mode.
@@ -193,16 +130,7 @@ pub fn run_plain(program: &Path, args: &[&str]) -> Output {
 }
 
 pub fn tempdir() -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "agent-run-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    nonstop_testkit::tempdir("agent-run")
 }
 
 /// Lines `@MARK VAR VALUE` the fixture printed, grouped per occurrence of the mark:

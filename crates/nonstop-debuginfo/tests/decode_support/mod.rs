@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use gimli::constants as dw;
+use nonstop_capture::capture::{Memory, ReadError};
 use nonstop_debuginfo::DieRef;
-use nonstop_model::capture::{Memory, ReadError};
 use object::{Object, ObjectSection};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,32 +30,17 @@ impl Memory for ProcMem {
     }
 }
 
-/// Builds a fixture with rustc (or cc for `.c`) into the test's temp folder.
-pub fn build(source: &str, out_name: &str, args: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(source);
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(out_name);
-    let compiler = if source.ends_with(".c") {
-        "cc"
+/// Builds `tests/fixtures/SOURCE` with full debug info (rustc `-C debuginfo=2`, gcc `-g`)
+/// and `args`, once per content (the testkit caches it).
+pub fn build(source: &str, args: &[&str]) -> PathBuf {
+    let src = nonstop_testkit::fixture::source(env!("CARGO_MANIFEST_DIR"), source);
+    let debug: &[&str] = if source.ends_with(".c") {
+        &["-g"]
     } else {
-        "rustc"
+        &["-C", "debuginfo=2"]
     };
-    let mut cmd = Command::new(compiler);
-    if compiler == "rustc" {
-        cmd.args(["--edition", "2021", "-C", "debuginfo=2"]);
-    } else {
-        cmd.arg("-g");
-    }
-    let status = cmd
-        .args(args)
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("run compiler");
-    assert!(status.success(), "building {source} failed");
-    out
+    let flags: Vec<&str> = debug.iter().chain(args).copied().collect();
+    nonstop_testkit::fixture::build(&src, &flags).binary
 }
 
 /// A running fixture that printed `name\taddr\tdebug` lines, `pid\tPID` and `ready`.

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic};
-use nonstop_model::capture::{CapturePlan, CapturedMemory};
+use nonstop_capture::capture::{CapturePlan, CapturedMemory};
 use nonstop_probe::{Engine, ProbeId};
 
 // target(a, b) = (1000 + a) + (b > 10 ? 2b : 0) + 7 + (a == 3 ? 5 : 0) + 100 (via an

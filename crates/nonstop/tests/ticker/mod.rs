@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,61 +23,28 @@ pub fn tmp(name: &str) -> PathBuf {
     dir
 }
 
-/// The ticker fixture, built with debug info (once per test binary, into a file of its
-/// own), and the agent library beside `nonstop`.
+fn ticker_source() -> PathBuf {
+    nonstop_testkit::fixture::source(env!("CARGO_MANIFEST_DIR"), "ticker.rs")
+}
+
+/// The ticker fixture, built with debug info (cached by content by the testkit), with the
+/// agent library brought up to date beside `nonstop`.
 pub fn ticker() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let profile_dir = Path::new(NONSTOP).parent().unwrap();
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "nonstop-agent",
-                "--lib",
-                "--target-dir",
-            ])
-            .arg(profile_dir.parent().unwrap());
-            if profile_dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            assert!(cmd.status().unwrap().success(), "building the agent failed");
-            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs");
-            let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("ticker-{}", env!("CARGO_CRATE_NAME")));
-            let ok = Command::new("rustc")
-                .args(["--edition", "2021", "-C", "debuginfo=2", "-o"])
-                .arg(&out)
-                .arg(&src)
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            out
+            nonstop_testkit::agent_library();
+            nonstop_testkit::fixture::build(&ticker_source(), &["-C", "debuginfo=2"]).binary
         })
         .clone()
 }
 
 /// The line of the ticker's `// @mark tick` comment.
 pub fn mark_line() -> u32 {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ticker.rs"),
-    )
-    .unwrap();
-    src.lines()
-        .position(|l| l.contains("// @mark tick"))
-        .unwrap() as u32
-        + 1
+    nonstop_testkit::fixture::marks(&ticker_source())["tick"]
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use nonstop_testkit::free_port;
 
 /// What the ticker prints when it runs `ticks` ticks named `name`.
 pub fn expected_output(ticks: u64, name: &str) -> String {
@@ -89,37 +55,21 @@ pub fn expected_output(ticks: u64, name: &str) -> String {
 
 /// A `nonstop serve` process on a fixed port with its data folder.
 pub struct Server {
-    child: Child,
+    process: nonstop_testkit::ServerProcess,
     pub url: String,
-    data: PathBuf,
 }
 
 impl Server {
     pub fn start(port: u16, data: &Path) -> Server {
-        let child = Command::new(NONSTOP)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let process = nonstop_testkit::ServerProcess::start(Path::new(NONSTOP), port, data, &[]);
         Server {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            data: data.to_path_buf(),
+            url: process.url.clone(),
+            process,
         }
     }
 
     pub fn token(&self, which: &str) -> String {
-        std::fs::read_to_string(self.data.join(format!("{which}.token")))
-            .unwrap()
-            .trim()
-            .to_owned()
+        self.process.token(which)
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
@@ -181,16 +131,8 @@ impl Server {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
     }
 
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(self) {
+        self.process.kill();
     }
 }
 
@@ -282,4 +224,55 @@ pub fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
         assert!(Instant::now() < deadline, "{n} agents did not connect");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The 16 bytes at file address `addr` as the ELF file has them (through `readelf -lW`).
+pub fn file_bytes(addr: u64) -> Vec<u8> {
+    let out = Command::new("readelf")
+        .arg("-lW")
+        .arg(ticker())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+    for line in text.lines().filter(|l| l.trim_start().starts_with("LOAD")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (offset, vaddr, filesz) = (hex(f[1]), hex(f[2]), hex(f[4]));
+        if (vaddr..vaddr + filesz).contains(&addr) {
+            let data = std::fs::read(ticker()).unwrap();
+            let at = (addr - vaddr + offset) as usize;
+            return data[at..at + 16].to_vec();
+        }
+    }
+    panic!("0x{addr:x} is in no LOAD segment of the ticker");
+}
+
+/// The 16 bytes at file address `addr` in the running program's memory.
+pub fn live_bytes(pid: u32, addr: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let name = ticker().to_string_lossy().into_owned();
+    let base = maps
+        .lines()
+        .find(|l| l.ends_with(&name) && l.split_whitespace().nth(2) == Some("00000000"))
+        .map(|l| u64::from_str_radix(l.split('-').next().unwrap(), 16).unwrap())
+        .expect("the ticker's first mapping");
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut buf = vec![0u8; 16];
+    mem.read_exact_at(&mut buf, base + addr).unwrap();
+    buf
+}
+
+/// The file address of `line` in the ticker, from `nonstop where --json` (its first site).
+pub fn line_address(line: u32) -> u64 {
+    let out = Command::new(NONSTOP)
+        .arg("where")
+        .arg(ticker())
+        .arg(format!("ticker.rs:{line}"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = v["sites"][0]["address"].as_str().unwrap();
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
 }

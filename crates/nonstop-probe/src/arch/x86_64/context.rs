@@ -1,7 +1,7 @@
 //! Access to the interrupted thread's registers in a signal's `ucontext_t`.
 
 use iced_x86::Register;
-use nonstop_model::capture::{GPR_COUNT, Registers, XMM_COUNT};
+use nonstop_capture::capture::{GPR_COUNT, Registers, XMM_COUNT};
 
 /// `gregs` indices in DWARF register order (rax rdx rcx rbx rsi rdi rbp rsp r8..r15 rip).
 const DWARF_TO_GREG: [usize; GPR_COUNT] = [

@@ -249,15 +249,16 @@ fn run<M: Memory + ?Sized, const BUFS: usize>(
     let mut stack = [Slot::Err; MAX_STACK];
     let mut sp = 0usize;
     let mut pc = 0usize;
+    // `pc` and `sp` stay small: `pc` is at most `MAX_CODE` plus one skip, `sp` at most `MAX_STACK`.
     while let Some(op) = filter.code.get(pc) {
-        pc += 1;
+        pc = pc.saturating_add(1);
         let pushed = match *op {
             Op::SkipIfFalse(n) | Op::SkipIfTrue(n) => {
                 let want = matches!(op, Op::SkipIfTrue(_));
                 if let Some(Slot::Bool(b)) = sp.checked_sub(1).and_then(|i| stack.get(i))
                     && *b == want
                 {
-                    pc += n as usize;
+                    pc = pc.saturating_add(n as usize);
                 }
                 continue;
             }
@@ -276,20 +277,26 @@ fn run<M: Memory + ?Sized, const BUFS: usize>(
             },
             Op::HitCount => Slot::Uint(hit_count),
             Op::Not | Op::Neg | Op::Len => {
-                let Some(a) = sp.checked_sub(1).and_then(|i| stack.get(i).copied()) else {
+                let Some(top) = sp.checked_sub(1) else {
                     return FilterResult::Error;
                 };
-                sp -= 1;
+                let Some(a) = stack.get(top).copied() else {
+                    return FilterResult::Error;
+                };
+                sp = top;
                 m.unary(*op, a)
             }
             _ => {
-                let (Some(b), Some(a)) = (
-                    sp.checked_sub(1).and_then(|i| stack.get(i).copied()),
-                    sp.checked_sub(2).and_then(|i| stack.get(i).copied()),
+                let Some(below) = sp.checked_sub(2) else {
+                    return FilterResult::Error;
+                };
+                let (Some(a), Some(b)) = (
+                    stack.get(below).copied(),
+                    below.checked_add(1).and_then(|i| stack.get(i).copied()),
                 ) else {
                     return FilterResult::Error;
                 };
-                sp -= 2;
+                sp = below;
                 m.binary(*op, a, b)
             }
         };
@@ -297,13 +304,23 @@ fn run<M: Memory + ?Sized, const BUFS: usize>(
             return FilterResult::Error;
         };
         *slot = pushed;
-        sp += 1;
+        sp = sp.saturating_add(1);
     }
-    match (sp, stack[0]) {
-        (1, Slot::Bool(true)) => FilterResult::True,
-        (1, Slot::Bool(false)) => FilterResult::False,
+    match (sp, stack.first()) {
+        (1, Some(Slot::Bool(true))) => FilterResult::True,
+        (1, Some(Slot::Bool(false))) => FilterResult::False,
         _ => FilterResult::Error,
     }
+}
+
+/// Up to 16 bytes of a value held outside memory (a vector register, an implicit constant).
+fn short_bytes(src: &[u8]) -> Loc {
+    let mut b = [0u8; 16];
+    let n = src.len().min(b.len());
+    for (d, s) in b.iter_mut().zip(src) {
+        *d = *s;
+    }
+    Loc::Bytes(b, n)
 }
 
 impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
@@ -315,7 +332,9 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
             return cached;
         }
         let slot = self.fetch(i).unwrap_or(Slot::Err);
-        self.cache[i] = slot;
+        if let Some(entry) = self.cache.get_mut(i) {
+            *entry = slot;
+        }
         self.loaded |= 1 << i;
         slot
     }
@@ -361,10 +380,7 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                 Some(w) => Loc::Word(*w),
                 None => {
                     let x = self.regs.bytes(*reg)?;
-                    let mut b = [0u8; 16];
-                    let n = x.len().min(16);
-                    b[..n].copy_from_slice(&x[..n]);
-                    Loc::Bytes(b, n)
+                    short_bytes(x)
                 }
             },
             PieceSource::Memory { reg, offset } => {
@@ -374,12 +390,7 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
             PieceSource::Computed { reg, offset } => {
                 Loc::Word(self.regs.value(*reg)?.wrapping_add(*offset as u64))
             }
-            PieceSource::Implicit(bytes) => {
-                let mut b = [0u8; 16];
-                let n = bytes.len().min(16);
-                b[..n].copy_from_slice(&bytes[..n]);
-                Loc::Bytes(b, n)
-            }
+            PieceSource::Implicit(bytes) => short_bytes(bytes),
             PieceSource::Unavailable => return None,
         };
         if read.derefs.len() > MAX_DEREFS {
@@ -405,11 +416,12 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                     return None;
                 }
                 let mut b = [0u8; 8];
-                self.bytes(loc, off, &mut b[..size])?;
+                self.bytes(loc, off, b.get_mut(..size)?)?;
                 let raw = u64::from_le_bytes(b);
                 if signed {
-                    let shift = 64 - 8 * size as u32;
-                    Slot::Int(((raw << shift) as i64) >> shift)
+                    // Sign-extend from `size` bytes: `size` is 1, 2, 4 or 8, so `shift < 64`.
+                    let shift = 64u32.saturating_sub(8u32.saturating_mul(size as u32));
+                    Slot::Int((raw.wrapping_shl(shift) as i64).wrapping_shr(shift))
                 } else {
                     Slot::Uint(raw)
                 }
@@ -428,7 +440,7 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                 // Pointer and length are usually adjacent (`&str`: 0 and 8; `String`: 8
                 // and 16): one read of both saves a fault-safe read.
                 let (lo, hi) = (ptr_offset.min(len_offset), ptr_offset.max(len_offset));
-                let (ptr, len) = if hi - lo == 8 {
+                let (ptr, len) = if hi.saturating_sub(lo) == 8 {
                     let mut b = [0u8; 16];
                     self.bytes(loc, off.checked_add(lo)?, &mut b)?;
                     let (first, second) = b.split_at(8);
@@ -454,7 +466,7 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                     let buf = self.bufs.get_mut(id as usize)?.get_mut(..have)?;
                     self.mem.read(ptr, buf).ok()?;
                 }
-                self.bufs_used += 1;
+                self.bufs_used = self.bufs_used.saturating_add(1);
                 Slot::Str {
                     id,
                     have: have as u8,
@@ -570,7 +582,7 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
             (Slot::Str { .. }, Slot::Str { .. }) => {
                 let ((xb, x_all, _), (yb, y_all, _)) = (self.text(a)?, self.text(b)?);
                 let n = xb.len().min(yb.len());
-                match xb[..n].cmp(&yb[..n]) {
+                match xb.get(..n)?.cmp(yb.get(..n)?) {
                     Ordering::Equal if x_all && y_all => Some(xb.len().cmp(&yb.len())),
                     // A shorter complete string that is a prefix of the other sorts first.
                     Ordering::Equal if x_all && xb.len() < yb.len() => Some(Ordering::Less),

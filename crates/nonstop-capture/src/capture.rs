@@ -6,7 +6,7 @@
 //! caller-provided buffer; the agent thread then turns the record back into a
 //! [`CapturedMemory`] and decodes typed values from it.
 //!
-//! The plan lives here, in the model, because its producer (debuginfo) and its executor
+//! The plan lives here, in a leaf crate, because its producer (debuginfo) and its executor
 //! (probe) must agree on it and neither may depend on the other.
 //!
 //! # Record layout (little endian, written by [`execute`])
@@ -34,6 +34,10 @@ pub const REG_XMM0: u16 = 17;
 const MAGIC: u32 = 0x4e53_4331; // "NSC1"
 const HEADER_LEN: usize = 16;
 const REGS_LEN: usize = GPR_COUNT * 8 + XMM_COUNT * 16;
+/// Where the first root record starts.
+const ROOTS_AT: usize = HEADER_LEN + REGS_LEN;
+/// Bytes of a root or block header (status, length, address).
+const ITEM_HEADER_LEN: usize = 16;
 /// Record flag: the per-hit byte cap cut the capture short.
 pub const FLAG_TRUNCATED: u32 = 1;
 
@@ -80,15 +84,13 @@ impl Registers {
 
     /// The value of a general register, or the low 8 bytes of an xmm register.
     pub fn value(&self, reg: u16) -> Option<u64> {
-        let r = reg as usize;
-        if r < GPR_COUNT {
-            Some(self.gpr[r])
-        } else {
-            let x = self.xmm.get(r - GPR_COUNT)?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&x[..8]);
-            Some(u64::from_le_bytes(b))
+        if let Some(&g) = self.gpr.get(reg as usize) {
+            return Some(g);
         }
+        let x = self.bytes(reg)?;
+        let mut b = [0u8; 8];
+        b.copy_from_slice(x.get(..8)?);
+        Some(u64::from_le_bytes(b))
     }
 }
 
@@ -315,12 +317,12 @@ pub fn execute<M: Memory + ?Sized>(
     let mut w = Writer {
         plan,
         mem,
-        out: &mut out[..cap],
+        out: out.get_mut(..cap).unwrap_or_default(),
         pos: 0,
         blocks: 0,
         truncated: false,
     };
-    if w.out.len() < HEADER_LEN + REGS_LEN {
+    if w.out.len() < ROOTS_AT {
         return CaptureOutcome {
             len: 0,
             truncated: true,
@@ -338,28 +340,34 @@ pub fn execute<M: Memory + ?Sized>(
     let mut written = 0u32;
     for root in &plan.roots {
         if w.root(root, regs) {
-            written += 1;
+            written = written.saturating_add(1);
         }
     }
     let roots_end = w.pos;
-    let mut at = HEADER_LEN + REGS_LEN;
+    let mut at = ROOTS_AT;
     for root in &plan.roots {
-        if at + 16 > roots_end {
-            break;
-        }
-        let (Some(status), Some(len)) = (w.get(at, 4), w.get(at + 4, 4)) else {
+        let Some(data) = at.checked_add(ITEM_HEADER_LEN) else {
             break;
         };
-        let data = at + 16;
+        if data > roots_end {
+            break;
+        }
+        let (Some(status), Some(len)) = (w.get(at, 4), w.get(at.saturating_add(4), 4)) else {
+            break;
+        };
         if status == u64::from(ROOT_OK)
             && let Some(node) = root.node
         {
             w.apply(node, data, len as usize, 0);
         }
-        at = data + len as usize;
+        let Some(next) = data.checked_add(len as usize) else {
+            break;
+        };
+        at = next;
     }
-    if plan.stack_bytes > 0 {
-        let rsp = regs.gpr[REG_RSP as usize];
+    if plan.stack_bytes > 0
+        && let Some(rsp) = regs.value(REG_RSP)
+    {
         w.stack(rsp, plan.stack_bytes);
     }
     let flags = if w.truncated { FLAG_TRUNCATED } else { 0 };
@@ -375,7 +383,7 @@ pub fn execute<M: Memory + ?Sized>(
 }
 
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
-    if let Some(dst) = out.get_mut(at..at + 4) {
+    if let Some(dst) = at.checked_add(4).and_then(|end| out.get_mut(at..end)) {
         dst.copy_from_slice(&v.to_le_bytes());
     }
 }
@@ -391,11 +399,20 @@ struct Writer<'a, M: Memory + ?Sized> {
 
 impl<M: Memory + ?Sized> Writer<'_, M> {
     fn room(&self) -> usize {
-        self.out.len() - self.pos
+        self.out.len().saturating_sub(self.pos)
+    }
+
+    /// Whether `bytes` more fit after a root or block header.
+    fn fits_item(&self, bytes: usize) -> bool {
+        bytes
+            .checked_add(ITEM_HEADER_LEN)
+            .is_some_and(|need| self.room() >= need)
     }
 
     fn put(&mut self, bytes: &[u8]) {
-        let end = self.pos + bytes.len();
+        let Some(end) = self.pos.checked_add(bytes.len()) else {
+            return;
+        };
         if let Some(dst) = self.out.get_mut(self.pos..end) {
             dst.copy_from_slice(bytes);
             self.pos = end;
@@ -412,10 +429,13 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
 
     /// Writes one root's record (header and bytes); returns whether a header was written.
     fn root(&mut self, root: &RootPlan, regs: &Registers) -> bool {
-        let size: u64 = root.pieces.iter().map(|p| p.size as u64).sum();
+        let size: u64 = root
+            .pieces
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(u64::from(p.size)));
         let head = self.pos;
-        if size > u32::MAX as u64 || self.room() < 16 + size as usize {
-            if self.room() >= 16 {
+        if size > u32::MAX as u64 || !self.fits_item(size as usize) {
+            if self.room() >= ITEM_HEADER_LEN {
                 self.put(&ROOT_NO_SPACE.to_le_bytes());
                 self.put(&0u32.to_le_bytes());
                 self.put(&0u64.to_le_bytes());
@@ -440,12 +460,18 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             ] => Some(*addr),
             _ => None,
         };
-        self.pos = head + 16;
-        let data = self.pos;
+        // `fits_item` above: the header and all pieces fit after `head`.
+        let data = head.saturating_add(ITEM_HEADER_LEN);
+        self.pos = data;
         let mut status = ROOT_OK;
         for piece in &root.pieces {
             let n = piece.size as usize;
-            let Some(dst) = self.out.get_mut(self.pos..self.pos + n) else {
+            let start = self.pos;
+            let Some(end) = start.checked_add(n) else {
+                status = ROOT_NO_SPACE;
+                break;
+            };
+            let Some(dst) = self.out.get_mut(start..end) else {
                 status = ROOT_NO_SPACE;
                 break;
             };
@@ -467,9 +493,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     None => false,
                 },
                 PieceSource::Implicit(bytes) => {
-                    let k = bytes.len().min(n);
-                    dst[..k].copy_from_slice(&bytes[..k]);
-                    dst[k..].fill(0);
+                    fill_padded(dst, bytes);
                     true
                 }
                 PieceSource::Unavailable => {
@@ -486,7 +510,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             if status != ROOT_OK {
                 break;
             }
-            self.pos += n;
+            self.pos = end;
         }
         let len = if status == ROOT_OK { size as u32 } else { 0 };
         if status != ROOT_OK {
@@ -497,13 +521,13 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         self.put(&status.to_le_bytes());
         self.put(&len.to_le_bytes());
         self.put(&addr.to_le_bytes());
-        self.pos = data + len as usize;
+        self.pos = data.saturating_add(len as usize);
         true
     }
 
     fn stack(&mut self, rsp: u64, want: u32) {
         // Stack pages below the top of the mapping fault; halve until a read fits.
-        let mut len = (want as usize).min(self.room().saturating_sub(16));
+        let mut len = (want as usize).min(self.room().saturating_sub(ITEM_HEADER_LEN));
         while len >= 64 {
             if self.block(rsp, len).is_some() {
                 return;
@@ -514,22 +538,23 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
 
     /// Reads `len` bytes at `addr` into a new block; returns where its bytes start.
     fn block(&mut self, addr: u64, len: usize) -> Option<usize> {
-        if self.room() < 16 + len || len > u32::MAX as usize {
+        if !self.fits_item(len) || len > u32::MAX as usize {
             self.truncated = true;
             return None;
         }
-        let head = self.pos;
-        let data = head + 16;
-        let ok = match self.out.get_mut(data..data + len) {
+        // `fits_item` above: neither sum overflows, both ends are inside `out`.
+        let data = self.pos.saturating_add(ITEM_HEADER_LEN);
+        let end = data.saturating_add(len);
+        let ok = match self.out.get_mut(data..end) {
             Some(dst) => self.mem.read(addr, dst).is_ok(),
             None => false,
         };
         self.put(&addr.to_le_bytes());
         self.put(&(len as u32).to_le_bytes());
         self.put(&(if ok { BLOCK_OK } else { BLOCK_FAULT }).to_le_bytes());
-        self.blocks += 1;
+        self.blocks = self.blocks.saturating_add(1);
         if ok {
-            self.pos = data + len;
+            self.pos = end;
             Some(data)
         } else {
             None
@@ -546,15 +571,17 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             return;
         };
         let field = |w: &Self, off: u32, size: usize| -> Option<u64> {
-            if off as usize + size > len {
+            if (off as usize).checked_add(size)? > len {
                 return None;
             }
-            w.get(at + off as usize, size)
+            w.get(at.checked_add(off as usize)?, size)
         };
+        // `depth < MAX_NODE_DEPTH`: one more level cannot overflow.
+        let deeper = depth.saturating_add(1);
         match node {
             PlanNode::All(nodes) => {
                 for &n in nodes {
-                    self.apply(n, at, len, depth + 1);
+                    self.apply(n, at, len, deeper);
                 }
             }
             PlanNode::Deref { offset, size, then } => {
@@ -567,7 +594,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 if let Some(data) = self.block(ptr, *size as usize)
                     && let Some(then) = then
                 {
-                    self.apply(*then, data, *size as usize, depth + 1);
+                    self.apply(*then, data, *size as usize, deeper);
                 }
             }
             PlanNode::Slice {
@@ -606,7 +633,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     return;
                 }
                 let n = count.min(*max_elems as u64);
-                let first = n.min(cap - head);
+                // `head < cap` and `first <= n` (checked above and by `min`).
+                let first = n.min(cap.saturating_sub(head));
                 let size = *elem_size as u64;
                 self.elements(
                     ptr.wrapping_add(head.wrapping_mul(size)),
@@ -615,7 +643,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     *each,
                     depth,
                 );
-                self.elements(ptr, n - first, *elem_size, *each, depth);
+                self.elements(ptr, n.saturating_sub(first), *elem_size, *each, depth);
             }
             PlanNode::HashTable {
                 ctrl_offset,
@@ -649,18 +677,26 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     if taken >= *max_elems {
                         break;
                     }
-                    let Some(c) = self.out.get(ctrl_at + i).copied() else {
+                    let Some(c) = ctrl_at
+                        .checked_add(i)
+                        .and_then(|at| self.out.get(at))
+                        .copied()
+                    else {
                         return;
                     };
                     if c & 0x80 != 0 {
                         continue; // EMPTY or DELETED
                     }
-                    taken += 1;
-                    let addr = ctrl.wrapping_sub((i as u64 + 1) * *elem_size as u64);
+                    taken = taken.saturating_add(1);
+                    // Addresses wrap as the program's pointer arithmetic would; a wild one faults.
+                    let below = (i as u64)
+                        .wrapping_add(1)
+                        .wrapping_mul(u64::from(*elem_size));
+                    let addr = ctrl.wrapping_sub(below);
                     if let Some(data) = self.block(addr, *elem_size as usize)
                         && let Some(each) = each
                     {
-                        self.apply(*each, data, *elem_size as usize, depth + 1);
+                        self.apply(*each, data, *elem_size as usize, deeper);
                     }
                 }
             }
@@ -688,7 +724,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     .map(|(_, n)| *n)
                     .or(*default);
                 if let Some(n) = chosen {
-                    self.apply(n, at, len, depth + 1);
+                    self.apply(n, at, len, deeper);
                 }
             }
             PlanNode::BTree { .. } => self.btree(node, at, len, depth),
@@ -700,26 +736,30 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             return;
         }
         let total = n.saturating_mul(elem_size as u64);
-        let n = if total as usize > self.room().saturating_sub(16) {
+        let space = self.room().saturating_sub(ITEM_HEADER_LEN);
+        let n = if total as usize > space {
             self.truncated = true;
-            (self.room().saturating_sub(16) / elem_size as usize) as u64
+            space.checked_div(elem_size as usize).unwrap_or(0) as u64
         } else {
             n
         };
         if n == 0 {
             return;
         }
-        let bytes = n as usize * elem_size as usize;
+        // At most `space` bytes: no overflow.
+        let size = elem_size as usize;
+        let bytes = (n as usize).saturating_mul(size);
         let Some(data) = self.block(ptr, bytes) else {
             return;
         };
         if let Some(each) = each {
+            let deeper = depth.saturating_add(1);
             for i in 0..n as usize {
                 self.apply(
                     each,
-                    data + i * elem_size as usize,
-                    elem_size as usize,
-                    depth + 1,
+                    data.saturating_add(i.saturating_mul(size)),
+                    size,
+                    deeper,
                 );
             }
         }
@@ -730,21 +770,26 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         // unmapped page is still read; stop at the first NUL.
         let mut len = 0usize;
         let mut probe = [0u8; 64];
-        while len <= max_len {
+        // The NUL is kept too: at most `max_len + 1` bytes.
+        let most = max_len.saturating_add(1);
+        while len < most {
             let addr = ptr.wrapping_add(len as u64);
-            let to_page_end = 4096 - (addr % 4096) as usize;
-            let chunk = probe.len().min(to_page_end).min(max_len + 1 - len);
-            if chunk == 0 || self.mem.read(addr, &mut probe[..chunk]).is_err() {
+            let to_page_end = 4096usize.saturating_sub((addr % 4096) as usize);
+            let chunk = probe.len().min(to_page_end).min(most.saturating_sub(len));
+            let Some(window) = probe.get_mut(..chunk) else {
+                break;
+            };
+            if chunk == 0 || self.mem.read(addr, window).is_err() {
                 break;
             }
-            if let Some(nul) = probe[..chunk].iter().position(|&b| b == 0) {
-                len += nul + 1;
+            if let Some(nul) = window.iter().position(|&b| b == 0) {
+                len = len.saturating_add(nul).saturating_add(1);
                 break;
             }
-            len += chunk;
+            len = len.saturating_add(chunk);
         }
         if len > 0 {
-            self.block(ptr, len.min(max_len + 1));
+            self.block(ptr, len.min(most));
         }
     }
 
@@ -768,10 +813,10 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             return;
         };
         let get = |w: &Self, off: u32| {
-            if off as usize + 8 > len {
+            if (off as usize).checked_add(8)? > len {
                 None
             } else {
-                w.get(at + off as usize, 8)
+                w.get(at.checked_add(off as usize)?, 8)
             }
         };
         let (Some(root), Some(height)) = (get(self, *root_offset), get(self, *height_offset))
@@ -782,43 +827,62 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             return;
         }
         // Iterative in-order walk with a fixed-size stack: (node address, height, next edge).
+        // `sp` counts the entries in use; `height <= 32` bounds it by the array's length.
         let mut stack = [(0u64, 0u64, 0usize); 33];
         let mut sp = 0usize;
-        stack[0] = (root, height, 0);
-        sp += 1;
+        if let Some(bottom) = stack.first_mut() {
+            *bottom = (root, height, 0);
+            sp = 1;
+        }
         let mut taken = 0u32;
         let mut visited = 0u32;
-        while sp > 0 && taken < *max_elems {
-            visited += 1;
+        while let Some(top) = sp.checked_sub(1)
+            && taken < *max_elems
+        {
+            visited = visited.saturating_add(1);
             if visited > max_elems.saturating_mul(4).saturating_add(64) {
                 self.truncated = true;
                 return;
             }
-            let (addr, h, edge) = stack[sp - 1];
+            let Some(&(addr, h, edge)) = stack.get(top) else {
+                return;
+            };
             let size = if h == 0 { *leaf_size } else { *internal_size } as usize;
             let Some(data) = self.block(addr, size) else {
                 return;
             };
-            let Some(n) = self.get(data + *len_offset as usize, 2) else {
+            let Some(n) = data
+                .checked_add(*len_offset as usize)
+                .and_then(|at| self.get(at, 2))
+            else {
                 return;
             };
             let n = (n as usize).min(11);
             // Re-reading the node each visit keeps the walk allocation-free; nodes are small.
             if edge > n {
-                sp -= 1;
+                sp = top;
                 continue;
             }
             if h > 0 && edge <= n {
-                stack[sp - 1].2 = edge + 1;
-                if edge > 0 {
-                    self.btree_entry(data, edge - 1, node, &mut taken, depth);
+                if let Some(entry) = stack.get_mut(top) {
+                    entry.2 = edge.saturating_add(1);
                 }
-                let Some(child) = self.get(data + *edges_offset as usize + edge * 8, 8) else {
+                if let Some(before) = edge.checked_sub(1) {
+                    self.btree_entry(data, before, node, &mut taken, depth);
+                }
+                // `edge <= 11`: the edge's offset is small.
+                let Some(child) = data
+                    .checked_add(*edges_offset as usize)
+                    .and_then(|at| at.checked_add(edge.saturating_mul(8)))
+                    .and_then(|at| self.get(at, 8))
+                else {
                     return;
                 };
-                if sp < stack.len() && child != 0 {
-                    stack[sp] = (child, h - 1, 0);
-                    sp += 1;
+                if child != 0
+                    && let Some(slot) = stack.get_mut(sp)
+                {
+                    *slot = (child, h.saturating_sub(1), 0);
+                    sp = sp.saturating_add(1);
                 }
                 continue;
             }
@@ -828,7 +892,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 }
                 self.btree_entry(data, i, node, &mut taken, depth);
             }
-            sp -= 1;
+            sp = top;
             let _ = (
                 key_each,
                 val_each,
@@ -853,38 +917,51 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         else {
             return;
         };
-        *taken += 1;
-        if let Some(k) = key_each {
-            let at = data + *keys_offset as usize + i * *key_size as usize;
-            self.apply(*k, at, *key_size as usize, depth + 1);
+        *taken = taken.saturating_add(1);
+        let deeper = depth.saturating_add(1);
+        let entry = |offset: u32, size: u32| {
+            data.checked_add(offset as usize)?
+                .checked_add(i.checked_mul(size as usize)?)
+        };
+        if let Some(k) = key_each
+            && let Some(at) = entry(*keys_offset, *key_size)
+        {
+            self.apply(*k, at, *key_size as usize, deeper);
         }
-        if let Some(v) = val_each {
-            let at = data + *vals_offset as usize + i * *val_size as usize;
-            self.apply(*v, at, *val_size as usize, depth + 1);
+        if let Some(v) = val_each
+            && let Some(at) = entry(*vals_offset, *val_size)
+        {
+            self.apply(*v, at, *val_size as usize, deeper);
         }
     }
 }
 
+/// The low `size` bytes of `v` (all of it from 8 bytes up).
 fn truncate(v: u64, size: usize) -> u64 {
-    if size >= 8 {
-        v
-    } else {
-        v & ((1u64 << (size * 8)) - 1)
+    match u32::try_from(size.saturating_mul(8))
+        .ok()
+        .and_then(|bits| 1u64.checked_shl(bits))
+    {
+        Some(limit) if size < 8 => v & limit.wrapping_sub(1),
+        _ => v,
+    }
+}
+
+/// Copies `src` to the start of `dst`, cut to `dst`'s length, and zeroes the rest of `dst`.
+fn fill_padded(dst: &mut [u8], src: &[u8]) {
+    let mut src = src.iter().copied();
+    for d in dst {
+        *d = src.next().unwrap_or(0);
     }
 }
 
 fn fill_le(dst: &mut [u8], v: u64) {
-    let b = v.to_le_bytes();
-    let k = dst.len().min(8);
-    dst[..k].copy_from_slice(&b[..k]);
-    dst[k..].fill(0);
+    fill_padded(dst, &v.to_le_bytes());
 }
 
 fn fill_from_register(dst: &mut [u8], regs: &Registers, reg: u16) -> bool {
     if let Some(x) = regs.bytes(reg) {
-        let k = dst.len().min(x.len());
-        dst[..k].copy_from_slice(&x[..k]);
-        dst[k..].fill(0);
+        fill_padded(dst, x);
         true
     } else if let Some(v) = regs.value(reg) {
         fill_le(dst, v);
@@ -1017,14 +1094,19 @@ impl Memory for CapturedMemory {
         // Blocks can overlap (the same bytes reached twice); any one that covers the read will do.
         let upto = self.blocks.partition_point(|b| b.0 <= addr);
         let mut faulted = false;
-        for (start, len, bytes) in self.blocks[..upto].iter().rev() {
+        for (start, len, bytes) in self.blocks.get(..upto).unwrap_or_default().iter().rev() {
             if start.saturating_add(*len as u64) < end {
                 continue;
             }
             match bytes {
                 Some(bytes) => {
-                    let off = (addr - start) as usize;
-                    buf.copy_from_slice(&bytes[off..off + buf.len()]);
+                    // `start <= addr` (partition above) and the block covers the read.
+                    let off = addr.saturating_sub(*start) as usize;
+                    let src = off
+                        .checked_add(buf.len())
+                        .and_then(|stop| bytes.get(off..stop))
+                        .ok_or(ReadError::NotCaptured)?;
+                    buf.copy_from_slice(src);
                     return Ok(());
                 }
                 None => faulted = true,
