@@ -128,6 +128,8 @@ pub(crate) struct Turn {
     refresh: Option<(u64, u64)>,
     /// The link's poll generation seen last.
     polled: u64,
+    /// The link's count of rule fetches seen last.
+    fetched: u64,
 }
 
 /// One turn of the agent thread: answers the requests asked since the last turn.
@@ -148,14 +150,15 @@ pub(crate) fn turn(state: &mut Turn, agent: &mut Agent, channel: &mut Channel) {
     {
         state.refresh = Some((asked, link.refresh()));
     }
-    let polled = link.polled();
-    if polled != state.polled {
+    let (polled, fetched) = (link.polled(), link.fetched());
+    if polled != state.polled || fetched != state.fetched {
         state.polled = polled;
         // A poll finished: arm what it brought before anyone waits longer.
         if let Some(rules) = link.latest_rules() {
             agent.sync(rules);
         }
-        if link.connected() {
+        if fetched != state.fetched {
+            state.fetched = fetched;
             let ns = epoch().elapsed().as_nanos().max(1) as u64;
             RULES_AT.store(ns, Ordering::Release);
         }

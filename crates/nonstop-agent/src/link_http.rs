@@ -65,6 +65,8 @@ struct State {
     flush_done: u64,
     poll_asked: u64,
     poll_done: u64,
+    /// Exchanges that brought the server's current rule set (a `200` or a `304`).
+    fetched: u64,
     /// Whether the last request reached the server.
     connected: bool,
     stop: bool,
@@ -218,6 +220,12 @@ impl HttpLink {
     pub fn polled(&self) -> u64 {
         lock(&self.shared.state).poll_done
     }
+
+    /// How many exchanges brought the server's current rule set (a changed set or a
+    /// `304`); it grows with every successful poll or batch, asked for or not.
+    pub fn fetched(&self) -> u64 {
+        lock(&self.shared.state).fetched
+    }
 }
 
 impl Drop for HttpLink {
@@ -272,6 +280,12 @@ impl Runner<'_> {
                         oldest_unsent = Some(now);
                     }
                     let backing_off = retry_at.is_some_and(|t| now < t);
+                    let flush = st.flush_asked > st.flush_done;
+                    if flush && !queued && self.registered {
+                        // Nothing to send: the flush is done without a round trip.
+                        st.flush_done = st.flush_asked;
+                        self.shared.changed.notify_all();
+                    }
                     let flush = st.flush_asked > st.flush_done;
                     if flush && backing_off {
                         // The server is away: answer the flush at once, keep the data.
@@ -435,7 +449,10 @@ impl Runner<'_> {
 
     fn take_rules(&mut self, a: Answer) -> Result<(), String> {
         match a.status {
-            304 => Ok(()),
+            304 => {
+                lock(&self.shared.state).fetched += 1;
+                Ok(())
+            }
             200 => {
                 let rules = match serde_json::from_slice::<ServerMessage>(&a.body) {
                     Ok(ServerMessage::Rules { rules }) => rules,
@@ -447,7 +464,9 @@ impl Runner<'_> {
                     }
                 };
                 self.etag = a.etag;
-                lock(&self.shared.state).rules = Some(rules);
+                let mut st = lock(&self.shared.state);
+                st.rules = Some(rules);
+                st.fetched += 1;
                 Ok(())
             }
             401 | 403 => Err(format!(
