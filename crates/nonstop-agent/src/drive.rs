@@ -6,7 +6,7 @@
 //! Without a running agent both return at once.
 
 use crate::{Agent, Channel};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,12 @@ static REQUESTS: Mutex<Requests> = Mutex::new(Requests {
     refresh_done: 0,
 });
 static DONE: Condvar = Condvar::new();
-/// Whether an online agent thread runs and answers requests.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Whether an online agent thread runs and answers requests: [`OFF`], [`STARTING`] (its
+/// thread loads the debug info; a refresh may wait for it, within its bound) or [`RUNNING`].
+static STATE: AtomicU8 = AtomicU8::new(OFF);
+const OFF: u8 = 0;
+const STARTING: u8 = 1;
+const RUNNING: u8 = 2;
 /// Whether its link pushes rules (WebSocket), so they are always fresh.
 static PUSHED: AtomicBool = AtomicBool::new(false);
 /// When the rules were last known current: nanoseconds since [`epoch`], 0 = never.
@@ -50,7 +54,8 @@ fn lock() -> std::sync::MutexGuard<'static, Requests> {
 /// waiting at most `timeout`. Returns whether the server took them; `false` when the
 /// server is away (they stay queued and go out later) or no agent runs.
 pub fn flush(timeout: Duration) -> bool {
-    if !RUNNING.load(Ordering::Acquire) {
+    if STATE.load(Ordering::Acquire) != RUNNING {
+        // Starting: no probe is armed yet, so nothing was captured.
         return false;
     }
     let until = Instant::now() + timeout;
@@ -63,7 +68,7 @@ pub fn flush(timeout: Duration) -> bool {
     let mut r = lock();
     while r.flush_done < asked {
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || !RUNNING.load(Ordering::Acquire) {
+        if left.is_zero() || STATE.load(Ordering::Acquire) == OFF {
             return false;
         }
         r = match DONE.wait_timeout(r, left) {
@@ -77,8 +82,12 @@ pub fn flush(timeout: Duration) -> bool {
 /// Brings the rules up to date when they are older than `max_age`, waiting at most
 /// `max_wait` for the server (a poll that takes longer finishes in the background and its
 /// rules are armed then). Returns whether the rules are current on return.
+///
+/// Right after the agent started (its thread still reads the debug info), this waits for
+/// it and its first poll, within the same bound: a cold start's first invocation then
+/// meets the rules that were set before it.
 pub fn refresh_rules(max_age: Duration, max_wait: Duration) -> bool {
-    if !RUNNING.load(Ordering::Acquire) {
+    if STATE.load(Ordering::Acquire) == OFF {
         return false;
     }
     if PUSHED.load(Ordering::Relaxed) || rules_age().is_some_and(|a| a < max_age) {
@@ -93,7 +102,7 @@ pub fn refresh_rules(max_age: Duration, max_wait: Duration) -> bool {
     let mut r = lock();
     while r.refresh_done < asked {
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || !RUNNING.load(Ordering::Acquire) {
+        if left.is_zero() || STATE.load(Ordering::Acquire) == OFF {
             return false;
         }
         r = match DONE.wait_timeout(r, left) {
@@ -112,10 +121,16 @@ pub fn rules_age() -> Option<Duration> {
     }
 }
 
+/// The agent thread was started and will answer requests once it runs.
+pub(crate) fn set_starting() {
+    let _ = epoch();
+    let _ = STATE.compare_exchange(OFF, STARTING, Ordering::AcqRel, Ordering::Acquire);
+}
+
 pub(crate) fn set_running(running: bool, pushed: bool) {
     let _ = epoch();
     PUSHED.store(pushed, Ordering::Relaxed);
-    RUNNING.store(running, Ordering::Release);
+    STATE.store(if running { RUNNING } else { OFF }, Ordering::Release);
     if !running {
         DONE.notify_all();
     }

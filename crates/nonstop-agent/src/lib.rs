@@ -149,6 +149,9 @@ fn start_inner(adjust: impl FnOnce(&mut Config)) -> bool {
     };
     // Online: everything, debug info included, happens on the agent thread; the program
     // does not wait for the server or for its own debug info.
+    if config.link == LinkKind::Http {
+        drive::set_starting();
+    }
     spawn_agent_thread(move || {
         let agent = match build_agent(&config) {
             Ok(a) => a,
