@@ -13,6 +13,8 @@
 //! | `NONSTOP_STATUS` | offline mode: rule statuses, rewritten on change | `NONSTOP_OUT` + `.status.json` |
 //! | `NONSTOP_METRICS` | offline mode: metric rules' series in Prometheus text format (for node_exporter's textfile collector), replaced atomically at most once a second and at exit | `NONSTOP_OUT` + `.prom` |
 //! | `NONSTOP_REDACT` | extra comma-separated name patterns to redact | none |
+//! | `NONSTOP_LINK` | `ws` (a WebSocket) or `http` (polling, for frozen or short-lived processes such as AWS Lambda) | `ws` |
+//! | `NONSTOP_VERSION` | the program's version, which rules may select on | none |
 //! | `NONSTOP_CA_CERT` | PEM file of the CA to trust for an `https://` server | the public roots |
 //! | `NONSTOP_BUDGET` | the global CPU budget of the probes, in percent of one core (0.1–100): handler time plus the kernel's trap cost; a site over it is taken out and put back after a back-off | `1` |
 //!
@@ -51,6 +53,10 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     /// The global CPU budget, percent of one core.
     pub budget_percent: f64,
+    /// How the agent talks to the server.
+    pub link: LinkKind,
+    /// The program's version.
+    pub version: Option<String>,
 }
 
 /// The default global CPU budget, percent of one core (DESIGN.md).
@@ -72,8 +78,20 @@ impl Default for Config {
             redact: Vec::new(),
             ca_cert: None,
             budget_percent: DEFAULT_BUDGET_PERCENT,
+            link: LinkKind::default(),
+            version: None,
         }
     }
+}
+
+/// How the agent talks to the server (`NONSTOP_LINK`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A WebSocket held open (`ws`, the default).
+    #[default]
+    WebSocket,
+    /// HTTP requests: rules polled, responses posted in batches (`http`).
+    Http,
 }
 
 impl Config {
@@ -144,8 +162,20 @@ impl Config {
                 }
             },
         };
+        let link = match var("NONSTOP_LINK").as_deref().map(str::trim) {
+            None | Some("") | Some("ws") | Some("websocket") => LinkKind::WebSocket,
+            Some("http") => LinkKind::Http,
+            Some(other) => {
+                warnings.push(format!(
+                    "NONSTOP_LINK={other:?} is not ws or http; using ws"
+                ));
+                LinkKind::WebSocket
+            }
+        };
         let config = Config {
             budget_percent,
+            link,
+            version: var("NONSTOP_VERSION").filter(|v| !v.is_empty()),
             disabled,
             server: var("NONSTOP_SERVER").filter(|s| !s.is_empty()),
             token: var("NONSTOP_TOKEN").filter(|s| !s.is_empty()),
@@ -229,6 +259,19 @@ mod tests {
             assert_eq!(w.len(), 1, "{bad}");
             assert!(w[0].contains("between 0.1 and 100"), "{}", w[0]);
         }
+    }
+
+    #[test]
+    fn link_is_ws_by_default_http_on_request_and_garbage_warns() {
+        assert_eq!(Config::from_vars(vars(&[])).0.link, LinkKind::WebSocket);
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_LINK", "http")]));
+        assert_eq!((c.link, w.len()), (LinkKind::Http, 0));
+        let (c, w) = Config::from_vars(vars(&[("NONSTOP_LINK", "carrier-pigeon")]));
+        assert_eq!(c.link, LinkKind::WebSocket);
+        assert_eq!(
+            w,
+            vec!["NONSTOP_LINK=\"carrier-pigeon\" is not ws or http; using ws"]
+        );
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub const BACKOFF_MAX: Duration = nonstop_model::defaults::BACKOFF_MAX;
 /// How long one read waits; bounds the delay before queued responses go out. Longer
 /// means fewer wake-ups of an idle process, shorter means fresher live streams.
 const READ_WAIT: Duration = Duration::from_millis(200);
+/// A loop turn this much longer than [`READ_WAIT`] counts as time the process was frozen.
+const FROZEN_GAP: Duration = Duration::from_secs(1);
 /// Time allowed to connect and for the WebSocket handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -454,7 +456,17 @@ impl<'a> Runner<'a> {
         }
         let mut last_ping = Instant::now();
         let mut last_heard = Instant::now();
+        let mut last_turn = Instant::now();
         loop {
+            // A turn of this loop lasts about one read wait; one that lasted far longer means
+            // the process was frozen (SIGSTOP, a debugger, `docker pause`): the server's
+            // silence meanwhile says nothing about the connection, so ping it now instead.
+            let gap = last_turn.elapsed();
+            last_turn = Instant::now();
+            if gap > READ_WAIT + FROZEN_GAP {
+                last_heard += gap;
+                last_ping = Instant::now().checked_sub(PING_EVERY).unwrap_or(last_ping);
+            }
             if self.stopping() {
                 let _ = ws.close(None);
                 let _ = ws.flush();
@@ -496,8 +508,12 @@ impl<'a> Runner<'a> {
                     .into());
                 }
                 Ok(_) => last_heard = Instant::now(),
+                // `Interrupted`: the read was cut short by SIGSTOP/SIGCONT; nothing is lost.
                 Err(tungstenite::Error::Io(e))
-                    if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
                     return Err(format!(
                         "lost the connection to the nonstop server at {server} ({e}); reconnecting"
@@ -617,8 +633,30 @@ fn target(server: &str) -> Result<Target, String> {
     })
 }
 
+/// Where the HTTP link connects for a server address.
+pub(crate) struct HttpTarget {
+    /// `HOST:PORT` to connect to (and the `Host` header).
+    pub(crate) host_port: String,
+    /// The host name the certificate must name.
+    pub(crate) host: String,
+    /// Whether to speak TLS.
+    pub(crate) tls: bool,
+}
+
+/// [`target`] for the HTTP link.
+pub(crate) fn http_target(server: &str) -> Result<HttpTarget, String> {
+    let t = target(server)?;
+    Ok(HttpTarget {
+        host_port: t.host_port,
+        host: t.host,
+        tls: t.tls,
+    })
+}
+
 /// TLS client settings: the certificates of `ca_cert`, or the public roots.
-fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config(
+    ca_cert: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -643,8 +681,8 @@ fn tls_config(ca_cert: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
     Ok(Arc::new(config))
 }
 
-/// The byte stream under the WebSocket.
-enum Transport {
+/// The byte stream under the WebSocket (and the HTTP link).
+pub(crate) enum Transport {
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
 }
@@ -685,7 +723,19 @@ impl Write for Transport {
 
 fn send(ws: &mut WebSocket<Transport>, msg: &AgentMessage) -> Result<(), Failure> {
     let text = serde_json::to_string(msg).map_err(|e| format!("cannot encode a message: {e}"))?;
-    ws.send(Message::text(text)).map_err(|e| {
+    let mut result = ws.send(Message::text(text));
+    // The frame is queued in the WebSocket; an interrupted write is finished by flushing.
+    for _ in 0..100 {
+        match &result {
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::WouldBlock) =>
+            {
+                result = ws.flush();
+            }
+            _ => break,
+        }
+    }
+    result.map_err(|e| {
         Failure::Other(format!(
             "lost the connection to the nonstop server ({e}); reconnecting"
         ))

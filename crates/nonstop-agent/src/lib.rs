@@ -26,12 +26,15 @@
 mod agent;
 pub mod config;
 pub mod connection;
+mod drive;
 mod limits;
+pub mod link_http;
 mod metrics;
 mod offline;
 pub mod redact;
 
-pub use config::Config;
+pub use config::{Config, LinkKind};
+pub use drive::{flush, refresh_rules, rules_age};
 
 /// Whether the agent takes `rule` as it stands (shape, max hits, expiry, rate), before
 /// any debug info is looked at: what an offline rules file is held to. The server holds
@@ -84,11 +87,19 @@ extern "C" fn flush_at_exit() {
 /// Never panics and never fails the program: problems are reported on stderr (prefixed
 /// `nonstop:`) and leave the agent off.
 pub fn start() -> bool {
+    start_with(|_| {})
+}
+
+/// [`start`] with the configuration read from the environment and then changed by
+/// `adjust` (e.g. a service name a platform gives, or the HTTP link). Only the first call
+/// of [`start`] or `start_with` in a process counts.
+pub fn start_with(adjust: impl FnOnce(&mut Config)) -> bool {
     *STARTED.get_or_init(|| {
-        std::panic::catch_unwind(start_inner).unwrap_or_else(|_| {
-            say("the agent failed to start (internal error); the program runs without it");
-            false
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_inner(adjust)))
+            .unwrap_or_else(|_| {
+                say("the agent failed to start (internal error); the program runs without it");
+                false
+            })
     })
 }
 
@@ -97,12 +108,20 @@ pub(crate) fn say(message: &str) {
     eprintln!("nonstop: {message}");
 }
 
-fn start_inner() -> bool {
+/// Wakes the agent thread from its nap.
+pub(crate) fn wake_agent() {
+    if let Some(agent) = AGENT_THREAD.get() {
+        agent.unpark();
+    }
+}
+
+fn start_inner(adjust: impl FnOnce(&mut Config)) -> bool {
     if preloaded_library_is_loaded() && !this_copy_is_the_preloaded_library() {
         // The preloaded library runs the agent for this process.
         return false;
     }
-    let (config, warnings) = Config::from_env();
+    let (mut config, warnings) = Config::from_env();
+    adjust(&mut config);
     for w in &warnings {
         say(w);
     }
@@ -137,6 +156,9 @@ fn start_inner() -> bool {
     };
     // Online: everything, debug info included, happens on the agent thread; the program
     // does not wait for the server or for its own debug info.
+    if config.link == LinkKind::Http {
+        drive::set_starting();
+    }
     spawn_agent_thread(move || {
         let agent = match build_agent(&config) {
             Ok(a) => a,
@@ -145,10 +167,23 @@ fn start_inner() -> bool {
                 return None;
             }
         };
+        let info = agent_info(&config, agent.id());
+        if config.link == LinkKind::Http {
+            let link = link_http::HttpLink::start(
+                server,
+                config.token.clone(),
+                info,
+                config.ca_cert.clone(),
+                Box::new(wake_agent),
+            );
+            drive::set_running(true, false);
+            return Some((agent, Channel::Http(link)));
+        }
+        drive::set_running(true, true);
         let link_config = connection::LinkConfig {
             server,
             token: config.token.clone(),
-            info: agent_info(&config, agent.id()),
+            info,
         };
         let link = match config.ca_cert.clone() {
             Some(ca) => connection::Link::start_trusting(link_config, ca),
@@ -166,8 +201,10 @@ enum Channel {
         offline::ResponseFile,
         offline::MetricsFile,
     ),
-    /// The server.
+    /// The server, over a WebSocket.
     Online(connection::Link),
+    /// The server, over HTTP.
+    Http(link_http::HttpLink),
 }
 
 impl Channel {
@@ -175,6 +212,7 @@ impl Channel {
         match self {
             Channel::Offline(file, _, _) => file.poll(),
             Channel::Online(link) => link.latest_rules(),
+            Channel::Http(link) => link.latest_rules(),
         }
     }
 
@@ -182,6 +220,7 @@ impl Channel {
         match self {
             Channel::Offline(_, out, _) => out.responses(&responses),
             Channel::Online(link) => link.send_responses(responses),
+            Channel::Http(link) => link.send_responses(responses),
         }
     }
 
@@ -189,6 +228,7 @@ impl Channel {
         match self {
             Channel::Offline(_, out, _) => out.statuses(&statuses),
             Channel::Online(link) => link.send_status(statuses),
+            Channel::Http(link) => link.send_status(statuses),
         }
     }
 
@@ -202,6 +242,10 @@ impl Channel {
             // The file holds every series, so it is rewritten whole.
             Channel::Offline(_, _, file) => file.write(agent.service(), agent.all_series()),
             Channel::Online(link) => {
+                link.forget_metrics(&update.removed_rules);
+                link.send_metrics(update.changed);
+            }
+            Channel::Http(link) => {
                 link.forget_metrics(&update.removed_rules);
                 link.send_metrics(update.changed);
             }
@@ -263,9 +307,7 @@ fn agent_info(config: &Config, id: &str) -> nonstop_model::wire::AgentInfo {
     nonstop_model::wire::AgentInfo {
         id: id.to_owned(),
         service: config.service.clone(),
-        version: std::env::var("NONSTOP_VERSION")
-            .ok()
-            .filter(|v| !v.is_empty()),
+        version: config.version.clone(),
         commit: config.commit.clone(),
         host: hostname(),
         pid: std::process::id(),
@@ -292,6 +334,7 @@ fn spawn_agent_thread(setup: impl FnOnce() -> Option<(Agent, Channel)> + Send + 
                 say("the agent stopped after an internal error; its probes are disarmed");
             }
             // Whatever happened, an exiting program must not wait for this thread.
+            drive::set_running(false, false);
             mark_flushed();
         });
     if let Err(e) = spawned {
@@ -314,7 +357,9 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
     agent.warm_up();
     let mut last_check = Instant::now();
     let mut last_metrics = Instant::now();
+    let mut driven = drive::Turn::default();
     loop {
+        drive::turn(&mut driven, agent, channel);
         let exiting = EXITING.load(Ordering::Acquire);
         let hits = agent.drain();
         let busy = !hits.is_empty();
@@ -339,8 +384,12 @@ fn run(agent: &mut Agent, channel: &mut Channel) {
             channel.metrics(agent);
         }
         if exiting {
-            if let Channel::Online(link) = channel {
-                link.flush(EXIT_FLUSH_WAIT / 2);
+            match channel {
+                Channel::Online(link) => link.flush(EXIT_FLUSH_WAIT / 2),
+                Channel::Http(link) => {
+                    link.flush(EXIT_FLUSH_WAIT / 2);
+                }
+                Channel::Offline(..) => {}
             }
             return;
         }

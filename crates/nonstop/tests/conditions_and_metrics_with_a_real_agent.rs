@@ -11,8 +11,8 @@
 mod ticker;
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
-use ticker::{Program, Server, expected_output, free_port, tmp, wait_for_agents};
+use std::time::Duration;
+use ticker::{Program, Server, expected_output, free_port, tmp, wait_for_agents, wait_until_armed};
 
 /// Ticks the program runs (20 ms each).
 const TICKS: u64 = 800;
@@ -23,25 +23,6 @@ const LEAD: u64 = 300;
 const WINDOW: u64 = 150;
 /// Ticks after the window until the program ends, at least.
 const TAIL: u64 = 100;
-
-/// Waits until the rule is armed on the agent; fails with its status if it is not.
-fn wait_until_armed(server: &Server, rule: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let view = server.cli_json(&["rules", "show", rule, "--json"]);
-        match view["agents"][0]["status"].as_str() {
-            Some("armed") => return,
-            Some("error") => panic!("rule {rule} failed on the agent: {:#}", view["agents"]),
-            _ => {}
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rule {rule} was not armed in 20 s: {:#}",
-            view["agents"]
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Runs the ticker under the agent with the rules `add_rules` adds, given the window's
 /// condition (`n >= START && n < END`); checks they were armed before the window opened and

@@ -72,6 +72,11 @@ impl Server {
         self.process.token(which)
     }
 
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(NONSTOP)
             .args(args)
@@ -136,20 +141,48 @@ impl Server {
     }
 }
 
-/// The ticker under `nonstop run` (service `ticker`), its stdout collected as it goes.
+/// The ticker under `nonstop run` (service `ticker`), its stdout and stderr collected as it goes.
 pub struct Program {
     child: Child,
     out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
     reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Collects the lines of `from` into `into` on a thread.
+fn collect_lines(
+    from: impl std::io::Read + Send + 'static,
+    into: &Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    let sink = into.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    })
 }
 
 impl Program {
     pub fn start(server: &Server, ticks: u64, name: &str) -> Program {
+        Program::start_with(server, &server.url, ticks, name, &[])
+    }
+
+    /// [`Program::start`] with the agent pointed at `url` (the server, or a proxy in front of
+    /// it) and extra environment variables (e.g. `NONSTOP_LINK=http`).
+    pub fn start_with(
+        server: &Server,
+        url: &str,
+        ticks: u64,
+        name: &str,
+        env: &[(&str, &str)],
+    ) -> Program {
         let mut child = Command::new(NONSTOP)
             .args([
                 "run",
                 "--server",
-                &server.url,
+                url,
                 "--token",
                 &server.token("agent"),
                 "--service",
@@ -158,25 +191,26 @@ impl Program {
             ])
             .arg(ticker())
             .args([ticks.to_string(), name.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let out = Arc::new(Mutex::new(String::new()));
-        let stdout = child.stdout.take().unwrap();
-        let sink = out.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
+        let err = Arc::new(Mutex::new(String::new()));
+        let reader = collect_lines(child.stdout.take().unwrap(), &out);
+        collect_lines(child.stderr.take().unwrap(), &err);
         Program {
             child,
             out,
+            err,
             reader: Some(reader),
         }
+    }
+
+    /// What the program (and its agent) printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
     }
 
     pub fn pid(&self) -> u32 {
@@ -223,6 +257,25 @@ pub fn wait_for_agents(server: &Server, n: usize) -> serde_json::Value {
         }
         assert!(Instant::now() < deadline, "{n} agents did not connect");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the rule is armed on the agent; fails with its status if it is not.
+pub fn wait_until_armed(server: &Server, rule: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = server.cli_json(&["rules", "show", rule, "--json"]);
+        match view["agents"][0]["status"].as_str() {
+            Some("armed") => return,
+            Some("error") => panic!("rule {rule} failed on the agent: {:#}", view["agents"]),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rule {rule} was not armed in 20 s: {:#}",
+            view["agents"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

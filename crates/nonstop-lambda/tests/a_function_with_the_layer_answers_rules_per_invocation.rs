@@ -1,0 +1,335 @@
+//! End to end on a local Lambda: the example function (`examples/greeter.rs`, built with
+//! `lambda_runtime` and `NonstopLayer`) runs under a local Runtime API emulator
+//! (`emulator/`), with the real `nonstop serve` on loopback. Rules added with the CLI for the
+//! function's service deliver a response per invocation with exact values, every one of them
+//! at the server before the function asks for its next event, and the function's answers
+//! are byte-identical to the same function's without the layer.
+
+mod emulator;
+
+use emulator::RuntimeApi;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FUNCTION: &str = "greeter-fn";
+const INVOCATIONS: u64 = 20;
+
+fn nonstop() -> PathBuf {
+    nonstop_testkit::cargo_build(&["-p", "nonstop", "--bin", "nonstop"]);
+    nonstop_testkit::profile_dir().join("nonstop")
+}
+
+fn greeter() -> PathBuf {
+    nonstop_testkit::cargo_build(&["-p", "nonstop-lambda", "--example", "greeter"]);
+    nonstop_testkit::profile_dir().join("examples/greeter")
+}
+
+fn source() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/greeter.rs")
+}
+
+/// The function process with the Lambda environment pointing at `api`.
+fn spawn_function(
+    binary: &Path,
+    api: &RuntimeApi,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> nonstop_testkit::ChildGuard {
+    let mut cmd = Command::new(binary);
+    cmd.args(args)
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", &api.address)
+        .env("AWS_LAMBDA_FUNCTION_NAME", FUNCTION)
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "7")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    nonstop_testkit::ChildGuard(cmd.spawn().unwrap())
+}
+
+/// The event of invocation `k`, and what `price` sees in it: (items, count, total).
+fn event(k: u64) -> (Vec<u8>, Vec<u32>, u64, u64) {
+    let items: Vec<u32> = (0..=k % 4).map(|i| (100 * k + i) as u32).collect();
+    let total = items.iter().map(|&i| u64::from(i)).sum();
+    let body = serde_json::json!({"customer": format!("c{k}"), "items": items}).to_string();
+    (body.into_bytes(), items.clone(), items.len() as u64, total)
+}
+
+/// Runs the invocations on a function; returns each one's answer.
+fn run_invocations(api: &RuntimeApi, mut before_each: impl FnMut(u64)) -> Vec<Vec<u8>> {
+    let mut answers = Vec::new();
+    for k in 0..INVOCATIONS {
+        before_each(k);
+        let id = api.invoke(&event(k).0);
+        let outcome = api.outcome(&id, Duration::from_secs(30));
+        assert_eq!(
+            outcome.kind,
+            "response",
+            "{}",
+            String::from_utf8_lossy(&outcome.body)
+        );
+        answers.push(outcome.body);
+    }
+    answers
+}
+
+struct Server {
+    _process: nonstop_testkit::ServerProcess,
+    nonstop: PathBuf,
+    url: String,
+    admin: String,
+    agent: String,
+}
+
+impl Server {
+    fn start() -> Server {
+        let nonstop = nonstop();
+        let data = nonstop_testkit::tempdir("lambda-server");
+        let process = nonstop_testkit::ServerProcess::start(
+            &nonstop,
+            nonstop_testkit::free_port(),
+            &data,
+            &[],
+        );
+        Server {
+            url: process.url.clone(),
+            admin: process.token("admin"),
+            agent: process.token("agent"),
+            _process: process,
+            nonstop,
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(&self.nonstop)
+            .args(args)
+            .args(["--server", &self.url, "--token", &self.admin])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nonstop {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.cli(args)).unwrap()
+    }
+
+    fn responses(&self, rule: &str) -> Vec<serde_json::Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let body = agent
+            .get(format!(
+                "{}/api/v1/responses?rule={rule}&limit=1000",
+                self.url
+            ))
+            .header("Authorization", format!("Bearer {}", self.admin))
+            .call()
+            .unwrap_or_else(|e| panic!("GET /api/v1/responses: {e}"))
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array().unwrap().clone()
+    }
+
+    fn wait_until_armed(&self, rule: &str) {
+        nonstop_testkit::wait_for(
+            &format!("rule {rule} armed"),
+            Duration::from_secs(30),
+            || {
+                let view = self.json(&["rules", "show", rule, "--json"]);
+                match view["agents"][0]["status"].as_str() {
+                    Some("armed") => Some(()),
+                    Some("error") => panic!("rule {rule} failed: {:#}", view["agents"]),
+                    _ => None,
+                }
+            },
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_and_a_log_rule_answer_for_every_invocation_before_the_next_one_starts() {
+    let server = Server::start();
+    let line = nonstop_testkit::marks(&source())["priced"];
+    let at = format!("greeter.rs:{line}");
+
+    // The same events through the function without the layer, for its answers.
+    let plain_api = RuntimeApi::start();
+    let binary = greeter();
+    let plain = spawn_function(&binary, &plain_api, &["--without-nonstop"], &[]);
+    let plain_answers = run_invocations(&plain_api, |_| {});
+    plain.kill();
+
+    let api = RuntimeApi::start();
+    let function = spawn_function(
+        &binary,
+        &api,
+        &[],
+        &[
+            ("NONSTOP_SERVER", &server.url),
+            ("NONSTOP_TOKEN", &server.agent),
+            ("NONSTOP_LABELS", "stage=test"),
+        ],
+    );
+    // The agent says hello while the function waits for its first event.
+    let agent = nonstop_testkit::wait_for("the function's agent", Duration::from_secs(30), || {
+        let agents = server.json(&["agents", "--json"]);
+        agents.as_array().and_then(|a| a.first().cloned())
+    });
+    assert_eq!(agent["service"], FUNCTION);
+    assert_eq!(agent["version"], "7");
+    assert_eq!(agent["labels"], serde_json::json!({"stage": "test"}));
+
+    let snapshot = server
+        .cli(&[
+            "rules",
+            "add",
+            &at,
+            "--service",
+            FUNCTION,
+            "--snapshot",
+            "--rate",
+            "1000/s",
+        ])
+        .trim()
+        .to_owned();
+    let log = server
+        .cli(&[
+            "rules",
+            "add",
+            &at,
+            "--service",
+            FUNCTION,
+            "--log",
+            "{count} items: {total} cents",
+            "--rate",
+            "1000/s",
+        ])
+        .trim()
+        .to_owned();
+    server.wait_until_armed(&snapshot);
+    server.wait_until_armed(&log);
+
+    let answers = run_invocations(&api, |k| {
+        // The function asked for event k: everything invocation k-1 captured is at the
+        // server already (the layer flushed it after posting the answer, before `/next`).
+        api.wait_for_next_call(k + 1, Duration::from_secs(30));
+        assert_eq!(
+            server.responses(&snapshot).len() as u64,
+            k,
+            "snapshots before event {k}"
+        );
+        assert_eq!(
+            server.responses(&log).len() as u64,
+            k,
+            "logs before event {k}"
+        );
+    });
+    api.wait_for_next_call(INVOCATIONS + 1, Duration::from_secs(30));
+    assert_eq!(
+        answers, plain_answers,
+        "the function's answers changed under the layer"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&answers[3]),
+        r#"{"message":"thanks c3, that is 1206 cents","total":1206}"#
+    );
+
+    let snapshots = server.responses(&snapshot);
+    let got: Vec<(u64, u64)> = snapshots
+        .iter()
+        .map(|r| {
+            (
+                r["locals"]["count"]["value"].as_u64().unwrap(),
+                r["locals"]["total"]["value"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, u64)> = (0..INVOCATIONS).map(|k| (event(k).2, event(k).3)).collect();
+    assert_eq!(got, want);
+    let items: Vec<serde_json::Value> = snapshots
+        .iter()
+        .map(|r| r["locals"]["items"].clone())
+        .collect();
+    for (k, got) in items.iter().enumerate() {
+        let want: Vec<serde_json::Value> = event(k as u64)
+            .1
+            .iter()
+            .map(|i| serde_json::json!({"type": "u32", "value": i}))
+            .collect();
+        assert_eq!(
+            got["value"],
+            serde_json::Value::Array(want),
+            "items of invocation {k}"
+        );
+    }
+    let messages: Vec<String> = server
+        .responses(&log)
+        .iter()
+        .map(|r| r["message"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..INVOCATIONS)
+        .map(|k| format!("{} items: {} cents", event(k).2, event(k).3))
+        .collect();
+    assert_eq!(messages, want);
+    assert!(api.init_error().is_none());
+    drop(function);
+}
+
+/// The cold start the layer adds: the example started with its first event already queued,
+/// from the process start to the answer at the emulator, and from `/next` to the answer;
+/// medians of [`RUNS`] runs each, printed. Run with
+/// `cargo test -p nonstop-lambda --test a_function_with_the_layer_answers_rules_per_invocation -- --ignored --nocapture`.
+/// A way to run the function: its name in the figures, its arguments, its environment.
+type Setup<'a> = (&'a str, &'a [&'a str], Vec<(&'a str, &'a str)>);
+
+#[test]
+#[ignore = "a measurement: prints figures, asserts nothing about them"]
+fn cold_start_cost() {
+    const RUNS: usize = 15;
+    let server = Server::start();
+    let binary = greeter();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let configs: [Setup; 3] = [
+        ("without the layer", &["--without-nonstop"], vec![]),
+        ("with the layer, no NONSTOP_SERVER", &[], vec![]),
+        (
+            "with the layer and the server (first poll)",
+            &[],
+            vec![
+                ("NONSTOP_SERVER", server.url.as_str()),
+                ("NONSTOP_TOKEN", server.agent.as_str()),
+            ],
+        ),
+    ];
+    for (name, args, env) in configs {
+        let (mut total, mut first) = (Vec::new(), Vec::new());
+        for _ in 0..RUNS {
+            let api = RuntimeApi::start();
+            let id = api.invoke(&event(3).0);
+            let started = Instant::now();
+            let function = spawn_function(&binary, &api, args, &env);
+            let outcome = api.outcome(&id, Duration::from_secs(30));
+            total.push(outcome.posted_at - started);
+            first.push(outcome.posted_at - outcome.handed_at);
+            function.kill();
+        }
+        println!(
+            "{name}: start to first answer {:?}, /next to answer {:?} (medians of {RUNS})",
+            median(total),
+            median(first)
+        );
+    }
+}
