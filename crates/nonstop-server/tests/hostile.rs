@@ -212,15 +212,17 @@ fn oversized_or_control_character_hellos_are_refused_with_a_reason() {
     let (status, body) = post_agent(
         &s,
         "/agent/v1/responses",
-        &json!({"type": "hello", "agent": {"id": "x1", "service": "svc", "host": host}}).to_string(),
+        &json!({"type": "hello", "agent": {"id": "x1", "service": "svc", "host": host}})
+            .to_string(),
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         body,
         json!({"error": "message 0 of the batch: the hello's host is 5242880 characters long: at most 255 are accepted"})
     );
-    let labels: serde_json::Map<String, Value> =
-        (0..100_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let labels: serde_json::Map<String, Value> = (0..100_000)
+        .map(|i| (format!("k{i}"), json!("v")))
+        .collect();
     let (status, body) = post_agent(
         &s,
         "/agent/v1/responses",
@@ -245,8 +247,9 @@ fn oversized_or_control_character_hellos_are_refused_with_a_reason() {
     assert_eq!(
         a.recv(),
         ServerMessage::Error {
-            message: "the hello's service holds the control character '\\u{1b}': use printable text"
-                .into()
+            message:
+                "the hello's service holds the control character '\\u{1b}': use printable text"
+                    .into()
         }
     );
     let mut b = s.agent("x3", "svc");
