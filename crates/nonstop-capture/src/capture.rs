@@ -1543,9 +1543,16 @@ mod tests {
                 addr: Some(0x7018)
             }
         );
+        // The address is computed; reading through it (here or as the root) faults.
+        let mut through = env_local(0x90);
         assert_eq!(
-            eval_location(&env_local(0x90), &regs, &Fake(mem)),
-            Err(LocError::Fault(0xdead_beef_0000))
+            eval_location(&through, &regs, &Fake(mem.clone())),
+            Ok(0xdead_beef_0090)
+        );
+        through.push(LocOp::Deref { size: 8 });
+        assert_eq!(
+            eval_location(&through, &regs, &Fake(mem)),
+            Err(LocError::Fault(0xdead_beef_0090))
         );
     }
 
@@ -1613,6 +1620,8 @@ mod tests {
         assert_eq!(run(&[LocOp::Const(1); 17]), Err(LocError::Invalid));
         assert_eq!(run(&[LocOp::Const(1); 65]), Err(LocError::Invalid));
     }
+
+    use proptest::prelude::Strategy as _;
 
     proptest::proptest! {
         #[test]

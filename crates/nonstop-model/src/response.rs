@@ -59,7 +59,9 @@ const GLUE_PREFIXES: &[&str] = &["core::ops::function::", "alloc::boxed::"];
 /// The path a frame's function starts with, past a leading `<` of a trait impl
 /// (`<core::panic::unwind_safe::AssertUnwindSafe<F> as …>::call_once`).
 fn frame_path(function: &str) -> &str {
-    function.strip_prefix('<').unwrap_or(function)
+    let f = function.strip_prefix('<').unwrap_or(function);
+    let f = f.strip_prefix('&').unwrap_or(f);
+    f.strip_prefix("dyn ").unwrap_or(f)
 }
 
 /// Whether a function belongs to an async runtime or to std's panic machinery.
@@ -207,6 +209,64 @@ impl<'de> Deserialize<'de> for Locals {
 mod tests {
     use super::*;
     use crate::value::Data;
+
+    fn frame(f: &str) -> Frame {
+        Frame {
+            function: f.into(),
+            file: None,
+            line: None,
+            folded: vec![],
+        }
+    }
+
+    #[test]
+    fn runtime_runs_fold_into_one_frame_and_the_program_s_stay() {
+        let names = [
+            "shop::handle (async)",
+            "shop::serve (async)",
+            "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
+            "tokio::loom::std::unsafe_cell::UnsafeCell<T>::with_mut",
+            "core::ops::function::FnOnce::call_once",
+            "<core::panic::unwind_safe::AssertUnwindSafe<F> as core::ops::function::FnOnce<()>>::call_once",
+            "std::panicking::catch_unwind::do_call",
+            "__rust_try",
+            "shop::main",
+            "core::ops::function::FnOnce::call_once",
+            "std::rt::lang_start::{{closure}}",
+        ];
+        let folded = fold_runtime_frames(names.iter().map(|n| frame(n)).collect());
+        let shown: Vec<&str> = folded.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "shop::handle (async)",
+                "shop::serve (async)",
+                "… 6 runtime frames (tokio::runtime::task::core::Core<T,S>::poll::{{closure}})",
+                "shop::main",
+                "… 2 runtime frames (std::rt::lang_start::{{closure}})",
+            ]
+        );
+        let inner: Vec<&str> = folded[2]
+            .folded
+            .iter()
+            .map(|f| f.function.as_str())
+            .collect();
+        assert_eq!(inner, names[2..8]);
+        // Glue alone, a single runtime frame, and the hit's own frame never fold.
+        let kept = [
+            "tokio::runtime::x",
+            "core::ops::function::FnOnce::call_once",
+            "a::b",
+        ];
+        let out = fold_runtime_frames(kept.iter().map(|n| frame(n)).collect());
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|f| f.folded.is_empty()));
+        // The JSON of an ordinary frame has no `folded`.
+        assert_eq!(
+            serde_json::to_string(&frame("a")).unwrap(),
+            r#"{"function":"a","file":null,"line":null}"#
+        );
+    }
 
     fn response(watch: Locals) -> Response {
         Response {
