@@ -488,3 +488,39 @@ fn a_snapshot_inside_an_async_fn_has_every_local_gdb_shows() {
         response.frames
     );
 }
+
+#[test]
+fn conditions_and_templates_read_async_locals() {
+    let program = build_fixture(FIXTURE, Build::Debug);
+    let at = format!("{FIXTURE}:{}", marks(FIXTURE)["handle"]);
+    let rules = json!([{
+        "id": "big",
+        "at": at,
+        "action": "log",
+        "template": "order {order.id} for {order.customer}: {subtotal} -> {discounted}, {count} items",
+        "when": "subtotal > 3000 && order.id == 41 && order.customer == \"customer-1\"",
+        "rate": "1000/s"
+    }]);
+    let run = run_with_rules(&program, &["3"], &rules.to_string(), &[]);
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    let messages: Vec<_> = run
+        .responses
+        .iter()
+        .filter(|r| r.rule == "big")
+        .map(|r| r.message.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        messages,
+        ["order 41 for customer-1: 3298 -> 2969, 2 items"],
+        "stderr: {}",
+        run.stderr()
+    );
+    assert_eq!(
+        run.status_of("big").map(|s| s["status"].clone()),
+        Some(json!("armed"))
+    );
+}
