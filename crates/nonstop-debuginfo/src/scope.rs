@@ -492,6 +492,32 @@ impl DebugInfo {
         Ok(pieces)
     }
 
+    /// The availability a raw DWARF location expression (`bytes`, in the encoding of the
+    /// binary's first unit) gives a `size`-byte variable, with `frame_base` as the
+    /// function's frame base program. For tests and tools that check expressions one by
+    /// one; [`DebugInfo::variables_at`] is the way to get a variable's location.
+    #[doc(hidden)]
+    pub fn availability_of_expression(
+        &self,
+        bytes: &[u8],
+        frame_base: Option<&[LocOp]>,
+        size: u64,
+    ) -> Result<Availability, Error> {
+        let units = self.units()?;
+        let Some(unit) = units.first() else {
+            return Ok(Availability::OptimizedOut);
+        };
+        // x86_64 only: little endian.
+        let endian = gimli::RunTimeEndian::Little;
+        let expr = gimli::Expression(Reader::new(std::sync::Arc::from(bytes), endian));
+        Ok(match self.pieces(unit, expr, 0, frame_base, size) {
+            Ok(p) if p.is_empty() => Availability::OptimizedOut,
+            Ok(p) => Availability::Available(p),
+            Err(Unexpressible::EntryValue) => Availability::EntryValue,
+            Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
+        })
+    }
+
     /// Appends the location-program steps of one stack operation to `prog`.
     fn compile_op(
         &self,

@@ -164,3 +164,128 @@ fn the_future_s_state_type_is_named_by_its_source_name() {
         "Pin<&mut async_orders::handle (async)>"
     );
 }
+
+/// Location expressions as gdb evaluates them, one by one (raw DWARF bytes).
+#[test]
+fn location_expressions_become_pieces_and_programs() {
+    use nonstop_capture::capture::{BinOp, Piece};
+    let f = fixture();
+    let di = DebugInfo::load(&f.binary).unwrap();
+    let rsp_base = [LocOp::Reg {
+        reg: REG_RSP,
+        offset: 0,
+    }];
+    let avail = |bytes: &[u8], fb: Option<&[LocOp]>, size: u64| {
+        di.availability_of_expression(bytes, fb, size).unwrap()
+    };
+    let one =
+        |size: u32, source: PieceSource| Availability::Available(vec![Piece { size, source }]);
+
+    // DW_OP_fbreg +16; DW_OP_deref; DW_OP_plus_uconst 0x90 — an async fn's local.
+    assert_eq!(
+        avail(&[0x91, 0x10, 0x06, 0x23, 0x90, 0x01], Some(&rsp_base), 8),
+        one(
+            8,
+            PieceSource::Expr {
+                ops: vec![
+                    LocOp::Reg {
+                        reg: REG_RSP,
+                        offset: 16
+                    },
+                    LocOp::Deref { size: 8 },
+                    LocOp::PlusConst(0x90)
+                ],
+                value: false
+            }
+        )
+    );
+    // A frame base that itself needs evaluating (`DW_OP_breg6 +16; DW_OP_deref`), then
+    // DW_OP_fbreg +24.
+    let deref_base = [LocOp::Reg { reg: 6, offset: 16 }, LocOp::Deref { size: 8 }];
+    assert_eq!(
+        avail(&[0x91, 0x18], Some(&deref_base), 4),
+        one(
+            4,
+            PieceSource::Expr {
+                ops: vec![
+                    LocOp::Reg { reg: 6, offset: 16 },
+                    LocOp::Deref { size: 8 },
+                    LocOp::PlusConst(24)
+                ],
+                value: false
+            }
+        )
+    );
+    // DW_OP_breg3 +16; DW_OP_deref_size 4; DW_OP_lit2; DW_OP_mul; DW_OP_stack_value.
+    assert_eq!(
+        avail(&[0x73, 0x10, 0x94, 0x04, 0x32, 0x1e, 0x9f], None, 4),
+        one(
+            4,
+            PieceSource::Expr {
+                ops: vec![
+                    LocOp::Reg { reg: 3, offset: 16 },
+                    LocOp::Deref { size: 4 },
+                    LocOp::Const(2),
+                    LocOp::Bin(BinOp::Mul)
+                ],
+                value: true
+            }
+        )
+    );
+    // Pieces mixing a register, memory through a pointer, and a plain stack slot:
+    // DW_OP_reg0; DW_OP_piece 8; DW_OP_fbreg -8; DW_OP_deref; DW_OP_piece 8;
+    // DW_OP_breg7 +32; DW_OP_piece 4.
+    assert_eq!(
+        avail(
+            &[
+                0x50, 0x93, 0x08, 0x91, 0x78, 0x06, 0x93, 0x08, 0x77, 0x20, 0x93, 0x04
+            ],
+            Some(&rsp_base),
+            20
+        ),
+        Availability::Available(vec![
+            Piece {
+                size: 8,
+                source: PieceSource::Register { reg: 0 }
+            },
+            Piece {
+                size: 8,
+                source: PieceSource::Expr {
+                    ops: vec![
+                        LocOp::Reg {
+                            reg: REG_RSP,
+                            offset: -8
+                        },
+                        LocOp::Deref { size: 8 }
+                    ],
+                    value: false
+                }
+            },
+            Piece {
+                size: 4,
+                source: PieceSource::Memory {
+                    reg: REG_RSP,
+                    offset: 32
+                }
+            },
+        ])
+    );
+    // Optimized out only when the DWARF says so: an empty location, or a piece with no
+    // location at all among described ones.
+    assert_eq!(avail(&[], Some(&rsp_base), 8), Availability::OptimizedOut);
+    assert_eq!(
+        avail(&[0x93, 0x04, 0x51, 0x93, 0x04], None, 8),
+        Availability::Available(vec![
+            Piece {
+                size: 4,
+                source: PieceSource::Unavailable
+            },
+            Piece {
+                size: 4,
+                source: PieceSource::Register { reg: 1 }
+            },
+        ])
+    );
+    // A frame-relative location without a frame base cannot be placed.
+    assert_eq!(avail(&[0x91, 0x10], None, 8), Availability::OptimizedOut);
+}
