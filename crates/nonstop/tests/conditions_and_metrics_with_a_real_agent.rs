@@ -11,7 +11,7 @@
 mod ticker;
 
 use std::ops::Range;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ticker::{Program, Server, expected_output, free_port, tmp, wait_for_agents, wait_until_armed};
 
 /// Ticks the program runs (20 ms each).
