@@ -17,7 +17,8 @@ const FIXTURE: &str = "async_orders.rs";
 
 /// `name = text` for each local gdb prints at `file:line` (the first, innermost one of a
 /// name), in gdb's order.
-fn gdb_locals(binary: &std::path::Path, at: &str) -> Vec<(String, String)> {
+/// `derefs` are locals to print through as well (`print *item`), returned as `*item`.
+fn gdb_locals(binary: &std::path::Path, at: &str, derefs: &[&str]) -> Vec<(String, String)> {
     let gdb = nonstop_testkit::tool("gdb");
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
@@ -58,6 +59,13 @@ fn gdb_locals(binary: &std::path::Path, at: &str) -> Vec<(String, String)> {
         let Some((name, value)) = line.split_once(" = ") else {
             continue;
         };
+        // `$1 = …`: the prints of `derefs`, in order.
+        if let Some(n) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            && let Some(d) = derefs.get(n - 1)
+        {
+            locals.push((format!("*{d}"), value.to_owned()));
+            continue;
+        }
         if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
             continue;
         }
@@ -395,7 +403,7 @@ fn a_snapshot_inside_an_async_fn_has_every_local_gdb_shows() {
     assert_eq!(got.len(), 1, "one hit; stderr: {}", run.stderr());
     let response = got[0];
 
-    let gdb = gdb_locals(&program, &at);
+    let gdb = gdb_locals(&program, &at, &[]);
     let names: Vec<&str> = gdb.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -522,5 +530,81 @@ fn conditions_and_templates_read_async_locals() {
     assert_eq!(
         run.status_of("big").map(|s| s["status"].clone()),
         Some(json!("armed"))
+    );
+}
+
+/// One hit at `mark`; every local gdb prints there, compared. A local gdb prints as an
+/// address (a reference) is compared with gdb's `print *NAME`: nonstop shows what a
+/// reference points to.
+fn compare_at(mark: &str, names: &[&str], references: &[&str]) -> nonstop_model::Response {
+    let program = build_fixture(FIXTURE, Build::Debug);
+    let at = format!("{FIXTURE}:{}", marks(FIXTURE)[mark]);
+    let rules = json!([{"id": mark, "at": at, "action": "snapshot", "max_hits": 1}]);
+    let run = run_with_rules(&program, &["1"], &rules.to_string(), &[]);
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    let response = run
+        .responses
+        .iter()
+        .find(|r| r.rule == mark)
+        .unwrap_or_else(|| panic!("no hit at {mark}: {}", run.stderr()))
+        .clone();
+    let gdb = gdb_locals(&program, &at, references);
+    let shown: Vec<&str> = gdb
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !n.starts_with('*'))
+        .collect();
+    assert_eq!(shown, names, "gdb at {mark}: {gdb:?}");
+    for (name, text) in &gdb {
+        let (name, text) = match name.strip_prefix('*') {
+            Some(n) => (n, text.as_str()),
+            None if references.contains(&name.as_str()) => continue,
+            None => (name.as_str(), text.as_str()),
+        };
+        if name == "_task_context" {
+            continue;
+        }
+        let value = response
+            .locals
+            .get(name)
+            .unwrap_or_else(|| panic!("{mark}: `{name}` missing from {:?}", response.locals));
+        assert_eq!(
+            value_to_json(value),
+            gdb_to_json(text),
+            "{mark}: `{name}`: nonstop {value:?}, gdb {text}"
+        );
+    }
+    response
+}
+
+#[test]
+fn an_awaited_async_fn_shows_its_locals_and_the_await_chain() {
+    let r = compare_at("price", &["line", "item", "_task_context"], &["item"]);
+    let names: Vec<&str> = r.frames.iter().map(|f| f.function.as_str()).collect();
+    assert_eq!(
+        names[..3],
+        [
+            "async_orders::price (async)",
+            "async_orders::handle (async)",
+            "async_orders::block_on::{{closure}}"
+        ]
+    );
+    assert_eq!(r.location.function, "async_orders::price (async)");
+}
+
+#[test]
+fn an_async_block_is_named_by_the_fn_it_is_in() {
+    let r = compare_at("block", &["_task_context", "subtotal"], &[]);
+    let names: Vec<&str> = r.frames.iter().map(|f| f.function.as_str()).collect();
+    assert_eq!(
+        names[..2],
+        [
+            "async_orders::handle (async block)",
+            "async_orders::handle (async)"
+        ]
     );
 }
