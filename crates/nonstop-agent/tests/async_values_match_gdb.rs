@@ -608,3 +608,56 @@ fn an_async_block_is_named_by_the_fn_it_is_in() {
         ]
     );
 }
+
+/// In a release build the future's locals mostly have no location at the line: nonstop
+/// shows exactly what gdb shows, and never a value where gdb has none.
+#[test]
+fn a_release_build_shows_what_gdb_shows_and_nothing_more() {
+    let program = build_fixture(FIXTURE, Build::Release);
+    let at = format!("{FIXTURE}:{}", marks(FIXTURE)["handle"]);
+    let rules = json!([{"id": "handle", "at": at, "action": "snapshot", "max_hits": 1}]);
+    let run = run_with_rules(&program, &["1"], &rules.to_string(), &[]);
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    let response = run
+        .responses
+        .iter()
+        .find(|r| r.rule == "handle")
+        .unwrap_or_else(|| panic!("no hit: {}", run.stderr()));
+    let gdb = gdb_locals(&program, &at, &[]);
+    let mut compared = 0;
+    for (name, text) in &gdb {
+        let none = text.starts_with("<optimized out>") || text.starts_with("<error");
+        match response.locals.get(name) {
+            Some(v) if none => assert!(
+                v.error.is_some(),
+                "`{name}`: nonstop shows {v:?} where gdb shows {text}"
+            ),
+            None if none => {}
+            Some(v) => {
+                compared += 1;
+                assert_eq!(value_to_json(v), gdb_to_json(text), "`{name}`");
+            }
+            None => panic!(
+                "`{name}` = {text} in gdb, missing from {:?}",
+                response.locals
+            ),
+        }
+    }
+    assert!(compared >= 1, "gdb showed no value at all: {gdb:?}");
+    // Where gdb has no value, nonstop says so rather than leaving the local out.
+    for (name, v) in &response.locals.0 {
+        if let Some((_, text)) = gdb.iter().find(|(n, _)| n == name)
+            && !text.starts_with('<')
+        {
+            continue;
+        }
+        assert!(
+            v.error.is_some(),
+            "`{name}` = {v:?} which gdb does not show"
+        );
+    }
+}
