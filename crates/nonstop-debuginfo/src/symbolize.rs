@@ -43,6 +43,24 @@ impl DebugInfo {
 
     /// The DWARF function chain at `address`, innermost first, with coroutine names.
     fn async_names_at(&self, address: u64) -> Option<Vec<String>> {
+        /// Past this many addresses the cache starts over (bounded memory).
+        const MAX_CACHED: usize = 4096;
+        if let Ok(cache) = self.index.async_names.lock()
+            && let Some(hit) = cache.get(&address)
+        {
+            return hit.clone();
+        }
+        let names = self.async_names_uncached(address);
+        if let Ok(mut cache) = self.index.async_names.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(address, names.clone());
+        }
+        names
+    }
+
+    fn async_names_uncached(&self, address: u64) -> Option<Vec<String>> {
         for ui in self.units_at(address).ok()? {
             let chain = self.scope_chain(ui, address).ok()?;
             if chain.is_empty() {
