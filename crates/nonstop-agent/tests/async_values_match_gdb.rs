@@ -539,6 +539,16 @@ fn conditions_and_templates_read_async_locals() {
 fn compare_at(mark: &str, names: &[&str], references: &[&str]) -> nonstop_model::Response {
     let program = build_fixture(FIXTURE, Build::Debug);
     let at = format!("{FIXTURE}:{}", marks(FIXTURE)[mark]);
+    compare(&program, mark, &at, names, references)
+}
+
+fn compare(
+    program: &std::path::Path,
+    mark: &str,
+    at: &str,
+    names: &[&str],
+    references: &[&str],
+) -> nonstop_model::Response {
     let rules = json!([{"id": mark, "at": at, "action": "snapshot", "max_hits": 1}]);
     let run = run_with_rules(&program, &["1"], &rules.to_string(), &[]);
     assert!(
@@ -660,4 +670,103 @@ fn a_release_build_shows_what_gdb_shows_and_nothing_more() {
             "`{name}` = {v:?} which gdb does not show"
         );
     }
+}
+
+const TOKIO_MANIFEST: &str = r#"
+[package]
+name = "tokio-orders"
+version = "0.1.0"
+edition = "2021"
+
+[dependencies]
+tokio = { version = "1", features = ["rt", "macros", "sync"] }
+
+[profile.dev]
+debug = 2
+
+[workspace]
+"#;
+
+/// The tokio fixture as a cargo project (debug profile), built once under the target dir:
+/// offline from cargo's cache when it can, else fetching tokio from crates.io.
+fn tokio_fixture() -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tokio-orders");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    let source = common::fixture_source("tokio_orders/main.rs");
+    let main = dir.join("src/main.rs");
+    std::fs::write(dir.join("Cargo.toml"), TOKIO_MANIFEST).unwrap();
+    let text = std::fs::read(&source).unwrap();
+    if std::fs::read(&main).ok().as_deref() != Some(&text[..]) {
+        std::fs::write(&main, &text).unwrap();
+    }
+    let target = dir.join("target");
+    let build = |offline: bool| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet"])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS");
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.output().expect("cargo runs")
+    };
+    let out = build(true);
+    if !out.status.success() {
+        let online = build(false);
+        assert!(
+            online.status.success(),
+            "cannot build the tokio fixture: {}",
+            String::from_utf8_lossy(&online.stderr)
+        );
+    }
+    (target.join("debug/tokio-orders"), source)
+}
+
+#[test]
+fn a_tokio_handler_has_every_local_gdb_shows_and_tokio_s_frames_fold() {
+    let (program, source) = tokio_fixture();
+    let line = nonstop_testkit::marks(&source)["handle"];
+    let at = format!("main.rs:{line}");
+    let r = compare(
+        &program,
+        "handle",
+        &at,
+        &[
+            "count",
+            "discounted",
+            "subtotal",
+            "totals",
+            "order",
+            "_task_context",
+        ],
+        &[],
+    );
+    assert_eq!(r.location.function, "tokio_orders::handle (async)");
+    assert_eq!(r.frames[0].function, "tokio_orders::handle (async)");
+    assert_eq!(r.frames[0].line, Some(line));
+    // Right above the handler: tokio's scheduler, folded, every frame kept.
+    assert!(!r.frames[1].folded.is_empty(), "{:?}", r.frames);
+    assert!(
+        r.frames[1]
+            .function
+            .contains("runtime frames (tokio::runtime::"),
+        "{}",
+        r.frames[1].function
+    );
+    assert!(
+        r.frames[1]
+            .folded
+            .iter()
+            .all(|f| nonstop_model::is_runtime_frame(&f.function)
+                || f.function.starts_with("core::ops::function::")),
+        "{:?}",
+        r.frames[1].folded
+    );
+    let json = serde_json::to_value(&r.frames).unwrap();
+    assert_eq!(json[0].get("folded"), None);
+    assert_eq!(
+        json[1]["folded"].as_array().map(Vec::len),
+        Some(r.frames[1].folded.len())
+    );
 }
