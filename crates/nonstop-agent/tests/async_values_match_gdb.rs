@@ -550,7 +550,7 @@ fn compare(
     references: &[&str],
 ) -> nonstop_model::Response {
     let rules = json!([{"id": mark, "at": at, "action": "snapshot", "max_hits": 1}]);
-    let run = run_with_rules(&program, &["1"], &rules.to_string(), &[]);
+    let run = run_with_rules(program, &["1"], &rules.to_string(), &[]);
     assert!(
         run.output.status.success(),
         "fixture failed: {}",
@@ -562,7 +562,7 @@ fn compare(
         .find(|r| r.rule == mark)
         .unwrap_or_else(|| panic!("no hit at {mark}: {}", run.stderr()))
         .clone();
-    let gdb = gdb_locals(&program, &at, references);
+    let gdb = gdb_locals(program, at, references);
     let shown: Vec<&str> = gdb
         .iter()
         .map(|(n, _)| n.as_str())
