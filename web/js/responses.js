@@ -168,11 +168,17 @@ export class Responses {
     const locals = Object.entries(r.locals || {});
     if (locals.length === 0) vars.append(h('p', { class: 'muted' }, 'no variables'));
     for (const [name, v] of locals) vars.append(valueTree(name, v, 0));
+    const frame = (f) => f.file && f.line
+      ? h('button', { class: 'link', title: `${f.file}:${f.line}`, onclick: () => this.onFrame(f.file, f.line, r) },
+        `${f.function} `, h('span', { class: 'muted' }, `${tail(f.file)}:${f.line}`))
+      : h('span', {}, f.function, h('span', { class: 'muted' }, ' (no source)'));
+    // A run of the runtime's own frames comes folded (`folded` keeps them): unfold on click.
     const frames = h('ol', { class: 'frames' }, (r.frames || []).map((f) =>
-      h('li', {}, f.file && f.line
-        ? h('button', { class: 'link', title: `${f.file}:${f.line}`, onclick: () => this.onFrame(f.file, f.line, r) },
-          `${f.function} `, h('span', { class: 'muted' }, `${tail(f.file)}:${f.line}`))
-        : h('span', {}, f.function, h('span', { class: 'muted' }, ' (no source)')))));
+      (f.folded && f.folded.length > 0)
+        ? h('li', { class: 'folded' }, h('details', {},
+          h('summary', { class: 'muted' }, f.function),
+          h('ol', { class: 'frames' }, f.folded.map((g) => h('li', {}, frame(g))))))
+        : h('li', {}, frame(f))));
     const copy = h('button', {
       onclick: async () => {
         try {

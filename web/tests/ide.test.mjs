@@ -196,6 +196,14 @@ try {
     await page.screenshot({ path: SHOT });
   });
 
+  await check('the runtime\'s frames come folded into one and unfold on click', async () => {
+    const row = page.locator('#responses .resp[open]').first();
+    const folded = row.locator('.frames li.folded').first();
+    await folded.locator('summary', { hasText: '2 runtime frames' }).click();
+    await folded.locator('li', { hasText: 'std::rt::lang_start' }).waitFor();
+    await folded.locator('summary').click();
+  });
+
   await check('a stack frame opens its file at its line (agent path mapped by suffix)', async () => {
     const row = page.locator('#responses .resp[open]').first();
     await row.locator('.frames button', { hasText: 'shop::main' }).click();

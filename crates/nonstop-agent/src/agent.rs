@@ -706,8 +706,11 @@ impl Agent {
         }
         let snapshot = held.rule.action == Action::Snapshot;
         let frames = if snapshot {
-            self.stacks
-                .frames(&mem.regs, mem, held.capture.frames as usize)
+            nonstop_model::fold_runtime_frames(self.stacks.frames(
+                &mem.regs,
+                mem,
+                held.capture.frames as usize,
+            ))
         } else {
             site_frames(&site.site)
         };
@@ -1049,9 +1052,7 @@ impl nonstop_expr::filter::PathResolver for SiteResolver<'_> {
 }
 
 fn relocate_source(source: &mut nonstop_capture::capture::PieceSource, bias: u64) {
-    if let nonstop_capture::capture::PieceSource::Absolute { addr } = source {
-        *addr = addr.wrapping_add(bias);
-    }
+    nonstop_debuginfo::relocate_source(source, bias);
 }
 
 /// What a condition or template sees at a hit.
@@ -1075,12 +1076,9 @@ impl Env for HitEnv<'_> {
 
 /// Adds the load bias to addresses of statics in the plan.
 fn relocate(plan: &mut CapturePlan, bias: u64) {
-    use nonstop_capture::capture::PieceSource;
     for root in &mut plan.roots {
         for piece in &mut root.pieces {
-            if let PieceSource::Absolute { addr } = &mut piece.source {
-                *addr = addr.wrapping_add(bias);
-            }
+            relocate_source(&mut piece.source, bias);
         }
     }
 }
@@ -1094,6 +1092,7 @@ fn site_frames(site: &Site) -> Vec<Frame> {
             function: f.clone(),
             file: (i == 0).then(|| site.file.clone()),
             line: (i == 0).then_some(site.line),
+            folded: Vec::new(),
         })
         .collect()
 }

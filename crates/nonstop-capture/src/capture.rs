@@ -139,8 +139,224 @@ pub enum PieceSource {
     },
     /// A constant known from debug info (`DW_OP_implicit_value`, `DW_OP_constu; DW_OP_stack_value`).
     Implicit(Vec<u8>),
+    /// Computed at the hit by a location program (a DWARF expression with `DW_OP_deref`
+    /// chains and arithmetic, or a frame base that itself needs evaluating): the address of
+    /// the bytes, or the value itself when `value` is set (`DW_OP_stack_value`).
+    Expr {
+        /// The program, run by [`eval_location`]; at most [`MAX_LOC_OPS`] steps.
+        ops: Vec<LocOp>,
+        /// Whether the result is the value rather than its address.
+        value: bool,
+    },
     /// Not available at this address (optimized out).
     Unavailable,
+}
+
+/// Most steps of a location program the executor runs; a longer one fails.
+pub const MAX_LOC_OPS: usize = 64;
+/// Deepest stack of a location program.
+pub const MAX_LOC_STACK: usize = 16;
+
+/// One step of a location program: a DWARF location expression compiled for the trap
+/// path (registers and offsets resolved, file addresses relocated, no branches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocOp {
+    /// Push `reg + offset` (`DW_OP_bregN`, `DW_OP_fbreg` over a register frame base).
+    Reg {
+        /// DWARF register number.
+        reg: u16,
+        /// Added to its value.
+        offset: i64,
+    },
+    /// Push a constant.
+    Const(u64),
+    /// Push an address in the program (`DW_OP_addr`; relocated by the load bias).
+    Addr(u64),
+    /// Pop an address, read `size` (1..=8) bytes there with the fault-safe reader and
+    /// push them zero-extended (`DW_OP_deref`, `DW_OP_deref_size`).
+    Deref {
+        /// Bytes to read.
+        size: u8,
+    },
+    /// Add a constant to the top (`DW_OP_plus_uconst`).
+    PlusConst(u64),
+    /// Pop `b`, then `a`; push `a OP b`.
+    Bin(BinOp),
+    /// Negate the top (two's complement).
+    Neg,
+    /// Bitwise not of the top.
+    Not,
+    /// Absolute value of the top, read as signed.
+    Abs,
+    /// Push a copy of the entry `n` below the top (`DW_OP_dup` is 0, `DW_OP_over` 1).
+    Pick(u8),
+    /// Pop the top.
+    Drop,
+    /// Swap the two top entries.
+    Swap,
+    /// Rotate the three top entries (the top goes third).
+    Rot,
+}
+
+/// A binary operation of a location program (64-bit, wrapping; comparisons push 1 or 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    /// `a + b`.
+    Plus,
+    /// `a - b`.
+    Minus,
+    /// `a * b`.
+    Mul,
+    /// Signed division; by zero fails.
+    Div,
+    /// Unsigned remainder; by zero fails.
+    Mod,
+    /// `a & b`.
+    And,
+    /// `a | b`.
+    Or,
+    /// `a ^ b`.
+    Xor,
+    /// `a << b`.
+    Shl,
+    /// Logical `a >> b`.
+    Shr,
+    /// Arithmetic `a >> b`.
+    Shra,
+    /// `a == b`.
+    Eq,
+    /// `a != b`.
+    Ne,
+    /// Signed `a < b`.
+    Lt,
+    /// Signed `a > b`.
+    Gt,
+    /// Signed `a <= b`.
+    Le,
+    /// Signed `a >= b`.
+    Ge,
+}
+
+/// Why a location program gave no result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocError {
+    /// A `Deref` read faulted at this address (a bad pointer on the way).
+    Fault(u64),
+    /// The program is malformed (stack underflow or overflow, a division by zero, an
+    /// unknown register, too many steps).
+    Invalid,
+}
+
+/// Runs a location program over `regs` and `mem` and returns the top of its stack.
+///
+/// Bounded and allocation-free: at most [`MAX_LOC_OPS`] steps over a fixed stack of
+/// [`MAX_LOC_STACK`] entries; every read goes through `mem` (fault-safe at a hit).
+pub fn eval_location<M: Memory + ?Sized>(
+    ops: &[LocOp],
+    regs: &Registers,
+    mem: &M,
+) -> Result<u64, LocError> {
+    if ops.len() > MAX_LOC_OPS {
+        return Err(LocError::Invalid);
+    }
+    let mut stack = [0u64; MAX_LOC_STACK];
+    let mut n = 0usize;
+    let push = |stack: &mut [u64; MAX_LOC_STACK], n: &mut usize, v: u64| -> Result<(), LocError> {
+        let slot = stack.get_mut(*n).ok_or(LocError::Invalid)?;
+        *slot = v;
+        *n = n.saturating_add(1);
+        Ok(())
+    };
+    let pop = |stack: &[u64; MAX_LOC_STACK], n: &mut usize| -> Result<u64, LocError> {
+        *n = n.checked_sub(1).ok_or(LocError::Invalid)?;
+        stack.get(*n).copied().ok_or(LocError::Invalid)
+    };
+    for op in ops {
+        match *op {
+            LocOp::Reg { reg, offset } => {
+                let v = regs.value(reg).ok_or(LocError::Invalid)?;
+                push(&mut stack, &mut n, v.wrapping_add(offset as u64))?;
+            }
+            LocOp::Const(c) | LocOp::Addr(c) => push(&mut stack, &mut n, c)?,
+            LocOp::Deref { size } => {
+                let addr = pop(&stack, &mut n)?;
+                let mut b = [0u8; 8];
+                let dst = b.get_mut(..size as usize).ok_or(LocError::Invalid)?;
+                if dst.is_empty() {
+                    return Err(LocError::Invalid);
+                }
+                mem.read(addr, dst).map_err(|_| LocError::Fault(addr))?;
+                push(&mut stack, &mut n, u64::from_le_bytes(b))?;
+            }
+            LocOp::PlusConst(c) => {
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, a.wrapping_add(c))?;
+            }
+            LocOp::Bin(bin) => {
+                let b = pop(&stack, &mut n)?;
+                let a = pop(&stack, &mut n)?;
+                let (sa, sb) = (a as i64, b as i64);
+                let v = match bin {
+                    BinOp::Plus => a.wrapping_add(b),
+                    BinOp::Minus => a.wrapping_sub(b),
+                    BinOp::Mul => a.wrapping_mul(b),
+                    BinOp::Div => sa.checked_div(sb).ok_or(LocError::Invalid)? as u64,
+                    BinOp::Mod => a.checked_rem(b).ok_or(LocError::Invalid)?,
+                    BinOp::And => a & b,
+                    BinOp::Or => a | b,
+                    BinOp::Xor => a ^ b,
+                    BinOp::Shl => a.checked_shl(b.min(64) as u32).unwrap_or(0),
+                    BinOp::Shr => a.checked_shr(b.min(64) as u32).unwrap_or(0),
+                    BinOp::Shra => sa.wrapping_shr(b.min(63) as u32) as u64,
+                    BinOp::Eq => u64::from(a == b),
+                    BinOp::Ne => u64::from(a != b),
+                    BinOp::Lt => u64::from(sa < sb),
+                    BinOp::Gt => u64::from(sa > sb),
+                    BinOp::Le => u64::from(sa <= sb),
+                    BinOp::Ge => u64::from(sa >= sb),
+                };
+                push(&mut stack, &mut n, v)?;
+            }
+            LocOp::Neg => {
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, (a as i64).wrapping_neg() as u64)?;
+            }
+            LocOp::Not => {
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, !a)?;
+            }
+            LocOp::Abs => {
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, (a as i64).wrapping_abs() as u64)?;
+            }
+            LocOp::Pick(k) => {
+                let i = n
+                    .checked_sub(1)
+                    .and_then(|t| t.checked_sub(k as usize))
+                    .ok_or(LocError::Invalid)?;
+                let v = stack.get(i).copied().ok_or(LocError::Invalid)?;
+                push(&mut stack, &mut n, v)?;
+            }
+            LocOp::Drop => {
+                pop(&stack, &mut n)?;
+            }
+            LocOp::Swap => {
+                let b = pop(&stack, &mut n)?;
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, b)?;
+                push(&mut stack, &mut n, a)?;
+            }
+            LocOp::Rot => {
+                let c = pop(&stack, &mut n)?;
+                let b = pop(&stack, &mut n)?;
+                let a = pop(&stack, &mut n)?;
+                push(&mut stack, &mut n, c)?;
+                push(&mut stack, &mut n, a)?;
+                push(&mut stack, &mut n, b)?;
+            }
+        }
+    }
+    pop(&stack, &mut n)
 }
 
 /// One piece of a variable: `size` bytes from `source`.
@@ -445,6 +661,8 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
             self.truncated = true;
             return false;
         }
+        let single = root.pieces.len() == 1;
+        let mut computed_addr = None;
         let single_memory = match root.pieces.as_slice() {
             [
                 Piece {
@@ -496,6 +714,23 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     fill_padded(dst, bytes);
                     true
                 }
+                PieceSource::Expr { ops, value } => match eval_location(ops, regs, self.mem) {
+                    Ok(v) if *value => {
+                        fill_le(dst, v);
+                        true
+                    }
+                    Ok(a) => {
+                        if single {
+                            computed_addr = Some(a);
+                        }
+                        self.mem.read(a, dst).is_ok()
+                    }
+                    Err(LocError::Fault(_)) => false,
+                    Err(LocError::Invalid) => {
+                        status = ROOT_UNAVAILABLE;
+                        break;
+                    }
+                },
                 PieceSource::Unavailable => {
                     status = ROOT_UNAVAILABLE;
                     break;
@@ -516,7 +751,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
         if status != ROOT_OK {
             self.pos = data;
         }
-        let addr = single_memory.unwrap_or(0);
+        let addr = single_memory.or(computed_addr).unwrap_or(0);
         self.pos = head;
         self.put(&status.to_le_bytes());
         self.put(&len.to_le_bytes());
@@ -1217,6 +1452,211 @@ mod tests {
         let done = execute(&plan, &Registers::default(), &Fake(mem), &mut out);
         let got = CapturedMemory::parse(&out[..done.len]).unwrap();
         assert_eq!(got.read(0xdead_0000, &mut [0u8; 5]), Err(ReadError::Fault));
+    }
+
+    /// `DW_OP_fbreg +16; DW_OP_deref; DW_OP_plus_uconst 0x90` over an `rsp` frame base:
+    /// an async fn's local in its future's state.
+    fn env_local(offset: u64) -> Vec<LocOp> {
+        vec![
+            LocOp::Reg {
+                reg: REG_RSP,
+                offset: 16,
+            },
+            LocOp::Deref { size: 8 },
+            LocOp::PlusConst(offset),
+        ]
+    }
+
+    fn one_root(size: u32, source: PieceSource) -> CapturePlan {
+        CapturePlan {
+            roots: vec![RootPlan {
+                pieces: vec![Piece { size, source }],
+                node: None,
+            }],
+            nodes: vec![],
+            stack_bytes: 0,
+            max_bytes: 4096,
+        }
+    }
+
+    #[test]
+    fn a_deref_chain_reads_through_the_pointer_in_the_frame() {
+        let mut regs = Registers::default();
+        regs.gpr[REG_RSP as usize] = 0x7000;
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7010, 0x9000u64.to_le_bytes().to_vec());
+        let mut env = vec![0u8; 0xa0];
+        env[0x90..0x98].copy_from_slice(&2899u64.to_le_bytes());
+        mem.insert(0x9000, env);
+        let plan = one_root(
+            8,
+            PieceSource::Expr {
+                ops: env_local(0x90),
+                value: false,
+            },
+        );
+        let mut out = [0u8; 4096];
+        let done = execute(&plan, &regs, &Fake(mem), &mut out);
+        let got = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(
+            got.roots,
+            [CapturedRoot::Bytes {
+                bytes: 2899u64.to_le_bytes().to_vec(),
+                addr: Some(0x9090)
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deref_through_a_bad_pointer_is_a_fault_not_a_crash() {
+        let mut regs = Registers::default();
+        regs.gpr[REG_RSP as usize] = 0x7000;
+        let mut mem = BTreeMap::new();
+        // The frame slot holds a wild pointer; the next root is still captured.
+        mem.insert(0x7010, 0xdead_beef_0000u64.to_le_bytes().to_vec());
+        mem.insert(0x7018, 7u64.to_le_bytes().to_vec());
+        let mut plan = one_root(
+            8,
+            PieceSource::Expr {
+                ops: env_local(0x90),
+                value: false,
+            },
+        );
+        plan.roots.push(RootPlan {
+            pieces: vec![Piece {
+                size: 8,
+                source: PieceSource::Memory {
+                    reg: REG_RSP,
+                    offset: 0x18,
+                },
+            }],
+            node: None,
+        });
+        let mut out = [0u8; 4096];
+        let done = execute(&plan, &regs, &Fake(mem.clone()), &mut out);
+        let got = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(got.roots[0], CapturedRoot::Fault);
+        assert_eq!(
+            got.roots[1],
+            CapturedRoot::Bytes {
+                bytes: 7u64.to_le_bytes().to_vec(),
+                addr: Some(0x7018)
+            }
+        );
+        // The address is computed; reading through it (here or as the root) faults.
+        let mut through = env_local(0x90);
+        assert_eq!(
+            eval_location(&through, &regs, &Fake(mem.clone())),
+            Ok(0xdead_beef_0090)
+        );
+        through.push(LocOp::Deref { size: 8 });
+        assert_eq!(
+            eval_location(&through, &regs, &Fake(mem)),
+            Err(LocError::Fault(0xdead_beef_0090))
+        );
+    }
+
+    #[test]
+    fn location_programs_compute_as_dwarf_says() {
+        let mut regs = Registers::default();
+        regs.gpr[6] = 0x1000; // rbp
+        let mut mem = BTreeMap::new();
+        mem.insert(0x0ff8, 0x2000u64.to_le_bytes().to_vec());
+        mem.insert(0x2000, [0x30u8, 0x00, 0x00, 0x00].to_vec());
+        let m = Fake(mem);
+        let run = |ops: &[LocOp]| eval_location(ops, &regs, &m);
+        // breg6 -8; deref; deref_size 4; lit3; mul; plus_uconst 1
+        assert_eq!(
+            run(&[
+                LocOp::Reg { reg: 6, offset: -8 },
+                LocOp::Deref { size: 8 },
+                LocOp::Deref { size: 4 },
+                LocOp::Const(3),
+                LocOp::Bin(BinOp::Mul),
+                LocOp::PlusConst(1),
+            ]),
+            Ok(0x91)
+        );
+        assert_eq!(
+            run(&[
+                LocOp::Const(5),
+                LocOp::Const(7),
+                LocOp::Swap,
+                LocOp::Bin(BinOp::Minus)
+            ]),
+            Ok(2)
+        );
+        assert_eq!(
+            run(&[LocOp::Const(5), LocOp::Pick(0), LocOp::Bin(BinOp::Mul)]),
+            Ok(25)
+        );
+        assert_eq!(
+            run(&[
+                LocOp::Const(1),
+                LocOp::Const(2),
+                LocOp::Const(3),
+                LocOp::Rot,
+                LocOp::Drop,
+                LocOp::Drop
+            ]),
+            Ok(3)
+        );
+        assert_eq!(run(&[LocOp::Const(u64::MAX), LocOp::Neg]), Ok(1));
+        // Malformed programs fail, never panic.
+        assert_eq!(run(&[LocOp::Bin(BinOp::Plus)]), Err(LocError::Invalid));
+        assert_eq!(run(&[]), Err(LocError::Invalid));
+        assert_eq!(
+            run(&[LocOp::Const(1), LocOp::Const(0), LocOp::Bin(BinOp::Div)]),
+            Err(LocError::Invalid)
+        );
+        assert_eq!(
+            run(&[LocOp::Const(0x10), LocOp::Deref { size: 9 }]),
+            Err(LocError::Invalid)
+        );
+        assert_eq!(
+            run(&[LocOp::Reg { reg: 99, offset: 0 }]),
+            Err(LocError::Invalid)
+        );
+        assert_eq!(run(&[LocOp::Const(1); 17]), Err(LocError::Invalid));
+        assert_eq!(run(&[LocOp::Const(1); 65]), Err(LocError::Invalid));
+    }
+
+    use proptest::prelude::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn location_programs_never_panic(ops in proptest::collection::vec(
+            proptest::prop_oneof![
+                (0u16..40, proptest::num::i64::ANY).prop_map(|(reg, offset)| LocOp::Reg { reg, offset }),
+                proptest::num::u64::ANY.prop_map(LocOp::Const),
+                (0u8..12).prop_map(|size| LocOp::Deref { size }),
+                proptest::num::u64::ANY.prop_map(LocOp::PlusConst),
+                (0u8..20).prop_map(LocOp::Pick),
+                proptest::strategy::Just(LocOp::Bin(BinOp::Div)),
+                proptest::strategy::Just(LocOp::Bin(BinOp::Shl)),
+                proptest::strategy::Just(LocOp::Bin(BinOp::Shra)),
+                proptest::strategy::Just(LocOp::Bin(BinOp::Mod)),
+                proptest::strategy::Just(LocOp::Abs),
+                proptest::strategy::Just(LocOp::Rot),
+                proptest::strategy::Just(LocOp::Swap),
+                proptest::strategy::Just(LocOp::Drop),
+            ],
+            0..80,
+        )) {
+            /// Readable below 0x100 only; no arithmetic on the address.
+            struct Low;
+            impl Memory for Low {
+                fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+                    if addr < 0x100 && buf.len() <= 8 {
+                        buf.fill(0x5a);
+                        Ok(())
+                    } else {
+                        Err(ReadError::Fault)
+                    }
+                }
+            }
+            let _ = eval_location(&ops, &Registers::default(), &Low);
+        }
     }
 
     proptest::proptest! {

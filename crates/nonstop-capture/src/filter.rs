@@ -391,6 +391,10 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
                 Loc::Word(self.regs.value(*reg)?.wrapping_add(*offset as u64))
             }
             PieceSource::Implicit(bytes) => short_bytes(bytes),
+            PieceSource::Expr { ops, value } => {
+                let v = crate::capture::eval_location(ops, self.regs, self.mem).ok()?;
+                if *value { Loc::Word(v) } else { Loc::Addr(v) }
+            }
             PieceSource::Unavailable => return None,
         };
         if read.derefs.len() > MAX_DEREFS {

@@ -72,8 +72,19 @@ impl DebugInfo {
                     }),
                     _ => None,
                 };
+                let through = match &var.availability {
+                    Availability::Available(p) => p.iter().any(|p| {
+                        matches!(&p.source, PieceSource::Expr { ops, .. }
+                            if ops.iter().any(|o| matches!(o, nonstop_capture::capture::LocOp::Deref { .. })))
+                    }),
+                    _ => false,
+                };
                 match at {
                     Some(a) => Value::error(type_name, format!("cannot read memory at {a:#x}")),
+                    None if through => Value::error(
+                        type_name,
+                        "cannot read the variable's memory (a pointer on its location's path is bad)",
+                    ),
                     None => Value::error(type_name, "cannot read the variable's memory"),
                 }
             }
@@ -143,6 +154,26 @@ impl DebugInfo {
                     let k = n.min(v.len());
                     buf[..k].copy_from_slice(&v[..k]);
                     true
+                }
+                PieceSource::Expr { ops, value } => {
+                    match nonstop_capture::capture::eval_location(ops, regs, mem) {
+                        Ok(v) if *value => {
+                            let b = v.to_le_bytes();
+                            let k = n.min(8);
+                            buf[..k].copy_from_slice(&b[..k]);
+                            true
+                        }
+                        Ok(a) => {
+                            if single {
+                                addr = Some(a);
+                            }
+                            mem.read(a, &mut buf).is_ok()
+                        }
+                        Err(nonstop_capture::capture::LocError::Fault(_)) => false,
+                        Err(nonstop_capture::capture::LocError::Invalid) => {
+                            return CapturedRoot::Unavailable;
+                        }
+                    }
                 }
                 PieceSource::Unavailable => return CapturedRoot::Unavailable,
             };

@@ -45,6 +45,69 @@ impl Scope {
     }
 }
 
+/// Whether a DWARF name is rustc's name of a coroutine: `{async_fn#0}`, `{async_block#1}`
+/// (or their state types, `{async_fn_env#0}`, `{async_block_env#1}`).
+pub(crate) fn is_async_name(name: &str) -> bool {
+    async_part(name).is_some()
+}
+
+/// `Some(true)` for an async fn component, `Some(false)` for an async block.
+fn async_part(component: &str) -> Option<bool> {
+    let inner = component.strip_prefix('{')?.strip_suffix('}')?;
+    let (kind, n) = inner.split_once('#')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match kind {
+        "async_fn" | "async_fn_env" => Some(true),
+        "async_block" | "async_block_env" => Some(false),
+        _ => None,
+    }
+}
+
+/// The source name of a coroutine's qualified DWARF name:
+/// `shop::handle::{async_fn#0}` → `shop::handle (async)`,
+/// `shop::handle::{async_fn#0}::{async_block#0}` → `shop::handle (async block)`,
+/// and the same for their state types (`{async_fn_env#0}`). Other names are kept.
+pub fn async_display_name(qualified: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut last = None;
+    // Split on `::` outside generic brackets.
+    let mut depth = 0i32;
+    let mut start = 0;
+    let bytes = qualified.as_bytes();
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' => depth += 1,
+            b'>' => depth -= 1,
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => {
+                parts.push(&qualified[start..i]);
+                start = i + 2;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    parts.push(&qualified[start..]);
+    for p in parts {
+        match async_part(p) {
+            Some(kind) => last = Some(kind),
+            None => {
+                kept.push(p);
+                last = None;
+            }
+        }
+    }
+    match last {
+        Some(true) => format!("{} (async)", kept.join("::")),
+        Some(false) => format!("{} (async block)", kept.join("::")),
+        None => qualified.to_string(),
+    }
+}
+
 /// Rust's `{:#}` demangling (no hash); other names as they are.
 pub(crate) fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
@@ -274,6 +337,16 @@ impl DebugInfo {
                 .or_else(|| die.attr_value(gimli::DW_AT_specification))
                 .and_then(|v| self.follow(u, v).ok().flatten());
             chain.push((u, die));
+        }
+        // The poll function of an `async fn` or `async` block: named by its source name
+        // (`shop::handle (async)`), not by its closure symbol (`shop::handle::{{closure}}`).
+        for (u, die) in &chain {
+            if let Some(n) = self.attr_string(*u, die, gimli::DW_AT_name)
+                && is_async_name(&n)
+                && let Some(q) = self.qualified_name(*u, die)
+            {
+                return async_display_name(&q);
+            }
         }
         for (u, die) in &chain {
             if let Some(l) = self

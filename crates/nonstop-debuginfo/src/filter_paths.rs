@@ -119,7 +119,8 @@ impl DebugInfo {
         let root = match &piece.source {
             s @ (PieceSource::Register { .. }
             | PieceSource::Memory { .. }
-            | PieceSource::Absolute { .. }) => s.clone(),
+            | PieceSource::Absolute { .. }
+            | PieceSource::Expr { value: false, .. }) => s.clone(),
             _ => return None,
         };
         let mut place = Place {

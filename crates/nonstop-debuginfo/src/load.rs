@@ -44,6 +44,8 @@ pub(crate) struct Indexes {
     pub(crate) paths: Mutex<std::collections::HashMap<usize, Arc<crate::scope::UnitPaths>>>,
     /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
     pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
+    /// Address of a closure frame → the DWARF function chain there (coroutine names).
+    pub(crate) async_names: Mutex<std::collections::HashMap<u64, Option<Vec<String>>>>,
 }
 
 /// Reads a whole file into one shared buffer without an extra copy.

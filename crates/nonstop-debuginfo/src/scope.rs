@@ -4,7 +4,7 @@ use crate::dies::{Die, Scope, Unit};
 use crate::{DebugInfo, DieRef, Error, Reader};
 use gimli::Reader as _;
 use gimli::{AttributeValue, Operation, UnitOffset};
-use nonstop_capture::capture::{Piece, PieceSource};
+use nonstop_capture::capture::{BinOp, LocOp, MAX_LOC_OPS, Piece, PieceSource};
 use std::collections::HashSet;
 
 pub(crate) use crate::dies::UnitPaths;
@@ -35,11 +35,25 @@ impl Availability {
     pub fn relocate(&mut self, bias: u64) {
         if let Availability::Available(pieces) = self {
             for p in pieces {
-                if let PieceSource::Absolute { addr } = &mut p.source {
-                    *addr = addr.wrapping_add(bias);
+                relocate_source(&mut p.source, bias);
+            }
+        }
+    }
+}
+
+/// Adds the load bias to the file addresses a piece source names (`Absolute`, and the
+/// `Addr` steps of a location program).
+pub fn relocate_source(source: &mut PieceSource, bias: u64) {
+    match source {
+        PieceSource::Absolute { addr } => *addr = addr.wrapping_add(bias),
+        PieceSource::Expr { ops, .. } => {
+            for op in ops {
+                if let LocOp::Addr(a) = op {
+                    *a = a.wrapping_add(bias);
                 }
             }
         }
+        _ => {}
     }
 }
 
@@ -60,15 +74,110 @@ pub struct Variable {
     pub availability: Availability,
 }
 
-/// A location expression evaluated symbolically: a stack entry.
-#[derive(Debug, Clone, PartialEq)]
-enum Value {
-    /// `reg + offset` (an address, or a value once `stack_value` says so).
-    RegOff(u16, i64),
-    /// A constant or an absolute address.
-    Const(u64),
-    /// A file address from `DW_OP_addr`.
-    Addr(u64),
+/// Folds constant steps of a location program: `reg + a` then `+ b` into `reg + (a + b)`,
+/// constants added into addresses, and so on.
+fn simplify(prog: &mut Vec<LocOp>) {
+    let mut out: Vec<LocOp> = Vec::with_capacity(prog.len());
+    for &op in prog.iter() {
+        let folded = match (out.as_slice(), op) {
+            ([.., LocOp::Reg { reg, offset }], LocOp::PlusConst(c)) => Some((
+                1,
+                LocOp::Reg {
+                    reg: *reg,
+                    offset: offset.wrapping_add(c as i64),
+                },
+            )),
+            ([.., LocOp::Const(a)], LocOp::PlusConst(c)) => {
+                Some((1, LocOp::Const(a.wrapping_add(c))))
+            }
+            ([.., LocOp::Addr(a)], LocOp::PlusConst(c)) => {
+                Some((1, LocOp::Addr(a.wrapping_add(c))))
+            }
+            ([.., LocOp::Reg { reg, offset }, LocOp::Const(c)], LocOp::Bin(BinOp::Plus)) => Some((
+                2,
+                LocOp::Reg {
+                    reg: *reg,
+                    offset: offset.wrapping_add(*c as i64),
+                },
+            )),
+            ([.., LocOp::Reg { reg, offset }, LocOp::Const(c)], LocOp::Bin(BinOp::Minus)) => {
+                Some((
+                    2,
+                    LocOp::Reg {
+                        reg: *reg,
+                        offset: offset.wrapping_sub(*c as i64),
+                    },
+                ))
+            }
+            ([.., LocOp::Const(c), LocOp::Reg { reg, offset }], LocOp::Bin(BinOp::Plus)) => Some((
+                2,
+                LocOp::Reg {
+                    reg: *reg,
+                    offset: offset.wrapping_add(*c as i64),
+                },
+            )),
+            ([.., LocOp::Const(a), LocOp::Const(b)], LocOp::Bin(BinOp::Plus)) => {
+                Some((2, LocOp::Const(a.wrapping_add(*b))))
+            }
+            ([.., LocOp::Const(a), LocOp::Const(b)], LocOp::Bin(BinOp::Minus)) => {
+                Some((2, LocOp::Const(a.wrapping_sub(*b))))
+            }
+            ([.., LocOp::Addr(a), LocOp::Const(b)], LocOp::Bin(BinOp::Plus)) => {
+                Some((2, LocOp::Addr(a.wrapping_add(*b))))
+            }
+            _ => None,
+        };
+        match folded {
+            Some((drop, op)) => {
+                out.truncate(out.len() - drop);
+                out.push(op);
+            }
+            None => out.push(op),
+        }
+    }
+    *prog = out;
+}
+
+/// The piece source a finished location (one piece's worth of operations) describes.
+fn finish(
+    prog: &mut Vec<LocOp>,
+    reg: &mut Option<u16>,
+    implicit: &mut Option<Vec<u8>>,
+    is_value: &mut bool,
+    size: u64,
+) -> Result<PieceSource, Unexpressible> {
+    let src = if let Some(r) = reg.take() {
+        PieceSource::Register { reg: r }
+    } else if let Some(mut b) = implicit.take() {
+        b.resize(size as usize, 0);
+        PieceSource::Implicit(b)
+    } else {
+        simplify(prog);
+        match (prog.as_slice(), *is_value) {
+            ([], _) => PieceSource::Unavailable,
+            ([LocOp::Reg { reg, offset }], true) => PieceSource::Computed {
+                reg: *reg,
+                offset: *offset,
+            },
+            ([LocOp::Reg { reg, offset }], false) => PieceSource::Memory {
+                reg: *reg,
+                offset: *offset,
+            },
+            ([LocOp::Const(c)], true) => {
+                let mut b = c.to_le_bytes().to_vec();
+                b.resize(size as usize, 0);
+                PieceSource::Implicit(b)
+            }
+            ([LocOp::Const(c) | LocOp::Addr(c)], false) => PieceSource::Absolute { addr: *c },
+            (ops, value) => PieceSource::Expr {
+                ops: ops.to_vec(),
+                value,
+            },
+        }
+    };
+    prog.clear();
+    *is_value = false;
+    Ok(src)
 }
 
 /// Why an expression cannot become pieces.
@@ -133,7 +242,9 @@ impl DebugInfo {
                     _ => continue,
                 };
                 any_die = true;
-                let Some(v) = self.variable(ui, unit, e, kind, address, frame_base, &here)? else {
+                let Some(v) =
+                    self.variable(ui, unit, e, kind, address, frame_base.as_deref(), &here)?
+                else {
                     continue;
                 };
                 if seen.insert(v.name.clone()) {
@@ -172,7 +283,7 @@ impl DebugInfo {
         e: &Die,
         kind: VariableKind,
         address: u64,
-        frame_base: Option<(u16, i64)>,
+        frame_base: Option<&[LocOp]>,
         here: &Option<(String, u32)>,
     ) -> Result<Option<Variable>, Error> {
         // Name, type and declaration come from the abstract origin when there is one.
@@ -238,7 +349,7 @@ impl DebugInfo {
         unit: &Unit,
         e: &Die,
         address: u64,
-        frame_base: Option<(u16, i64)>,
+        frame_base: Option<&[LocOp]>,
         size: Option<u64>,
     ) -> Result<Availability, Error> {
         if let Some(c) = e.attr_value(gimli::DW_AT_const_value) {
@@ -292,54 +403,25 @@ impl DebugInfo {
         )
     }
 
-    /// Turns a location expression into capture pieces, symbolically.
+    /// Turns a location expression into capture pieces: simple ones (a register, `reg +
+    /// offset`, a static) as such, anything else (`DW_OP_deref` chains, arithmetic after a
+    /// deref, a frame base that needs evaluating) as a location program run at the hit.
     fn pieces(
         &self,
         unit: &Unit,
         expr: gimli::Expression<Reader>,
         address: u64,
-        frame_base: Option<(u16, i64)>,
+        frame_base: Option<&[LocOp]>,
         whole_size: u64,
     ) -> Result<Vec<Piece>, Unexpressible> {
         let mut ops = expr.operations(unit.encoding());
-        let mut stack: Vec<Value> = Vec::new();
+        let mut prog: Vec<LocOp> = Vec::new();
         let mut reg: Option<u16> = None;
         let mut implicit: Option<Vec<u8>> = None;
         let mut is_value = false;
         let mut pieces = Vec::new();
         let mut any_op = false;
-        let finish = |stack: &mut Vec<Value>,
-                      reg: &mut Option<u16>,
-                      implicit: &mut Option<Vec<u8>>,
-                      is_value: &mut bool,
-                      size: u64|
-         -> Result<PieceSource, Unexpressible> {
-            let src = if let Some(r) = reg.take() {
-                PieceSource::Register { reg: r }
-            } else if let Some(mut b) = implicit.take() {
-                b.resize(size as usize, 0);
-                PieceSource::Implicit(b)
-            } else {
-                match stack.pop() {
-                    None => PieceSource::Unavailable,
-                    Some(Value::RegOff(r, o)) if *is_value => {
-                        PieceSource::Computed { reg: r, offset: o }
-                    }
-                    Some(Value::RegOff(r, o)) => PieceSource::Memory { reg: r, offset: o },
-                    Some(Value::Const(c)) if *is_value => {
-                        let mut b = c.to_le_bytes().to_vec();
-                        b.resize(size as usize, 0);
-                        PieceSource::Implicit(b)
-                    }
-                    Some(Value::Const(c)) | Some(Value::Addr(c)) => {
-                        PieceSource::Absolute { addr: c }
-                    }
-                }
-            };
-            stack.clear();
-            *is_value = false;
-            Ok(src)
-        };
+        let addr_size = unit.encoding().address_size;
         loop {
             let op = match ops.next() {
                 Ok(Some(op)) => op,
@@ -348,59 +430,6 @@ impl DebugInfo {
             };
             any_op = true;
             match op {
-                Operation::Register { register } => reg = Some(register.0),
-                Operation::RegisterOffset {
-                    register, offset, ..
-                } => stack.push(Value::RegOff(register.0, offset)),
-                Operation::FrameOffset { offset } => match frame_base {
-                    Some((r, o)) => stack.push(Value::RegOff(r, o.wrapping_add(offset))),
-                    None => return Err(Unexpressible::Unsupported),
-                },
-                Operation::CallFrameCFA => match self.cfa_at(address) {
-                    Some((r, o)) => stack.push(Value::RegOff(r, o)),
-                    None => return Err(Unexpressible::Unsupported),
-                },
-                Operation::Address { address } => stack.push(Value::Addr(address)),
-                Operation::AddressIndex { index } | Operation::ConstantIndex { index } => {
-                    match self.dwarf.address(unit, index) {
-                        Ok(a) => stack.push(Value::Addr(a)),
-                        Err(_) => return Err(Unexpressible::Unsupported),
-                    }
-                }
-                Operation::UnsignedConstant { value } => stack.push(Value::Const(value)),
-                Operation::SignedConstant { value } => stack.push(Value::Const(value as u64)),
-                Operation::PlusConstant { value } => match stack.last_mut() {
-                    Some(Value::RegOff(_, o)) => *o = o.wrapping_add(value as i64),
-                    Some(Value::Const(c)) | Some(Value::Addr(c)) => *c = c.wrapping_add(value),
-                    None => return Err(Unexpressible::Unsupported),
-                },
-                Operation::Plus | Operation::Minus => {
-                    let b = stack.pop();
-                    let a = stack.pop();
-                    let sign = if matches!(op, Operation::Minus) {
-                        -1i64
-                    } else {
-                        1
-                    };
-                    match (a, b) {
-                        (Some(Value::RegOff(r, o)), Some(Value::Const(c))) => stack.push(
-                            Value::RegOff(r, o.wrapping_add(sign.wrapping_mul(c as i64))),
-                        ),
-                        (Some(Value::Const(c)), Some(Value::RegOff(r, o))) if sign == 1 => {
-                            stack.push(Value::RegOff(r, o.wrapping_add(c as i64)))
-                        }
-                        (Some(Value::Const(a)), Some(Value::Const(b))) => {
-                            stack.push(Value::Const(a.wrapping_add(b.wrapping_mul(sign as u64))))
-                        }
-                        _ => return Err(Unexpressible::Unsupported),
-                    }
-                }
-                Operation::StackValue => is_value = true,
-                Operation::ImplicitValue { data } => {
-                    implicit = Some(data.to_slice().map(|c| c.into_owned()).unwrap_or_default())
-                }
-                Operation::EntryValue { .. } => return Err(Unexpressible::EntryValue),
-                Operation::Nop => {}
                 Operation::Piece {
                     size_in_bits,
                     bit_offset,
@@ -409,13 +438,23 @@ impl DebugInfo {
                         return Err(Unexpressible::Unsupported);
                     }
                     let size = size_in_bits / 8;
-                    let source = finish(&mut stack, &mut reg, &mut implicit, &mut is_value, size)?;
+                    let source = finish(&mut prog, &mut reg, &mut implicit, &mut is_value, size)?;
                     pieces.push(Piece {
                         size: u32::try_from(size).map_err(|_| Unexpressible::Unsupported)?,
                         source,
                     });
                 }
-                _ => return Err(Unexpressible::Unsupported),
+                Operation::Register { register } => reg = Some(register.0),
+                Operation::StackValue => is_value = true,
+                Operation::ImplicitValue { data } => {
+                    implicit = Some(data.to_slice().map(|c| c.into_owned()).unwrap_or_default())
+                }
+                Operation::EntryValue { .. } => return Err(Unexpressible::EntryValue),
+                Operation::Nop => {}
+                op => self.compile_op(unit, op, address, frame_base, addr_size, &mut prog)?,
+            }
+            if prog.len() > MAX_LOC_OPS {
+                return Err(Unexpressible::Unsupported);
             }
         }
         if !any_op {
@@ -423,7 +462,7 @@ impl DebugInfo {
         }
         if pieces.is_empty() {
             let source = finish(
-                &mut stack,
+                &mut prog,
                 &mut reg,
                 &mut implicit,
                 &mut is_value,
@@ -433,7 +472,7 @@ impl DebugInfo {
                 size: u32::try_from(whole_size).map_err(|_| Unexpressible::Unsupported)?,
                 source,
             });
-        } else if reg.is_some() || implicit.is_some() || !stack.is_empty() {
+        } else if reg.is_some() || implicit.is_some() || !prog.is_empty() {
             // Operations after the last piece describe nothing we can place.
             return Err(Unexpressible::Unsupported);
         }
@@ -453,14 +492,116 @@ impl DebugInfo {
         Ok(pieces)
     }
 
-    /// The frame base of a subprogram at `address`, as `reg + offset`.
+    /// The availability a raw DWARF location expression (`bytes`, in the encoding of the
+    /// binary's first unit) gives a `size`-byte variable, with `frame_base` as the
+    /// function's frame base program. For tests and tools that check expressions one by
+    /// one; [`DebugInfo::variables_at`] is the way to get a variable's location.
+    #[doc(hidden)]
+    pub fn availability_of_expression(
+        &self,
+        bytes: &[u8],
+        frame_base: Option<&[LocOp]>,
+        size: u64,
+    ) -> Result<Availability, Error> {
+        let units = self.units()?;
+        let Some(unit) = units.first() else {
+            return Ok(Availability::OptimizedOut);
+        };
+        // x86_64 only: little endian.
+        let endian = gimli::RunTimeEndian::Little;
+        let expr = gimli::Expression(Reader::new(std::sync::Arc::from(bytes), endian));
+        Ok(match self.pieces(unit, expr, 0, frame_base, size) {
+            Ok(p) if p.is_empty() => Availability::OptimizedOut,
+            Ok(p) => Availability::Available(p),
+            Err(Unexpressible::EntryValue) => Availability::EntryValue,
+            Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
+        })
+    }
+
+    /// Appends the location-program steps of one stack operation to `prog`.
+    fn compile_op(
+        &self,
+        unit: &Unit,
+        op: Operation<Reader>,
+        address: u64,
+        frame_base: Option<&[LocOp]>,
+        addr_size: u8,
+        prog: &mut Vec<LocOp>,
+    ) -> Result<(), Unexpressible> {
+        let bin = |b| LocOp::Bin(b);
+        let step = match op {
+            Operation::RegisterOffset {
+                register, offset, ..
+            } => LocOp::Reg {
+                reg: register.0,
+                offset,
+            },
+            Operation::FrameOffset { offset } => {
+                let base = frame_base.ok_or(Unexpressible::Unsupported)?;
+                prog.extend_from_slice(base);
+                LocOp::PlusConst(offset as u64)
+            }
+            Operation::CallFrameCFA => {
+                let (reg, offset) = self.cfa_at(address).ok_or(Unexpressible::Unsupported)?;
+                LocOp::Reg { reg, offset }
+            }
+            Operation::Address { address } => LocOp::Addr(address),
+            Operation::AddressIndex { index } | Operation::ConstantIndex { index } => {
+                match self.dwarf.address(unit, index) {
+                    Ok(a) => LocOp::Addr(a),
+                    Err(_) => return Err(Unexpressible::Unsupported),
+                }
+            }
+            Operation::UnsignedConstant { value } => LocOp::Const(value),
+            Operation::SignedConstant { value } => LocOp::Const(value as u64),
+            Operation::PlusConstant { value } => LocOp::PlusConst(value),
+            Operation::Deref {
+                size, space: false, ..
+            } => {
+                let size = if size == 0 { addr_size } else { size };
+                if !(1..=8).contains(&size) {
+                    return Err(Unexpressible::Unsupported);
+                }
+                LocOp::Deref { size }
+            }
+            Operation::Plus => bin(BinOp::Plus),
+            Operation::Minus => bin(BinOp::Minus),
+            Operation::Mul => bin(BinOp::Mul),
+            Operation::Div => bin(BinOp::Div),
+            Operation::Mod => bin(BinOp::Mod),
+            Operation::And => bin(BinOp::And),
+            Operation::Or => bin(BinOp::Or),
+            Operation::Xor => bin(BinOp::Xor),
+            Operation::Shl => bin(BinOp::Shl),
+            Operation::Shr => bin(BinOp::Shr),
+            Operation::Shra => bin(BinOp::Shra),
+            Operation::Eq => bin(BinOp::Eq),
+            Operation::Ne => bin(BinOp::Ne),
+            Operation::Lt => bin(BinOp::Lt),
+            Operation::Gt => bin(BinOp::Gt),
+            Operation::Le => bin(BinOp::Le),
+            Operation::Ge => bin(BinOp::Ge),
+            Operation::Neg => LocOp::Neg,
+            Operation::Not => LocOp::Not,
+            Operation::Abs => LocOp::Abs,
+            Operation::Pick { index } => LocOp::Pick(index),
+            Operation::Drop => LocOp::Drop,
+            Operation::Swap => LocOp::Swap,
+            Operation::Rot => LocOp::Rot,
+            _ => return Err(Unexpressible::Unsupported),
+        };
+        prog.push(step);
+        Ok(())
+    }
+
+    /// The frame base of a subprogram at `address`, as a location program pushing it.
     fn frame_base(
         &self,
         _ui: usize,
         unit: &Unit,
         sub: UnitOffset,
         address: u64,
-    ) -> Result<Option<(u16, i64)>, Error> {
+    ) -> Result<Option<Vec<LocOp>>, Error> {
         let die = unit.entry(sub)?;
         let expr = match die.attr_value(gimli::DW_AT_frame_base) {
             Some(AttributeValue::Exprloc(e)) => e,
@@ -482,20 +623,33 @@ impl DebugInfo {
             },
             None => return Ok(None),
         };
+        // A register names the frame base by its value (`DW_OP_reg6`: rbp); anything
+        // else is an expression whose result is the frame base.
         let mut ops = expr.operations(unit.encoding());
-        let first = ops.next().ok().flatten();
-        let second = ops.next().ok().flatten();
-        Ok(match (first, second) {
-            (Some(Operation::Register { register }), None) => Some((register.0, 0)),
-            (
-                Some(Operation::RegisterOffset {
-                    register, offset, ..
+        let addr_size = unit.encoding().address_size;
+        let mut prog = Vec::new();
+        while let Ok(Some(op)) = ops.next() {
+            match op {
+                Operation::Register { register } if prog.is_empty() => prog.push(LocOp::Reg {
+                    reg: register.0,
+                    offset: 0,
                 }),
-                None,
-            ) => Some((register.0, offset)),
-            (Some(Operation::CallFrameCFA), None) => self.cfa_at(address),
-            _ => None,
-        })
+                Operation::Nop => {}
+                op => {
+                    if self
+                        .compile_op(unit, op, address, None, addr_size, &mut prog)
+                        .is_err()
+                    {
+                        return Ok(None);
+                    }
+                }
+            }
+            if prog.len() > MAX_LOC_OPS {
+                return Ok(None);
+            }
+        }
+        simplify(&mut prog);
+        Ok((!prog.is_empty()).then_some(prog))
     }
 
     /// The canonical frame address at `address` as `reg + offset`, from `.eh_frame` or

@@ -25,7 +25,50 @@ impl DebugInfo {
     /// The first call builds addr2line's context for the whole binary (costly); later
     /// calls reuse it.
     pub fn frames_at(&self, address: u64) -> Vec<Frame> {
-        self.symbolizer().frames(address)
+        let mut frames = self.symbolizer().frames(address);
+        // A closure symbol may be the poll function of an `async fn` or block: DWARF
+        // names those (`{async_fn#0}`), so the frame shows `shop::handle (async)`.
+        if frames.iter().any(|f| f.function.contains("{{closure}}"))
+            && let Some(names) = self.async_names_at(address)
+            && names.len() == frames.len()
+        {
+            for (f, n) in frames.iter_mut().zip(names) {
+                if n.ends_with(" (async)") || n.ends_with(" (async block)") {
+                    f.function = n;
+                }
+            }
+        }
+        frames
+    }
+
+    /// The DWARF function chain at `address`, innermost first, with coroutine names.
+    fn async_names_at(&self, address: u64) -> Option<Vec<String>> {
+        /// Past this many addresses the cache starts over (bounded memory).
+        const MAX_CACHED: usize = 4096;
+        if let Ok(cache) = self.index.async_names.lock()
+            && let Some(hit) = cache.get(&address)
+        {
+            return hit.clone();
+        }
+        let names = self.async_names_uncached(address);
+        if let Ok(mut cache) = self.index.async_names.lock() {
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+            cache.insert(address, names.clone());
+        }
+        names
+    }
+
+    fn async_names_uncached(&self, address: u64) -> Option<Vec<String>> {
+        for ui in self.units_at(address).ok()? {
+            let chain = self.scope_chain(ui, address).ok()?;
+            if chain.is_empty() {
+                continue;
+            }
+            return Some(self.function_chain(ui, &chain));
+        }
+        None
     }
 
     /// Like [`DebugInfo::frames_at`], for a return address found on the stack (a caller's
@@ -80,6 +123,7 @@ impl Symbolizer {
                     function: name.to_owned(),
                     file,
                     line,
+                    folded: Vec::new(),
                 });
             }
         } else if let Some(name) = self.symbols.lookup(address) {
@@ -115,6 +159,7 @@ impl Symbolizer {
                 function,
                 file,
                 line,
+                folded: Vec::new(),
             });
             if frames.len() >= MAX_INLINE_DEPTH {
                 break;

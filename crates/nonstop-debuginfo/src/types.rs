@@ -772,7 +772,10 @@ pub fn short_name(full: &str) -> String {
     let mut out = String::with_capacity(full.len());
     let mut token = String::new();
     let flush = |token: &mut String, out: &mut String| {
-        if STD_CRATES.iter().any(|c| token.starts_with(c)) {
+        if token.contains("{async_") {
+            // A future's state: `shop::handle::{async_fn_env#0}` → `shop::handle (async)`.
+            out.push_str(&crate::dies::async_display_name(token));
+        } else if STD_CRATES.iter().any(|c| token.starts_with(c)) {
             let last = token.rsplit("::").next().unwrap_or(token.as_str());
             out.push_str(last);
         } else {

@@ -606,6 +606,7 @@ impl Symbols {
                         function: name.to_owned(),
                         file: None,
                         line: None,
+                        folded: Vec::new(),
                     })
                     .into_iter()
                     .collect()
@@ -765,6 +766,7 @@ impl Stacks {
                 },
                 file: None,
                 line: None,
+                folded: Vec::new(),
             });
         }
         frames

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Fixture;
-use nonstop_capture::capture::{Piece, PieceSource, REG_RSP};
+use nonstop_capture::capture::{BinOp, LocOp, Piece, PieceSource, REG_RSP};
 use nonstop_debuginfo::{Availability, DebugInfo, VariableKind};
 
 /// `name: type` for each variable at the first site of a mark; parameters end in ` (p)`.
@@ -123,7 +123,22 @@ fn rust_release_variables_at_marks() {
             source: PieceSource::Register { reg: 5 }
         }])
     );
-    assert_eq!(vars[0].availability, Availability::OptimizedOut);
+    // y was folded into the addition: DWARF computes it from x (`DW_OP_breg5 +1;
+    // DW_OP_constu 0xffffffff; DW_OP_and; DW_OP_stack_value`), as gdb does.
+    assert_eq!(
+        vars[0].availability,
+        Availability::Available(vec![Piece {
+            size: 4,
+            source: PieceSource::Expr {
+                ops: vec![
+                    LocOp::Reg { reg: 5, offset: 1 },
+                    LocOp::Const(0xffff_ffff),
+                    LocOp::Bin(BinOp::And)
+                ],
+                value: true
+            }
+        }])
+    );
 }
 
 #[test]

@@ -23,7 +23,9 @@ pub mod wire;
 
 pub use grammar::{Rate, parse_duration, parse_rate};
 pub use metrics::MetricSeries;
-pub use response::{Frame, Locals, Response, SourceLocation};
+pub use response::{
+    Frame, Locals, Response, SourceLocation, fold_runtime_frames, is_runtime_frame,
+};
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};
 pub use value::{Data, Value};
 pub use wire::{AgentInfo, AgentMessage, ServerMessage};

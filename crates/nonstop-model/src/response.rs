@@ -23,6 +23,111 @@ pub struct Frame {
     pub file: Option<String>,
     /// Line, when known.
     pub line: Option<u32>,
+    /// For a frame standing for a run of the runtime's own frames (tokio's scheduler,
+    /// `catch_unwind`, `AssertUnwindSafe::call_once`, …): those frames, innermost first.
+    /// Empty (and absent from the JSON) for an ordinary frame. See [`fold_runtime_frames`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folded: Vec<Frame>,
+}
+
+/// Path prefixes of the frames an async runtime or the standard library's panic and
+/// startup machinery owns: never the program's own code.
+const RUNTIME_PREFIXES: &[&str] = &[
+    "tokio::runtime::",
+    "tokio::task::",
+    "tokio::loom::",
+    "tokio::park::",
+    "async_std::",
+    "smol::",
+    "futures_executor::",
+    "std::panicking::",
+    "std::panic::catch_unwind",
+    "core::panic::unwind_safe::",
+    "std::sys::backtrace::__rust_begin_short_backtrace",
+    "std::rt::",
+    "std::thread::local::",
+    "std::thread::Builder::spawn_unchecked",
+    "core::cell::UnsafeCell<T>::with_mut",
+    "__rust_try",
+    "__rust_begin_short_backtrace",
+];
+
+/// Call glue between runtime frames (`FnOnce::call_once` shims): folded with the frames
+/// around it, never on its own.
+const GLUE_PREFIXES: &[&str] = &["core::ops::function::", "alloc::boxed::"];
+
+/// The path a frame's function starts with, past a leading `<` of a trait impl
+/// (`<core::panic::unwind_safe::AssertUnwindSafe<F> as …>::call_once`).
+fn frame_path(function: &str) -> &str {
+    let f = function.strip_prefix('<').unwrap_or(function);
+    let f = f.strip_prefix('&').unwrap_or(f);
+    f.strip_prefix("dyn ").unwrap_or(f)
+}
+
+/// Whether a function belongs to an async runtime or to std's panic machinery.
+pub fn is_runtime_frame(function: &str) -> bool {
+    let f = frame_path(function);
+    RUNTIME_PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+fn is_glue_frame(function: &str) -> bool {
+    let f = frame_path(function);
+    GLUE_PREFIXES.iter().any(|p| f.starts_with(p))
+}
+
+/// Folds each run of two or more runtime frames (glue between them included) into one
+/// frame named `… N runtime frames (FIRST)` whose [`Frame::folded`] keeps them. The
+/// program's frames, the `poll` frames of its futures among them, stay as they are.
+pub fn fold_runtime_frames(frames: Vec<Frame>) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::with_capacity(frames.len());
+    let mut run: Vec<Frame> = Vec::new();
+    let flush = |run: &mut Vec<Frame>, out: &mut Vec<Frame>| {
+        // Glue at the end of a run belongs to the frames after it.
+        let mut tail = Vec::new();
+        while run.last().is_some_and(|f| !is_runtime_frame(&f.function)) {
+            if let Some(f) = run.pop() {
+                tail.push(f);
+            }
+        }
+        if run.len() >= 2 {
+            let folded = std::mem::take(run);
+            let first = folded
+                .iter()
+                .find(|f| is_runtime_frame(&f.function))
+                .map(|f| f.function.clone())
+                .unwrap_or_default();
+            out.push(Frame {
+                function: format!("… {} runtime frames ({first})", folded.len()),
+                file: None,
+                line: None,
+                folded,
+            });
+        } else {
+            out.append(run);
+        }
+        out.extend(tail.into_iter().rev());
+    };
+    for (i, f) in frames.into_iter().enumerate() {
+        if i == 0 {
+            // The frame of the hit itself is never folded.
+            out.push(f);
+            continue;
+        }
+        let runtime = is_runtime_frame(&f.function);
+        if runtime || (!run.is_empty() && is_glue_frame(&f.function)) {
+            run.push(f);
+            continue;
+        }
+        flush(&mut run, &mut out);
+        if is_glue_frame(&f.function) {
+            // Glue before a run: hold it, it folds if runtime frames follow.
+            run.push(f);
+            continue;
+        }
+        out.push(f);
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// What one hit produced.
@@ -104,6 +209,64 @@ impl<'de> Deserialize<'de> for Locals {
 mod tests {
     use super::*;
     use crate::value::Data;
+
+    fn frame(f: &str) -> Frame {
+        Frame {
+            function: f.into(),
+            file: None,
+            line: None,
+            folded: vec![],
+        }
+    }
+
+    #[test]
+    fn runtime_runs_fold_into_one_frame_and_the_program_s_stay() {
+        let names = [
+            "shop::handle (async)",
+            "shop::serve (async)",
+            "tokio::runtime::task::core::Core<T,S>::poll::{{closure}}",
+            "tokio::loom::std::unsafe_cell::UnsafeCell<T>::with_mut",
+            "core::ops::function::FnOnce::call_once",
+            "<core::panic::unwind_safe::AssertUnwindSafe<F> as core::ops::function::FnOnce<()>>::call_once",
+            "std::panicking::catch_unwind::do_call",
+            "__rust_try",
+            "shop::main",
+            "core::ops::function::FnOnce::call_once",
+            "std::rt::lang_start::{{closure}}",
+        ];
+        let folded = fold_runtime_frames(names.iter().map(|n| frame(n)).collect());
+        let shown: Vec<&str> = folded.iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "shop::handle (async)",
+                "shop::serve (async)",
+                "… 6 runtime frames (tokio::runtime::task::core::Core<T,S>::poll::{{closure}})",
+                "shop::main",
+                "… 2 runtime frames (std::rt::lang_start::{{closure}})",
+            ]
+        );
+        let inner: Vec<&str> = folded[2]
+            .folded
+            .iter()
+            .map(|f| f.function.as_str())
+            .collect();
+        assert_eq!(inner, names[2..8]);
+        // Glue alone, a single runtime frame, and the hit's own frame never fold.
+        let kept = [
+            "tokio::runtime::x",
+            "core::ops::function::FnOnce::call_once",
+            "a::b",
+        ];
+        let out = fold_runtime_frames(kept.iter().map(|n| frame(n)).collect());
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|f| f.folded.is_empty()));
+        // The JSON of an ordinary frame has no `folded`.
+        assert_eq!(
+            serde_json::to_string(&frame("a")).unwrap(),
+            r#"{"function":"a","file":null,"line":null}"#
+        );
+    }
 
     fn response(watch: Locals) -> Response {
         Response {

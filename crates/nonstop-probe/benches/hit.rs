@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
-use nonstop_capture::capture::{CapturePlan, Piece, PieceSource, RootPlan};
+use nonstop_capture::capture::{CapturePlan, LocOp, Piece, PieceSource, RootPlan};
 use nonstop_capture::filter::{Filter, FilterRead, Op, ReadKind};
 use nonstop_probe::{Engine, EngineConfig, ProbeSpec, RateLimit};
 
@@ -80,6 +80,38 @@ fn five_variables() -> Arc<CapturePlan> {
     };
     Arc::new(CapturePlan {
         roots: vec![reg(5), reg(4), stack(0), stack(8), stack(16)],
+        nodes: vec![],
+        stack_bytes: 0,
+        max_bytes: 4096,
+    })
+}
+
+/// Five locals of an async fn: each read through the pointer in the frame
+/// (`DW_OP_breg7 +0; DW_OP_deref; DW_OP_plus_uconst N`), here the return address, so
+/// every read lands in readable code.
+fn five_async_locals() -> Arc<CapturePlan> {
+    let through = |offset| RootPlan {
+        pieces: vec![Piece {
+            size: 8,
+            source: PieceSource::Expr {
+                ops: vec![
+                    LocOp::Reg { reg: 7, offset: 0 },
+                    LocOp::Deref { size: 8 },
+                    LocOp::PlusConst(offset),
+                ],
+                value: false,
+            },
+        }],
+        node: None,
+    };
+    Arc::new(CapturePlan {
+        roots: vec![
+            through(0),
+            through(8),
+            through(16),
+            through(24),
+            through(32),
+        ],
         nodes: vec![],
         stack_bytes: 0,
         max_bytes: 4096,
@@ -234,6 +266,10 @@ fn summary() {
     let cases = [
         ("metric count (counted in the trap path)", count),
         ("log, 5 locals", ProbeSpec::new(entry(), five_variables())),
+        (
+            "log, 5 async locals (deref chain each)",
+            ProbeSpec::new(entry(), five_async_locals()),
+        ),
         (
             "snapshot, 5 locals + 16 KiB of stack",
             ProbeSpec::new(entry(), Arc::new(snapshot_plan)),

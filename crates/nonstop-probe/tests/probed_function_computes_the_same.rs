@@ -124,6 +124,61 @@ fn a_plan_reading_a_null_pointer_yields_a_fault_not_a_crash() {
 }
 
 #[test]
+fn a_deref_chain_through_a_bad_pointer_yields_a_fault_not_a_crash() {
+    use nonstop_capture::capture::{CapturedRoot, LocOp, Piece, PieceSource, RootPlan};
+    let _s = serial();
+    let engine = engine();
+    let entry = target_instructions()[0].ip();
+    let expr = |ops: Vec<LocOp>| RootPlan {
+        pieces: vec![Piece {
+            size: 8,
+            source: PieceSource::Expr { ops, value: false },
+        }],
+        node: None,
+    };
+    let plan = CapturePlan {
+        roots: vec![
+            // An async local through the pointer in rdi (null, then 16): `*(rdi) + 0x90`.
+            expr(vec![
+                LocOp::Reg { reg: 5, offset: 0 },
+                LocOp::Deref { size: 8 },
+                LocOp::PlusConst(0x90),
+            ]),
+            // A wild pointer met halfway along a chain.
+            expr(vec![
+                LocOp::Const(0xdead_beef_0000),
+                LocOp::Deref { size: 8 },
+                LocOp::Deref { size: 8 },
+            ]),
+            // A good chain: the return address on top of the stack, and 8 bytes of code there.
+            expr(vec![
+                LocOp::Reg { reg: 7, offset: 0 },
+                LocOp::Deref { size: 8 },
+            ]),
+        ],
+        nodes: vec![],
+        stack_bytes: 256,
+        max_bytes: 8192,
+    };
+    let id = engine.arm(ProbeSpec::new(entry, Arc::new(plan))).unwrap();
+    assert_eq!(target(0, 1), expected(0, 1));
+    assert_eq!(target(16, 1), expected(16, 1));
+    engine.disarm(id).unwrap();
+    let records = drain_for(engine, id);
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert_eq!(r.roots[0], CapturedRoot::Fault);
+        assert_eq!(r.roots[1], CapturedRoot::Fault);
+        let CapturedRoot::Bytes { bytes, addr } = &r.roots[2] else {
+            panic!("{:?}", r.roots[2]);
+        };
+        assert_eq!(bytes.len(), 8);
+        // The return address is inside this test binary's code, after a call.
+        assert!(addr.is_some_and(|a| a > 0x1000), "{addr:?}");
+    }
+}
+
+#[test]
 fn every_instruction_of_a_rust_function_can_be_probed() {
     #[inline(never)]
     fn work(v: &[u64], k: u64) -> u64 {

@@ -377,7 +377,11 @@ fn hit(
         "frames": [
             {"function": "shop::cart::Cart::add", "file": abs, "line": line},
             {"function": "shop::main", "file": "/home/ci/shop/src/main.rs", "line": 4},
-            {"function": "std::rt::lang_start", "file": null, "line": null}
+            {"function": "… 2 runtime frames (std::panicking::catch_unwind)", "file": null, "line": null,
+             "folded": [
+                {"function": "std::panicking::catch_unwind", "file": null, "line": null},
+                {"function": "std::rt::lang_start", "file": null, "line": null}
+             ]}
         ],
         "locals": {
             "total": {"type": "u64", "value": total},

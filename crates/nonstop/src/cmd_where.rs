@@ -1,7 +1,7 @@
 //! `nonstop where BINARY LOCATION [--json]`: what a location resolves to.
 
 use anyhow::Context as _;
-use nonstop_capture::capture::{Piece, PieceSource};
+use nonstop_capture::capture::{LocOp, Piece, PieceSource};
 use nonstop_debuginfo::{Availability, DebugInfo, Site, Variable, VariableKind};
 use serde::Serialize;
 use std::io::Write;
@@ -157,6 +157,19 @@ fn offset(reg: u16, off: i64) -> String {
     }
 }
 
+/// One step of a location program, as `where` prints it (`rsp+0x10`, `deref`, `+0x90`).
+fn loc_op(op: &LocOp) -> String {
+    match op {
+        LocOp::Reg { reg, offset: o } => offset(*reg, *o),
+        LocOp::Const(c) => format!("{c:#x}"),
+        LocOp::Addr(a) => format!("addr {a:#x}"),
+        LocOp::Deref { size: 8 } => "deref".into(),
+        LocOp::Deref { size } => format!("deref {size}"),
+        LocOp::PlusConst(c) => format!("+{c:#x}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 fn piece_out(p: &Piece) -> PieceOut {
     let location = match &p.source {
         PieceSource::Register { reg } => format!("reg {}", reg_name(*reg)),
@@ -166,6 +179,14 @@ fn piece_out(p: &Piece) -> PieceOut {
         PieceSource::Implicit(bytes) => {
             let hex: String = bytes.iter().rev().map(|b| format!("{b:02x}")).collect();
             format!("const 0x{hex}")
+        }
+        PieceSource::Expr { ops, value } => {
+            let steps: Vec<String> = ops.iter().map(loc_op).collect();
+            format!(
+                "{}{}",
+                if *value { "value " } else { "at " },
+                steps.join("; ")
+            )
         }
         PieceSource::Unavailable => "optimized out".into(),
     };
