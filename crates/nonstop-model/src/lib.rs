@@ -3,6 +3,7 @@
 //! # Overview
 //! - [`Rule`]: what a user asks for at a location (the API body and the rules file form).
 //! - [`Response`]: what one hit produced, with its [`Value`]s.
+//! - [`views`]: what the server's API answers about rules, agents and metric series.
 //! - [`templates::Template`]: the named templates ("dump frame", "log line", …) that
 //!   expand into plain rules.
 //!
@@ -19,6 +20,7 @@ pub mod response;
 pub mod rule;
 pub mod templates;
 pub mod value;
+pub mod views;
 pub mod wire;
 
 pub use grammar::{Rate, parse_duration, parse_rate};

@@ -16,6 +16,17 @@ pub enum Action {
     Metric,
 }
 
+impl Action {
+    /// Its word in rules and the API: `snapshot`, `log` or `metric`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Snapshot => "snapshot",
+            Action::Log => "log",
+            Action::Metric => "metric",
+        }
+    }
+}
+
 /// The kind of a metric rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -194,6 +205,22 @@ pub enum StatusKind {
     /// The rule is disabled on the server, so the agent disarmed it (the server's view of
     /// an agent's status; agents never report it).
     Disabled,
+}
+
+impl StatusKind {
+    /// Its word in the API: `pending`, `armed`, `error`, `rate-limited`, `expired`, `done`
+    /// or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusKind::Pending => "pending",
+            StatusKind::Armed => "armed",
+            StatusKind::Error => "error",
+            StatusKind::RateLimited => "rate-limited",
+            StatusKind::Expired => "expired",
+            StatusKind::Done => "done",
+            StatusKind::Disabled => "disabled",
+        }
+    }
 }
 
 /// A rule's status on one agent.

@@ -10,50 +10,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use nonstop_model::{AgentInfo, Rule, StatusKind};
-use serde::{Deserialize, Serialize};
+use nonstop_model::{Rule, StatusKind};
+use serde::Deserialize;
 use std::sync::Arc;
 
-/// A rule with its server-side state and its status on each agent.
-#[derive(Debug, Serialize)]
-pub struct RuleView {
-    /// The rule, defaults filled in.
-    pub rule: Rule,
-    /// `active`, `done` or `expired`.
-    pub state: RuleState,
-    /// Whether it is sent to agents (`POST /api/v1/rules/{id}/disable` and `/enable`).
-    pub enabled: bool,
-    /// When it was created (RFC 3339).
-    pub created: String,
-    /// When it expires (RFC 3339).
-    pub expires_at: Option<String>,
-    /// Hits over all agents: responses stored, or for a metric rule the sum of its
-    /// series' counts.
-    pub hits: u64,
-    /// Its status on each agent that reported one.
-    pub agents: Vec<StatusView>,
-}
-
-/// A rule's status on one agent.
-#[derive(Debug, Serialize)]
-pub struct StatusView {
-    /// The agent.
-    pub agent: String,
-    /// Its status there.
-    pub status: StatusKind,
-    /// What a person should know (always set for `error`).
-    pub message: Option<String>,
-    /// Probes armed.
-    pub probes: u32,
-    /// Hits on that agent.
-    pub hits: u64,
-    /// Hits dropped there.
-    pub dropped: u64,
-    /// When the agent reported it (RFC 3339).
-    pub updated: String,
-    /// Whether the agent is connected now (a status of a gone agent is its last word).
-    pub connected: bool,
-}
+pub use nonstop_model::views::{AgentView, RuleView, StatusView};
 
 /// A rule's view: its reported statuses, plus `pending` for each connected agent it
 /// selects that has not reported on it yet.
@@ -129,22 +90,6 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
         hits: r.hits,
         agents: views,
     }
-}
-
-/// An agent as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct AgentView {
-    /// Who it is.
-    #[serde(flatten)]
-    pub info: AgentInfo,
-    /// Whether it holds a connection now.
-    pub connected: bool,
-    /// First seen (RFC 3339).
-    pub first_seen: String,
-    /// Last seen (RFC 3339).
-    pub last_seen: String,
-    /// Responses it dropped because its buffer was full (should be 0).
-    pub dropped: u64,
 }
 
 fn agent_view(a: AgentRecord) -> AgentView {

@@ -9,11 +9,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use nonstop_model::MetricSeries;
 use nonstop_model::metrics::{DroppedHits, render_dropped, render_prometheus};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+pub use nonstop_model::views::ServiceSeries;
 
 /// The content type of the Prometheus text exposition format.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -61,21 +62,6 @@ pub struct MetricsQuery {
     /// The UI's token (read by the auth layer, ignored here).
     #[serde(default, rename = "token")]
     _token: Option<serde::de::IgnoredAny>,
-}
-
-/// One series of one service: its agents' series with the same rule and tags, summed.
-#[derive(Debug, Serialize)]
-pub struct ServiceSeries {
-    /// The service.
-    pub service: String,
-    /// How many of its agents reported this series.
-    pub agents: usize,
-    /// The summed values: counts, sums, buckets and overflow added up; `last` and
-    /// `updated` from the series updated last.
-    #[serde(flatten)]
-    pub series: MetricSeries,
-    /// When the server last received a report of it (RFC 3339).
-    pub received: String,
 }
 
 /// `GET /api/v1/metrics[?rule=ID]`: the series summed per service, by service, rule and tags.

@@ -7,7 +7,6 @@
 
 use nonstop_model::metrics::MetricSeries;
 use nonstop_model::{AgentInfo, Response, Rule, RuleStatus};
-use serde::Serialize;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -29,37 +28,7 @@ pub enum StoreError {
     DuplicateRule(String),
 }
 
-/// The lifecycle state of a rule on the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleState {
-    /// Sent to matching agents.
-    Active,
-    /// Reached its max hits.
-    Done,
-    /// Its time ran out.
-    Expired,
-}
-
-impl RuleState {
-    /// The word stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuleState::Active => "active",
-            RuleState::Done => "done",
-            RuleState::Expired => "expired",
-        }
-    }
-
-    /// The state a stored word names (unknown words read as `expired`, which is inert).
-    pub fn parse(s: &str) -> RuleState {
-        match s {
-            "active" => RuleState::Active,
-            "done" => RuleState::Done,
-            _ => RuleState::Expired,
-        }
-    }
-}
+pub use nonstop_model::views::RuleState;
 
 /// A rule as stored, with its server-side state.
 #[derive(Debug, Clone, PartialEq)]

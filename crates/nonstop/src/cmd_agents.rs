@@ -2,7 +2,7 @@
 
 use crate::client::{Client, ServerArgs, outln};
 use anyhow::Result;
-use serde_json::Value;
+use nonstop_model::views::AgentView;
 use std::process::ExitCode;
 
 /// List agents (connected first by last contact).
@@ -22,12 +22,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         outln!("{}", client.get_text("/api/v1/agents")?);
         return Ok(ExitCode::SUCCESS);
     }
-    let agents: Vec<Value> = client.get("/api/v1/agents")?;
-    let s = |v: &Value, k: &str| match v.get(k) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    };
+    let agents: Vec<AgentView> = client.get("/api/v1/agents")?;
     let mut rows = vec![
         [
             "AGENT",
@@ -42,19 +37,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .to_vec(),
     ];
     for a in &agents {
-        let state = if a.get("connected").and_then(Value::as_bool) == Some(true) {
-            "connected"
-        } else {
-            "gone"
-        };
+        let info = &a.info;
         rows.push(vec![
-            s(a, "id"),
-            s(a, "service"),
-            s(a, "host"),
-            s(a, "pid"),
-            s(a, "version"),
-            state.into(),
-            s(a, "last_seen"),
+            info.id.clone(),
+            info.service.clone(),
+            info.host.clone(),
+            info.pid.to_string(),
+            info.version.clone().unwrap_or_else(|| "-".into()),
+            if a.connected { "connected" } else { "gone" }.into(),
+            a.last_seen.clone(),
         ]);
     }
     crate::cmd_rules::print_table(&rows);

@@ -3,10 +3,10 @@
 use crate::client::{Client, ServerArgs, outln};
 use crate::cmd_rules::path_id;
 use anyhow::{Result, bail};
+use nonstop_model::Action;
+use nonstop_model::MetricKind;
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, quantile_upper_bound};
-use nonstop_model::{MetricKind, MetricSeries};
-use serde::Deserialize;
-use serde_json::Value;
+use nonstop_model::views::{RuleView, ServiceSeries};
 use std::process::ExitCode;
 
 /// Show the values of metric rules: counts, gauges and histograms per service and tags.
@@ -23,15 +23,6 @@ pub struct Args {
     /// Print what Prometheus scrapes (`GET /metrics`, every rule's series).
     #[arg(long, conflicts_with = "rule")]
     pub prometheus: bool,
-}
-
-/// One entry of `GET /api/v1/metrics`: a series of one service, summed over its agents.
-#[derive(Debug, Deserialize)]
-struct ServiceSeries {
-    service: String,
-    agents: usize,
-    #[serde(flatten)]
-    series: MetricSeries,
 }
 
 /// Prints the metric series as a table, JSON or Prometheus text.
@@ -179,9 +170,9 @@ fn explain_empty(client: &Client, rule: Option<&str>) -> Result<()> {
         return Ok(());
     };
     // A 404 here says the rule does not exist, in the server's words.
-    let view: Value = client.get(&format!("/api/v1/rules/{id}"))?;
-    let action = view["rule"]["action"].as_str().unwrap_or("?");
-    if action != "metric" {
+    let view: RuleView = client.get(&format!("/api/v1/rules/{id}"))?;
+    let action = view.rule.action.as_str();
+    if view.rule.action != Action::Metric {
         bail!(
             "rule {id} is a {action} rule, not a metric rule: `nonstop tail --rule {id}` shows its responses"
         );

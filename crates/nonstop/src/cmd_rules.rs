@@ -2,8 +2,8 @@
 
 use crate::client::{Client, ServerArgs, outln};
 use anyhow::{Result, bail};
+use nonstop_model::views::{RuleView, TemplateView};
 use nonstop_model::{Action, Metric, MetricKind, Rule};
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
@@ -182,17 +182,13 @@ pub(crate) fn path_id(id: &str) -> Result<&str> {
 
 fn switch(a: RmArgs, enabled: bool) -> Result<ExitCode> {
     let verb = if enabled { "enable" } else { "disable" };
-    let view: Value = Client::new(&a.server)?
+    let view: RuleView = Client::new(&a.server)?
         .post(
             &format!("/api/v1/rules/{}/{verb}", path_id(&a.id)?),
             &serde_json::json!({}),
         )
         .map_err(|e| e.context(format!("the server did not {verb} the rule")))?;
-    eprintln!(
-        "nonstop: {verb}d rule {} ({} hits so far)",
-        a.id,
-        text(&view, "/hits")
-    );
+    eprintln!("nonstop: {verb}d rule {} ({} hits so far)", a.id, view.hits);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -202,35 +198,21 @@ fn templates(a: TemplatesArgs) -> Result<ExitCode> {
         outln!("{}", client.get_text("/api/v1/templates")?);
         return Ok(ExitCode::SUCCESS);
     }
-    let list: Vec<Value> = client.get("/api/v1/templates")?;
+    let list: Vec<TemplateView> = client.get("/api/v1/templates")?;
     for (i, t) in list.iter().enumerate() {
         if i > 0 {
             outln!();
         }
-        outln!(
-            "{:<9} {}: {}",
-            text(t, "/name"),
-            text(t, "/title"),
-            text(t, "/description")
-        );
-        for p in t
-            .get("params")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let need = match p.get("default").and_then(Value::as_str) {
-                _ if p["required"] == true => "required".to_string(),
+        outln!("{:<9} {}: {}", t.name, t.title, t.description);
+        for p in &t.params {
+            let need = match &p.default {
+                _ if p.required => "required".to_string(),
                 Some(d) => format!("default {d}"),
                 None => "optional".to_string(),
             };
-            outln!(
-                "          --param {}=…  {} ({need})",
-                text(p, "/name"),
-                text(p, "/description")
-            );
+            outln!("          --param {}=…  {} ({need})", p.name, p.description);
         }
-        outln!("          e.g. {}", text(t, "/example"));
+        outln!("          e.g. {}", t.example);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -387,45 +369,33 @@ fn plain_rule_from(a: &AddArgs) -> Result<Rule> {
 
 fn add(a: AddArgs) -> Result<ExitCode> {
     let rule = rule_from(&a)?;
-    let view: Value = Client::new(&a.server)?
+    let view: RuleView = Client::new(&a.server)?
         .post("/api/v1/rules", &rule)
         .map_err(|e| e.context("the server refused the rule"))?;
-    let id = view
-        .pointer("/rule/id")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    outln!("{id}");
+    outln!("{}", view.rule.id);
     Ok(ExitCode::SUCCESS)
 }
 
-fn text(v: &Value, pointer: &str) -> String {
-    match v.pointer(pointer) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    }
+/// An optional field as a cell: `-` when it is not set.
+fn cell<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
 /// The rule's state, `disabled` added when it is: "active, disabled".
-fn state(view: &Value) -> String {
-    let state = text(view, "/state");
-    if view.get("enabled") == Some(&Value::Bool(false)) {
-        format!("{state}, disabled")
+fn state(view: &RuleView) -> String {
+    let state = view.state.as_str();
+    if view.enabled {
+        state.to_string()
     } else {
-        state
+        format!("{state}, disabled")
     }
 }
 
 /// "2 armed, 1 error" from a rule view's `agents`.
-fn summary(view: &Value) -> String {
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for a in view
-        .get("agents")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        *counts.entry(text(a, "/status")).or_default() += 1;
+fn summary(view: &RuleView) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for a in &view.agents {
+        *counts.entry(a.status.as_str()).or_default() += 1;
     }
     if counts.is_empty() {
         return "no agent yet".into();
@@ -443,7 +413,7 @@ fn list(a: ListArgs) -> Result<ExitCode> {
         outln!("{}", client.get_text("/api/v1/rules")?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rules: Vec<Value> = client.get("/api/v1/rules")?;
+    let rules: Vec<RuleView> = client.get("/api/v1/rules")?;
     let mut rows = vec![
         ["RULE", "STATE", "ACTION", "AT", "SERVICE", "HITS", "AGENTS"]
             .map(String::from)
@@ -451,12 +421,12 @@ fn list(a: ListArgs) -> Result<ExitCode> {
     ];
     for r in &rules {
         rows.push(vec![
-            text(r, "/rule/id"),
+            r.rule.id.clone(),
             state(r),
-            text(r, "/rule/action"),
-            text(r, "/rule/at"),
-            text(r, "/rule/service"),
-            text(r, "/hits"),
+            r.rule.action.as_str().into(),
+            r.rule.at.clone(),
+            cell(r.rule.service.as_deref()),
+            r.hits.to_string(),
             summary(r),
         ]);
     }
@@ -471,35 +441,31 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         outln!("{}", client.get_text(&path)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let view: Value = client.get(&path)?;
-    outln!("rule     {}", text(&view, "/rule/id"));
-    outln!("state    {} ({} hits)", state(&view), text(&view, "/hits"));
-    outln!("at       {}", text(&view, "/rule/at"));
-    outln!("action   {}", text(&view, "/rule/action"));
-    for (label, p) in [
-        ("template", "/rule/template"),
-        ("metric", "/rule/metric/name"),
-        ("when", "/rule/when"),
-        ("service", "/rule/service"),
-        ("version", "/rule/version"),
+    let view: RuleView = client.get(&path)?;
+    let rule = &view.rule;
+    outln!("rule     {}", rule.id);
+    outln!("state    {} ({} hits)", state(&view), view.hits);
+    outln!("at       {}", rule.at);
+    outln!("action   {}", rule.action.as_str());
+    for (label, v) in [
+        ("template", rule.template.as_deref()),
+        ("metric", rule.metric.as_ref().map(|m| m.name.as_str())),
+        ("when", rule.when.as_deref()),
+        ("service", rule.service.as_deref()),
+        ("version", rule.version.as_deref()),
     ] {
-        if view.pointer(p).is_some() {
-            outln!("{label:<8} {}", text(&view, p));
+        if let Some(v) = v {
+            outln!("{label:<8} {v}");
         }
     }
     outln!(
         "limits   max hits {}, rate {}, expires after {} (at {})",
-        text(&view, "/rule/max_hits"),
-        text(&view, "/rule/rate"),
-        text(&view, "/rule/expires"),
-        text(&view, "/expires_at")
+        cell(rule.max_hits),
+        cell(rule.rate.as_deref()),
+        cell(rule.expires.as_deref()),
+        cell(view.expires_at.as_deref())
     );
-    let agents = view
-        .get("agents")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if agents.is_empty() {
+    if view.agents.is_empty() {
         outln!("agents   none has reported on this rule yet");
         return Ok(ExitCode::SUCCESS);
     }
@@ -509,14 +475,14 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
             .map(String::from)
             .to_vec(),
     ];
-    for s in &agents {
+    for s in &view.agents {
         rows.push(vec![
-            text(s, "/agent"),
-            text(s, "/status"),
-            text(s, "/probes"),
-            text(s, "/hits"),
-            text(s, "/dropped"),
-            text(s, "/message"),
+            s.agent.clone(),
+            s.status.as_str().into(),
+            s.probes.to_string(),
+            s.hits.to_string(),
+            s.dropped.to_string(),
+            cell(s.message.as_deref()),
         ]);
     }
     print_table(&rows);
