@@ -23,6 +23,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes (RFC 6455).
 const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
@@ -164,7 +165,22 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, mut info: AgentInfo
                 msg = socket.recv() => {
                     let t = match msg {
                         None => return "connection closed".into(),
-                        Some(Err(e)) => return format!("connection error: {e}"),
+                        Some(Err(e)) => {
+                            let err = e.to_string();
+                            // tungstenite names the frame that broke the protocol; say it in
+                            // the close frame too.
+                            if err.contains("Space limit exceeded") || err.contains("too long") {
+                                let reason = format!("message too big: at most {MAX_AGENT_MESSAGE} bytes");
+                                close(socket, CLOSE_TOO_BIG, &reason).await;
+                                return reason;
+                            }
+                            if err.to_ascii_lowercase().contains("utf-8") {
+                                let reason = "text frame not UTF-8";
+                                close(socket, CLOSE_INVALID, reason).await;
+                                return reason.into();
+                            }
+                            return format!("connection error: {err}");
+                        }
                         Some(Ok(Message::Text(t))) => t,
                         Some(Ok(Message::Close(_))) => return "agent closed".into(),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

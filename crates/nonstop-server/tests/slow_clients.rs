@@ -125,3 +125,45 @@ fn connections_over_the_per_address_cap_are_closed_and_a_freed_slot_serves_again
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The close frame the server sends next (code and reason).
+fn close_frame(agent: &mut common::FakeAgent) -> (u16, String) {
+    loop {
+        match agent.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => {
+                return (u16::from(f.code), f.reason.to_string());
+            }
+            Ok(tungstenite::Message::Close(None)) => panic!("closed without a frame"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_websocket_frame_too_big_closes_with_1009_and_one_not_utf8_with_1007() {
+    let (_dir, s) = start(ConnLimits::default());
+    let mut big = s.agent("big-1", "svc");
+    big.recv_rule_ids();
+    let text = format!("\"{}\"", "x".repeat((8 << 20) + 1));
+    big.ws.send(tungstenite::Message::text(text)).unwrap();
+    assert_eq!(
+        close_frame(&mut big),
+        (1009, "message too big: at most 8388608 bytes".to_string())
+    );
+
+    let mut bad = s.agent("bad-1", "svc");
+    bad.recv_rule_ids();
+    let frame = tungstenite::protocol::frame::Frame::message(
+        vec![b'"', 0xff, 0xfe, b'"'],
+        tungstenite::protocol::frame::coding::OpCode::Data(
+            tungstenite::protocol::frame::coding::Data::Text,
+        ),
+        true,
+    );
+    bad.ws.send(tungstenite::Message::Frame(frame)).unwrap();
+    assert_eq!(
+        close_frame(&mut bad),
+        (1007, "text frame not UTF-8".to_string())
+    );
+}
