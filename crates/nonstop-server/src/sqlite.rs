@@ -238,7 +238,12 @@ fn read_agent(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentInfo, String, boo
         host: r.get(4)?,
         pid: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         labels: Default::default(),
-        started: r.get(7)?,
+        // An agent that did not say when it started (serverless, old agents) shows when
+        // the server first saw it, so `started` is always a date-time as documented.
+        started: match r.get::<_, String>(7)? {
+            s if s.is_empty() => crate::clock::rfc3339(r.get(9)?),
+            s => s,
+        },
     };
     Ok((
         info,

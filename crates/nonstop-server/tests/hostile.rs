@@ -270,3 +270,32 @@ fn oversized_or_control_character_hellos_are_refused_with_a_reason() {
     assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
     assert_eq!(agents[0]["service"], json!("svc"));
 }
+
+#[test]
+fn limit_10001_is_a_400_and_an_agent_without_started_shows_a_date_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let (status, body) = s.call("GET", "/api/v1/responses?limit=10001", None);
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"error": "limit=10001 is too large: at most 10000 responses per request"})
+    );
+    let (status, body) = s.call("GET", "/api/v1/responses?limit=10000", None);
+    assert_eq!((status, body.as_str()), (200, "[]"));
+
+    let (status, _) = post_agent(
+        &s,
+        "/agent/v1/responses",
+        r#"[{"type":"hello","agent":{"id":"x1","service":"svc"}}]"#,
+    );
+    assert_eq!(status, 200);
+    let agents = s.get_json("/api/v1/agents");
+    let started = agents[0]["started"].as_str().unwrap().to_string();
+    // RFC 3339 in UTC with milliseconds, as the server writes times.
+    let shape: String = started
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{started}");
+}
