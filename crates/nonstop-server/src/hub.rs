@@ -367,15 +367,38 @@ pub async fn post_messages(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     q: Result<Query<AgentQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = q
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?
         .0;
+    // A body over the limit (or cut) is answered with the API's JSON error too.
+    let body = body.map_err(|e| {
+        let message = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the batch is over {} bytes: send fewer responses per request",
+                crate::MAX_AGENT_BODY
+            )
+        } else {
+            format!("cannot read the batch: {}", e.body_text())
+        };
+        ApiError::new(e.status(), message)
+    })?;
     let messages = match parse_json::<Batch>(&body) {
         Ok(Batch::Many(m)) => m,
         Ok(Batch::One(m)) => vec![m],
         Err(_) => {
+            // An array: say which message is wrong and why.
+            if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+                for (i, v) in items.into_iter().enumerate() {
+                    if let Err(e) = serde_json::from_value::<AgentMessage>(v) {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("message {i} of the batch: {e}"),
+                        ));
+                    }
+                }
+            }
             // Parse again as one message for an error that says where it went wrong.
             parse_json::<AgentMessage>(&body)?;
             return Err(ApiError::new(

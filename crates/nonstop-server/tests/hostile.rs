@@ -299,3 +299,28 @@ fn limit_10001_is_a_400_and_an_agent_without_started_shows_a_date_time() {
         .collect();
     assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{started}");
 }
+
+#[test]
+fn an_oversized_batch_is_a_json_413_and_a_bad_batch_names_the_message_and_the_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let big = format!("\"{}\"", "x".repeat(8 << 20));
+    assert_eq!(
+        post_agent(&s, "/agent/v1/responses", &big),
+        (
+            413,
+            json!({"error": "the batch is over 8388608 bytes: send fewer responses per request"})
+        )
+    );
+    assert_eq!(
+        post_agent(
+            &s,
+            "/agent/v1/responses",
+            r#"[{"type":"hello","agent":{"id":"x1","service":"svc"}},{"type":"nonsense"}]"#
+        ),
+        (
+            400,
+            json!({"error": "message 1 of the batch: unknown variant `nonsense`, expected one of `hello`, `status`, `responses`, `metrics`, `ping`"})
+        )
+    );
+}
