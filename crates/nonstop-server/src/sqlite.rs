@@ -374,6 +374,9 @@ impl Store for SqliteStore {
             .map_err(db)?;
         tx.execute("DELETE FROM metric_series WHERE rule = ?1", [id])
             .map_err(db)?;
+        // Its responses go with it (the index by rule makes this one range).
+        tx.execute("DELETE FROM responses WHERE rule = ?1", [id])
+            .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(n > 0)
     }

@@ -324,3 +324,40 @@ fn an_oversized_batch_is_a_json_413_and_a_bad_batch_names_the_message_and_the_fa
         )
     );
 }
+
+#[test]
+fn deleting_a_rule_deletes_its_stored_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let gone = s.add_rule(r#"{"at":"src/cart.rs:42","action":"log","template":"m"}"#);
+    let kept = s.add_rule(r#"{"at":"src/cart.rs:43","action":"log","template":"m"}"#);
+    let batch = json!([
+        {"type":"hello","agent":{"id":"x1","service":"svc"}},
+        {"type":"responses","responses":[
+            common::response(&gone, "x1", 1), common::response(&gone, "x1", 2),
+            common::response(&kept, "x1", 3)], "dropped": 0}
+    ]);
+    let (status, body) = post_agent(&s, "/agent/v1/responses", &batch.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 3);
+    let (status, _) = s.call("DELETE", &format!("/api/v1/rules/{gone}"), None);
+    assert_eq!(status, 204);
+    let left = s.get_json("/api/v1/responses");
+    let rules: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, vec![kept.as_str()]);
+    s.stop();
+    let db = rusqlite::Connection::open(dir.path().join("nonstop.db")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM responses WHERE rule = ?1",
+            [&gone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+}
