@@ -45,7 +45,7 @@ fn run(agents: usize, batch: usize, per_agent: usize) -> f64 {
         .expect("add rule");
     let rule: serde_json::Value =
         serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json");
-    let rule = rule["id"].as_str().expect("rule id").to_string();
+    let rule = rule["rule"]["id"].as_str().expect("rule id").to_string();
 
     let start = Instant::now();
     let threads: Vec<_> = (0..agents)
