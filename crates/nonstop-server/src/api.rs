@@ -263,6 +263,9 @@ pub async fn list_agents(State(app): State<Arc<App>>) -> Result<Json<Vec<AgentVi
     Ok(Json(agents.into_iter().map(agent_view).collect()))
 }
 
+/// The largest `limit` of `GET /api/v1/responses` (the OpenAPI document's maximum).
+const MAX_RESPONSES_LIMIT: u64 = 10_000;
+
 /// The query of `GET /api/v1/responses`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,7 +288,12 @@ pub async fn list_responses(
     if let Some(r) = &q.rule {
         checked_id(r)?;
     }
-    let limit = q.limit.unwrap_or(100).min(10_000);
+    let limit = q.limit.unwrap_or(100);
+    if limit > MAX_RESPONSES_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit={limit} is too large: at most {MAX_RESPONSES_LIMIT} responses per request"
+        )));
+    }
     let responses = app
         .blocking(move |s| s.responses(q.rule.as_deref(), limit))
         .await?;

@@ -23,6 +23,7 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Close codes (RFC 6455).
 const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_INVALID: u16 = 1007;
 const CLOSE_UNSUPPORTED: u16 = 1003;
 const CLOSE_AWAY: u16 = 1001;
@@ -164,7 +165,22 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, mut info: AgentInfo
                 msg = socket.recv() => {
                     let t = match msg {
                         None => return "connection closed".into(),
-                        Some(Err(e)) => return format!("connection error: {e}"),
+                        Some(Err(e)) => {
+                            let err = e.to_string();
+                            // tungstenite names the frame that broke the protocol; say it in
+                            // the close frame too.
+                            if err.contains("Space limit exceeded") || err.contains("too long") {
+                                let reason = format!("message too big: at most {MAX_AGENT_MESSAGE} bytes");
+                                close(socket, CLOSE_TOO_BIG, &reason).await;
+                                return reason;
+                            }
+                            if err.to_ascii_lowercase().contains("utf-8") {
+                                let reason = "text frame not UTF-8";
+                                close(socket, CLOSE_INVALID, reason).await;
+                                return reason.into();
+                            }
+                            return format!("connection error: {err}");
+                        }
                         Some(Ok(Message::Text(t))) => t,
                         Some(Ok(Message::Close(_))) => return "agent closed".into(),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -351,15 +367,38 @@ pub async fn post_messages(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     q: Result<Query<AgentQuery>, QueryRejection>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let q = q
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?
         .0;
+    // A body over the limit (or cut) is answered with the API's JSON error too.
+    let body = body.map_err(|e| {
+        let message = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "the batch is over {} bytes: send fewer responses per request",
+                crate::MAX_AGENT_BODY
+            )
+        } else {
+            format!("cannot read the batch: {}", e.body_text())
+        };
+        ApiError::new(e.status(), message)
+    })?;
     let messages = match parse_json::<Batch>(&body) {
         Ok(Batch::Many(m)) => m,
         Ok(Batch::One(m)) => vec![m],
         Err(_) => {
+            // An array: say which message is wrong and why.
+            if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) {
+                for (i, v) in items.into_iter().enumerate() {
+                    if let Err(e) = serde_json::from_value::<AgentMessage>(v) {
+                        return Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            format!("message {i} of the batch: {e}"),
+                        ));
+                    }
+                }
+            }
             // Parse again as one message for an error that says where it went wrong.
             parse_json::<AgentMessage>(&body)?;
             return Err(ApiError::new(

@@ -50,6 +50,7 @@ mod app;
 mod auth;
 mod checks;
 pub mod clock;
+pub mod conn;
 mod error;
 mod hub;
 pub mod ids;
@@ -105,6 +106,8 @@ pub struct Config {
     /// The largest capture limits a rule may ask for (`--max-limits`); a rule above one
     /// is refused, and a default above one is lowered to it.
     pub max_limits: nonstop_model::CaptureLimits,
+    /// Idle timeout and caps on open connections ([`conn::ConnLimits`]).
+    pub connections: conn::ConnLimits,
 }
 
 impl Config {
@@ -118,6 +121,7 @@ impl Config {
             tls: None,
             sources: Vec::new(),
             max_limits: validate::DEFAULT_MAX_LIMITS,
+            connections: conn::ConnLimits::default(),
         }
     }
 }
@@ -413,10 +417,12 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let shutdown = async move {
         let _ = graceful.wait_for(|s| *s).await;
     };
+    let limits = config.connections;
     let service = router(app).into_make_service();
     let task = match acceptor {
         None => tokio::spawn(async move {
-            let server = axum::serve(listener, service).with_graceful_shutdown(shutdown);
+            let server = axum::serve(conn::Limited::new(listener, limits), service)
+                .with_graceful_shutdown(shutdown);
             if let Err(e) = server.await {
                 tracing::error!("server stopped: {e}");
             }
@@ -429,7 +435,8 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
                 }
             })?;
             tokio::spawn(async move {
-                let server = axum::serve(tls, service).with_graceful_shutdown(shutdown);
+                let server = axum::serve(conn::Limited::new(tls, limits), service)
+                    .with_graceful_shutdown(shutdown);
                 if let Err(e) = server.await {
                     tracing::error!("server stopped: {e}");
                 }

@@ -238,7 +238,12 @@ fn read_agent(r: &rusqlite::Row<'_>) -> rusqlite::Result<(AgentInfo, String, boo
         host: r.get(4)?,
         pid: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
         labels: Default::default(),
-        started: r.get(7)?,
+        // An agent that did not say when it started (serverless, old agents) shows when
+        // the server first saw it, so `started` is always a date-time as documented.
+        started: match r.get::<_, String>(7)? {
+            s if s.is_empty() => crate::clock::rfc3339(r.get(9)?),
+            s => s,
+        },
     };
     Ok((
         info,
@@ -368,6 +373,9 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM rule_status WHERE rule = ?1", [id])
             .map_err(db)?;
         tx.execute("DELETE FROM metric_series WHERE rule = ?1", [id])
+            .map_err(db)?;
+        // Its responses go with it (the index by rule makes this one range).
+        tx.execute("DELETE FROM responses WHERE rule = ?1", [id])
             .map_err(db)?;
         tx.commit().map_err(db)?;
         Ok(n > 0)

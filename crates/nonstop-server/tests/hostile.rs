@@ -270,3 +270,94 @@ fn oversized_or_control_character_hellos_are_refused_with_a_reason() {
     assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
     assert_eq!(agents[0]["service"], json!("svc"));
 }
+
+#[test]
+fn limit_10001_is_a_400_and_an_agent_without_started_shows_a_date_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let (status, body) = s.call("GET", "/api/v1/responses?limit=10001", None);
+    assert_eq!(status, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"error": "limit=10001 is too large: at most 10000 responses per request"})
+    );
+    let (status, body) = s.call("GET", "/api/v1/responses?limit=10000", None);
+    assert_eq!((status, body.as_str()), (200, "[]"));
+
+    let (status, _) = post_agent(
+        &s,
+        "/agent/v1/responses",
+        r#"[{"type":"hello","agent":{"id":"x1","service":"svc"}}]"#,
+    );
+    assert_eq!(status, 200);
+    let agents = s.get_json("/api/v1/agents");
+    let started = agents[0]["started"].as_str().unwrap().to_string();
+    // RFC 3339 in UTC with milliseconds, as the server writes times.
+    let shape: String = started
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99:99:99.999Z", "{started}");
+}
+
+#[test]
+fn an_oversized_batch_is_a_json_413_and_a_bad_batch_names_the_message_and_the_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let big = format!("\"{}\"", "x".repeat(8 << 20));
+    assert_eq!(
+        post_agent(&s, "/agent/v1/responses", &big),
+        (
+            413,
+            json!({"error": "the batch is over 8388608 bytes: send fewer responses per request"})
+        )
+    );
+    assert_eq!(
+        post_agent(
+            &s,
+            "/agent/v1/responses",
+            r#"[{"type":"hello","agent":{"id":"x1","service":"svc"}},{"type":"nonsense"}]"#
+        ),
+        (
+            400,
+            json!({"error": "message 1 of the batch: unknown variant `nonsense`, expected one of `hello`, `status`, `responses`, `metrics`, `ping`"})
+        )
+    );
+}
+
+#[test]
+fn deleting_a_rule_deletes_its_stored_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let gone = s.add_rule(r#"{"at":"src/cart.rs:42","action":"log","template":"m"}"#);
+    let kept = s.add_rule(r#"{"at":"src/cart.rs:43","action":"log","template":"m"}"#);
+    let batch = json!([
+        {"type":"hello","agent":{"id":"x1","service":"svc"}},
+        {"type":"responses","responses":[
+            common::response(&gone, "x1", 1), common::response(&gone, "x1", 2),
+            common::response(&kept, "x1", 3)], "dropped": 0}
+    ]);
+    let (status, body) = post_agent(&s, "/agent/v1/responses", &batch.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 3);
+    let (status, _) = s.call("DELETE", &format!("/api/v1/rules/{gone}"), None);
+    assert_eq!(status, 204);
+    let left = s.get_json("/api/v1/responses");
+    let rules: Vec<&str> = left
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, vec![kept.as_str()]);
+    s.stop();
+    let db = rusqlite::Connection::open(dir.path().join("nonstop.db")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM responses WHERE rule = ?1",
+            [&gone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0);
+}
