@@ -15,14 +15,35 @@ use std::time::{Duration, Instant};
 const FUNCTION: &str = "greeter-fn";
 const INVOCATIONS: u64 = 20;
 
+/// The CLI and server, and the example function, built once into a side target dir (one
+/// build for both, so the shared crates compile once).
+fn side_build() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            nonstop_testkit::cargo_build_aside(
+                "lambda",
+                &[
+                    "-p",
+                    "nonstop",
+                    "--bin",
+                    "nonstop",
+                    "-p",
+                    "nonstop-lambda",
+                    "--example",
+                    "greeter",
+                ],
+            )
+        })
+        .clone()
+}
+
 fn nonstop() -> PathBuf {
-    nonstop_testkit::cargo_build(&["-p", "nonstop", "--bin", "nonstop"]);
-    nonstop_testkit::profile_dir().join("nonstop")
+    side_build().join("nonstop")
 }
 
 fn greeter() -> PathBuf {
-    nonstop_testkit::cargo_build(&["-p", "nonstop-lambda", "--example", "greeter"]);
-    nonstop_testkit::profile_dir().join("examples/greeter")
+    side_build().join("examples/greeter")
 }
 
 fn source() -> PathBuf {

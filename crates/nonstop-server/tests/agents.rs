@@ -269,6 +269,7 @@ fn a_serverless_agent_uses_http_with_etags() {
         .call()
         .unwrap();
     assert_eq!(resp.status(), 304);
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
     s.call("DELETE", &format!("/api/v1/rules/{id}"), None);
     let mut resp = http
         .get(&poll)
@@ -281,7 +282,8 @@ fn a_serverless_agent_uses_http_with_etags() {
         resp.body_mut().read_json::<Value>().unwrap(),
         json!({"type": "rules", "rules": []})
     );
-    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 1);
+    // Deleting the rule deleted what it had captured.
+    assert_eq!(s.get_json("/api/v1/responses").as_array().unwrap().len(), 0);
 
     // Without a hello the agent must be named; an unknown one is told to say hello.
     let resp = http

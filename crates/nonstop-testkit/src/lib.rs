@@ -76,6 +76,30 @@ pub fn cargo_build(args: &[&str]) {
     assert!(status.success(), "{cmd:?} failed");
 }
 
+/// Runs `cargo build --quiet ARGS` into a target dir of its own, `TARGET/side/NAME`, and
+/// returns that build's profile folder. For binaries a test runs as processes: a
+/// `cargo build -p X` resolves features for `X` alone, and building that into the test's
+/// own target dir would replace the `rlib`s other test and doc-test binaries link against
+/// (rustc then fails with E0460 "found possibly newer version of crate").
+pub fn cargo_build_aside(name: &str, args: &[&str]) -> PathBuf {
+    let profile = profile_dir();
+    let release = profile.file_name().is_some_and(|n| n == "release");
+    let dir = target_dir().join("side").join(name);
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet"])
+        .args(args)
+        .arg("--target-dir")
+        .arg(&dir);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed");
+    dir.join(if release { "release" } else { "debug" })
+}
+
 /// The agent library (`PROFILE/libnonstop_agent.so`), built once per test process: cargo
 /// builds the agent's `rlib` for tests but does not always rebuild the `cdylib` beside it
 /// when a dependency changed.
