@@ -22,7 +22,7 @@ fn side_build() -> PathBuf {
     BUILT
         .get_or_init(|| {
             nonstop_testkit::cargo_build_aside(
-                "lambda",
+                "tests",
                 &[
                     "-p",
                     "nonstop",
@@ -496,6 +496,101 @@ fn with_the_server_down_invocations_go_on_and_rules_come_back_with_it() {
         let view = server.json(&["rules", "show", &second, "--json"]);
         (view["agents"][0]["status"] == "armed").then_some(())
     });
+    drop(function);
+}
+
+/// An API Gateway HTTP API (payload 2.0) event for `GET /greet?name=NAME`.
+fn http_event(name: &str) -> Vec<u8> {
+    serde_json::json!({
+        "version": "2.0",
+        "routeKey": "GET /greet",
+        "rawPath": "/greet",
+        "rawQueryString": format!("name={name}"),
+        "headers": {"host": "abc123.execute-api.eu-west-1.amazonaws.com", "accept": "text/plain"},
+        "queryStringParameters": {"name": name},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {
+                "method": "GET",
+                "path": "/greet",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "192.0.2.1",
+                "userAgent": "curl/8.5.0"
+            },
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "routeKey": "GET /greet",
+            "stage": "$default",
+            "time": "04/Dec/2026:12:00:00 +0000",
+            "timeEpoch": 1796385600000u64
+        },
+        "isBase64Encoded": false
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn an_http_function_with_lambda_http_answers_the_same_and_its_rules_fire() {
+    let server = Server::start();
+    let binary = side_build().join("examples/http_greeter");
+    let names = ["ada", "grace", "linus-t"];
+    let run = |api: &RuntimeApi| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|name| {
+                let id = api.invoke(&http_event(name));
+                let outcome = api.outcome(&id, Duration::from_secs(30));
+                assert_eq!(
+                    outcome.kind,
+                    "response",
+                    "{}",
+                    String::from_utf8_lossy(&outcome.body)
+                );
+                outcome.body
+            })
+            .collect()
+    };
+    let plain_api = RuntimeApi::start();
+    let plain = spawn_function(&binary, &plain_api, &["--without-nonstop"], &[]);
+    let plain_answers = run(&plain_api);
+    plain.kill();
+
+    let api = RuntimeApi::start();
+    let env = with_agent(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let function = spawn_function(&binary, &api, &[], &env);
+    let line = nonstop_testkit::marks(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/http_greeter.rs"),
+    )["counted"];
+    let rule = server
+        .cli(&[
+            "rules",
+            "add",
+            &format!("http_greeter.rs:{line}"),
+            "--service",
+            FUNCTION,
+            "--log",
+            "{name}: {count}",
+        ])
+        .trim()
+        .to_owned();
+    server.wait_until_armed(&rule);
+    let answers = run(&api);
+    assert_eq!(
+        answers, plain_answers,
+        "the answers changed under the layer"
+    );
+    let first: serde_json::Value = serde_json::from_slice(&answers[0]).unwrap();
+    assert_eq!(first["statusCode"], 200);
+    assert_eq!(first["body"], "hello ada (3 letters)");
+    api.wait_for_next_call(names.len() as u64 + 1, Duration::from_secs(30));
+    assert_eq!(
+        messages(&server, &rule),
+        vec!["ada: 3", "grace: 5", "linus-t: 6"]
+    );
     drop(function);
 }
 
