@@ -492,7 +492,65 @@ pub enum PlanNode {
         /// Plan for each value.
         val_each: Option<NodeId>,
     },
+    /// Two pointers, `[begin, end)` (C++ `std::vector`): up to `max_elems` elements of
+    /// `elem_size` bytes from `begin`, then `each` on every element.
+    Span {
+        /// Offset of the pointer to the first element.
+        begin_offset: u32,
+        /// Offset of the pointer one past the last element.
+        end_offset: u32,
+        /// Size of one element.
+        elem_size: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
+    /// A linked list of nodes (`std::list`, the node list of `std::unordered_map`): the
+    /// first node's address at `head_offset`, the element count at `count_offset`; each
+    /// node is `node_size` bytes with its successor at `next_offset` and its value from
+    /// `value_offset`. Stops at a null link, after `count` or `max_elems` nodes.
+    Chain {
+        /// Offset of the pointer to the first node.
+        head_offset: u32,
+        /// Offset of the element count (a usize).
+        count_offset: u32,
+        /// Offset of the next-node pointer in a node.
+        next_offset: u32,
+        /// Bytes of one node read.
+        node_size: u32,
+        /// Offset of the value in a node (the value runs to the node's end).
+        value_offset: u32,
+        /// Most nodes to read.
+        max_elems: u32,
+        /// Plan for each value.
+        each: Option<NodeId>,
+    },
+    /// A binary search tree walked in order (the red-black tree of `std::map`/`set`):
+    /// the root's address at `root_offset`, each node `node_size` bytes with its children
+    /// at `left_offset` and `right_offset` (null at the leaves) and its value from
+    /// `value_offset`. Reads up to `max_elems` nodes, in order.
+    Tree {
+        /// Offset of the root pointer (0 = empty).
+        root_offset: u32,
+        /// Offset of the left-child pointer in a node.
+        left_offset: u32,
+        /// Offset of the right-child pointer in a node.
+        right_offset: u32,
+        /// Bytes of one node read.
+        node_size: u32,
+        /// Offset of the value in a node (the value runs to the node's end).
+        value_offset: u32,
+        /// Most nodes to read.
+        max_elems: u32,
+        /// Plan for each value.
+        each: Option<NodeId>,
+    },
 }
+
+/// Deepest binary tree [`PlanNode::Tree`] walks (a red-black tree of 2^31 nodes is at
+/// most 62 levels deep); deeper parts are not read.
+pub const MAX_TREE_DEPTH: usize = 64;
 
 /// Everything to read at one probe address.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -963,6 +1021,146 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 }
             }
             PlanNode::BTree { .. } => self.btree(node, at, len, depth),
+            PlanNode::Span {
+                begin_offset,
+                end_offset,
+                elem_size,
+                max_elems,
+                each,
+            } => {
+                let (Some(begin), Some(end)) =
+                    (field(self, *begin_offset, 8), field(self, *end_offset, 8))
+                else {
+                    return;
+                };
+                if *elem_size == 0 || end < begin {
+                    return;
+                }
+                let count = end
+                    .saturating_sub(begin)
+                    .checked_div(u64::from(*elem_size))
+                    .unwrap_or(0);
+                let n = count.min(u64::from(*max_elems));
+                self.elements(begin, n, *elem_size, *each, depth);
+            }
+            PlanNode::Chain {
+                head_offset,
+                count_offset,
+                next_offset,
+                node_size,
+                value_offset,
+                max_elems,
+                each,
+            } => {
+                let (Some(mut ptr), Some(count)) =
+                    (field(self, *head_offset, 8), field(self, *count_offset, 8))
+                else {
+                    return;
+                };
+                let n = count.min(u64::from(*max_elems));
+                let size = *node_size as usize;
+                let value_len = size.saturating_sub(*value_offset as usize);
+                for _ in 0..n {
+                    if ptr == 0 {
+                        return;
+                    }
+                    let Some(data) = self.block(ptr, size) else {
+                        return;
+                    };
+                    if let Some(each) = each
+                        && let Some(v) = data.checked_add(*value_offset as usize)
+                    {
+                        self.apply(*each, v, value_len, deeper);
+                    }
+                    let Some(next) = data
+                        .checked_add(*next_offset as usize)
+                        .filter(|_| (*next_offset as usize).saturating_add(8) <= size)
+                        .and_then(|a| self.get(a, 8))
+                    else {
+                        return;
+                    };
+                    ptr = next;
+                }
+            }
+            PlanNode::Tree { .. } => self.tree(node, at, len, depth),
+        }
+    }
+
+    /// In-order walk of a binary tree with a fixed-size stack of node addresses.
+    fn tree(&mut self, node: &PlanNode, at: usize, len: usize, depth: u32) {
+        let PlanNode::Tree {
+            root_offset,
+            left_offset,
+            right_offset,
+            node_size,
+            value_offset,
+            max_elems,
+            each,
+        } = node
+        else {
+            return;
+        };
+        let size = *node_size as usize;
+        let link = |off: u32| (off as usize).saturating_add(8) <= size;
+        if !link(*left_offset) || !link(*right_offset) {
+            return;
+        }
+        if (*root_offset as usize).saturating_add(8) > len {
+            return;
+        }
+        let Some(root) = at
+            .checked_add(*root_offset as usize)
+            .and_then(|a| self.get(a, 8))
+        else {
+            return;
+        };
+        let value_len = size.saturating_sub(*value_offset as usize);
+        let deeper = depth.saturating_add(1);
+        let mut sp = 0usize;
+        let mut cur = root;
+        let mut taken = 0u32;
+        // Each node is read once, on the way down; its right link and where its bytes are
+        // in the record are kept on the stack.
+        let mut pending = [0u64; MAX_TREE_DEPTH];
+        let mut values = [0usize; MAX_TREE_DEPTH];
+        while taken < *max_elems {
+            while cur != 0 {
+                if sp >= MAX_TREE_DEPTH {
+                    self.truncated = true;
+                    return;
+                }
+                let Some(data) = self.block(cur, size) else {
+                    return;
+                };
+                let (Some(left), Some(right)) = (
+                    data.checked_add(*left_offset as usize)
+                        .and_then(|a| self.get(a, 8)),
+                    data.checked_add(*right_offset as usize)
+                        .and_then(|a| self.get(a, 8)),
+                ) else {
+                    return;
+                };
+                if let (Some(p), Some(v)) = (pending.get_mut(sp), values.get_mut(sp)) {
+                    *p = right;
+                    *v = data;
+                }
+                sp = sp.saturating_add(1);
+                cur = left;
+            }
+            let Some(top) = sp.checked_sub(1) else {
+                return;
+            };
+            sp = top;
+            let (Some(&right), Some(&data)) = (pending.get(top), values.get(top)) else {
+                return;
+            };
+            taken = taken.saturating_add(1);
+            if let Some(each) = each
+                && let Some(v) = data.checked_add(*value_offset as usize)
+            {
+                self.apply(*each, v, value_len, deeper);
+            }
+            cur = right;
         }
     }
 

@@ -108,10 +108,14 @@ pub fn async_display_name(qualified: &str) -> String {
     }
 }
 
-/// Rust's `{:#}` demangling (no hash); other names as they are.
+/// Rust's `{:#}` demangling (no hash); C++ (Itanium) names as `cpp_demangle` writes them
+/// (`restock(Stock&, Item const&, int)`); other names as they are.
 pub(crate) fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
         Ok(d) => format!("{d:#}"),
+        Err(_) if name.starts_with("_Z") => {
+            addr2line::demangle(name, gimli::DW_LANG_C_plus_plus).unwrap_or_else(|| name.into())
+        }
         Err(_) => name.to_string(),
     }
 }
@@ -482,5 +486,17 @@ impl DebugInfo {
             .filter(|s| s.is_function())
             .map(|s| self.function_name(ui, s.offset))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod cpp_tests {
+    #[test]
+    fn cpp_names_are_demangled() {
+        assert_eq!(
+            super::demangle("_Z7restockR5StockRK4Itemi"),
+            "restock(Stock&, Item const&, int)"
+        );
+        assert_eq!(super::demangle("main"), "main");
     }
 }
