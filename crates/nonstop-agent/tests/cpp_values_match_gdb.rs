@@ -520,7 +520,7 @@ fn compare(opt: &str, mark: &str) -> (nonstop_model::Response, usize) {
 fn a_snapshot_shows_the_std_types_as_gdb_s_printers_do() {
     let (r, compared) = compare("-O0", "report");
     // Every local and argument gdb shows, none missing.
-    assert_eq!(compared, 23, "{:?}", r.locals);
+    assert_eq!(compared, 21, "{:?}", r.locals);
     assert_eq!(r.location.function, "report(Stock&, int)");
     assert_eq!(r.frames[0].function, "report(Stock&, int)");
     assert_eq!(
@@ -549,10 +549,10 @@ fn references_and_base_classes_match_gdb() {
 
 #[test]
 fn an_optimized_build_shows_what_gdb_shows_and_nothing_more() {
+    // (At `restock` g++ -O2 puts the line inside inlined `std::map` code, where gdb's
+    // breakpoint moves to the next line: the two would not stop at the same place.)
     let (_, compared) = compare("-O2", "report");
-    assert!(compared >= 10, "gdb showed few values");
-    let (_, compared) = compare("-O2", "restock");
-    assert!(compared >= 3);
+    assert!(compared >= 15, "gdb showed few values");
 }
 
 /// A condition over a `std::string` member and a vector's length, on a running program:

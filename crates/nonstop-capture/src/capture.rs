@@ -546,6 +546,24 @@ pub enum PlanNode {
         /// Plan for each value.
         each: Option<NodeId>,
     },
+    /// A C++ `std::deque`: elements from the start iterator to the finish iterator over
+    /// fixed-size buffers listed in a map of buffer pointers (`_M_node` points into it).
+    /// Reads the map entries between the two iterators' nodes, then up to `max_elems`
+    /// elements in order.
+    Deque {
+        /// Offsets of the start iterator's `_M_cur`, `_M_last` and `_M_node`.
+        start: [u32; 3],
+        /// Offsets of the finish iterator's `_M_cur`, `_M_first` and `_M_node`.
+        finish: [u32; 3],
+        /// Size of one element.
+        elem_size: u32,
+        /// Elements in one buffer.
+        buf_elems: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
 }
 
 /// Deepest binary tree [`PlanNode::Tree`] walks (a red-black tree of 2^31 nodes is at
@@ -1083,6 +1101,96 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 }
             }
             PlanNode::Tree { .. } => self.tree(node, at, len, depth),
+            PlanNode::Deque { .. } => self.deque(node, at, len, depth),
+        }
+    }
+
+    /// The element ranges of a `std::deque` (see [`PlanNode::Deque`]).
+    fn deque(&mut self, node: &PlanNode, at: usize, len: usize, depth: u32) {
+        let PlanNode::Deque {
+            start,
+            finish,
+            elem_size,
+            buf_elems,
+            max_elems,
+            each,
+        } = node
+        else {
+            return;
+        };
+        let field = |w: &Self, off: u32| -> Option<u64> {
+            if (off as usize).checked_add(8)? > len {
+                return None;
+            }
+            w.get(at.checked_add(off as usize)?, 8)
+        };
+        let [sc, sl, sn] = *start;
+        let [fc, ff, fnode] = *finish;
+        let (Some(s_cur), Some(s_last), Some(s_node), Some(f_cur), Some(f_first), Some(f_node)) = (
+            field(self, sc),
+            field(self, sl),
+            field(self, sn),
+            field(self, fc),
+            field(self, ff),
+            field(self, fnode),
+        ) else {
+            return;
+        };
+        let size = u64::from(*elem_size);
+        if size == 0 || f_node < s_node {
+            return;
+        }
+        let mut left = u64::from(*max_elems);
+        let count = |from: u64, to: u64| to.saturating_sub(from).checked_div(size).unwrap_or(0);
+        if s_node == f_node {
+            self.elements(
+                s_cur,
+                count(s_cur, f_cur).min(left),
+                *elem_size,
+                *each,
+                depth,
+            );
+            return;
+        }
+        let first = count(s_cur, s_last).min(left);
+        self.elements(s_cur, first, *elem_size, *each, depth);
+        left = left.saturating_sub(first);
+        // The map entries of the full buffers in between, then the last buffer.
+        let middle = count(s_node, f_node).saturating_sub(1);
+        let buf = u64::from(*buf_elems).max(1);
+        let wanted = left.div_ceil(buf).min(middle);
+        let mut entries = 0usize;
+        let map_at = if wanted > 0 {
+            let Some(bytes) = usize::try_from(wanted).ok().and_then(|n| n.checked_mul(8)) else {
+                return;
+            };
+            entries = wanted as usize;
+            self.block(s_node.wrapping_add(8), bytes)
+        } else {
+            None
+        };
+        for i in 0..entries {
+            if left == 0 {
+                return;
+            }
+            let Some(ptr) = map_at
+                .and_then(|m| m.checked_add(i.saturating_mul(8)))
+                .and_then(|a| self.get(a, 8))
+            else {
+                return;
+            };
+            let n = buf.min(left);
+            self.elements(ptr, n, *elem_size, *each, depth);
+            left = left.saturating_sub(n);
+        }
+        if left > 0 && wanted == middle {
+            self.elements(
+                f_first,
+                count(f_first, f_cur).min(left),
+                *elem_size,
+                *each,
+                depth,
+            );
         }
     }
 

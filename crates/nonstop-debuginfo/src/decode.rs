@@ -801,6 +801,94 @@ impl Decoder<'_> {
                 v
             }
             StdLayout::Nodes(l) => self.node_values(name, bytes, l, hops),
+            StdLayout::Deque {
+                start,
+                finish,
+                elem,
+                elem_size,
+                buf_elems,
+            } => {
+                let get = |offs: &[u64; 3]| -> Option<[u64; 3]> {
+                    Some([at(offs[0])?, at(offs[1])?, at(offs[2])?])
+                };
+                let (Some(s), Some(f)) = (get(start), get(finish)) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                self.deque(name, s, f, *elem, *elem_size, *buf_elems, hops - 1)
+            }
+        }
+    }
+
+    /// A `std::deque`'s elements, buffer by buffer, as [`PlanNode::Deque`] reads them.
+    ///
+    /// [`PlanNode::Deque`]: nonstop_capture::capture::PlanNode::Deque
+    #[allow(clippy::too_many_arguments)]
+    fn deque(
+        &self,
+        name: String,
+        [s_cur, s_last, s_node]: [u64; 3],
+        [f_cur, f_first, f_node]: [u64; 3],
+        elem: Option<DieRef>,
+        size: u64,
+        buf: u64,
+        hops: u32,
+    ) -> Value {
+        if size == 0 || f_node < s_node || (f_node - s_node) % 8 != 0 {
+            return Value::error(name, "inconsistent std::deque");
+        }
+        let count = |from: u64, to: u64| to.saturating_sub(from) / size;
+        let buf = buf.max(1);
+        let middle = count(s_node, f_node).saturating_sub(1);
+        let total = if s_node == f_node {
+            count(s_cur, f_cur)
+        } else {
+            count(s_cur, s_last)
+                .saturating_add(middle.saturating_mul(buf))
+                .saturating_add(count(f_first, f_cur))
+        };
+        let max = u64::from(self.limits.collection);
+        let mut left = total.min(max);
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        if s_node == f_node {
+            ranges.push((s_cur, left));
+        } else {
+            let first = count(s_cur, s_last).min(left);
+            ranges.push((s_cur, first));
+            left -= first;
+            let wanted = left.div_ceil(buf).min(middle);
+            if wanted > 0 {
+                let map = match self.read(s_node.wrapping_add(8), wanted.saturating_mul(8)) {
+                    Ok(m) => m,
+                    Err(m) => return self.miss(&name, m),
+                };
+                for chunk in map.chunks_exact(8) {
+                    let n = buf.min(left);
+                    ranges.push((le(chunk), n));
+                    left -= n;
+                }
+            }
+            if left > 0 && wanted == middle {
+                ranges.push((f_first, count(f_first, f_cur).min(left)));
+            }
+        }
+        let mut items = Vec::new();
+        let mut cut = total > max;
+        for (ptr, n) in ranges {
+            let part = self.elements(name.clone(), ptr, n, elem, size, hops);
+            if let Some(e) = part.error {
+                return Value::error(name, e);
+            }
+            cut |= part.truncated;
+            if let Data::List(l) = part.value {
+                items.extend(l);
+            }
+        }
+        Value {
+            truncated: cut,
+            ..Value::new(name, Data::List(items))
         }
     }
 

@@ -227,6 +227,31 @@ impl DebugInfo {
         Some(r.to_string_lossy().ok()?.into_owned())
     }
 
+    /// Whether the unit is C++ (names are namespaced, no `struct` tag).
+    pub(crate) fn is_cpp(&self, ui: usize) -> bool {
+        let Ok(units) = self.units() else {
+            return false;
+        };
+        let Some(unit) = units.get(ui) else {
+            return false;
+        };
+        let Ok(root) = unit.entry(unit.header.root_offset()) else {
+            return false;
+        };
+        matches!(
+            root.attr_value(gimli::DW_AT_language),
+            Some(AttributeValue::Language(
+                gimli::DW_LANG_C_plus_plus
+                    | gimli::DW_LANG_C_plus_plus_03
+                    | gimli::DW_LANG_C_plus_plus_11
+                    | gimli::DW_LANG_C_plus_plus_14
+            ))
+        ) || matches!(
+            root.attr_value(gimli::DW_AT_language),
+            Some(AttributeValue::Language(l)) if l.0 == 0x2a || l.0 == 0x2b
+        )
+    }
+
     /// Whether the unit is Rust (names are built the Rust way) or not (C).
     pub(crate) fn is_rust(&self, ui: usize) -> bool {
         let Ok(units) = self.units() else {

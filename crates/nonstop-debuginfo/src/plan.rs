@@ -3,7 +3,7 @@
 //!
 //! The plan follows exactly what the decoder will look at, within the same limits:
 //! pointers are followed at most `limits.depth` times (every `Deref`, and every step into
-//! the elements of a `Slice`, `Ring`, `HashTable`, `BTree`, `Span`, `Chain` or `Tree`,
+//! the elements of a `Slice`, `Ring`, `HashTable`, `BTree`, `Span`, `Chain`, `Tree` or `Deque`,
 //! counts one), strings are
 //! read up to `limits.string` bytes, collections up to `limits.collection` elements and
 //! structs up to `limits.fields` fields. Offsets of nested fields are summed into the
@@ -560,6 +560,29 @@ impl Builder<'_> {
                     Some(Draft::Each { node, each })
                 })()
             }
+            StdLayout::Deque {
+                start,
+                finish,
+                elem,
+                elem_size,
+                buf_elems,
+            } => {
+                let each = boxed(self.nodes(*elem, 0, hops - 1));
+                (|| {
+                    let o = |x: u64| off(base, x);
+                    Some(Draft::Each {
+                        node: PlanNode::Deque {
+                            start: [o(start[0])?, o(start[1])?, o(start[2])?],
+                            finish: [o(finish[0])?, o(finish[1])?, o(finish[2])?],
+                            elem_size: u32::try_from(*elem_size).ok()?,
+                            buf_elems: u32::try_from(*buf_elems).ok()?,
+                            max_elems: lim.collection,
+                            each: None,
+                        },
+                        each,
+                    })
+                })()
+            }
             StdLayout::Transparent { .. }
             | StdLayout::Unsupported(_)
             | StdLayout::Optional { .. }
@@ -678,7 +701,8 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Draft) -> NodeId {
             let id = sub(each, nodes);
             if let PlanNode::Span { each, .. }
             | PlanNode::Chain { each, .. }
-            | PlanNode::Tree { each, .. } = &mut node
+            | PlanNode::Tree { each, .. }
+            | PlanNode::Deque { each, .. } = &mut node
             {
                 *each = id;
             }

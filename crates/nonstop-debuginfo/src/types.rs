@@ -388,6 +388,10 @@ impl DebugInfo {
                     let inner = self.name_of(target, chain + 1);
                     ty.name = if info.rust {
                         format!("*const {inner}")
+                    } else if tag == dw::DW_TAG_reference_type {
+                        format!("{inner} &")
+                    } else if tag == dw::DW_TAG_rvalue_reference_type {
+                        format!("{inner} &&")
                     } else {
                         format!("{inner} *")
                     };
@@ -876,6 +880,10 @@ fn simplify_cpp(s: &str, depth: u32) -> String {
     };
     cuts.push(gt);
     let head = s[..lt].trim_end();
+    let (qualifier, head) = match head.strip_prefix("const ") {
+        Some(h) => ("const ", h),
+        None => ("", head),
+    };
     let std_head = head.starts_with("std::");
     let mut args: Vec<String> = cuts
         .windows(2)
@@ -893,7 +901,7 @@ fn simplify_cpp(s: &str, depth: u32) -> String {
         ("std::basic_string_view", [c]) if c == "char" => "std::string_view".to_string(),
         _ => format!("{head}<{}>", args.join(", ")),
     };
-    format!("{joined}{rest}")
+    format!("{qualifier}{joined}{rest}")
 }
 
 impl Type {
@@ -982,6 +990,10 @@ mod tests {
             "std::variant<int, std::string>"
         );
         assert_eq!(cpp_short_name("std::array<int, 3>"), "std::array<int, 3>");
+        assert_eq!(
+            cpp_short_name(&format!("std::pair<const {s}, int>")),
+            "std::pair<const std::string, int>"
+        );
     }
 
     #[test]
@@ -1067,6 +1079,15 @@ pub(crate) enum StdLayout {
     /// C++ node-based containers: `std::map`/`set` (a tree walked in order) and
     /// `std::list`/`unordered_map`/`unordered_set` (a chain of nodes).
     Nodes(NodesLayout),
+    /// C++ `std::deque<T>`: offsets of the start iterator's `_M_cur`, `_M_last`,
+    /// `_M_node` and of the finish iterator's `_M_cur`, `_M_first`, `_M_node`.
+    Deque {
+        start: [u64; 3],
+        finish: [u64; 3],
+        elem: Option<DieRef>,
+        elem_size: u64,
+        buf_elems: u64,
+    },
     /// A standard type nonstop recognises but does not decode (`std::vector<bool>`).
     Unsupported(&'static str),
 }
@@ -1318,6 +1339,83 @@ impl DebugInfo {
         }
     }
 
+    /// Whether bytes `start..end` of a value of type `ty` hold no member's data (padding,
+    /// empty classes). `false` when unsure.
+    pub(crate) fn only_padding(&self, ty: DieRef, start: u64, end: u64) -> bool {
+        let mut budget = 256u32;
+        self.no_data_in(ty, 0, start, end, 0, &mut budget)
+    }
+
+    fn no_data_in(
+        &self,
+        ty: DieRef,
+        base: u64,
+        start: u64,
+        end: u64,
+        depth: u32,
+        budget: &mut u32,
+    ) -> bool {
+        if depth > MAX_CHAIN || *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        let Some(t) = self.type_of(ty) else {
+            return false;
+        };
+        let own_end = base.saturating_add(t.size);
+        if own_end <= start || base >= end {
+            return true;
+        }
+        match &t.kind {
+            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => {
+                fields.iter().all(|f| match f.ty {
+                    Some(d) => self.no_data_in(
+                        d,
+                        base.saturating_add(f.offset),
+                        start,
+                        end,
+                        depth + 1,
+                        budget,
+                    ),
+                    None => false,
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// Bytes of a value the decoder will not look at, given its constant pieces: the
+    /// value of an empty `std::optional` (g++ leaves it without a location).
+    pub(crate) fn unused_bytes(
+        &self,
+        ty: DieRef,
+        pieces: &[nonstop_capture::capture::Piece],
+    ) -> Option<(u64, u64)> {
+        let t = self.type_of(ty)?;
+        let StdLayout::Optional {
+            engaged,
+            offset,
+            value,
+        } = self.std_layout(&t)?
+        else {
+            return None;
+        };
+        let mut at = 0u64;
+        for p in pieces {
+            let end = at.saturating_add(u64::from(p.size));
+            if at <= engaged && engaged < end {
+                let nonstop_capture::capture::PieceSource::Implicit(bytes) = &p.source else {
+                    return None;
+                };
+                let flag = bytes.get(usize::try_from(engaged - at).ok()?).copied();
+                return (flag == Some(0))
+                    .then(|| (offset, offset.saturating_add(self.type_size(value))));
+            }
+            at = end;
+        }
+        None
+    }
+
     /// Whether `die` comes from a Rust unit (`std::` names mean different things there).
     pub(crate) fn is_rust_type(&self, die: DieRef) -> bool {
         self.unit_of(die).is_some_and(|(_, info)| info.rust)
@@ -1459,6 +1557,31 @@ impl DebugInfo {
                     end,
                     elem,
                     elem_size: self.type_size(elem),
+                })
+            }
+            "std::deque" => {
+                let elem = ty.param("_Tp");
+                let elem_size = self.type_size(elem);
+                let iter = |which: &str, names: [&str; 3]| -> Option<[u64; 3]> {
+                    let (base, it) = self.member_path(ty, &["_M_impl", which])?;
+                    let it = self.type_of(it?)?;
+                    let mut out = [0u64; 3];
+                    for (slot, n) in out.iter_mut().zip(names) {
+                        *slot = base + self.find_member(&it, n)?.0;
+                    }
+                    Some(out)
+                };
+                Some(StdLayout::Deque {
+                    start: iter("_M_start", ["_M_cur", "_M_last", "_M_node"])?,
+                    finish: iter("_M_finish", ["_M_cur", "_M_first", "_M_node"])?,
+                    elem,
+                    elem_size,
+                    // libstdc++'s `__deque_buf_size`: 512-byte buffers, or one element.
+                    buf_elems: if elem_size == 0 || elem_size >= 512 {
+                        1
+                    } else {
+                        512 / elem_size
+                    },
                 })
             }
             "std::array" => {
