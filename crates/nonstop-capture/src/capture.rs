@@ -1760,6 +1760,137 @@ mod tests {
         assert_eq!(got.read(0xdead_0000, &mut [0u8; 5]), Err(ReadError::Fault));
     }
 
+    fn words(ws: &[u64]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// A one-root plan over 32 bytes at 0x7000 with `node`.
+    fn one(node: PlanNode) -> CapturePlan {
+        CapturePlan {
+            roots: vec![RootPlan {
+                pieces: vec![Piece {
+                    size: 32,
+                    source: PieceSource::Absolute { addr: 0x7000 },
+                }],
+                node: Some(0),
+            }],
+            nodes: vec![node],
+            stack_bytes: 0,
+            max_bytes: 1 << 16,
+        }
+    }
+
+    fn run(plan: &CapturePlan, mem: BTreeMap<u64, Vec<u8>>) -> CapturedMemory {
+        let mut out = vec![0u8; 1 << 16];
+        let done = execute(plan, &Registers::default(), &Fake(mem), &mut out);
+        CapturedMemory::parse(&out[..done.len]).unwrap()
+    }
+
+    /// A red-black tree's nodes (color, parent, left, right, value) walked in order.
+    #[test]
+    fn a_tree_is_read_in_order_and_a_cycle_is_bounded() {
+        let node = |left: u64, right: u64, v: u64| words(&[0, 0, left, right, v]);
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0, 0x8100, 0, 3]));
+        mem.insert(0x8000, node(0, 0, 1));
+        mem.insert(0x8100, node(0x8000, 0x8200, 2));
+        mem.insert(0x8200, node(0, 0, 3));
+        let tree = |max| PlanNode::Tree {
+            root_offset: 8,
+            left_offset: 16,
+            right_offset: 24,
+            node_size: 40,
+            value_offset: 32,
+            max_elems: max,
+            each: None,
+        };
+        let got = run(&one(tree(16)), mem.clone());
+        for (addr, v) in [(0x8000, 1u64), (0x8100, 2), (0x8200, 3)] {
+            let mut b = [0u8; 8];
+            got.read(addr + 32, &mut b).unwrap();
+            assert_eq!(u64::from_le_bytes(b), v);
+        }
+        // The collection limit stops the walk after the first node in order.
+        let got = run(&one(tree(1)), mem.clone());
+        assert!(got.read(0x8000, &mut [0u8; 40]).is_ok());
+        assert_eq!(
+            got.read(0x8200, &mut [0u8; 40]),
+            Err(ReadError::NotCaptured)
+        );
+        // A node that is its own left child: bounded by the walk's depth.
+        mem.insert(0x8000, node(0x8000, 0, 1));
+        let got = run(&one(tree(u32::MAX)), mem);
+        assert!(got.read(0x8100, &mut [0u8; 40]).is_ok());
+    }
+
+    /// A `std::list`: nodes (next, prev, value) followed `count` times, not around the ring.
+    #[test]
+    fn a_chain_stops_at_its_count_and_at_a_bad_link() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0x8000, 0x8100, 2, 0]));
+        mem.insert(0x8000, words(&[0x8100, 0x7000, 10]));
+        mem.insert(0x8100, words(&[0x7000, 0x8000, 20]));
+        let chain = PlanNode::Chain {
+            head_offset: 0,
+            count_offset: 16,
+            next_offset: 0,
+            node_size: 24,
+            value_offset: 16,
+            max_elems: 255,
+            each: None,
+        };
+        let got = run(&one(chain.clone()), mem.clone());
+        let mut b = [0u8; 8];
+        got.read(0x8110, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 20);
+        // A huge count over a cycle: capped by `max_elems`; a bad link: a fault block.
+        mem.insert(0x7000, words(&[0x8000, 0, u64::MAX, 0]));
+        mem.insert(0x8100, words(&[0xdead_0000, 0, 20]));
+        let got = run(&one(chain), mem);
+        assert_eq!(got.read(0xdead_0000, &mut [0u8; 24]), Err(ReadError::Fault));
+    }
+
+    /// A `std::vector`'s `[begin, end)`, and a `std::deque`'s buffers through its map.
+    #[test]
+    fn spans_and_deques_read_their_elements() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0x9000, 0x9010, 0, 0]));
+        mem.insert(0x9000, words(&[1, 2]));
+        let span = PlanNode::Span {
+            begin_offset: 0,
+            end_offset: 8,
+            elem_size: 8,
+            max_elems: 255,
+            each: None,
+        };
+        let got = run(&one(span), mem);
+        assert!(got.read(0x9000, &mut [0u8; 16]).is_ok());
+        // Start iterator (cur, last, node) in buffer 0xa000, finish (cur, first, node) in
+        // 0xb000, map at 0xc000: [0xa000, 0xb000]; 2-element buffers of u64.
+        let mut mem = BTreeMap::new();
+        mem.insert(
+            0x7000,
+            words(&[0xa008, 0xa010, 0xc000, 0xb008, 0xb000, 0xc008]),
+        );
+        mem.insert(0xa000, words(&[0, 5]));
+        mem.insert(0xb000, words(&[6, 0]));
+        mem.insert(0xc000, words(&[0xa000, 0xb000]));
+        let deque = PlanNode::Deque {
+            start: [0, 8, 16],
+            finish: [24, 32, 40],
+            elem_size: 8,
+            buf_elems: 2,
+            max_elems: 255,
+            each: None,
+        };
+        let mut plan = one(deque);
+        plan.roots[0].pieces[0].size = 48;
+        let got = run(&plan, mem);
+        assert!(got.read(0xa008, &mut [0u8; 8]).is_ok());
+        assert!(got.read(0xb000, &mut [0u8; 8]).is_ok());
+        assert_eq!(got.read(0xb008, &mut [0u8; 8]), Err(ReadError::NotCaptured));
+    }
+
     /// `DW_OP_fbreg +16; DW_OP_deref; DW_OP_plus_uconst 0x90` over an `rsp` frame base:
     /// an async fn's local in its future's state.
     fn env_local(offset: u64) -> Vec<LocOp> {
