@@ -595,3 +595,58 @@ fn conditions_read_std_strings_and_lengths() {
         Some(json!("armed"))
     );
 }
+
+/// The rule's capture limits bound the containers: 2 elements of each, 4 bytes of each
+/// string, every cut value marked `truncated`.
+#[test]
+fn capture_limits_bound_the_std_containers() {
+    let program = build("-O0");
+    let at = format!("{FIXTURE}:{}", marks(FIXTURE)["report"]);
+    let rules = json!([{
+        "id": "small", "at": at, "action": "snapshot", "max_hits": 1,
+        "limits": {"collection": 2, "string": 4}
+    }]);
+    let run = run_with_rules(&program, &["1"], &rules.to_string(), &[]);
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    let r = run
+        .responses
+        .iter()
+        .find(|r| r.rule == "small")
+        .unwrap_or_else(|| panic!("no hit: {}", run.stderr()));
+    let shown = |name: &str| -> (Json, bool) {
+        let v = r
+            .locals
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name}: {:?}", r.locals));
+        assert!(v.error.is_none(), "{name}: {v:?}");
+        let mut plain = v.clone();
+        plain.truncated = false;
+        (strip_marks(&plain), v.truncated)
+    };
+    assert_eq!(shown("title"), (json!("a ti"), true));
+    assert_eq!(shown("numbers"), (json!([1, 2]), true));
+    assert_eq!(shown("ids"), (json!([1, 2]), true));
+    assert_eq!(shown("tags"), (json!([[1, "a"], [1, "b"]]), true));
+    assert_eq!(shown("queue"), (json!([10, 20]), true));
+    assert_eq!(shown("recent"), (json!([4, 5]), true));
+    assert_eq!(shown("prices"), (json!({"sku-": 100}), true));
+    assert_eq!(shown("view"), (json!("titl"), true));
+}
+
+/// A value in JSON form whatever its marks (cut strings and lists are still shown).
+fn strip_marks(v: &Value) -> Json {
+    match &v.value {
+        Data::Null => Json::Null,
+        Data::Bool(b) => json!(b),
+        Data::Int(i) => json!(i),
+        Data::Uint(u) => json!(u),
+        Data::Float(f) => json!(f),
+        Data::Str(s) => json!(s),
+        Data::List(l) => Json::Array(l.iter().map(strip_marks).collect()),
+        Data::Map(m) => Json::Object(m.iter().map(|(k, v)| (k.clone(), strip_marks(v))).collect()),
+    }
+}

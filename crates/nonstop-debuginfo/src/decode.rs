@@ -12,6 +12,16 @@
 //! - `HashMap`, `BTreeMap`: `Map`; each key is rendered as a string: a string key as
 //!   itself (`apple`), anything else as its [`debug_string`](nonstop_model::debug::debug_string) (`7`, `(1, 2)`).
 //!   `HashSet`, `BTreeSet`: `List`. Entries in the program's iteration order.
+//! - C++ (libstdc++, as gdb's printers show it): `std::string`, `std::string_view`:
+//!   `Str`; `std::vector`, `std::array`, `std::span`, `std::deque`, `std::list`,
+//!   `std::set`, `std::unordered_set`: `List`; `std::map`, `std::unordered_map`: `Map`
+//!   (keys as above); `std::multimap`: `List` of `[key, value]`; `std::unique_ptr`: the
+//!   value it owns (`Null` when empty); `std::shared_ptr`, `std::weak_ptr`:
+//!   `Map {value, use_count, weak_count}` (the weak count as gdb shows it, without the
+//!   owners' one; an expired `weak_ptr`'s value is `Null`); `std::optional`: the value, or
+//!   `Null`; `std::variant`: the active alternative with `variant` set to its index.
+//!   Base classes are fields named by the base (`"Base": {…}`); empty bases are left
+//!   out. `std::vector<bool>` is an error (not decoded); libc++ types decode as structs.
 //!
 //! Limits: strings cut at `limits.string` bytes, collections at `limits.collection`
 //! elements, structs at `limits.fields` fields (all marked `truncated`); pointers are
@@ -1046,6 +1056,8 @@ impl Decoder<'_> {
                     .map(|v| {
                         cut |= v.truncated;
                         let (k, v) = pair_parts(v);
+                        // A cut key is not the key: the map says so.
+                        cut |= k.truncated;
                         (key_string(&k), v)
                     })
                     .collect(),
