@@ -520,7 +520,7 @@ fn compare(opt: &str, mark: &str) -> (nonstop_model::Response, usize) {
 fn a_snapshot_shows_the_std_types_as_gdb_s_printers_do() {
     let (r, compared) = compare("-O0", "report");
     // Every local and argument gdb shows, none missing.
-    assert_eq!(compared, 21, "{:?}", r.locals);
+    assert_eq!(compared, 22, "{:?}", r.locals);
     assert_eq!(r.location.function, "report(Stock&, int)");
     assert_eq!(r.frames[0].function, "report(Stock&, int)");
     assert_eq!(

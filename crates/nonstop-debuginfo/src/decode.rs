@@ -734,6 +734,23 @@ impl Decoder<'_> {
                 v
             }
             StdLayout::Unsupported(why) => Value::error(name, *why),
+            StdLayout::Fixed {
+                ptr,
+                count,
+                elem,
+                elem_size,
+            } => {
+                let Some(p) = at(*ptr) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if p == 0 {
+                    return Value::error(name, "null pointer");
+                }
+                self.elements(name, p, *count, *elem, *elem_size, hops - 1)
+            }
             StdLayout::Span {
                 begin,
                 end,

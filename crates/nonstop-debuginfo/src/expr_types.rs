@@ -179,9 +179,9 @@ impl Mapper<'_> {
             StdLayout::BTree(l) => Ty::Map(Box::new(self.die(l.val, depth))),
             StdLayout::Shared { value, .. } => self.die(*value, depth),
             StdLayout::Transparent { inner, .. } => self.die(*inner, depth),
-            StdLayout::Span { elem, .. } | StdLayout::Deque { elem, .. } => {
-                Ty::List(Box::new(self.die(*elem, depth)))
-            }
+            StdLayout::Span { elem, .. }
+            | StdLayout::Deque { elem, .. }
+            | StdLayout::Fixed { elem, .. } => Ty::List(Box::new(self.die(*elem, depth))),
             StdLayout::Counted { value, .. } => Ty::Struct {
                 name: "std::shared_ptr".into(),
                 fields: vec![

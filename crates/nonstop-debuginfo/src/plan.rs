@@ -583,6 +583,34 @@ impl Builder<'_> {
                     })
                 })()
             }
+            StdLayout::Fixed {
+                ptr,
+                count,
+                elem,
+                elem_size,
+            } => {
+                let n = (*count).min(u64::from(lim.collection));
+                let size = n.saturating_mul(*elem_size);
+                if size == 0 || size > MAX_DEREF {
+                    return;
+                }
+                let mut each = Vec::new();
+                for i in 0..n {
+                    let before = each.len();
+                    each.extend(self.nodes(*elem, i * elem_size, hops - 1));
+                    // Elements without pointers need nothing; neither will the next ones.
+                    if each.len() == before || self.count >= MAX_PLAN_NODES {
+                        break;
+                    }
+                }
+                (|| {
+                    Some(Draft::Deref {
+                        offset: off(base, *ptr)?,
+                        size: size as u32,
+                        then: boxed(each),
+                    })
+                })()
+            }
             StdLayout::Transparent { .. }
             | StdLayout::Unsupported(_)
             | StdLayout::Optional { .. }

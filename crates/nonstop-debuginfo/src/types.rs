@@ -1088,6 +1088,13 @@ pub(crate) enum StdLayout {
         elem_size: u64,
         buf_elems: u64,
     },
+    /// C++ `std::span<T, N>` with a static extent: a pointer to `count` elements.
+    Fixed {
+        ptr: u64,
+        count: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+    },
     /// A standard type nonstop recognises but does not decode (`std::vector<bool>`).
     Unsupported(&'static str),
 }
@@ -1530,15 +1537,28 @@ impl DebugInfo {
             }
             "std::span" => {
                 let (ptr, p) = self.find_member(ty, "_M_ptr")?;
-                let (len, _) = self.member_path(ty, &["_M_extent", "_M_extent_value"])?;
                 let elem = self.pointee(p);
-                Some(StdLayout::Slice {
-                    ptr,
-                    len,
-                    elem,
-                    elem_size: self.type_size(elem),
-                    text: false,
-                })
+                let elem_size = self.type_size(elem);
+                match self.member_path(ty, &["_M_extent", "_M_extent_value"]) {
+                    Some((len, _)) => Some(StdLayout::Slice {
+                        ptr,
+                        len,
+                        elem,
+                        elem_size,
+                        text: false,
+                    }),
+                    // A static extent: the count is the type's last argument (`span<int, 3>`).
+                    None => {
+                        let args = ty.name.strip_suffix('>')?;
+                        let count = args.rsplit(", ").next()?.trim().parse::<u64>().ok()?;
+                        Some(StdLayout::Fixed {
+                            ptr,
+                            count,
+                            elem,
+                            elem_size,
+                        })
+                    }
+                }
             }
             "std::vector" => {
                 let elem = ty.param("_Tp");
