@@ -266,7 +266,7 @@ fn retry_info_status(secs: i64) -> Vec<u8> {
 async fn http_answers_are_classified_as_otlp_documents() {
     let in_a_minute =
         httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
-    let answers: Vec<(u16, Vec<(String, String)>, Vec<u8>)> = vec![
+    let answers: Vec<support::Answer> = vec![
         (429, vec![("retry-after".into(), "7".into())], vec![]),
         (502, vec![], vec![]),
         (503, vec![("retry-after".into(), in_a_minute)], vec![]),
@@ -367,8 +367,11 @@ async fn a_collector_that_is_down_is_retried() {
 type LogsReply =
     Arc<dyn Fn(usize) -> Result<ExportLogsServiceResponse, tonic::Status> + Send + Sync>;
 
+type Authorized = (ExportLogsServiceRequest, Option<String>);
+
 struct Collector {
-    logs: Arc<Mutex<Vec<(ExportLogsServiceRequest, Option<String>)>>>,
+    /// Each export with its `authorization` metadata.
+    logs: Arc<Mutex<Vec<Authorized>>>,
     metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
     reply: LogsReply,
 }

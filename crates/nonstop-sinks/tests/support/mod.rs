@@ -32,7 +32,10 @@ impl Req {
 
 /// What the receiver answers: status, headers, body; given the request and its number
 /// (0-based).
-pub type Reply = Arc<dyn Fn(&Req, usize) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync>;
+pub type Reply = Arc<dyn Fn(&Req, usize) -> Answer + Send + Sync>;
+
+/// Status, headers, body.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
 
 #[derive(Clone)]
 struct St {
@@ -85,9 +88,7 @@ async fn handle(
 }
 
 /// Starts a receiver answering with `reply`.
-pub async fn receiver(
-    reply: impl Fn(&Req, usize) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static,
-) -> Receiver {
+pub async fn receiver(reply: impl Fn(&Req, usize) -> Answer + Send + Sync + 'static) -> Receiver {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let st = St {
         seen: seen.clone(),
