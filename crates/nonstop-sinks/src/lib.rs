@@ -7,17 +7,34 @@
 //! bookkeeping are the pipeline's; a sink sends once and classifies the answer.
 //!
 //! - [`spec`]: the kinds of target, their settings, validation and the redacted view;
-//! - [`file`]: JSON lines in a file, rotated by size, fsync'd per batch.
+//! - [`file`]: JSON lines in a file, rotated by size, fsync'd per batch;
+//! - [`otlp`]: OTLP logs and metrics over HTTP/protobuf or gRPC;
+//! - [`sentry`]: Sentry events through the envelope endpoint;
+//! - [`datadog`]: Datadog logs intake v2 and metric series;
+//! - [`honeycomb`]: Honeycomb's batch events API;
+//! - [`slack`]: Slack incoming webhooks with Block Kit, bursts folded into one message;
+//! - [`webhook`]: JSON POSTs signed as Standard Webhooks;
+//! - [`http`]: the HTTP client and the answer classification they share;
+//! - [`render`]: texts, plain JSON and ids derived from responses.
 
+pub mod datadog;
 pub mod file;
+pub mod honeycomb;
+pub mod http;
+pub mod otlp;
+pub mod render;
+pub mod sentry;
+pub mod slack;
 pub mod spec;
+pub mod webhook;
 
 pub use spec::{SpecError, TargetKind, TargetSpec};
 
-use nonstop_model::Response;
 use nonstop_model::metrics::MetricSeries;
+use nonstop_model::{AgentInfo, Response};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What one delivery carries.
@@ -104,11 +121,100 @@ pub trait Sink: Send + Sync {
     fn send<'a>(&'a self, batch: &'a [Delivery]) -> SendFuture<'a>;
 }
 
-/// The sink for a target.
-pub fn build(spec: &TargetSpec) -> Result<Box<dyn Sink>, SpecError> {
-    spec.check()?;
-    match &spec.kind {
-        TargetKind::File { path, max_size } => Ok(Box::new(file::FileSink::new(path, *max_size))),
-        other => Err(SpecError::Unsupported(other.name())),
+/// Looks up what the server knows of an agent (host, pid, version) by its id.
+pub type AgentLookup = Arc<dyn Fn(&str) -> Option<AgentInfo> + Send + Sync>;
+
+/// What the server can give sinks beyond the target's own settings. Everything is
+/// optional: [`build`] uses the default.
+#[derive(Clone, Default)]
+pub struct SinkContext {
+    /// Agents by id: fills OTLP's `host.name`, `process.pid`, `service.version` (and
+    /// Sentry's `server_name`/`release`, Datadog's `hostname`), which a [`Response`] does
+    /// not carry. Without it those are left out.
+    pub agents: Option<AgentLookup>,
+    /// An HTTP client to share between sinks; without it each sink makes its own
+    /// ([`http::client`]).
+    pub client: Option<reqwest::Client>,
+    /// Overrides each sink's [`SinkLimits::timeout`] (per request).
+    pub timeout: Option<Duration>,
+}
+
+impl SinkContext {
+    /// What the lookup knows of `agent`.
+    pub fn agent(&self, agent: &str) -> Option<AgentInfo> {
+        self.agents.as_ref().and_then(|f| f(agent))
     }
+
+    fn client(&self) -> Result<reqwest::Client, SpecError> {
+        match &self.client {
+            Some(c) => Ok(c.clone()),
+            None => http::client().map_err(SpecError::Invalid),
+        }
+    }
+}
+
+impl std::fmt::Debug for SinkContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkContext")
+            .field("agents", &self.agents.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The sink for a target, with the default [`SinkContext`].
+pub fn build(spec: &TargetSpec) -> Result<Box<dyn Sink>, SpecError> {
+    build_with(spec, &SinkContext::default())
+}
+
+/// The sink for a target, with what the server knows beyond its settings.
+pub fn build_with(spec: &TargetSpec, ctx: &SinkContext) -> Result<Box<dyn Sink>, SpecError> {
+    spec.check()?;
+    let timeout = |default: u64| ctx.timeout.unwrap_or(Duration::from_secs(default));
+    Ok(match &spec.kind {
+        TargetKind::File { path, max_size } => Box::new(file::FileSink::new(path, *max_size)),
+        TargetKind::Otlp { url, grpc, headers } => Box::new(otlp::OtlpSink::new(
+            url,
+            *grpc,
+            headers,
+            ctx.clone(),
+            ctx.client()?,
+            timeout(30),
+        )?),
+        TargetKind::Sentry { dsn } => Box::new(sentry::SentrySink::new(
+            dsn,
+            ctx.clone(),
+            ctx.client()?,
+            timeout(30),
+        )?),
+        TargetKind::Datadog { api_key, site, url } => Box::new(datadog::DatadogSink::new(
+            api_key,
+            site,
+            url.as_deref(),
+            ctx.clone(),
+            ctx.client()?,
+            timeout(30),
+        )),
+        TargetKind::Honeycomb { key, dataset, url } => Box::new(honeycomb::HoneycombSink::new(
+            key,
+            dataset,
+            url.as_deref(),
+            ctx.client()?,
+            timeout(30),
+        )),
+        TargetKind::Slack { webhook } => {
+            Box::new(slack::SlackSink::new(webhook, ctx.client()?, timeout(15)))
+        }
+        TargetKind::Webhook {
+            url,
+            secret,
+            headers,
+        } => Box::new(webhook::WebhookSink::new(
+            url,
+            secret.as_deref(),
+            headers,
+            ctx.client()?,
+            timeout(30),
+        )?),
+    })
 }
