@@ -1,5 +1,6 @@
 //! The SQLite store: one file, WAL, numbered migrations recorded in `schema_migrations`.
 
+use crate::sql;
 use crate::store::{
     AgentRecord, AgentRuleStatus, Inserted, MetricsStored, Retention, RuleState, Store, StoreError,
     StoredRule, StoredSeries,
@@ -173,8 +174,6 @@ impl SqliteStore {
     }
 }
 
-const RULE_COLUMNS: &str = "json, created, expires_at, state, hits, enabled";
-
 /// A rule's row: json, created, expires_at, state, hits, enabled.
 type RuleRow = (String, i64, Option<i64>, String, i64, bool);
 
@@ -271,7 +270,7 @@ fn to_agent(
     })
 }
 
-fn status_word(s: StatusKind) -> &'static str {
+pub(crate) fn status_word(s: StatusKind) -> &'static str {
     match s {
         StatusKind::Pending => "pending",
         StatusKind::Armed => "armed",
@@ -283,7 +282,7 @@ fn status_word(s: StatusKind) -> &'static str {
     }
 }
 
-fn parse_status_word(s: &str) -> StatusKind {
+pub(crate) fn parse_status_word(s: &str) -> StatusKind {
     match s {
         "armed" => StatusKind::Armed,
         "error" => StatusKind::Error,
@@ -302,8 +301,7 @@ impl Store for SqliteStore {
             source,
         })?;
         let res = self.conn().execute(
-            "INSERT INTO rules (id, json, created, enabled, state, expires_at, max_hits, hits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            sql::INSERT_RULE,
             params![
                 r.rule.id,
                 json,
@@ -328,11 +326,7 @@ impl Store for SqliteStore {
 
     fn rules(&self) -> Result<Vec<StoredRule>, StoreError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT {RULE_COLUMNS} FROM rules ORDER BY created, id"
-            ))
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::SELECT_RULES).map_err(db)?;
         let rows = st.query_map([], read_rule).map_err(db)?;
         rows.map(|r| to_stored_rule(r.map_err(db)?)).collect()
     }
@@ -340,11 +334,7 @@ impl Store for SqliteStore {
     fn rule(&self, id: &str) -> Result<Option<StoredRule>, StoreError> {
         let row = self
             .conn()
-            .query_row(
-                &format!("SELECT {RULE_COLUMNS} FROM rules WHERE id = ?1"),
-                [id],
-                read_rule,
-            )
+            .query_row(sql::SELECT_RULE, [id], read_rule)
             .optional()
             .map_err(db)?;
         row.map(to_stored_rule).transpose()
@@ -353,10 +343,7 @@ impl Store for SqliteStore {
     fn set_enabled(&self, id: &str, enabled: bool) -> Result<Option<StoredRule>, StoreError> {
         let n = self
             .conn()
-            .execute(
-                "UPDATE rules SET enabled = ?2 WHERE id = ?1",
-                params![id, enabled],
-            )
+            .execute(sql::SET_ENABLED, params![id, enabled])
             .map_err(db)?;
         if n == 0 {
             return Ok(None);
@@ -367,16 +354,10 @@ impl Store for SqliteStore {
     fn delete_rule(&self, id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        let n = tx
-            .execute("DELETE FROM rules WHERE id = ?1", [id])
-            .map_err(db)?;
-        tx.execute("DELETE FROM rule_status WHERE rule = ?1", [id])
-            .map_err(db)?;
-        tx.execute("DELETE FROM metric_series WHERE rule = ?1", [id])
-            .map_err(db)?;
-        // Its responses go with it (the index by rule makes this one range).
-        tx.execute("DELETE FROM responses WHERE rule = ?1", [id])
-            .map_err(db)?;
+        let n = tx.execute(sql::DELETE_RULE[0], [id]).map_err(db)?;
+        for sql in &sql::DELETE_RULE[1..] {
+            tx.execute(sql, [id]).map_err(db)?;
+        }
         tx.commit().map_err(db)?;
         Ok(n > 0)
     }
@@ -528,12 +509,7 @@ impl Store for SqliteStore {
 
     fn statuses(&self, rule: &str) -> Result<Vec<AgentRuleStatus>, StoreError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare(
-                "SELECT agent, status, message, probes, hits, dropped, updated FROM rule_status
-                 WHERE rule = ?1 ORDER BY agent",
-            )
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::SELECT_STATUSES).map_err(db)?;
         let rows = st
             .query_map([rule], |r| read_status(r, 0, rule))
             .map_err(db)?;
@@ -543,14 +519,7 @@ impl Store for SqliteStore {
     fn rules_with_statuses(&self) -> Result<Vec<(StoredRule, Vec<AgentRuleStatus>)>, StoreError> {
         let conn = self.conn();
         // One read: each rule's row repeated for each of its statuses (or once, with NULLs).
-        let mut st = conn
-            .prepare(
-                "SELECT r.json, r.created, r.expires_at, r.state, r.hits, r.enabled, r.id,
-                        s.agent, s.status, s.message, s.probes, s.hits, s.dropped, s.updated
-                 FROM rules r LEFT JOIN rule_status s ON s.rule = r.id
-                 ORDER BY r.created, r.id, s.agent",
-            )
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::SELECT_RULES_WITH_STATUSES).map_err(db)?;
         let mut rows = st.query([]).map_err(db)?;
         let mut out: Vec<(StoredRule, Vec<AgentRuleStatus>)> = Vec::new();
         let mut last_id: Option<String> = None;
@@ -571,9 +540,7 @@ impl Store for SqliteStore {
 
     fn sources(&self) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT service, spec FROM sources ORDER BY service")
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::SELECT_SOURCES).map_err(db)?;
         let rows = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(db)?;
@@ -582,11 +549,7 @@ impl Store for SqliteStore {
 
     fn put_source(&self, service: &str, spec_json: &str, now_ms: i64) -> Result<(), StoreError> {
         self.conn()
-            .execute(
-                "INSERT INTO sources (service, spec, updated) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (service) DO UPDATE SET spec = ?2, updated = ?3",
-                params![service, spec_json, now_ms],
-            )
+            .execute(sql::PUT_SOURCE, params![service, spec_json, now_ms])
             .map_err(db)?;
         Ok(())
     }
@@ -605,25 +568,12 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let mut touched: Vec<String> = Vec::new();
         for resp in responses {
-            // One atomic step counts the hit if the rule is active, enabled and below its
-            // max (a response still in flight when its rule was disabled is refused).
-            let counted = tx
-                .execute(
-                    "UPDATE rules SET hits = hits + 1
-                     WHERE id = ?1 AND state = 'active' AND enabled = 1
-                       AND (max_hits IS NULL OR hits < max_hits)",
-                    [&resp.rule],
-                )
-                .map_err(db)?;
+            let counted = tx.execute(sql::COUNT_HIT, [&resp.rule]).map_err(db)?;
             if counted == 0 {
                 out.refused += 1;
                 if !out.unknown.contains(&resp.rule) {
                     let known = tx
-                        .query_row(
-                            "SELECT 1 FROM rules WHERE id = ?1",
-                            [&resp.rule],
-                            |_| Ok(()),
-                        )
+                        .query_row(sql::RULE_EXISTS, [&resp.rule], |_| Ok(()))
                         .optional()
                         .map_err(db)?
                         .is_some();
@@ -639,18 +589,12 @@ impl Store for SqliteStore {
             })?;
             let rid: i64 = tx
                 .query_row(
-                    "INSERT INTO responses (rule, agent, time, json) VALUES (?1, ?2, ?3, ?4) RETURNING id",
+                    sql::INSERT_RESPONSE,
                     params![resp.rule, resp.agent, now_ms, json],
                     |r| r.get(0),
                 )
                 .map_err(db)?;
-            let finished = tx
-                .execute(
-                    "UPDATE rules SET state = 'done'
-                     WHERE id = ?1 AND state = 'active' AND max_hits IS NOT NULL AND hits >= max_hits",
-                    [&resp.rule],
-                )
-                .map_err(db)?;
+            let finished = tx.execute(sql::MARK_DONE, [&resp.rule]).map_err(db)?;
             if finished > 0 {
                 out.done.push(resp.rule.clone());
             }
@@ -660,15 +604,11 @@ impl Store for SqliteStore {
             out.stored.push((rid, resp));
         }
         for rule in &touched {
-            tx.execute(
-                "DELETE FROM responses WHERE rule = ?1 AND id <= (
-                    SELECT id FROM responses WHERE rule = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-                params![rule, to_i64(retention.per_rule)],
-            )
-            .map_err(db)?;
+            tx.execute(sql::KEEP_NEWEST, params![rule, to_i64(retention.per_rule)])
+                .map_err(db)?;
         }
         tx.execute(
-            "DELETE FROM responses WHERE time < ?1",
+            sql::DELETE_OLD_RESPONSES,
             [now_ms.saturating_sub(retention.max_age_ms)],
         )
         .map_err(db)?;
@@ -681,7 +621,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let responses = tx
-            .execute("DELETE FROM responses WHERE time < ?1", [cutoff])
+            .execute(sql::DELETE_OLD_RESPONSES, [cutoff])
             .map_err(db)?;
         // A gone agent's series leave the sums once it has not been seen for as long.
         let series = tx
@@ -702,12 +642,7 @@ impl Store for SqliteStore {
         limit: u64,
     ) -> Result<Vec<(i64, Response)>, StoreError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare(
-                "SELECT id, json FROM responses WHERE id > ?1 AND (?2 IS NULL OR rule = ?2)
-                 ORDER BY id LIMIT ?3",
-            )
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::RESPONSES_AFTER).map_err(db)?;
         let rows = st
             .query_map(params![after, rule, to_i64(limit)], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
@@ -730,18 +665,14 @@ impl Store for SqliteStore {
         let limit = to_i64(limit);
         let jsons: Vec<String> = match rule {
             Some(rule) => {
-                let mut st = conn
-                    .prepare("SELECT json FROM responses WHERE rule = ?1 ORDER BY id DESC LIMIT ?2")
-                    .map_err(db)?;
+                let mut st = conn.prepare(sql::NEWEST_RESPONSES_OF_RULE).map_err(db)?;
                 st.query_map(params![rule, limit], |r| r.get(0))
                     .map_err(db)?
                     .collect::<Result<_, _>>()
                     .map_err(db)?
             }
             None => {
-                let mut st = conn
-                    .prepare("SELECT json FROM responses ORDER BY id DESC LIMIT ?1")
-                    .map_err(db)?;
+                let mut st = conn.prepare(sql::NEWEST_RESPONSES).map_err(db)?;
                 st.query_map([limit], |r| r.get(0))
                     .map_err(db)?
                     .collect::<Result<_, _>>()
@@ -776,14 +707,15 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn last_response_id(&self) -> Result<i64, StoreError> {
+        self.conn()
+            .query_row(sql::LAST_RESPONSE_ID, [], |r| r.get(0))
+            .map_err(db)
+    }
+
     fn metric_series(&self, rule: Option<&str>) -> Result<Vec<StoredSeries>, StoreError> {
         let conn = self.conn();
-        let mut st = conn
-            .prepare(
-                "SELECT agent, service, json, updated FROM metric_series
-                 WHERE (?1 IS NULL OR rule = ?1) ORDER BY rule, agent, tags",
-            )
-            .map_err(db)?;
+        let mut st = conn.prepare(sql::SELECT_SERIES).map_err(db)?;
         let rows = st
             .query_map([rule], |r| {
                 Ok((
@@ -845,9 +777,7 @@ impl SqliteStore {
     ) -> Result<MetricsStored, StoreError> {
         let mut out = MetricsStored::default();
         let service: Option<String> = tx
-            .query_row("SELECT service FROM agents WHERE id = ?1", [agent], |r| {
-                r.get(0)
-            })
+            .query_row(sql::AGENT_SERVICE, [agent], |r| r.get(0))
             .optional()
             .map_err(db)?;
         let Some(service) = service else {
@@ -883,11 +813,9 @@ impl SqliteStore {
                 source,
             })?;
             let held: Option<i64> = tx
-                .query_row(
-                    "SELECT count FROM metric_series WHERE rule = ?1 AND agent = ?2 AND tags = ?3",
-                    params![s.rule, agent, tags],
-                    |r| r.get(0),
-                )
+                .query_row(sql::SERIES_COUNT, params![s.rule, agent, tags], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(db)?;
             match held {
@@ -898,8 +826,7 @@ impl SqliteStore {
                 }
                 Some(_) => {
                     tx.execute(
-                        "UPDATE metric_series SET service = ?4, count = ?5, json = ?6, updated = ?7
-                         WHERE rule = ?1 AND agent = ?2 AND tags = ?3",
+                        sql::UPDATE_SERIES,
                         params![s.rule, agent, tags, service, to_i64(s.count), json, now_ms],
                     )
                     .map_err(db)?;
@@ -909,11 +836,9 @@ impl SqliteStore {
                         Some(n) => n,
                         None => {
                             let n: i64 = tx
-                                .query_row(
-                                    "SELECT COUNT(*) FROM metric_series WHERE rule = ?1 AND agent = ?2",
-                                    params![s.rule, agent],
-                                    |r| r.get(0),
-                                )
+                                .query_row(sql::SERIES_OF_AGENT, params![s.rule, agent], |r| {
+                                    r.get(0)
+                                })
                                 .map_err(db)?;
                             per_rule.entry(s.rule.clone()).or_insert(to_u64(n) as usize)
                         }
@@ -924,8 +849,7 @@ impl SqliteStore {
                     }
                     *n += 1;
                     tx.execute(
-                        "INSERT INTO metric_series (rule, agent, tags, service, count, json, updated)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        sql::INSERT_SERIES,
                         params![s.rule, agent, tags, service, to_i64(s.count), json, now_ms],
                     )
                     .map_err(db)?;
@@ -950,245 +874,13 @@ impl SqliteStore {
                 }
                 hits
             };
-            tx.execute(
-                "UPDATE rules SET hits = ?2 WHERE id = ?1",
-                params![&rule, hits],
-            )
-            .map_err(db)?;
-            let finished = tx
-                .execute(
-                    "UPDATE rules SET state = 'done', enabled = 0
-                     WHERE id = ?1 AND state = 'active' AND max_hits IS NOT NULL AND hits >= max_hits",
-                    [&rule],
-                )
+            tx.execute(sql::SET_METRIC_HITS, params![&rule, hits])
                 .map_err(db)?;
+            let finished = tx.execute(sql::FINISH_METRIC_RULE, [&rule]).map_err(db)?;
             if finished > 0 {
                 out.done.push(rule);
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn response(rule: &str, n: u32) -> Response {
-        Response {
-            rule: rule.into(),
-            agent: "a1".into(),
-            service: "svc".into(),
-            time: "2026-01-01T00:00:00Z".into(),
-            thread: "main".into(),
-            location: Default::default(),
-            message: Some(format!("hit {n}")),
-            frames: vec![],
-            locals: Default::default(),
-            watch: Default::default(),
-        }
-    }
-
-    fn stored(id: &str, max_hits: Option<u64>) -> StoredRule {
-        let mut rule: Rule =
-            serde_json::from_str(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
-        rule.id = id.into();
-        rule.max_hits = max_hits;
-        StoredRule {
-            rule,
-            created_ms: 1,
-            expires_ms: Some(1000),
-            state: RuleState::Active,
-            enabled: true,
-            hits: 0,
-        }
-    }
-
-    #[test]
-    fn a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.insert_rule(&stored("r-a", Some(3))).unwrap();
-        let keep = Retention::default();
-        let ins = s
-            .insert_responses(vec![response("r-a", 0)], 10, keep)
-            .unwrap();
-        assert_eq!(ins.stored.len(), 1);
-        let off = s.set_enabled("r-a", false).unwrap().unwrap();
-        assert_eq!(
-            (off.enabled, off.hits, off.state),
-            (false, 1, RuleState::Active)
-        );
-        let ins = s
-            .insert_responses(vec![response("r-a", 1)], 11, keep)
-            .unwrap();
-        assert_eq!((ins.stored.len(), ins.refused), (0, 1));
-        assert_eq!(s.responses(Some("r-a"), 10).unwrap().len(), 1);
-        assert!(s.set_enabled("r-a", true).unwrap().unwrap().enabled);
-        let batch = (2..6).map(|n| response("r-a", n)).collect();
-        let ins = s.insert_responses(batch, 12, keep).unwrap();
-        // One hit before the pause counts toward the max of 3.
-        assert_eq!((ins.stored.len(), ins.refused), (2, 2));
-        let done = s.rule("r-a").unwrap().unwrap();
-        assert_eq!(
-            (done.state, done.hits, done.enabled),
-            (RuleState::Done, 3, true)
-        );
-        assert!(s.set_enabled("r-none", true).unwrap().is_none());
-    }
-
-    #[test]
-    fn max_hits_and_retention_hold() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.insert_rule(&stored("r-a", Some(3))).unwrap();
-        s.insert_rule(&stored("r-b", None)).unwrap();
-        assert!(matches!(
-            s.insert_rule(&stored("r-a", None)),
-            Err(StoreError::DuplicateRule(_))
-        ));
-        let keep = Retention {
-            per_rule: 2,
-            max_age_ms: 1_000_000,
-        };
-        let batch = (0..5).map(|n| response("r-a", n)).collect();
-        let ins = s.insert_responses(batch, 10, keep).unwrap();
-        assert_eq!(
-            (ins.stored.len(), ins.refused, ins.done.clone()),
-            (3, 2, vec!["r-a".to_string()])
-        );
-        assert_eq!(s.rule("r-a").unwrap().unwrap().state, RuleState::Done);
-        let batch = (0..5).map(|n| response("r-b", n)).collect();
-        s.insert_responses(batch, 10, keep).unwrap();
-        let kept = s.responses(Some("r-b"), 100).unwrap();
-        let msgs: Vec<_> = kept.iter().map(|r| r.message.clone().unwrap()).collect();
-        assert_eq!(msgs, ["hit 3", "hit 4"]);
-        let after = s.responses_after(Some("r-b"), 0, 100).unwrap();
-        let ids: Vec<i64> = after.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids.len(), 2);
-        assert!(ids[0] < ids[1]);
-        assert_eq!(
-            s.responses_after(Some("r-b"), ids[0], 100).unwrap().len(),
-            1
-        );
-        assert_eq!(s.responses_after(None, 0, 100).unwrap().len(), 4);
-        let old = Retention {
-            per_rule: 100,
-            max_age_ms: 5,
-        };
-        assert_eq!(s.prune_responses(15, old).unwrap(), 0);
-        assert_eq!(s.prune_responses(16, old).unwrap(), 4);
-        assert_eq!(s.expire_rules(999).unwrap(), Vec::<String>::new());
-        assert_eq!(s.expire_rules(1000).unwrap(), vec!["r-b".to_string()]);
-    }
-
-    fn metric_rule(id: &str, max_hits: Option<u64>) -> StoredRule {
-        let mut r = stored(id, max_hits);
-        r.rule.action = Action::Metric;
-        r.rule.metric = Some(serde_json::from_str(r#"{"kind":"count","name":"ticks"}"#).unwrap());
-        r
-    }
-
-    fn count(rule: &str, tag: &str, n: u64) -> MetricSeries {
-        MetricSeries {
-            rule: rule.into(),
-            name: "agent-says".into(),
-            kind: MetricKind::Gauge,
-            tags: [("k".to_string(), tag.to_string())].into(),
-            count: n,
-            sum: 0.0,
-            last: None,
-            buckets: vec![],
-            updated: "2026-01-01T00:00:00Z".into(),
-            overflow: 0,
-        }
-    }
-
-    fn agent(s: &SqliteStore, id: &str, now_ms: i64) {
-        let info: AgentInfo =
-            serde_json::from_value(serde_json::json!({"id": id, "service": "svc"})).unwrap();
-        s.upsert_agent(&info, false, now_ms).unwrap();
-    }
-
-    #[test]
-    fn metric_series_keep_the_newest_report_within_the_cap() {
-        let s = SqliteStore::in_memory().unwrap();
-        s.insert_rule(&metric_rule("m", Some(10))).unwrap();
-        s.insert_rule(&stored("snap", None)).unwrap();
-        agent(&s, "a", 0);
-        agent(&s, "b", 0);
-        let got = s
-            .upsert_metrics(
-                "a",
-                &[
-                    count("m", "x", 3),
-                    count("snap", "x", 1),
-                    count("gone", "x", 1),
-                ],
-                5,
-            )
-            .unwrap();
-        assert_eq!((got.stored, got.refused, got.stale), (1, 2, 0));
-        // The same report again, then an older one arriving late: nothing changes.
-        s.upsert_metrics("a", &[count("m", "x", 3)], 6).unwrap();
-        let late = s.upsert_metrics("a", &[count("m", "x", 2)], 7).unwrap();
-        assert_eq!((late.stored, late.stale), (0, 1));
-        let all = s.metric_series(None).unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(
-            (
-                all[0].series.count,
-                all[0].series.name.as_str(),
-                all[0].series.kind
-            ),
-            (3, "ticks", MetricKind::Count),
-            "the rule names the metric, not the agent"
-        );
-        assert_eq!((all[0].service.as_str(), all[0].updated_ms), ("svc", 6));
-        assert_eq!(s.rule("m").unwrap().unwrap().hits, 3);
-        // An unknown agent's series are refused.
-        let stranger = s
-            .upsert_metrics("nobody", &[count("m", "y", 1)], 8)
-            .unwrap();
-        assert_eq!((stranger.stored, stranger.refused), (0, 1));
-
-        // One agent may hold MAX_SERIES_PER_RULE series of a rule; another has its own room.
-        s.insert_rule(&metric_rule("wide", None)).unwrap();
-        let many: Vec<_> = (0..MAX_SERIES_PER_RULE + 5)
-            .map(|i| count("wide", &i.to_string(), 1))
-            .collect();
-        let got = s.upsert_metrics("a", &many, 9).unwrap();
-        assert_eq!((got.stored, got.refused), (MAX_SERIES_PER_RULE, 5));
-        let again = s.upsert_metrics("a", &many[..3], 10).unwrap();
-        assert_eq!(
-            (again.stored, again.refused),
-            (3, 0),
-            "known series still update"
-        );
-        let got = s.upsert_metrics("b", &many[..2], 10).unwrap();
-        assert_eq!(got.stored, 2);
-        assert_eq!(
-            s.rule("wide").unwrap().unwrap().hits,
-            MAX_SERIES_PER_RULE as u64 + 2
-        );
-        assert!(s.delete_rule("wide").unwrap());
-        assert_eq!(s.metric_series(Some("wide")).unwrap().len(), 0);
-
-        // Max hits over agents: 3 + 7 reaches 10 and the rule is done; later reports are refused.
-        let got = s.upsert_metrics("b", &[count("m", "x", 7)], 11).unwrap();
-        assert_eq!(got.done, vec!["m".to_string()]);
-        let rule = s.rule("m").unwrap().unwrap();
-        assert_eq!((rule.state, rule.hits), (RuleState::Done, 10));
-        let after = s.upsert_metrics("b", &[count("m", "x", 8)], 12).unwrap();
-        assert_eq!((after.stored, after.refused), (0, 1));
-
-        // A gone agent's series are pruned with old responses; a recently seen one stays.
-        agent(&s, "b", 1_000);
-        let keep = Retention {
-            per_rule: 100,
-            max_age_ms: 500,
-        };
-        assert_eq!(s.prune_responses(1_400, keep).unwrap(), 1);
-        let left: Vec<_> = s.metric_series(None).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0].agent, "b");
     }
 }

@@ -2,11 +2,15 @@
 //! newest metric series of each agent.
 //!
 //! Calls block; the server runs them on tokio's blocking pool. [`crate::sqlite::SqliteStore`]
-//! is the implementation today; the SQL is kept portable so a PostgreSQL store can follow
-//! (counters such as a rule's hits are single atomic `UPDATE`s, not read-modify-write).
+//! is the store of one server; [`crate::postgres::PgStore`] the one several replicas share
+//! (counters such as a rule's hits are single atomic `UPDATE`s, not read-modify-write, so
+//! they hold across replicas). A shared store ([`Store::shared`]) tells each replica what
+//! the others changed ([`Store::listen`]) and keeps agent presence as a lease that the
+//! replica holding the connection renews ([`Store::renew_leases`]).
 
 use nonstop_model::metrics::MetricSeries;
 use nonstop_model::{AgentInfo, Response, Rule, RuleStatus};
+use std::sync::atomic::AtomicBool;
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +140,16 @@ pub struct StoredSeries {
     pub updated_ms: i64,
 }
 
+/// What another server on the same store changed, as [`Store::listen`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A rule was added, changed, removed, expired or finished: read the rules again.
+    Rules,
+    /// Responses were stored: read what came after the last one seen.
+    Responses,
+}
+
 /// Where the server keeps its state.
 pub trait Store: Send + Sync + 'static {
     /// Adds a rule; [`StoreError::DuplicateRule`] when its id is taken.
@@ -230,4 +244,31 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<MetricsStored, StoreError>;
     /// The newest series of every agent (of one rule, or all), by rule, agent and tags.
     fn metric_series(&self, rule: Option<&str>) -> Result<Vec<StoredSeries>, StoreError>;
+
+    /// The id of the newest stored response (0 when there is none).
+    fn last_response_id(&self) -> Result<i64, StoreError>;
+
+    /// Whether several servers share this store: then agent presence is a lease renewed
+    /// with [`Store::renew_leases`] (and [`Store::disconnect_all`] changes nothing), and
+    /// [`Store::listen`] reports what the other servers change. False by default.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Renews the presence of the agents whose connections this server holds (a shared
+    /// store's lease). Nothing by default: one server's connection flags are exact.
+    fn renew_leases(&self, _agents: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Calls `on_change` for each change other servers (and this one) make, until `stop`
+    /// is set; after a lost connection it reports every kind of change once, since some
+    /// may have been missed. Returns at once for a store only one server uses (the default).
+    fn listen(
+        &self,
+        _on_change: &mut dyn FnMut(Change),
+        _stop: &AtomicBool,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -7,11 +7,13 @@
 //! - [`agent_library`]: `libnonstop_agent.so`, brought up to date;
 //! - [`free_port`], [`wait_for`], [`ServerProcess`]: loopback servers and waiting for
 //!   events with a deadline instead of sleeping;
-//! - [`tls`]: certificates made in-process (rcgen), so TLS tests never skip.
+//! - [`tls`]: certificates made in-process (rcgen), so TLS tests never skip;
+//! - [`postgres`]: a throwaway PostgreSQL cluster per test process, a database per test.
 //!
 //! Everything here panics with a message saying what to do: it runs only inside tests.
 
 pub mod fixture;
+pub mod postgres;
 pub mod tls;
 pub mod tool;
 

@@ -1,0 +1,476 @@
+//! The store's test suite, run against both stores: SQLite (a file per test) and a real
+//! PostgreSQL (a throwaway cluster of the testkit, a database per test). Each check takes a
+//! [`Backend`] that opens as many stores on one database as it needs (two PostgreSQL stores
+//! are two replicas).
+
+use nonstop_model::metrics::{MAX_SERIES_PER_RULE, MetricSeries};
+use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule};
+use nonstop_server::postgres::PgStore;
+use nonstop_server::sqlite::SqliteStore;
+use nonstop_server::store::{Change, Retention, RuleState, Store, StoreError, StoredRule};
+use nonstop_testkit::postgres::{Cluster, Database};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where one test's stores live.
+enum Backend {
+    Sqlite(PathBuf),
+    Postgres(Database),
+}
+
+impl Backend {
+    fn sqlite() -> Backend {
+        Backend::Sqlite(nonstop_testkit::tempdir("store").join("nonstop.db"))
+    }
+
+    fn postgres() -> Backend {
+        Backend::Postgres(Cluster::shared().database())
+    }
+
+    /// A store on this backend's database (another one on each call).
+    fn open(&self) -> Arc<dyn Store> {
+        match self {
+            Backend::Sqlite(path) => Arc::new(SqliteStore::open(path).unwrap()),
+            Backend::Postgres(db) => Arc::new(PgStore::connect(&db.url).unwrap()),
+        }
+    }
+}
+
+/// Each check, once per store.
+macro_rules! on_both_stores {
+    ($($check:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $check() { super::$check(&super::Backend::sqlite()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $check() { super::$check(&super::Backend::postgres()) } )*
+        }
+    };
+}
+
+on_both_stores!(
+    a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled,
+    max_hits_and_retention_hold,
+    metric_series_keep_the_newest_report_within_the_cap,
+    max_hits_hold_exactly_across_stores_writing_at_once,
+    rules_statuses_sources_and_agents_read_back,
+);
+
+fn response(rule: &str, n: u32) -> Response {
+    Response {
+        rule: rule.into(),
+        agent: "a1".into(),
+        service: "svc".into(),
+        time: "2026-01-01T00:00:00Z".into(),
+        thread: "main".into(),
+        location: Default::default(),
+        message: Some(format!("hit {n}")),
+        frames: vec![],
+        locals: Default::default(),
+        watch: Default::default(),
+    }
+}
+
+fn stored(id: &str, max_hits: Option<u64>) -> StoredRule {
+    let mut rule: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"snapshot"}"#).unwrap();
+    rule.id = id.into();
+    rule.max_hits = max_hits;
+    StoredRule {
+        rule,
+        created_ms: 1,
+        expires_ms: Some(1000),
+        state: RuleState::Active,
+        enabled: true,
+        hits: 0,
+    }
+}
+
+fn a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled(b: &Backend) {
+    let s = b.open();
+    s.insert_rule(&stored("r-a", Some(3))).unwrap();
+    let keep = Retention::default();
+    let ins = s
+        .insert_responses(vec![response("r-a", 0)], 10, keep)
+        .unwrap();
+    assert_eq!(ins.stored.len(), 1);
+    let off = s.set_enabled("r-a", false).unwrap().unwrap();
+    assert_eq!(
+        (off.enabled, off.hits, off.state),
+        (false, 1, RuleState::Active)
+    );
+    let ins = s
+        .insert_responses(vec![response("r-a", 1)], 11, keep)
+        .unwrap();
+    assert_eq!((ins.stored.len(), ins.refused), (0, 1));
+    assert_eq!(s.responses(Some("r-a"), 10).unwrap().len(), 1);
+    assert!(s.set_enabled("r-a", true).unwrap().unwrap().enabled);
+    let batch = (2..6).map(|n| response("r-a", n)).collect();
+    let ins = s.insert_responses(batch, 12, keep).unwrap();
+    // One hit before the pause counts toward the max of 3.
+    assert_eq!((ins.stored.len(), ins.refused), (2, 2));
+    let done = s.rule("r-a").unwrap().unwrap();
+    assert_eq!(
+        (done.state, done.hits, done.enabled),
+        (RuleState::Done, 3, true)
+    );
+    assert!(s.set_enabled("r-none", true).unwrap().is_none());
+}
+
+fn max_hits_and_retention_hold(b: &Backend) {
+    let s = b.open();
+    assert_eq!(s.last_response_id().unwrap(), 0);
+    s.insert_rule(&stored("r-a", Some(3))).unwrap();
+    s.insert_rule(&stored("r-b", None)).unwrap();
+    assert!(matches!(
+        s.insert_rule(&stored("r-a", None)),
+        Err(StoreError::DuplicateRule(_))
+    ));
+    let keep = Retention {
+        per_rule: 2,
+        max_age_ms: 1_000_000,
+    };
+    let batch = (0..5).map(|n| response("r-a", n)).collect();
+    let ins = s.insert_responses(batch, 10, keep).unwrap();
+    assert_eq!(
+        (ins.stored.len(), ins.refused, ins.done.clone()),
+        (3, 2, vec!["r-a".to_string()])
+    );
+    assert_eq!(s.rule("r-a").unwrap().unwrap().state, RuleState::Done);
+    let mut batch: Vec<Response> = (0..5).map(|n| response("r-b", n)).collect();
+    batch.push(response("r-gone", 9));
+    let ins = s.insert_responses(batch, 10, keep).unwrap();
+    assert_eq!(
+        (ins.stored.len(), ins.refused, ins.unknown),
+        (5, 1, vec!["r-gone".to_string()])
+    );
+    assert_eq!(
+        s.last_response_id().unwrap(),
+        ins.stored.last().unwrap().0,
+        "the newest id is the last one stored"
+    );
+    let kept = s.responses(Some("r-b"), 100).unwrap();
+    let msgs: Vec<_> = kept.iter().map(|r| r.message.clone().unwrap()).collect();
+    assert_eq!(msgs, ["hit 3", "hit 4"]);
+    let after = s.responses_after(Some("r-b"), 0, 100).unwrap();
+    let ids: Vec<i64> = after.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    assert_eq!(
+        s.responses_after(Some("r-b"), ids[0], 100).unwrap().len(),
+        1
+    );
+    assert_eq!(s.responses_after(None, 0, 100).unwrap().len(), 4);
+    assert_eq!(s.responses(None, 3).unwrap().len(), 3);
+    let old = Retention {
+        per_rule: 100,
+        max_age_ms: 5,
+    };
+    assert_eq!(s.prune_responses(15, old).unwrap(), 0);
+    assert_eq!(s.prune_responses(16, old).unwrap(), 4);
+    assert_eq!(s.expire_rules(999).unwrap(), Vec::<String>::new());
+    assert_eq!(s.expire_rules(1000).unwrap(), vec!["r-b".to_string()]);
+    assert_eq!(s.rule("r-b").unwrap().unwrap().state, RuleState::Expired);
+    assert!(s.delete_rule("r-a").unwrap());
+    assert!(!s.delete_rule("r-a").unwrap());
+    assert_eq!(
+        s.rules()
+            .unwrap()
+            .iter()
+            .map(|r| r.rule.id.as_str())
+            .collect::<Vec<_>>(),
+        ["r-b"]
+    );
+}
+
+fn metric_rule(id: &str, max_hits: Option<u64>) -> StoredRule {
+    let mut r = stored(id, max_hits);
+    r.rule.action = Action::Metric;
+    r.rule.metric = Some(serde_json::from_str(r#"{"kind":"count","name":"ticks"}"#).unwrap());
+    r
+}
+
+fn count(rule: &str, tag: &str, n: u64) -> MetricSeries {
+    MetricSeries {
+        rule: rule.into(),
+        name: "agent-says".into(),
+        kind: MetricKind::Gauge,
+        tags: [("k".to_string(), tag.to_string())].into(),
+        count: n,
+        sum: 0.0,
+        last: None,
+        buckets: vec![],
+        updated: "2026-01-01T00:00:00Z".into(),
+        overflow: 0,
+    }
+}
+
+fn agent_info(id: &str) -> AgentInfo {
+    serde_json::from_value(
+        serde_json::json!({"id": id, "service": "svc", "labels": {"env": "test"}}),
+    )
+    .unwrap()
+}
+
+fn agent(s: &dyn Store, id: &str, now_ms: i64) {
+    s.upsert_agent(&agent_info(id), false, now_ms).unwrap();
+}
+
+fn metric_series_keep_the_newest_report_within_the_cap(b: &Backend) {
+    let s = b.open();
+    let s = s.as_ref();
+    s.insert_rule(&metric_rule("m", Some(10))).unwrap();
+    s.insert_rule(&stored("snap", None)).unwrap();
+    agent(s, "a", 0);
+    agent(s, "b", 0);
+    let got = s
+        .upsert_metrics(
+            "a",
+            &[
+                count("m", "x", 3),
+                count("snap", "x", 1),
+                count("gone", "x", 1),
+            ],
+            5,
+        )
+        .unwrap();
+    assert_eq!((got.stored, got.refused, got.stale), (1, 2, 0));
+    // The same report again, then an older one arriving late: nothing changes.
+    s.upsert_metrics("a", &[count("m", "x", 3)], 6).unwrap();
+    let late = s.upsert_metrics("a", &[count("m", "x", 2)], 7).unwrap();
+    assert_eq!((late.stored, late.stale), (0, 1));
+    let all = s.metric_series(None).unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        (
+            all[0].series.count,
+            all[0].series.name.as_str(),
+            all[0].series.kind
+        ),
+        (3, "ticks", MetricKind::Count),
+        "the rule names the metric, not the agent"
+    );
+    assert_eq!((all[0].service.as_str(), all[0].updated_ms), ("svc", 6));
+    assert_eq!(s.rule("m").unwrap().unwrap().hits, 3);
+    // An unknown agent's series are refused.
+    let stranger = s
+        .upsert_metrics("nobody", &[count("m", "y", 1)], 8)
+        .unwrap();
+    assert_eq!((stranger.stored, stranger.refused), (0, 1));
+
+    // One agent may hold MAX_SERIES_PER_RULE series of a rule; another has its own room.
+    s.insert_rule(&metric_rule("wide", None)).unwrap();
+    let many: Vec<_> = (0..MAX_SERIES_PER_RULE + 5)
+        .map(|i| count("wide", &i.to_string(), 1))
+        .collect();
+    let got = s.upsert_metrics("a", &many, 9).unwrap();
+    assert_eq!((got.stored, got.refused), (MAX_SERIES_PER_RULE, 5));
+    let again = s.upsert_metrics("a", &many[..3], 10).unwrap();
+    assert_eq!(
+        (again.stored, again.refused),
+        (3, 0),
+        "known series still update"
+    );
+    let got = s.upsert_metrics("b", &many[..2], 10).unwrap();
+    assert_eq!(got.stored, 2);
+    assert_eq!(
+        s.rule("wide").unwrap().unwrap().hits,
+        MAX_SERIES_PER_RULE as u64 + 2
+    );
+    assert!(s.delete_rule("wide").unwrap());
+    assert_eq!(s.metric_series(Some("wide")).unwrap().len(), 0);
+
+    // Max hits over agents: 3 + 7 reaches 10 and the rule is done; later reports are refused.
+    let got = s.upsert_metrics("b", &[count("m", "x", 7)], 11).unwrap();
+    assert_eq!(got.done, vec!["m".to_string()]);
+    let rule = s.rule("m").unwrap().unwrap();
+    assert_eq!((rule.state, rule.hits), (RuleState::Done, 10));
+    let after = s.upsert_metrics("b", &[count("m", "x", 8)], 12).unwrap();
+    assert_eq!((after.stored, after.refused), (0, 1));
+
+    // A gone agent's series are pruned with old responses; a recently seen one stays.
+    agent(s, "b", 1_000);
+    let keep = Retention {
+        per_rule: 100,
+        max_age_ms: 500,
+    };
+    assert_eq!(s.prune_responses(1_400, keep).unwrap(), 1);
+    let left: Vec<_> = s.metric_series(None).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].agent, "b");
+}
+
+/// Two stores on one database (two replicas; one store for SQLite), four writers each, one rule with max hits
+/// 50: exactly 50 responses are stored, the ids all differ, and the rule is done.
+fn max_hits_hold_exactly_across_stores_writing_at_once(b: &Backend) {
+    let one = b.open();
+    // One SQLite store serves one server; two PostgreSQL stores are two replicas.
+    let two = match b {
+        Backend::Sqlite(_) => one.clone(),
+        Backend::Postgres(_) => b.open(),
+    };
+    one.insert_rule(&stored("r-max", Some(50))).unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let s = if w % 2 == 0 { one.clone() } else { two.clone() };
+            std::thread::spawn(move || {
+                let mut stored = Vec::new();
+                for batch in 0..5 {
+                    let responses = (0..5).map(|n| response("r-max", w * 100 + batch * 5 + n));
+                    let ins = s
+                        .insert_responses(responses.collect(), 10, Retention::default())
+                        .unwrap();
+                    stored.extend(ins.stored.into_iter().map(|(id, _)| id));
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut ids: Vec<i64> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 50, "200 tries, max hits 50");
+    let rule = two.rule("r-max").unwrap().unwrap();
+    assert_eq!((rule.hits, rule.state), (50, RuleState::Done));
+    assert_eq!(one.responses(Some("r-max"), 1000).unwrap().len(), 50);
+}
+
+fn rules_statuses_sources_and_agents_read_back(b: &Backend) {
+    let s = b.open();
+    s.insert_rule(&stored("r-1", None)).unwrap();
+    s.insert_rule(&stored("r-2", Some(4))).unwrap();
+    s.upsert_agent(&agent_info("ag"), true, 100).unwrap();
+    let status: nonstop_model::RuleStatus = serde_json::from_value(serde_json::json!({
+        "rule": "r-1", "status": "error", "message": "no code at a.rs:1", "probes": 0, "hits": 0
+    }))
+    .unwrap();
+    let mut gone = status.clone();
+    gone.rule = "r-unknown".into();
+    s.put_statuses("ag", &[status.clone(), gone], 110).unwrap();
+    let st = s.statuses("r-1").unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(
+        (st[0].agent.as_str(), &st[0].status, st[0].updated_ms),
+        ("ag", &status, 110)
+    );
+    assert!(s.statuses("r-unknown").unwrap().is_empty());
+    let all = s.rules_with_statuses().unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|(r, st)| (r.rule.id.as_str(), st.len()))
+            .collect::<Vec<_>>(),
+        [("r-1", 1), ("r-2", 0)]
+    );
+
+    s.put_source("svc", r#"{"path":"/src"}"#, 5).unwrap();
+    s.put_source("svc", r#"{"path":"/src2"}"#, 6).unwrap();
+    assert_eq!(
+        s.sources().unwrap(),
+        [("svc".to_string(), r#"{"path":"/src2"}"#.to_string())]
+    );
+
+    let a = s.agent("ag").unwrap().unwrap();
+    assert_eq!(
+        (a.connected, a.first_seen_ms, a.last_seen_ms, a.dropped),
+        (true, 100, 100, 0)
+    );
+    assert_eq!(a.info.labels.get("env").map(String::as_str), Some("test"));
+    s.add_dropped("ag", 7).unwrap();
+    s.add_dropped("ag", u64::MAX).unwrap();
+    assert_eq!(s.agent("ag").unwrap().unwrap().dropped, i64::MAX as u64);
+    assert!(s.touch_agent("ag", Some(false), 120).unwrap());
+    let a = s.agent("ag").unwrap().unwrap();
+    assert_eq!((a.connected, a.last_seen_ms), (false, 120));
+    assert!(!s.touch_agent("nobody", None, 120).unwrap());
+    assert_eq!(s.agents().unwrap().len(), 1);
+}
+
+/// Replicas on one PostgreSQL database: presence is a lease held by the replica that holds
+/// the connection, and start-up of another replica does not end it.
+#[test]
+fn postgres_presence_is_a_lease_of_the_replica_holding_the_connection() {
+    let b = Backend::postgres();
+    let (one, two) = (b.open(), b.open());
+    assert!(one.shared() && two.shared());
+    one.upsert_agent(&agent_info("ag"), true, 1).unwrap();
+    two.disconnect_all().unwrap();
+    assert!(two.agent("ag").unwrap().unwrap().connected);
+    // The agent moved to replica two; replica one's session then closes.
+    two.touch_agent("ag", Some(true), 2).unwrap();
+    one.touch_agent("ag", Some(false), 3).unwrap();
+    assert!(
+        one.agent("ag").unwrap().unwrap().connected,
+        "a replica ends only a lease it holds"
+    );
+    one.renew_leases(&["ag".to_string()]).unwrap();
+    two.touch_agent("ag", Some(false), 4).unwrap();
+    assert!(
+        two.agent("ag").unwrap().unwrap().connected,
+        "renewed by replica one"
+    );
+    one.touch_agent("ag", Some(false), 5).unwrap();
+    assert!(!two.agent("ag").unwrap().unwrap().connected);
+}
+
+#[test]
+fn sqlite_start_up_marks_every_agent_disconnected() {
+    let b = Backend::sqlite();
+    let s = b.open();
+    assert!(!s.shared());
+    s.upsert_agent(&agent_info("ag"), true, 1).unwrap();
+    s.disconnect_all().unwrap();
+    assert!(!s.agent("ag").unwrap().unwrap().connected);
+}
+
+/// What one replica changes reaches another's listener: rules, then responses.
+#[test]
+fn postgres_replicas_hear_each_others_changes() {
+    let b = Backend::postgres();
+    let (one, two) = (b.open(), b.open());
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = {
+        let (heard, stop) = (heard.clone(), stop.clone());
+        std::thread::spawn(move || {
+            two.listen(&mut |c| heard.lock().unwrap().push(c), &stop)
+                .unwrap()
+        })
+    };
+    // The listener is up once it hears a change: add rules until it does.
+    let mut n = 0;
+    nonstop_testkit::wait_for(
+        "the listener hears a new rule",
+        Duration::from_secs(10),
+        || {
+            one.insert_rule(&stored(&format!("r-{n}"), None)).unwrap();
+            n += 1;
+            heard.lock().unwrap().contains(&Change::Rules).then_some(())
+        },
+    );
+    one.insert_responses(vec![response("r-0", 1)], 10, Retention::default())
+        .unwrap();
+    nonstop_testkit::wait_for(
+        "the listener hears new responses",
+        Duration::from_secs(10),
+        || {
+            heard
+                .lock()
+                .unwrap()
+                .contains(&Change::Responses)
+                .then_some(())
+        },
+    );
+    let before = heard.lock().unwrap().len();
+    assert!(one.delete_rule("r-0").unwrap());
+    nonstop_testkit::wait_for(
+        "the listener hears a deleted rule",
+        Duration::from_secs(10),
+        || (heard.lock().unwrap()[before..].contains(&Change::Rules)).then_some(()),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    listener.join().unwrap();
+}
