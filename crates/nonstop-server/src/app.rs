@@ -40,6 +40,8 @@ pub(crate) struct App {
     pub(crate) sources: Arc<Sources>,
     /// The largest capture limits a rule may ask for.
     pub(crate) max_limits: nonstop_model::CaptureLimits,
+    /// The delivery pipeline to targets.
+    pub(crate) outbox: Arc<crate::outbox::Outbox>,
 }
 
 impl App {
@@ -116,6 +118,9 @@ impl App {
                 };
                 let _ = self.live.send(Arc::new(live));
             }
+        }
+        if ins.queued > 0 {
+            self.outbox.wake();
         }
         if !ins.done.is_empty() {
             tracing::info!(rules = ?ins.done, "rules reached their max hits");

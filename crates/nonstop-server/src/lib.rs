@@ -55,11 +55,13 @@ mod error;
 mod hub;
 pub mod ids;
 mod metrics;
+pub mod outbox;
 pub mod postgres;
 pub mod sources;
 mod sql;
 pub mod sqlite;
 pub mod store;
+mod targets;
 pub mod tls;
 mod ui;
 pub mod validate;
@@ -110,6 +112,8 @@ pub struct Config {
     pub max_limits: nonstop_model::CaptureLimits,
     /// Idle timeout and caps on open connections ([`conn::ConnLimits`]).
     pub connections: conn::ConnLimits,
+    /// The delivery pipeline to targets: outbox bounds, back-off, timeout.
+    pub outbox: outbox::OutboxConfig,
 }
 
 impl Config {
@@ -124,6 +128,7 @@ impl Config {
             sources: Vec::new(),
             max_limits: validate::DEFAULT_MAX_LIMITS,
             connections: conn::ConnLimits::default(),
+            outbox: outbox::OutboxConfig::default(),
         }
     }
 }
@@ -256,6 +261,18 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/services/{service}/resolve", get(sources::resolve))
         .route("/api/v1/metrics", get(metrics::list_metrics))
+        .route(
+            "/api/v1/targets",
+            get(targets::list_targets).post(targets::put_target),
+        )
+        .route(
+            "/api/v1/targets/{name}",
+            get(targets::get_target).delete(targets::delete_target),
+        )
+        .route(
+            "/api/v1/targets/{name}/test",
+            axum::routing::post(targets::test_target),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -362,7 +379,10 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         source,
     })?;
     let (stop, stop_rx) = watch::channel(false);
+    let outbox = Arc::new(outbox::Outbox::new(store.clone(), config.outbox));
+    outbox.start(stop_rx.clone());
     let app = Arc::new(App {
+        outbox,
         store,
         tokens: tokens.clone(),
         retention: config.retention,
