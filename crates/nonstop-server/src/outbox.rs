@@ -103,13 +103,20 @@ async fn blocking<T: Send + 'static>(
 
 impl Outbox {
     pub(crate) fn new(store: Arc<dyn Store>, config: OutboxConfig) -> Outbox {
-        let mut id = [0u8; 8];
-        crate::ids::fill_random(&mut id);
+        // One server on its own store holds every target: a restarted one takes them back
+        // at once. Replicas each have their own name, and wait for a lapsed lease.
+        let holder = if store.shared() {
+            let mut id = [0u8; 8];
+            crate::ids::fill_random(&mut id);
+            id.iter().map(|b| format!("{b:02x}")).collect()
+        } else {
+            "local".to_string()
+        };
         Outbox {
             store,
             wake: watch::channel(0).0,
             config,
-            holder: id.iter().map(|b| format!("{b:02x}")).collect(),
+            holder,
             agents: Default::default(),
             client: nonstop_sinks::http::client().ok(),
         }

@@ -53,7 +53,8 @@ fn response(rule: &str, n: u32) -> Response {
 }
 
 fn rule(id: &str, to: &[&str]) -> StoredRule {
-    let mut rule: Rule = serde_json::from_str(r#"{"at":"a.rs:1","action":"log","template":"x"}"#).unwrap();
+    let mut rule: Rule =
+        serde_json::from_str(r#"{"at":"a.rs:1","action":"log","template":"x"}"#).unwrap();
     rule.id = id.into();
     rule.to = to.iter().map(|s| s.to_string()).collect();
     StoredRule {
@@ -73,7 +74,10 @@ fn outbox_follows_the_responses(b: &Backend) {
     let s = b.open();
     assert!(s.put_target("hook", HOOK, 10).unwrap());
     assert!(s.put_target("file", FILE, 10).unwrap());
-    assert!(!s.put_target("file", FILE, 11).unwrap(), "replaced, not new");
+    assert!(
+        !s.put_target("file", FILE, 11).unwrap(),
+        "replaced, not new"
+    );
     let names: Vec<String> = s.targets().unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(names, ["file", "hook"]);
     s.insert_rule(&rule("r1", &["ui", "hook", "file"])).unwrap();
@@ -92,10 +96,19 @@ fn outbox_follows_the_responses(b: &Backend) {
     assert_eq!(pending.len(), 2);
     let texts: Vec<String> = pending
         .iter()
-        .map(|e| serde_json::from_str::<Response>(&e.payload).unwrap().message.unwrap())
+        .map(|e| {
+            serde_json::from_str::<Response>(&e.payload)
+                .unwrap()
+                .message
+                .unwrap()
+        })
         .collect();
     assert_eq!(texts, ["hit 1", "hit 3"]);
-    assert!(pending.iter().all(|e| e.kind == "response" && e.rule == "r1"));
+    assert!(
+        pending
+            .iter()
+            .all(|e| e.kind == "response" && e.rule == "r1")
+    );
     assert!(pending[0].id < pending[1].id);
     let file_pending = s.outbox_pending("file", 10).unwrap();
     assert_eq!(
@@ -108,8 +121,12 @@ fn outbox_follows_the_responses(b: &Backend) {
     assert_eq!((hook.pending, hook.oldest_pending_ms), (2, Some(100)));
 
     // A retry keeps the entry (and its id); sent and failed settle and count.
-    s.settle_outbox("hook", &[(pending[0].id, Settled::Retry("503".into()))], 200)
-        .unwrap();
+    s.settle_outbox(
+        "hook",
+        &[(pending[0].id, Settled::Retry("503".into()))],
+        200,
+    )
+    .unwrap();
     let again = s.outbox_pending("hook", 10).unwrap();
     assert_eq!(again[0].delivery, pending[0].delivery);
     assert_eq!(again[0].attempts, 1);
