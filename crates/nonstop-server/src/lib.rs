@@ -16,6 +16,7 @@
 //! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
 //! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `POST /api/v1/rules/{id}/enable` and `/disable`, `GET /api/v1/templates`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
 //! | `GET /api/v1/metrics` (the series of metric rules as JSON, summed per service) | admin, as above |
+//! | `GET/POST /api/v1/targets`, `GET/DELETE /api/v1/targets/{name}`, `POST /api/v1/targets/{name}/test` (where responses are delivered; see [`outbox`]) | admin, as above |
 //! | `GET /metrics` (the same in the Prometheus text format, for a scrape) | admin, as `Authorization: Bearer` |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
