@@ -38,13 +38,78 @@ pub(crate) fn routes(rule_json: &str) -> Vec<String> {
 /// The delivery id of the response stored with id `rid`: the id and a hash of its JSON, so
 /// ids from a store started over do not pass for old ones at a receiver.
 pub(crate) fn delivery_id(rid: i64, json: &str) -> String {
-    // FNV-1a, 64 bits: stable across builds and platforms.
+    format!("nonstop-{rid}-{:016x}", fnv(json.as_bytes()))
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms.
+fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json.as_bytes() {
+    for b in bytes {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("nonstop-{rid}-{h:016x}")
+    h
+}
+
+/// The outbox entries of an agent's metric report: each series of an active metric rule
+/// that routes to targets, as the store now holds it (the rule's name and kind), once per
+/// target. A report's metric is cumulative, so each entry stands alone; its id is the
+/// series and its count, the same for the same report.
+pub(crate) fn metric_entries(
+    s: &dyn Store,
+    agent: &str,
+    series: &[nonstop_model::metrics::MetricSeries],
+    now_ms: i64,
+) -> Result<Vec<crate::store::NewEntry>, StoreError> {
+    let mut rules: HashMap<&str, Option<(Vec<String>, nonstop_model::Metric)>> = HashMap::new();
+    let mut out = Vec::new();
+    let mut service: Option<String> = None;
+    for x in series {
+        if !rules.contains_key(x.rule.as_str()) {
+            let r = s.rule(&x.rule)?.and_then(|r| {
+                let to: Vec<String> = r.rule.to.iter().filter(|t| *t != "ui").cloned().collect();
+                let active = r.state == crate::store::RuleState::Active && r.enabled;
+                match (active && !to.is_empty(), r.rule.metric) {
+                    (true, Some(m)) => Some((to, m)),
+                    _ => None,
+                }
+            });
+            rules.insert(&x.rule, r);
+        }
+        let Some(Some((to, metric))) = rules.get(x.rule.as_str()) else {
+            continue;
+        };
+        if service.is_none() {
+            service = Some(s.agent(agent)?.map(|a| a.info.service).unwrap_or_default());
+        }
+        let mut x = x.clone();
+        x.name.clone_from(&metric.name);
+        x.kind = metric.kind;
+        let payload = serde_json::json!({
+            "agent": agent,
+            "service": service.as_deref().unwrap_or_default(),
+            "series": x,
+            "time_ms": now_ms,
+        })
+        .to_string();
+        let tags = serde_json::to_string(&x.tags).unwrap_or_default();
+        let delivery = format!(
+            "nonstop-metric-{}-{:016x}-{}",
+            x.rule,
+            fnv(format!("{agent}\n{tags}").as_bytes()),
+            x.count
+        );
+        for t in to {
+            out.push(crate::store::NewEntry {
+                target: t.clone(),
+                rule: x.rule.clone(),
+                delivery: delivery.clone(),
+                kind: "metric".into(),
+                payload: payload.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// How the pipeline runs.

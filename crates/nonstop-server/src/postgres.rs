@@ -25,8 +25,9 @@
 
 use crate::sql::{self, pg};
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Change, Inserted, MetricsStored, OutboxEntry, OutboxLimits,
-    Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries, StoredTarget,
+    AgentRecord, AgentRuleStatus, Change, Inserted, MetricsStored, NewEntry, OutboxEntry,
+    OutboxLimits, Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries,
+    StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus};
@@ -127,7 +128,7 @@ CREATE TABLE tokens (
 "#,
     // Targets and their outboxes, as in the SQLite store (`crate::outbox`).
     r#"
-CREATE TABLE targets (
+CREATE TABLE IF NOT EXISTS targets (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     created BIGINT NOT NULL,
@@ -139,7 +140,7 @@ CREATE TABLE targets (
     holder TEXT,
     lease_until BIGINT NOT NULL DEFAULT 0
 );
-CREATE TABLE outbox (
+CREATE TABLE IF NOT EXISTS outbox (
     id BIGSERIAL PRIMARY KEY,
     target TEXT NOT NULL,
     rule TEXT NOT NULL,
@@ -153,8 +154,8 @@ CREATE TABLE outbox (
     kind TEXT NOT NULL,
     payload TEXT NOT NULL
 );
-CREATE INDEX outbox_by_target ON outbox (target, state, id);
-CREATE INDEX outbox_by_rule ON outbox (rule, target, state);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
+CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
 "#,
 ];
 
@@ -1120,6 +1121,27 @@ impl Store for PgStore {
                 )?;
             }
             Ok(to_u64(dropped))
+        })
+    }
+
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError> {
+        self.tx(|d| {
+            let mut n = 0;
+            for e in entries {
+                n += d.exec(
+                    sql::ENQUEUE,
+                    &[
+                        &e.target,
+                        &e.rule,
+                        &0i64,
+                        &e.delivery,
+                        &now_ms,
+                        &e.kind,
+                        &e.payload,
+                    ],
+                )? as usize;
+            }
+            Ok(n)
         })
     }
 

@@ -2,8 +2,8 @@
 
 use crate::sql;
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, OutboxEntry, OutboxLimits, Retention,
-    RuleState, Settled, Store, StoreError, StoredRule, StoredSeries, StoredTarget,
+    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, NewEntry, OutboxEntry, OutboxLimits,
+    Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries, StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
@@ -102,7 +102,7 @@ UPDATE metric_series SET count = CASE WHEN count < 0 THEN 0 WHEN count >= 922337
     // Targets (named receivers of responses) and one outbox row per response and target
     // (`crate::outbox`): written in the same transaction as the response.
     r#"
-CREATE TABLE targets (
+CREATE TABLE IF NOT EXISTS targets (
     name TEXT PRIMARY KEY,
     spec TEXT NOT NULL,
     created BIGINT NOT NULL,
@@ -114,7 +114,7 @@ CREATE TABLE targets (
     holder TEXT,
     lease_until BIGINT NOT NULL DEFAULT 0
 );
-CREATE TABLE outbox (
+CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     target TEXT NOT NULL,
     rule TEXT NOT NULL,
@@ -128,8 +128,8 @@ CREATE TABLE outbox (
     kind TEXT NOT NULL,
     payload TEXT NOT NULL
 );
-CREATE INDEX outbox_by_target ON outbox (target, state, id);
-CREATE INDEX outbox_by_rule ON outbox (rule, target, state);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
+CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
 "#,
 ];
 
@@ -961,6 +961,24 @@ impl Store for SqliteStore {
         }
         tx.commit().map_err(db)?;
         Ok(dropped as u64)
+    }
+
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let mut n = 0;
+        for e in entries {
+            n += tx
+                .execute(
+                    sql::ENQUEUE,
+                    params![
+                        e.target, e.rule, 0i64, e.delivery, now_ms, e.kind, e.payload
+                    ],
+                )
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
     }
 
     fn rule_deliveries(&self, rule: &str) -> Result<Vec<(String, String, u64)>, StoreError> {

@@ -209,6 +209,21 @@ pub enum Settled {
     Retry(String),
 }
 
+/// An entry to queue on a target's outbox ([`Store::enqueue_outbox`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    /// The target.
+    pub target: String,
+    /// The rule it comes from.
+    pub rule: String,
+    /// The delivery id (stable: the same payload gets the same id).
+    pub delivery: String,
+    /// `response` or `metric`.
+    pub kind: String,
+    /// The payload's JSON.
+    pub payload: String,
+}
+
 /// Bounds of each target's outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLimits {
@@ -367,6 +382,9 @@ pub trait Store: Send + Sync + 'static {
         limits: OutboxLimits,
         now_ms: i64,
     ) -> Result<u64, StoreError>;
+    /// Queues entries on targets' outboxes (one that names a target gone or disabled is
+    /// not queued); returns how many were.
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError>;
     /// A rule's deliveries: (target, state, count), by target and state.
     fn rule_deliveries(&self, rule: &str) -> Result<Vec<(String, String, u64)>, StoreError>;
 

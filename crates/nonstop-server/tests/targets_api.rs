@@ -284,3 +284,62 @@ fn the_outbox_keeps_the_newest_and_counts_what_it_drops() {
         json!([{"target": "hook", "pending": 2, "sent": 0, "failed": 0, "dropped": 3}])
     );
 }
+
+#[test]
+fn a_metric_rule_delivers_each_report_as_a_metric() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let file = dir.path().join("metrics.jsonl");
+    let spec = json!({"name": "file", "kind": "file", "path": file}).to_string();
+    assert_eq!(s.call("POST", "/api/v1/targets", Some(&spec)).0, 201);
+    let rule = s.add_rule(
+        r#"{"at":"src/cart.rs:42","action":"metric","metric":{"kind":"count","name":"cart.add"},"to":["file"]}"#,
+    );
+    let mut a = s.agent("a-1", "checkout");
+    a.recv_rule_ids();
+    for count in [3u64, 5] {
+        let series = nonstop_model::MetricSeries {
+            rule: rule.clone(),
+            name: String::new(),
+            kind: nonstop_model::MetricKind::Count,
+            tags: Default::default(),
+            count,
+            sum: 0.0,
+            last: None,
+            buckets: vec![],
+            updated: "2026-11-25T15:00:00Z".into(),
+            overflow: 0,
+        };
+        a.send(&AgentMessage::Metrics {
+            series: vec![series],
+        });
+    }
+    eventually(|| (target(&s, "file")["sent"] == 2).then_some(()));
+    let lines: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(&Value, &Value, &Value, &Value)> = lines
+        .iter()
+        .map(|l| (&l["name"], &l["count"], &l["agent"], &l["service"]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                &json!("cart.add"),
+                &json!(3),
+                &json!("a-1"),
+                &json!("checkout")
+            ),
+            (
+                &json!("cart.add"),
+                &json!(5),
+                &json!("a-1"),
+                &json!("checkout")
+            ),
+        ]
+    );
+    assert_ne!(lines[0]["id"], lines[1]["id"]);
+}
