@@ -40,6 +40,8 @@ pub(crate) struct App {
     pub(crate) sources: Arc<Sources>,
     /// The largest capture limits a rule may ask for.
     pub(crate) max_limits: nonstop_model::CaptureLimits,
+    /// The delivery pipeline to targets.
+    pub(crate) outbox: Arc<crate::outbox::Outbox>,
 }
 
 impl App {
@@ -117,6 +119,9 @@ impl App {
                 let _ = self.live.send(Arc::new(live));
             }
         }
+        if ins.queued > 0 {
+            self.outbox.wake();
+        }
         if !ins.done.is_empty() {
             tracing::info!(rules = ?ins.done, "rules reached their max hits");
             self.rules_changed();
@@ -138,9 +143,22 @@ impl App {
         series: Vec<nonstop_model::MetricSeries>,
     ) -> Result<(), StoreError> {
         let id = agent.to_string();
-        let done = self
-            .blocking(move |s| s.upsert_metrics(&id, &series, crate::clock::now_ms()))
+        let (done, queued) = self
+            .blocking(move |s| {
+                let now = crate::clock::now_ms();
+                let done = s.upsert_metrics(&id, &series, now)?;
+                let entries = crate::outbox::metric_entries(s, &id, &series, now)?;
+                let queued = if entries.is_empty() {
+                    0
+                } else {
+                    s.enqueue_outbox(&entries, now)?
+                };
+                Ok((done, queued))
+            })
             .await?;
+        if queued > 0 {
+            self.outbox.wake();
+        }
         if done.refused > 0 || done.stale > 0 {
             tracing::debug!(
                 agent,
