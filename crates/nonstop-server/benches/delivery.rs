@@ -1,0 +1,182 @@
+//! The delivery pipeline's throughput and latency: a real server (SQLite store) takes
+//! responses from an agent over the WebSocket and delivers them to an OTLP/HTTP collector
+//! and a webhook receiver on loopback, both answering 200 at once.
+//!
+//! `cargo bench -p nonstop-server --bench delivery [-- RESPONSES]` (default 20,000).
+//! For each target it prints responses per second (from the first response sent to the
+//! last one received) and the latency from the agent's send to the receiver's read,
+//! p50/p99. The agent sends in batches of 100, as fast as the server takes them.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{FakeAgent, TestServer, response};
+use nonstop_model::AgentMessage;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// When each `t=NANOS` message arrived, as nanoseconds since the bench's epoch.
+type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
+
+/// An HTTP/1.1 receiver (keep-alive) answering 200; `parse` reads the `t=` stamps of a body.
+fn receiver(epoch: Instant, parse: fn(&[u8]) -> Vec<u64>) -> (String, Arrivals) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("local address"));
+    let arrivals: Arrivals = Arc::default();
+    let out = arrivals.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let arrivals = out.clone();
+            std::thread::spawn(move || {
+                let Ok(read) = conn.try_clone() else { return };
+                let mut reader = BufReader::new(read);
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    let stamps = parse(&body);
+                    arrivals
+                        .lock()
+                        .expect("arrivals")
+                        .extend(stamps.into_iter().map(|t| (t, now)));
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, arrivals)
+}
+
+fn stamp(message: &str) -> Option<u64> {
+    message.strip_prefix("t=")?.parse().ok()
+}
+
+/// A webhook body: `{"data": {"message": "t=…"}}`.
+fn webhook_stamps(body: &[u8]) -> Vec<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    v["data"]["message"].as_str().and_then(stamp).into_iter().collect()
+}
+
+/// An OTLP logs export: each record's string body.
+fn otlp_stamps(body: &[u8]) -> Vec<u64> {
+    let Ok(req) = ExportLogsServiceRequest::decode(body) else {
+        return Vec::new();
+    };
+    req.resource_logs
+        .iter()
+        .flat_map(|r| &r.scope_logs)
+        .flat_map(|s| &s.log_records)
+        .filter_map(|l| match l.body.as_ref().and_then(|b| b.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => stamp(s),
+            _ => None,
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(0)
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let epoch = Instant::now();
+    let (otlp_url, otlp) = receiver(epoch, otlp_stamps);
+    let (hook_url, hook) = receiver(epoch, webhook_stamps);
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let s = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().expect("addr"), |c| {
+        c.retention.per_rule = n as u64 + 1;
+        c.outbox.limits.max_pending = n as u64 + 1;
+    });
+    for body in [
+        serde_json::json!({"name": "otel", "kind": "otlp", "url": otlp_url}),
+        serde_json::json!({"name": "hook", "kind": "webhook", "url": format!("{hook_url}/in"),
+                           "secret": "whsec_bm9uc3RvcC1iZW5jaC1zZWNyZXQ="}),
+    ] {
+        let (status, answer) = s.call("POST", "/api/v1/targets", Some(&body.to_string()));
+        assert_eq!(status, 201, "{answer}");
+    }
+    let rule = s.add_rule(
+        r#"{"at":"src/cart.rs:42","action":"log","message":"{n}","to":["ui","otel","hook"]}"#,
+    );
+    let mut agent: FakeAgent = s.agent("bench-1", "checkout");
+    agent.recv_rule_ids();
+
+    let started = epoch.elapsed().as_nanos() as u64;
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + 100).min(n))
+            .map(|k| {
+                let mut r = response(&rule, "bench-1", k as u32);
+                r.message = Some(format!("t={}", epoch.elapsed().as_nanos()));
+                r
+            })
+            .collect();
+        i += batch.len();
+        agent.send(&AgentMessage::Responses {
+            responses: batch,
+            dropped: 0,
+        });
+    }
+    let sent = epoch.elapsed().as_nanos() as u64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (otlp.lock().expect("arrivals").len() < n || hook.lock().expect("arrivals").len() < n)
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{n} responses sent by one agent in {:.0} ms ({:.0}/s taken by the server's WebSocket)",
+        (sent - started) as f64 / 1e6,
+        n as f64 / ((sent - started) as f64 / 1e9)
+    );
+    println!("| target | delivered | responses/s | latency p50 | latency p99 |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, arrivals) in [("OTLP/HTTP", &otlp), ("webhook", &hook)] {
+        let a = arrivals.lock().expect("arrivals");
+        let last = a.iter().map(|x| x.1).max().unwrap_or(started);
+        let mut lat: Vec<u64> = a.iter().map(|(t, at)| at.saturating_sub(*t)).collect();
+        lat.sort_unstable();
+        println!(
+            "| {name} | {} | {:.0} | {:.1} ms | {:.1} ms |",
+            a.len(),
+            a.len() as f64 / ((last - started) as f64 / 1e9),
+            percentile(&lat, 0.5) as f64 / 1e6,
+            percentile(&lat, 0.99) as f64 / 1e6,
+        );
+    }
+}
