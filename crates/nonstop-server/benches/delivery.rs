@@ -10,69 +10,28 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{FakeAgent, TestServer, response};
+use common::{FakeAgent, TestServer, http_receiver, response};
 use nonstop_model::AgentMessage;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// When each `t=NANOS` message arrived, as nanoseconds since the bench's epoch.
 type Arrivals = Arc<Mutex<Vec<(u64, u64)>>>;
 
-/// An HTTP/1.1 receiver (keep-alive) answering 200; `parse` reads the `t=` stamps of a body.
+/// A receiver answering 200 that notes when each `t=` stamp `parse` finds in a body arrived.
 fn receiver(epoch: Instant, parse: fn(&[u8]) -> Vec<u64>) -> (String, Arrivals) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let url = format!("http://{}", listener.local_addr().expect("local address"));
     let arrivals: Arrivals = Arc::default();
     let out = arrivals.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().map_while(Result::ok) {
-            let arrivals = out.clone();
-            std::thread::spawn(move || {
-                let Ok(read) = conn.try_clone() else { return };
-                let mut reader = BufReader::new(read);
-                let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':')
-                            && k.eq_ignore_ascii_case("content-length")
-                        {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let now = epoch.elapsed().as_nanos() as u64;
-                    let stamps = parse(&body);
-                    arrivals
-                        .lock()
-                        .expect("arrivals")
-                        .extend(stamps.into_iter().map(|t| (t, now)));
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if conn.write_all(answer.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
+    let url = http_receiver(move |body| {
+        let now = epoch.elapsed().as_nanos() as u64;
+        let stamps = parse(body);
+        out.lock()
+            .expect("arrivals")
+            .extend(stamps.into_iter().map(|t| (t, now)));
+        200
     });
     (url, arrivals)
 }

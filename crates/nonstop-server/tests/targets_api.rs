@@ -4,11 +4,9 @@
 
 mod common;
 
-use common::{FakeAgent, TestServer, eventually, response};
+use common::{FakeAgent, TestServer, eventually, http_receiver, response};
 use nonstop_model::AgentMessage;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 
@@ -21,53 +19,15 @@ struct Receiver {
 
 impl Receiver {
     fn start(status: u16) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/in", listener.local_addr().unwrap());
         let st = Arc::new(AtomicU16::new(status));
         let requests = Arc::new(AtomicUsize::new(0));
         let (s2, r2) = (st.clone(), requests.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().map_while(Result::ok) {
-                let (s3, r3) = (s2.clone(), r2.clone());
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(conn.try_clone().unwrap());
-                    let mut out = conn;
-                    loop {
-                        let mut len = 0usize;
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        loop {
-                            let mut h = String::new();
-                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if h.trim().is_empty() {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':')
-                                && k.eq_ignore_ascii_case("content-length")
-                            {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0; len];
-                        if reader.read_exact(&mut body).is_err() {
-                            return;
-                        }
-                        r3.fetch_add(1, Ordering::SeqCst);
-                        let code = s3.load(Ordering::SeqCst);
-                        let answer = format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\n\r\n");
-                        if out.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
+        let url = http_receiver(move |_| {
+            r2.fetch_add(1, Ordering::SeqCst);
+            s2.load(Ordering::SeqCst)
         });
         Receiver {
-            url,
+            url: format!("{url}/in"),
             status: st,
             requests,
         }
