@@ -345,6 +345,8 @@ impl Agent {
             time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
             count_only,
+            // The fast path needs the function's bounds; not wired yet (int3 then).
+            function: None,
         };
         if let Some(old) = self.sites.get(&addr)
             && old.count_only
