@@ -117,8 +117,9 @@ mod slots;
 mod sys;
 
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
+pub use arch::fastpath::FastRefusal;
 pub use engine::{
-    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
+    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, FastPath, Hit, MAX_PROBES,
     ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
     trap_path_range,
 };

@@ -90,29 +90,62 @@ pub enum FastRefusal {
     /// The probe address is not an instruction of the function as decoded from its start.
     NotAnInstruction,
     /// An instruction of the function cannot be decoded.
-    Undecodable { at: u64 },
+    Undecodable {
+        /// The instruction's address.
+        at: u64,
+    },
     /// The function ends within 5 bytes of the probe.
     SpanPastEnd,
     /// A direct branch or call lands inside the span.
-    BranchIntoSpan { from: u64, to: u64 },
+    BranchIntoSpan {
+        /// The instruction's address.
+        from: u64,
+        /// The address inside the span.
+        to: u64,
+    },
     /// A RIP-relative operand takes an address inside the span.
-    AddressIntoSpan { from: u64, to: u64 },
+    AddressIntoSpan {
+        /// The instruction's address.
+        from: u64,
+        /// The address inside the span.
+        to: u64,
+    },
     /// The function has an indirect jump.
-    IndirectJump { at: u64 },
+    IndirectJump {
+        /// The instruction's address.
+        at: u64,
+    },
     /// An instruction in the span is reached only by jumps (it follows one that does not
     /// fall through).
-    JoinInSpan { at: u64 },
+    JoinInSpan {
+        /// The instruction's address.
+        at: u64,
+    },
     /// A call in the span is not its last instruction.
-    CallInSpan { at: u64 },
+    CallInSpan {
+        /// The instruction's address.
+        at: u64,
+    },
     /// An instruction in the span may not be probed.
-    Unsupported { at: u64, reason: &'static str },
+    Unsupported {
+        /// The instruction's address.
+        at: u64,
+        /// Why, for a person.
+        reason: &'static str,
+    },
     /// The relocated copy would not reach the same RIP-relative address (or could not be
     /// encoded).
-    Relocation { at: u64 },
+    Relocation {
+        /// The instruction's address.
+        at: u64,
+    },
     /// No address space for a trampoline within ±2 GB.
     NoTrampolineNearby,
     /// Another probe is armed inside the span.
-    ProbeInSpan { at: u64 },
+    ProbeInSpan {
+        /// The instruction's address.
+        at: u64,
+    },
     /// A thread was paused inside the span when it was to be patched.
     ThreadInSpan,
     /// The CPU or kernel lacks what the trampoline needs (XSAVE).
