@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute,
+    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, XMM_COUNT, execute,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 
@@ -851,8 +851,8 @@ pub struct Engine {
     out_requests_seen: AtomicU64,
     /// The kernel's cost of one trap and return, ns (measured at start).
     trap_cost_ns: AtomicU64,
-    /// The XSAVE area's size and component mask, for trampolines (None: no fast path).
-    xsave: Option<(u32, u64)>,
+    /// How trampolines save the extended state (None: no fast path).
+    xsave: Option<fastpath::XsaveLayout>,
 }
 
 static CELL: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
@@ -1288,7 +1288,7 @@ impl Engine {
         function: Option<&std::ops::Range<u64>>,
         maps: &[slots::Mapping],
     ) -> Result<(FastSite, u64, usize), FastRefusal> {
-        let (xsave_size, xsave_mask) = self.xsave.ok_or(FastRefusal::NoXsave)?;
+        let xsave = self.xsave.ok_or(FastRefusal::NoXsave)?;
         let f = function.ok_or(FastRefusal::BoundsUnknown)?;
         if !(f.start <= address && address < f.end) || f.end - f.start > 1 << 24 {
             return Err(FastRefusal::BoundsUnknown);
@@ -1322,6 +1322,17 @@ impl Engine {
             others.push(at);
         }
         let fsite = fastpath::analyze(address, f.start, &bytes)?;
+        if let Some(last) = fsite.instrs.last()
+            && (last.is_call_near() || last.is_call_near_indirect())
+            && shadow_stack_enabled()
+        {
+            // push + jmp instead of the call: the callee's `ret` would not match the
+            // shadow stack.
+            return Err(FastRefusal::Unsupported {
+                at: last.ip(),
+                reason: "a call cannot be emulated under a CET shadow stack",
+            });
+        }
         if let Some(&at) = others.iter().find(|&&at| fsite.interior(at)) {
             return Err(FastRefusal::ProbeInSpan { at });
         }
@@ -1335,7 +1346,7 @@ impl Engine {
             .alloc_near(address, maps)
             .ok_or(FastRefusal::NoTrampolineNearby)?;
         let hit = nonstop_probe_fast_hit as *const () as u64;
-        let built = fastpath::trampoline_code(&fsite, tramp, hit, xsave_size, xsave_mask);
+        let built = fastpath::trampoline_code(&fsite, tramp, hit, xsave);
         let (code, displaced) = match built {
             Ok(c) => c,
             Err(e) => {
@@ -1635,6 +1646,17 @@ impl Engine {
     }
 }
 
+/// Whether this process runs with a CET shadow stack (`x86_Thread_features: shstk`).
+fn shadow_stack_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
+        })
+    })
+}
+
 /// Whether `address` is inside (after the first byte of) a live fast-path probe's span.
 fn inside_fast_span(a: &Arming, address: u64) -> bool {
     a.live.values().any(|&(idx, _)| {
@@ -1833,6 +1855,14 @@ impl HitContext for FastContext<'_> {
             f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10, f.r11,
             f.r12, f.r13, f.r14, f.r15, rip,
         ];
+        // XSTATE_BV (offset 512) bit 1: the SSE state was saved; clear (with xsavec) when
+        // it is in its initial state, all zero.
+        // SAFETY: the area is at least 576 bytes, on the stack until this hit returns.
+        let xstate_bv = unsafe { *self.xsave.add(512) };
+        if xstate_bv & 2 == 0 {
+            regs.xmm = [[0; 16]; XMM_COUNT];
+            return;
+        }
         // xmm0..15 are at offset 160 of the XSAVE area's legacy region.
         for (k, x) in regs.xmm.iter_mut().enumerate() {
             // SAFETY: the trampoline's XSAVE area is at least 576 bytes (checked at start)

@@ -61,6 +61,16 @@ std::arch::global_asm!(
     "    ret",
     ".globl nonstop_double_end",
     "nonstop_double_end:",
+    ".p2align 4",
+    ".globl nonstop_ymm_double",
+    "nonstop_ymm_double:",
+    "    vmovdqu ymm1, ymmword ptr [rdi]",
+    "    vpaddq ymm1, ymm1, ymm1",
+    "    vmovdqu ymmword ptr [rsi], ymm1",
+    "    vzeroupper",
+    "    ret",
+    ".globl nonstop_ymm_double_end",
+    "nonstop_ymm_double_end:",
     ".popsection",
     ".pushsection .data.nonstop_fast_data,\"aw\",@progbits",
     ".p2align 3",
@@ -76,6 +86,8 @@ unsafe extern "C" {
     static nonstop_loop_target_end: u8;
     safe fn nonstop_double(x: f64) -> f64;
     static nonstop_double_end: u8;
+    fn nonstop_ymm_double(src: *const [u64; 4], dst: *mut [u64; 4]);
+    static nonstop_ymm_double_end: u8;
 }
 
 fn target(a: u64, b: u64) -> u64 {
@@ -354,4 +366,34 @@ fn a_fast_hit_sees_xmm_registers_and_leaves_them_as_they_were() {
     let hits = common::drain_for(engine, id);
     assert_eq!(hits.len(), 100);
     assert_eq!(hits[3].regs.xmm[0][..8], 3.25f64.to_le_bytes());
+}
+
+#[test]
+fn a_fast_hit_keeps_the_upper_halves_of_ymm_registers() {
+    if !std::is_x86_feature_detected!("avx2") {
+        eprintln!("no AVX2 here: nothing to check");
+        return;
+    }
+    let _s = serial();
+    let engine = engine();
+    let f = nonstop_ymm_double as *const () as u64..&raw const nonstop_ymm_double_end as u64;
+    let site = decode(f.start, (f.end - f.start) as usize)[1].ip(); // vpaddq, between load and store
+    // A plan that copies 16 KiB of stack: the copies go through libc, whose AVX routines
+    // end in `vzeroupper`.
+    let plan = Arc::new(CapturePlan {
+        stack_bytes: 16 * 1024,
+        max_bytes: 24 * 1024,
+        ..CapturePlan::default()
+    });
+    let id = engine.arm(spec(site, f.clone(), plan)).unwrap();
+    assert!(matches!(fast_path(engine, id), FastPath::Yes { .. }), "{}", fast_path(engine, id));
+    for k in 0..50u64 {
+        let src = [k + 1, k + 2, k + 3, 1 << 40 | k];
+        let mut dst = [0u64; 4];
+        // SAFETY: the routine reads 32 bytes at src and writes 32 at dst, both ours.
+        unsafe { nonstop_ymm_double(&src, &mut dst) };
+        assert_eq!(dst, src.map(|x| 2 * x), "call {k}");
+    }
+    engine.disarm(id).unwrap();
+    assert_eq!(common::drain_for(engine, id).len(), 50);
 }

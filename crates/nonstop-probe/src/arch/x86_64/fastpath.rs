@@ -29,9 +29,8 @@
 //! pushfq; push rax..r15       ; the frame (FastFrame), rsp not pushed
 //! mov rbx, rsp                ; callee-saved: the frame
 //! sub rsp, XSAVE; and rsp, -64
-//! zero the xsave header; xsave64 [rsp]   ; x87/SSE/AVX/AVX-512 state (Rust code and libc
-//!                                        ; routines called by the hit may clobber it)
-//! cld
+//! cld; zero the xsave header; xsave64 [rsp]  ; x87/SSE/AVX/AVX-512 state (Rust code and
+//!                                           ; libc routines called by the hit may clobber it)
 //! mov rdi, rbx; mov rsi, ADDR; mov rdx, rsp; mov rax, HIT; call rax
 //! xrstor64 [rsp]; mov rsp, rbx; pop r15..rax; popfq; lea rsp, [rsp+128]
 //! DISPLACED:                  ; the int3 path resumes here mid-patch
@@ -350,15 +349,19 @@ pub fn analyze(addr: u64, func_start: u64, func: &[u8]) -> Result<FastSite, Fast
 /// The trampoline's code for `site` placed at `tramp`, and the offset of its displaced
 /// instructions (where the `int3` path resumes a thread that trapped mid-patch).
 ///
-/// `hit` is `extern "C" fn(frame: *mut FastFrame, addr: u64, xsave: *mut u8)`; `xsave_size`
-/// the bytes of the XSAVE area for `xsave_mask` (the XCR0 components to save).
+/// `hit` is `extern "C" fn(frame: *mut FastFrame, addr: u64, xsave: *mut u8)`; `xsave` the
+/// layout of the XSAVE area.
 pub fn trampoline_code(
     site: &FastSite,
     tramp: u64,
     hit: u64,
-    xsave_size: u32,
-    xsave_mask: u64,
+    xsave: XsaveLayout,
 ) -> Result<([u8; TRAMPOLINE_SIZE], usize), FastRefusal> {
+    let XsaveLayout {
+        size: xsave_size,
+        mask: xsave_mask,
+        compact,
+    } = xsave;
     let mut c: Vec<u8> = Vec::with_capacity(TRAMPOLINE_SIZE);
     c.extend_from_slice(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp-128]
     c.push(0x9c); // pushfq
@@ -370,6 +373,8 @@ pub fn trampoline_code(
     c.extend_from_slice(&[0x48, 0x81, 0xec]); // sub rsp, imm32
     c.extend_from_slice(&(xsave_size + 64).to_le_bytes());
     c.extend_from_slice(&[0x48, 0x83, 0xe4, 0xc0]); // and rsp, -64
+    // The probed code may run with DF set (between `std` and `cld`); popfq restores it.
+    c.push(0xfc); // cld
     c.extend_from_slice(&[0x48, 0x8d, 0xbc, 0x24, 0x00, 0x02, 0x00, 0x00]); // lea rdi, [rsp+512]
     c.extend_from_slice(&[0x31, 0xc0]); // xor eax, eax
     c.extend_from_slice(&[0xb9, 0x40, 0x00, 0x00, 0x00]); // mov ecx, 64
@@ -381,8 +386,13 @@ pub fn trampoline_code(
         c.extend_from_slice(&((xsave_mask >> 32) as u32).to_le_bytes());
     };
     mask_regs(&mut c);
-    c.extend_from_slice(&[0x48, 0x0f, 0xae, 0x24, 0x24]); // xsave64 [rsp]
-    c.push(0xfc); // cld
+    if compact {
+        // Components in their initial state (the AVX-512 upper halves, mostly) are not
+        // written, and xrstor initializes them again.
+        c.extend_from_slice(&[0x48, 0x0f, 0xc7, 0x24, 0x24]); // xsavec64 [rsp]
+    } else {
+        c.extend_from_slice(&[0x48, 0x0f, 0xae, 0x24, 0x24]); // xsave64 [rsp]
+    }
     c.extend_from_slice(&[0x48, 0x89, 0xdf]); // mov rdi, rbx
     c.extend_from_slice(&[0x48, 0xbe]); // mov rsi, imm64
     c.extend_from_slice(&site.addr.to_le_bytes());
@@ -487,9 +497,22 @@ pub fn trampoline_code(
     Ok((out, displaced_at))
 }
 
-/// The XSAVE area's size and the components to save (XCR0 without the AMX tiles, which
-/// no code the hit runs can touch), or `None` without OS-enabled XSAVE.
-pub fn xsave_layout() -> Option<(u32, u64)> {
+/// How the trampoline saves the extended state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XsaveLayout {
+    /// Bytes of the area (at least 576).
+    pub size: u32,
+    /// The XCR0 components saved.
+    pub mask: u64,
+    /// `xsavec` (compacted, skips components in their initial state), else `xsave`. Not
+    /// `xsaveopt`: its "modified" optimization assumes the area was not written since the
+    /// last `xrstor`, which a stack area is.
+    pub compact: bool,
+}
+
+/// The XSAVE layout: XCR0 without the AMX tiles, which no code the hit runs can touch; or
+/// `None` without OS-enabled XSAVE.
+pub fn xsave_layout() -> Option<XsaveLayout> {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
     let leaf1 = __cpuid(1);
     if leaf1.ecx & (1 << 27) == 0 {
@@ -502,13 +525,20 @@ pub fn xsave_layout() -> Option<(u32, u64)> {
             options(nomem, nostack, preserves_flags))
     };
     let xcr0 = (hi as u64) << 32 | lo as u64;
-    // Leaf 0xD sub-leaf 0: the area size for the enabled XCR0.
-    let leaf_d = __cpuid_count(0xd, 0);
-    let size = leaf_d.ebx;
-    if size < 576 || size > 64 * 1024 {
+    // Leaf 0xD sub-leaf 0: the standard area's size for the enabled XCR0; sub-leaf 1:
+    // XSAVEC support (eax bit 1) and the compacted size (ebx, XCR0 | IA32_XSS).
+    let size = __cpuid_count(0xd, 0).ebx;
+    let sub1 = __cpuid_count(0xd, 1);
+    let compact = sub1.eax & 2 != 0;
+    let size = if compact { size.max(sub1.ebx) } else { size };
+    if !(576..=64 * 1024).contains(&size) {
         return None;
     }
-    Some((size, xcr0 & !((1 << 17) | (1 << 18))))
+    Some(XsaveLayout {
+        size,
+        mask: xcr0 & !((1 << 17) | (1 << 18)),
+        compact,
+    })
 }
 
 #[cfg(test)]
@@ -519,6 +549,27 @@ mod tests {
         Decoder::with_ip(64, code, 0x1000, DecoderOptions::NONE)
             .into_iter()
             .collect()
+    }
+
+    const LAYOUT: XsaveLayout = XsaveLayout {
+        size: 2688,
+        mask: 0x2e7,
+        compact: false,
+    };
+
+    #[test]
+    fn the_compact_form_uses_xsavec() {
+        let s = analyze(0x1000, 0x1000, SIMPLE).unwrap();
+        let layout = XsaveLayout {
+            compact: true,
+            ..LAYOUT
+        };
+        let (bytes, displaced) = trampoline_code(&s, 0x2000, 0x3000, layout).unwrap();
+        let text: Vec<String> = Decoder::with_ip(64, &bytes[..displaced], 0x2000, DecoderOptions::NONE)
+            .into_iter()
+            .map(|i| i.to_string())
+            .collect();
+        assert!(text.contains(&"xsavec64 [rsp]".to_string()), "{text:?}");
     }
 
     // 0x1000: push rbx (1) ; mov rbx, rdi (3) ; add rax, rbx (3) ; ret
@@ -598,7 +649,7 @@ mod tests {
         let s = analyze(0x40_0000, 0x40_0000, &code).unwrap();
         assert_eq!(s.span_len(), 7);
         let tramp = 0x50_0000;
-        let (bytes, displaced) = trampoline_code(&s, tramp, 0x1234_5678, 2688, 0x2e7).unwrap();
+        let (bytes, displaced) = trampoline_code(&s, tramp, 0x1234_5678, LAYOUT).unwrap();
         let text: Vec<String> = Decoder::with_ip(64, &bytes[..displaced], tramp, DecoderOptions::NONE)
             .into_iter()
             .map(|i| i.to_string())
@@ -625,7 +676,7 @@ mod tests {
         );
         let code = [0xe8, 0xfb, 0x0f, 0x00, 0x00, 0xc3];
         let s = analyze(0x40_0000, 0x40_0000, &code).unwrap();
-        let (bytes, displaced) = trampoline_code(&s, tramp, 0x1234_5678, 2688, 0x2e7).unwrap();
+        let (bytes, displaced) = trampoline_code(&s, tramp, 0x1234_5678, LAYOUT).unwrap();
         let mut d = Decoder::with_ip(
             64,
             &bytes[displaced..],
