@@ -129,7 +129,13 @@ fn with_the_fast_path_every_line_of_semvers_parser_leaves_its_output_unchanged()
         fast += k;
         if let Some(why) = why {
             // The kind of reason, without its addresses.
-            let kind: String = why.split(" at 0x").next().unwrap_or(why).chars().take(60).collect();
+            let kind: String = why
+                .split(" at 0x")
+                .next()
+                .unwrap_or(why)
+                .chars()
+                .take(60)
+                .collect();
             *reasons.entry(kind).or_default() += 1;
         }
     }

@@ -162,7 +162,11 @@ fn sites_get_the_fast_path_where_safe_and_say_why_not() {
     for (addr, name, fast) in expected_sites() {
         let id = engine.arm(spec(addr, f.clone(), empty_plan())).unwrap();
         let status = fast_path(engine, id);
-        assert_eq!(matches!(status, FastPath::Yes { .. }), fast, "{name}: {status}");
+        assert_eq!(
+            matches!(status, FastPath::Yes { .. }),
+            fast,
+            "{name}: {status}"
+        );
         if fast {
             assert_eq!(nonstop_probe::text_bytes(addr, 1), [0xe9], "{name}");
         } else {
@@ -175,7 +179,11 @@ fn sites_get_the_fast_path_where_safe_and_say_why_not() {
         engine.disarm(id).unwrap();
         let st = engine.stats(id).unwrap();
         // The lea runs only when the jle is not taken.
-        let runs = if name.starts_with("lea") { 4 - jle_taken } else { 4 };
+        let runs = if name.starts_with("lea") {
+            4 - jle_taken
+        } else {
+            4
+        };
         assert_eq!((st.traps, st.hits), (runs, runs), "{name}: {status}");
         let hits = common::drain_for(engine, id);
         assert_eq!(hits.len() as u64, runs, "{name}");
@@ -198,13 +206,17 @@ fn sites_get_the_fast_path_where_safe_and_say_why_not() {
         )
     );
     engine.disarm(id).unwrap();
-    let id = engine.arm(spec(sites[13].0, f.clone(), empty_plan())).unwrap();
+    let id = engine
+        .arm(spec(sites[13].0, f.clone(), empty_plan()))
+        .unwrap();
     assert_eq!(
         fast_path(engine, id).to_string(),
         "fast path: no — the function ends inside the 5 patched bytes"
     );
     engine.disarm(id).unwrap();
-    let id = engine.arm(ProbeSpec::new(sites[0].0, empty_plan())).unwrap();
+    let id = engine
+        .arm(ProbeSpec::new(sites[0].0, empty_plan()))
+        .unwrap();
     assert_eq!(
         fast_path(engine, id).to_string(),
         "fast path: no — the function's bounds are unknown"
@@ -260,7 +272,10 @@ fn fast_hits_capture_the_registers_the_function_saw() {
     let int3 = common::drain_for(engine, id);
     // rbx rsi rdi rbp rsp, r12..r15 and rip (the others are scratch, different per call).
     for r in [3, 4, 5, 6, 7, 12, 13, 14, 15, 16] {
-        assert_eq!(int3[0].regs.gpr[r], regs.gpr[r], "register {r} as on the int3 path");
+        assert_eq!(
+            int3[0].regs.gpr[r], regs.gpr[r],
+            "register {r} as on the int3 path"
+        );
     }
 }
 
@@ -346,7 +361,10 @@ fn eight_threads_run_while_fast_path_probes_are_armed_and_disarmed_10000_times()
     eprintln!(
         "10,000 arms in {took:?}: {fast} on the fast path, {traps} hits, {calls} calls by 8 threads"
     );
-    assert!(fast >= 10_000 * 11 / 14 - 1, "{fast} arms got the fast path");
+    assert!(
+        fast >= 10_000 * 11 / 14 - 1,
+        "{fast} arms got the fast path"
+    );
     assert!(traps > 0 && calls > 0);
 }
 
@@ -386,7 +404,11 @@ fn a_fast_hit_keeps_the_upper_halves_of_ymm_registers() {
         ..CapturePlan::default()
     });
     let id = engine.arm(spec(site, f.clone(), plan)).unwrap();
-    assert!(matches!(fast_path(engine, id), FastPath::Yes { .. }), "{}", fast_path(engine, id));
+    assert!(
+        matches!(fast_path(engine, id), FastPath::Yes { .. }),
+        "{}",
+        fast_path(engine, id)
+    );
     for k in 0..50u64 {
         let src = [k + 1, k + 2, k + 3, 1 << 40 | k];
         let mut dst = [0u64; 4];

@@ -278,7 +278,13 @@ pub fn fault_signal_state() -> (bool, bool) {
         ss_size: 0,
     };
     // SAFETY: a null new stack only reads the current one into `ss`.
-    let r = unsafe { libc::syscall(libc::SYS_sigaltstack, std::ptr::null::<libc::stack_t>(), &mut ss) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sigaltstack,
+            std::ptr::null::<libc::stack_t>(),
+            &mut ss,
+        )
+    };
     if r != 0 {
         return (true, true);
     }
@@ -303,7 +309,11 @@ pub fn thread_states() -> Option<Vec<ThreadState>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let Ok(entry) = entry else { continue };
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let dir = entry.path();

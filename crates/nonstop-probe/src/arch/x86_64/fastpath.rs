@@ -565,10 +565,11 @@ mod tests {
             ..LAYOUT
         };
         let (bytes, displaced) = trampoline_code(&s, 0x2000, 0x3000, layout).unwrap();
-        let text: Vec<String> = Decoder::with_ip(64, &bytes[..displaced], 0x2000, DecoderOptions::NONE)
-            .into_iter()
-            .map(|i| i.to_string())
-            .collect();
+        let text: Vec<String> =
+            Decoder::with_ip(64, &bytes[..displaced], 0x2000, DecoderOptions::NONE)
+                .into_iter()
+                .map(|i| i.to_string())
+                .collect();
         assert!(text.contains(&"xsavec64 [rsp]".to_string()), "{text:?}");
     }
 
@@ -580,7 +581,10 @@ mod tests {
         let s = analyze(0x1000, 0x1000, SIMPLE).unwrap();
         assert_eq!(s.span_len(), 7);
         assert_eq!(s.instrs.len(), 3);
-        assert_eq!(analyze(0x1004, 0x1000, SIMPLE).unwrap_err(), FastRefusal::SpanPastEnd);
+        assert_eq!(
+            analyze(0x1004, 0x1000, SIMPLE).unwrap_err(),
+            FastRefusal::SpanPastEnd
+        );
         assert_eq!(
             analyze(0x1002, 0x1000, SIMPLE).unwrap_err(),
             FastRefusal::NotAnInstruction
@@ -650,10 +654,11 @@ mod tests {
         assert_eq!(s.span_len(), 7);
         let tramp = 0x50_0000;
         let (bytes, displaced) = trampoline_code(&s, tramp, 0x1234_5678, LAYOUT).unwrap();
-        let text: Vec<String> = Decoder::with_ip(64, &bytes[..displaced], tramp, DecoderOptions::NONE)
-            .into_iter()
-            .map(|i| i.to_string())
-            .collect();
+        let text: Vec<String> =
+            Decoder::with_ip(64, &bytes[..displaced], tramp, DecoderOptions::NONE)
+                .into_iter()
+                .map(|i| i.to_string())
+                .collect();
         assert_eq!(text[0], "lea rsp,[rsp-80h]");
         assert_eq!(text[1], "pushfq");
         assert!(text.contains(&"xsave64 [rsp]".to_string()), "{text:?}");
@@ -686,7 +691,10 @@ mod tests {
         let push = d.decode();
         assert_eq!(push.code(), Code::Push_rm64);
         let c = (push.ip_rel_memory_address() - tramp) as usize;
-        assert_eq!(u64::from_le_bytes(bytes[c..c + 8].try_into().unwrap()), 0x40_0005);
+        assert_eq!(
+            u64::from_le_bytes(bytes[c..c + 8].try_into().unwrap()),
+            0x40_0005
+        );
         assert_eq!(d.decode().near_branch_target(), 0x40_1000);
         assert_eq!(s.patch_bytes(tramp)[0], 0xe9);
     }
