@@ -1432,7 +1432,7 @@ impl Engine {
                     return true; // e.g. in a page fault taken inside the span
                 }
                 let ran = before.get(tid).is_some_and(|&b| t.ran_ns > b);
-                !(ran || !t.runnable)
+                !ran && t.runnable
             });
             if pending.is_empty() {
                 return true;

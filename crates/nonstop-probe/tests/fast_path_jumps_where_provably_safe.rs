@@ -318,7 +318,7 @@ fn eight_threads_run_while_fast_path_probes_are_armed_and_disarmed_10000_times()
                     let (a, b) = (n % 5 + t, n % 23);
                     assert_eq!(target(a, b), expected(a, b), "thread {t} call {n}");
                     n += 1;
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         std::thread::yield_now();
                     }
                 }
@@ -340,7 +340,7 @@ fn eight_threads_run_while_fast_path_probes_are_armed_and_disarmed_10000_times()
     for round in 0..10_000usize {
         let site = sites[round % sites.len()];
         let mut s = spec(site, f.clone(), empty_plan());
-        s.count_only = round % 2 == 0;
+        s.count_only = round.is_multiple_of(2);
         let id = engine.arm(s).unwrap();
         if matches!(fast_path(engine, id), FastPath::Yes { .. }) {
             fast += 1;

@@ -274,17 +274,16 @@ pub fn analyze(addr: u64, func_start: u64, func: &[u8]) -> Result<FastSite, Fast
             FlowControl::UnconditionalBranch
             | FlowControl::ConditionalBranch
             | FlowControl::Call
-            | FlowControl::XbeginXabortXend => {
+            | FlowControl::XbeginXabortXend
                 if matches!(
                     ins.op0_kind(),
                     OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
-                ) && inside(ins.near_branch_target())
-                {
-                    return Err(FastRefusal::BranchIntoSpan {
-                        from,
-                        to: ins.near_branch_target(),
-                    });
-                }
+                ) && inside(ins.near_branch_target()) =>
+            {
+                return Err(FastRefusal::BranchIntoSpan {
+                    from,
+                    to: ins.near_branch_target(),
+                });
             }
             _ => {}
         }
