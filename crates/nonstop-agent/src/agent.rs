@@ -345,6 +345,11 @@ impl Agent {
             time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
             count_only,
+            // The fast path (NONSTOP_FAST_PATH=1) decodes the whole function.
+            function: self
+                .debug
+                .function_bounds(site.address)
+                .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end)),
         };
         if let Some(old) = self.sites.get(&addr)
             && old.count_only
@@ -382,6 +387,37 @@ impl Agent {
         }
     }
 
+    /// How many of a rule's probes got the fast path and why the others did not; `None`
+    /// when the fast path is off.
+    fn fast_path_summary(&self, probes: &[u64]) -> Option<String> {
+        let states: Vec<nonstop_probe::FastPath> = probes
+            .iter()
+            .filter_map(|addr| self.sites.get(addr))
+            .filter_map(|s| self.engine.stats(s.id))
+            .map(|s| s.fast_path)
+            .collect();
+        let off = nonstop_probe::FastPath::No(nonstop_probe::FastRefusal::Off);
+        if states.is_empty() || states.iter().all(|s| *s == off) {
+            return None;
+        }
+        let yes = states
+            .iter()
+            .filter(|s| matches!(s, nonstop_probe::FastPath::Yes { .. }))
+            .count();
+        let first_no = states
+            .iter()
+            .find(|s| matches!(s, nonstop_probe::FastPath::No(_)));
+        Some(match (yes, first_no) {
+            (_, None) => "fast path: yes".to_string(),
+            (0, Some(no)) if states.len() == 1 => no.to_string(),
+            (k, Some(no)) => format!(
+                "fast path: {k} of {} probes; {}",
+                states.len(),
+                no.to_string().trim_start_matches("fast path: ")
+            ),
+        })
+    }
+
     /// Resolves and arms one rule; its status says what happened.
     fn arm(&mut self, rule: Rule) {
         let status = |kind, message: Option<String>| RuleStatus {
@@ -391,6 +427,7 @@ impl Agent {
             probes: 0,
             hits: 0,
             dropped: 0,
+            fast_path: None,
         };
         let mut held = ArmedRule {
             limits: RuleLimits {
@@ -421,6 +458,7 @@ impl Agent {
             Ok(()) => {
                 held.status.status = StatusKind::Armed;
                 held.status.probes = held.probes.len() as u32;
+                held.status.fast_path = self.fast_path_summary(&held.probes);
             }
             Err(message) => {
                 self.disarm_all(&mut held);

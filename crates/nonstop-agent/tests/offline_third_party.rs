@@ -85,3 +85,63 @@ fn probes_on_every_line_of_semvers_parser_leave_its_output_unchanged() {
     );
     assert!(!run.responses.is_empty());
 }
+
+/// Probes on every line of semver's parser again, with the fast path on: the output is
+/// unchanged, and each rule's status says how many of its probes got the `jmp` (printed:
+/// the share and the most common reasons for the others).
+#[test]
+fn with_the_fast_path_every_line_of_semvers_parser_leaves_its_output_unchanged() {
+    let (program, parse_rs) = build_semver_tool();
+    let lines = std::fs::read_to_string(&parse_rs).unwrap().lines().count();
+    let rules: Vec<serde_json::Value> = (1..=lines)
+        .map(|l| {
+            serde_json::json!({"id": format!("p{l}"), "at": format!("semver-1.0.26/src/parse.rs:{l}"),
+                "action": "snapshot", "rate": "100000/s", "max_hits": 1000000})
+        })
+        .collect();
+    let run = run_with_rules(
+        &program,
+        &[],
+        &serde_json::to_string(&rules).unwrap(),
+        &[("NONSTOP_FAST_PATH", "1")],
+    );
+    let plain = run_plain(&program, &[]);
+    assert!(run.output.status.success(), "{}", run.stderr());
+    assert_eq!(run.stdout(), String::from_utf8_lossy(&plain.stdout));
+    assert!(run.working_rules() >= 50, "{}", run.stderr());
+    let (mut fast, mut probes) = (0u64, 0u64);
+    let mut reasons: std::collections::BTreeMap<String, u64> = Default::default();
+    for s in run.statuses.as_array().unwrap() {
+        let n = s["probes"].as_u64().unwrap_or(0);
+        let Some(text) = s["fast_path"].as_str() else {
+            continue;
+        };
+        probes += n;
+        let (k, why) = if text == "fast path: yes" {
+            (n, None)
+        } else if let Some(rest) = text.strip_prefix("fast path: no — ") {
+            (0, Some(rest))
+        } else {
+            let rest = text.strip_prefix("fast path: ").unwrap();
+            let (k, why) = rest.split_once(" of ").unwrap();
+            (k.parse().unwrap(), why.split_once("no — ").map(|w| w.1))
+        };
+        fast += k;
+        if let Some(why) = why {
+            // The kind of reason, without its addresses.
+            let kind: String = why
+                .split(" at 0x")
+                .next()
+                .unwrap_or(why)
+                .chars()
+                .take(60)
+                .collect();
+            *reasons.entry(kind).or_default() += 1;
+        }
+    }
+    eprintln!(
+        "fast path: {fast} of {probes} probes ({:.0} %); rules with other probes, by first reason: {reasons:#?}",
+        100.0 * fast as f64 / probes.max(1) as f64
+    );
+    assert!(fast > 0, "{reasons:?}");
+}

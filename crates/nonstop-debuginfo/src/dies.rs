@@ -502,6 +502,24 @@ impl DebugInfo {
         (addr < start.saturating_add((*size).max(1))).then(|| demangle(name))
     }
 
+    /// The bounds (file addresses) of the sized ELF function symbol containing `addr`: the
+    /// fast path decodes the whole function there. `None` when no sized symbol holds it, or
+    /// when the function has a part elsewhere (GCC's `NAME.cold`), whose jumps back into
+    /// the body a decode of the bounds would not see.
+    pub fn function_bounds(&self, addr: u64) -> Option<std::ops::Range<u64>> {
+        let syms = &self.file.symbols;
+        let i = syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (start, size, name) = &syms[i];
+        if *size == 0 || addr >= start.saturating_add(*size) {
+            return None;
+        }
+        let cold = format!("{name}.cold");
+        if syms.iter().any(|s| s.2.starts_with(&cold)) {
+            return None;
+        }
+        Some(*start..start + size)
+    }
+
     /// The function chain at an address, innermost first (inlined callees first, the
     /// containing function last).
     pub(crate) fn function_chain(&self, ui: usize, chain: &[Scope]) -> Vec<String> {

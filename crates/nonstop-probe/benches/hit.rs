@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use nonstop_capture::capture::{CapturePlan, LocOp, Piece, PieceSource, RootPlan};
 use nonstop_capture::filter::{Filter, FilterRead, Op, ReadKind};
-use nonstop_probe::{Engine, EngineConfig, ProbeSpec, RateLimit};
+use nonstop_probe::{Engine, EngineConfig, FastPath, ProbeSpec, RateLimit};
 
 // bench_fn(a, b) = a + b + 1, starting with `push rbx` (emulated) then `lea` and `add`
 // (out of line).
@@ -31,15 +31,25 @@ std::arch::global_asm!(
     "    add rax, 1",
     "    pop rbx",
     "    ret",
+    ".globl nonstop_bench_fn_end",
+    "nonstop_bench_fn_end:",
     ".popsection",
 );
 
 unsafe extern "C" {
     safe fn nonstop_bench_fn(a: u64, b: u64) -> u64;
+    static nonstop_bench_fn_end: u8;
 }
 
 fn entry() -> u64 {
     nonstop_bench_fn as *const () as u64
+}
+
+/// The same spec on the fast path (the function's bounds given: `push rbx; lea` is the
+/// patched span).
+fn fast(mut spec: ProbeSpec) -> ProbeSpec {
+    spec.function = Some(entry()..&raw const nonstop_bench_fn_end as u64);
+    spec
 }
 
 /// Times `iters` calls, draining the ring between batches (the agent thread's work, not
@@ -123,6 +133,7 @@ fn bench(c: &mut Criterion) {
         budget: 1.0, // measure the hit, not the budget
         ring_slots: 1024,
         ring_slot_size: 32 * 1024,
+        fast_path: true, // only probes given their function's bounds (`fast`) use it
         ..EngineConfig::default()
     })
     .expect("engine");
@@ -153,10 +164,30 @@ fn bench(c: &mut Criterion) {
     });
     engine.disarm(id).unwrap();
 
+    let mut spec = fast(ProbeSpec::new(entry(), empty.clone()));
+    spec.count_only = true;
+    let id = engine.arm(spec).unwrap();
+    assert!(matches!(
+        engine.stats(id).unwrap().fast_path,
+        FastPath::Yes { .. }
+    ));
+    g.bench_function("fast path, count only (a metric count)", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    engine.disarm(id).unwrap();
+
     let id = engine
         .arm(ProbeSpec::new(entry(), five_variables()))
         .unwrap();
     g.bench_function("armed, 5-variable plan", |b| {
+        b.iter_custom(|n| timed_calls(engine, n))
+    });
+    engine.disarm(id).unwrap();
+
+    let id = engine
+        .arm(fast(ProbeSpec::new(entry(), five_variables())))
+        .unwrap();
+    g.bench_function("fast path, 5-variable plan", |b| {
         b.iter_custom(|n| timed_calls(engine, n))
     });
     engine.disarm(id).unwrap();
@@ -275,12 +306,27 @@ fn summary() {
             ProbeSpec::new(entry(), Arc::new(snapshot_plan)),
         ),
     ];
-    for (name, spec) in cases {
-        let id = engine.arm(spec).expect("arm");
+    let mut fast_rows: Vec<(&str, f64)> = Vec::new();
+    for (name, mut spec) in cases {
+        // A hit preempted on a busy machine must not mark the probe done (the time cap).
+        spec.time_cap = Duration::from_secs(3600);
+        let id = engine.arm(spec.clone()).expect("arm");
         rows.push((name, median_ns_per_call(|| timed_calls(engine, BATCH))));
         let stats = engine.stats(id).expect("stats");
         engine.disarm(id).expect("disarm");
         assert_eq!(stats.dropped_budget, 0, "{name}: {stats:?}");
+        let id = engine.arm(fast(spec)).expect("arm");
+        let on_fast_path = matches!(engine.stats(id).unwrap().fast_path, FastPath::Yes { .. });
+        fast_rows.push((name, median_ns_per_call(|| timed_calls(engine, BATCH))));
+        let stats = engine.stats(id).expect("stats");
+        engine.disarm(id).expect("disarm");
+        assert!(on_fast_path, "{name}: {}", stats.fast_path);
+        assert_eq!(stats.dropped_budget, 0, "{name}: {stats:?}");
+        assert_eq!(
+            stats.hits + stats.counted,
+            stats.traps,
+            "{name}: every fast-path hit captured or counted: {stats:?}"
+        );
     }
     let subscriber = tracing_subscriber::fmt()
         .with_writer(std::io::sink)
@@ -299,9 +345,28 @@ fn summary() {
     });
     rows.push(("compiled-in tracing::info!, 5 fields, fmt", tracing_ns));
     let unprobed = rows[0].1;
+    println!("\nFast path vs int3 path, per call, median of {SAMPLES} batches of {BATCH}:");
     println!(
-        "\nPer call, median of {SAMPLES} batches of {BATCH} (the int3 path; no fast path yet):"
+        "| {:<42} | {:>10} | {:>10} | {:>12} | {:>12} | {:>11} |",
+        "case", "int3 ns", "fast ns", "int3 +ns", "fast +ns", "int3 ÷ fast"
     );
+    println!(
+        "| {:-<42} | {:->10} | {:->10} | {:->12} | {:->12} | {:->11} |",
+        "", "", "", "", "", ""
+    );
+    for ((name, int3), (_, fast)) in rows[1..].iter().zip(&fast_rows) {
+        println!(
+            "| {:<42} | {:>10.1} | {:>10.1} | {:>12.1} | {:>12.1} | {:>11.1} |",
+            name,
+            int3,
+            fast,
+            int3 - unprobed,
+            fast - unprobed,
+            (int3 - unprobed) / (fast - unprobed)
+        );
+    }
+    println!("(unprobed call: {unprobed:.1} ns; +ns: less the unprobed call)");
+    println!("\nPer call, median of {SAMPLES} batches of {BATCH} (the int3 path):");
     println!(
         "| {:<42} | {:>9} | {:>10} | {:>10} |",
         "case", "ns/call", "+ns/call", "÷ tracing"

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, execute,
+    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, XMM_COUNT, execute,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 
 use crate::arch::asm;
 use crate::arch::context::Context;
+use crate::arch::fastpath::{self, FastFrame, FastRefusal, FastSite};
 use crate::arch::site::{self, Emulation, SiteError};
 use crate::backoff::{Sampling, SiteBudget};
 use crate::limits::{Budget, Gcra};
@@ -72,6 +73,15 @@ struct ProbeState {
     counted: AtomicU64,
     /// Whether the budget has the site out, and its back-off.
     budget: SiteBudget,
+    /// The site is patched with the fast path's `jmp` (not just an `int3`).
+    fast: AtomicBool,
+    /// Where the `int3` path resumes a trapped thread instead of performing the instruction
+    /// itself: the trampoline's relocated span (0: none). Set for fast-path sites before
+    /// their `int3` is written, so no trapped thread ever resumes inside the span.
+    tramp_resume: AtomicU64,
+    /// The fast-path span's original bytes (little-endian in 3 words) and length.
+    fast_orig: [AtomicU64; 3],
+    fast_len: AtomicU8,
 }
 
 impl ProbeState {
@@ -106,7 +116,33 @@ impl ProbeState {
             count_only: AtomicBool::new(false),
             counted: AtomicU64::new(0),
             budget: SiteBudget::new(),
+            fast: AtomicBool::new(false),
+            tramp_resume: AtomicU64::new(0),
+            fast_orig: [const { AtomicU64::new(0) }; 3],
+            fast_len: AtomicU8::new(0),
         }
+    }
+
+    /// The fast-path span's original bytes.
+    fn fast_orig_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(24);
+        for w in &self.fast_orig {
+            b.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        b.truncate(self.fast_len.load(Ordering::Relaxed) as usize);
+        b
+    }
+
+    fn set_fast_orig(&self, bytes: &[u8]) {
+        let mut padded = [0u8; 24];
+        let n = bytes.len().min(24);
+        padded[..n].copy_from_slice(&bytes[..n]);
+        for (w, chunk) in self.fast_orig.iter().zip(padded.chunks_exact(8)) {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(chunk);
+            w.store(u64::from_le_bytes(a), Ordering::Relaxed);
+        }
+        self.fast_len.store(n as u8, Ordering::Relaxed);
     }
 
     fn reset_counters(&self) {
@@ -144,6 +180,7 @@ impl ProbeState {
             slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
             counted: self.counted.load(r),
             sampling: self.budget.stats(sys::now_ns()),
+            fast_path: FastPath::default(),
             done: self.done.load(r),
             disarm_reason: match self.reason.load(r) {
                 REASON_MAX_HITS => Some(DisarmReason::MaxHits),
@@ -260,6 +297,9 @@ pub struct ProbeSpec {
     /// Count the traps where the filter holds (in [`ProbeStats::counted`]) and capture
     /// nothing: no record, no rate limit, exact at any rate the budget allows.
     pub count_only: bool,
+    /// The bounds of the function holding `address` (from symbols or CFI): the fast path
+    /// decodes the whole function to prove a `jmp` safe there; without them, `int3`.
+    pub function: Option<std::ops::Range<u64>>,
 }
 
 impl ProbeSpec {
@@ -273,6 +313,7 @@ impl ProbeSpec {
             time_cap: DEFAULT_TIME_CAP,
             filter: None,
             count_only: false,
+            function: None,
         }
     }
 }
@@ -344,6 +385,39 @@ pub struct ProbeStats {
     pub done: bool,
     /// Why it is done.
     pub disarm_reason: Option<DisarmReason>,
+    /// Whether the site got the fast path (a `jmp` to a trampoline), or why not.
+    pub fast_path: FastPath,
+}
+
+/// Whether a probe runs on the fast path: its site patched with a 5-byte `jmp` to a
+/// trampoline that calls the hit path without a trap. `Display` reads
+/// `fast path: yes` / `fast path: no — a branch at 0x… lands inside the patched bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastPath {
+    /// Patched with a `jmp`; `span` bytes were displaced into the trampoline.
+    Yes {
+        /// The trampoline's address.
+        trampoline: u64,
+        /// Bytes of the patched span.
+        span: u8,
+    },
+    /// On the `int3` path, for this reason.
+    No(FastRefusal),
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        FastPath::No(FastRefusal::Off)
+    }
+}
+
+impl std::fmt::Display for FastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FastPath::Yes { .. } => write!(f, "fast path: yes"),
+            FastPath::No(reason) => write!(f, "fast path: no — {reason}"),
+        }
+    }
 }
 
 /// One captured hit, as the agent thread drains it.
@@ -516,6 +590,9 @@ pub struct EngineConfig {
     pub capture_stacks: u32,
     /// Bytes of each capture stack.
     pub capture_stack_size: usize,
+    /// Patch a `jmp` to a trampoline where that is provably safe (see [`FastPath`]);
+    /// default: `NONSTOP_FAST_PATH=1` in the environment.
+    pub fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -528,6 +605,7 @@ impl Default for EngineConfig {
             grace: Duration::from_millis(100),
             capture_stacks: 16,
             capture_stack_size: 256 * 1024,
+            fast_path: std::env::var("NONSTOP_FAST_PATH").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -734,6 +812,21 @@ struct Arming {
     /// Slots of sites whose bytes changed, with when they were replaced.
     stale_slots: Vec<(u64, Instant)>,
     table_used: usize,
+    /// Trampolines of fast-path sites: never unmapped or rewritten while their site's bytes
+    /// are the same, so a thread preempted inside one always finds the same code.
+    tramps: Slots,
+    site_tramps: HashMap<u64, SiteTramp>,
+    /// The fast-path outcome of each live probe.
+    fast_status: HashMap<u64, FastPath>,
+}
+
+/// A site's trampoline, kept for the life of the process.
+struct SiteTramp {
+    tramp: u64,
+    /// The span's original bytes it was built for.
+    orig: Vec<u8>,
+    /// Offset of the relocated span (where the `int3` path resumes).
+    displaced: usize,
 }
 
 /// The process-global probe engine. See the crate docs.
@@ -758,6 +851,8 @@ pub struct Engine {
     out_requests_seen: AtomicU64,
     /// The kernel's cost of one trap and return, ns (measured at start).
     trap_cost_ns: AtomicU64,
+    /// How trampolines save the extended state (None: no fast path).
+    xsave: Option<fastpath::XsaveLayout>,
 }
 
 static CELL: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
@@ -818,6 +913,9 @@ impl Engine {
                 site_slots: HashMap::new(),
                 stale_slots: Vec::new(),
                 table_used: 0,
+                tramps: Slots::with_unit(fastpath::TRAMPOLINE_SIZE),
+                site_tramps: HashMap::new(),
+                fast_status: HashMap::new(),
             }),
             wake_fd: sys::eventfd().unwrap_or(-1),
             out_fd: sys::eventfd().unwrap_or(-1),
@@ -826,6 +924,7 @@ impl Engine {
             out_requests: AtomicU64::new(0),
             out_requests_seen: AtomicU64::new(0),
             trap_cost_ns: AtomicU64::new(FALLBACK_TRAP_COST_NS),
+            xsave: fastpath::xsave_layout(),
         })
     }
 
@@ -992,13 +1091,18 @@ impl Engine {
         let room = !self.budget.exceeded(now);
         let mut next: Option<u64> = None;
         let mut changed = false;
-        for &(idx, _) in a.live.values() {
+        for (id, &(idx, _)) in a.live.iter() {
             let p = &STATES[idx];
             let b = &p.budget;
             let addr = p.addr.load(Ordering::Relaxed);
             if b.pending() {
                 let orig = p.orig_byte.load(Ordering::Relaxed);
-                if sys::write_mem(a.mem_fd, addr, &[orig]).is_ok() {
+                let out = if p.fast.load(Ordering::SeqCst) {
+                    self.unpatch_fast(&a, p).is_ok()
+                } else {
+                    sys::write_mem(a.mem_fd, addr, &[orig]).is_ok()
+                };
+                if out {
                     b.went_out(now, p.traps.load(Ordering::Relaxed), trap_cost);
                     changed = true;
                 }
@@ -1006,6 +1110,15 @@ impl Engine {
                 if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
                     b.went_in(now, p.traps.load(Ordering::Relaxed));
                     changed = true;
+                    let tramp = match a.fast_status.get(id) {
+                        Some(FastPath::Yes { trampoline, .. }) => Some(*trampoline),
+                        _ => None,
+                    };
+                    if let Some(tramp) = tramp {
+                        self.sync();
+                        // On failure the int3 stays in, which is as correct.
+                        let _ = self.patch_fast(&a, p, &fast_site_of(p), tramp);
+                    }
                 }
             } else {
                 b.note_calm(now, calm);
@@ -1058,11 +1171,19 @@ impl Engine {
             .iter()
             .any(|&(lo, hi)| address >= lo && address < hi)
             || a.slots.contains(address)
+            || a.tramps.contains(address)
         {
             return Err(ArmError::Unsupported {
                 address,
                 instruction: String::from("(nonstop's own code)"),
                 reason: "the probe engine's trap path and slots cannot be probed",
+            });
+        }
+        if inside_fast_span(&a, address) {
+            return Err(ArmError::Unsupported {
+                address,
+                instruction: String::from("(patched by another probe)"),
+                reason: "it is inside the jump patched by a fast-path probe",
             });
         }
         let bytes = site_bytes(address, m.end);
@@ -1115,6 +1236,18 @@ impl Engine {
         }
         p.count_only.store(spec.count_only, r);
         p.budget.reset(sys::now_ns());
+        p.fast.store(false, r);
+        p.tramp_resume.store(0, r);
+        p.fast_len.store(0, r);
+        let fast = if self.config.fast_path {
+            self.prepare_fast(&mut a, address, spec.function.as_ref(), &maps)
+        } else {
+            Err(FastRefusal::Off)
+        };
+        if let Ok((fsite, tramp, displaced)) = &fast {
+            p.set_fast_orig(&fsite.orig);
+            p.tramp_resume.store(tramp + *displaced as u64, r);
+        }
         p.status.store(ARMED, Ordering::SeqCst);
         VALS[cell].store(idx as u32 + 1, Ordering::Release);
         if let Err(e) = sys::write_mem(a.mem_fd, address, &[0xcc]) {
@@ -1132,7 +1265,198 @@ impl Engine {
         }
         self.sync();
         a.live.insert(id, (idx, cell));
+        let status = match fast {
+            Ok((fsite, tramp, _)) => match self.patch_fast(&a, p, &fsite, tramp) {
+                Ok(()) => FastPath::Yes {
+                    trampoline: tramp,
+                    span: fsite.span_len() as u8,
+                },
+                Err(e) => FastPath::No(e),
+            },
+            Err(e) => FastPath::No(e),
+        };
+        a.fast_status.insert(id, status);
         Ok(ProbeId(id))
+    }
+
+    /// The fast-path check for a site, and its trampoline (built now, or the site's own
+    /// from an earlier arm when its bytes are the same).
+    fn prepare_fast(
+        &self,
+        a: &mut Arming,
+        address: u64,
+        function: Option<&std::ops::Range<u64>>,
+        maps: &[slots::Mapping],
+    ) -> Result<(FastSite, u64, usize), FastRefusal> {
+        let xsave = self.xsave.ok_or(FastRefusal::NoXsave)?;
+        let f = function.ok_or(FastRefusal::BoundsUnknown)?;
+        if !(f.start <= address && address < f.end) || f.end - f.start > 1 << 24 {
+            return Err(FastRefusal::BoundsUnknown);
+        }
+        let in_one_mapping = maps
+            .iter()
+            .any(|m| m.exec && m.start <= f.start && f.end <= m.end);
+        if !in_one_mapping {
+            return Err(FastRefusal::BoundsUnknown);
+        }
+        let mut bytes = vec![0u8; (f.end - f.start) as usize];
+        SafeMemory
+            .read(f.start, &mut bytes)
+            .map_err(|_| FastRefusal::Undecodable { at: f.start })?;
+        // The function as in the file: other probes' patches replaced by their originals.
+        let mut others = Vec::new();
+        for &(idx, _) in a.live.values() {
+            let q = &STATES[idx];
+            let at = q.addr.load(Ordering::Relaxed);
+            let orig = if q.fast.load(Ordering::Relaxed) {
+                q.fast_orig_bytes()
+            } else {
+                vec![q.orig_byte.load(Ordering::Relaxed)]
+            };
+            for (k, b) in orig.iter().enumerate() {
+                let x = at + k as u64;
+                if x >= f.start && x < f.end {
+                    bytes[(x - f.start) as usize] = *b;
+                }
+            }
+            others.push(at);
+        }
+        let fsite = fastpath::analyze(address, f.start, &bytes)?;
+        if let Some(last) = fsite.instrs.last()
+            && (last.is_call_near() || last.is_call_near_indirect())
+            && shadow_stack_enabled()
+        {
+            // push + jmp instead of the call: the callee's `ret` would not match the
+            // shadow stack.
+            return Err(FastRefusal::Unsupported {
+                at: last.ip(),
+                reason: "a call cannot be emulated under a CET shadow stack",
+            });
+        }
+        if let Some(&at) = others.iter().find(|&&at| fsite.interior(at)) {
+            return Err(FastRefusal::ProbeInSpan { at });
+        }
+        if let Some(t) = a.site_tramps.get(&address)
+            && t.orig == fsite.orig
+        {
+            return Ok((fsite, t.tramp, t.displaced));
+        }
+        let tramp = a
+            .tramps
+            .alloc_near(address, maps)
+            .ok_or(FastRefusal::NoTrampolineNearby)?;
+        let hit = nonstop_probe_fast_hit as *const () as u64;
+        let built = fastpath::trampoline_code(&fsite, tramp, hit, xsave);
+        let (code, displaced) = match built {
+            Ok(c) => c,
+            Err(e) => {
+                a.tramps.free(tramp);
+                return Err(e);
+            }
+        };
+        if sys::write_mem(a.mem_fd, tramp, &code).is_err() {
+            a.tramps.free(tramp);
+            return Err(FastRefusal::Patch);
+        }
+        self.sync();
+        // An older trampoline of this address (its bytes changed) is kept: a thread may
+        // still be inside it.
+        a.site_tramps.insert(
+            address,
+            SiteTramp {
+                tramp,
+                orig: fsite.orig.clone(),
+                displaced,
+            },
+        );
+        Ok((fsite, tramp, displaced))
+    }
+
+    /// Patches the `jmp` over a site whose `int3` is in place (and whose `tramp_resume`
+    /// is set): no thread paused inside the span, then the tail bytes, then the first byte,
+    /// each step serialized on every core. On failure the `int3` stays (which resumes in
+    /// the trampoline's copy of the span, so it is just as correct).
+    fn patch_fast(
+        &self,
+        a: &Arming,
+        p: &ProbeState,
+        fsite: &FastSite,
+        tramp: u64,
+    ) -> Result<(), FastRefusal> {
+        let address = fsite.addr;
+        if fsite.instrs.len() > 1 && !self.span_quiescent(fsite) {
+            return Err(FastRefusal::ThreadInSpan);
+        }
+        let patch = fsite.patch_bytes(tramp);
+        let orig = &fsite.orig;
+        if sys::write_mem(a.mem_fd, address + 1, &patch[1..]).is_err() {
+            let _ = sys::write_mem(a.mem_fd, address + 1, &orig[1..]);
+            self.sync();
+            return Err(FastRefusal::Patch);
+        }
+        self.sync();
+        if sys::write_mem(a.mem_fd, address, &patch[..1]).is_err() {
+            let _ = sys::write_mem(a.mem_fd, address + 1, &orig[1..]);
+            self.sync();
+            return Err(FastRefusal::Patch);
+        }
+        self.sync();
+        p.fast.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Waits until no thread can be at an instruction boundary inside a span whose `int3`
+    /// is in place (and serialized): every other thread has run since (it then moved
+    /// past the boundary: nothing leads back inside), was created since, or is blocked
+    /// with its program counter outside the span. Preempted threads are runnable and show
+    /// no program counter, so they must be seen to run. False after 100 ms, or when the
+    /// threads cannot be listed. Not seen: a thread interrupted at such a boundary by a
+    /// signal whose handler runs for the whole wait.
+    fn span_quiescent(&self, fsite: &FastSite) -> bool {
+        let me = sys::gettid();
+        let Some(before) = sys::thread_states() else {
+            return false;
+        };
+        let before: HashMap<u32, u64> = before.iter().map(|t| (t.tid, t.ran_ns)).collect();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut pending: Vec<u32> = before.keys().copied().filter(|&t| t != me).collect();
+        loop {
+            let Some(now) = sys::thread_states() else {
+                return false;
+            };
+            pending.retain(|tid| {
+                let Some(t) = now.iter().find(|t| t.tid == *tid) else {
+                    return false; // exited
+                };
+                if t.paused_pc.is_some_and(|pc| fsite.interior(pc)) {
+                    return true; // e.g. in a page fault taken inside the span
+                }
+                let ran = before.get(tid).is_some_and(|&b| t.ran_ns > b);
+                !ran && t.runnable
+            });
+            if pending.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// Restores a fast-path site's original bytes: `int3` over the `jmp`'s first byte
+    /// (threads arriving now trap and resume in the trampoline), the tail, the first byte.
+    fn unpatch_fast(&self, a: &Arming, p: &ProbeState) -> std::io::Result<()> {
+        let address = p.addr.load(Ordering::Relaxed);
+        let orig = p.fast_orig_bytes();
+        sys::write_mem(a.mem_fd, address, &[0xcc])?;
+        self.sync();
+        sys::write_mem(a.mem_fd, address + 1, &orig[1..])?;
+        self.sync();
+        sys::write_mem(a.mem_fd, address, &orig[..1])?;
+        self.sync();
+        p.fast.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Disarms a probe: the original byte is back when this returns; its slot is reused
@@ -1150,15 +1474,25 @@ impl Engine {
         let p = &STATES[idx];
         let address = p.addr.load(Ordering::Relaxed);
         let orig = p.orig_byte.load(Ordering::Relaxed);
-        sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
-            address,
-            error: e.to_string(),
-        })?;
-        self.sync();
+        if p.fast.load(Ordering::SeqCst) {
+            self.unpatch_fast(&a, p).map_err(|e| ArmError::Patch {
+                address,
+                error: e.to_string(),
+            })?;
+        } else {
+            sys::write_mem(a.mem_fd, address, &[orig]).map_err(|e| ArmError::Patch {
+                address,
+                error: e.to_string(),
+            })?;
+            self.sync();
+        }
         a.live.remove(&id.0);
+        let fast_status = a.fast_status.remove(&id.0).unwrap_or_default();
         p.status.store(RETIRED, Ordering::SeqCst);
         VALS[cell].store(0, Ordering::Release);
-        a.finished.insert(id.0, p.stats(false));
+        let mut stats = p.stats(false);
+        stats.fast_path = fast_status;
+        a.finished.insert(id.0, stats);
         a.quarantine.push(Retired {
             id: id.0,
             idx,
@@ -1233,7 +1567,11 @@ impl Engine {
                 continue;
             }
             let r = a.quarantine.swap_remove(i);
-            a.finished.insert(r.id, p.stats(false));
+            let mut stats = p.stats(false);
+            if let Some(old) = a.finished.get(&r.id) {
+                stats.fast_path = old.fast_path;
+            }
+            a.finished.insert(r.id, stats);
             let plan = p.plan.swap(std::ptr::null_mut(), Ordering::AcqRel);
             if !plan.is_null() {
                 // SAFETY: the pointer came from Arc::into_raw at arm time and no handler can
@@ -1256,7 +1594,9 @@ impl Engine {
     pub fn stats(&self, id: ProbeId) -> Option<ProbeStats> {
         let a = self.lock();
         if let Some(&(idx, _)) = a.live.get(&id.0) {
-            return Some(STATES[idx].stats(true));
+            let mut s = STATES[idx].stats(true);
+            s.fast_path = a.fast_status.get(&id.0).copied().unwrap_or_default();
+            return Some(s);
         }
         if let Some(r) = a.quarantine.iter().find(|r| r.id == id.0) {
             return Some(STATES[r.idx].stats(false));
@@ -1304,6 +1644,37 @@ impl Engine {
     pub fn record_capacity(&self) -> usize {
         self.ring.slot_size()
     }
+}
+
+/// Whether this process runs with a CET shadow stack (`x86_Thread_features: shstk`).
+fn shadow_stack_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("x86_Thread_features:") && l.contains("shstk"))
+        })
+    })
+}
+
+/// Whether `address` is inside (after the first byte of) a live fast-path probe's span.
+fn inside_fast_span(a: &Arming, address: u64) -> bool {
+    a.live.values().any(|&(idx, _)| {
+        let q = &STATES[idx];
+        let at = q.addr.load(Ordering::Relaxed);
+        let len = q.fast_len.load(Ordering::Relaxed) as u64;
+        len > 0 && address > at && address < at + len
+    })
+}
+
+/// A fast-path site rebuilt from a probe's saved span (for the budget's put-back).
+fn fast_site_of(p: &ProbeState) -> FastSite {
+    let addr = p.addr.load(Ordering::Relaxed);
+    let orig = p.fast_orig_bytes();
+    let instrs = iced_x86::Decoder::with_ip(64, &orig, addr, iced_x86::DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    FastSite { addr, instrs, orig }
 }
 
 fn site_error(address: u64, e: SiteError) -> ArmError {
@@ -1433,10 +1804,141 @@ struct Wake {
     committed: bool,
 }
 
-fn capture(
+/// What the hit path needs of the interrupted thread: the `int3` path's signal context,
+/// or the fast path's trampoline frame.
+trait HitContext {
+    /// The registers at the probe, `rip` = the probe's address.
+    fn registers(&self, rip: u64, regs: &mut Registers);
+    /// Whether a fault in a guarded read could not be handled safely.
+    fn faults_unsafe(&self) -> bool;
+    /// Whether the thread runs on its alternate signal stack.
+    fn on_alternate_stack(&self) -> bool;
+}
+
+impl HitContext for Context<'_> {
+    fn registers(&self, rip: u64, regs: &mut Registers) {
+        Context::registers(self, rip, regs)
+    }
+    fn faults_unsafe(&self) -> bool {
+        Context::faults_unsafe(self)
+    }
+    fn on_alternate_stack(&self) -> bool {
+        Context::on_alternate_stack(self)
+    }
+}
+
+/// The fast path's view of the thread: the trampoline's frame and XSAVE area. Whether
+/// faults are safe takes two system calls, asked only when a hit reads memory.
+struct FastContext<'a> {
+    frame: &'a FastFrame,
+    rsp: u64,
+    xsave: *const u8,
+    /// (blocks SIGSEGV/SIGBUS, on the alternate stack), once asked.
+    signals: std::cell::Cell<Option<(bool, bool)>>,
+}
+
+impl FastContext<'_> {
+    fn signal_state(&self) -> (bool, bool) {
+        if let Some(s) = self.signals.get() {
+            return s;
+        }
+        let s = sys::fault_signal_state();
+        self.signals.set(Some(s));
+        s
+    }
+}
+
+impl HitContext for FastContext<'_> {
+    fn registers(&self, rip: u64, regs: &mut Registers) {
+        let f = self.frame;
+        regs.gpr = [
+            f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10, f.r11,
+            f.r12, f.r13, f.r14, f.r15, rip,
+        ];
+        // XSTATE_BV (offset 512) bit 1: the SSE state was saved; clear (with xsavec) when
+        // it is in its initial state, all zero.
+        // SAFETY: the area is at least 576 bytes, on the stack until this hit returns.
+        let xstate_bv = unsafe { *self.xsave.add(512) };
+        if xstate_bv & 2 == 0 {
+            regs.xmm = [[0; 16]; XMM_COUNT];
+            return;
+        }
+        // xmm0..15 are at offset 160 of the XSAVE area's legacy region.
+        for (k, x) in regs.xmm.iter_mut().enumerate() {
+            // SAFETY: the trampoline's XSAVE area is at least 576 bytes (checked at start)
+            // and lives on the stack until this hit returns; bytes 160..416 are xmm0..15.
+            let src = unsafe { std::slice::from_raw_parts(self.xsave.add(160 + 16 * k), 16) };
+            x.copy_from_slice(src);
+        }
+    }
+    fn faults_unsafe(&self) -> bool {
+        let (blocks, on_alt) = self.signal_state();
+        blocks || on_alt
+    }
+    fn on_alternate_stack(&self) -> bool {
+        self.signal_state().1
+    }
+}
+
+/// The fast path's hit: called by a trampoline with its saved frame, the probe's address
+/// and the XSAVE area. The same limits, condition, capture and budget as the `int3` path;
+/// the trampoline then runs the displaced instructions, whatever happens here.
+#[unsafe(link_section = "nonstop_probe_trap")]
+extern "C" fn nonstop_probe_fast_hit(frame: *mut FastFrame, addr: u64, xsave: *mut u8) {
+    let Some(cell) = table_find(addr) else {
+        return;
+    };
+    let v = VALS
+        .get(cell)
+        .map(|v| v.load(Ordering::Acquire))
+        .unwrap_or(0);
+    let Some(p) = (v as usize).checked_sub(1).and_then(|i| STATES.get(i)) else {
+        return; // disarmed while this thread was on its way in
+    };
+    p.in_flight.fetch_add(1, Ordering::SeqCst);
+    if p.status.load(Ordering::SeqCst) != ARMED || p.addr.load(Ordering::Acquire) != addr {
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        return;
+    }
+    p.traps.fetch_add(1, Ordering::Relaxed);
+    let Some(guard) = guard_enter(thread_pointer()) else {
+        p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        return;
+    };
+    // SAFETY: the trampoline passes its frame on the stack, alive and ours for this call.
+    let frame_ref = unsafe { &*frame };
+    let ctx = FastContext {
+        frame: frame_ref,
+        rsp: (frame as u64).wrapping_add(fastpath::FRAME_TO_RSP),
+        xsave,
+        signals: std::cell::Cell::new(None),
+    };
+    let t0 = sys::now_ns();
+    // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
+    let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
+    let mut wake = Wake::default();
+    if let Some(engine) = engine {
+        capture(engine, p, &ctx, addr, t0, &mut wake);
+        // No trap to charge: the handler's own time only.
+        let t1 = sys::now_ns();
+        p.budget.add_trap(t0, t1);
+        engine.budget.charge(t1, t1.saturating_sub(t0));
+        if wake.out {
+            engine.request_out();
+        }
+        if wake.committed {
+            engine.wake_if_sleeping();
+        }
+    }
+    guard_exit(guard);
+    p.in_flight.fetch_sub(1, Ordering::Release);
+}
+
+fn capture<C: HitContext>(
     engine: &Engine,
     p: &ProbeState,
-    ctx: &Context<'_>,
+    ctx: &C,
     addr: u64,
     t0: u64,
     wake: &mut Wake,
@@ -1597,6 +2099,13 @@ fn perform(p: &ProbeState, ctx: &mut Context<'_>) {
     let next = p.next_ip.load(r);
     let target = p.target.load(r);
     let slot = p.slot.load(r);
+    let resume = p.tramp_resume.load(r);
+    if resume != 0 {
+        // A fast-path site: its trampoline runs the whole span (mid-patch, or while the
+        // budget has the jump out).
+        ctx.set_rip(resume);
+        return;
+    }
     match Emulation::unpack(p.emulation.load(r)) {
         Emulation::OutOfLine => ctx.set_rip(slot),
         Emulation::Nop => ctx.set_rip(next),
@@ -1639,11 +2148,16 @@ extern "C" fn atfork_child() {
     }
     for p in STATES.iter() {
         if p.status.load(Ordering::Acquire) == ARMED {
-            sys::pwrite_byte(
-                fd,
-                p.addr.load(Ordering::Relaxed),
-                p.orig_byte.load(Ordering::Relaxed),
-            );
+            let addr = p.addr.load(Ordering::Relaxed);
+            if p.fast.load(Ordering::Acquire) {
+                // Single-threaded here: any order is fine. The span's tail, then its start.
+                let n = p.fast_len.load(Ordering::Relaxed) as usize;
+                for k in (0..n).rev() {
+                    let word = p.fast_orig[k / 8].load(Ordering::Relaxed);
+                    sys::pwrite_byte(fd, addr + k as u64, (word >> (8 * (k % 8))) as u8);
+                }
+            }
+            sys::pwrite_byte(fd, addr, p.orig_byte.load(Ordering::Relaxed));
             p.status.store(RETIRED, Ordering::SeqCst);
         }
     }

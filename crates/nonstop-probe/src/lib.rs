@@ -116,10 +116,11 @@ mod slots;
 #[path = "sys/linux.rs"]
 mod sys;
 
+pub use arch::fastpath::FastRefusal;
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
 pub use engine::{
-    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, Hit, MAX_PROBES,
-    ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
+    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, FastPath, Hit,
+    MAX_PROBES, ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
     trap_path_range,
 };
 pub use signals::{sigaction, signal};

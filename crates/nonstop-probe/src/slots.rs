@@ -29,6 +29,8 @@ struct Chunk {
 #[derive(Default)]
 pub struct Slots {
     chunks: Vec<Chunk>,
+    /// Bytes of one slot (0: [`SLOT_SIZE`]).
+    unit: u64,
 }
 
 fn distance(a: u64, b: u64) -> u64 {
@@ -36,8 +38,25 @@ fn distance(a: u64, b: u64) -> u64 {
 }
 
 impl Slots {
+    /// An allocator of `unit`-byte slots (trampolines are bigger than XOL slots).
+    pub fn with_unit(unit: usize) -> Slots {
+        Slots {
+            chunks: Vec::new(),
+            unit: unit as u64,
+        }
+    }
+
+    fn unit(&self) -> u64 {
+        if self.unit == 0 {
+            SLOT_SIZE as u64
+        } else {
+            self.unit
+        }
+    }
+
     /// A slot within reach of `site`, mapping a new chunk when needed.
     pub fn alloc_near(&mut self, site: u64, maps: &[Mapping]) -> Option<u64> {
+        let unit = self.unit();
         for c in self.chunks.iter_mut() {
             if distance(c.base, site) > REACH {
                 continue;
@@ -45,16 +64,16 @@ impl Slots {
             if let Some(s) = c.free.pop() {
                 return Some(s);
             }
-            if c.used + SLOT_SIZE as u64 <= CHUNK {
+            if c.used + unit <= CHUNK {
                 let s = c.base + c.used;
-                c.used += SLOT_SIZE as u64;
+                c.used += unit;
                 return Some(s);
             }
         }
         let base = map_chunk_near(site, maps)?;
         self.chunks.push(Chunk {
             base,
-            used: SLOT_SIZE as u64,
+            used: unit,
             free: Vec::new(),
         });
         Some(base)

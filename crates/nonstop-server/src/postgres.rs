@@ -482,6 +482,7 @@ fn status_from(row: &Row, at: usize, rule: &str) -> Result<AgentRuleStatus, Fail
             probes: u32::try_from(row.try_get::<_, i64>(at + 3)?).unwrap_or(0),
             hits: to_u64(row.try_get(at + 4)?),
             dropped: to_u64(row.try_get(at + 5)?),
+            fast_path: None,
         },
         updated_ms: row.try_get(at + 6)?,
     })

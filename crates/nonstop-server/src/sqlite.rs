@@ -236,6 +236,7 @@ fn read_status(
             probes: u32::try_from(row.get::<_, i64>(at + 3)?).unwrap_or(0),
             hits: to_u64(row.get(at + 4)?),
             dropped: to_u64(row.get(at + 5)?),
+            fast_path: None,
         },
         updated_ms: row.get(at + 6)?,
     })

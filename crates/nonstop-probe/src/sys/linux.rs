@@ -251,3 +251,95 @@ pub fn map_code_page(code: &[u8]) -> Option<u64> {
     };
     ok.then_some(page)
 }
+
+/// Whether the calling thread blocks SIGSEGV or SIGBUS, and whether it runs on its
+/// alternate signal stack: two system calls, async-signal-safe. `(true, true)` when either
+/// cannot be asked (the caller then avoids faults).
+pub fn fault_signal_state() -> (bool, bool) {
+    let mut old = [0u64; 1];
+    // SAFETY: a null new set only reads the mask into `old`, 8 bytes (NSIG/8).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_BLOCK,
+            std::ptr::null::<u64>(),
+            old.as_mut_ptr(),
+            8usize,
+        )
+    };
+    if r != 0 {
+        return (true, true);
+    }
+    let bit = |sig: libc::c_int| old[0] & (1u64 << (sig - 1)) != 0;
+    let blocks = bit(libc::SIGSEGV) || bit(libc::SIGBUS);
+    let mut ss = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: a null new stack only reads the current one into `ss`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sigaltstack,
+            std::ptr::null::<libc::stack_t>(),
+            &mut ss,
+        )
+    };
+    if r != 0 {
+        return (true, true);
+    }
+    (blocks, ss.ss_flags & libc::SS_ONSTACK != 0)
+}
+
+/// One thread of this process as `/proc/self/task` shows it.
+pub struct ThreadState {
+    /// Its id.
+    pub tid: u32,
+    /// CPU time it has run, ns (`schedstat`).
+    pub ran_ns: u64,
+    /// Runnable or running (`R`).
+    pub runnable: bool,
+    /// When it is blocked outside a system call (a page fault, a stop): its user program
+    /// counter (`syscall` shows `-1 SP PC`).
+    pub paused_pc: Option<u64>,
+}
+
+/// This process's threads. `None` when they cannot be listed.
+pub fn thread_states() -> Option<Vec<ThreadState>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(entry) = entry else { continue };
+        let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = entry.path();
+        let (Ok(sched), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue; // exited meanwhile
+        };
+        let ran_ns = sched.split_whitespace().next()?.parse().ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        let runnable = state == "R";
+        let mut paused_pc = None;
+        if !runnable && let Ok(text) = std::fs::read_to_string(dir.join("syscall")) {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            if fields.first() == Some(&"-1") {
+                let pc = fields.last()?.trim_start_matches("0x");
+                paused_pc = Some(u64::from_str_radix(pc, 16).ok()?);
+            }
+        }
+        out.push(ThreadState {
+            tid,
+            ran_ns,
+            runnable,
+            paused_pc,
+        });
+    }
+    Some(out)
+}

@@ -2,4 +2,5 @@
 
 pub mod asm;
 pub mod context;
+pub mod fastpath;
 pub mod site;
