@@ -61,7 +61,12 @@ pub struct Server {
 
 impl Server {
     pub fn start(port: u16, data: &Path) -> Server {
-        let process = nonstop_testkit::ServerProcess::start(Path::new(NONSTOP), port, data, &[]);
+        Server::start_with(port, data, &[])
+    }
+
+    /// [`Server::start`] with more `nonstop serve` arguments (e.g. `--store URL`).
+    pub fn start_with(port: u16, data: &Path, extra: &[&str]) -> Server {
+        let process = nonstop_testkit::ServerProcess::start(Path::new(NONSTOP), port, data, extra);
         Server {
             url: process.url.clone(),
             process,
