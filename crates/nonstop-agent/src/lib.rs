@@ -72,7 +72,7 @@ extern "C" fn flush_at_exit() {
         if let Some(agent) = AGENT_THREAD.get() {
             agent.unpark();
         }
-        if let Ok(engine) = nonstop_probe::Engine::get() {
+        if let Some(engine) = nonstop_probe::Engine::running() {
             engine.wake();
         }
         let (lock, done) = &FLUSHED;
@@ -108,10 +108,14 @@ pub(crate) fn say(message: &str) {
     eprintln!("nonstop: {message}");
 }
 
-/// Wakes the agent thread from its nap.
+/// Wakes the agent thread from its nap: it sleeps on the engine's eventfd (and, before the
+/// engine exists, parked).
 pub(crate) fn wake_agent() {
     if let Some(agent) = AGENT_THREAD.get() {
         agent.unpark();
+    }
+    if let Some(engine) = nonstop_probe::Engine::running() {
+        engine.wake();
     }
 }
 
@@ -328,7 +332,7 @@ fn spawn_agent_thread(setup: impl FnOnce() -> Option<(Agent, Channel)> + Send + 
                 }
             });
             if std::panic::catch_unwind(run).is_err() {
-                if let Ok(engine) = nonstop_probe::Engine::get() {
+                if let Some(engine) = nonstop_probe::Engine::running() {
                     engine.disarm_all();
                 }
                 say("the agent stopped after an internal error; its probes are disarmed");

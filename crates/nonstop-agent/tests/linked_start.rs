@@ -8,22 +8,12 @@ use std::process::Command;
 
 #[test]
 fn a_program_that_calls_start_captures_its_own_lines() {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let built = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "nonstop-agent",
-            "--example",
-            "linked",
-            "--target-dir",
-        ])
-        .arg(profile_dir.parent().unwrap())
-        .status()
-        .unwrap();
-    assert!(built.success());
+    // Built aside: a `cargo build -p nonstop-agent` into this test's own target dir would
+    // replace the rlibs other tests and doc tests link against (E0460).
+    let profile_dir = nonstop_testkit::cargo_build_aside(
+        "tests",
+        &["-p", "nonstop-agent", "--example", "linked"],
+    );
     let example = profile_dir.join("examples/linked");
     let src =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/linked.rs"))

@@ -492,7 +492,83 @@ pub enum PlanNode {
         /// Plan for each value.
         val_each: Option<NodeId>,
     },
+    /// Two pointers, `[begin, end)` (C++ `std::vector`): up to `max_elems` elements of
+    /// `elem_size` bytes from `begin`, then `each` on every element.
+    Span {
+        /// Offset of the pointer to the first element.
+        begin_offset: u32,
+        /// Offset of the pointer one past the last element.
+        end_offset: u32,
+        /// Size of one element.
+        elem_size: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
+    /// A linked list of nodes (`std::list`, the node list of `std::unordered_map`): the
+    /// first node's address at `head_offset`, the element count at `count_offset`; each
+    /// node is `node_size` bytes with its successor at `next_offset` and its value from
+    /// `value_offset`. Stops at a null link, after `count` or `max_elems` nodes.
+    Chain {
+        /// Offset of the pointer to the first node.
+        head_offset: u32,
+        /// Offset of the element count (a usize).
+        count_offset: u32,
+        /// Offset of the next-node pointer in a node.
+        next_offset: u32,
+        /// Bytes of one node read.
+        node_size: u32,
+        /// Offset of the value in a node (the value runs to the node's end).
+        value_offset: u32,
+        /// Most nodes to read.
+        max_elems: u32,
+        /// Plan for each value.
+        each: Option<NodeId>,
+    },
+    /// A binary search tree walked in order (the red-black tree of `std::map`/`set`):
+    /// the root's address at `root_offset`, each node `node_size` bytes with its children
+    /// at `left_offset` and `right_offset` (null at the leaves) and its value from
+    /// `value_offset`. Reads up to `max_elems` nodes, in order.
+    Tree {
+        /// Offset of the root pointer (0 = empty).
+        root_offset: u32,
+        /// Offset of the left-child pointer in a node.
+        left_offset: u32,
+        /// Offset of the right-child pointer in a node.
+        right_offset: u32,
+        /// Bytes of one node read.
+        node_size: u32,
+        /// Offset of the value in a node (the value runs to the node's end).
+        value_offset: u32,
+        /// Most nodes to read.
+        max_elems: u32,
+        /// Plan for each value.
+        each: Option<NodeId>,
+    },
+    /// A C++ `std::deque`: elements from the start iterator to the finish iterator over
+    /// fixed-size buffers listed in a map of buffer pointers (`_M_node` points into it).
+    /// Reads the map entries between the two iterators' nodes, then up to `max_elems`
+    /// elements in order.
+    Deque {
+        /// Offsets of the start iterator's `_M_cur`, `_M_last` and `_M_node`.
+        start: [u32; 3],
+        /// Offsets of the finish iterator's `_M_cur`, `_M_first` and `_M_node`.
+        finish: [u32; 3],
+        /// Size of one element.
+        elem_size: u32,
+        /// Elements in one buffer.
+        buf_elems: u32,
+        /// Most elements to read.
+        max_elems: u32,
+        /// Plan for each element.
+        each: Option<NodeId>,
+    },
 }
+
+/// Deepest binary tree [`PlanNode::Tree`] walks (a red-black tree of 2^31 nodes is at
+/// most 62 levels deep); deeper parts are not read.
+pub const MAX_TREE_DEPTH: usize = 64;
 
 /// Everything to read at one probe address.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -963,6 +1039,236 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                 }
             }
             PlanNode::BTree { .. } => self.btree(node, at, len, depth),
+            PlanNode::Span {
+                begin_offset,
+                end_offset,
+                elem_size,
+                max_elems,
+                each,
+            } => {
+                let (Some(begin), Some(end)) =
+                    (field(self, *begin_offset, 8), field(self, *end_offset, 8))
+                else {
+                    return;
+                };
+                if *elem_size == 0 || end < begin {
+                    return;
+                }
+                let count = end
+                    .saturating_sub(begin)
+                    .checked_div(u64::from(*elem_size))
+                    .unwrap_or(0);
+                let n = count.min(u64::from(*max_elems));
+                self.elements(begin, n, *elem_size, *each, depth);
+            }
+            PlanNode::Chain {
+                head_offset,
+                count_offset,
+                next_offset,
+                node_size,
+                value_offset,
+                max_elems,
+                each,
+            } => {
+                let (Some(mut ptr), Some(count)) =
+                    (field(self, *head_offset, 8), field(self, *count_offset, 8))
+                else {
+                    return;
+                };
+                let n = count.min(u64::from(*max_elems));
+                let size = *node_size as usize;
+                let value_len = size.saturating_sub(*value_offset as usize);
+                for _ in 0..n {
+                    if ptr == 0 {
+                        return;
+                    }
+                    let Some(data) = self.block(ptr, size) else {
+                        return;
+                    };
+                    if let Some(each) = each
+                        && let Some(v) = data.checked_add(*value_offset as usize)
+                    {
+                        self.apply(*each, v, value_len, deeper);
+                    }
+                    let Some(next) = data
+                        .checked_add(*next_offset as usize)
+                        .filter(|_| (*next_offset as usize).saturating_add(8) <= size)
+                        .and_then(|a| self.get(a, 8))
+                    else {
+                        return;
+                    };
+                    ptr = next;
+                }
+            }
+            PlanNode::Tree { .. } => self.tree(node, at, len, depth),
+            PlanNode::Deque { .. } => self.deque(node, at, len, depth),
+        }
+    }
+
+    /// The element ranges of a `std::deque` (see [`PlanNode::Deque`]).
+    fn deque(&mut self, node: &PlanNode, at: usize, len: usize, depth: u32) {
+        let PlanNode::Deque {
+            start,
+            finish,
+            elem_size,
+            buf_elems,
+            max_elems,
+            each,
+        } = node
+        else {
+            return;
+        };
+        let field = |w: &Self, off: u32| -> Option<u64> {
+            if (off as usize).checked_add(8)? > len {
+                return None;
+            }
+            w.get(at.checked_add(off as usize)?, 8)
+        };
+        let [sc, sl, sn] = *start;
+        let [fc, ff, fnode] = *finish;
+        let (Some(s_cur), Some(s_last), Some(s_node), Some(f_cur), Some(f_first), Some(f_node)) = (
+            field(self, sc),
+            field(self, sl),
+            field(self, sn),
+            field(self, fc),
+            field(self, ff),
+            field(self, fnode),
+        ) else {
+            return;
+        };
+        let size = u64::from(*elem_size);
+        if size == 0 || f_node < s_node {
+            return;
+        }
+        let mut left = u64::from(*max_elems);
+        let count = |from: u64, to: u64| to.saturating_sub(from).checked_div(size).unwrap_or(0);
+        if s_node == f_node {
+            self.elements(
+                s_cur,
+                count(s_cur, f_cur).min(left),
+                *elem_size,
+                *each,
+                depth,
+            );
+            return;
+        }
+        let first = count(s_cur, s_last).min(left);
+        self.elements(s_cur, first, *elem_size, *each, depth);
+        left = left.saturating_sub(first);
+        // The map entries of the full buffers in between, then the last buffer.
+        let middle = count(s_node, f_node).saturating_sub(1);
+        let buf = u64::from(*buf_elems).max(1);
+        let wanted = left.div_ceil(buf).min(middle);
+        let mut entries = 0usize;
+        let map_at = if wanted > 0 {
+            let Some(bytes) = usize::try_from(wanted).ok().and_then(|n| n.checked_mul(8)) else {
+                return;
+            };
+            entries = wanted as usize;
+            self.block(s_node.wrapping_add(8), bytes)
+        } else {
+            None
+        };
+        for i in 0..entries {
+            if left == 0 {
+                return;
+            }
+            let Some(ptr) = map_at
+                .and_then(|m| m.checked_add(i.saturating_mul(8)))
+                .and_then(|a| self.get(a, 8))
+            else {
+                return;
+            };
+            let n = buf.min(left);
+            self.elements(ptr, n, *elem_size, *each, depth);
+            left = left.saturating_sub(n);
+        }
+        if left > 0 && wanted == middle {
+            self.elements(
+                f_first,
+                count(f_first, f_cur).min(left),
+                *elem_size,
+                *each,
+                depth,
+            );
+        }
+    }
+
+    /// In-order walk of a binary tree with a fixed-size stack of node addresses.
+    fn tree(&mut self, node: &PlanNode, at: usize, len: usize, depth: u32) {
+        let PlanNode::Tree {
+            root_offset,
+            left_offset,
+            right_offset,
+            node_size,
+            value_offset,
+            max_elems,
+            each,
+        } = node
+        else {
+            return;
+        };
+        let size = *node_size as usize;
+        let link = |off: u32| (off as usize).saturating_add(8) <= size;
+        if !link(*left_offset) || !link(*right_offset) {
+            return;
+        }
+        if (*root_offset as usize).saturating_add(8) > len {
+            return;
+        }
+        let Some(root) = at
+            .checked_add(*root_offset as usize)
+            .and_then(|a| self.get(a, 8))
+        else {
+            return;
+        };
+        let value_len = size.saturating_sub(*value_offset as usize);
+        let deeper = depth.saturating_add(1);
+        let mut sp = 0usize;
+        let mut cur = root;
+        let mut taken = 0u32;
+        // Each node is read once, on the way down; its right link and where its bytes are
+        // in the record are kept on the stack.
+        let mut pending = [0u64; MAX_TREE_DEPTH];
+        let mut values = [0usize; MAX_TREE_DEPTH];
+        while taken < *max_elems {
+            while cur != 0 {
+                if sp >= MAX_TREE_DEPTH {
+                    self.truncated = true;
+                    return;
+                }
+                let Some(data) = self.block(cur, size) else {
+                    return;
+                };
+                let (Some(left), Some(right)) = (
+                    data.checked_add(*left_offset as usize)
+                        .and_then(|a| self.get(a, 8)),
+                    data.checked_add(*right_offset as usize)
+                        .and_then(|a| self.get(a, 8)),
+                ) else {
+                    return;
+                };
+                if let (Some(p), Some(v)) = (pending.get_mut(sp), values.get_mut(sp)) {
+                    *p = right;
+                    *v = data;
+                }
+                sp = sp.saturating_add(1);
+                cur = left;
+            }
+            let Some(top) = sp.checked_sub(1) else {
+                return;
+            };
+            sp = top;
+            let (Some(&right), Some(&data)) = (pending.get(top), values.get(top)) else {
+                return;
+            };
+            taken = taken.saturating_add(1);
+            if let Some(each) = each
+                && let Some(v) = data.checked_add(*value_offset as usize)
+            {
+                self.apply(*each, v, value_len, deeper);
+            }
+            cur = right;
         }
     }
 
@@ -1452,6 +1758,137 @@ mod tests {
         let done = execute(&plan, &Registers::default(), &Fake(mem), &mut out);
         let got = CapturedMemory::parse(&out[..done.len]).unwrap();
         assert_eq!(got.read(0xdead_0000, &mut [0u8; 5]), Err(ReadError::Fault));
+    }
+
+    fn words(ws: &[u64]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// A one-root plan over 32 bytes at 0x7000 with `node`.
+    fn one(node: PlanNode) -> CapturePlan {
+        CapturePlan {
+            roots: vec![RootPlan {
+                pieces: vec![Piece {
+                    size: 32,
+                    source: PieceSource::Absolute { addr: 0x7000 },
+                }],
+                node: Some(0),
+            }],
+            nodes: vec![node],
+            stack_bytes: 0,
+            max_bytes: 1 << 16,
+        }
+    }
+
+    fn run(plan: &CapturePlan, mem: BTreeMap<u64, Vec<u8>>) -> CapturedMemory {
+        let mut out = vec![0u8; 1 << 16];
+        let done = execute(plan, &Registers::default(), &Fake(mem), &mut out);
+        CapturedMemory::parse(&out[..done.len]).unwrap()
+    }
+
+    /// A red-black tree's nodes (color, parent, left, right, value) walked in order.
+    #[test]
+    fn a_tree_is_read_in_order_and_a_cycle_is_bounded() {
+        let node = |left: u64, right: u64, v: u64| words(&[0, 0, left, right, v]);
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0, 0x8100, 0, 3]));
+        mem.insert(0x8000, node(0, 0, 1));
+        mem.insert(0x8100, node(0x8000, 0x8200, 2));
+        mem.insert(0x8200, node(0, 0, 3));
+        let tree = |max| PlanNode::Tree {
+            root_offset: 8,
+            left_offset: 16,
+            right_offset: 24,
+            node_size: 40,
+            value_offset: 32,
+            max_elems: max,
+            each: None,
+        };
+        let got = run(&one(tree(16)), mem.clone());
+        for (addr, v) in [(0x8000, 1u64), (0x8100, 2), (0x8200, 3)] {
+            let mut b = [0u8; 8];
+            got.read(addr + 32, &mut b).unwrap();
+            assert_eq!(u64::from_le_bytes(b), v);
+        }
+        // The collection limit stops the walk after the first node in order.
+        let got = run(&one(tree(1)), mem.clone());
+        assert!(got.read(0x8000, &mut [0u8; 40]).is_ok());
+        assert_eq!(
+            got.read(0x8200, &mut [0u8; 40]),
+            Err(ReadError::NotCaptured)
+        );
+        // A node that is its own left child: bounded by the walk's depth.
+        mem.insert(0x8000, node(0x8000, 0, 1));
+        let got = run(&one(tree(u32::MAX)), mem);
+        assert!(got.read(0x8100, &mut [0u8; 40]).is_ok());
+    }
+
+    /// A `std::list`: nodes (next, prev, value) followed `count` times, not around the ring.
+    #[test]
+    fn a_chain_stops_at_its_count_and_at_a_bad_link() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0x8000, 0x8100, 2, 0]));
+        mem.insert(0x8000, words(&[0x8100, 0x7000, 10]));
+        mem.insert(0x8100, words(&[0x7000, 0x8000, 20]));
+        let chain = PlanNode::Chain {
+            head_offset: 0,
+            count_offset: 16,
+            next_offset: 0,
+            node_size: 24,
+            value_offset: 16,
+            max_elems: 255,
+            each: None,
+        };
+        let got = run(&one(chain.clone()), mem.clone());
+        let mut b = [0u8; 8];
+        got.read(0x8110, &mut b).unwrap();
+        assert_eq!(u64::from_le_bytes(b), 20);
+        // A huge count over a cycle: capped by `max_elems`; a bad link: a fault block.
+        mem.insert(0x7000, words(&[0x8000, 0, u64::MAX, 0]));
+        mem.insert(0x8100, words(&[0xdead_0000, 0, 20]));
+        let got = run(&one(chain), mem);
+        assert_eq!(got.read(0xdead_0000, &mut [0u8; 24]), Err(ReadError::Fault));
+    }
+
+    /// A `std::vector`'s `[begin, end)`, and a `std::deque`'s buffers through its map.
+    #[test]
+    fn spans_and_deques_read_their_elements() {
+        let mut mem = BTreeMap::new();
+        mem.insert(0x7000, words(&[0x9000, 0x9010, 0, 0]));
+        mem.insert(0x9000, words(&[1, 2]));
+        let span = PlanNode::Span {
+            begin_offset: 0,
+            end_offset: 8,
+            elem_size: 8,
+            max_elems: 255,
+            each: None,
+        };
+        let got = run(&one(span), mem);
+        assert!(got.read(0x9000, &mut [0u8; 16]).is_ok());
+        // Start iterator (cur, last, node) in buffer 0xa000, finish (cur, first, node) in
+        // 0xb000, map at 0xc000: [0xa000, 0xb000]; 2-element buffers of u64.
+        let mut mem = BTreeMap::new();
+        mem.insert(
+            0x7000,
+            words(&[0xa008, 0xa010, 0xc000, 0xb008, 0xb000, 0xc008]),
+        );
+        mem.insert(0xa000, words(&[0, 5]));
+        mem.insert(0xb000, words(&[6, 0]));
+        mem.insert(0xc000, words(&[0xa000, 0xb000]));
+        let deque = PlanNode::Deque {
+            start: [0, 8, 16],
+            finish: [24, 32, 40],
+            elem_size: 8,
+            buf_elems: 2,
+            max_elems: 255,
+            each: None,
+        };
+        let mut plan = one(deque);
+        plan.roots[0].pieces[0].size = 48;
+        let got = run(&plan, mem);
+        assert!(got.read(0xa008, &mut [0u8; 8]).is_ok());
+        assert!(got.read(0xb000, &mut [0u8; 8]).is_ok());
+        assert_eq!(got.read(0xb008, &mut [0u8; 8]), Err(ReadError::NotCaptured));
     }
 
     /// `DW_OP_fbreg +16; DW_OP_deref; DW_OP_plus_uconst 0x90` over an `rsp` frame base:

@@ -12,6 +12,16 @@
 //! - `HashMap`, `BTreeMap`: `Map`; each key is rendered as a string: a string key as
 //!   itself (`apple`), anything else as its [`debug_string`](nonstop_model::debug::debug_string) (`7`, `(1, 2)`).
 //!   `HashSet`, `BTreeSet`: `List`. Entries in the program's iteration order.
+//! - C++ (libstdc++, as gdb's printers show it): `std::string`, `std::string_view`:
+//!   `Str`; `std::vector`, `std::array`, `std::span`, `std::deque`, `std::list`,
+//!   `std::set`, `std::unordered_set`: `List`; `std::map`, `std::unordered_map`: `Map`
+//!   (keys as above); `std::multimap`: `List` of `[key, value]`; `std::unique_ptr`: the
+//!   value it owns (`Null` when empty); `std::shared_ptr`, `std::weak_ptr`:
+//!   `Map {value, use_count, weak_count}` (the weak count as gdb shows it, without the
+//!   owners' one; an expired `weak_ptr`'s value is `Null`); `std::optional`: the value, or
+//!   `Null`; `std::variant`: the active alternative with `variant` set to its index.
+//!   Base classes are fields named by the base (`"Base": {…}`); empty bases are left
+//!   out. `std::vector<bool>` is an error (not decoded); libc++ types decode as structs.
 //!
 //! Limits: strings cut at `limits.string` bytes, collections at `limits.collection`
 //! elements, structs at `limits.fields` fields (all marked `truncated`); pointers are
@@ -19,7 +29,10 @@
 //! the capture did not take (`NotCaptured`) make the value `truncated`; unreadable
 //! memory makes it an `error`.
 
-use crate::types::{BTREE_CAPACITY, BTreeLayout, PointerKind, StdLayout, Type, TypeKind, truncate};
+use crate::types::{
+    BTREE_CAPACITY, BTreeLayout, NodesLayout, PointerKind, Shape, StdLayout, Type, TypeKind,
+    truncate,
+};
 use crate::{Availability, DebugInfo, DieRef, Variable};
 use nonstop_capture::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
 use nonstop_model::debug::key_string;
@@ -487,16 +500,24 @@ impl Decoder<'_> {
             {
                 continue;
             }
+            // C++ base classes are fields named by the base; empty ones (tags) are left out.
+            if f.base && fty.as_deref().is_none_or(is_empty_class) {
+                continue;
+            }
             if out.len() >= self.limits.fields as usize {
                 cut = true;
                 break;
             }
             let size = fty.as_deref().map_or(0, |t| t.size);
+            let key = match (&fty, f.base) {
+                (Some(t), true) => t.display.clone(),
+                _ => f.name.clone(),
+            };
             let v = match Self::field_bytes(bytes, f.offset, size) {
                 Some(b) => self.value(f.ty, b, hops),
                 None => truncated(fty.map_or_else(|| "?".to_string(), |t| t.display.clone())),
             };
-            out.push((f.name.clone(), v));
+            out.push((key, v));
         }
         let data = if *tuple_like {
             Data::List(out.into_iter().map(|(_, v)| v).collect())
@@ -712,6 +733,365 @@ impl Decoder<'_> {
                 v.type_name = name;
                 v
             }
+            StdLayout::Unsupported(why) => Value::error(name, *why),
+            StdLayout::Fixed {
+                ptr,
+                count,
+                elem,
+                elem_size,
+            } => {
+                let Some(p) = at(*ptr) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if p == 0 {
+                    return Value::error(name, "null pointer");
+                }
+                self.elements(name, p, *count, *elem, *elem_size, hops - 1)
+            }
+            StdLayout::Span {
+                begin,
+                end,
+                elem,
+                elem_size,
+            } => {
+                let (Some(b), Some(e)) = (at(*begin), at(*end)) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if e < b || *elem_size == 0 {
+                    return Value::error(name, "inconsistent std::vector (end before begin)");
+                }
+                self.elements(name, b, (e - b) / elem_size, *elem, *elem_size, hops - 1)
+            }
+            StdLayout::Counted {
+                ptr,
+                value,
+                block,
+                use_count,
+                weak_count,
+                ..
+            } => self.counted(
+                name,
+                bytes,
+                (*ptr, *block),
+                *value,
+                (*use_count, *weak_count),
+                hops,
+            ),
+            StdLayout::Optional {
+                engaged,
+                offset,
+                value,
+            } => {
+                let Some(flag) = Self::field_bytes(bytes, *engaged, 1) else {
+                    return truncated(name);
+                };
+                if flag[0] == 0 {
+                    return Value::new(name, Data::Null);
+                }
+                let size = self.di.type_size(*value);
+                let mut v = match Self::field_bytes(bytes, *offset, size) {
+                    Some(b) => self.value(*value, b, hops),
+                    None => truncated(name.clone()),
+                };
+                v.type_name = name;
+                v
+            }
+            StdLayout::Alternatives {
+                index,
+                index_size,
+                alts,
+            } => {
+                let Some(raw) = Self::field_bytes(bytes, *index, *index_size) else {
+                    return truncated(name);
+                };
+                let k = le(raw);
+                // `variant_npos` cast to the index type: valueless by exception.
+                if k == truncate(u64::MAX, *index_size) {
+                    return Value::new(name, Data::Null);
+                }
+                let Some((off, alt)) = usize::try_from(k).ok().and_then(|k| alts.get(k)) else {
+                    return Value::error(name, format!("invalid std::variant index {k}"));
+                };
+                let size = self.di.type_size(*alt);
+                let mut v = match Self::field_bytes(bytes, *off, size) {
+                    Some(b) => self.value(*alt, b, hops),
+                    None => truncated(name.clone()),
+                };
+                v.type_name = name;
+                v.variant = Some(k.to_string());
+                v
+            }
+            StdLayout::Nodes(l) => self.node_values(name, bytes, l, hops),
+            StdLayout::Deque {
+                start,
+                finish,
+                elem,
+                elem_size,
+                buf_elems,
+            } => {
+                let get = |offs: &[u64; 3]| -> Option<[u64; 3]> {
+                    Some([at(offs[0])?, at(offs[1])?, at(offs[2])?])
+                };
+                let (Some(s), Some(f)) = (get(start), get(finish)) else {
+                    return truncated(name);
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                self.deque(name, s, f, *elem, *elem_size, *buf_elems, hops - 1)
+            }
+        }
+    }
+
+    /// A `std::deque`'s elements, buffer by buffer, as [`PlanNode::Deque`] reads them.
+    ///
+    /// [`PlanNode::Deque`]: nonstop_capture::capture::PlanNode::Deque
+    #[allow(clippy::too_many_arguments)]
+    fn deque(
+        &self,
+        name: String,
+        [s_cur, s_last, s_node]: [u64; 3],
+        [f_cur, f_first, f_node]: [u64; 3],
+        elem: Option<DieRef>,
+        size: u64,
+        buf: u64,
+        hops: u32,
+    ) -> Value {
+        if size == 0 || f_node < s_node || (f_node - s_node) % 8 != 0 {
+            return Value::error(name, "inconsistent std::deque");
+        }
+        let count = |from: u64, to: u64| to.saturating_sub(from) / size;
+        let buf = buf.max(1);
+        let middle = count(s_node, f_node).saturating_sub(1);
+        let total = if s_node == f_node {
+            count(s_cur, f_cur)
+        } else {
+            count(s_cur, s_last)
+                .saturating_add(middle.saturating_mul(buf))
+                .saturating_add(count(f_first, f_cur))
+        };
+        let max = u64::from(self.limits.collection);
+        let mut left = total.min(max);
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        if s_node == f_node {
+            ranges.push((s_cur, left));
+        } else {
+            let first = count(s_cur, s_last).min(left);
+            ranges.push((s_cur, first));
+            left -= first;
+            let wanted = left.div_ceil(buf).min(middle);
+            if wanted > 0 {
+                let map = match self.read(s_node.wrapping_add(8), wanted.saturating_mul(8)) {
+                    Ok(m) => m,
+                    Err(m) => return self.miss(&name, m),
+                };
+                for chunk in map.chunks_exact(8) {
+                    let n = buf.min(left);
+                    ranges.push((le(chunk), n));
+                    left -= n;
+                }
+            }
+            if left > 0 && wanted == middle {
+                ranges.push((f_first, count(f_first, f_cur).min(left)));
+            }
+        }
+        let mut items = Vec::new();
+        let mut cut = total > max;
+        for (ptr, n) in ranges {
+            let part = self.elements(name.clone(), ptr, n, elem, size, hops);
+            if let Some(e) = part.error {
+                return Value::error(name, e);
+            }
+            cut |= part.truncated;
+            if let Data::List(l) = part.value {
+                items.extend(l);
+            }
+        }
+        Value {
+            truncated: cut,
+            ..Value::new(name, Data::List(items))
+        }
+    }
+
+    /// `std::shared_ptr` / `weak_ptr`: `{value, use_count, weak_count}` with the counts
+    /// as gdb's printer shows them (the weak count without the one the owners hold).
+    fn counted(
+        &self,
+        name: String,
+        bytes: &[u8],
+        (ptr, block): (u64, u64),
+        value: Option<DieRef>,
+        (use_at, weak_at): (u64, u64),
+        hops: u32,
+    ) -> Value {
+        let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
+        let (Some(p), Some(b)) = (at(ptr), at(block)) else {
+            return truncated(name);
+        };
+        if hops == 0 {
+            return truncated(name);
+        }
+        let count = |v: i64| Value::new("int", Data::Int(v));
+        let (uses, weaks) = if b == 0 {
+            (0, 0)
+        } else {
+            let Some(end) = use_at.max(weak_at).checked_add(4) else {
+                return Value::error(name, "inconsistent std::shared_ptr");
+            };
+            let data = match self.read(b, end) {
+                Ok(d) => d,
+                Err(m) => return self.miss(&name, m),
+            };
+            let get = |o: u64| {
+                Self::field_bytes(&data, o, 4).map_or(0, |x| i64::from(le(x) as u32 as i32))
+            };
+            let (u, w) = (get(use_at), get(weak_at));
+            (u, if u > 0 { w - 1 } else { w })
+        };
+        // An expired `weak_ptr` points at a destroyed value: not read.
+        let v = if p == 0 || uses == 0 {
+            Value::new(
+                self.di
+                    .type_of_opt(value)
+                    .map_or_else(|| "?".into(), |t| t.display.clone()),
+                Data::Null,
+            )
+        } else {
+            let size = self.di.type_size(value);
+            match self.read(p, size) {
+                Ok(d) => self.value(value, &d, hops - 1),
+                Err(m) => self.miss("?", m),
+            }
+        };
+        let cut = v.truncated;
+        Value {
+            truncated: cut,
+            ..Value::new(
+                name,
+                Data::Map(vec![
+                    ("value".into(), v),
+                    ("use_count".into(), count(uses)),
+                    ("weak_count".into(), count(weaks)),
+                ]),
+            )
+        }
+    }
+
+    /// The values of a C++ node-based container (`std::map`, `set`, `list`,
+    /// `unordered_map`, …) in its iteration order, capped by the collection limit.
+    fn node_values(&self, name: String, bytes: &[u8], l: &NodesLayout, hops: u32) -> Value {
+        let at = |off: u64| Self::field_bytes(bytes, off, 8).map(le);
+        let (Some(root), Some(count)) = (at(l.root), at(l.count)) else {
+            return truncated(name);
+        };
+        let empty = match l.shape {
+            Shape::Map => Data::Map(Vec::new()),
+            Shape::List | Shape::MultiMap => Data::List(Vec::new()),
+        };
+        if count == 0 || root == 0 {
+            return Value::new(name, empty);
+        }
+        if hops == 0 {
+            return truncated(name);
+        }
+        let max = u64::from(self.limits.collection).min(count) as usize;
+        let mut cut = count > max as u64;
+        let node_size = l.value_offset.saturating_add(l.value_size);
+        let mut values = Vec::new();
+        let read_node = |addr: u64| -> Result<Vec<u8>, Miss> { self.read(addr, node_size) };
+        let link = |node: &[u8], off: u64| Self::field_bytes(node, off, 8).map_or(0, le);
+        let value_of = |node: &[u8]| match node.get(l.value_offset as usize..) {
+            Some(b) => self.value(l.value, b, hops - 1),
+            None => truncated("?"),
+        };
+        if l.tree {
+            let mut stack: Vec<Vec<u8>> = Vec::new();
+            let mut cur = root;
+            'walk: while values.len() < max {
+                while cur != 0 {
+                    if stack.len() >= nonstop_capture::capture::MAX_TREE_DEPTH {
+                        return Value::error(name, "inconsistent std::map (tree too deep)");
+                    }
+                    match read_node(cur) {
+                        Ok(node) => {
+                            cur = link(&node, l.left);
+                            stack.push(node);
+                        }
+                        Err(Miss::Truncated) => {
+                            cut = true;
+                            break 'walk;
+                        }
+                        Err(Miss::Fault(a)) => {
+                            return Value::error(name, format!("cannot read memory at {a:#x}"));
+                        }
+                    }
+                }
+                let Some(node) = stack.pop() else { break };
+                values.push(value_of(&node));
+                cur = link(&node, l.right);
+                if self.budget.get() == 0 {
+                    cut = true;
+                    break;
+                }
+            }
+        } else {
+            let mut p = root;
+            while values.len() < max && p != 0 {
+                match read_node(p) {
+                    Ok(node) => {
+                        values.push(value_of(&node));
+                        p = link(&node, l.left);
+                    }
+                    Err(Miss::Truncated) => {
+                        cut = true;
+                        break;
+                    }
+                    Err(Miss::Fault(a)) => {
+                        return Value::error(name, format!("cannot read memory at {a:#x}"));
+                    }
+                }
+                if self.budget.get() == 0 {
+                    cut = true;
+                    break;
+                }
+            }
+        }
+        if values.len() < max {
+            cut = true;
+        }
+        let data = match l.shape {
+            Shape::List => Data::List(values),
+            Shape::Map => Data::Map(
+                values
+                    .into_iter()
+                    .map(|v| {
+                        cut |= v.truncated;
+                        let (k, v) = pair_parts(v);
+                        // A cut key is not the key: the map says so.
+                        cut |= k.truncated;
+                        (key_string(&k), v)
+                    })
+                    .collect(),
+            ),
+            Shape::MultiMap => Data::List(
+                values
+                    .into_iter()
+                    .map(|v| {
+                        let (k, v) = pair_parts(v);
+                        Value::new("std::pair", Data::List(vec![k, v]))
+                    })
+                    .collect(),
+            ),
+        };
+        Value {
+            truncated: cut,
+            ..Value::new(name, data)
         }
     }
 
@@ -942,6 +1322,30 @@ impl Decoder<'_> {
         };
         Value::new("(K, V)", Data::List(vec![key, val]))
     }
+}
+
+/// A C++ class without data members (an empty base such as `std::__pair_base`).
+pub(crate) fn is_empty_class(t: &Type) -> bool {
+    matches!(&t.kind, TypeKind::Struct { fields, .. } if fields.is_empty())
+}
+
+/// The `first` and `second` of a decoded `std::pair`.
+fn pair_parts(v: Value) -> (Value, Value) {
+    let mut first = None;
+    let mut second = None;
+    if let Data::Map(fields) = v.value {
+        for (n, f) in fields {
+            match n.as_str() {
+                "first" => first = Some(f),
+                "second" => second = Some(f),
+                _ => {}
+            }
+        }
+    }
+    (
+        first.unwrap_or_else(|| truncated("?")),
+        second.unwrap_or_else(|| truncated("?")),
+    )
 }
 
 /// Turns decoded `(K, V)` entries into a map (keys rendered as strings) or, for sets,

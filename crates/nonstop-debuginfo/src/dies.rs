@@ -108,10 +108,14 @@ pub fn async_display_name(qualified: &str) -> String {
     }
 }
 
-/// Rust's `{:#}` demangling (no hash); other names as they are.
+/// Rust's `{:#}` demangling (no hash); C++ (Itanium) names as `cpp_demangle` writes them
+/// (`restock(Stock&, Item const&, int)`); other names as they are.
 pub(crate) fn demangle(name: &str) -> String {
     match rustc_demangle::try_demangle(name) {
         Ok(d) => format!("{d:#}"),
+        Err(_) if name.starts_with("_Z") => {
+            addr2line::demangle(name, gimli::DW_LANG_C_plus_plus).unwrap_or_else(|| name.into())
+        }
         Err(_) => name.to_string(),
     }
 }
@@ -221,6 +225,31 @@ impl DebugInfo {
         let value = die.attr_value(at)?;
         let r = self.dwarf.attr_string(unit, value).ok()?;
         Some(r.to_string_lossy().ok()?.into_owned())
+    }
+
+    /// Whether the unit is C++ (names are namespaced, no `struct` tag).
+    pub(crate) fn is_cpp(&self, ui: usize) -> bool {
+        let Ok(units) = self.units() else {
+            return false;
+        };
+        let Some(unit) = units.get(ui) else {
+            return false;
+        };
+        let Ok(root) = unit.entry(unit.header.root_offset()) else {
+            return false;
+        };
+        matches!(
+            root.attr_value(gimli::DW_AT_language),
+            Some(AttributeValue::Language(
+                gimli::DW_LANG_C_plus_plus
+                    | gimli::DW_LANG_C_plus_plus_03
+                    | gimli::DW_LANG_C_plus_plus_11
+                    | gimli::DW_LANG_C_plus_plus_14
+            ))
+        ) || matches!(
+            root.attr_value(gimli::DW_AT_language),
+            Some(AttributeValue::Language(l)) if l.0 == 0x2a || l.0 == 0x2b
+        )
     }
 
     /// Whether the unit is Rust (names are built the Rust way) or not (C).
@@ -482,5 +511,17 @@ impl DebugInfo {
             .filter(|s| s.is_function())
             .map(|s| self.function_name(ui, s.offset))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod cpp_tests {
+    #[test]
+    fn cpp_names_are_demangled() {
+        assert_eq!(
+            super::demangle("_Z7restockR5StockRK4Itemi"),
+            "restock(Stock&, Item const&, int)"
+        );
+        assert_eq!(super::demangle("main"), "main");
     }
 }

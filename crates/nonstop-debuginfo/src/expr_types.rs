@@ -12,7 +12,7 @@
 //! below [`MAX_DEPTH`] levels (recursive types), beyond a budget of [`MAX_NODES`] per
 //! variable, structs with more than [`MAX_FIELDS`] members, unreadable DIEs.
 
-use crate::types::{PointerKind, StdLayout, Type, TypeKind};
+use crate::types::{PointerKind, Shape, StdLayout, Type, TypeKind};
 use crate::{DebugInfo, DieRef, Variable};
 use nonstop_expr::Ty;
 use std::cell::Cell;
@@ -179,6 +179,35 @@ impl Mapper<'_> {
             StdLayout::BTree(l) => Ty::Map(Box::new(self.die(l.val, depth))),
             StdLayout::Shared { value, .. } => self.die(*value, depth),
             StdLayout::Transparent { inner, .. } => self.die(*inner, depth),
+            StdLayout::Span { elem, .. }
+            | StdLayout::Deque { elem, .. }
+            | StdLayout::Fixed { elem, .. } => Ty::List(Box::new(self.die(*elem, depth))),
+            StdLayout::Counted { value, .. } => Ty::Struct {
+                name: "std::shared_ptr".into(),
+                fields: vec![
+                    ("value".into(), self.die(*value, depth)),
+                    ("use_count".into(), Ty::Int),
+                    ("weak_count".into(), Ty::Int),
+                ],
+            },
+            StdLayout::Nodes(l) => match l.shape {
+                Shape::List => Ty::List(Box::new(self.die(l.value, depth))),
+                Shape::Map => {
+                    let second = l
+                        .value
+                        .and_then(|d| self.di.type_of(d))
+                        .and_then(|p| p.field("second").map(|f| f.ty));
+                    Ty::Map(Box::new(match second {
+                        Some(d) => self.die(d, depth),
+                        None => Ty::Unknown,
+                    }))
+                }
+                Shape::MultiMap => Ty::List(Box::new(Ty::Unknown)),
+            },
+            // Null when empty or valueless: left to be checked at hit time.
+            StdLayout::Optional { .. }
+            | StdLayout::Alternatives { .. }
+            | StdLayout::Unsupported(_) => Ty::Unknown,
         }
     }
 
@@ -203,8 +232,14 @@ impl Mapper<'_> {
             {
                 continue;
             }
+            if f.base && fty.as_deref().is_none_or(crate::decode::is_empty_class) {
+                continue;
+            }
             let name = match f.name.strip_prefix("__") {
                 Some(index) if tuple_like => index.to_owned(),
+                _ if f.base => fty
+                    .as_deref()
+                    .map_or_else(|| f.name.clone(), |t| t.display.clone()),
                 _ => f.name.clone(),
             };
             let ty = match fty {

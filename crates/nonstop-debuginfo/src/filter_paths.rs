@@ -3,7 +3,7 @@
 //! an offset (`nonstop_capture::filter::FilterRead`), so the probe engine can decide a hit
 //! before capturing anything.
 
-use crate::types::{PointerKind, Type, TypeKind};
+use crate::types::{PointerKind, StdLayout, Type, TypeKind};
 use crate::{Availability, DebugInfo, Variable};
 use nonstop_capture::capture::PieceSource;
 use nonstop_capture::filter::{FilterRead, ReadKind};
@@ -139,7 +139,14 @@ impl DebugInfo {
             } else {
                 segment.clone()
             };
-            let field = fields.iter().find(|f| f.name == name)?;
+            // A C++ base class is a field named by the base (as the decoder shows it).
+            let field = fields.iter().find(|f| {
+                f.name == name
+                    || f.base
+                        && f.ty
+                            .and_then(|d| self.type_of(d))
+                            .is_some_and(|t| t.display == name)
+            })?;
             place.offset = place.offset.checked_add(field.offset)?;
             place.ty = self.type_of(field.ty?)?;
         }
@@ -175,6 +182,12 @@ impl DebugInfo {
             Some((f.offset, self.type_of(f.ty?)?))
         };
         if let (Some((ptr, _)), Some((len, _))) = (field(ty, "data_ptr"), field(ty, "length")) {
+            return Some((ptr, len));
+        }
+        // C++ `std::string`, `std::string_view`, `std::span`.
+        if let Some(StdLayout::Slice { ptr, len, .. }) = self.std_layout(ty)
+            && !self.is_rust_type(ty.die)
+        {
             return Some((ptr, len));
         }
         // String → vec: Vec<u8>; Vec → buf (RawVec → inner → ptr, or an older buf → ptr), len.

@@ -54,7 +54,9 @@ pub use nonstop_capture::maps;
 pub use nonstop_model::debug::{debug_string, key_string};
 pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
 pub use scope::{Availability, Variable, VariableKind, relocate_source};
-pub use types::{Discriminant, Field, PointerKind, Type, TypeKind, Variant, short_name};
+pub use types::{
+    Discriminant, Field, PointerKind, Type, TypeKind, Variant, cpp_short_name, short_name,
+};
 pub use unwind::{DEFAULT_MAX_FRAMES, Module, RawFrame, Stacks, Unwinder};
 
 use std::sync::Arc;

@@ -3,7 +3,8 @@
 //!
 //! The plan follows exactly what the decoder will look at, within the same limits:
 //! pointers are followed at most `limits.depth` times (every `Deref`, and every step into
-//! the elements of a `Slice`, `Ring`, `HashTable` or `BTree`, counts one), strings are
+//! the elements of a `Slice`, `Ring`, `HashTable`, `BTree`, `Span`, `Chain`, `Tree` or `Deque`,
+//! counts one), strings are
 //! read up to `limits.string` bytes, collections up to `limits.collection` elements and
 //! structs up to `limits.fields` fields. Offsets of nested fields are summed into the
 //! node offsets.
@@ -70,6 +71,11 @@ enum Draft {
         node: PlanNode,
         key_each: Option<Box<Draft>>,
         val_each: Option<Box<Draft>>,
+    },
+    /// `Span`, `Chain` and `Tree` nodes: the node with `each` to fill in.
+    Each {
+        node: PlanNode,
+        each: Option<Box<Draft>>,
     },
 }
 
@@ -309,6 +315,58 @@ impl Builder<'_> {
                 }
                 return;
             }
+            StdLayout::Unsupported(_) => return,
+            StdLayout::Optional {
+                engaged,
+                offset,
+                value,
+            } => {
+                let inner = match base.checked_add(*offset) {
+                    Some(at) => self.nodes(*value, at, hops),
+                    None => Vec::new(),
+                };
+                if !inner.is_empty()
+                    && let Some(offset) = off(base, *engaged)
+                    && self.room()
+                {
+                    out.push(Draft::Switch {
+                        offset,
+                        size: 1,
+                        cases: vec![(1, Draft::All(inner))],
+                        default: None,
+                    });
+                }
+                return;
+            }
+            StdLayout::Alternatives {
+                index,
+                index_size,
+                alts,
+            } => {
+                let mut cases = Vec::new();
+                for (k, (at, alt)) in alts.iter().enumerate() {
+                    let n = match base.checked_add(*at) {
+                        Some(at) => self.nodes(*alt, at, hops),
+                        None => Vec::new(),
+                    };
+                    if !n.is_empty() {
+                        cases.push((k as u64, Draft::All(n)));
+                    }
+                }
+                if !cases.is_empty()
+                    && let Some(offset) = off(base, *index)
+                    && self.room()
+                {
+                    self.count += cases.len();
+                    out.push(Draft::Switch {
+                        offset,
+                        size: *index_size as u32,
+                        cases,
+                        default: None,
+                    });
+                }
+                return;
+            }
             _ if hops == 0 => return,
             _ => {}
         }
@@ -423,7 +481,140 @@ impl Builder<'_> {
                     })
                 })()
             }
-            StdLayout::Transparent { .. } => None,
+            StdLayout::Span {
+                begin,
+                end,
+                elem,
+                elem_size,
+            } => {
+                let each = boxed(self.nodes(*elem, 0, hops - 1));
+                (|| {
+                    Some(Draft::Each {
+                        node: PlanNode::Span {
+                            begin_offset: off(base, *begin)?,
+                            end_offset: off(base, *end)?,
+                            elem_size: u32::try_from(*elem_size).ok()?,
+                            max_elems: lim.collection,
+                            each: None,
+                        },
+                        each,
+                    })
+                })()
+            }
+            StdLayout::Counted {
+                ptr,
+                value,
+                block,
+                block_size,
+                ..
+            } => {
+                let size = self.di.type_size(*value);
+                let then = boxed(self.nodes(*value, 0, hops - 1));
+                let mut both = Vec::new();
+                if size > 0
+                    && size <= MAX_DEREF
+                    && let Some(offset) = off(base, *ptr)
+                {
+                    both.push(Draft::Deref {
+                        offset,
+                        size: size as u32,
+                        then,
+                    });
+                }
+                if let Some(offset) = off(base, *block) {
+                    both.push(Draft::Deref {
+                        offset,
+                        size: u32::try_from(*block_size).unwrap_or(16),
+                        then: None,
+                    });
+                }
+                combine(both)
+            }
+            StdLayout::Nodes(l) => {
+                let each = boxed(self.nodes(l.value, 0, hops - 1));
+                (|| {
+                    let node_size =
+                        u32::try_from(l.value_offset.checked_add(l.value_size)?).ok()?;
+                    let value_offset = u32::try_from(l.value_offset).ok()?;
+                    let node = if l.tree {
+                        PlanNode::Tree {
+                            root_offset: off(base, l.root)?,
+                            left_offset: u32::try_from(l.left).ok()?,
+                            right_offset: u32::try_from(l.right).ok()?,
+                            node_size,
+                            value_offset,
+                            max_elems: lim.collection,
+                            each: None,
+                        }
+                    } else {
+                        PlanNode::Chain {
+                            head_offset: off(base, l.root)?,
+                            count_offset: off(base, l.count)?,
+                            next_offset: u32::try_from(l.left).ok()?,
+                            node_size,
+                            value_offset,
+                            max_elems: lim.collection,
+                            each: None,
+                        }
+                    };
+                    Some(Draft::Each { node, each })
+                })()
+            }
+            StdLayout::Deque {
+                start,
+                finish,
+                elem,
+                elem_size,
+                buf_elems,
+            } => {
+                let each = boxed(self.nodes(*elem, 0, hops - 1));
+                (|| {
+                    let o = |x: u64| off(base, x);
+                    Some(Draft::Each {
+                        node: PlanNode::Deque {
+                            start: [o(start[0])?, o(start[1])?, o(start[2])?],
+                            finish: [o(finish[0])?, o(finish[1])?, o(finish[2])?],
+                            elem_size: u32::try_from(*elem_size).ok()?,
+                            buf_elems: u32::try_from(*buf_elems).ok()?,
+                            max_elems: lim.collection,
+                            each: None,
+                        },
+                        each,
+                    })
+                })()
+            }
+            StdLayout::Fixed {
+                ptr,
+                count,
+                elem,
+                elem_size,
+            } => {
+                let n = (*count).min(u64::from(lim.collection));
+                let size = n.saturating_mul(*elem_size);
+                if size == 0 || size > MAX_DEREF {
+                    return;
+                }
+                let mut each = Vec::new();
+                for i in 0..n {
+                    let before = each.len();
+                    each.extend(self.nodes(*elem, i * elem_size, hops - 1));
+                    // Elements without pointers need nothing; neither will the next ones.
+                    if each.len() == before || self.count >= MAX_PLAN_NODES {
+                        break;
+                    }
+                }
+                (|| {
+                    Some(Draft::Deref {
+                        offset: off(base, *ptr)?,
+                        size: size as u32,
+                        then: boxed(each),
+                    })
+                })()
+            }
+            StdLayout::Transparent { .. }
+            | StdLayout::Unsupported(_)
+            | StdLayout::Optional { .. }
+            | StdLayout::Alternatives { .. } => None,
         };
         out.extend(node);
     }
@@ -531,6 +722,17 @@ fn emit(nodes: &mut Vec<PlanNode>, tree: Draft) -> NodeId {
             {
                 *k = sub(key_each, nodes);
                 *v = sub(val_each, nodes);
+            }
+            node
+        }
+        Draft::Each { mut node, each } => {
+            let id = sub(each, nodes);
+            if let PlanNode::Span { each, .. }
+            | PlanNode::Chain { each, .. }
+            | PlanNode::Tree { each, .. }
+            | PlanNode::Deque { each, .. } = &mut node
+            {
+                *each = id;
             }
             node
         }

@@ -332,7 +332,23 @@ impl DebugInfo {
                 None,
             ),
         };
-        let availability = self.availability(ui, unit, e, address, frame_base, size)?;
+        let mut availability = self.availability(ui, unit, e, address, frame_base, size)?;
+        // Pieces without a location over padding only (g++ describes `std::optional<int>`
+        // as 4 + 1 bytes and 3 of nothing): no data is missing, as gdb shows.
+        if let (Availability::Available(pieces), Some(ty)) = (&mut availability, type_die) {
+            let unused = self.unused_bytes(ty, pieces);
+            let mut at = 0u64;
+            for p in pieces.iter_mut() {
+                let end = at.saturating_add(u64::from(p.size));
+                if p.source == PieceSource::Unavailable
+                    && (self.only_padding(ty, at, end)
+                        || unused.is_some_and(|(a, b)| a <= at && end <= b))
+                {
+                    p.source = PieceSource::Implicit(vec![0; p.size as usize]);
+                }
+                at = end;
+            }
+        }
         Ok(Some(Variable {
             name,
             kind,
@@ -775,6 +791,10 @@ impl DebugInfo {
             | gimli::DW_TAG_rvalue_reference_type => match name {
                 Some(n) => n,
                 None if rust => format!("*const {}", inner(self)),
+                None if die.tag() == gimli::DW_TAG_reference_type => format!("{} &", inner(self)),
+                None if die.tag() == gimli::DW_TAG_rvalue_reference_type => {
+                    format!("{} &&", inner(self))
+                }
                 None => format!("{} *", inner(self)),
             },
             gimli::DW_TAG_structure_type
@@ -785,7 +805,11 @@ impl DebugInfo {
                 let Some(n) = name else {
                     return "{anon}".into();
                 };
-                if rust {
+                if !rust && self.is_cpp(ui) {
+                    // C++: the namespaced name as gdb shows it (`std::vector<int>`).
+                    let q = self.qualified_name(ui, &die).unwrap_or(n);
+                    crate::types::cpp_short_name(&q)
+                } else if rust {
                     if n.starts_with(['&', '*', '(', '[']) {
                         n
                     } else {

@@ -126,6 +126,9 @@ pub struct Field {
     pub ty: Option<DieRef>,
     /// Marked artificial by the compiler.
     pub artificial: bool,
+    /// A C++ base class (`DW_TAG_inheritance`): `name` is the base's type name and the
+    /// base's own members are at `offset` within this value.
+    pub base: bool,
 }
 
 /// Where an enum's discriminant lives.
@@ -231,6 +234,11 @@ impl DebugInfo {
             cache.insert(die, ty.clone());
         }
         Some(ty)
+    }
+
+    /// [`DebugInfo::type_of`] of an optional DIE.
+    pub(crate) fn type_of_opt(&self, die: Option<DieRef>) -> Option<Arc<Type>> {
+        self.type_of(die?)
     }
 
     /// The size in bytes of the type at `die` (0 when unknown).
@@ -380,6 +388,10 @@ impl DebugInfo {
                     let inner = self.name_of(target, chain + 1);
                     ty.name = if info.rust {
                         format!("*const {inner}")
+                    } else if tag == dw::DW_TAG_reference_type {
+                        format!("{inner} &")
+                    } else if tag == dw::DW_TAG_rvalue_reference_type {
+                        format!("{inner} &&")
                     } else {
                         format!("{inner} *")
                     };
@@ -463,6 +475,8 @@ impl DebugInfo {
             }
         } else if info.rust {
             short_name(&ty.name)
+        } else if ty.name.starts_with("std::") {
+            cpp_short_name(&ty.name)
         } else {
             ty.name.clone()
         };
@@ -507,6 +521,13 @@ impl DebugInfo {
                         fields.push(f);
                     }
                 }
+                dw::DW_TAG_inheritance => {
+                    if let Some(mut f) = member(&self.dwarf, slot, unit, e) {
+                        f.base = true;
+                        f.name = self.name_of(f.ty, 1);
+                        fields.push(f);
+                    }
+                }
                 dw::DW_TAG_template_type_parameter => {
                     let n = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
                     if let Some(t) = type_ref(slot, e) {
@@ -523,7 +544,8 @@ impl DebugInfo {
         if let Some(vp) = variant_part {
             return self.read_variant_part(slot, info, tree, vp, size);
         }
-        let tuple_like = !fields.is_empty() && fields.iter().all(|f| f.name.starts_with("__"));
+        let tuple_like =
+            info.rust && !fields.is_empty() && fields.iter().all(|f| f.name.starts_with("__"));
         TypeKind::Struct {
             fields,
             params,
@@ -713,6 +735,7 @@ fn member(
             e.attr_value(dw::DW_AT_artificial),
             Some(gimli::AttributeValue::Flag(true))
         ),
+        base: false,
     })
 }
 
@@ -806,6 +829,81 @@ pub fn short_name(full: &str) -> String {
     out
 }
 
+/// Template arguments the C++ standard library fills in by default; gdb leaves them out.
+const CPP_DEFAULT_ARGS: [&str; 6] = [
+    "std::allocator<",
+    "std::default_delete<",
+    "std::less<",
+    "std::hash<",
+    "std::equal_to<",
+    "std::char_traits<",
+];
+
+/// The short display form of a C++ standard-library type name, as gdb's type printers
+/// show it: `std::string` for `std::__cxx11::basic_string<char, std::char_traits<char>,
+/// std::allocator<char> >`, default arguments (allocators, comparators, hashers,
+/// deleters, `std::dynamic_extent`) dropped: `std::map<std::string, int>`.
+pub fn cpp_short_name(full: &str) -> String {
+    let cleaned = full
+        .replace("std::__cxx11::", "std::")
+        .replace("std::__1::", "std::");
+    simplify_cpp(&cleaned, 0)
+}
+
+fn simplify_cpp(s: &str, depth: u32) -> String {
+    if depth > MAX_CHAIN {
+        return s.to_string();
+    }
+    let Some(lt) = s.find('<') else {
+        return s.to_string();
+    };
+    // The matching `>` of the first `<`, and the top-level commas between them.
+    let mut level = 0i32;
+    let mut gt = None;
+    let mut cuts = vec![lt];
+    for (i, c) in s.char_indices().skip_while(|(i, _)| *i < lt) {
+        match c {
+            '<' | '(' => level += 1,
+            '>' | ')' => {
+                level -= 1;
+                if level == 0 {
+                    gt = Some(i);
+                    break;
+                }
+            }
+            ',' if level == 1 => cuts.push(i),
+            _ => {}
+        }
+    }
+    let Some(gt) = gt else {
+        return s.to_string();
+    };
+    cuts.push(gt);
+    let head = s[..lt].trim_end();
+    let (qualifier, head) = match head.strip_prefix("const ") {
+        Some(h) => ("const ", h),
+        None => ("", head),
+    };
+    let std_head = head.starts_with("std::");
+    let mut args: Vec<String> = cuts
+        .windows(2)
+        .map(|w| simplify_cpp(s[w[0] + 1..w[1]].trim(), depth + 1))
+        .filter(|a| !a.is_empty())
+        .collect();
+    if std_head {
+        args.retain(|a| {
+            !CPP_DEFAULT_ARGS.iter().any(|d| a.starts_with(d)) && a != "18446744073709551615"
+        });
+    }
+    let rest = simplify_cpp(&s[gt + 1..], depth + 1);
+    let joined = match (head, args.as_slice()) {
+        ("std::basic_string", [c]) if c == "char" => "std::string".to_string(),
+        ("std::basic_string_view", [c]) if c == "char" => "std::string_view".to_string(),
+        _ => format!("{head}<{}>", args.join(", ")),
+    };
+    format!("{qualifier}{joined}{rest}")
+}
+
 impl Type {
     /// The name before any generic arguments (`alloc::vec::Vec`).
     pub fn base_name(&self) -> &str {
@@ -866,6 +964,39 @@ mod tests {
     }
 
     #[test]
+    fn cpp_names_read_as_gdb_prints_them() {
+        let s = "std::__cxx11::basic_string<char, std::char_traits<char>, std::allocator<char> >";
+        assert_eq!(cpp_short_name(s), "std::string");
+        assert_eq!(
+            cpp_short_name("std::vector<Item, std::allocator<Item> >"),
+            "std::vector<Item>"
+        );
+        assert_eq!(
+            cpp_short_name(&format!(
+                "std::map<{s}, int, std::less<{s}>, std::allocator<std::pair<{s} const, int> > >"
+            )),
+            "std::map<std::string, int>"
+        );
+        assert_eq!(
+            cpp_short_name("std::unique_ptr<Item, std::default_delete<Item> >"),
+            "std::unique_ptr<Item>"
+        );
+        assert_eq!(
+            cpp_short_name("std::span<int, 18446744073709551615>"),
+            "std::span<int>"
+        );
+        assert_eq!(
+            cpp_short_name(&format!("std::variant<int, {s}>")),
+            "std::variant<int, std::string>"
+        );
+        assert_eq!(cpp_short_name("std::array<int, 3>"), "std::array<int, 3>");
+        assert_eq!(
+            cpp_short_name(&format!("std::pair<const {s}, int>")),
+            "std::pair<const std::string, int>"
+        );
+    }
+
+    #[test]
     fn truncation_keeps_the_low_bytes() {
         assert_eq!(truncate(0xffff_ffff_ffff_ffff, 1), 0xff);
         assert_eq!(truncate(0x1_0000_0002, 4), 2);
@@ -916,6 +1047,86 @@ pub(crate) enum StdLayout {
     },
     /// A wrapper shown as the value it holds: `Cell`, `RefCell`, `NonZero`, `ManuallyDrop`.
     Transparent { offset: u64, inner: Option<DieRef> },
+    /// C++ `std::vector<T>`: pointers to the first element and one past the last.
+    Span {
+        begin: u64,
+        end: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+    },
+    /// C++ `std::shared_ptr<T>` / `weak_ptr<T>`: the pointer to the value and the pointer
+    /// to the control block with its counts.
+    Counted {
+        ptr: u64,
+        value: Option<DieRef>,
+        block: u64,
+        block_size: u64,
+        use_count: u64,
+        weak_count: u64,
+    },
+    /// C++ `std::optional<T>`: an engaged flag (one byte) and the value.
+    Optional {
+        engaged: u64,
+        offset: u64,
+        value: Option<DieRef>,
+    },
+    /// C++ `std::variant<Ts…>`: the active index and each alternative's place.
+    Alternatives {
+        index: u64,
+        index_size: u64,
+        alts: Vec<(u64, Option<DieRef>)>,
+    },
+    /// C++ node-based containers: `std::map`/`set` (a tree walked in order) and
+    /// `std::list`/`unordered_map`/`unordered_set` (a chain of nodes).
+    Nodes(NodesLayout),
+    /// C++ `std::deque<T>`: offsets of the start iterator's `_M_cur`, `_M_last`,
+    /// `_M_node` and of the finish iterator's `_M_cur`, `_M_first`, `_M_node`.
+    Deque {
+        start: [u64; 3],
+        finish: [u64; 3],
+        elem: Option<DieRef>,
+        elem_size: u64,
+        buf_elems: u64,
+    },
+    /// C++ `std::span<T, N>` with a static extent: a pointer to `count` elements.
+    Fixed {
+        ptr: u64,
+        count: u64,
+        elem: Option<DieRef>,
+        elem_size: u64,
+    },
+    /// A standard type nonstop recognises but does not decode (`std::vector<bool>`).
+    Unsupported(&'static str),
+}
+
+/// How the values of a C++ node-based container are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A list of the values (`std::list`, sets).
+    List,
+    /// Values are `std::pair<const K, V>`: a map of keys to values.
+    Map,
+    /// Pairs with keys that may repeat (`std::multimap`): a list of `[key, value]`.
+    MultiMap,
+}
+
+/// Offsets of a C++ node-based container and of its nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct NodesLayout {
+    /// A tree (`left`/`right` links from `root`) or a chain (`next` links from `root`).
+    pub tree: bool,
+    /// The root or first node pointer.
+    pub root: u64,
+    /// The element count (a usize).
+    pub count: u64,
+    /// Offsets of the links in a node (`next` is `left` for a chain).
+    pub left: u64,
+    pub right: u64,
+    /// Where the value starts in a node.
+    pub value_offset: u64,
+    pub value: Option<DieRef>,
+    pub value_size: u64,
+    pub shape: Shape,
 }
 
 /// Offsets of a `BTreeMap` and of its nodes.
@@ -993,6 +1204,9 @@ impl DebugInfo {
                 elem_size: self.type_size(elem),
                 text,
             });
+        }
+        if base.starts_with("std::") && !self.is_rust_type(ty.die) {
+            return self.cpp_layout(ty, base);
         }
         match base {
             "alloc::string::String" => {
@@ -1127,6 +1341,409 @@ impl DebugInfo {
                     offset: f.offset,
                     inner: f.ty,
                 })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether bytes `start..end` of a value of type `ty` hold no member's data (padding,
+    /// empty classes). `false` when unsure.
+    pub(crate) fn only_padding(&self, ty: DieRef, start: u64, end: u64) -> bool {
+        let mut budget = 256u32;
+        self.no_data_in(ty, 0, start, end, 0, &mut budget)
+    }
+
+    fn no_data_in(
+        &self,
+        ty: DieRef,
+        base: u64,
+        start: u64,
+        end: u64,
+        depth: u32,
+        budget: &mut u32,
+    ) -> bool {
+        if depth > MAX_CHAIN || *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        let Some(t) = self.type_of(ty) else {
+            return false;
+        };
+        let own_end = base.saturating_add(t.size);
+        if own_end <= start || base >= end {
+            return true;
+        }
+        match &t.kind {
+            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => {
+                fields.iter().all(|f| match f.ty {
+                    Some(d) => self.no_data_in(
+                        d,
+                        base.saturating_add(f.offset),
+                        start,
+                        end,
+                        depth + 1,
+                        budget,
+                    ),
+                    None => false,
+                })
+            }
+            _ => false,
+        }
+    }
+
+    /// Bytes of a value the decoder will not look at, given its constant pieces: the
+    /// value of an empty `std::optional` (g++ leaves it without a location).
+    pub(crate) fn unused_bytes(
+        &self,
+        ty: DieRef,
+        pieces: &[nonstop_capture::capture::Piece],
+    ) -> Option<(u64, u64)> {
+        let t = self.type_of(ty)?;
+        let StdLayout::Optional {
+            engaged,
+            offset,
+            value,
+        } = self.std_layout(&t)?
+        else {
+            return None;
+        };
+        let mut at = 0u64;
+        for p in pieces {
+            let end = at.saturating_add(u64::from(p.size));
+            if at <= engaged && engaged < end {
+                let nonstop_capture::capture::PieceSource::Implicit(bytes) = &p.source else {
+                    return None;
+                };
+                let flag = bytes.get(usize::try_from(engaged - at).ok()?).copied();
+                return (flag == Some(0))
+                    .then(|| (offset, offset.saturating_add(self.type_size(value))));
+            }
+            at = end;
+        }
+        None
+    }
+
+    /// Whether `die` comes from a Rust unit (`std::` names mean different things there).
+    pub(crate) fn is_rust_type(&self, die: DieRef) -> bool {
+        self.unit_of(die).is_some_and(|(_, info)| info.rust)
+    }
+
+    /// A member by name, looked for in `ty`, then in its base classes and anonymous
+    /// members (depth first): its offset from the start of `ty` and its type.
+    pub(crate) fn find_member(&self, ty: &Type, name: &str) -> Option<(u64, Option<DieRef>)> {
+        self.find_member_where(ty, name, &|_| true, 0)
+    }
+
+    fn find_member_where(
+        &self,
+        ty: &Type,
+        name: &str,
+        ok: &dyn Fn(Option<DieRef>) -> bool,
+        depth: u32,
+    ) -> Option<(u64, Option<DieRef>)> {
+        if depth > MAX_CHAIN {
+            return None;
+        }
+        let fields = match &ty.kind {
+            TypeKind::Struct { fields, .. } | TypeKind::Union { fields } => fields,
+            _ => return None,
+        };
+        if let Some(f) = fields
+            .iter()
+            .find(|f| !f.base && f.name == name && ok(f.ty))
+        {
+            return Some((f.offset, f.ty));
+        }
+        for f in fields.iter().filter(|f| f.base || f.name.is_empty()) {
+            if let Some(inner) = f.ty.and_then(|d| self.type_of(d))
+                && let Some((o, t)) = self.find_member_where(&inner, name, ok, depth + 1)
+            {
+                return Some((f.offset.checked_add(o)?, t));
+            }
+        }
+        None
+    }
+
+    /// [`DebugInfo::find_member`] along a path of names, summing offsets.
+    pub(crate) fn member_path(&self, ty: &Type, path: &[&str]) -> Option<(u64, Option<DieRef>)> {
+        let mut offset = 0u64;
+        let mut cur: Option<Arc<Type>> = None;
+        let mut die = None;
+        for (i, name) in path.iter().enumerate() {
+            let t: &Type = if i == 0 { ty } else { cur.as_deref()? };
+            let (o, d) = self.find_member(t, name)?;
+            offset = offset.checked_add(o)?;
+            die = d;
+            cur = d.and_then(|d| self.type_of(d));
+        }
+        Some((offset, die))
+    }
+
+    /// What a pointer type at `die` points to.
+    fn pointee(&self, die: Option<DieRef>) -> Option<DieRef> {
+        match self.type_of(die?)?.kind {
+            TypeKind::Pointer { pointee, .. } => pointee,
+            _ => None,
+        }
+    }
+
+    /// The type a libstdc++ storage member holds: itself, or the `_Tp` of an
+    /// `__aligned_membuf<_Tp>` / `__aligned_buffer<_Tp>`.
+    fn stored(&self, die: Option<DieRef>) -> Option<DieRef> {
+        let t = self.type_of(die?)?;
+        match t.base_name() {
+            "__gnu_cxx::__aligned_membuf" | "__gnu_cxx::__aligned_buffer" => t.param("_Tp"),
+            _ => die,
+        }
+    }
+
+    /// libstdc++ (GCC's C++ standard library) containers, found by name and member paths
+    /// (see `/work/shared/notes/cpp-stdlib.md`). libc++ (`std::__1`) lays them out
+    /// differently and is not recognised.
+    fn cpp_layout(&self, ty: &Type, base: &str) -> Option<StdLayout> {
+        if ty.name.starts_with("std::__1::") {
+            return None;
+        }
+        match base {
+            "std::__cxx11::basic_string" => {
+                let char_ty = ty.param("_CharT").and_then(|d| self.type_of(d))?;
+                if char_ty.size != 1 {
+                    return None;
+                }
+                let (ptr, _) = self.member_path(ty, &["_M_dataplus", "_M_p"])?;
+                let (len, _) = self.find_member(ty, "_M_string_length")?;
+                Some(StdLayout::Slice {
+                    ptr,
+                    len,
+                    elem: None,
+                    elem_size: 1,
+                    text: true,
+                })
+            }
+            "std::basic_string_view" => {
+                let char_ty = ty.param("_CharT").and_then(|d| self.type_of(d))?;
+                if char_ty.size != 1 {
+                    return None;
+                }
+                let (ptr, _) = self.find_member(ty, "_M_str")?;
+                let (len, _) = self.find_member(ty, "_M_len")?;
+                Some(StdLayout::Slice {
+                    ptr,
+                    len,
+                    elem: None,
+                    elem_size: 1,
+                    text: true,
+                })
+            }
+            "std::span" => {
+                let (ptr, p) = self.find_member(ty, "_M_ptr")?;
+                let elem = self.pointee(p);
+                let elem_size = self.type_size(elem);
+                match self.member_path(ty, &["_M_extent", "_M_extent_value"]) {
+                    Some((len, _)) => Some(StdLayout::Slice {
+                        ptr,
+                        len,
+                        elem,
+                        elem_size,
+                        text: false,
+                    }),
+                    // A static extent: the count is the type's last argument (`span<int, 3>`).
+                    None => {
+                        let args = ty.name.strip_suffix('>')?;
+                        let count = args.rsplit(", ").next()?.trim().parse::<u64>().ok()?;
+                        Some(StdLayout::Fixed {
+                            ptr,
+                            count,
+                            elem,
+                            elem_size,
+                        })
+                    }
+                }
+            }
+            "std::vector" => {
+                let elem = ty.param("_Tp");
+                if elem
+                    .and_then(|d| self.type_of(d))
+                    .is_some_and(|t| t.kind == TypeKind::Bool)
+                {
+                    return Some(StdLayout::Unsupported(
+                        "std::vector<bool> is not decoded (its bits are packed)",
+                    ));
+                }
+                let (begin, _) = self.member_path(ty, &["_M_impl", "_M_start"])?;
+                let (end, _) = self.member_path(ty, &["_M_impl", "_M_finish"])?;
+                Some(StdLayout::Span {
+                    begin,
+                    end,
+                    elem,
+                    elem_size: self.type_size(elem),
+                })
+            }
+            "std::deque" => {
+                let elem = ty.param("_Tp");
+                let elem_size = self.type_size(elem);
+                let iter = |which: &str, names: [&str; 3]| -> Option<[u64; 3]> {
+                    let (base, it) = self.member_path(ty, &["_M_impl", which])?;
+                    let it = self.type_of(it?)?;
+                    let mut out = [0u64; 3];
+                    for (slot, n) in out.iter_mut().zip(names) {
+                        *slot = base + self.find_member(&it, n)?.0;
+                    }
+                    Some(out)
+                };
+                Some(StdLayout::Deque {
+                    start: iter("_M_start", ["_M_cur", "_M_last", "_M_node"])?,
+                    finish: iter("_M_finish", ["_M_cur", "_M_first", "_M_node"])?,
+                    elem,
+                    elem_size,
+                    // libstdc++'s `__deque_buf_size`: 512-byte buffers, or one element.
+                    buf_elems: if elem_size == 0 || elem_size >= 512 {
+                        1
+                    } else {
+                        512 / elem_size
+                    },
+                })
+            }
+            "std::array" => {
+                let (offset, inner) = self.find_member(ty, "_M_elems")?;
+                Some(StdLayout::Transparent { offset, inner })
+            }
+            "std::unique_ptr" => {
+                let is_ptr = |d: Option<DieRef>| {
+                    d.and_then(|d| self.type_of(d))
+                        .is_some_and(|t| matches!(t.kind, TypeKind::Pointer { .. }))
+                };
+                // `_M_t` (`__uniq_ptr_data`) → `_M_t` (a `std::tuple`) → `_M_head_impl`.
+                let (o1, t) = self.member_path(ty, &["_M_t", "_M_t"])?;
+                let t = self.type_of(t?)?;
+                let (o2, inner) = self.find_member_where(&t, "_M_head_impl", &is_ptr, 0)?;
+                Some(StdLayout::Transparent {
+                    offset: o1 + o2,
+                    inner,
+                })
+            }
+            "std::shared_ptr" | "std::weak_ptr" => {
+                let (ptr, p) = self.find_member(ty, "_M_ptr")?;
+                let (block, b) = self.member_path(ty, &["_M_refcount", "_M_pi"])?;
+                let counted = self.type_of(self.pointee(b)?)?;
+                let (use_count, _) = self.find_member(&counted, "_M_use_count")?;
+                let (weak_count, _) = self.find_member(&counted, "_M_weak_count")?;
+                Some(StdLayout::Counted {
+                    ptr,
+                    value: self.pointee(p),
+                    block,
+                    block_size: counted.size.max(weak_count + 4),
+                    use_count,
+                    weak_count,
+                })
+            }
+            "std::optional" => {
+                let (payload, p) = self.find_member(ty, "_M_payload")?;
+                let p = self.type_of(p?)?;
+                let (engaged, _) = self.find_member(&p, "_M_engaged")?;
+                let (offset, value) = self.member_path(&p, &["_M_payload", "_M_value"])?;
+                Some(StdLayout::Optional {
+                    engaged: payload + engaged,
+                    offset: payload + offset,
+                    value: self.stored(value),
+                })
+            }
+            "std::variant" => {
+                let (index, idx) = self.find_member(ty, "_M_index")?;
+                let (mut at, mut u) = self.find_member(ty, "_M_u")?;
+                let mut alts = Vec::new();
+                while let Some(union) = u.and_then(|d| self.type_of(d)) {
+                    let Some((first, f)) = self.find_member(&union, "_M_first") else {
+                        break;
+                    };
+                    let holder = self.type_of(f?)?;
+                    let (o, v) = self.find_member(&holder, "_M_storage")?;
+                    alts.push((at + first + o, self.stored(v)));
+                    let Some((rest, r)) = self.find_member(&union, "_M_rest") else {
+                        break;
+                    };
+                    at += rest;
+                    u = r;
+                    if alts.len() > 64 {
+                        break;
+                    }
+                }
+                Some(StdLayout::Alternatives {
+                    index,
+                    index_size: self.type_size(idx).clamp(1, 8),
+                    alts,
+                })
+            }
+            "std::map" | "std::set" | "std::multimap" | "std::multiset" => {
+                let (tree_off, tree) = self.find_member(ty, "_M_t")?;
+                let tree = self.type_of(tree?)?;
+                let value = tree.param("_Val");
+                let (header, h) = self.member_path(&tree, &["_M_impl", "_M_header"])?;
+                let h = self.type_of(h?)?;
+                let (count, _) = self.member_path(&tree, &["_M_impl", "_M_node_count"])?;
+                let shape = match base {
+                    "std::map" => Shape::Map,
+                    "std::multimap" => Shape::MultiMap,
+                    _ => Shape::List,
+                };
+                Some(StdLayout::Nodes(NodesLayout {
+                    tree: true,
+                    root: tree_off + header + h.field("_M_parent")?.offset,
+                    count: tree_off + count,
+                    left: h.field("_M_left")?.offset,
+                    right: h.field("_M_right")?.offset,
+                    // `_Rb_tree_node<V>`: the base's links, then the value.
+                    value_offset: h.size,
+                    value,
+                    value_size: self.type_size(value),
+                    shape,
+                }))
+            }
+            "std::__cxx11::list" | "std::list" => {
+                let (head, h) = self.member_path(ty, &["_M_impl", "_M_node"])?;
+                let h = self.type_of(h?)?;
+                let (next, _) = self.find_member(&h, "_M_next")?;
+                let (count, _) = self.find_member(&h, "_M_size")?;
+                let value = ty.param("_Tp");
+                Some(StdLayout::Nodes(NodesLayout {
+                    tree: false,
+                    root: head + next,
+                    count: head + count,
+                    left: next,
+                    right: next,
+                    // `_List_node<T>`: `_M_next`, `_M_prev`, then the value.
+                    value_offset: 16,
+                    value,
+                    value_size: self.type_size(value),
+                    shape: Shape::List,
+                }))
+            }
+            "std::unordered_map"
+            | "std::unordered_set"
+            | "std::unordered_multimap"
+            | "std::unordered_multiset" => {
+                let (h_off, h) = self.find_member(ty, "_M_h")?;
+                let h = self.type_of(h?)?;
+                let value = h.param("_Value");
+                let (first, _) = self.member_path(&h, &["_M_before_begin", "_M_nxt"])?;
+                let (count, _) = self.find_member(&h, "_M_element_count")?;
+                let shape = match base {
+                    "std::unordered_map" => Shape::Map,
+                    "std::unordered_multimap" => Shape::MultiMap,
+                    _ => Shape::List,
+                };
+                Some(StdLayout::Nodes(NodesLayout {
+                    tree: false,
+                    root: h_off + first,
+                    count: h_off + count,
+                    left: 0,
+                    right: 0,
+                    // `_Hash_node<V, _>`: `_M_nxt`, then the value (then a cached hash).
+                    value_offset: 8,
+                    value,
+                    value_size: self.type_size(value),
+                    shape,
+                }))
             }
             _ => None,
         }

@@ -768,6 +768,12 @@ impl Engine {
         Engine::init(EngineConfig::default())
     }
 
+    /// The engine if it has been started (and started well); never starts it. For code
+    /// that only wakes or asks, and must not start an engine with the default settings.
+    pub fn running() -> Option<&'static Engine> {
+        CELL.get().and_then(|r| r.as_ref().ok())
+    }
+
     /// The engine, started with `config` if this is the first call (later calls return the
     /// running engine and ignore `config`).
     pub fn init(config: EngineConfig) -> Result<&'static Engine, EngineError> {

@@ -61,25 +61,9 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// Runs `cargo build --quiet ARGS` into the running test's target dir and profile.
-pub fn cargo_build(args: &[&str]) {
-    let profile = profile_dir();
-    let mut cmd = cargo();
-    cmd.args(["build", "--quiet"])
-        .args(args)
-        .arg("--target-dir")
-        .arg(target_dir());
-    if profile.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed");
-}
-
-/// Runs `cargo build --quiet ARGS` into a target dir of its own, `TARGET/side/NAME`, and
-/// returns that build's profile folder. For binaries a test runs as processes: a
+/// Runs `cargo build --quiet ARGS` into a target dir of its own, `TARGET/side/NAME` (the
+/// tests share `NAME` = `tests`, so the agent's dependencies build once), and returns that
+/// build's profile folder. For binaries a test runs as processes: a
 /// `cargo build -p X` resolves features for `X` alone, and building that into the test's
 /// own target dir would replace the `rlib`s other test and doc-test binaries link against
 /// (rustc then fails with E0460 "found possibly newer version of crate").
@@ -102,15 +86,16 @@ pub fn cargo_build_aside(name: &str, args: &[&str]) -> PathBuf {
     dir.join(if release { "release" } else { "debug" })
 }
 
-/// The agent library (`PROFILE/libnonstop_agent.so`), built once per test process: cargo
-/// builds the agent's `rlib` for tests but does not always rebuild the `cdylib` beside it
-/// when a dependency changed.
+/// The agent library (`libnonstop_agent.so`), built once per test process into a side
+/// target dir ([`cargo_build_aside`]): cargo builds the agent's `rlib` for tests but does not
+/// always rebuild the `cdylib` beside it when a dependency changed, and building it into
+/// the test's own target dir would replace the `rlib` other tests link against.
 pub fn agent_library() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            cargo_build(&["-p", "nonstop-agent", "--lib"]);
-            let lib = profile_dir().join("libnonstop_agent.so");
+            let profile = cargo_build_aside("tests", &["-p", "nonstop-agent", "--lib"]);
+            let lib = profile.join("libnonstop_agent.so");
             assert!(lib.exists(), "{} missing after the build", lib.display());
             lib
         })
