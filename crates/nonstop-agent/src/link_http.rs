@@ -348,7 +348,11 @@ impl Runner<'_> {
                     self.conn = None;
                     if self.servers.len() > 1 {
                         // The next replica, which has the same rules (a fresh hello there).
-                        let at = self.servers.iter().position(|s| *s == self.server).unwrap_or(0);
+                        let at = self
+                            .servers
+                            .iter()
+                            .position(|s| *s == self.server)
+                            .unwrap_or(0);
                         self.server = self.servers[(at + 1) % self.servers.len()].clone();
                         self.registered = false;
                         self.etag = None;

@@ -72,7 +72,10 @@ pub fn load_or_create(data: &Path) -> std::io::Result<Tokens> {
 /// Writes `tokens` to `DATA/admin.token` and `DATA/agent.token` (mode 0600), replacing
 /// what was there (a replica taking the tokens its replicas agreed on).
 pub fn save(data: &Path, tokens: &Tokens) -> std::io::Result<()> {
-    for (name, token) in [("admin.token", &tokens.admin), ("agent.token", &tokens.agent)] {
+    for (name, token) in [
+        ("admin.token", &tokens.admin),
+        ("agent.token", &tokens.agent),
+    ] {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)

@@ -936,7 +936,10 @@ impl Store for PgStore {
         })
     }
 
-    fn agree_tokens(&self, proposed: &crate::ids::Tokens) -> Result<crate::ids::Tokens, StoreError> {
+    fn agree_tokens(
+        &self,
+        proposed: &crate::ids::Tokens,
+    ) -> Result<crate::ids::Tokens, StoreError> {
         self.tx(|d| {
             d.exec(
                 "INSERT INTO tokens (name, value) VALUES ('admin', ?1), ('agent', ?2)

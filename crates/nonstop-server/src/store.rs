@@ -263,7 +263,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The tokens every server on this store accepts: a shared store keeps the first
     /// `proposed` it is given and answers those; by default `proposed` itself.
-    fn agree_tokens(&self, proposed: &crate::ids::Tokens) -> Result<crate::ids::Tokens, StoreError> {
+    fn agree_tokens(
+        &self,
+        proposed: &crate::ids::Tokens,
+    ) -> Result<crate::ids::Tokens, StoreError> {
         Ok(proposed.clone())
     }
 
