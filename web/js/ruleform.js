@@ -65,8 +65,22 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     maxHits: h('input', { id: 'rf-max-hits', inputmode: 'numeric' }),
     rate: h('input', { id: 'rf-rate' }),
     expires: h('input', { id: 'rf-expires' }),
-    to: h('input', { id: 'rf-to', placeholder: 'ui (always); add slack, webhook, …' }),
   };
+  // Where the responses go: the IDE always, and any configured target (GET /api/v1/targets).
+  let targets = [];
+  try {
+    targets = await api('/targets');
+  } catch {
+    targets = [];
+  }
+  const toBoxes = targets.map((t) => h('input', {
+    type: 'checkbox', id: `rf-to-${t.name}`, value: t.name, dataset: { target: t.name },
+  }));
+  const toGroup = h('div', { class: 'templates', id: 'rf-to', role: 'group', 'aria-label': 'Send to' },
+    h('label', { title: 'the IDE always gets the responses' }, h('input', { type: 'checkbox', checked: true, disabled: true }), ' ui'),
+    targets.map((t, i) => h('label', { title: `${t.kind} target, ${t.status}` }, toBoxes[i], ` ${t.name}`,
+      h('span', { class: 'muted' }, ` (${t.kind}${t.status === 'active' ? '' : ', disabled'})`))),
+    targets.length ? '' : h('span', { class: 'muted' }, 'add targets with `nonstop targets add NAME --webhook URL` (or --otlp, --sentry, …)'));
   const limits = Object.fromEntries(Object.entries(DEFAULTS.limits).map(([k, d]) =>
     [k, h('input', { id: `rf-limit-${k}`, inputmode: 'numeric', placeholder: String(d) })]));
   const error = h('div', { class: 'form-error', role: 'alert', id: 'rf-error' });
@@ -153,8 +167,8 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
       if (v !== undefined) lim[k] = v;
     }
     if (Object.keys(lim).length) r.limits = lim;
-    const to = f.to.value.split(',').map((s) => s.trim()).filter(Boolean);
-    if (to.length) r.to = to;
+    const to = toBoxes.filter((b) => b.checked).map((b) => b.value);
+    if (to.length) r.to = ['ui', ...to];
     return r;
   }
 
@@ -213,7 +227,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
       h('div', { class: 'limits' },
         h('label', {}, 'max hits', f.maxHits), h('label', {}, 'rate', f.rate), h('label', {}, 'expires', f.expires),
         Object.entries(limits).map(([k, input]) => h('label', {}, k === 'string' ? 'string length' : k, input))),
-      h('label', { for: 'rf-to' }, 'Send to'), f.to,
+      h('label', { for: 'rf-to' }, 'Send to'), toGroup,
       h('div', { class: 'full' }, preview),
       h('div', { class: 'full' }, error)),
     h('div', { class: 'buttons' }, h('button', { type: 'button', onclick: () => dialog.close() }, 'Cancel'), create));
@@ -238,7 +252,7 @@ export async function openRuleForm(dialog, { service, path, line, lines, agents,
     f.rate.value = existing.rate || '';
     f.expires.value = existing.expires || '';
     for (const [name, input] of Object.entries(limits)) input.value = (existing.limits || {})[name] ?? '';
-    f.to.value = (existing.to || []).join(',');
+    for (const b of toBoxes) b.checked = (existing.to || []).includes(b.value);
     form.querySelector('h2').textContent = `Edit rule ${existing.id} (saving replaces it)`;
     create.textContent = 'Replace rule';
     update();

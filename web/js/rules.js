@@ -101,6 +101,12 @@ export class RulesPane {
         Object.keys(r.labels || {}).length ? ` · ${Object.entries(r.labels).map(([k, x]) => `${k}=${x}`).join(',')}` : '',
         r.max_hits ? ` · max ${r.max_hits}` : '', r.rate ? ` · ${r.rate}` : '',
         v.expires_at ? ` · expires ${new Date(v.expires_at).toLocaleTimeString()}` : ''),
+      (v.deliveries || []).length
+        ? h('ul', { class: 'statuses deliveries' }, v.deliveries.map((d) => h('li', { dataset: { target: d.target } },
+          h('span', { class: `pill ${d.failed || d.dropped ? 'error' : d.pending ? 'pending' : 'armed'}` }, `to ${d.target}`), ' ',
+          `${d.sent} sent`, d.pending ? ` · ${d.pending} pending` : '', d.failed ? ` · ${d.failed} failed` : '',
+          d.dropped ? ` · ${d.dropped} dropped` : '')))
+        : null,
       agents.length === 0
         ? h('ul', { class: 'statuses' }, h('li', { class: 'muted' }, 'no agent of this service is connected yet'))
         : h('ul', { class: 'statuses' }, agents.map((a) => h('li', {},

@@ -56,6 +56,66 @@ pub struct RuleView {
     pub hits: u64,
     /// Its status on each agent that reported one.
     pub agents: Vec<StatusView>,
+    /// What was delivered to each of its targets (absent when it routes to none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<DeliveryCounts>,
+}
+
+/// Deliveries to one target: how many are in each state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
+    /// The target.
+    pub target: String,
+    /// Waiting in its outbox.
+    pub pending: u64,
+    /// Taken by the receiver.
+    pub sent: u64,
+    /// Refused by the receiver for good.
+    pub failed: u64,
+    /// Dropped by the outbox's bounds (age, size).
+    pub dropped: u64,
+}
+
+/// A configured target (`GET /api/v1/targets`, `GET /api/v1/targets/{name}`): its
+/// settings with every secret cut to its last 4 characters, its status and its delivery
+/// counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetView {
+    /// Its name.
+    pub name: String,
+    /// Its kind: otlp, sentry, datadog, honeycomb, slack, webhook or file.
+    pub kind: String,
+    /// Its settings as given, secrets redacted (`…abcd`).
+    pub spec: serde_json::Value,
+    /// `active`, or `disabled: REASON` (a webhook's 410; add the target again to enable it).
+    pub status: String,
+    /// When it was added (RFC 3339).
+    pub created: String,
+    /// Waiting in its outbox now.
+    pub pending: u64,
+    /// Delivered, in all.
+    pub sent: u64,
+    /// Refused for good, in all.
+    pub failed: u64,
+    /// Dropped by the outbox's bounds, in all.
+    pub dropped: u64,
+    /// When the oldest waiting delivery was queued (RFC 3339).
+    pub oldest_pending: Option<String>,
+    /// The last error a delivery met.
+    pub last_error: Option<String>,
+}
+
+/// What `POST /api/v1/targets/{name}/test` answers: the outcome of one test event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetTestView {
+    /// The target.
+    pub target: String,
+    /// Whether the receiver took it.
+    pub ok: bool,
+    /// `sent`, `retry`, `failed`, `disable` or `skipped`.
+    pub outcome: String,
+    /// What the receiver answered, or what went wrong.
+    pub message: String,
 }
 
 /// A rule's status on one agent.

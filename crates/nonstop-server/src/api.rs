@@ -89,7 +89,47 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
         expires_at: r.expires_ms.map(rfc3339),
         hits: r.hits,
         agents: views,
+        deliveries: Vec::new(),
     }
+}
+
+/// A rule's deliveries per target, from (target, state, count) rows.
+fn deliveries(rows: Vec<(String, String, u64)>) -> Vec<nonstop_model::views::DeliveryCounts> {
+    let mut out: Vec<nonstop_model::views::DeliveryCounts> = Vec::new();
+    for (target, state, n) in rows {
+        if out.last().is_none_or(|d| d.target != target) {
+            out.push(nonstop_model::views::DeliveryCounts {
+                target: target.clone(),
+                ..Default::default()
+            });
+        }
+        if let Some(d) = out.last_mut() {
+            match state.as_str() {
+                "pending" => d.pending += n,
+                "sent" | "skipped" => d.sent += n,
+                "failed" => d.failed += n,
+                _ => d.dropped += n,
+            }
+        }
+    }
+    out
+}
+
+/// A rule's view with its deliveries.
+fn rule_view_in(
+    s: &dyn crate::store::Store,
+    r: StoredRule,
+    statuses: Vec<AgentRuleStatus>,
+    agents: &[AgentRecord],
+) -> Result<RuleView, StoreError> {
+    let rows = if r.rule.to.iter().any(|t| t != "ui") {
+        s.rule_deliveries(&r.rule.id)?
+    } else {
+        Vec::new()
+    };
+    let mut v = rule_view(r, statuses, agents);
+    v.deliveries = deliveries(rows);
+    Ok(v)
 }
 
 fn agent_view(a: AgentRecord) -> AgentView {
@@ -107,10 +147,10 @@ pub async fn list_rules(State(app): State<Arc<App>>) -> Result<Json<Vec<RuleView
     let views = app
         .blocking(|s| {
             let agents = s.agents()?;
-            Ok(s.rules_with_statuses()?
+            s.rules_with_statuses()?
                 .into_iter()
-                .map(|(r, st)| rule_view(r, st, &agents))
-                .collect::<Vec<_>>())
+                .map(|(r, st)| rule_view_in(s, r, st, &agents))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(views))
@@ -122,6 +162,7 @@ pub async fn create_rule(
     JsonBody(mut rule): JsonBody<Rule>,
 ) -> Result<(StatusCode, Json<RuleView>), ApiError> {
     validate::check_and_fill(&mut rule, &app.max_limits).map_err(ApiError::bad_request)?;
+    crate::targets::check_routes(&app, &rule.to).await?;
     let generated = rule.id.is_empty();
     let created_ms = now_ms();
     let expires_ms = match &rule.expires {
@@ -174,7 +215,7 @@ pub async fn get_rule(
     let key = id.clone();
     let found = app
         .blocking(move |s| match s.rule(&key)? {
-            Some(r) => Ok(Some(rule_view(r, s.statuses(&key)?, &s.agents()?))),
+            Some(r) => Ok(Some(rule_view_in(s, r, s.statuses(&key)?, &s.agents()?)?)),
             None => Ok(None),
         })
         .await?;
@@ -239,7 +280,7 @@ async fn set_enabled(app: Arc<App>, id: String, enabled: bool) -> Result<Json<Ru
     let key = id.clone();
     let view = app
         .blocking(move |s| match s.set_enabled(&key, enabled)? {
-            Some(r) => Ok(Some(rule_view(r, s.statuses(&key)?, &s.agents()?))),
+            Some(r) => Ok(Some(rule_view_in(s, r, s.statuses(&key)?, &s.agents()?)?)),
             None => Ok(None),
         })
         .await?

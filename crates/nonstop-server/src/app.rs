@@ -44,6 +44,8 @@ pub(crate) struct App {
     /// order (responses ingested here and by other replicas alike), instead of sending
     /// them from `ingest`.
     pub(crate) relay: Option<Arc<tokio::sync::Notify>>,
+    /// The delivery pipeline to targets.
+    pub(crate) outbox: Arc<crate::outbox::Outbox>,
 }
 
 impl App {
@@ -118,6 +120,9 @@ impl App {
         } else {
             self.send_live(ins.stored);
         }
+        if ins.queued > 0 {
+            self.outbox.wake();
+        }
         if !ins.done.is_empty() {
             tracing::info!(rules = ?ins.done, "rules reached their max hits");
             self.rules_changed();
@@ -153,9 +158,22 @@ impl App {
         series: Vec<nonstop_model::MetricSeries>,
     ) -> Result<(), StoreError> {
         let id = agent.to_string();
-        let done = self
-            .blocking(move |s| s.upsert_metrics(&id, &series, crate::clock::now_ms()))
+        let (done, queued) = self
+            .blocking(move |s| {
+                let now = crate::clock::now_ms();
+                let done = s.upsert_metrics(&id, &series, now)?;
+                let entries = crate::outbox::metric_entries(s, &id, &series, now)?;
+                let queued = if entries.is_empty() {
+                    0
+                } else {
+                    s.enqueue_outbox(&entries, now)?
+                };
+                Ok((done, queued))
+            })
             .await?;
+        if queued > 0 {
+            self.outbox.wake();
+        }
         if done.refused > 0 || done.stale > 0 {
             tracing::debug!(
                 agent,

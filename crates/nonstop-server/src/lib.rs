@@ -16,6 +16,7 @@
 //! | `GET /healthz`, `GET /api/v1/openapi.json`, the web IDE (`GET /`, `GET /assets/…`) | none (the page asks for a token through the API) |
 //! | `GET/POST /api/v1/rules`, `GET/DELETE /api/v1/rules/{id}`, `POST /api/v1/rules/{id}/enable` and `/disable`, `GET /api/v1/templates`, `GET /api/v1/agents`, `GET /api/v1/responses`, `GET /api/v1/responses/stream` (SSE), the sources of the IDE (`GET /api/v1/services`, `GET/PUT /api/v1/services/{service}/source`, `GET …/files`, `GET …/files/{*path}`, `GET …/resolve`; see [`sources`]) | admin (`Authorization: Bearer`, or `?token=` once on a GET, which sets a cookie) |
 //! | `GET /api/v1/metrics` (the series of metric rules as JSON, summed per service) | admin, as above |
+//! | `GET/POST /api/v1/targets`, `GET/DELETE /api/v1/targets/{name}`, `POST /api/v1/targets/{name}/test` (where responses are delivered; see [`outbox`]) | admin, as above |
 //! | `GET /metrics` (the same in the Prometheus text format, for a scrape) | admin, as `Authorization: Bearer` |
 //! | `GET /agent/v1/ws`, `GET /agent/v1/poll`, `POST /agent/v1/responses` | agent or admin |
 //!
@@ -55,12 +56,14 @@ mod error;
 mod hub;
 pub mod ids;
 mod metrics;
+pub mod outbox;
 pub mod postgres;
 mod replicas;
 pub mod sources;
 mod sql;
 pub mod sqlite;
 pub mod store;
+mod targets;
 pub mod tls;
 mod ui;
 pub mod validate;
@@ -117,6 +120,8 @@ pub struct Config {
     pub connections: conn::ConnLimits,
     /// Where the state lives (`--store`): SQLite in the data folder by default.
     pub store: StoreLocation,
+    /// The delivery pipeline to targets: outbox bounds, back-off, timeout.
+    pub outbox: outbox::OutboxConfig,
 }
 
 /// Where the server keeps its state (`nonstop serve --store …`).
@@ -179,6 +184,7 @@ impl Config {
             max_limits: validate::DEFAULT_MAX_LIMITS,
             connections: conn::ConnLimits::default(),
             store: StoreLocation::DataFolder,
+            outbox: outbox::OutboxConfig::default(),
         }
     }
 }
@@ -311,6 +317,18 @@ fn router(app: Arc<App>) -> Router {
         )
         .route("/api/v1/services/{service}/resolve", get(sources::resolve))
         .route("/api/v1/metrics", get(metrics::list_metrics))
+        .route(
+            "/api/v1/targets",
+            get(targets::list_targets).post(targets::put_target),
+        )
+        .route(
+            "/api/v1/targets/{name}",
+            get(targets::get_target).delete(targets::delete_target),
+        )
+        .route(
+            "/api/v1/targets/{name}/test",
+            axum::routing::post(targets::test_target),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -445,7 +463,10 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         source,
     })?;
     let (stop, stop_rx) = watch::channel(false);
+    let outbox = Arc::new(outbox::Outbox::new(store.clone(), config.outbox));
+    outbox.start(stop_rx.clone());
     let app = Arc::new(App {
+        outbox,
         store,
         tokens: tokens.clone(),
         retention: config.retention,

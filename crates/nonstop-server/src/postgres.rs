@@ -19,13 +19,15 @@
 //! the server runs them on tokio's blocking pool, where that is allowed. Connections come
 //! from a small pool; a broken one is dropped and replaced on the next call.
 //!
-//! Not here yet: the targets' tables and outboxes (drained with `FOR UPDATE SKIP LOCKED`)
-//! that the SQLite store is growing; they follow with the same migrations.
+//! - Targets and their outboxes use the SQLite store's tables; one replica at a time drains
+//!   a target's outbox (a lease in the target's row, [`Store::claim_target`]), so its
+//!   deliveries keep their order.
 
 use crate::sql::{self, pg};
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Change, Inserted, MetricsStored, Retention, RuleState, Store,
-    StoreError, StoredRule, StoredSeries,
+    AgentRecord, AgentRuleStatus, Change, Inserted, MetricsStored, NewEntry, OutboxEntry,
+    OutboxLimits, Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries,
+    StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus};
@@ -56,7 +58,8 @@ const MIGRATION_LOCK: i64 = 0x006e_6f6e_7374_6f71;
 /// Schema migrations, applied in order; the index + 1 is the version recorded. The same
 /// tables as the SQLite store's (`crate::sqlite`), in PostgreSQL's dialect, with agent
 /// presence as a lease (`lease_until`, `holder`) instead of a flag.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id TEXT PRIMARY KEY,
     service TEXT NOT NULL,
@@ -122,7 +125,39 @@ CREATE TABLE tokens (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    // Targets and their outboxes, as in the SQLite store (`crate::outbox`).
+    r#"
+CREATE TABLE IF NOT EXISTS targets (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    disabled TEXT,
+    sent BIGINT NOT NULL DEFAULT 0,
+    failed BIGINT NOT NULL DEFAULT 0,
+    dropped BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    holder TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id BIGSERIAL PRIMARY KEY,
+    target TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    response BIGINT NOT NULL,
+    delivery TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    error TEXT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
+CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
+"#,
+];
 
 /// Why a step failed: the database (with its SQLSTATE, to retry races) or the store.
 enum Fail {
@@ -493,6 +528,21 @@ fn response_from(json: &str) -> Result<Response, Fail> {
     })
 }
 
+fn target_from(r: &Row) -> Result<StoredTarget, Fail> {
+    Ok(StoredTarget {
+        name: r.try_get(0)?,
+        spec_json: r.try_get(1)?,
+        created_ms: r.try_get(2)?,
+        disabled: r.try_get(3)?,
+        sent: to_u64(r.try_get(4)?),
+        failed: to_u64(r.try_get(5)?),
+        dropped: to_u64(r.try_get(6)?),
+        last_error: r.try_get(7)?,
+        pending: to_u64(r.try_get(8)?),
+        oldest_pending_ms: r.try_get(9)?,
+    })
+}
+
 fn notify_rules<C: GenericClient>(d: &mut Db<'_, C>) -> Result<(), postgres::Error> {
     d.exec("SELECT pg_notify('nonstop_rules', '')", &[])?;
     Ok(())
@@ -789,6 +839,7 @@ impl Store for PgStore {
             // misses none.
             d.exec("SELECT pg_advisory_xact_lock(?1)", &[&RESPONSES_LOCK])?;
             let mut touched: Vec<&str> = Vec::new();
+            let mut routes: HashMap<String, Vec<String>> = HashMap::new();
             for (resp, json) in responses.iter().zip(&jsons) {
                 if d.exec(sql::COUNT_HIT, &[&resp.rule])? == 0 {
                     out.refused += 1;
@@ -810,6 +861,28 @@ impl Store for PgStore {
                     .unwrap_or(0);
                 if d.exec(sql::MARK_DONE, &[&resp.rule])? > 0 {
                     out.done.push(resp.rule.clone());
+                }
+                if !routes.contains_key(&resp.rule) {
+                    let to = match d.opt(sql::RULE_JSON, &[&resp.rule])? {
+                        Some(row) => crate::outbox::routes(row.try_get::<_, &str>(0)?),
+                        None => Vec::new(),
+                    };
+                    routes.insert(resp.rule.clone(), to);
+                }
+                for target in routes.get(&resp.rule).into_iter().flatten() {
+                    let delivery = crate::outbox::delivery_id(rid, json);
+                    out.queued += d.exec(
+                        sql::ENQUEUE,
+                        &[
+                            target,
+                            &resp.rule,
+                            &rid,
+                            &delivery,
+                            &now_ms,
+                            &"response",
+                            json,
+                        ],
+                    )? as usize;
                 }
                 if !touched.contains(&resp.rule.as_str()) {
                     touched.push(&resp.rule);
@@ -912,6 +985,171 @@ impl Store for PgStore {
                         updated_ms: r.try_get(3)?,
                     })
                 })
+                .collect()
+        })
+    }
+
+    fn put_target(&self, name: &str, spec_json: &str, now_ms: i64) -> Result<bool, StoreError> {
+        self.tx(|d| {
+            let existed = d.opt(sql::TARGET_EXISTS, &[&name])?.is_some();
+            d.exec(sql::PUT_TARGET, &[&name, &spec_json, &now_ms])?;
+            Ok(!existed)
+        })
+    }
+
+    fn targets(&self) -> Result<Vec<StoredTarget>, StoreError> {
+        self.read(|d| {
+            d.query(sql::SELECT_TARGETS, &[])?
+                .iter()
+                .map(target_from)
+                .collect()
+        })
+    }
+
+    fn target(&self, name: &str) -> Result<Option<StoredTarget>, StoreError> {
+        self.read(|d| {
+            d.opt(sql::SELECT_TARGET, &[&name])?
+                .as_ref()
+                .map(target_from)
+                .transpose()
+        })
+    }
+
+    fn delete_target(&self, name: &str) -> Result<bool, StoreError> {
+        self.tx(|d| {
+            let n = d.exec(sql::DELETE_TARGET[0], &[&name])?;
+            d.exec(sql::DELETE_TARGET[1], &[&name])?;
+            Ok(n > 0)
+        })
+    }
+
+    fn claim_target(
+        &self,
+        name: &str,
+        holder: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let until = now_ms.saturating_add(lease_ms);
+        self.read(|d| Ok(d.exec(sql::CLAIM_TARGET, &[&name, &holder, &until, &now_ms])? > 0))
+    }
+
+    fn outbox_pending(&self, target: &str, limit: u64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let limit = to_i64(limit);
+        self.read(|d| {
+            d.query(sql::PENDING, &[&target, &limit])?
+                .iter()
+                .map(|r| {
+                    Ok(OutboxEntry {
+                        id: r.try_get(0)?,
+                        delivery: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        payload: r.try_get(3)?,
+                        attempts: to_u64(r.try_get(4)?),
+                        created_ms: r.try_get(5)?,
+                        rule: r.try_get(6)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn settle_outbox(
+        &self,
+        target: &str,
+        settled: &[(i64, Settled)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.tx(|d| {
+            let (mut sent, mut failed) = (0i64, 0i64);
+            let mut last_error: Option<&str> = None;
+            let none: Option<&str> = None;
+            for (id, s) in settled {
+                match s {
+                    Settled::Sent => {
+                        sent += d.exec(sql::FINISH, &[id, &"sent", &none, &now_ms])? as i64
+                    }
+                    Settled::Skipped => {
+                        d.exec(sql::FINISH, &[id, &"skipped", &none, &now_ms])?;
+                    }
+                    Settled::Failed(why) => {
+                        last_error = Some(why);
+                        failed += d
+                            .exec(sql::FINISH, &[id, &"failed", &Some(why.as_str()), &now_ms])?
+                            as i64;
+                    }
+                    Settled::Retry(why) => {
+                        last_error = Some(why);
+                        d.exec(sql::RETRY, &[id, why, &now_ms])?;
+                    }
+                }
+            }
+            d.exec(
+                sql::COUNT_DELIVERIES,
+                &[&target, &sent, &failed, &0i64, &last_error],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn disable_target(&self, name: &str, reason: &str) -> Result<(), StoreError> {
+        self.read(|d| {
+            d.exec(sql::DISABLE_TARGET, &[&name, &reason])?;
+            Ok(())
+        })
+    }
+
+    fn bound_outbox(
+        &self,
+        target: &str,
+        limits: OutboxLimits,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let age_cut = now_ms.saturating_sub(limits.max_age_ms);
+        let keep_cut = now_ms.saturating_sub(limits.keep_finished_ms);
+        let max = to_i64(limits.max_pending);
+        self.tx(|d| {
+            let old = d.exec(sql::DROP_OLD, &[&target, &age_cut, &now_ms])?;
+            let over = d.exec(sql::DROP_OVER, &[&target, &max, &now_ms])?;
+            d.exec(sql::FORGET_FINISHED, &[&target, &keep_cut])?;
+            let dropped = to_i64(old + over);
+            if dropped > 0 {
+                let none: Option<&str> = None;
+                d.exec(
+                    sql::COUNT_DELIVERIES,
+                    &[&target, &0i64, &0i64, &dropped, &none],
+                )?;
+            }
+            Ok(to_u64(dropped))
+        })
+    }
+
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError> {
+        self.tx(|d| {
+            let mut n = 0;
+            for e in entries {
+                n += d.exec(
+                    sql::ENQUEUE,
+                    &[
+                        &e.target,
+                        &e.rule,
+                        &0i64,
+                        &e.delivery,
+                        &now_ms,
+                        &e.kind,
+                        &e.payload,
+                    ],
+                )? as usize;
+            }
+            Ok(n)
+        })
+    }
+
+    fn rule_deliveries(&self, rule: &str) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(|d| {
+            d.query(sql::RULE_DELIVERIES, &[&rule])?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, to_u64(r.try_get(2)?))))
                 .collect()
         })
     }

@@ -72,6 +72,64 @@ pub(crate) const SELECT_SERIES: &str = "SELECT agent, service, json, updated FRO
      WHERE (CAST(?1 AS TEXT) IS NULL OR rule = ?1) ORDER BY rule, agent, tags";
 pub(crate) const AGENT_SERVICE: &str = "SELECT service FROM agents WHERE id = ?1";
 
+// Targets and their outboxes (`crate::outbox`). A target's row keeps its settings (the
+// spec's JSON, secrets whole), a status when disabled, and cumulative counts; each outbox
+// row is one response (or metric report) for one target, `pending` until its worker marks
+// it `sent`, `failed`, `skipped` or `dropped` (its payload then cleared).
+pub(crate) const TARGET_EXISTS: &str = "SELECT 1 FROM targets WHERE name = ?1";
+pub(crate) const PUT_TARGET: &str = "INSERT INTO targets (name, spec, created) VALUES (?1, ?2, ?3)
+     ON CONFLICT (name) DO UPDATE SET spec = ?2, disabled = NULL";
+pub(crate) const SELECT_TARGETS: &str =
+    "SELECT t.name, t.spec, t.created, t.disabled, t.sent, t.failed, t.dropped, t.last_error,
+        (SELECT COUNT(*) FROM outbox o WHERE o.target = t.name AND o.state = 'pending'),
+        (SELECT MIN(o.created) FROM outbox o WHERE o.target = t.name AND o.state = 'pending')
+     FROM targets t ORDER BY t.name";
+pub(crate) const SELECT_TARGET: &str =
+    "SELECT t.name, t.spec, t.created, t.disabled, t.sent, t.failed, t.dropped, t.last_error,
+        (SELECT COUNT(*) FROM outbox o WHERE o.target = t.name AND o.state = 'pending'),
+        (SELECT MIN(o.created) FROM outbox o WHERE o.target = t.name AND o.state = 'pending')
+     FROM targets t WHERE t.name = ?1";
+pub(crate) const DELETE_TARGET: [&str; 2] = [
+    "DELETE FROM targets WHERE name = ?1",
+    "DELETE FROM outbox WHERE target = ?1",
+];
+pub(crate) const RULE_JSON: &str = "SELECT json FROM rules WHERE id = ?1";
+/// Queues a payload for a target unless the target is gone or disabled.
+pub(crate) const ENQUEUE: &str =
+    "INSERT INTO outbox (target, rule, response, delivery, created, updated, state, attempts, kind, payload)
+     SELECT name, CAST(?2 AS TEXT), CAST(?3 AS BIGINT), CAST(?4 AS TEXT), CAST(?5 AS BIGINT),
+            CAST(?5 AS BIGINT), 'pending', 0, CAST(?6 AS TEXT), CAST(?7 AS TEXT)
+     FROM targets WHERE name = ?1 AND disabled IS NULL";
+pub(crate) const PENDING: &str =
+    "SELECT id, delivery, kind, payload, attempts, created, rule FROM outbox
+     WHERE target = ?1 AND state = 'pending' ORDER BY id LIMIT ?2";
+pub(crate) const FINISH: &str =
+    "UPDATE outbox SET state = ?2, error = CAST(?3 AS TEXT), updated = ?4, payload = ''
+     WHERE id = ?1 AND state = 'pending'";
+pub(crate) const RETRY: &str = "UPDATE outbox SET attempts = attempts + 1, error = ?2, updated = ?3
+     WHERE id = ?1 AND state = 'pending'";
+pub(crate) const COUNT_DELIVERIES: &str =
+    "UPDATE targets SET sent = sent + ?2, failed = failed + ?3, dropped = dropped + ?4,
+        last_error = COALESCE(CAST(?5 AS TEXT), last_error)
+     WHERE name = ?1";
+pub(crate) const DISABLE_TARGET: &str =
+    "UPDATE targets SET disabled = ?2, last_error = ?2 WHERE name = ?1";
+pub(crate) const DROP_OLD: &str =
+    "UPDATE outbox SET state = 'dropped', error = 'older than the outbox keeps (--outbox-max-age)',
+        payload = '', updated = ?3
+     WHERE target = ?1 AND state = 'pending' AND created < ?2";
+/// Keeps a target's newest `?2` pending entries.
+pub(crate) const DROP_OVER: &str =
+    "UPDATE outbox SET state = 'dropped', error = 'the outbox was full (--outbox-max-size)',
+        payload = '', updated = ?3
+     WHERE target = ?1 AND state = 'pending' AND id <= (
+        SELECT id FROM outbox WHERE target = ?1 AND state = 'pending' ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+pub(crate) const FORGET_FINISHED: &str =
+    "DELETE FROM outbox WHERE target = ?1 AND state <> 'pending' AND updated < ?2";
+pub(crate) const CLAIM_TARGET: &str = "UPDATE targets SET holder = ?2, lease_until = ?3
+     WHERE name = ?1 AND disabled IS NULL AND (holder IS NULL OR holder = ?2 OR lease_until < ?4)";
+pub(crate) const RULE_DELIVERIES: &str = "SELECT target, state, COUNT(*) FROM outbox WHERE rule = ?1 GROUP BY target, state ORDER BY target, state";
+
 /// `sql` with SQLite's `?N` parameters as PostgreSQL's `$N`.
 pub(crate) fn pg(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());

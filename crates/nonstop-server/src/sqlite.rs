@@ -2,8 +2,8 @@
 
 use crate::sql;
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, Retention, RuleState, Store, StoreError,
-    StoredRule, StoredSeries,
+    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, NewEntry, OutboxEntry, OutboxLimits,
+    Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries, StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
@@ -98,6 +98,38 @@ UPDATE rule_status SET hits = CASE WHEN hits < 0 THEN 0 WHEN hits >= 92233720368
 UPDATE rule_status SET dropped = CASE WHEN dropped < 0 THEN 0 WHEN dropped >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(dropped AS INTEGER) END WHERE typeof(dropped) <> 'integer';
 UPDATE rule_status SET probes = CASE WHEN probes < 0 THEN 0 WHEN probes >= 4294967295.0 THEN 4294967295 ELSE CAST(probes AS INTEGER) END WHERE typeof(probes) <> 'integer';
 UPDATE metric_series SET count = CASE WHEN count < 0 THEN 0 WHEN count >= 9223372036854775807.0 THEN 9223372036854775807 ELSE CAST(count AS INTEGER) END WHERE typeof(count) <> 'integer';
+"#,
+    // Targets (named receivers of responses) and one outbox row per response and target
+    // (`crate::outbox`): written in the same transaction as the response.
+    r#"
+CREATE TABLE IF NOT EXISTS targets (
+    name TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    disabled TEXT,
+    sent BIGINT NOT NULL DEFAULT 0,
+    failed BIGINT NOT NULL DEFAULT 0,
+    dropped BIGINT NOT NULL DEFAULT 0,
+    last_error TEXT,
+    holder TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    target TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    response BIGINT NOT NULL,
+    delivery TEXT NOT NULL,
+    created BIGINT NOT NULL,
+    updated BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    error TEXT,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
+CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
 "#,
 ];
 
@@ -567,6 +599,7 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
         let mut touched: Vec<String> = Vec::new();
+        let mut routes: HashMap<String, Vec<String>> = HashMap::new();
         for resp in responses {
             let counted = tx.execute(sql::COUNT_HIT, [&resp.rule]).map_err(db)?;
             if counted == 0 {
@@ -597,6 +630,33 @@ impl Store for SqliteStore {
             let finished = tx.execute(sql::MARK_DONE, [&resp.rule]).map_err(db)?;
             if finished > 0 {
                 out.done.push(resp.rule.clone());
+            }
+            if !routes.contains_key(&resp.rule) {
+                let rule_json: Option<String> = tx
+                    .query_row(sql::RULE_JSON, [&resp.rule], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?;
+                let to = rule_json
+                    .map(|j| crate::outbox::routes(&j))
+                    .unwrap_or_default();
+                routes.insert(resp.rule.clone(), to);
+            }
+            for target in routes.get(&resp.rule).into_iter().flatten() {
+                let n = tx
+                    .execute(
+                        sql::ENQUEUE,
+                        params![
+                            target,
+                            resp.rule,
+                            rid,
+                            crate::outbox::delivery_id(rid, &json),
+                            now_ms,
+                            "response",
+                            json
+                        ],
+                    )
+                    .map_err(db)?;
+                out.queued += n;
             }
             if !touched.contains(&resp.rule) {
                 touched.push(resp.rule.clone());
@@ -742,6 +802,208 @@ impl Store for SqliteStore {
         }
         Ok(out)
     }
+
+    fn put_target(&self, name: &str, spec_json: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let existed = tx
+            .query_row(sql::TARGET_EXISTS, [name], |_| Ok(()))
+            .optional()
+            .map_err(db)?
+            .is_some();
+        tx.execute(sql::PUT_TARGET, params![name, spec_json, now_ms])
+            .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(!existed)
+    }
+
+    fn targets(&self) -> Result<Vec<StoredTarget>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(sql::SELECT_TARGETS).map_err(db)?;
+        let rows = st.query_map([], read_target).map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn target(&self, name: &str) -> Result<Option<StoredTarget>, StoreError> {
+        self.conn()
+            .query_row(sql::SELECT_TARGET, [name], read_target)
+            .optional()
+            .map_err(db)
+    }
+
+    fn delete_target(&self, name: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let n = tx.execute(sql::DELETE_TARGET[0], [name]).map_err(db)?;
+        tx.execute(sql::DELETE_TARGET[1], [name]).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn claim_target(
+        &self,
+        name: &str,
+        holder: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn()
+            .execute(
+                sql::CLAIM_TARGET,
+                params![name, holder, now_ms.saturating_add(lease_ms), now_ms],
+            )
+            .map_err(db)?;
+        Ok(n > 0)
+    }
+
+    fn outbox_pending(&self, target: &str, limit: u64) -> Result<Vec<OutboxEntry>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(sql::PENDING).map_err(db)?;
+        let rows = st
+            .query_map(params![target, to_i64(limit)], |r| {
+                Ok(OutboxEntry {
+                    id: r.get(0)?,
+                    delivery: r.get(1)?,
+                    kind: r.get(2)?,
+                    payload: r.get(3)?,
+                    attempts: to_u64(r.get(4)?),
+                    created_ms: r.get(5)?,
+                    rule: r.get(6)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+
+    fn settle_outbox(
+        &self,
+        target: &str,
+        settled: &[(i64, Settled)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let (mut sent, mut failed) = (0i64, 0i64);
+        let mut last_error: Option<&str> = None;
+        for (id, s) in settled {
+            let n = match s {
+                Settled::Sent => {
+                    tx.execute(sql::FINISH, params![id, "sent", None::<String>, now_ms])
+                }
+                Settled::Skipped => {
+                    tx.execute(sql::FINISH, params![id, "skipped", None::<String>, now_ms])
+                }
+                Settled::Failed(why) => {
+                    last_error = Some(why);
+                    tx.execute(sql::FINISH, params![id, "failed", why, now_ms])
+                }
+                Settled::Retry(why) => {
+                    last_error = Some(why);
+                    tx.execute(sql::RETRY, params![id, why, now_ms]).map(|_| 0)
+                }
+            }
+            .map_err(db)?;
+            match s {
+                Settled::Sent => sent += n as i64,
+                Settled::Failed(_) => failed += n as i64,
+                _ => {}
+            }
+        }
+        tx.execute(
+            sql::COUNT_DELIVERIES,
+            params![target, sent, failed, 0i64, last_error],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(())
+    }
+
+    fn disable_target(&self, name: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute(sql::DISABLE_TARGET, params![name, reason])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn bound_outbox(
+        &self,
+        target: &str,
+        limits: OutboxLimits,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let old = tx
+            .execute(
+                sql::DROP_OLD,
+                params![target, now_ms.saturating_sub(limits.max_age_ms), now_ms],
+            )
+            .map_err(db)?;
+        let over = tx
+            .execute(
+                sql::DROP_OVER,
+                params![target, to_i64(limits.max_pending), now_ms],
+            )
+            .map_err(db)?;
+        tx.execute(
+            sql::FORGET_FINISHED,
+            params![target, now_ms.saturating_sub(limits.keep_finished_ms)],
+        )
+        .map_err(db)?;
+        let dropped = (old + over) as i64;
+        if dropped > 0 {
+            tx.execute(
+                sql::COUNT_DELIVERIES,
+                params![target, 0i64, 0i64, dropped, None::<String>],
+            )
+            .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(dropped as u64)
+    }
+
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        let mut n = 0;
+        for e in entries {
+            n += tx
+                .execute(
+                    sql::ENQUEUE,
+                    params![
+                        e.target, e.rule, 0i64, e.delivery, now_ms, e.kind, e.payload
+                    ],
+                )
+                .map_err(db)?;
+        }
+        tx.commit().map_err(db)?;
+        Ok(n)
+    }
+
+    fn rule_deliveries(&self, rule: &str) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(sql::RULE_DELIVERIES).map_err(db)?;
+        let rows = st
+            .query_map([rule], |r| Ok((r.get(0)?, r.get(1)?, to_u64(r.get(2)?))))
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+}
+
+fn read_target(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTarget> {
+    Ok(StoredTarget {
+        name: r.get(0)?,
+        spec_json: r.get(1)?,
+        created_ms: r.get(2)?,
+        disabled: r.get(3)?,
+        sent: to_u64(r.get(4)?),
+        failed: to_u64(r.get(5)?),
+        dropped: to_u64(r.get(6)?),
+        last_error: r.get(7)?,
+        pending: to_u64(r.get(8)?),
+        oldest_pending_ms: r.get(9)?,
+    })
 }
 
 /// The metric of a rule that takes series now: an active `metric` rule's name and kind.

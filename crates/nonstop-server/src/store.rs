@@ -110,6 +110,8 @@ pub struct Inserted {
     pub unknown: Vec<String>,
     /// Rules that reached their max hits with this batch.
     pub done: Vec<String>,
+    /// Outbox entries queued for targets with this batch.
+    pub queued: usize,
 }
 
 /// What [`Store::upsert_metrics`] did.
@@ -148,6 +150,99 @@ pub enum Change {
     Rules,
     /// Responses were stored: read what came after the last one seen.
     Responses,
+}
+
+/// A target as stored, with its delivery counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTarget {
+    /// Its name.
+    pub name: String,
+    /// Its settings: a `nonstop_sinks::TargetSpec`'s JSON, secrets whole.
+    pub spec_json: String,
+    /// Added (or last replaced), Unix ms.
+    pub created_ms: i64,
+    /// Why it is disabled (a webhook's 410), if it is; adding it again enables it.
+    pub disabled: Option<String>,
+    /// Deliveries the receiver took, in all.
+    pub sent: u64,
+    /// Deliveries the receiver refused for good, in all.
+    pub failed: u64,
+    /// Deliveries dropped by the outbox's bounds (age, size), in all.
+    pub dropped: u64,
+    /// The last error a delivery met (refused, retried, disabled).
+    pub last_error: Option<String>,
+    /// Deliveries waiting now.
+    pub pending: u64,
+    /// When the oldest waiting one was queued, Unix ms.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// One waiting item of a target's outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Its row id (increasing: the order of delivery).
+    pub id: i64,
+    /// The delivery id, derived from the response when queued: the same on every send.
+    pub delivery: String,
+    /// `response` (the payload is a Response's JSON) or `metric`.
+    pub kind: String,
+    /// The payload's JSON.
+    pub payload: String,
+    /// Sends tried so far.
+    pub attempts: u64,
+    /// Queued, Unix ms.
+    pub created_ms: i64,
+    /// The rule it came from.
+    pub rule: String,
+}
+
+/// What became of one outbox entry after a send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settled {
+    /// The receiver took it.
+    Sent,
+    /// Refused for good, with the reason.
+    Failed(String),
+    /// The target does not take this kind of payload.
+    Skipped,
+    /// Still pending: tried once more, with what went wrong.
+    Retry(String),
+}
+
+/// An entry to queue on a target's outbox ([`Store::enqueue_outbox`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEntry {
+    /// The target.
+    pub target: String,
+    /// The rule it comes from.
+    pub rule: String,
+    /// The delivery id (stable: the same payload gets the same id).
+    pub delivery: String,
+    /// `response` or `metric`.
+    pub kind: String,
+    /// The payload's JSON.
+    pub payload: String,
+}
+
+/// Bounds of each target's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Pending entries older than this (ms) are dropped.
+    pub max_age_ms: i64,
+    /// Most pending entries per target (the newest kept).
+    pub max_pending: u64,
+    /// How long finished entries stay queryable (ms).
+    pub keep_finished_ms: i64,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits {
+            max_age_ms: 7 * 86_400_000,
+            max_pending: 100_000,
+            keep_finished_ms: 7 * 86_400_000,
+        }
+    }
 }
 
 /// Where the server keeps its state.
@@ -247,6 +342,51 @@ pub trait Store: Send + Sync + 'static {
 
     /// The id of the newest stored response (0 when there is none).
     fn last_response_id(&self) -> Result<i64, StoreError>;
+
+    /// Adds a target, or replaces the settings of one with that name (and enables it
+    /// again); true when it is new.
+    fn put_target(&self, name: &str, spec_json: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Every target, by name.
+    fn targets(&self) -> Result<Vec<StoredTarget>, StoreError>;
+    /// One target.
+    fn target(&self, name: &str) -> Result<Option<StoredTarget>, StoreError>;
+    /// Deletes a target and its outbox; false when there was none.
+    fn delete_target(&self, name: &str) -> Result<bool, StoreError>;
+    /// Takes (or renews) the right to deliver for a target until `now_ms + lease_ms`:
+    /// one server at a time drains a target's outbox, in order. False when another
+    /// holds it, or the target is gone or disabled.
+    fn claim_target(
+        &self,
+        name: &str,
+        holder: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` pending entries of a target's outbox, oldest first.
+    fn outbox_pending(&self, target: &str, limit: u64) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Records what became of entries of a target's outbox (and counts them).
+    fn settle_outbox(
+        &self,
+        target: &str,
+        settled: &[(i64, Settled)],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Disables a target with the reason (a webhook's 410); its entries stay pending.
+    fn disable_target(&self, name: &str, reason: &str) -> Result<(), StoreError>;
+    /// Applies `limits` to a target's outbox: drops pending entries past its age and size
+    /// (counted as dropped), forgets finished ones kept long enough. Returns how many
+    /// were dropped.
+    fn bound_outbox(
+        &self,
+        target: &str,
+        limits: OutboxLimits,
+        now_ms: i64,
+    ) -> Result<u64, StoreError>;
+    /// Queues entries on targets' outboxes (one that names a target gone or disabled is
+    /// not queued); returns how many were.
+    fn enqueue_outbox(&self, entries: &[NewEntry], now_ms: i64) -> Result<usize, StoreError>;
+    /// A rule's deliveries: (target, state, count), by target and state.
+    fn rule_deliveries(&self, rule: &str) -> Result<Vec<(String, String, u64)>, StoreError>;
 
     /// Whether several servers share this store: then agent presence is a lease renewed
     /// with [`Store::renew_leases`] (and [`Store::disconnect_all`] changes nothing), and

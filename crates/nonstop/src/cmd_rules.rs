@@ -106,8 +106,9 @@ pub struct AddArgs {
     /// e.g. --limit string=4096; the server refuses values above its maximums.
     #[arg(long = "limit", value_name = "K=N")]
     pub limits: Vec<String>,
-    /// Targets for the responses (ui always).
-    #[arg(long, value_name = "TARGET", num_args = 1..)]
+    /// A target for the responses (repeat for more; see `nonstop targets list`); the IDE
+    /// (`ui`) always gets them.
+    #[arg(long, value_name = "TARGET")]
     pub to: Vec<String>,
 }
 
@@ -465,6 +466,16 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         cell(rule.expires.as_deref()),
         cell(view.expires_at.as_deref())
     );
+    for d in &view.deliveries {
+        outln!(
+            "to       {}: {} sent, {} pending, {} failed, {} dropped",
+            d.target,
+            d.sent,
+            d.pending,
+            d.failed,
+            d.dropped
+        );
+    }
     if view.agents.is_empty() {
         outln!("agents   none has reported on this rule yet");
         return Ok(ExitCode::SUCCESS);

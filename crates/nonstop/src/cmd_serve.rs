@@ -44,6 +44,20 @@ pub struct Args {
     /// collection 100000, fields 1000, frames 1000.
     #[arg(long, value_name = "NAME=N,…", value_parser = nonstop_server::validate::parse_max_limits)]
     pub max_limits: Option<nonstop_model::CaptureLimits>,
+    /// How long a response waits in a target's outbox before it is dropped (and counted),
+    /// e.g. 7d, 24h.
+    #[arg(long, default_value = "7d", value_parser = nonstop_model::parse_duration)]
+    pub outbox_max_age: std::time::Duration,
+    /// Most responses waiting per target; past it the oldest are dropped (and counted).
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub outbox_max_size: u64,
+    /// Longest wait between two tries of a target that fails, e.g. 5m, 30s.
+    #[arg(long, default_value = "5m", value_parser = nonstop_model::parse_duration)]
+    pub target_retry_max: std::time::Duration,
+    /// How long one request to a target may take before it is retried, e.g. 30s
+    /// (default: each kind's own, 15-30 s).
+    #[arg(long, value_parser = nonstop_model::parse_duration)]
+    pub target_timeout: Option<std::time::Duration>,
 }
 
 /// Runs the server until Ctrl-C or SIGTERM.
@@ -67,6 +81,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         per_rule: args.keep_responses,
         max_age_ms: i64::try_from(args.keep_for.as_millis()).unwrap_or(i64::MAX),
     };
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    config.outbox.limits.max_age_ms = ms(args.outbox_max_age);
+    config.outbox.limits.max_pending = args.outbox_max_size;
+    config.outbox.limits.keep_finished_ms = ms(args.keep_for);
+    config.outbox.backoff_max = args.target_retry_max;
+    config.outbox.backoff_base = config.outbox.backoff_base.min(args.target_retry_max);
+    config.outbox.timeout = args.target_timeout;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("nonstop-server")

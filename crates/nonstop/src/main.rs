@@ -13,6 +13,7 @@ mod cmd_rules;
 mod cmd_run;
 mod cmd_serve;
 mod cmd_tail;
+mod cmd_targets;
 mod cmd_where;
 mod dap;
 mod mcp;
@@ -33,6 +34,9 @@ enum Command {
     Rules(cmd_rules::Args),
     /// Stream responses as they arrive.
     Tail(cmd_tail::Args),
+    /// Add, list, show, test and remove targets: where rules' responses are delivered
+    /// (OpenTelemetry, Sentry, Datadog, Honeycomb, Slack, webhooks, files).
+    Targets(cmd_targets::Args),
     /// List the agents the server knows.
     Agents(cmd_agents::Args),
     /// Show the values of metric rules: counts, gauges and histograms per service and tags.
@@ -58,6 +62,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Serve(a) => cmd_serve::run(a),
         Command::Rules(a) => cmd_rules::run(a),
         Command::Tail(a) => cmd_tail::run(a),
+        Command::Targets(a) => cmd_targets::run(a),
         Command::Agents(a) => cmd_agents::run(a),
         Command::Metrics(a) => cmd_metrics::run(a),
         Command::Where(args) => cmd_where::run(&args),
