@@ -9,7 +9,7 @@ mod ticker;
 use nonstop_model::Response;
 use nonstop_testkit::postgres::{Cluster, Database};
 use std::time::Duration;
-use ticker::{Program, Server, expected_output, free_port, tmp, wait_for_agents, wait_until_armed};
+use ticker::{Program, Server, expected_output, free_port, tmp, wait_until_armed};
 
 /// Two replicas (A started first, so its tokens are the ones both use) on one database.
 fn replicas(name: &str) -> (Database, Server, Server) {
@@ -59,6 +59,27 @@ fn stored(server: &Server, rule: &str) -> Vec<Response> {
     serde_json::from_value(v).unwrap()
 }
 
+/// Waits until `server` shows `n` agents connected; fails with what the programs' agents
+/// said and what the server shows.
+fn wait_connected(server: &Server, n: usize, programs: &[&Program]) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ids = connected(server);
+        if ids.len() >= n {
+            return ids;
+        }
+        if std::time::Instant::now() > deadline {
+            let said: Vec<String> = programs.iter().map(|p| p.stderr()).collect();
+            panic!(
+                "{n} agents did not connect to {}: {}\nthe agents said: {said:#?}",
+                server.url,
+                server.cli_ok(&["agents", "--json"])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The ids of the agents a replica shows as connected.
 fn connected(server: &Server) -> Vec<String> {
     let v = server.cli_json(&["agents", "--json"]);
@@ -78,10 +99,9 @@ fn a_rule_added_on_replica_b_reaches_the_agent_on_replica_a_and_tail_on_b_shows_
     assert_eq!(a.token("agent"), b.token("agent"));
 
     let program = Program::start(&a, 3000, "alpha");
-    let on_a = wait_for_agents(&a, 1);
-    let agent = on_a[0]["id"].as_str().unwrap().to_owned();
+    let agent = wait_connected(&a, 1, &[&program]).remove(0);
     // B sees the agent A holds, through the store.
-    wait_for_agents(&b, 1);
+    wait_connected(&b, 1, &[&program]);
     assert_eq!(connected(&b), [agent.clone()]);
 
     let rule = b.add_rule(&["--log", TEMPLATE, "--service", "ticker"]);
@@ -115,7 +135,7 @@ fn max_hits_hold_exactly_across_agents_on_two_replicas() {
     let (_db, a, b) = replicas("maxhits");
     let on_a = Program::start(&a, 3000, "alpha");
     let on_b = Program::start(&b, 3000, "beta");
-    wait_for_agents(&a, 2);
+    wait_connected(&a, 2, &[&on_a, &on_b]);
     let holders = [connected(&a), connected(&b)];
     assert_eq!(holders[0].len(), 2, "{holders:?}");
 
@@ -156,7 +176,7 @@ fn when_replica_a_dies_the_agent_moves_to_b_keeps_its_rules_and_loses_nothing_b_
     let ticks = 1500;
     let both = format!("{},{}", a.url, b.url);
     let program = Program::start_with(&a, &both, ticks, "alpha", &[]);
-    let agent = wait_for_agents(&a, 1)[0]["id"].as_str().unwrap().to_owned();
+    let agent = wait_connected(&a, 1, &[&program]).remove(0);
 
     let rule = b.add_rule(&["--log", TEMPLATE, "--service", "ticker"]);
     wait_until_armed(&b, &rule);

@@ -196,6 +196,8 @@ impl Program {
             ])
             .arg(ticker())
             .args([ticks.to_string(), name.to_string()])
+            // The agent library the testkit built aside (not always beside `nonstop`).
+            .env("NONSTOP_AGENT_LIB", nonstop_testkit::agent_library())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
