@@ -48,7 +48,7 @@ fn hits(s: &TestServer, rule: &str) -> u64 {
 /// Responses per second stored with the agents spread over `servers`.
 fn ingest(servers: &[&TestServer]) -> f64 {
     let rule = servers[0].add_rule(
-        r#"{"at":"cart::add","action":"log","template":"x","max_hits":100000000,"service":"checkout"}"#,
+        r#"{"at":"cart::add","action":"log","template":"x","max_hits":1000000,"service":"checkout"}"#,
     );
     let mut agents: Vec<FakeAgent> = (0..AGENTS)
         .map(|i| {
@@ -106,7 +106,8 @@ fn rule_to_armed(a: &TestServer, b: &TestServer) -> (Vec<Duration>, Vec<Duration
     let (mut delivered, mut armed) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let t0 = Instant::now();
-        let id = b.add_rule(r#"{"at":"cart::add","action":"log","template":"x","service":"latency"}"#);
+        let id =
+            b.add_rule(r#"{"at":"cart::add","action":"log","template":"x","service":"latency"}"#);
         loop {
             if let ServerMessage::Rules { rules } = agent.recv()
                 && rules.iter().any(|r| r.id == id)
@@ -165,9 +166,7 @@ fn main() {
     let (delivered, armed) = rule_to_armed(&a, &b);
 
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "ingest ({AGENTS} agents x {PER_AGENT} responses, batches of {BATCH}, PostgreSQL):"
-    );
+    println!("ingest ({AGENTS} agents x {PER_AGENT} responses, batches of {BATCH}, PostgreSQL):");
     println!("  one replica:  {rate_one:>8.0} responses/s");
     println!("  two replicas: {rate_two:>8.0} responses/s");
     println!("rule added on B -> agent on A ({ROUNDS} rounds):");

@@ -43,7 +43,10 @@ const TEMPLATE: &str = "tick {n}: {label} squared is {square}";
 /// The tick a response of the [`TEMPLATE`] rule was made at, after checking its message
 /// says exactly what the ticker computed at that tick.
 fn tick_of(r: &Response, name: &str) -> u64 {
-    let msg = r.message.as_deref().expect("a log rule's response has a message");
+    let msg = r
+        .message
+        .as_deref()
+        .expect("a log rule's response has a message");
     let n: u64 = msg
         .split(&[' ', ':'][..])
         .nth(1)
@@ -140,7 +143,14 @@ fn max_hits_hold_exactly_across_agents_on_two_replicas() {
     assert_eq!(holders[0].len(), 2, "{holders:?}");
 
     // 50 ticks a second per program: 150 hits take both agents well over a second.
-    let rule = a.add_rule(&["--log", TEMPLATE, "--service", "ticker", "--max-hits", "150"]);
+    let rule = a.add_rule(&[
+        "--log",
+        TEMPLATE,
+        "--service",
+        "ticker",
+        "--max-hits",
+        "150",
+    ]);
     nonstop_testkit::wait_for("the rule is done", Duration::from_secs(60), || {
         let v = b.cli_json(&["rules", "show", &rule, "--json"]);
         (v["state"] == "done").then_some(v)
@@ -190,9 +200,16 @@ fn when_replica_a_dies_the_agent_moves_to_b_keeps_its_rules_and_loses_nothing_b_
     // responses come in, which only B can have taken.
     let (ok, after) = tail(&b, &rule, 5, "30s");
     assert!(ok, "no responses after A died: {after:?}");
-    let last_before = stored_before.iter().map(|r| tick_of(r, "alpha")).max().unwrap();
+    let last_before = stored_before
+        .iter()
+        .map(|r| tick_of(r, "alpha"))
+        .max()
+        .unwrap();
     let ticks_after: Vec<u64> = after.iter().map(|r| tick_of(r, "alpha")).collect();
-    assert!(ticks_after[0] > last_before, "{ticks_after:?} after {last_before}");
+    assert!(
+        ticks_after[0] > last_before,
+        "{ticks_after:?} after {last_before}"
+    );
     for r in &after {
         assert_eq!(r.agent, agent);
     }
@@ -203,7 +220,10 @@ fn when_replica_a_dies_the_agent_moves_to_b_keeps_its_rules_and_loses_nothing_b_
     // Nothing B had stored is lost: what it listed before is still there, first, in order;
     // and each tick is there once, in order.
     let before_ticks: Vec<u64> = stored_before.iter().map(|r| tick_of(r, "alpha")).collect();
-    let all: Vec<u64> = stored(&b, &rule).iter().map(|r| tick_of(r, "alpha")).collect();
+    let all: Vec<u64> = stored(&b, &rule)
+        .iter()
+        .map(|r| tick_of(r, "alpha"))
+        .collect();
     assert_eq!(all[..before_ticks.len()], before_ticks[..]);
     assert!(all.windows(2).all(|w| w[1] > w[0]), "{all:?}");
     // Up to A's death, one response per tick (what the agent sent A as A was killed may be
