@@ -359,7 +359,7 @@ impl<'a> Runner<'a> {
             // one of them failed in a row.
             failed += 1;
             self.current = (self.current + 1) % self.servers.len();
-            let wait = if failed % self.servers.len() == 0 {
+            let wait = if failed.is_multiple_of(self.servers.len()) {
                 let wait = self.jitter(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait

@@ -105,7 +105,7 @@ fn a_rule_added_on_replica_b_reaches_the_agent_on_replica_a_and_tail_on_b_shows_
     let agent = wait_connected(&a, 1, &[&program]).remove(0);
     // B sees the agent A holds, through the store.
     wait_connected(&b, 1, &[&program]);
-    assert_eq!(connected(&b), [agent.clone()]);
+    assert_eq!(connected(&b), std::slice::from_ref(&agent));
 
     let rule = b.add_rule(&["--log", TEMPLATE, "--service", "ticker"]);
     wait_until_armed(&b, &rule);
