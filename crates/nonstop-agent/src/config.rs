@@ -3,7 +3,7 @@
 //! | variable | meaning | default |
 //! | --- | --- | --- |
 //! | `NONSTOP_DISABLE` | `1` turns the agent off entirely | off |
-//! | `NONSTOP_SERVER` | the server's URL (online mode) | none |
+//! | `NONSTOP_SERVER` | the server's URL (online mode); several replicas' URLs comma-separated (`https://a,https://b`): the agent moves to the next when its server goes away, and gets its rules there | none |
 //! | `NONSTOP_TOKEN` | the agent token for the server | none |
 //! | `NONSTOP_SERVICE` | the service name | the executable's file name |
 //! | `NONSTOP_LABELS` | `k=v,k=v` labels that rules select on | none |

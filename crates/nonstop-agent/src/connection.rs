@@ -61,6 +61,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct LinkConfig {
     /// The server's address, `http://HOST:PORT` (as in `NONSTOP_SERVER`); `ws://` works too.
+    /// Several replicas' addresses, comma-separated, make the link move to the next one when
+    /// its server goes away (see [`servers`]).
     pub server: String,
     /// The agent token (or the admin token).
     pub token: Option<String>,
@@ -277,6 +279,11 @@ impl From<String> for Failure {
 /// The state of the link thread.
 struct Runner<'a> {
     config: LinkConfig,
+    /// The addresses of `config.server` ([`servers`]), and the one in use.
+    servers: Vec<String>,
+    current: usize,
+    /// Whether the last session got as far as its hello.
+    reached: bool,
     /// The CA to trust for TLS instead of the public roots.
     ca_cert: Option<PathBuf>,
     shared: &'a Shared,
@@ -289,6 +296,7 @@ struct Runner<'a> {
 
 impl<'a> Runner<'a> {
     fn new(config: LinkConfig, ca_cert: Option<PathBuf>, shared: &'a Shared) -> Runner<'a> {
+        let servers = servers(&config.server);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -296,6 +304,9 @@ impl<'a> Runner<'a> {
             ^ u64::from(std::process::id()).rotate_left(32);
         Runner {
             config,
+            servers,
+            current: 0,
+            reached: false,
             ca_cert,
             shared,
             logged: None,
@@ -316,10 +327,18 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The address connected to now.
+    fn server(&self) -> String {
+        self.servers[self.current % self.servers.len()].clone()
+    }
+
     fn run(&mut self) {
         let mut backoff = BACKOFF_MIN;
+        // Servers tried in a row without a connection that lived.
+        let mut failed = 0usize;
         while !self.stopping() {
             let started = Instant::now();
+            self.reached = false;
             match self.session() {
                 Err(Failure::Stopped) => return,
                 Err(Failure::Other(why)) => {
@@ -333,8 +352,20 @@ impl<'a> Runner<'a> {
             if started.elapsed() > BACKOFF_MAX {
                 backoff = BACKOFF_MIN;
             }
-            let wait = self.jitter(backoff);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            if self.reached {
+                failed = 0;
+            }
+            // With replicas, the next one is tried at once; the backoff applies once every
+            // one of them failed in a row.
+            failed += 1;
+            self.current = (self.current + 1) % self.servers.len();
+            let wait = if failed.is_multiple_of(self.servers.len()) {
+                let wait = self.jitter(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait
+            } else {
+                self.jitter(BACKOFF_MIN)
+            };
             let until = Instant::now() + wait;
             while Instant::now() < until {
                 if self.stopping() {
@@ -355,7 +386,7 @@ impl<'a> Runner<'a> {
     }
 
     fn connect(&mut self) -> Result<WebSocket<Transport>, Failure> {
-        let server = self.config.server.clone();
+        let server = self.server();
         let server = &server;
         let Target {
             url,
@@ -436,7 +467,7 @@ impl<'a> Runner<'a> {
     /// One connection: hello, then ship queued messages and apply what the server sends.
     fn session(&mut self) -> Result<(), Failure> {
         let mut ws = self.connect()?;
-        let server = self.config.server.clone();
+        let server = self.server();
         send(
             &mut ws,
             &AgentMessage::Hello {
@@ -444,6 +475,7 @@ impl<'a> Runner<'a> {
             },
         )?;
         self.shared.connected.store(true, Ordering::Relaxed);
+        self.reached = true;
         *lock(&self.shared.problem) = None;
         {
             // A new connection may reach a server (or replica) that has none of the series.
@@ -577,6 +609,23 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The addresses in a `NONSTOP_SERVER` value: one URL, or several comma-separated (replicas
+/// of one server). Empty items are skipped; an empty list stays one empty address, which the
+/// link reports as such.
+pub fn servers(list: &str) -> Vec<String> {
+    let all: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if all.is_empty() {
+        vec![list.trim().to_string()]
+    } else {
+        all
     }
 }
 
@@ -745,6 +794,16 @@ fn send(ws: &mut WebSocket<Transport>, msg: &AgentMessage) -> Result<(), Failure
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_list_names_each_replica_once_in_order() {
+        assert_eq!(servers("http://a:1"), ["http://a:1"]);
+        assert_eq!(
+            servers(" https://a, https://b ,,"),
+            ["https://a", "https://b"]
+        );
+        assert_eq!(servers(""), [""]);
+    }
 
     #[test]
     fn server_addresses_become_websocket_targets() {

@@ -106,8 +106,10 @@ impl HttpLink {
             .name("nonstop-link".into())
             .spawn(move || {
                 let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let servers = crate::connection::servers(&server);
                     Runner {
-                        server,
+                        server: servers[0].clone(),
+                        servers,
                         token,
                         info,
                         ca_cert,
@@ -244,7 +246,10 @@ struct Answer {
 }
 
 struct Runner<'a> {
+    /// The address in use, one of `servers`.
     server: String,
+    /// Every address of `NONSTOP_SERVER` (replicas), tried in turn when one is away.
+    servers: Vec<String>,
     token: Option<String>,
     info: AgentInfo,
     ca_cert: Option<PathBuf>,
@@ -341,6 +346,17 @@ impl Runner<'_> {
                 }
                 Err(why) => {
                     self.conn = None;
+                    if self.servers.len() > 1 {
+                        // The next replica, which has the same rules (a fresh hello there).
+                        let at = self
+                            .servers
+                            .iter()
+                            .position(|s| *s == self.server)
+                            .unwrap_or(0);
+                        self.server = self.servers[(at + 1) % self.servers.len()].clone();
+                        self.registered = false;
+                        self.etag = None;
+                    }
                     if self.logged.as_deref() != Some(why.as_str()) {
                         eprintln!("nonstop: {why}");
                         self.logged = Some(why);

@@ -40,6 +40,10 @@ pub(crate) struct App {
     pub(crate) sources: Arc<Sources>,
     /// The largest capture limits a rule may ask for.
     pub(crate) max_limits: nonstop_model::CaptureLimits,
+    /// On a store replicas share: wakes the relay that feeds `live` from the store in id
+    /// order (responses ingested here and by other replicas alike), instead of sending
+    /// them from `ingest`.
+    pub(crate) relay: Option<Arc<tokio::sync::Notify>>,
     /// The delivery pipeline to targets.
     pub(crate) outbox: Arc<crate::outbox::Outbox>,
 }
@@ -109,15 +113,12 @@ impl App {
                 "responses for inactive or full rules dropped"
             );
         }
-        for (id, r) in ins.stored {
-            if let Ok(json) = serde_json::to_string(&r) {
-                let live = LiveResponse {
-                    id,
-                    rule: r.rule,
-                    json,
-                };
-                let _ = self.live.send(Arc::new(live));
+        if let Some(relay) = &self.relay {
+            if !ins.stored.is_empty() {
+                relay.notify_one();
             }
+        } else {
+            self.send_live(ins.stored);
         }
         if ins.queued > 0 {
             self.outbox.wake();
@@ -133,6 +134,20 @@ impl App {
                 ins.unknown.join(", ")
             )
         }))
+    }
+
+    /// Sends stored responses to the live streams of this server.
+    pub(crate) fn send_live(&self, stored: Vec<(i64, AgentResponse)>) {
+        for (id, r) in stored {
+            if let Ok(json) = serde_json::to_string(&r) {
+                let live = LiveResponse {
+                    id,
+                    rule: r.rule,
+                    json,
+                };
+                let _ = self.live.send(Arc::new(live));
+            }
+        }
     }
 
     /// Stores an agent's metric series and pushes new rule sets when a metric rule

@@ -69,6 +69,24 @@ pub fn load_or_create(data: &Path) -> std::io::Result<Tokens> {
     })
 }
 
+/// Writes `tokens` to `DATA/admin.token` and `DATA/agent.token` (mode 0600), replacing
+/// what was there (a replica taking the tokens its replicas agreed on).
+pub fn save(data: &Path, tokens: &Tokens) -> std::io::Result<()> {
+    for (name, token) in [
+        ("admin.token", &tokens.admin),
+        ("agent.token", &tokens.agent),
+    ] {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(data.join(name))?;
+        writeln!(f, "{token}")?;
+    }
+    Ok(())
+}
+
 fn load_or_create_one(path: &Path) -> std::io::Result<String> {
     match fs::read_to_string(path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),

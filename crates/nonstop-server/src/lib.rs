@@ -58,6 +58,7 @@ pub mod ids;
 mod metrics;
 pub mod outbox;
 pub mod postgres;
+mod replicas;
 pub mod sources;
 mod sql;
 pub mod sqlite;
@@ -92,6 +93,10 @@ pub const MAX_AGENT_BODY: usize = 8 << 20;
 const EXPIRY_TICK: Duration = Duration::from_secs(1);
 /// How often old responses are pruned (in expiry ticks).
 const PRUNE_EVERY_TICKS: u64 = 60;
+/// On a shared store: how often the rules are read again, so a missed notification heals.
+const RULES_REREAD: Duration = Duration::from_secs(5);
+/// On a shared store: how often the live relay reads new responses without a notification.
+const RELAY_TICK: Duration = Duration::from_secs(1);
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -113,8 +118,57 @@ pub struct Config {
     pub max_limits: nonstop_model::CaptureLimits,
     /// Idle timeout and caps on open connections ([`conn::ConnLimits`]).
     pub connections: conn::ConnLimits,
+    /// Where the state lives (`--store`): SQLite in the data folder by default.
+    pub store: StoreLocation,
     /// The delivery pipeline to targets: outbox bounds, back-off, timeout.
     pub outbox: outbox::OutboxConfig,
+}
+
+/// Where the server keeps its state (`nonstop serve --store …`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StoreLocation {
+    /// `DATA/nonstop.db` (the default).
+    #[default]
+    DataFolder,
+    /// `sqlite:PATH`: a SQLite file elsewhere.
+    Sqlite(PathBuf),
+    /// `postgres://USER@HOST[:PORT]/DB`: a PostgreSQL database that several replicas share.
+    Postgres(String),
+}
+
+impl StoreLocation {
+    /// Reads `sqlite:PATH` or `postgres://…` (`postgresql://…` too).
+    pub fn parse(s: &str) -> Result<StoreLocation, String> {
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("sqlite: needs a file, e.g. sqlite:/var/lib/nonstop/nonstop.db".into());
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            return Ok(StoreLocation::Postgres(s.to_string()));
+        }
+        Err(format!(
+            "unknown store {s:?}: use sqlite:PATH or postgres://USER@HOST[:PORT]/DB"
+        ))
+    }
+
+    /// What to show a person: the PostgreSQL URL without its password.
+    pub fn describe(&self, data: &std::path::Path) -> String {
+        match self {
+            StoreLocation::DataFolder => data.join("nonstop.db").display().to_string(),
+            StoreLocation::Sqlite(p) => p.display().to_string(),
+            StoreLocation::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let userinfo = &url[scheme + 3..at];
+                    let user = userinfo.split(':').next().unwrap_or("");
+                    format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+                }
+                _ => url.clone(),
+            },
+        }
+    }
 }
 
 impl Config {
@@ -129,6 +183,7 @@ impl Config {
             sources: Vec::new(),
             max_limits: validate::DEFAULT_MAX_LIMITS,
             connections: conn::ConnLimits::default(),
+            store: StoreLocation::DataFolder,
             outbox: outbox::OutboxConfig::default(),
         }
     }
@@ -355,19 +410,47 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     } else {
         None
     };
+    let location = config.store.clone();
     let db = data.join("nonstop.db");
     let sources_dir = data.join("sources");
     let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
-        let s = sqlite::SqliteStore::open(&db)?;
-        s.disconnect_all()?;
-        if let Err(e) = sources::registry::import_saved(&sources_dir, &s) {
+        let s: Arc<dyn Store> = match location {
+            StoreLocation::DataFolder => Arc::new(sqlite::SqliteStore::open(&db)?),
+            StoreLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(&path)?),
+            StoreLocation::Postgres(url) => Arc::new(postgres::PgStore::connect(&url)?),
+        };
+        // One server's agents are all gone when it starts; a shared store's agents may be
+        // connected to other replicas (their leases say).
+        if !s.shared() {
+            s.disconnect_all()?;
+        }
+        if let Err(e) = sources::registry::import_saved(&sources_dir, s.as_ref()) {
             tracing::error!("sources: {e}");
         }
         Ok::<_, StoreError>(s)
     })
     .await
-    .map_err(|e| StoreError::Database(e.to_string()))?
-    .map(Arc::new)?;
+    .map_err(|e| StoreError::Database(e.to_string()))??;
+    // Replicas agree on the tokens: the first to start stores its own, the others take them
+    // (and write them to their data folder, where the CLI finds them).
+    let tokens = match tokens {
+        Some(local) if store.shared() => {
+            let s = store.clone();
+            let proposed = local.clone();
+            let agreed = tokio::task::spawn_blocking(move || s.agree_tokens(&proposed))
+                .await
+                .map_err(|e| StoreError::Database(e.to_string()))??;
+            if agreed != local {
+                ids::save(&data, &agreed).map_err(|source| ServeError::Data {
+                    path: data.clone(),
+                    source,
+                })?;
+            }
+            Some(agreed)
+        }
+        other => other,
+    };
+    let shared = store.shared();
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -393,8 +476,12 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         connections: Mutex::new(HashMap::new()),
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
         max_limits: config.max_limits,
+        relay: shared.then(|| Arc::new(tokio::sync::Notify::new())),
     });
     app.sources.start(app.store.clone(), stop_rx.clone());
+    if shared {
+        replicas::start(app.clone(), stop_rx.clone());
+    }
 
     // Rules whose time is up leave every agent's set.
     let expiry_app = app.clone();
@@ -466,7 +553,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
             })
         }
     };
-    tracing::info!(%addr, data = %data.display(), "serving");
+    tracing::info!(%addr, data = %data.display(), store = %config.store.describe(&data), "serving");
     Ok(ServerHandle {
         addr,
         https: config.tls.is_some(),

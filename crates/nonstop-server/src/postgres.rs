@@ -1175,6 +1175,28 @@ impl Store for PgStore {
         })
     }
 
+    fn agree_tokens(
+        &self,
+        proposed: &crate::ids::Tokens,
+    ) -> Result<crate::ids::Tokens, StoreError> {
+        self.tx(|d| {
+            d.exec(
+                "INSERT INTO tokens (name, value) VALUES ('admin', ?1), ('agent', ?2)
+                 ON CONFLICT (name) DO NOTHING",
+                &[&proposed.admin, &proposed.agent],
+            )?;
+            let mut agreed = proposed.clone();
+            for row in d.query("SELECT name, value FROM tokens", &[])? {
+                match row.try_get::<_, &str>(0)? {
+                    "admin" => agreed.admin = row.try_get(1)?,
+                    "agent" => agreed.agent = row.try_get(1)?,
+                    _ => {}
+                }
+            }
+            Ok(agreed)
+        })
+    }
+
     fn last_response_id(&self) -> Result<i64, StoreError> {
         self.read(|d| Ok(d.query(sql::LAST_RESPONSE_ID, &[])?[0].try_get(0)?))
     }

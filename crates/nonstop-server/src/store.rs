@@ -401,6 +401,15 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The tokens every server on this store accepts: a shared store keeps the first
+    /// `proposed` it is given and answers those; by default `proposed` itself.
+    fn agree_tokens(
+        &self,
+        proposed: &crate::ids::Tokens,
+    ) -> Result<crate::ids::Tokens, StoreError> {
+        Ok(proposed.clone())
+    }
+
     /// Calls `on_change` for each change other servers (and this one) make, until `stop`
     /// is set; after a lost connection it reports every kind of change once, since some
     /// may have been missed. Returns at once for a store only one server uses (the default).

@@ -15,6 +15,10 @@ pub struct Args {
     /// Data folder (SQLite file and tokens); default $NONSTOP_DATA, $XDG_DATA_HOME/nonstop or ~/.local/share/nonstop.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Where the state lives: sqlite:PATH, or postgres://USER@HOST[:PORT]/DB for several
+    /// replicas sharing one database (default: SQLite in the data folder).
+    #[arg(long, value_name = "URL", value_parser = nonstop_server::StoreLocation::parse)]
+    pub store: Option<nonstop_server::StoreLocation>,
     /// Accept requests without a token (loopback addresses only).
     #[arg(long)]
     pub no_auth: bool,
@@ -63,6 +67,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut config = nonstop_server::Config::new(args.listen, data);
     config.auth = !args.no_auth;
     config.sources = args.sources;
+    if let Some(store) = args.store {
+        config.store = store;
+    }
+    let store = config.store.clone();
     if let Some(max) = args.max_limits {
         config.max_limits = max;
     }
@@ -94,7 +102,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Some(t) => format!("nonstop: serving on {url}/?token={}\n", t.admin),
             None => format!("nonstop: serving on {url}/ (no tokens)\n"),
         };
-        banner.push_str(&format!("nonstop: data in {data}/nonstop.db\n"));
+        let store = store.describe(server.data_dir());
+        banner.push_str(&format!("nonstop: state in {store}\n"));
         if server.tokens().is_some() {
             banner.push_str(&format!(
                 "nonstop: tokens in {data}/admin.token (everything) and {data}/agent.token (agents)\n"

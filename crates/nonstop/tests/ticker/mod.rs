@@ -64,7 +64,7 @@ impl Server {
         Server::start_with(port, data, &[])
     }
 
-    /// [`Server::start`] with more `nonstop serve` flags.
+    /// [`Server::start`] with more `nonstop serve` arguments (e.g. `--store URL`).
     pub fn start_with(port: u16, data: &Path, extra: &[&str]) -> Server {
         let process = nonstop_testkit::ServerProcess::start(Path::new(NONSTOP), port, data, extra);
         Server {
@@ -196,6 +196,8 @@ impl Program {
             ])
             .arg(ticker())
             .args([ticks.to_string(), name.to_string()])
+            // The agent library the testkit built aside (not always beside `nonstop`).
+            .env("NONSTOP_AGENT_LIB", nonstop_testkit::agent_library())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
