@@ -43,7 +43,11 @@ fn stamp(message: &str) -> Option<u64> {
 /// A webhook body: `{"data": {"message": "t=…"}}`.
 fn webhook_stamps(body: &[u8]) -> Vec<u64> {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
-    v["data"]["message"].as_str().and_then(stamp).into_iter().collect()
+    v["data"]["message"]
+        .as_str()
+        .and_then(stamp)
+        .into_iter()
+        .collect()
 }
 
 /// An OTLP logs export: each record's string body.

@@ -47,7 +47,10 @@ fn the_api_keeps_every_schemathesis_check_over_its_openapi_document() {
         .arg(server.url("/api/v1/openapi.json"))
         .args(["--url", &server.url("")])
         .args(["--checks", "all"])
-        .args(["--header", &format!("Authorization: Bearer {}", server.admin)])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", server.admin),
+        ])
         .args(["--max-examples", "25", "--workers", "1", "--seed", "7"])
         .args(["--request-timeout", "10", "--max-failures", "20"])
         .args(["--exclude-path", "/api/v1/responses/stream"])
