@@ -5,7 +5,8 @@
 //! `cargo bench -p nonstop-server --bench delivery [-- RESPONSES]` (default 20,000).
 //! For each target it prints responses per second (from the first response sent to the
 //! last one received) and the latency from the agent's send to the receiver's read,
-//! p50/p99. The agent sends in batches of 100, as fast as the server takes them.
+//! p50/p99: once for a burst sent as fast as the server takes it (batches of 100; the
+//! latency there is mostly queueing), once at a steady 200 responses/s (batches of 10).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
