@@ -15,6 +15,13 @@ pub const CAPTURE_LIMITS: CaptureLimits = CaptureLimits {
     frames: 20,
 };
 
+impl Default for CaptureLimits {
+    /// DESIGN.md's defaults ([`CAPTURE_LIMITS`]).
+    fn default() -> Self {
+        CAPTURE_LIMITS
+    }
+}
+
 /// A rule's limits when it sets none, by action.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ActionDefaults {

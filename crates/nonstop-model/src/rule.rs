@@ -1,6 +1,6 @@
 //! Rules: what a user asks for at one location, in the JSON form of DESIGN.md.
 
-use crate::wire::AgentInfo;
+use crate::agent::AgentInfo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -89,13 +89,6 @@ pub struct CaptureLimits {
     pub fields: u32,
     /// Stack frames.
     pub frames: u32,
-}
-
-impl Default for CaptureLimits {
-    /// DESIGN.md's defaults ([`crate::defaults::CAPTURE_LIMITS`]).
-    fn default() -> Self {
-        crate::defaults::CAPTURE_LIMITS
-    }
 }
 
 impl Limits {
