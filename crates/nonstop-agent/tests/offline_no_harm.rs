@@ -160,7 +160,11 @@ fn a_program_with_its_own_sigtrap_handler_keeps_its_traps_and_ours_work() {
         );
         let run = run_with_rules(&program, &[], &rules, env);
         let plain = run_plain(&program, &[]);
-        assert!(run.output.status.success(), "{build:?} {env:?}: {}", run.stderr());
+        assert!(
+            run.output.status.success(),
+            "{build:?} {env:?}: {}",
+            run.stderr()
+        );
         // With the fast path on, the probe takes it (and the program's int3s still trap).
         let fast = run.status_of("area").unwrap().get("fast_path").cloned();
         let want = (!env.is_empty()).then(|| serde_json::json!("fast path: yes"));
@@ -198,13 +202,21 @@ fn panics_unwinding_through_probed_frames_and_a_forked_child_run_as_without_nons
         let program = build_fixture("unwinds.rs", build);
         let run = run_with_rules(&program, &[], &rules, env);
         let plain = run_plain(&program, &[]);
-        assert!(run.output.status.success(), "{build:?} {env:?}: {}", run.stderr());
+        assert!(
+            run.output.status.success(),
+            "{build:?} {env:?}: {}",
+            run.stderr()
+        );
         assert_eq!(
             run.stdout(),
             String::from_utf8_lossy(&plain.stdout),
             "{build:?} {env:?}"
         );
-        assert!(run.stdout().contains("child status 0x300"), "{}", run.stdout());
+        assert!(
+            run.stdout().contains("child status 0x300"),
+            "{}",
+            run.stdout()
+        );
         // The parent's two rounds of 9 calls hit the line (the 6 that panic only at -O0,
         // where the division comes before the check); the child's hits are not taken.
         let hits = run.responses.iter().filter(|r| r.rule == share).count();

@@ -275,9 +275,7 @@ impl DebugInfo {
     pub fn code_bytes(&self, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         let seg = self.file.loads.iter().find(|s| {
-            s.exec
-                && s.vaddr <= range.start
-                && range.end <= s.vaddr.saturating_add(s.file_size)
+            s.exec && s.vaddr <= range.start && range.end <= s.vaddr.saturating_add(s.file_size)
         })?;
         let len = usize::try_from(range.end.checked_sub(range.start)?).ok()?;
         let mut file = std::fs::File::open(&self.file.path).ok()?;

@@ -37,7 +37,12 @@ fn child_has_original_bytes_and_parent_keeps_its_probe(fast: bool) {
     let id = engine.arm(spec(fast)).unwrap();
     let armed = nonstop_probe::text_bytes(entry, 16);
     let on_fast_path = matches!(engine.stats(id).unwrap().fast_path, FastPath::Yes { .. });
-    assert_eq!(on_fast_path, fast, "{}", engine.stats(id).unwrap().fast_path);
+    assert_eq!(
+        on_fast_path,
+        fast,
+        "{}",
+        engine.stats(id).unwrap().fast_path
+    );
     assert_eq!(armed[0], if fast { 0xe9 } else { 0xcc });
     // SAFETY: the child only calls async-signal-safe-enough code and exits with _exit.
     let pid = unsafe { libc::fork() };

@@ -378,13 +378,18 @@ fn rules_statuses_sources_and_agents_read_back(b: &Backend) {
     fast.message = None;
     fast.probes = 3;
     fast.fast_path = Some(FAST_PATH_SAID.into());
-    s.put_statuses("ag", std::slice::from_ref(&fast), 130).unwrap();
+    s.put_statuses("ag", std::slice::from_ref(&fast), 130)
+        .unwrap();
     assert_eq!(s.statuses("r-2").unwrap()[0].status, fast);
     let all = s.rules_with_statuses().unwrap();
-    assert_eq!(all[1].1[0].status.fast_path.as_deref(), Some(FAST_PATH_SAID));
+    assert_eq!(
+        all[1].1[0].status.fast_path.as_deref(),
+        Some(FAST_PATH_SAID)
+    );
     assert_eq!(all[0].1[0].status.fast_path, None);
     fast.fast_path = None;
-    s.put_statuses("ag", std::slice::from_ref(&fast), 140).unwrap();
+    s.put_statuses("ag", std::slice::from_ref(&fast), 140)
+        .unwrap();
     assert_eq!(s.statuses("r-2").unwrap()[0].status, fast);
 
     s.put_source("svc", r#"{"path":"/src"}"#, 5).unwrap();

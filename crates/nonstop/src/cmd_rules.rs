@@ -498,9 +498,11 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
             s.dropped.to_string(),
         ];
         if fast {
-            row.push(cell(s.fast_path.as_deref().map(|f| {
-                f.strip_prefix("fast path: ").unwrap_or(f)
-            })));
+            row.push(cell(
+                s.fast_path
+                    .as_deref()
+                    .map(|f| f.strip_prefix("fast path: ").unwrap_or(f)),
+            ));
         }
         row.push(cell(s.message.as_deref()));
         rows.push(row);
