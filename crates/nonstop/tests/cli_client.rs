@@ -240,10 +240,10 @@ fn rules_add_list_show_rm_and_tail_work_against_a_real_server() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let table = loop {
         let human = stdout(&s.run(&["rules", "show", &id]));
-        if let Some(at) = human.find("AGENT") {
-            if human.contains("FAST PATH") {
-                break human[at..].to_string();
-            }
+        if let Some(at) = human.find("AGENT")
+            && human.contains("FAST PATH")
+        {
+            break human[at..].to_string();
         }
         assert!(Instant::now() < deadline, "no fast path shown: {human}");
         std::thread::sleep(Duration::from_millis(50));
