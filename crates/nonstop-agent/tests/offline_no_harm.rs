@@ -144,17 +144,31 @@ fn disabled_agent_does_nothing() {
     );
 }
 
+/// The agent's environment without and with the fast path (`NONSTOP_FAST_PATH=1`).
+const PATHS: [&[(&str, &str)]; 2] = [&[], &[("NONSTOP_FAST_PATH", "1")]];
+
 #[test]
 fn a_program_with_its_own_sigtrap_handler_keeps_its_traps_and_ours_work() {
-    for build in [Build::Debug, Build::Release] {
+    for (build, env) in [Build::Debug, Build::Release]
+        .into_iter()
+        .flat_map(|b| PATHS.map(|e| (b, e)))
+    {
         let program = build_fixture("traps.c", build);
         let line = marks("traps.c")["area"];
         let rules = format!(
             r#"[{{"id":"area","at":"traps.c:{line}","action":"snapshot","rate":"1000/s"}}]"#
         );
-        let run = run_with_rules(&program, &[], &rules, &[]);
+        let run = run_with_rules(&program, &[], &rules, env);
         let plain = run_plain(&program, &[]);
-        assert!(run.output.status.success(), "{build:?}: {}", run.stderr());
+        assert!(
+            run.output.status.success(),
+            "{build:?} {env:?}: {}",
+            run.stderr()
+        );
+        // With the fast path on, the probe takes it (and the program's int3s still trap).
+        let fast = run.status_of("area").unwrap().get("fast_path").cloned();
+        let want = (!env.is_empty()).then(|| serde_json::json!("fast path: yes"));
+        assert_eq!(fast, want, "{build:?} {env:?}");
         assert_eq!(run.stdout(), String::from_utf8_lossy(&plain.stdout));
         assert!(run.stdout().contains("sum 80 traps 3"), "{}", run.stdout());
         assert_eq!(run.responses.len(), 3, "{build:?}: {}", run.stderr());
@@ -164,5 +178,52 @@ fn a_program_with_its_own_sigtrap_handler_keeps_its_traps_and_ours_work() {
             .map(|r| nonstop_debuginfo::debug_string(r.locals.get("scale").unwrap()))
             .collect();
         assert_eq!(scales, vec!["2", "2", "2"]);
+    }
+}
+
+#[test]
+fn panics_unwinding_through_probed_frames_and_a_forked_child_run_as_without_nonstop() {
+    let lines = std::fs::read_to_string(fixture_source("unwinds.rs"))
+        .unwrap()
+        .lines()
+        .count();
+    let rules: Vec<serde_json::Value> = (1..=lines)
+        .map(|l| {
+            serde_json::json!({"id": format!("l{l}"), "at": format!("unwinds.rs:{l}"),
+                "action": "snapshot", "rate": "100000/s", "max_hits": 1000000})
+        })
+        .collect();
+    let rules = serde_json::to_string(&rules).unwrap();
+    let share = format!("l{}", marks("unwinds.rs")["share"]);
+    for (build, env) in [Build::Debug, Build::Release]
+        .into_iter()
+        .flat_map(|b| PATHS.map(|e| (b, e)))
+    {
+        let program = build_fixture("unwinds.rs", build);
+        let run = run_with_rules(&program, &[], &rules, env);
+        let plain = run_plain(&program, &[]);
+        assert!(
+            run.output.status.success(),
+            "{build:?} {env:?}: {}",
+            run.stderr()
+        );
+        assert_eq!(
+            run.stdout(),
+            String::from_utf8_lossy(&plain.stdout),
+            "{build:?} {env:?}"
+        );
+        assert!(
+            run.stdout().contains("child status 0x300"),
+            "{}",
+            run.stdout()
+        );
+        // The parent's two rounds of 9 calls hit the line (the 6 that panic only at -O0,
+        // where the division comes before the check); the child's hits are not taken.
+        let hits = run.responses.iter().filter(|r| r.rule == share).count();
+        let want = if build == Build::Debug { 18 } else { 12 };
+        assert_eq!(hits, want, "{build:?} {env:?}: {}", run.stderr());
+        let fast = run.status_of(&share).unwrap().get("fast_path").cloned();
+        let want = (!env.is_empty()).then(|| serde_json::json!("fast path: yes"));
+        assert_eq!(fast, want, "{build:?} {env:?}");
     }
 }

@@ -268,6 +268,24 @@ impl DebugInfo {
         &self.file.path
     }
 
+    /// The file's bytes at file addresses `range`, read from the file now: the code as it
+    /// is before any probe (what the fast path's check decodes, `nonstop where`). `None`
+    /// when no executable `PT_LOAD` segment holds all of `range` in the file, or the read
+    /// fails.
+    pub fn code_bytes(&self, range: std::ops::Range<u64>) -> Option<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let seg = self.file.loads.iter().find(|s| {
+            s.exec && s.vaddr <= range.start && range.end <= s.vaddr.saturating_add(s.file_size)
+        })?;
+        let len = usize::try_from(range.end.checked_sub(range.start)?).ok()?;
+        let mut file = std::fs::File::open(&self.file.path).ok()?;
+        file.seek(SeekFrom::Start(seg.file_offset + (range.start - seg.vaddr)))
+            .ok()?;
+        let mut buf = vec![0u8; len];
+        file.read_exact(&mut buf).ok()?;
+        Some(buf)
+    }
+
     /// The separate debug file the DWARF was read from, if it was not in the file itself.
     pub fn debug_file(&self) -> Option<&Path> {
         self.file.debug_path.as_deref()

@@ -1289,10 +1289,7 @@ impl Engine {
         maps: &[slots::Mapping],
     ) -> Result<(FastSite, u64, usize), FastRefusal> {
         let xsave = self.xsave.ok_or(FastRefusal::NoXsave)?;
-        let f = function.ok_or(FastRefusal::BoundsUnknown)?;
-        if !(f.start <= address && address < f.end) || f.end - f.start > 1 << 24 {
-            return Err(FastRefusal::BoundsUnknown);
-        }
+        let f = fastpath::check_bounds(address, function)?;
         let in_one_mapping = maps
             .iter()
             .any(|m| m.exec && m.start <= f.start && f.end <= m.end);

@@ -116,7 +116,7 @@ mod slots;
 #[path = "sys/linux.rs"]
 mod sys;
 
-pub use arch::fastpath::FastRefusal;
+pub use arch::fastpath::{FastRefusal, check_in_file as fast_path_check};
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
 pub use engine::{
     ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, FastPath, Hit,

@@ -61,6 +61,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
             hits: s.status.hits,
             dropped: s.status.dropped,
             updated: rfc3339(s.updated_ms),
+            fast_path: s.status.fast_path,
         })
         .collect();
     if r.state == RuleState::Active && r.enabled {
@@ -76,6 +77,7 @@ fn rule_view(r: StoredRule, statuses: Vec<AgentRuleStatus>, agents: &[AgentRecor
                     dropped: 0,
                     updated: rfc3339(a.last_seen_ms),
                     connected: true,
+                    fast_path: None,
                 });
             }
         }

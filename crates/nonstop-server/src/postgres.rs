@@ -157,6 +157,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
 CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
 "#,
+    // What the agent said of the fast path, as in the SQLite store.
+    r#"
+ALTER TABLE rule_status ADD COLUMN IF NOT EXISTS fast_path TEXT;
+"#,
 ];
 
 /// Why a step failed: the database (with its SQLSTATE, to retry races) or the store.
@@ -470,8 +474,8 @@ fn rule_from(row: &Row, at: usize) -> Result<StoredRule, Fail> {
     })
 }
 
-/// A status from `row`'s columns `at..at + 7`: agent, status, message, probes, hits,
-/// dropped, updated.
+/// A status from `row`'s columns `at..at + 8`: agent, status, message, probes, hits,
+/// dropped, updated, fast_path.
 fn status_from(row: &Row, at: usize, rule: &str) -> Result<AgentRuleStatus, Fail> {
     Ok(AgentRuleStatus {
         agent: row.try_get(at)?,
@@ -482,7 +486,7 @@ fn status_from(row: &Row, at: usize, rule: &str) -> Result<AgentRuleStatus, Fail
             probes: u32::try_from(row.try_get::<_, i64>(at + 3)?).unwrap_or(0),
             hits: to_u64(row.try_get(at + 4)?),
             dropped: to_u64(row.try_get(at + 5)?),
-            fast_path: None,
+            fast_path: row.try_get(at + 7)?,
         },
         updated_ms: row.try_get(at + 6)?,
     })
@@ -750,11 +754,11 @@ impl Store for PgStore {
         self.tx(|d| {
             for s in statuses {
                 d.exec(
-                    "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated)
-                     SELECT ?1::text, ?2::text, ?3::text, ?4::text, ?5::bigint, ?6::bigint, ?7::bigint, ?8::bigint
+                    "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated, fast_path)
+                     SELECT ?1::text, ?2::text, ?3::text, ?4::text, ?5::bigint, ?6::bigint, ?7::bigint, ?8::bigint, ?9::text
                      WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
                      ON CONFLICT (rule, agent) DO UPDATE SET status = ?3, message = ?4, probes = ?5,
-                        hits = ?6, dropped = ?7, updated = ?8",
+                        hits = ?6, dropped = ?7, updated = ?8, fast_path = ?9",
                     &[
                         &s.rule,
                         &agent,
@@ -764,6 +768,7 @@ impl Store for PgStore {
                         &to_i64(s.hits),
                         &to_i64(s.dropped),
                         &now_ms,
+                        &s.fast_path,
                     ],
                 )?;
             }

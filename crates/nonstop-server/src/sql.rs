@@ -21,11 +21,11 @@ pub(crate) const DELETE_RULE: [&str; 4] = [
     "DELETE FROM responses WHERE rule = ?1",
 ];
 pub(crate) const SELECT_STATUSES: &str =
-    "SELECT agent, status, message, probes, hits, dropped, updated FROM rule_status
+    "SELECT agent, status, message, probes, hits, dropped, updated, fast_path FROM rule_status
      WHERE rule = ?1 ORDER BY agent";
 pub(crate) const SELECT_RULES_WITH_STATUSES: &str =
     "SELECT r.json, r.created, r.expires_at, r.state, r.hits, r.enabled, r.id,
-            s.agent, s.status, s.message, s.probes, s.hits, s.dropped, s.updated
+            s.agent, s.status, s.message, s.probes, s.hits, s.dropped, s.updated, s.fast_path
      FROM rules r LEFT JOIN rule_status s ON s.rule = r.id
      ORDER BY r.created, r.id, s.agent";
 pub(crate) const SELECT_SOURCES: &str = "SELECT service, spec FROM sources ORDER BY service";

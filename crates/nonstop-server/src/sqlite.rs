@@ -131,6 +131,11 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_by_target ON outbox (target, state, id);
 CREATE INDEX IF NOT EXISTS outbox_by_rule ON outbox (rule, target, state);
 "#,
+    // What the agent said of the fast path (`RuleStatus::fast_path`; NULL when it is off,
+    // and for statuses stored before).
+    r#"
+ALTER TABLE rule_status ADD COLUMN fast_path TEXT;
+"#,
 ];
 
 /// A [`Store`] in one SQLite file.
@@ -220,8 +225,8 @@ fn read_rule(r: &rusqlite::Row<'_>) -> rusqlite::Result<RuleRow> {
     ))
 }
 
-/// A status read from `row`'s columns `at..at + 7`: agent, status, message, probes, hits,
-/// dropped, updated.
+/// A status read from `row`'s columns `at..at + 8`: agent, status, message, probes, hits,
+/// dropped, updated, fast_path.
 fn read_status(
     row: &rusqlite::Row<'_>,
     at: usize,
@@ -236,7 +241,7 @@ fn read_status(
             probes: u32::try_from(row.get::<_, i64>(at + 3)?).unwrap_or(0),
             hits: to_u64(row.get(at + 4)?),
             dropped: to_u64(row.get(at + 5)?),
-            fast_path: None,
+            fast_path: row.get(at + 7)?,
         },
         updated_ms: row.get(at + 6)?,
     })
@@ -519,10 +524,10 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         for s in statuses {
             tx.execute(
-                "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
+                "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated, fast_path)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
                  ON CONFLICT (rule, agent) DO UPDATE SET status = ?3, message = ?4, probes = ?5,
-                    hits = ?6, dropped = ?7, updated = ?8",
+                    hits = ?6, dropped = ?7, updated = ?8, fast_path = ?9",
                 params![
                     s.rule,
                     agent,
@@ -531,7 +536,8 @@ impl Store for SqliteStore {
                     i64::from(s.probes),
                     to_i64(s.hits),
                     to_i64(s.dropped),
-                    now_ms
+                    now_ms,
+                    s.fast_path
                 ],
             )
             .map_err(db)?;

@@ -415,3 +415,48 @@ fn rules_reach_only_agents_of_their_version() {
     old.send(&AgentMessage::Ping);
     assert_eq!(old.recv(), ServerMessage::Pong);
 }
+
+#[test]
+fn an_agents_fast_path_status_is_stored_and_shown_as_it_said_it() {
+    const SAID: &str =
+        "fast path: 2 of 3 probes; no — a branch at 0x4a3f12 lands inside the patched bytes";
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let s = TestServer::start(&data);
+    let fast = s.add_rule(r#"{"at":"src/cart.rs:42","action":"snapshot"}"#);
+    let slow = s.add_rule(r#"{"at":"src/cart.rs:50","action":"snapshot"}"#);
+    let mut a = s.agent("a-1", "checkout");
+    a.recv_rule_ids();
+    a.send(&AgentMessage::Status {
+        statuses: vec![
+            serde_json::from_value(
+                json!({"rule": fast, "status": "armed", "probes": 3, "fast_path": SAID}),
+            )
+            .unwrap(),
+            serde_json::from_value(json!({"rule": slow, "status": "armed", "probes": 1})).unwrap(),
+        ],
+    });
+    let shown = |s: &TestServer| {
+        let one = s.get_json(&format!("/api/v1/rules/{fast}"));
+        let other = s.get_json(&format!("/api/v1/rules/{slow}"));
+        let listed = s.get_json("/api/v1/rules");
+        let in_list = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"]["id"] == json!(fast))
+            .map(|r| r["agents"][0]["fast_path"].clone());
+        (
+            one["agents"][0]["fast_path"].clone(),
+            in_list,
+            other["agents"][0].get("fast_path").cloned(),
+        )
+    };
+    let want = (json!(SAID), Some(json!(SAID)), None);
+    eventually(|| (shown(&s) == want).then_some(()));
+    // From the store, not from memory: the same after a restart, the agent gone.
+    drop(a);
+    s.stop();
+    let s = TestServer::start(&data);
+    assert_eq!(shown(&s), want);
+}

@@ -339,6 +339,10 @@ fn max_hits_hold_exactly_across_stores_writing_at_once(b: &Backend) {
     assert_eq!(one.responses(Some("r-max"), 1000).unwrap().len(), 50);
 }
 
+/// A fast-path summary as an agent words it (`nonstop_agent`'s `fast_path_summary`).
+const FAST_PATH_SAID: &str =
+    "fast path: 2 of 3 probes; no — a branch at 0x4a3f12 lands inside the patched bytes";
+
 fn rules_statuses_sources_and_agents_read_back(b: &Backend) {
     let s = b.open();
     s.insert_rule(&stored("r-1", None)).unwrap();
@@ -365,6 +369,28 @@ fn rules_statuses_sources_and_agents_read_back(b: &Backend) {
             .collect::<Vec<_>>(),
         [("r-1", 1), ("r-2", 0)]
     );
+
+    // What the agent says of the fast path reads back as it said it, in both reads, and
+    // goes when the agent stops saying it.
+    let mut fast = status.clone();
+    fast.rule = "r-2".into();
+    fast.status = nonstop_model::StatusKind::Armed;
+    fast.message = None;
+    fast.probes = 3;
+    fast.fast_path = Some(FAST_PATH_SAID.into());
+    s.put_statuses("ag", std::slice::from_ref(&fast), 130)
+        .unwrap();
+    assert_eq!(s.statuses("r-2").unwrap()[0].status, fast);
+    let all = s.rules_with_statuses().unwrap();
+    assert_eq!(
+        all[1].1[0].status.fast_path.as_deref(),
+        Some(FAST_PATH_SAID)
+    );
+    assert_eq!(all[0].1[0].status.fast_path, None);
+    fast.fast_path = None;
+    s.put_statuses("ag", std::slice::from_ref(&fast), 140)
+        .unwrap();
+    assert_eq!(s.statuses("r-2").unwrap()[0].status, fast);
 
     s.put_source("svc", r#"{"path":"/src"}"#, 5).unwrap();
     s.put_source("svc", r#"{"path":"/src2"}"#, 6).unwrap();

@@ -481,20 +481,31 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     outln!();
-    let mut rows = vec![
-        ["AGENT", "STATUS", "PROBES", "HITS", "DROPPED", "MESSAGE"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    // The fast path's column only when an agent runs with it (`NONSTOP_FAST_PATH=1`).
+    let fast = view.agents.iter().any(|s| s.fast_path.is_some());
+    let mut header = vec!["AGENT", "STATUS", "PROBES", "HITS", "DROPPED"];
+    if fast {
+        header.push("FAST PATH");
+    }
+    header.push("MESSAGE");
+    let mut rows = vec![header.into_iter().map(String::from).collect::<Vec<_>>()];
     for s in &view.agents {
-        rows.push(vec![
+        let mut row = vec![
             s.agent.clone(),
             s.status.as_str().into(),
             s.probes.to_string(),
             s.hits.to_string(),
             s.dropped.to_string(),
-            cell(s.message.as_deref()),
-        ]);
+        ];
+        if fast {
+            row.push(cell(
+                s.fast_path
+                    .as_deref()
+                    .map(|f| f.strip_prefix("fast path: ").unwrap_or(f)),
+            ));
+        }
+        row.push(cell(s.message.as_deref()));
+        rows.push(row);
     }
     print_table(&rows);
     Ok(ExitCode::SUCCESS)

@@ -40,6 +40,9 @@ struct SiteOut {
     variables: Vec<VariableOut>,
     /// Why variables could not be listed, if they could not.
     variables_error: Option<String>,
+    /// Whether an agent with `NONSTOP_FAST_PATH=1` would patch a `jmp` here: `yes`, or why
+    /// not (the check on the file's code; the agent may still refuse when it arms).
+    fast_path: String,
 }
 
 #[derive(Serialize)]
@@ -114,6 +117,23 @@ fn site_out(info: &DebugInfo, site: &Site) -> SiteOut {
         is_stmt: site.is_stmt,
         variables,
         variables_error,
+        fast_path: fast_path(info, site.address),
+    }
+}
+
+/// The fast path's check, as the agent runs it, on the function's bytes in the file.
+fn fast_path(info: &DebugInfo, address: u64) -> String {
+    let bounds = info.function_bounds(address);
+    let bytes = match &bounds {
+        Some(f) => match info.code_bytes(f.clone()) {
+            Some(b) => b,
+            None => return "the function's code is not in the file".into(),
+        },
+        None => Vec::new(),
+    };
+    match nonstop_probe::fast_path_check(address, bounds.as_ref(), &bytes) {
+        Ok(_) => "yes".into(),
+        Err(why) => why.to_string(),
     }
 }
 
@@ -229,6 +249,11 @@ fn print_text(w: &mut impl Write, out: &Output) -> std::io::Result<()> {
             } else {
                 writeln!(w, "  {how} {f}")?;
             }
+        }
+        if s.fast_path == "yes" {
+            writeln!(w, "  fast path: yes")?;
+        } else {
+            writeln!(w, "  fast path: no — {}", s.fast_path)?;
         }
         if let Some(e) = &s.variables_error {
             writeln!(w, "  variables: {e}")?;

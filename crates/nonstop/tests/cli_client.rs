@@ -230,6 +230,30 @@ fn rules_add_list_show_rm_and_tail_work_against_a_real_server() {
     let human = stdout(&s.run(&["rules", "show", &id]));
     assert!(human.contains("src/cart.rs:42"), "{human}");
 
+    // An agent running with the fast path says so, and the table shows it in a column.
+    ws.send(Message::text(
+        json!({"type": "status", "statuses": [{"rule": id, "status": "armed", "probes": 3,
+               "fast_path": "fast path: yes"}]})
+        .to_string(),
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let table = loop {
+        let human = stdout(&s.run(&["rules", "show", &id]));
+        if let Some(at) = human.find("AGENT")
+            && human.contains("FAST PATH")
+        {
+            break human[at..].to_string();
+        }
+        assert!(Instant::now() < deadline, "no fast path shown: {human}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        table,
+        "AGENT      STATUS  PROBES  HITS  DROPPED  FAST PATH  MESSAGE\n\
+         cli-agent  armed   3       0     0        yes        -\n"
+    );
+
     let agents: Value = serde_json::from_str(&stdout(&s.run(&["agents", "--json"]))).unwrap();
     assert_eq!(agents[0]["id"], json!("cli-agent"));
     assert!(stdout(&s.run(&["agents"])).contains("cli-agent"));

@@ -234,6 +234,40 @@ impl FastSite {
     }
 }
 
+/// The largest function the check decodes (bigger bounds are taken for wrong ones).
+const MAX_FUNCTION_LEN: u64 = 1 << 24;
+
+/// The function's bounds as the check takes them: given, holding `address`, at most
+/// 16 MiB long.
+pub fn check_bounds(
+    address: u64,
+    function: Option<&std::ops::Range<u64>>,
+) -> Result<std::ops::Range<u64>, FastRefusal> {
+    let f = function.ok_or(FastRefusal::BoundsUnknown)?;
+    if !(f.start <= address && address < f.end) || f.end - f.start > MAX_FUNCTION_LEN {
+        return Err(FastRefusal::BoundsUnknown);
+    }
+    Ok(f.clone())
+}
+
+/// The check the engine runs before it patches a site, on the function's bytes as in the
+/// file (`func`, from `function.start`; `nonstop where`): `Ok` with the number of bytes the
+/// `jmp` would cover. What it cannot know from the file the engine refuses when it arms:
+/// another probe inside the span, a relocation the trampoline's place does not allow, no
+/// trampoline within ±2 GB, no XSAVE, a call in the span under a CET shadow stack, a thread
+/// paused in the span.
+pub fn check_in_file(
+    address: u64,
+    function: Option<&std::ops::Range<u64>>,
+    func: &[u8],
+) -> Result<usize, FastRefusal> {
+    let f = check_bounds(address, function)?;
+    if func.len() as u64 != f.end - f.start {
+        return Err(FastRefusal::BoundsUnknown);
+    }
+    Ok(analyze(address, f.start, func)?.span_len())
+}
+
 /// The safety check (see the module doc): `func` holds the function's original bytes from
 /// `func_start` (other probes' bytes already replaced by the originals).
 pub fn analyze(addr: u64, func_start: u64, func: &[u8]) -> Result<FastSite, FastRefusal> {
