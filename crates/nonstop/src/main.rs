@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod client;
 mod cmd_agents;
 mod cmd_demo;
+mod cmd_lambda;
 mod cmd_metrics;
 mod cmd_rules;
 mod cmd_run;
@@ -54,6 +55,11 @@ enum Command {
     /// A Model Context Protocol server on stdio: tools a coding assistant uses to set
     /// probes and read what they caught.
     Mcp(mcp::Args),
+    /// The AWS Lambda extension (run by Lambda from /opt/extensions/nonstop): keeps the
+    /// function's rules fresh and ships its responses while the environment is thawed.
+    LambdaExtension(cmd_lambda::ExtensionArgs),
+    /// AWS Lambda helpers: `nonstop lambda package --out layer.zip`.
+    Lambda(cmd_lambda::LambdaArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
@@ -70,6 +76,8 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Demo(args) => cmd_demo::run(args),
         Command::Dap(args) => dap::run(args),
         Command::Mcp(args) => mcp::run(args),
+        Command::LambdaExtension(args) => cmd_lambda::run_extension(args),
+        Command::Lambda(args) => cmd_lambda::run_lambda(args),
     }
 }
 
