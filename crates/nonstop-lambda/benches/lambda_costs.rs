@@ -10,7 +10,9 @@
 //!   can start: the layer's flush and, with the extension, its shipping included), over
 //!   [`WARM_RUNS`] invocations after a warm-up.
 //!
-//! Run: `cargo bench -p nonstop-lambda --bench lambda_costs` (prints a table; asserts nothing).
+//! Run: `cargo bench -p nonstop-lambda --bench lambda_costs` (release), or
+//! `cargo test -p nonstop-lambda --bench lambda_costs` (debug, with the tests' builds); it
+//! prints a table and asserts nothing.
 
 #[path = "../tests/emulator/mod.rs"]
 mod emulator;
@@ -140,9 +142,10 @@ fn quantile(v: &mut [Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    // Built with the bench's profile (release under `cargo bench`).
+    // Built with the bench's profile (release under `cargo bench`, debug under `cargo test
+    // --bench`, which shares the tests' side build).
     let dir = nonstop_testkit::cargo_build_aside(
-        "bench",
+        "tests",
         &["-p", "nonstop", "--bin", "nonstop", "-p", "nonstop-lambda", "--example", "greeter"],
     );
     let data = nonstop_testkit::tempdir("lambda-bench");

@@ -304,4 +304,21 @@ fn lambda_package_writes_the_extension_and_the_agent_library_with_their_modes() 
     std::io::Read::read_to_end(&mut zip.by_name("extensions/nonstop").unwrap(), &mut packed)
         .unwrap();
     assert!(packed == std::fs::read(nonstop()).unwrap());
+
+    // Unpacked as Lambda does into /opt, the extension starts without arguments and registers.
+    let opt = nonstop_testkit::tempdir("lambda-opt");
+    zip.extract(&opt).unwrap();
+    let api = RuntimeApi::start();
+    let extension = Command::new(opt.join("extensions/nonstop"))
+        .env_clear()
+        .env("AWS_LAMBDA_RUNTIME_API", &api.address)
+        .env("NONSTOP_SERVER", "http://127.0.0.1:9")
+        .env("NONSTOP_EXTENSION_FILE", opt.join("nonstop-extension"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let extension = nonstop_testkit::ChildGuard(extension);
+    assert_eq!(api.wait_for_extension(Duration::from_secs(30)).name, "nonstop");
+    extension.kill();
 }

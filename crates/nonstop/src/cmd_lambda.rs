@@ -25,7 +25,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -176,6 +176,8 @@ struct Extension {
     changed: Condvar,
     /// Held while batches go out, so they leave once each and in order.
     shipping: Mutex<()>,
+    /// The last problem printed.
+    logged: Mutex<Option<String>>,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -196,11 +198,13 @@ impl Extension {
         path_and_query: &str,
         body: Option<&[u8]>,
         etag: Option<&str>,
+        timeout: Duration,
     ) -> Result<Answer> {
         let url = format!("{}{path_and_query}", self.server);
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let timeout = Some(timeout.clamp(Duration::from_millis(1), SERVER_TIMEOUT));
         let mut resp = if method == "GET" {
-            let mut req = self.http.get(&url);
+            let mut req = self.http.get(&url).config().timeout_global(timeout).build();
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
             }
@@ -212,6 +216,9 @@ impl Extension {
             let mut req = self
                 .http
                 .post(&url)
+                .config()
+                .timeout_global(timeout)
+                .build()
                 .header("Content-Type", "application/json");
             if let Some(a) = &auth {
                 req = req.header("Authorization", a);
@@ -232,6 +239,21 @@ impl Extension {
             .read_to_vec()
             .map_err(|e| anyhow!("reading the server's answer: {e}"))?;
         Ok(Answer { status, etag, body })
+    }
+
+    /// Prints a problem once (not again until it changes), and the recovery.
+    fn log(&self, problem: Option<String>) {
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        match problem {
+            Some(p) if logged.as_deref() != Some(p.as_str()) => {
+                eprintln!("nonstop: {p}");
+                *logged = Some(p);
+            }
+            None if logged.take().is_some() => {
+                eprintln!("nonstop: reached the nonstop server at {}", self.server);
+            }
+            _ => {}
+        }
     }
 
     fn remember(&self, agent: &str, a: &Answer) {
@@ -263,9 +285,12 @@ impl Extension {
             .collect();
         for (id, etag) in agents {
             let path = format!("/agent/v1/poll?agent={}", encode(&id));
-            match self.server_request("GET", &path, None, etag.as_deref()) {
-                Ok(a) => self.remember(&id, &a),
-                Err(e) => eprintln!("nonstop: {e:#}"),
+            match self.server_request("GET", &path, None, etag.as_deref(), SERVER_TIMEOUT) {
+                Ok(a) => {
+                    self.remember(&id, &a);
+                    self.log(None);
+                }
+                Err(e) => self.log(Some(format!("{e:#}"))),
             }
         }
     }
@@ -282,17 +307,23 @@ impl Extension {
                 return false;
             }
             let path = format!("/agent/v1/responses?agent={}", encode(&agent));
-            let mut sent = self.server_request("POST", &path, Some(&body), None);
+            let left = || until.saturating_duration_since(Instant::now());
+            let mut sent = self.server_request("POST", &path, Some(&body), None, left());
+            if sent.is_err() && !left().is_zero() {
+                // Once more at once: a kept-alive connection may be one the server closed.
+                sent = self.server_request("POST", &path, Some(&body), None, left());
+            }
             if sent.as_ref().is_ok_and(|a| a.status == 404) {
                 // The server forgot the agent (a new data folder): say hello for it first.
                 let hello = lock(&self.state).hellos.get(&agent).cloned();
                 if let Some(body) = hello.and_then(|h| with_hello(h, &body)) {
-                    sent = self.server_request("POST", &path, Some(&body), None);
+                    sent = self.server_request("POST", &path, Some(&body), None, left());
                 }
             }
             match sent {
                 Ok(a) if (200..300).contains(&a.status) => {
                     self.remember(&agent, &a);
+                    self.log(None);
                     lock(&self.state).queue.pop_front();
                 }
                 Ok(a) if a.status == 400 => {
@@ -314,7 +345,7 @@ impl Extension {
                     return false;
                 }
                 Err(e) => {
-                    eprintln!("nonstop: {e:#}; the batches are kept for later");
+                    self.log(Some(format!("{e:#}; the batches are kept for later")));
                     return false;
                 }
             }
@@ -352,7 +383,13 @@ impl Extension {
                         if let Some((id, hello)) = hello_of(&req.body) {
                             lock(&self.state).hellos.insert(id, hello);
                         }
-                        match self.server_request("POST", &req.target, Some(&req.body), None) {
+                        match self.server_request(
+                            "POST",
+                            &req.target,
+                            Some(&req.body),
+                            None,
+                            SERVER_TIMEOUT,
+                        ) {
                             Ok(a) => {
                                 if let Some(id) = hello_id(&req.body).or_else(|| param("agent")) {
                                     self.remember(&id, &a);
@@ -648,6 +685,7 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
         state: Mutex::new(State::default()),
         changed: Condvar::new(),
         shipping: Mutex::new(()),
+        logged: Mutex::new(None),
     });
 
     // The local port first, so the layer finds it as soon as the function starts.

@@ -63,7 +63,11 @@ enum Command {
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = if started_as_lambda_extension() {
+        Cli::parse_from(["nonstop", "lambda-extension"])
+    } else {
+        Cli::parse()
+    };
     match cli.command {
         Command::Serve(a) => cmd_serve::run(a),
         Command::Rules(a) => cmd_rules::run(a),
@@ -79,6 +83,18 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::LambdaExtension(args) => cmd_lambda::run_extension(args),
         Command::Lambda(args) => cmd_lambda::run_lambda(args),
     }
+}
+
+/// Lambda starts every file in `/opt/extensions` without arguments: the layer zip's
+/// `extensions/nonstop` is this binary, so run as the extension there.
+fn started_as_lambda_extension() -> bool {
+    std::env::args_os().len() == 1
+        && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+        && std::env::current_exe().is_ok_and(|exe| {
+            exe.parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|name| name == "extensions")
+        })
 }
 
 fn main() -> ExitCode {
