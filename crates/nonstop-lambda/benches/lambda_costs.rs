@@ -115,8 +115,15 @@ impl Bench {
         );
         let id = self
             .cli(&[
-                "rules", "add", &at, "--service", FUNCTION, "--log",
-                "{count} items: {total} cents", "--rate", "100000/s",
+                "rules",
+                "add",
+                &at,
+                "--service",
+                FUNCTION,
+                "--log",
+                "{count} items: {total} cents",
+                "--rate",
+                "100000/s",
             ])
             .trim()
             .to_owned();
@@ -146,7 +153,16 @@ fn main() {
     // --bench`, which shares the tests' side build).
     let dir = nonstop_testkit::cargo_build_aside(
         "tests",
-        &["-p", "nonstop", "--bin", "nonstop", "-p", "nonstop-lambda", "--example", "greeter"],
+        &[
+            "-p",
+            "nonstop",
+            "--bin",
+            "nonstop",
+            "-p",
+            "nonstop-lambda",
+            "--example",
+            "greeter",
+        ],
     );
     let data = nonstop_testkit::tempdir("lambda-bench");
     let server = nonstop_testkit::ServerProcess::start(
@@ -165,20 +181,47 @@ fn main() {
 
     println!("cold start (medians of {COLD_RUNS})");
     let cold = [
-        Setup { name: "without the layer", args: &["--without-nonstop"], direct: false, extension: false, rule: false },
-        Setup { name: "layer, no NONSTOP_SERVER (passes through)", args: &[], direct: false, extension: false, rule: false },
-        Setup { name: "layer, to the server (first poll)", args: &[], direct: true, extension: false, rule: false },
-        Setup { name: "layer + extension (first poll via the extension)", args: &[], direct: false, extension: true, rule: false },
+        Setup {
+            name: "without the layer",
+            args: &["--without-nonstop"],
+            direct: false,
+            extension: false,
+            rule: false,
+        },
+        Setup {
+            name: "layer, no NONSTOP_SERVER (passes through)",
+            args: &[],
+            direct: false,
+            extension: false,
+            rule: false,
+        },
+        Setup {
+            name: "layer, to the server (first poll)",
+            args: &[],
+            direct: true,
+            extension: false,
+            rule: false,
+        },
+        Setup {
+            name: "layer + extension (first poll via the extension)",
+            args: &[],
+            direct: false,
+            extension: true,
+            rule: false,
+        },
     ];
     for s in &cold {
         let (mut total, mut first, mut ready) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..COLD_RUNS {
             let api = RuntimeApi::start();
             let file = nonstop_testkit::tempdir("lambda-bench-ext").join("nonstop-extension");
-            let ext = s.extension.then(|| bench.extension(&api, &file)).map(|(e, took)| {
-                ready.push(took);
-                e
-            });
+            let ext = s
+                .extension
+                .then(|| bench.extension(&api, &file))
+                .map(|(e, took)| {
+                    ready.push(took);
+                    e
+                });
             let id = api.invoke(&event(3));
             let started = Instant::now();
             let function = bench.function(&api, s, if s.extension { &file } else { &none });
@@ -207,11 +250,41 @@ fn main() {
 
     println!("warm invocations ({WARM_RUNS} after {WARM_UP} warm-up)");
     let warm = [
-        Setup { name: "without the layer", args: &["--without-nonstop"], direct: false, extension: false, rule: false },
-        Setup { name: "layer to the server, no rule", args: &[], direct: true, extension: false, rule: false },
-        Setup { name: "layer to the server, one log rule", args: &[], direct: true, extension: false, rule: true },
-        Setup { name: "layer + extension, no rule", args: &[], direct: false, extension: true, rule: false },
-        Setup { name: "layer + extension, one log rule", args: &[], direct: false, extension: true, rule: true },
+        Setup {
+            name: "without the layer",
+            args: &["--without-nonstop"],
+            direct: false,
+            extension: false,
+            rule: false,
+        },
+        Setup {
+            name: "layer to the server, no rule",
+            args: &[],
+            direct: true,
+            extension: false,
+            rule: false,
+        },
+        Setup {
+            name: "layer to the server, one log rule",
+            args: &[],
+            direct: true,
+            extension: false,
+            rule: true,
+        },
+        Setup {
+            name: "layer + extension, no rule",
+            args: &[],
+            direct: false,
+            extension: true,
+            rule: false,
+        },
+        Setup {
+            name: "layer + extension, one log rule",
+            args: &[],
+            direct: false,
+            extension: true,
+            rule: true,
+        },
     ];
     for s in &warm {
         bench.rm_all_rules();

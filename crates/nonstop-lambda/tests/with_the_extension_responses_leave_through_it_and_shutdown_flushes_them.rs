@@ -52,7 +52,11 @@ fn event(k: u64) -> (Vec<u8>, String) {
     )
 }
 
-fn spawn_function(api: &RuntimeApi, args: &[&str], env: &[(&str, &str)]) -> nonstop_testkit::ChildGuard {
+fn spawn_function(
+    api: &RuntimeApi,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> nonstop_testkit::ChildGuard {
     let mut cmd = Command::new(side_build().join("examples/greeter"));
     cmd.args(args)
         .env_clear()
@@ -164,12 +168,21 @@ impl Server {
     }
 }
 
-fn run(api: &RuntimeApi, ks: std::ops::Range<u64>, mut after_each: impl FnMut(u64)) -> Vec<Vec<u8>> {
+fn run(
+    api: &RuntimeApi,
+    ks: std::ops::Range<u64>,
+    mut after_each: impl FnMut(u64),
+) -> Vec<Vec<u8>> {
     let mut answers = Vec::new();
     for k in ks {
         let id = api.invoke(&event(k).0);
         let outcome = api.outcome(&id, Duration::from_secs(30));
-        assert_eq!(outcome.kind, "response", "{}", String::from_utf8_lossy(&outcome.body));
+        assert_eq!(
+            outcome.kind,
+            "response",
+            "{}",
+            String::from_utf8_lossy(&outcome.body)
+        );
         answers.push(outcome.body);
         after_each(k);
     }
@@ -265,7 +278,10 @@ fn responses_leave_through_the_extension_before_each_freeze_and_shutdown_flushes
     });
     let exited = Instant::now();
     assert!(status.success(), "the extension exited with {status}");
-    assert!(exited <= deadline, "the extension outlived its shutdown deadline");
+    assert!(
+        exited <= deadline,
+        "the extension outlived its shutdown deadline"
+    );
     let want: Vec<String> = (0..N + DOWN).map(|k| event(k).1).collect();
     assert_eq!(server.messages(&log), want, "after the shutdown");
     assert!(!file.exists(), "the extension leaves no address behind");
@@ -287,7 +303,11 @@ fn lambda_package_writes_the_extension_and_the_agent_library_with_their_modes() 
     let mut entries = Vec::new();
     for i in 0..zip.len() {
         let e = zip.by_index(i).unwrap();
-        entries.push((e.name().to_owned(), e.unix_mode().map(|m| m & 0o777), e.size()));
+        entries.push((
+            e.name().to_owned(),
+            e.unix_mode().map(|m| m & 0o777),
+            e.size(),
+        ));
     }
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert_eq!(
@@ -295,8 +315,16 @@ fn lambda_package_writes_the_extension_and_the_agent_library_with_their_modes() 
         vec![
             ("extensions/".to_owned(), Some(0o755), 0),
             ("lib/".to_owned(), Some(0o755), 0),
-            ("extensions/nonstop".to_owned(), Some(0o755), size(&nonstop())),
-            ("lib/libnonstop_agent.so".to_owned(), Some(0o755), size(&lib)),
+            (
+                "extensions/nonstop".to_owned(),
+                Some(0o755),
+                size(&nonstop())
+            ),
+            (
+                "lib/libnonstop_agent.so".to_owned(),
+                Some(0o755),
+                size(&lib)
+            ),
         ]
     );
     // What is packed is the binary itself, byte for byte.
@@ -319,6 +347,9 @@ fn lambda_package_writes_the_extension_and_the_agent_library_with_their_modes() 
         .spawn()
         .unwrap();
     let extension = nonstop_testkit::ChildGuard(extension);
-    assert_eq!(api.wait_for_extension(Duration::from_secs(30)).name, "nonstop");
+    assert_eq!(
+        api.wait_for_extension(Duration::from_secs(30)).name,
+        "nonstop"
+    );
     extension.kill();
 }

@@ -109,7 +109,8 @@ pub fn run_lambda(args: LambdaArgs) -> Result<ExitCode> {
 /// `/opt/extensions`, and `/opt/lib` is on the library path.
 pub fn package(exe: &Path, lib: &Path, out: &Path) -> Result<()> {
     use zip::write::SimpleFileOptions;
-    let file = std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let file =
+        std::fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut zip = zip::ZipWriter::new(std::io::BufWriter::new(file));
     let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
     zip.add_directory("extensions/", options.unix_permissions(0o755))?;
@@ -546,7 +547,9 @@ impl LocalAnswer {
         LocalAnswer {
             status,
             etag: None,
-            body: serde_json::json!({ "error": message }).to_string().into_bytes(),
+            body: serde_json::json!({ "error": message })
+                .to_string()
+                .into_bytes(),
         }
     }
 
@@ -689,8 +692,7 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
     });
 
     // The local port first, so the layer finds it as soon as the function starts.
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("cannot listen on a loopback port")?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on a loopback port")?;
     let address = format!("http://{}", listener.local_addr()?);
     let tmp = args.address_file.with_extension("tmp");
     std::fs::write(&tmp, format!("{address}\n"))
@@ -736,7 +738,10 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
         .map_err(|e| anyhow!("cannot register with the Extensions API at {base}: {e}"))?;
     if !resp.status().is_success() {
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        bail!("the Extensions API refused the registration ({}): {text}", resp.status());
+        bail!(
+            "the Extensions API refused the registration ({}): {text}",
+            resp.status()
+        );
     }
     let id = resp
         .headers()

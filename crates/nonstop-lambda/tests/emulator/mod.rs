@@ -139,10 +139,14 @@ impl RuntimeApi {
 
     /// Waits until the extensions' `event/next` has been called `n` times (each one's).
     pub fn wait_for_extension_next_call(&self, n: u64, within: Duration) {
-        self.wait(&format!("the extensions' event/next call {n}"), within, |st| {
-            (!st.extensions.is_empty() && st.extensions.values().all(|e| e.next_calls >= n))
-                .then_some(())
-        })
+        self.wait(
+            &format!("the extensions' event/next call {n}"),
+            within,
+            |st| {
+                (!st.extensions.is_empty() && st.extensions.values().all(|e| e.next_calls >= n))
+                    .then_some(())
+            },
+        )
     }
 
     /// Sends `SHUTDOWN` (with `reason`: `spindown`, `timeout` or `failure`) to the extensions
@@ -225,7 +229,11 @@ impl RuntimeApi {
                 };
                 let events: Vec<String> = request["events"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|e| e.as_str().map(str::to_owned)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|e| e.as_str().map(str::to_owned))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let mut st = lock.lock().unwrap();
                 let id = format!("ext-{:04}", st.extensions.len() + 1);
