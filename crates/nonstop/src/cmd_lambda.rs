@@ -291,7 +291,7 @@ impl Extension {
                     self.remember(&id, &a);
                     self.log(None);
                 }
-                Err(e) => self.log(Some(format!("{e:#}"))),
+                Err(e) => self.log(Some(format!("{e:#}; the batches are kept for later"))),
             }
         }
     }
