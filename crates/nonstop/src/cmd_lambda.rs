@@ -14,7 +14,7 @@
 //! and answered at once with the cached rule set, and `GET /agent/v1/poll` is answered from
 //! the cache (`304` when the agent's `If-None-Match` matches). A poller thread keeps each
 //! agent's cached rules fresh from the server (`If-None-Match`, every [`POLL_EVERY`], and at
-//! once on `INVOKE`), while the environment is thawed.
+//! once on an `INVOKE` when the last poll is older than that), while the environment is thawed.
 //!
 //! After an `INVOKE`, the extension waits for the layer's `POST /extension/v1/done?request=ID`
 //! (sent after the function's response was posted and its captures flushed to the extension;
@@ -151,6 +151,8 @@ struct State {
     done: BTreeSet<String>,
     /// A poll of the server is wanted now.
     poll_asked: bool,
+    /// When the poller last started polling the server.
+    polled_at: Option<Instant>,
     /// Each agent's hello message, sent again if the server forgets the agent.
     hellos: BTreeMap<String, serde_json::Value>,
     phase: Phase,
@@ -487,6 +489,7 @@ impl Extension {
                     .wait_timeout_while(st, POLL_EVERY, |s| !s.poll_asked)
                     .unwrap_or_else(|p| p.into_inner());
                 st.poll_asked = false;
+                st.polled_at = Some(Instant::now());
             }
             self.poll_all();
         }
@@ -771,7 +774,14 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
             "INVOKE" => {
                 invoked = true;
                 ext.set_phase(Phase::Invoke);
-                lock(&ext.state).poll_asked = true;
+                {
+                    // After a freeze the rules may be stale: poll at once, unless a poll
+                    // started within POLL_EVERY (a busy function is not polled per event).
+                    let mut st = lock(&ext.state);
+                    if st.polled_at.is_none_or(|t| t.elapsed() >= POLL_EVERY) {
+                        st.poll_asked = true;
+                    }
+                }
                 ext.changed.notify_all();
                 if let Some(request) = &event.request_id {
                     ext.wait_done(request, deadline);
