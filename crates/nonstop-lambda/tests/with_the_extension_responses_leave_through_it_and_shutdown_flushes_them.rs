@@ -289,6 +289,27 @@ fn responses_leave_through_the_extension_before_each_freeze_and_shutdown_flushes
 }
 
 #[test]
+fn without_the_layer_the_extension_does_not_hold_invocations_until_their_deadline() {
+    // A function that never tells the extension an invocation is done (no layer; or an agent
+    // under LD_PRELOAD speaking to the server itself): the extension must not wait for the
+    // notice until the invocation's deadline (30 s in the emulator) before its next event.
+    let server = Server::start();
+    let api = RuntimeApi::start();
+    let file = nonstop_testkit::tempdir("lambda-ext-nolayer").join("nonstop-extension");
+    let _extension = spawn_extension(&api, &server, &file);
+    api.wait_for_extension_next_call(1, Duration::from_secs(30));
+    let function = spawn_function(&api, &["--without-nonstop"], &[]);
+    let answers = run(&api, 0..3, |k| {
+        api.wait_for_extension_next_call(k + 2, Duration::from_secs(10));
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&answers[2]),
+        r#"{"message":"thanks c2, that is 603 cents","total":603}"#
+    );
+    drop(function);
+}
+
+#[test]
 fn lambda_package_writes_the_extension_and_the_agent_library_with_their_modes() {
     let out = nonstop_testkit::tempdir("lambda-package").join("layer.zip");
     let lib = nonstop_testkit::agent_library();

@@ -16,7 +16,8 @@
 //! agent's cached rules fresh from the server (`If-None-Match`, every [`POLL_EVERY`], and at
 //! once on an `INVOKE` when the last poll is older than that), while the environment is thawed.
 //!
-//! After an `INVOKE`, the extension waits for the layer's `POST /extension/v1/done?request=ID`
+//! After an `INVOKE`, when a layer connected to it (else no notice would come), the extension
+//! waits for the layer's `POST /extension/v1/done?request=ID`
 //! (sent after the function's response was posted and its captures flushed to the extension;
 //! bounded by the invocation's deadline), sends the queued batches to the server, and only then
 //! asks for the next event: Lambda freezes the environment once the runtime and every extension
@@ -153,6 +154,12 @@ struct State {
     poll_asked: bool,
     /// When the poller last started polling the server.
     polled_at: Option<Instant>,
+    /// Something connected to the local port: the function's layer found the extension (at
+    /// its start, before the first event), so it says when each invocation is done. Without
+    /// it (a function without the layer, or an agent under `LD_PRELOAD` that speaks to the
+    /// server itself) no notice ever comes, and waiting for one would hold every invocation
+    /// until its deadline.
+    layer_seen: bool,
     /// Each agent's hello message, sent again if the server forgets the agent.
     hellos: BTreeMap<String, serde_json::Value>,
     phase: Phase,
@@ -707,6 +714,7 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
             .name("nonstop-ext-local".into())
             .spawn(move || {
                 for conn in listener.incoming().map_while(Result::ok) {
+                    lock(&ext.state).layer_seen = true;
                     let ext = ext.clone();
                     let _ = std::thread::Builder::new()
                         .name("nonstop-ext-conn".into())
@@ -783,7 +791,9 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
                     }
                 }
                 ext.changed.notify_all();
-                if let Some(request) = &event.request_id {
+                if let Some(request) = &event.request_id
+                    && lock(&ext.state).layer_seen
+                {
                     ext.wait_done(request, deadline);
                 }
                 ext.ship(deadline.max(Instant::now() + SERVER_TIMEOUT));
