@@ -32,6 +32,8 @@ fn side_build() -> PathBuf {
                     "nonstop-lambda",
                     "--example",
                     "greeter",
+                    "--example",
+                    "http_greeter",
                 ],
             )
         })

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod client;
 mod cmd_agents;
 mod cmd_demo;
+mod cmd_lambda;
 mod cmd_metrics;
 mod cmd_rules;
 mod cmd_run;
@@ -54,10 +55,19 @@ enum Command {
     /// A Model Context Protocol server on stdio: tools a coding assistant uses to set
     /// probes and read what they caught.
     Mcp(mcp::Args),
+    /// The AWS Lambda extension (run by Lambda from /opt/extensions/nonstop): keeps the
+    /// function's rules fresh and ships its responses while the environment is thawed.
+    LambdaExtension(cmd_lambda::ExtensionArgs),
+    /// AWS Lambda helpers: `nonstop lambda package --out layer.zip`.
+    Lambda(cmd_lambda::LambdaArgs),
 }
 
 fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = if started_as_lambda_extension() {
+        Cli::parse_from(["nonstop", "lambda-extension"])
+    } else {
+        Cli::parse()
+    };
     match cli.command {
         Command::Serve(a) => cmd_serve::run(a),
         Command::Rules(a) => cmd_rules::run(a),
@@ -70,7 +80,21 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Demo(args) => cmd_demo::run(args),
         Command::Dap(args) => dap::run(args),
         Command::Mcp(args) => mcp::run(args),
+        Command::LambdaExtension(args) => cmd_lambda::run_extension(args),
+        Command::Lambda(args) => cmd_lambda::run_lambda(args),
     }
+}
+
+/// Lambda starts every file in `/opt/extensions` without arguments: the layer zip's
+/// `extensions/nonstop` is this binary, so run as the extension there.
+fn started_as_lambda_extension() -> bool {
+    std::env::args_os().len() == 1
+        && std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some()
+        && std::env::current_exe().is_ok_and(|exe| {
+            exe.parent()
+                .and_then(|dir| dir.file_name())
+                .is_some_and(|name| name == "extensions")
+        })
 }
 
 fn main() -> ExitCode {
