@@ -154,21 +154,7 @@ fn quantile(v: &mut [Duration], q: f64) -> Duration {
 }
 
 fn main() {
-    // Built with the bench's profile (release under `cargo bench`, debug under `cargo test
-    // --bench`, which shares the tests' side build).
-    let dir = nonstop_testkit::cargo_build_aside(
-        "tests",
-        &[
-            "-p",
-            "nonstop",
-            "--bin",
-            "nonstop",
-            "-p",
-            "nonstop-lambda",
-            "--example",
-            "greeter",
-        ],
-    );
+    let dir = emulator::side_build();
     let data = nonstop_testkit::tempdir("lambda-bench");
     let server = nonstop_testkit::ServerProcess::start(
         &dir.join("nonstop"),

@@ -9,33 +9,12 @@
 
 mod emulator;
 
-use emulator::RuntimeApi;
+use emulator::{RuntimeApi, side_build};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FUNCTION: &str = "greeter-fn";
-
-fn side_build() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            nonstop_testkit::cargo_build_aside(
-                "tests",
-                &[
-                    "-p",
-                    "nonstop",
-                    "--bin",
-                    "nonstop",
-                    "-p",
-                    "nonstop-lambda",
-                    "--example",
-                    "greeter",
-                ],
-            )
-        })
-        .clone()
-}
 
 fn nonstop() -> PathBuf {
     side_build().join("nonstop")

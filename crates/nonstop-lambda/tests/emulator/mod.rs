@@ -444,3 +444,30 @@ fn read_request(r: &mut impl BufRead) -> Option<Request> {
     }
     Some((method, path, headers, body))
 }
+
+/// The CLI and server (`nonstop`) and the example functions (`greeter`, `http_greeter`),
+/// built once per process into the tests' side target dir: one build for every test file
+/// and the bench, so the shared crates compile once, with the profile of whoever asks
+/// (release under `cargo bench`, debug under `cargo test`).
+pub fn side_build() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            nonstop_testkit::cargo_build_aside(
+                "tests",
+                &[
+                    "-p",
+                    "nonstop",
+                    "--bin",
+                    "nonstop",
+                    "-p",
+                    "nonstop-lambda",
+                    "--example",
+                    "greeter",
+                    "--example",
+                    "http_greeter",
+                ],
+            )
+        })
+        .clone()
+}
