@@ -9,26 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use ticker::{
     Program, Server, expected_output, file_bytes, free_port, line_address, live_bytes, mark_line,
-    tmp, wait_for_agents,
+    tail, tmp, wait_for_agents,
 };
-
-fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
-    let out = server.cli(&[
-        "tail",
-        "--rule",
-        rule,
-        "--json",
-        "--count",
-        &count.to_string(),
-        "--timeout",
-        timeout,
-    ]);
-    let responses = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad response {l}: {e}")))
-        .collect();
-    (out.status.success(), responses)
-}
 
 /// The marked line's address in the ticker (a file address).
 fn mark_address() -> u64 {

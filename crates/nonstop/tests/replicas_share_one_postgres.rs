@@ -9,7 +9,7 @@ mod ticker;
 use nonstop_model::Response;
 use nonstop_testkit::postgres::{Cluster, Database};
 use std::time::Duration;
-use ticker::{Program, Server, expected_output, free_port, tmp, wait_until_armed};
+use ticker::{Program, Server, expected_output, free_port, tail, tmp, wait_until_armed};
 
 /// Two replicas (A started first, so its tokens are the ones both use) on one database.
 fn replicas(name: &str) -> (Database, Server, Server) {
@@ -18,24 +18,6 @@ fn replicas(name: &str) -> (Database, Server, Server) {
     let a = Server::start_with(free_port(), &data.join("a"), &["--store", &db.url]);
     let b = Server::start_with(free_port(), &data.join("b"), &["--store", &db.url]);
     (db, a, b)
-}
-
-fn tail(server: &Server, rule: &str, count: usize, timeout: &str) -> (bool, Vec<Response>) {
-    let out = server.cli(&[
-        "tail",
-        "--rule",
-        rule,
-        "--json",
-        "--count",
-        &count.to_string(),
-        "--timeout",
-        timeout,
-    ]);
-    let responses = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad response {l}: {e}")))
-        .collect();
-    (out.status.success(), responses)
 }
 
 const TEMPLATE: &str = "tick {n}: {label} squared is {square}";

@@ -336,3 +336,28 @@ pub fn line_address(line: u32) -> u64 {
     let text = v["sites"][0]["address"].as_str().unwrap();
     u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
 }
+
+/// `nonstop tail --rule RULE --json --count COUNT --timeout TIMEOUT` against `server`:
+/// whether it ended well, and the responses it printed.
+pub fn tail(
+    server: &Server,
+    rule: &str,
+    count: usize,
+    timeout: &str,
+) -> (bool, Vec<nonstop_model::Response>) {
+    let out = server.cli(&[
+        "tail",
+        "--rule",
+        rule,
+        "--json",
+        "--count",
+        &count.to_string(),
+        "--timeout",
+        timeout,
+    ]);
+    let responses = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad response {l}: {e}")))
+        .collect();
+    (out.status.success(), responses)
+}
