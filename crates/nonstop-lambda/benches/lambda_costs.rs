@@ -12,7 +12,8 @@
 //!
 //! Run: `cargo bench -p nonstop-lambda --bench lambda_costs` (release), or
 //! `cargo test -p nonstop-lambda --bench lambda_costs` (debug, with the tests' builds); it
-//! prints a table and asserts nothing.
+//! prints a table and asserts nothing. `-- warm` measures the warm invocations only, and other
+//! words keep the setups whose names hold them (`-- warm extension`).
 
 #[path = "../tests/emulator/mod.rs"]
 mod emulator;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 
 const FUNCTION: &str = "greeter-fn";
 const COLD_RUNS: usize = 15;
-const WARM_RUNS: u64 = 300;
+const WARM_RUNS: u64 = 1000;
 const WARM_UP: u64 = 20;
 
 fn event(k: u64) -> Vec<u8> {
@@ -143,6 +144,18 @@ impl Bench {
     }
 }
 
+/// CPU time the process has run, all its threads, in ns (`/proc/PID/task/*/schedstat`).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -170,6 +183,13 @@ fn main() {
     };
     let none = nonstop_testkit::tempdir("lambda-bench-noext").join("nonstop-extension");
 
+    // `-- warm` skips the cold starts; any other word keeps only the setups it is part of.
+    let cold_too = !std::env::args().any(|a| a == "warm");
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "warm" && !a.starts_with('-'))
+        .collect();
+    let chosen = |s: &&Setup| words.iter().all(|w| s.name.contains(w.as_str()));
     println!("cold start (medians of {COLD_RUNS})");
     let cold = [
         Setup {
@@ -201,7 +221,7 @@ fn main() {
             rule: false,
         },
     ];
-    for s in &cold {
+    for s in cold.iter().filter(|_| cold_too).filter(chosen) {
         let (mut total, mut first, mut ready) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..COLD_RUNS {
             let api = RuntimeApi::start();
@@ -277,7 +297,7 @@ fn main() {
             rule: true,
         },
     ];
-    for s in &warm {
+    for s in warm.iter().filter(chosen) {
         bench.rm_all_rules();
         let api = RuntimeApi::start();
         let file = nonstop_testkit::tempdir("lambda-bench-ext").join("nonstop-extension");
@@ -299,6 +319,7 @@ fn main() {
             invoke(&mut k);
         }
         let mut answer = Vec::new();
+        let cpu_before = (cpu_ns(function.id()), ext.as_ref().map(|e| cpu_ns(e.id())));
         let started = Instant::now();
         for _ in 0..WARM_RUNS {
             let o = invoke(&mut k);
@@ -309,12 +330,22 @@ fn main() {
             api.wait_for_extension_next_call(k + 1, Duration::from_secs(30));
         }
         let cycle = started.elapsed() / WARM_RUNS as u32;
+        let per_call = |before: u64, after: u64| {
+            Duration::from_nanos(after.saturating_sub(before) / WARM_RUNS)
+        };
+        let function_cpu = per_call(cpu_before.0, cpu_ns(function.id()));
         println!(
-            "  {:<52} /next→answer p50 {:>9.2?} p99 {:>9.2?}   cycle {:>9.2?}",
+            "  {:<52} /next→answer p50 {:>9.2?} p99 {:>9.2?}   cycle {:>9.2?}   CPU/invocation: function {:>9.2?}{}",
             s.name,
             quantile(&mut answer, 0.5),
             quantile(&mut answer, 0.99),
-            cycle
+            cycle,
+            function_cpu,
+            match (&ext, cpu_before.1) {
+                (Some(e), Some(before)) =>
+                    format!(", extension {:>9.2?}", per_call(before, cpu_ns(e.id()))),
+                _ => String::new(),
+            }
         );
         function.kill();
         if let Some(e) = ext {
