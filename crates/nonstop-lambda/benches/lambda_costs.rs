@@ -108,7 +108,8 @@ impl Bench {
         }
     }
 
-    /// Adds the log rule and invokes the function until an agent says it is armed: with the
+    /// Adds the log rule (on the end of `price`, a line that keeps code in a release build,
+    /// where `priced` has none) and invokes the function until an agent says it is armed: with the
     /// extension, the agent's status leaves only while an invocation runs (between events the
     /// environment counts as frozen), as on Lambda.
     fn add_log_rule_and_wait(&self, mut invoke: impl FnMut()) {
@@ -116,7 +117,7 @@ impl Bench {
             "greeter.rs:{}",
             nonstop_testkit::marks(
                 &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/greeter.rs")
-            )["priced"]
+            )["price_end"]
         );
         let id = self
             .cli(&[
@@ -126,7 +127,7 @@ impl Bench {
                 "--service",
                 FUNCTION,
                 "--log",
-                "{count} items: {total} cents",
+                "priced {items:?}",
                 "--rate",
                 "100000/s",
             ])

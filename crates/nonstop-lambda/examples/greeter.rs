@@ -29,7 +29,7 @@ fn price(items: &[u32]) -> u64 {
     let total: u64 = items.iter().map(|&i| u64::from(i)).sum();
     black_box((count, total)); // @mark priced
     total
-}
+} // @mark price_end (a line with code in release builds too)
 
 async fn handler(event: LambdaEvent<Order>) -> Result<Receipt, Error> {
     let order = event.payload;
