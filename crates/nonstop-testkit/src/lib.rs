@@ -117,12 +117,30 @@ pub fn tempdir(what: &str) -> PathBuf {
     dir
 }
 
-/// A loopback port nobody listens on right now.
+/// First and count of the ports [`free_port`] hands out: below the kernel's ephemeral range
+/// (32768 and up), from which `bind(…:0)` and outgoing connections take theirs.
+const PORTS: (u32, u32) = (20_000, 12_000);
+
+/// A loopback port nobody listens on right now, and that no other call of this process
+/// returned. The ports come from below the ephemeral range: a port picked by `bind(…:0)` and
+/// dropped can be handed out again at once to another test's `bind(…:0)` before the server it
+/// was meant for binds it (then that server exits and its test talks to the wrong one). Each
+/// process starts at its own place in the range, so two test processes rarely meet.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (first, count) = PORTS;
+    let start = std::process::id().wrapping_mul(97) % count;
+    for _ in 0..count {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (start + n) % count;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {first}..{}", first + count)
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, for at most `within`; then fails the test
