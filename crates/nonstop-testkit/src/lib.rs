@@ -191,24 +191,38 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `NONSTOP serve --listen 127.0.0.1:PORT --data DATA EXTRA…` and waits (20 s at
-    /// most) until it accepts connections.
+    /// most) until it accepts connections and, unless `--no-auth`, its tokens are in DATA (the
+    /// server writes them before it binds: a port that accepts before they exist is not this
+    /// server's). Its standard error goes to `DATA/server.log`, shown when it exits early.
     pub fn start(nonstop: &Path, port: u16, data: &Path, extra: &[&str]) -> ServerProcess {
+        std::fs::create_dir_all(data)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", data.display()));
+        let log_path = data.join("server.log");
+        let log = std::fs::File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
         let mut cmd = Command::new(nonstop);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         let mut child = ChildGuard(
             cmd.spawn()
                 .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}")),
         );
+        let tokens = !extra.contains(&"--no-auth");
         wait_for(
             "the server accepts connections",
             Duration::from_secs(20),
             || {
                 if let Ok(Some(status)) = child.0.try_wait() {
-                    panic!("{cmd:?} exited with {status} before listening");
+                    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    panic!("{cmd:?} exited with {status} before listening: {said}");
+                }
+                let ours = !tokens
+                    || (data.join("admin.token").exists() && data.join("agent.token").exists());
+                if !ours {
+                    return None;
                 }
                 std::net::TcpStream::connect(("127.0.0.1", port)).ok()
             },
