@@ -222,6 +222,9 @@ impl Agent {
     /// Makes the armed rules equal `wanted`: arms new ones, disarms removed ones. Rules
     /// that stay are left alone (their counters go on).
     pub fn sync(&mut self, wanted: Vec<Rule>) {
+        if !wanted.is_empty() {
+            crate::drive::not_quiet();
+        }
         let keep: std::collections::HashSet<&str> = wanted.iter().map(|r| r.id.as_str()).collect();
         let gone: Vec<String> = self
             .rules
@@ -609,6 +612,11 @@ impl Agent {
         for addr in addrs {
             self.collect_site_counts(addr);
         }
+    }
+
+    /// Whether a rule is held (armed, waiting for its code, or refused with a status).
+    pub fn holds_rules(&self) -> bool {
+        !self.rules.is_empty()
     }
 
     /// The budget's work (take hot sites out, put them back); how long until one is due.

@@ -38,6 +38,10 @@ const STARTING: u8 = 1;
 const RUNNING: u8 = 2;
 /// Whether its link pushes rules (WebSocket), so they are always fresh.
 static PUSHED: AtomicBool = AtomicBool::new(false);
+/// Whether a flush has nothing to do: the agent holds no rule and its HTTP link has nothing
+/// queued (set by the agent thread after each turn; cleared before rules are armed and
+/// whenever something is queued), so a Lambda invocation without rules pays no thread hand-off.
+static QUIET: AtomicBool = AtomicBool::new(false);
 /// When the rules were last known current: nanoseconds since [`epoch`], 0 = never.
 static RULES_AT: AtomicU64 = AtomicU64::new(0);
 
@@ -57,6 +61,9 @@ pub fn flush(timeout: Duration) -> bool {
     if STATE.load(Ordering::Acquire) != RUNNING {
         // Starting: no probe is armed yet, so nothing was captured.
         return false;
+    }
+    if QUIET.load(Ordering::Acquire) {
+        return true;
     }
     let until = Instant::now() + timeout;
     let mut r = lock();
@@ -119,6 +126,11 @@ pub fn rules_age() -> Option<Duration> {
         0 => None,
         ns => Some(epoch().elapsed().saturating_sub(Duration::from_nanos(ns))),
     }
+}
+
+/// Something may be captured or is queued: the next flush asks the agent thread.
+pub(crate) fn not_quiet() {
+    QUIET.store(false, Ordering::Release);
 }
 
 /// The agent thread was started and will answer requests once it runs.
@@ -210,5 +222,8 @@ pub(crate) fn turn(state: &mut Turn, agent: &mut Agent, channel: &mut Channel) {
         r.flush_ok = ok;
         drop(r);
         DONE.notify_all();
+    }
+    if !agent.holds_rules() && link.idle() {
+        QUIET.store(true, Ordering::Release);
     }
 }

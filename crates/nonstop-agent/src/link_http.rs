@@ -147,6 +147,7 @@ impl HttpLink {
 
     /// Queues responses; never blocks on the network.
     pub fn send_responses(&self, responses: Vec<Response>) {
+        crate::drive::not_quiet();
         let mut st = lock(&self.shared.state);
         for r in responses {
             if st.responses.len() >= RESPONSE_BUFFER {
@@ -159,6 +160,7 @@ impl HttpLink {
 
     /// Queues statuses; a newer status of a rule replaces an unsent older one.
     pub fn send_status(&self, statuses: Vec<RuleStatus>) {
+        crate::drive::not_quiet();
         let mut st = lock(&self.shared.state);
         for s in statuses {
             match st.statuses.iter_mut().find(|o| o.rule == s.rule) {
@@ -170,6 +172,7 @@ impl HttpLink {
 
     /// Queues the newest values of metric series (cumulative, so older unsent ones are replaced).
     pub fn send_metrics(&self, series: Vec<MetricSeries>) {
+        crate::drive::not_quiet();
         let mut st = lock(&self.shared.state);
         for s in series {
             st.series.insert((s.rule.clone(), s.tags.clone()), s);
@@ -181,6 +184,16 @@ impl HttpLink {
         lock(&self.shared.state)
             .series
             .retain(|(rule, _), _| !rules.contains(rule));
+    }
+
+    /// Whether nothing is queued and the last request reached the server.
+    pub fn idle(&self) -> bool {
+        let st = lock(&self.shared.state);
+        st.connected
+            && st.responses.is_empty()
+            && st.statuses.is_empty()
+            && st.series.is_empty()
+            && st.dropped == 0
     }
 
     /// Whether the last request reached the server.

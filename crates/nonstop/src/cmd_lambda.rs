@@ -16,7 +16,8 @@
 //! agent's cached rules fresh from the server (`If-None-Match`, every [`POLL_EVERY`], and at
 //! once on an `INVOKE` when the last poll is older than that), while the environment is thawed.
 //!
-//! After an `INVOKE`, when a layer connected to it (else no notice would come), the extension
+//! After an `INVOKE`, when a layer connected to it (else no notice would come) and one of its
+//! agents holds a rule or a batch is queued (else nothing can come), the extension
 //! waits for the layer's `POST /extension/v1/done?request=ID`
 //! (sent after the function's response was posted and its captures flushed to the extension;
 //! bounded by the invocation's deadline), sends the queued batches to the server, and only then
@@ -139,6 +140,23 @@ pub fn package(exe: &Path, lib: &Path, out: &Path) -> Result<()> {
 struct Cached {
     etag: Option<String>,
     body: Vec<u8>,
+    /// The set holds a rule: the agent may capture, so an invocation's end is awaited.
+    any_rule: bool,
+}
+
+impl Cached {
+    fn new(etag: Option<String>, body: Vec<u8>) -> Cached {
+        let any_rule = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("rules")?.as_array().map(|r| !r.is_empty()))
+            // A set the extension cannot read might hold rules: await as if it did.
+            .unwrap_or(true);
+        Cached {
+            etag,
+            body,
+            any_rule,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -148,7 +166,8 @@ struct State {
     /// Batches for the server, in order: (agent id, body).
     queue: VecDeque<(String, Vec<u8>)>,
     dropped: u64,
-    /// Invocations the layer said it finished.
+    /// Invocations the layer said it finished: the current one at most, once its `INVOKE` came
+    /// (older ids, of invocations not awaited or whose wait timed out, are dropped then).
     done: BTreeSet<String>,
     /// A poll of the server is wanted now.
     poll_asked: bool,
@@ -183,7 +202,11 @@ struct Extension {
     token: Option<String>,
     http: ureq::Agent,
     state: Mutex<State>,
-    changed: Condvar,
+    /// Signalled when the layer says an invocation is done.
+    done_said: Condvar,
+    /// Signalled when a poll of the server is asked for (the poller's own, so an invocation's
+    /// events wake it only when it has work).
+    poll_wanted: Condvar,
     /// Held while batches go out, so they leave once each and in order.
     shipping: Mutex<()>,
     /// The last problem printed.
@@ -272,10 +295,7 @@ impl Extension {
             200 => {
                 st.rules.insert(
                     agent.to_owned(),
-                    Cached {
-                        etag: a.etag.clone(),
-                        body: a.body.clone(),
-                    },
+                    Cached::new(a.etag.clone(), a.body.clone()),
                 );
             }
             // The server forgot the agent: its next poll says so and it says hello again.
@@ -432,7 +452,7 @@ impl Extension {
                 if let Some(id) = param("request") {
                     st.done.insert(id);
                 }
-                self.changed.notify_all();
+                self.done_said.notify_all();
                 LocalAnswer {
                     status: 204,
                     etag: None,
@@ -454,7 +474,7 @@ impl Extension {
             if left.is_zero() {
                 return false;
             }
-            st = match self.changed.wait_timeout(st, left) {
+            st = match self.done_said.wait_timeout(st, left) {
                 Ok((g, _)) => g,
                 Err(p) => p.into_inner().0,
             };
@@ -492,7 +512,7 @@ impl Extension {
             {
                 let st = lock(&self.state);
                 let (mut st, _) = self
-                    .changed
+                    .poll_wanted
                     .wait_timeout_while(st, POLL_EVERY, |s| !s.poll_asked)
                     .unwrap_or_else(|p| p.into_inner());
                 st.poll_asked = false;
@@ -696,7 +716,8 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
         token: args.token.filter(|t| !t.is_empty()),
         http,
         state: Mutex::new(State::default()),
-        changed: Condvar::new(),
+        done_said: Condvar::new(),
+        poll_wanted: Condvar::new(),
         shipping: Mutex::new(()),
         logged: Mutex::new(None),
     });
@@ -781,22 +802,31 @@ pub fn run_extension(args: ExtensionArgs) -> Result<ExitCode> {
         match event.event_type.as_str() {
             "INVOKE" => {
                 invoked = true;
-                ext.set_phase(Phase::Invoke);
-                {
+                let awaited = {
+                    let mut st = lock(&ext.state);
+                    st.phase = Phase::Invoke;
                     // After a freeze the rules may be stale: poll at once, unless a poll
                     // started within POLL_EVERY (a busy function is not polled per event).
-                    let mut st = lock(&ext.state);
                     if st.polled_at.is_none_or(|t| t.elapsed() >= POLL_EVERY) {
                         st.poll_asked = true;
+                        ext.poll_wanted.notify_one();
                     }
+                    st.done.retain(|id| event.request_id.as_ref() == Some(id));
+                    // The layer's notice is awaited only when it can bring something: a layer
+                    // is there and one of its agents holds a rule (else nothing is captured;
+                    // a batch of statuses it still sends waits in the queue for the next
+                    // invocation or the shutdown).
+                    let may_capture = st.rules.values().any(|c| c.any_rule);
+                    event
+                        .request_id
+                        .as_ref()
+                        .filter(|_| st.layer_seen && (may_capture || !st.queue.is_empty()))
+                        .cloned()
+                };
+                if let Some(request) = awaited {
+                    ext.wait_done(&request, deadline);
+                    ext.ship(deadline.max(Instant::now() + SERVER_TIMEOUT));
                 }
-                ext.changed.notify_all();
-                if let Some(request) = &event.request_id
-                    && lock(&ext.state).layer_seen
-                {
-                    ext.wait_done(request, deadline);
-                }
-                ext.ship(deadline.max(Instant::now() + SERVER_TIMEOUT));
             }
             "SHUTDOWN" => {
                 let until = deadline
