@@ -20,6 +20,12 @@ use std::time::Duration;
 
 /// Largest message an agent may send on the WebSocket.
 pub const MAX_AGENT_MESSAGE: usize = 8 << 20;
+/// What a session reads from its socket at a time. tungstenite's default (128 KiB, zeroed
+/// up front) is most of what an idle agent costs; a larger message still grows the buffer
+/// to its size while it is read.
+const WS_READ_BUFFER: usize = 8 << 10;
+/// Bytes a session's writes gather before they go out (sends flush anyway).
+const WS_WRITE_BUFFER: usize = 8 << 10;
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,6 +40,8 @@ const CLOSE_AWAY: u16 = 1001;
 pub async fn ws(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(MAX_AGENT_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| session(app, socket))
 }
 
