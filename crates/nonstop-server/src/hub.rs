@@ -198,14 +198,14 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, mut info: AgentInfo
                             continue;
                         }
                         let replies = match batch_write(msg) {
-                            Ok(first) => {
+                            Step::Write(first) => {
                                 // What the agent sent meanwhile is stored with it, in one
                                 // transaction; the first frame that cannot join comes next.
                                 let mut writes = vec![first];
                                 next = take_buffered(socket, &mut writes);
                                 store_writes(app, &info, writes).await
                             }
-                            Err(msg) => {
+                            Step::Alone(msg) => {
                                 let before = info.clone();
                                 let handled = handle(app, &mut info, msg).await;
                                 // A hello that changed what selects rules: recompute the set.
@@ -277,15 +277,21 @@ async fn frame(socket: &mut WebSocket, msg: Option<Result<Message, axum::Error>>
     }
 }
 
-/// The store write of a checked message that can share a transaction with others, or the
-/// message back.
-fn batch_write(msg: AgentMessage) -> Result<BatchWrite, AgentMessage> {
+/// A checked message as the session handles it.
+enum Step {
+    /// A store write that can share a transaction with others.
+    Write(BatchWrite),
+    /// Any other message, handled alone.
+    Alone(AgentMessage),
+}
+
+fn batch_write(msg: AgentMessage) -> Step {
     match msg {
         AgentMessage::Responses { responses, dropped } => {
-            Ok(BatchWrite::Responses { responses, dropped })
+            Step::Write(BatchWrite::Responses { responses, dropped })
         }
-        AgentMessage::Status { statuses } => Ok(BatchWrite::Statuses(statuses)),
-        other => Err(other),
+        AgentMessage::Status { statuses } => Step::Write(BatchWrite::Statuses(statuses)),
+        other => Step::Alone(other),
     }
 }
 
@@ -316,12 +322,12 @@ fn take_buffered(
         };
         match serde_json::from_str::<AgentMessage>(&t) {
             Ok(m) if checks::message(&m).is_ok() => match batch_write(m) {
-                Ok(w) => {
+                Step::Write(w) => {
                     responses += responses_in(std::slice::from_ref(&w));
                     writes.push(w);
                 }
                 // Parsed again when handled: such messages are rare.
-                Err(_) => return Some(Some(Ok(Message::Text(t)))),
+                Step::Alone(_) => return Some(Some(Ok(Message::Text(t)))),
             },
             _ => return Some(Some(Ok(Message::Text(t)))),
         }
@@ -572,12 +578,12 @@ pub async fn post_messages(
         let mut series = None;
         for m in messages.by_ref() {
             match batch_write(m) {
-                Ok(w) => writes.push(w),
-                Err(AgentMessage::Metrics { series: s }) => {
+                Step::Write(w) => writes.push(w),
+                Step::Alone(AgentMessage::Metrics { series: s }) => {
                     series = Some(s);
                     break;
                 }
-                Err(_) => {}
+                Step::Alone(_) => {}
             }
         }
         if record_hello || !writes.is_empty() {

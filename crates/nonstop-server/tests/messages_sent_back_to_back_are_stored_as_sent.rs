@@ -157,7 +157,7 @@ fn a_rule_added_after_a_request_is_in_the_next_answer() {
         Some(&s.agent),
         Some(&hello),
     );
-    assert_eq!(ids(&answer), [first.clone()]);
+    assert_eq!(ids(&answer), std::slice::from_ref(&first));
     // The cached rule set goes with the change.
     let second = s.add_rule(r#"{"at":"src/cart.rs:50","action":"snapshot"}"#);
     let (_, answer) = common::call(
