@@ -4,7 +4,7 @@
 use crate::error::{ApiError, checked_id, query};
 use crate::ids::Tokens;
 use crate::sources::Sources;
-use crate::store::{Retention, RuleState, Store, StoreError};
+use crate::store::{BatchWrite, Retention, RuleState, Store, StoreError};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -32,6 +32,9 @@ pub(crate) struct App {
     pub(crate) retention: Retention,
     /// Bumped whenever any rule changes; each agent session recomputes its set.
     pub(crate) rules_gen: watch::Sender<u64>,
+    /// The active, enabled rules as of a generation of `rules_gen`: what every agent's set
+    /// is chosen from, read from the store once per change instead of once per request.
+    pub(crate) active_rules: Mutex<Option<(u64, Arc<Vec<Rule>>)>>,
     pub(crate) live: broadcast::Sender<Arc<LiveResponse>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Open WebSocket connections per agent id.
@@ -66,74 +69,130 @@ impl App {
 
     /// The active, enabled rules that select `info`.
     pub(crate) async fn rules_for(&self, info: &AgentInfo) -> Result<Vec<Rule>, StoreError> {
-        let info = info.clone();
-        self.blocking(move |s| {
-            Ok(s.rules()?
-                .into_iter()
-                .filter(|r| r.state == RuleState::Active && r.enabled && r.rule.selects(&info))
-                .map(|r| r.rule)
-                .collect())
-        })
-        .await
+        Ok(self
+            .active_rules()
+            .await?
+            .iter()
+            .filter(|r| r.selects(info))
+            .cloned()
+            .collect())
+    }
+
+    /// The active, enabled rules, from the cache while no rule changed since it was filled.
+    async fn active_rules(&self) -> Result<Arc<Vec<Rule>>, StoreError> {
+        // The generation is read before the store: a change that lands in between bumps it
+        // again after, so what is cached is never older than its generation says.
+        let generation = *self.rules_gen.borrow();
+        if let Some((g, rules)) = &*self.active_rules.lock().unwrap_or_else(|p| p.into_inner())
+            && *g == generation
+        {
+            return Ok(rules.clone());
+        }
+        let rules: Arc<Vec<Rule>> = Arc::new(
+            self.blocking(|s| {
+                Ok(s.rules()?
+                    .into_iter()
+                    .filter(|r| r.state == RuleState::Active && r.enabled)
+                    .map(|r| r.rule)
+                    .collect())
+            })
+            .await?,
+        );
+        let mut cache = self.active_rules.lock().unwrap_or_else(|p| p.into_inner());
+        // Keep the newest generation when two requests filled the cache at once.
+        if cache.as_ref().is_none_or(|(g, _)| *g <= generation) {
+            *cache = Some((generation, rules.clone()));
+        }
+        Ok(rules)
     }
 
     /// Stores responses, streams the stored ones, and pushes new rule sets when a rule
-    /// reached its max hits. A response speaks for its sender: its `agent` and `service` are
-    /// the sender's hello's. Returns a note for the agent when some responses were for rules
-    /// the server does not know (deleted or never created).
+    /// reached its max hits. Returns a note for the agent when some responses were for rules
+    /// the server does not know (deleted or never created). [`App::write_batch`] with one write.
     pub(crate) async fn ingest(
         &self,
         info: &AgentInfo,
-        mut responses: Vec<AgentResponse>,
+        responses: Vec<AgentResponse>,
         dropped: u64,
-    ) -> Result<Option<String>, ApiError> {
-        let agent = info.id.as_str();
-        for r in &mut responses {
-            if r.agent != info.id {
-                r.agent.clone_from(&info.id);
-            }
-            if r.service != info.service {
-                r.service.clone_from(&info.service);
+    ) -> Result<Option<String>, StoreError> {
+        let notes = self
+            .write_batch(
+                info,
+                false,
+                vec![BatchWrite::Responses { responses, dropped }],
+            )
+            .await?;
+        Ok(notes.into_iter().next().flatten())
+    }
+
+    /// Applies an agent's writes in order in one store call, recording its hello first when
+    /// `hello` (as not connected: the HTTP path); streams the stored responses and pushes new
+    /// rule sets when a rule reached its max hits. A response speaks for its sender: its
+    /// `agent` and `service` are the sender's hello's. Returns, per write, a note for the
+    /// agent when some of its responses were for rules the server does not know (deleted or
+    /// never created).
+    pub(crate) async fn write_batch(
+        &self,
+        info: &AgentInfo,
+        hello: bool,
+        mut writes: Vec<BatchWrite>,
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        for w in &mut writes {
+            if let BatchWrite::Responses { responses, .. } = w {
+                for r in responses {
+                    if r.agent != info.id {
+                        r.agent.clone_from(&info.id);
+                    }
+                    if r.service != info.service {
+                        r.service.clone_from(&info.service);
+                    }
+                }
             }
         }
         let retention = self.retention;
-        let id = agent.to_string();
-        let ins = self
+        let sender = info.clone();
+        let done = self
             .blocking(move |s| {
-                if dropped > 0 {
-                    s.add_dropped(&id, dropped)?;
-                }
-                s.insert_responses(responses, crate::clock::now_ms(), retention)
+                let hello = hello.then_some((&sender, false));
+                s.write_batch(&sender.id, hello, writes, crate::clock::now_ms(), retention)
             })
             .await?;
-        if ins.refused > 0 {
-            tracing::debug!(
-                agent,
-                refused = ins.refused,
-                "responses for inactive or full rules dropped"
-            );
+        let mut notes = Vec::with_capacity(done.len());
+        let (mut stored, mut queued, mut finished) = (Vec::new(), 0, Vec::new());
+        for ins in done {
+            if ins.refused > 0 {
+                tracing::debug!(
+                    agent = %info.id,
+                    refused = ins.refused,
+                    "responses for inactive or full rules dropped"
+                );
+            }
+            notes.push((!ins.unknown.is_empty()).then(|| {
+                format!(
+                    "responses for unknown rules were not kept: {} (deleted, or never created on this server); \
+                     the agent's next rule set leaves them out",
+                    ins.unknown.join(", ")
+                )
+            }));
+            stored.extend(ins.stored);
+            queued += ins.queued;
+            finished.extend(ins.done);
         }
         if let Some(relay) = &self.relay {
-            if !ins.stored.is_empty() {
+            if !stored.is_empty() {
                 relay.notify_one();
             }
         } else {
-            self.send_live(ins.stored);
+            self.send_live(stored);
         }
-        if ins.queued > 0 {
+        if queued > 0 {
             self.outbox.wake();
         }
-        if !ins.done.is_empty() {
-            tracing::info!(rules = ?ins.done, "rules reached their max hits");
+        if !finished.is_empty() {
+            tracing::info!(rules = ?finished, "rules reached their max hits");
             self.rules_changed();
         }
-        Ok((!ins.unknown.is_empty()).then(|| {
-            format!(
-                "responses for unknown rules were not kept: {} (deleted, or never created on this server); \
-                 the agent's next rule set leaves them out",
-                ins.unknown.join(", ")
-            )
-        }))
+        Ok(notes)
     }
 
     /// Sends stored responses to the live streams of this server.

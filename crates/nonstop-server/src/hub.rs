@@ -4,6 +4,7 @@ use crate::app::App;
 use crate::checks;
 use crate::clock::now_ms;
 use crate::error::{ApiError, parse_json};
+use crate::store::BatchWrite;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -11,6 +12,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use nonstop_model::{AgentInfo, AgentMessage, Rule, ServerMessage};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -18,6 +20,12 @@ use std::time::Duration;
 
 /// Largest message an agent may send on the WebSocket.
 pub const MAX_AGENT_MESSAGE: usize = 8 << 20;
+/// What a session reads from its socket at a time. tungstenite's default (128 KiB, zeroed
+/// up front) is most of what an idle agent costs; a larger message still grows the buffer
+/// to its size while it is read.
+const WS_READ_BUFFER: usize = 8 << 10;
+/// Bytes a session's writes gather before they go out (sends flush anyway).
+const WS_WRITE_BUFFER: usize = 8 << 10;
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,6 +40,8 @@ const CLOSE_AWAY: u16 = 1001;
 pub async fn ws(State(app): State<Arc<App>>, upgrade: WebSocketUpgrade) -> Response {
     upgrade
         .max_message_size(MAX_AGENT_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| session(app, socket))
 }
 
@@ -163,69 +173,197 @@ async fn run_session(app: &Arc<App>, socket: &mut WebSocket, mut info: AgentInfo
                     return "server stopping".into();
                 }
                 msg = socket.recv() => {
-                    let t = match msg {
-                        None => return "connection closed".into(),
-                        Some(Err(e)) => {
-                            let err = e.to_string();
-                            // tungstenite names the frame that broke the protocol; say it in
-                            // the close frame too.
-                            if err.contains("Space limit exceeded") || err.contains("too long") {
-                                let reason = format!("message too big: at most {MAX_AGENT_MESSAGE} bytes");
-                                close(socket, CLOSE_TOO_BIG, &reason).await;
+                    let mut next = Some(msg);
+                    let mut changed = false;
+                    while let Some(msg) = next.take() {
+                        let t = match frame(socket, msg).await {
+                            Frame::Text(t) => t,
+                            Frame::Skip => continue,
+                            Frame::End(reason) => return reason,
+                        };
+                        let msg = match serde_json::from_str::<AgentMessage>(&t) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                let reason = format!("malformed message: {e}");
+                                tracing::warn!(agent = %info.id, %reason, "closing agent connection");
+                                close(socket, CLOSE_INVALID, &reason).await;
                                 return reason;
                             }
-                            if err.to_ascii_lowercase().contains("utf-8") {
-                                let reason = "text frame not UTF-8";
-                                close(socket, CLOSE_INVALID, reason).await;
-                                return reason.into();
-                            }
-                            return format!("connection error: {err}");
-                        }
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(_))) => return "agent closed".into(),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Binary(_))) => {
-                            let reason = "binary frames are not supported: send JSON text frames";
-                            close(socket, CLOSE_UNSUPPORTED, reason).await;
-                            return reason.into();
-                        }
-                    };
-                    let msg = match serde_json::from_str::<AgentMessage>(&t) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let reason = format!("malformed message: {e}");
-                            tracing::warn!(agent = %info.id, %reason, "closing agent connection");
-                            close(socket, CLOSE_INVALID, &reason).await;
-                            return reason;
-                        }
-                    };
-                    // A message out of bounds is refused whole, with the reason; the
-                    // connection goes on.
-                    let before = info.clone();
-                    let handled = match checks::message(&msg) {
-                        Ok(()) => handle(app, &mut info, msg).await,
-                        Err(e) => {
+                        };
+                        // A message out of bounds is refused whole, with the reason; the
+                        // connection goes on.
+                        if let Err(e) = checks::message(&msg) {
                             tracing::warn!(agent = %info.id, reason = %e, "agent message refused");
-                            Err(e)
+                            let _ = socket.send(text(&ServerMessage::Error { message: e })).await;
+                            continue;
                         }
-                    };
-                    match handled {
-                        Ok(Some(reply)) => {
+                        let replies = match batch_write(msg) {
+                            Step::Write(first) => {
+                                // What the agent sent meanwhile is stored with it, in one
+                                // transaction; the first frame that cannot join comes next.
+                                let mut writes = vec![first];
+                                next = take_buffered(socket, &mut writes);
+                                store_writes(app, &info, writes).await
+                            }
+                            Step::Alone(msg) => {
+                                let before = info.clone();
+                                let handled = handle(app, &mut info, msg).await;
+                                // A hello that changed what selects rules: recompute the set.
+                                changed |= info != before;
+                                match handled {
+                                    Ok(reply) => reply.into_iter().collect(),
+                                    Err(message) => vec![ServerMessage::Error { message }],
+                                }
+                            }
+                        };
+                        for reply in replies {
                             if socket.send(text(&reply)).await.is_err() {
                                 return "send failed".into();
                             }
                         }
-                        Ok(None) => {}
-                        Err(e) => {
-                            let _ = socket.send(text(&ServerMessage::Error { message: e })).await;
-                        }
                     }
-                    // A hello that changed what selects rules: recompute the set.
-                    if info != before {
+                    if changed {
                         break;
                     }
                 }
             }
+        }
+    }
+}
+
+/// Most messages of one agent stored in one transaction, when its frames arrive faster
+/// than they are stored.
+const MAX_BATCH_MESSAGES: usize = 256;
+/// Most responses stored in one transaction, so one agent's burst does not hold the
+/// store for long.
+const MAX_BATCH_RESPONSES: usize = 2_000;
+
+/// A frame read from an agent, as the session sees it.
+enum Frame {
+    Text(Utf8Bytes),
+    /// A control frame (tungstenite answers pings).
+    Skip,
+    /// The session ends, for this reason (the close frame, if any, was sent).
+    End(String),
+}
+
+async fn frame(socket: &mut WebSocket, msg: Option<Result<Message, axum::Error>>) -> Frame {
+    match msg {
+        None => Frame::End("connection closed".into()),
+        Some(Err(e)) => {
+            let err = e.to_string();
+            // tungstenite names the frame that broke the protocol; say it in the close
+            // frame too.
+            if err.contains("Space limit exceeded") || err.contains("too long") {
+                let reason = format!("message too big: at most {MAX_AGENT_MESSAGE} bytes");
+                close(socket, CLOSE_TOO_BIG, &reason).await;
+                return Frame::End(reason);
+            }
+            if err.to_ascii_lowercase().contains("utf-8") {
+                let reason = "text frame not UTF-8";
+                close(socket, CLOSE_INVALID, reason).await;
+                return Frame::End(reason.into());
+            }
+            Frame::End(format!("connection error: {err}"))
+        }
+        Some(Ok(Message::Text(t))) => Frame::Text(t),
+        Some(Ok(Message::Close(_))) => Frame::End("agent closed".into()),
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Frame::Skip,
+        Some(Ok(Message::Binary(_))) => {
+            let reason = "binary frames are not supported: send JSON text frames";
+            close(socket, CLOSE_UNSUPPORTED, reason).await;
+            Frame::End(reason.into())
+        }
+    }
+}
+
+/// A checked message as the session handles it.
+enum Step {
+    /// A store write that can share a transaction with others.
+    Write(BatchWrite),
+    /// Any other message, handled alone.
+    Alone(AgentMessage),
+}
+
+fn batch_write(msg: AgentMessage) -> Step {
+    match msg {
+        AgentMessage::Responses { responses, dropped } => {
+            Step::Write(BatchWrite::Responses { responses, dropped })
+        }
+        AgentMessage::Status { statuses } => Step::Write(BatchWrite::Statuses(statuses)),
+        other => Step::Alone(other),
+    }
+}
+
+fn responses_in(writes: &[BatchWrite]) -> usize {
+    writes
+        .iter()
+        .map(|w| match w {
+            BatchWrite::Responses { responses, .. } => responses.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Adds to `writes` the messages already received on `socket` that can join them (checked
+/// `responses` and `status` messages), without waiting, up to [`MAX_BATCH_MESSAGES`] and
+/// [`MAX_BATCH_RESPONSES`]. Returns the first frame that cannot join, to handle next.
+fn take_buffered(
+    socket: &mut WebSocket,
+    writes: &mut Vec<BatchWrite>,
+) -> Option<Option<Result<Message, axum::Error>>> {
+    let mut responses = responses_in(writes);
+    while writes.len() < MAX_BATCH_MESSAGES && responses < MAX_BATCH_RESPONSES {
+        let msg = socket.recv().now_or_never()?;
+        let t = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => return Some(other),
+        };
+        match serde_json::from_str::<AgentMessage>(&t) {
+            Ok(m) if checks::message(&m).is_ok() => match batch_write(m) {
+                Step::Write(w) => {
+                    responses += responses_in(std::slice::from_ref(&w));
+                    writes.push(w);
+                }
+                // Parsed again when handled: such messages are rare.
+                Step::Alone(_) => return Some(Some(Ok(Message::Text(t)))),
+            },
+            _ => return Some(Some(Ok(Message::Text(t)))),
+        }
+    }
+    None
+}
+
+/// Stores a connected agent's writes in one store call; returns the replies, in order: an
+/// `error` for each `responses` message with responses for unknown rules, or for each
+/// message when the store failed.
+async fn store_writes(
+    app: &Arc<App>,
+    info: &AgentInfo,
+    writes: Vec<BatchWrite>,
+) -> Vec<ServerMessage> {
+    let failed: Vec<&'static str> = writes
+        .iter()
+        .map(|w| match w {
+            BatchWrite::Statuses(_) => "the server could not record the status",
+            _ => "the server could not store the responses",
+        })
+        .collect();
+    match app.write_batch(info, false, writes).await {
+        Ok(notes) => notes
+            .into_iter()
+            .flatten()
+            .map(|message| ServerMessage::Error { message })
+            .collect(),
+        Err(e) => {
+            tracing::error!(agent = %info.id, "cannot store an agent's messages: {e}");
+            failed
+                .into_iter()
+                .map(|m| ServerMessage::Error {
+                    message: m.to_string(),
+                })
+                .collect()
         }
     }
 }
@@ -420,13 +558,8 @@ pub async fn post_messages(
         AgentMessage::Hello { agent } => Some(agent.clone()),
         _ => None,
     });
-    let info = match hello {
-        Some(info) => {
-            let i = info.clone();
-            app.blocking(move |s| s.upsert_agent(&i, false, now_ms()))
-                .await?;
-            info
-        }
+    let (info, mut record_hello) = match hello {
+        Some(info) => (info, true),
         None => {
             let id = q.agent.ok_or_else(|| {
                 ApiError::new(
@@ -434,24 +567,33 @@ pub async fn post_messages(
                     "say who is sending: include a hello message or pass ?agent=ID",
                 )
             })?;
-            known_agent(&app, &id).await?
+            (known_agent(&app, &id).await?, false)
         }
     };
-    for m in messages {
-        match m {
-            AgentMessage::Hello { .. } | AgentMessage::Ping => {}
-            AgentMessage::Metrics { series } => {
-                app.ingest_metrics(&info.id, series).await?;
+    // One store call for the hello and every write up to the next metrics report (each
+    // report is a call of its own): a batch without metrics is one transaction.
+    let mut writes = Vec::new();
+    let mut messages = messages.into_iter().peekable();
+    while record_hello || messages.peek().is_some() {
+        let mut series = None;
+        for m in messages.by_ref() {
+            match batch_write(m) {
+                Step::Write(w) => writes.push(w),
+                Step::Alone(AgentMessage::Metrics { series: s }) => {
+                    series = Some(s);
+                    break;
+                }
+                Step::Alone(_) => {}
             }
-            AgentMessage::Status { statuses } => {
-                let id = info.id.clone();
-                app.blocking(move |s| s.put_statuses(&id, &statuses, now_ms()))
-                    .await?;
-            }
-            AgentMessage::Responses { responses, dropped } => {
-                // The rule set answered leaves unknown rules out already.
-                app.ingest(&info, responses, dropped).await?;
-            }
+        }
+        if record_hello || !writes.is_empty() {
+            // The rule set answered leaves unknown rules out already.
+            app.write_batch(&info, record_hello, std::mem::take(&mut writes))
+                .await?;
+            record_hello = false;
+        }
+        if let Some(series) = series {
+            app.ingest_metrics(&info.id, series).await?;
         }
     }
     let rules = app.rules_for(&info).await?;

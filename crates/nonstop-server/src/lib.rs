@@ -471,6 +471,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         tokens: tokens.clone(),
         retention: config.retention,
         rules_gen: watch::channel(0).0,
+        active_rules: Mutex::new(None),
         live: broadcast::channel(1024).0,
         shutdown: stop_rx.clone(),
         connections: Mutex::new(HashMap::new()),

@@ -2,8 +2,9 @@
 
 use crate::sql;
 use crate::store::{
-    AgentRecord, AgentRuleStatus, Inserted, MetricsStored, NewEntry, OutboxEntry, OutboxLimits,
-    Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries, StoredTarget,
+    AgentRecord, AgentRuleStatus, BatchWrite, Inserted, MetricsStored, NewEntry, OutboxEntry,
+    OutboxLimits, Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries,
+    StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
@@ -422,32 +423,7 @@ impl Store for SqliteStore {
     }
 
     fn upsert_agent(&self, a: &AgentInfo, connected: bool, now_ms: i64) -> Result<(), StoreError> {
-        let labels = serde_json::to_string(&a.labels).map_err(|source| StoreError::Corrupt {
-            what: "agent labels",
-            source,
-        })?;
-        self.conn()
-            .execute(
-                &format!(
-                    "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, 0)
-                     ON CONFLICT (id) DO UPDATE SET service = ?2, version = ?3, git_commit = ?4, host = ?5,
-                        pid = ?6, labels = ?7, started = ?8, connected = ?9, last_seen = ?10"
-                ),
-                params![
-                    a.id,
-                    a.service,
-                    a.version,
-                    a.commit,
-                    a.host,
-                    i64::from(a.pid),
-                    labels,
-                    a.started,
-                    connected,
-                    now_ms
-                ],
-            )
-            .map_err(db)?;
-        Ok(())
+        upsert_agent_in(&self.conn(), a, connected, now_ms)
     }
 
     fn touch_agent(
@@ -479,15 +455,7 @@ impl Store for SqliteStore {
     }
 
     fn add_dropped(&self, agent: &str, dropped: u64) -> Result<(), StoreError> {
-        self.conn()
-            .execute(
-                // Saturating: `dropped + n` past the largest integer would turn into a REAL.
-                "UPDATE agents SET dropped = CASE WHEN dropped > 9223372036854775807 - ?2
-                    THEN 9223372036854775807 ELSE dropped + ?2 END WHERE id = ?1",
-                params![agent, to_i64(dropped)],
-            )
-            .map_err(db)?;
-        Ok(())
+        add_dropped_in(&self.conn(), agent, dropped)
     }
 
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
@@ -522,26 +490,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        for s in statuses {
-            tx.execute(
-                "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated, fast_path)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
-                 ON CONFLICT (rule, agent) DO UPDATE SET status = ?3, message = ?4, probes = ?5,
-                    hits = ?6, dropped = ?7, updated = ?8, fast_path = ?9",
-                params![
-                    s.rule,
-                    agent,
-                    status_word(s.status),
-                    s.message,
-                    i64::from(s.probes),
-                    to_i64(s.hits),
-                    to_i64(s.dropped),
-                    now_ms,
-                    s.fast_path
-                ],
-            )
-            .map_err(db)?;
-        }
+        put_statuses_in(&tx, agent, statuses, now_ms)?;
         tx.commit().map_err(db)?;
         Ok(())
     }
@@ -599,86 +548,48 @@ impl Store for SqliteStore {
         now_ms: i64,
         retention: Retention,
     ) -> Result<Inserted, StoreError> {
-        let mut out = Inserted::default();
         if responses.is_empty() {
-            return Ok(out);
+            return Ok(Inserted::default());
         }
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        let mut touched: Vec<String> = Vec::new();
-        let mut routes: HashMap<String, Vec<String>> = HashMap::new();
-        for resp in responses {
-            let counted = tx.execute(sql::COUNT_HIT, [&resp.rule]).map_err(db)?;
-            if counted == 0 {
-                out.refused += 1;
-                if !out.unknown.contains(&resp.rule) {
-                    let known = tx
-                        .query_row(sql::RULE_EXISTS, [&resp.rule], |_| Ok(()))
-                        .optional()
-                        .map_err(db)?
-                        .is_some();
-                    if !known {
-                        out.unknown.push(resp.rule.clone());
+        let mut batch = InsertBatch::default();
+        let out = batch.insert(&tx, responses, now_ms)?;
+        batch.retain(&tx, now_ms, retention)?;
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    fn write_batch(
+        &self,
+        agent: &str,
+        hello: Option<(&AgentInfo, bool)>,
+        writes: Vec<BatchWrite>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db)?;
+        if let Some((info, connected)) = hello {
+            upsert_agent_in(&tx, info, connected, now_ms)?;
+        }
+        let mut batch = InsertBatch::default();
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(match w {
+                BatchWrite::Responses { responses, dropped } => {
+                    if dropped > 0 {
+                        add_dropped_in(&tx, agent, dropped)?;
                     }
+                    batch.insert(&tx, responses, now_ms)?
                 }
-                continue;
-            }
-            let json = serde_json::to_string(&resp).map_err(|source| StoreError::Corrupt {
-                what: "response",
-                source,
-            })?;
-            let rid: i64 = tx
-                .query_row(
-                    sql::INSERT_RESPONSE,
-                    params![resp.rule, resp.agent, now_ms, json],
-                    |r| r.get(0),
-                )
-                .map_err(db)?;
-            let finished = tx.execute(sql::MARK_DONE, [&resp.rule]).map_err(db)?;
-            if finished > 0 {
-                out.done.push(resp.rule.clone());
-            }
-            if !routes.contains_key(&resp.rule) {
-                let rule_json: Option<String> = tx
-                    .query_row(sql::RULE_JSON, [&resp.rule], |r| r.get(0))
-                    .optional()
-                    .map_err(db)?;
-                let to = rule_json
-                    .map(|j| crate::outbox::routes(&j))
-                    .unwrap_or_default();
-                routes.insert(resp.rule.clone(), to);
-            }
-            for target in routes.get(&resp.rule).into_iter().flatten() {
-                let n = tx
-                    .execute(
-                        sql::ENQUEUE,
-                        params![
-                            target,
-                            resp.rule,
-                            rid,
-                            crate::outbox::delivery_id(rid, &json),
-                            now_ms,
-                            "response",
-                            json
-                        ],
-                    )
-                    .map_err(db)?;
-                out.queued += n;
-            }
-            if !touched.contains(&resp.rule) {
-                touched.push(resp.rule.clone());
-            }
-            out.stored.push((rid, resp));
+                BatchWrite::Statuses(statuses) => {
+                    put_statuses_in(&tx, agent, &statuses, now_ms)?;
+                    Inserted::default()
+                }
+            });
         }
-        for rule in &touched {
-            tx.execute(sql::KEEP_NEWEST, params![rule, to_i64(retention.per_rule)])
-                .map_err(db)?;
-        }
-        tx.execute(
-            sql::DELETE_OLD_RESPONSES,
-            [now_ms.saturating_sub(retention.max_age_ms)],
-        )
-        .map_err(db)?;
+        batch.retain(&tx, now_ms, retention)?;
         tx.commit().map_err(db)?;
         Ok(out)
     }
@@ -995,6 +906,185 @@ impl Store for SqliteStore {
             .query_map([rule], |r| Ok((r.get(0)?, r.get(1)?, to_u64(r.get(2)?))))
             .map_err(db)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+}
+
+fn upsert_agent_in(
+    conn: &Connection,
+    a: &AgentInfo,
+    connected: bool,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let labels = serde_json::to_string(&a.labels).map_err(|source| StoreError::Corrupt {
+        what: "agent labels",
+        source,
+    })?;
+    conn.prepare_cached(&format!(
+        "INSERT INTO agents ({AGENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, 0)
+         ON CONFLICT (id) DO UPDATE SET service = ?2, version = ?3, git_commit = ?4, host = ?5,
+            pid = ?6, labels = ?7, started = ?8, connected = ?9, last_seen = ?10"
+    ))
+    .and_then(|mut st| {
+        st.execute(params![
+            a.id,
+            a.service,
+            a.version,
+            a.commit,
+            a.host,
+            i64::from(a.pid),
+            labels,
+            a.started,
+            connected,
+            now_ms
+        ])
+    })
+    .map_err(db)?;
+    Ok(())
+}
+
+fn add_dropped_in(conn: &Connection, agent: &str, dropped: u64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        // Saturating: `dropped + n` past the largest integer would turn into a REAL.
+        "UPDATE agents SET dropped = CASE WHEN dropped > 9223372036854775807 - ?2
+            THEN 9223372036854775807 ELSE dropped + ?2 END WHERE id = ?1",
+    )
+    .and_then(|mut st| st.execute(params![agent, to_i64(dropped)]))
+    .map_err(db)?;
+    Ok(())
+}
+
+fn put_statuses_in(
+    conn: &Connection,
+    agent: &str,
+    statuses: &[RuleStatus],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let mut st = conn
+        .prepare_cached(
+            "INSERT INTO rule_status (rule, agent, status, message, probes, hits, dropped, updated, fast_path)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 WHERE EXISTS (SELECT 1 FROM rules WHERE id = ?1)
+             ON CONFLICT (rule, agent) DO UPDATE SET status = ?3, message = ?4, probes = ?5,
+                hits = ?6, dropped = ?7, updated = ?8, fast_path = ?9",
+        )
+        .map_err(db)?;
+    for s in statuses {
+        st.execute(params![
+            s.rule,
+            agent,
+            status_word(s.status),
+            s.message,
+            i64::from(s.probes),
+            to_i64(s.hits),
+            to_i64(s.dropped),
+            now_ms,
+            s.fast_path
+        ])
+        .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Responses stored within one transaction: the rules they touched (retention is applied
+/// to each once, at the end) and each rule's targets (read once).
+#[derive(Default)]
+struct InsertBatch {
+    touched: Vec<String>,
+    routes: HashMap<String, Vec<String>>,
+}
+
+impl InsertBatch {
+    fn insert(
+        &mut self,
+        tx: &Connection,
+        responses: Vec<Response>,
+        now_ms: i64,
+    ) -> Result<Inserted, StoreError> {
+        let mut out = Inserted::default();
+        for resp in responses {
+            let counted = tx
+                .prepare_cached(sql::COUNT_HIT)
+                .and_then(|mut st| st.execute([&resp.rule]))
+                .map_err(db)?;
+            if counted == 0 {
+                out.refused += 1;
+                if !out.unknown.contains(&resp.rule) {
+                    let known = tx
+                        .query_row(sql::RULE_EXISTS, [&resp.rule], |_| Ok(()))
+                        .optional()
+                        .map_err(db)?
+                        .is_some();
+                    if !known {
+                        out.unknown.push(resp.rule.clone());
+                    }
+                }
+                continue;
+            }
+            let json = serde_json::to_string(&resp).map_err(|source| StoreError::Corrupt {
+                what: "response",
+                source,
+            })?;
+            let rid: i64 = tx
+                .prepare_cached(sql::INSERT_RESPONSE)
+                .and_then(|mut st| {
+                    st.query_row(params![resp.rule, resp.agent, now_ms, json], |r| r.get(0))
+                })
+                .map_err(db)?;
+            let finished = tx
+                .prepare_cached(sql::MARK_DONE)
+                .and_then(|mut st| st.execute([&resp.rule]))
+                .map_err(db)?;
+            if finished > 0 {
+                out.done.push(resp.rule.clone());
+            }
+            if !self.routes.contains_key(&resp.rule) {
+                let rule_json: Option<String> = tx
+                    .query_row(sql::RULE_JSON, [&resp.rule], |r| r.get(0))
+                    .optional()
+                    .map_err(db)?;
+                let to = rule_json
+                    .map(|j| crate::outbox::routes(&j))
+                    .unwrap_or_default();
+                self.routes.insert(resp.rule.clone(), to);
+            }
+            for target in self.routes.get(&resp.rule).into_iter().flatten() {
+                let n = tx
+                    .prepare_cached(sql::ENQUEUE)
+                    .and_then(|mut st| {
+                        st.execute(params![
+                            target,
+                            resp.rule,
+                            rid,
+                            crate::outbox::delivery_id(rid, &json),
+                            now_ms,
+                            "response",
+                            json
+                        ])
+                    })
+                    .map_err(db)?;
+                out.queued += n;
+            }
+            if !self.touched.contains(&resp.rule) {
+                self.touched.push(resp.rule.clone());
+            }
+            out.stored.push((rid, resp));
+        }
+        Ok(out)
+    }
+
+    /// Applies `retention` to the rules touched, and to all by age.
+    fn retain(&self, tx: &Connection, now_ms: i64, retention: Retention) -> Result<(), StoreError> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        for rule in &self.touched {
+            tx.prepare_cached(sql::KEEP_NEWEST)
+                .and_then(|mut st| st.execute(params![rule, to_i64(retention.per_rule)]))
+                .map_err(db)?;
+        }
+        tx.prepare_cached(sql::DELETE_OLD_RESPONSES)
+            .and_then(|mut st| st.execute([now_ms.saturating_sub(retention.max_age_ms)]))
+            .map_err(db)?;
+        Ok(())
     }
 }
 

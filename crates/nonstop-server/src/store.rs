@@ -114,6 +114,22 @@ pub struct Inserted {
     pub queued: usize,
 }
 
+/// One write of an agent's batch ([`Store::write_batch`]), in the order the agent sent it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BatchWrite {
+    /// A `responses` message: its drops are added to the agent's count
+    /// ([`Store::add_dropped`]), its responses stored ([`Store::insert_responses`]).
+    Responses {
+        /// The responses, already speaking for the sender (agent and service of its hello).
+        responses: Vec<Response>,
+        /// How many the agent dropped.
+        dropped: u64,
+    },
+    /// A `status` message ([`Store::put_statuses`]).
+    Statuses(Vec<RuleStatus>),
+}
+
 /// What [`Store::upsert_metrics`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MetricsStored {
@@ -311,6 +327,39 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         retention: Retention,
     ) -> Result<Inserted, StoreError>;
+    /// Records `hello` when given (with whether the agent is connected), then applies
+    /// `writes` of agent `agent` in order, each with the semantics of its own call; returns
+    /// what each did (an empty [`Inserted`] for statuses). Retention is applied once, after
+    /// the last. One transaction where the store can (SQLite); by default the calls one by
+    /// one, as before this method existed.
+    fn write_batch(
+        &self,
+        agent: &str,
+        hello: Option<(&AgentInfo, bool)>,
+        writes: Vec<BatchWrite>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        if let Some((info, connected)) = hello {
+            self.upsert_agent(info, connected, now_ms)?;
+        }
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            out.push(match w {
+                BatchWrite::Responses { responses, dropped } => {
+                    if dropped > 0 {
+                        self.add_dropped(agent, dropped)?;
+                    }
+                    self.insert_responses(responses, now_ms, retention)?
+                }
+                BatchWrite::Statuses(statuses) => {
+                    self.put_statuses(agent, &statuses, now_ms)?;
+                    Inserted::default()
+                }
+            });
+        }
+        Ok(out)
+    }
     /// Deletes responses older than `retention` allows (inserts do this too; this covers
     /// rules that stopped receiving), and the metric series of agents not seen for that
     /// long. Returns how many rows went.
