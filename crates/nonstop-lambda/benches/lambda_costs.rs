@@ -62,7 +62,7 @@ impl Bench {
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
             .env("NONSTOP_EXTENSION_FILE", file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::inherit());
         if s.direct {
             cmd.env("NONSTOP_SERVER", &self.server.url)
                 .env("NONSTOP_TOKEN", &self.agent);
@@ -81,7 +81,7 @@ impl Bench {
             .env("NONSTOP_TOKEN", &self.agent)
             .env("NONSTOP_EXTENSION_FILE", file)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         api.wait_for_extension_next_call(1, Duration::from_secs(30));

@@ -294,8 +294,16 @@ struct Stream {
     app: Arc<App>,
     rx: tokio::sync::broadcast::Receiver<Arc<LiveResponse>>,
     rule: Option<String>,
-    /// The id of the last response sent (or resumed after); 0 before any.
+    /// The id of the last response sent, or the one it starts after (the newest stored
+    /// when it opened, or the resumed one).
     last: i64,
+    /// Every response with an id up to this one is handled (sent, or not this stream's
+    /// rule): a live response with the next id can be sent as it comes; one further on
+    /// means some before it are not here yet.
+    seen: i64,
+    /// The highest id of a live response not sent because it came too early: everything
+    /// up to it is read from the store, in store order, before anything newer is sent.
+    gap_to: i64,
     /// Responses read from the store, not yet sent.
     backlog: std::collections::VecDeque<(i64, String)>,
     /// Whether the store may hold more than the backlog (a full page was read).
@@ -313,6 +321,11 @@ impl Stream {
         {
             Ok(page) => {
                 self.behind = page.len() as u64 == CATCH_UP;
+                if !self.behind {
+                    // The store was read after the early response was stored, and the
+                    // store hands out ids in commit order: nothing up to it is still to come.
+                    self.seen = self.seen.max(self.gap_to);
+                }
                 self.backlog.extend(
                     page.into_iter()
                         .filter_map(|(id, r)| serde_json::to_string(&r).ok().map(|j| (id, j))),
@@ -334,13 +347,18 @@ impl Stream {
             }
             if let Some((id, json)) = self.backlog.pop_front() {
                 self.last = id;
+                self.seen = self.seen.max(id);
                 let event = Event::default().id(id.to_string()).data(json);
                 return Some((Ok(event), self));
             }
             match self.rx.recv().await {
-                Ok(live) => {
-                    let wanted = self.rule.as_deref().is_none_or(|r| r == live.rule);
-                    if live.id > self.last && wanted {
+                Ok(live) if live.id <= self.seen => {}
+                // Sessions store in turn but broadcast as they finish, so a response can
+                // come before one stored just ahead of it. The next id is safe to send; a
+                // later one waits for the store, which holds both in order.
+                Ok(live) if live.id == self.seen.saturating_add(1) => {
+                    self.seen = live.id;
+                    if self.rule.as_deref().is_none_or(|r| r == live.rule) {
                         self.last = live.id;
                         let event = Event::default()
                             .id(live.id.to_string())
@@ -348,18 +366,14 @@ impl Stream {
                         return Some((Ok(event), self));
                     }
                 }
-                // Fallen behind the live channel: what was missed is in the store.
-                Err(RecvError::Lagged(n)) if self.last > 0 => {
-                    tracing::debug!(missed = n, "a live stream catches up from the store");
+                Ok(live) => {
+                    self.gap_to = self.gap_to.max(live.id);
                     self.behind = true;
                 }
+                // Fallen behind the live channel: what was missed is in the store.
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(
-                        missed = n,
-                        "a live stream fell behind before its first response"
-                    );
-                    let note = Event::default().comment("missed responses: the stream fell behind");
-                    return Some((Ok(note), self));
+                    tracing::debug!(missed = n, "a live stream catches up from the store");
+                    self.behind = true;
                 }
                 Err(RecvError::Closed) => return None,
             }
@@ -391,10 +405,18 @@ pub async fn stream_responses(
         None => q.after,
     };
     // Subscribe before reading the store, so nothing falls between the two.
+    let rx = app.live.subscribe();
+    let last = match resume {
+        Some(id) => id.max(0),
+        // A new stream starts after the newest response stored now.
+        None => app.blocking(|s| s.last_response_id()).await?,
+    };
     let stream = Stream {
-        rx: app.live.subscribe(),
+        rx,
         rule: q.rule,
-        last: resume.unwrap_or(0).max(0),
+        last,
+        seen: last,
+        gap_to: last,
         backlog: Default::default(),
         behind: resume.is_some(),
         app: app.clone(),

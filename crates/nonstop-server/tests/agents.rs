@@ -460,3 +460,84 @@ fn an_agents_fast_path_status_is_stored_and_shown_as_it_said_it() {
     let s = TestServer::start(&data);
     assert_eq!(shown(&s), want);
 }
+
+#[test]
+fn a_stream_gets_exactly_what_the_store_holds_in_store_order_while_ten_agents_post_at_once() {
+    const AGENTS: u32 = 10;
+    const EACH: u32 = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path());
+    let rule = s.add_rule(r#"{"at":"src/cart.rs:42","action":"log","template":"{n}"}"#);
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let stream = http
+        .get(s.url("/api/v1/responses/stream"))
+        .header("Authorization", format!("Bearer {}", s.admin))
+        .call()
+        .unwrap();
+    let mut lines = BufReader::new(stream.into_body().into_reader()).lines();
+
+    // Each agent sends one response per message, all agents at once: their sessions store
+    // in turn and broadcast as they finish, so broadcasts overtake each other.
+    let mut agents: Vec<FakeAgent> = (0..AGENTS)
+        .map(|a| s.agent(&format!("a-{a}"), "checkout"))
+        .collect();
+    for a in &mut agents {
+        a.recv_rule_ids();
+    }
+    let senders: Vec<_> = agents
+        .into_iter()
+        .enumerate()
+        .map(|(a, mut agent)| {
+            let rule = rule.clone();
+            std::thread::spawn(move || {
+                let id = format!("a-{a}");
+                for i in 0..EACH {
+                    agent.send(&AgentMessage::Responses {
+                        responses: vec![response(&rule, &id, a as u32 * 1000 + i)],
+                        dropped: 0,
+                    });
+                }
+                agent
+            })
+        })
+        .collect();
+    let mut streamed = Vec::new();
+    let mut ids = Vec::new();
+    while streamed.len() < (AGENTS * EACH) as usize {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            streamed.push(serde_json::from_str::<Value>(data).unwrap());
+        } else if let Some(id) = line.strip_prefix("id: ") {
+            ids.push(id.parse::<i64>().unwrap());
+        }
+    }
+    let _agents: Vec<FakeAgent> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let key = |r: &Value| {
+        (
+            r["agent"].as_str().unwrap().to_string(),
+            r["locals"]["n"]["value"].as_u64().unwrap(),
+        )
+    };
+    let stored = s.get_json(&format!("/api/v1/responses?rule={rule}&limit=10000"));
+    let stored: Vec<_> = stored.as_array().unwrap().iter().map(key).collect();
+    assert_eq!(stored.len(), (AGENTS * EACH) as usize);
+    let streamed_keys: Vec<_> = streamed.iter().map(key).collect();
+    assert_eq!(
+        streamed_keys, stored,
+        "the stream is the store, in its order"
+    );
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "event ids rise");
+    // Every agent's responses, each once, in the order it sent them.
+    for a in 0..AGENTS {
+        let mine: Vec<u64> = streamed
+            .iter()
+            .filter(|r| r["agent"] == json!(format!("a-{a}")))
+            .map(|r| r["locals"]["n"]["value"].as_u64().unwrap())
+            .collect();
+        let want: Vec<u64> = (0..EACH).map(|i| (a * 1000 + i) as u64).collect();
+        assert_eq!(mine, want, "agent a-{a}");
+    }
+}
