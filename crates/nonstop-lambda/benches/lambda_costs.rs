@@ -102,10 +102,12 @@ impl Bench {
         let rules: serde_json::Value =
             serde_json::from_str(&self.cli(&["rules", "list", "--json"])).unwrap();
         for r in rules.as_array().into_iter().flatten() {
-            if let Some(id) = r["id"].as_str() {
-                self.cli(&["rules", "rm", id]);
-            }
+            let id = r["rule"]["id"].as_str().expect("a rule view has rule.id");
+            self.cli(&["rules", "rm", id]);
         }
+        let left: serde_json::Value =
+            serde_json::from_str(&self.cli(&["rules", "list", "--json"])).unwrap();
+        assert_eq!(left, serde_json::json!([]), "every rule removed");
     }
 
     /// Adds the log rule (on the end of `price`, a line that keeps code in a release build,
