@@ -10,7 +10,7 @@ use nonstop_model::{
     Action, CaptureLimits, Frame, Locals, MetricKind, MetricSeries, Response, Rule, RuleStatus,
     SourceLocation, StatusKind, Value,
 };
-use nonstop_probe::{Engine, ProbeId, ProbeSpec, RateLimit};
+use nonstop_probe::{Engine, EntrySource, ProbeId, ProbeSpec, RateLimit};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +43,17 @@ struct SiteProbe {
     counted_seen: u64,
     /// The rules using it.
     users: Vec<String>,
+    /// The companion at the function's entry (its runtime address) whose records the plan
+    /// reads, held for as long as this probe is armed.
+    companion: Option<u64>,
+}
+
+/// A companion probe at a function's entry, recording the registers that line probes'
+/// entry-value variables read; shared by every site and rule that needs it.
+struct Companion {
+    id: ProbeId,
+    /// Sites holding it; it is disarmed with the last.
+    users: usize,
 }
 
 /// A token bucket: one per rule, since a probe may serve several rules.
@@ -151,6 +162,8 @@ pub struct Agent {
     rules: HashMap<String, ArmedRule>,
     sites: HashMap<u64, SiteProbe>,
     by_probe: HashMap<ProbeId, u64>,
+    /// Companion probes by their runtime entry address.
+    companions: HashMap<u64, Companion>,
     threads: HashMap<u32, String>,
     statuses_changed: bool,
     /// Metric rules removed since the last [`Agent::take_metrics`]: their series are dropped.
@@ -212,6 +225,7 @@ impl Agent {
             rules: HashMap::new(),
             sites: HashMap::new(),
             by_probe: HashMap::new(),
+            companions: HashMap::new(),
             threads: HashMap::new(),
             statuses_changed: false,
             removed_metric_rules: Vec::new(),
@@ -266,11 +280,48 @@ impl Agent {
             if site.users.is_empty() {
                 // A probe that cannot be disarmed stays counted by the engine; nothing else to do.
                 let _ = self.engine.disarm(site.id);
+                let companion = site.companion;
                 self.by_probe.remove(&site.id);
                 self.sites.remove(&addr);
+                self.release_companion(companion);
             }
         }
         held.status.probes = 0;
+    }
+
+    /// The companion at the runtime entry address `entry`, arming it for its first user;
+    /// `None` when it cannot be armed (another probe at the entry, say): the entry-value
+    /// variables are then unavailable at every hit, and say so.
+    fn hold_companion(&mut self, entry: u64) -> Option<ProbeId> {
+        if let Some(c) = self.companions.get_mut(&entry) {
+            c.users += 1;
+            return Some(c.id);
+        }
+        let mut spec = ProbeSpec::new(entry, Arc::new(CapturePlan::default()));
+        spec.records_entry = true;
+        spec.time_cap = nonstop_model::defaults::HIT_TIME_CAP;
+        spec.function = self
+            .debug
+            .function_bounds(entry.wrapping_sub(self.bias))
+            .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end));
+        let id = self.engine.arm(spec).ok()?;
+        self.companions.insert(entry, Companion { id, users: 1 });
+        Some(id)
+    }
+
+    /// Lets go of a site's companion; the last user disarms it.
+    fn release_companion(&mut self, entry: Option<u64>) {
+        let Some(entry) = entry else {
+            return;
+        };
+        let Some(c) = self.companions.get_mut(&entry) else {
+            return;
+        };
+        c.users = c.users.saturating_sub(1);
+        if c.users == 0 {
+            let _ = self.engine.disarm(c.id);
+            self.companions.remove(&entry);
+        }
     }
 
     /// Arms (or re-arms, with wider settings) the probe at `addr` for one more rule.
@@ -335,6 +386,26 @@ impl Agent {
         if !stack {
             plan.stack_bytes = 0;
         }
+        // Variables located by their value at function entry: a companion at the entry
+        // records the registers for each frame, which this probe's plan reads.
+        let mut companion = None;
+        let entry = match self.debug.entry_needs(site.address, &vars) {
+            Some(needs) => {
+                let at = self.bias.wrapping_add(needs.entry);
+                match (at != addr).then(|| self.hold_companion(at)).flatten() {
+                    Some(id) => {
+                        companion = Some(at);
+                        Some(EntrySource {
+                            companion: id,
+                            cfa_reg: needs.cfa.0,
+                            cfa_offset: needs.cfa.1,
+                        })
+                    }
+                    None => None,
+                }
+            }
+            None => None,
+        };
         let spec = ProbeSpec {
             address: addr,
             plan: Arc::new(plan),
@@ -353,6 +424,8 @@ impl Agent {
                 .debug
                 .function_bounds(site.address)
                 .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end)),
+            records_entry: false,
+            entry,
         };
         if let Some(old) = self.sites.get(&addr)
             && old.count_only
@@ -363,6 +436,8 @@ impl Agent {
         if let Some(old) = self.sites.remove(&addr) {
             let _ = self.engine.disarm(old.id);
             self.by_probe.remove(&old.id);
+            // The new probe already holds the companion (when it needs one), so it stays.
+            self.release_companion(old.companion);
         }
         // Builds the symbolizer now, so the first hit is not the one that waits for it.
         let _ = self.debug.frames_at(site.address);
@@ -382,11 +457,15 @@ impl Agent {
                         count_only,
                         counted_seen: 0,
                         users,
+                        companion,
                     },
                 );
                 Ok(addr)
             }
-            Err(e) => Err(format!("0x{:x}: {e}", site.address)),
+            Err(e) => {
+                self.release_companion(companion);
+                Err(format!("0x{:x}: {e}", site.address))
+            }
         }
     }
 

@@ -168,6 +168,16 @@ pub enum LocOp {
         /// Added to its value.
         offset: i64,
     },
+    /// Push `reg + offset` with the register's value at the function's entry
+    /// (`DW_OP_entry_value(DW_OP_regN)`): read from the [`EntryRegisters`] a companion
+    /// probe recorded for this frame; without them the program gives
+    /// [`LocError::NoEntryValue`].
+    EntryReg {
+        /// DWARF register number (0..=15, or xmm0..7 as 17..=24).
+        reg: u16,
+        /// Added to its value.
+        offset: i64,
+    },
     /// Push a constant.
     Const(u64),
     /// Push an address in the program (`DW_OP_addr`; relocated by the load bias).
@@ -245,6 +255,58 @@ pub enum LocError {
     /// The program is malformed (stack underflow or overflow, a division by zero, an
     /// unknown register, too many steps).
     Invalid,
+    /// The program reads a register's value at function entry, and none was recorded for
+    /// this frame (the function was entered before the companion probe was armed, or the
+    /// entry went unrecorded).
+    NoEntryValue,
+}
+
+/// The number of general registers an [`EntryRegisters`] keeps (rax..r15, DWARF 0..=15).
+pub const ENTRY_GPR_COUNT: usize = 16;
+/// The number of vector registers an [`EntryRegisters`] keeps (low halves of xmm0..7,
+/// where the System V ABI passes floating-point arguments).
+pub const ENTRY_XMM_COUNT: usize = 8;
+
+/// Register values at a function's entry, as a companion probe there recorded them for
+/// one frame: what `DW_OP_entry_value` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntryRegisters {
+    /// rax rdx rcx rbx rsi rdi rbp rsp r8..r15 (DWARF 0..=15) at entry.
+    pub gpr: [u64; ENTRY_GPR_COUNT],
+    /// The low 8 bytes of xmm0..xmm7 (DWARF 17..=24) at entry.
+    pub xmm: [u64; ENTRY_XMM_COUNT],
+}
+
+impl EntryRegisters {
+    /// The entry values of the registers in `regs` that an [`EntryRegisters`] keeps.
+    pub fn from_registers(regs: &Registers) -> EntryRegisters {
+        let mut e = EntryRegisters::default();
+        for (d, s) in e.gpr.iter_mut().zip(regs.gpr.iter()) {
+            *d = *s;
+        }
+        for (d, s) in e.xmm.iter_mut().zip(regs.xmm.iter()) {
+            let mut b = [0u8; 8];
+            if let Some(low) = s.get(..8) {
+                b.copy_from_slice(low);
+            }
+            *d = u64::from_le_bytes(b);
+        }
+        e
+    }
+
+    /// The value a register had at entry, when it is one that is kept.
+    pub fn value(&self, reg: u16) -> Option<u64> {
+        if let Some(&g) = self.gpr.get(reg as usize) {
+            return Some(g);
+        }
+        let x = (reg as usize).checked_sub(GPR_COUNT)?;
+        self.xmm.get(x).copied()
+    }
+
+    /// Whether a register's entry value is one an [`EntryRegisters`] keeps.
+    pub fn keeps(reg: u16) -> bool {
+        EntryRegisters::default().value(reg).is_some()
+    }
 }
 
 /// Runs a location program over `regs` and `mem` and returns the top of its stack.
@@ -254,6 +316,17 @@ pub enum LocError {
 pub fn eval_location<M: Memory + ?Sized>(
     ops: &[LocOp],
     regs: &Registers,
+    mem: &M,
+) -> Result<u64, LocError> {
+    eval_location_with_entry(ops, regs, None, mem)
+}
+
+/// [`eval_location`] with the frame's register values at function entry, for programs
+/// with [`LocOp::EntryReg`] steps (`None`: not recorded for this frame).
+pub fn eval_location_with_entry<M: Memory + ?Sized>(
+    ops: &[LocOp],
+    regs: &Registers,
+    entry: Option<&EntryRegisters>,
     mem: &M,
 ) -> Result<u64, LocError> {
     if ops.len() > MAX_LOC_OPS {
@@ -275,6 +348,13 @@ pub fn eval_location<M: Memory + ?Sized>(
         match *op {
             LocOp::Reg { reg, offset } => {
                 let v = regs.value(reg).ok_or(LocError::Invalid)?;
+                push(&mut stack, &mut n, v.wrapping_add(offset as u64))?;
+            }
+            LocOp::EntryReg { reg, offset } => {
+                let v = entry
+                    .ok_or(LocError::NoEntryValue)?
+                    .value(reg)
+                    .ok_or(LocError::NoEntryValue)?;
                 push(&mut stack, &mut n, v.wrapping_add(offset as u64))?;
             }
             LocOp::Const(c) | LocOp::Addr(c) => push(&mut stack, &mut n, c)?,
@@ -605,10 +685,24 @@ pub fn execute<M: Memory + ?Sized>(
     mem: &M,
     out: &mut [u8],
 ) -> CaptureOutcome {
+    execute_with_entry(plan, regs, None, mem, out)
+}
+
+/// [`execute`] with the frame's register values at function entry, which pieces computed
+/// by [`LocOp::EntryReg`] steps read (`None`: none recorded for this frame, and those
+/// roots are unavailable).
+pub fn execute_with_entry<M: Memory + ?Sized>(
+    plan: &CapturePlan,
+    regs: &Registers,
+    entry: Option<&EntryRegisters>,
+    mem: &M,
+    out: &mut [u8],
+) -> CaptureOutcome {
     let cap = out.len().min(plan.max_bytes.max(1024) as usize);
     let mut w = Writer {
         plan,
         mem,
+        entry,
         out: out.get_mut(..cap).unwrap_or_default(),
         pos: 0,
         blocks: 0,
@@ -683,6 +777,7 @@ fn put_u32(out: &mut [u8], at: usize, v: u32) {
 struct Writer<'a, M: Memory + ?Sized> {
     plan: &'a CapturePlan,
     mem: &'a M,
+    entry: Option<&'a EntryRegisters>,
     out: &'a mut [u8],
     pos: usize,
     blocks: u32,
@@ -790,7 +885,9 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     fill_padded(dst, bytes);
                     true
                 }
-                PieceSource::Expr { ops, value } => match eval_location(ops, regs, self.mem) {
+                PieceSource::Expr { ops, value } => match eval_location_with_entry(
+                    ops, regs, self.entry, self.mem,
+                ) {
                     Ok(v) if *value => {
                         fill_le(dst, v);
                         true
@@ -802,7 +899,7 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                         self.mem.read(a, dst).is_ok()
                     }
                     Err(LocError::Fault(_)) => false,
-                    Err(LocError::Invalid) => {
+                    Err(LocError::Invalid | LocError::NoEntryValue) => {
                         status = ROOT_UNAVAILABLE;
                         break;
                     }
@@ -2058,6 +2155,66 @@ mod tests {
         assert_eq!(run(&[LocOp::Const(1); 65]), Err(LocError::Invalid));
     }
 
+    #[test]
+    fn an_entry_value_is_read_from_the_recorded_entry_and_unavailable_without_it() {
+        // `DW_OP_entry_value(DW_OP_reg4); DW_OP_stack_value`: rsi at entry. At the hit rsi
+        // holds something else; only the recorded entry gives the value.
+        let mut regs = Registers::default();
+        regs.gpr[4] = 7;
+        let plan = one_root(
+            4,
+            PieceSource::Expr {
+                ops: vec![LocOp::EntryReg { reg: 4, offset: 0 }],
+                value: true,
+            },
+        );
+        let mut entry = EntryRegisters::default();
+        entry.gpr[4] = 42;
+        let mut out = vec![0u8; 4096];
+        let done = execute_with_entry(&plan, &regs, Some(&entry), &Fake(BTreeMap::new()), &mut out);
+        let rec = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(
+            rec.roots,
+            [CapturedRoot::Bytes {
+                bytes: 42u32.to_le_bytes().to_vec(),
+                addr: None
+            }]
+        );
+        let done = execute(&plan, &regs, &Fake(BTreeMap::new()), &mut out);
+        let rec = CapturedMemory::parse(&out[..done.len]).unwrap();
+        assert_eq!(rec.roots, [CapturedRoot::Unavailable]);
+        // xmm1's low half at entry (DWARF 18), plus arithmetic after the entry value.
+        entry.xmm[1] = 1.5f64.to_bits();
+        assert_eq!(
+            eval_location_with_entry(
+                &[LocOp::EntryReg { reg: 18, offset: 0 }],
+                &regs,
+                Some(&entry),
+                &Fake(BTreeMap::new())
+            ),
+            Ok(1.5f64.to_bits())
+        );
+        assert_eq!(
+            eval_location_with_entry(
+                &[LocOp::EntryReg { reg: 4, offset: 0 }, LocOp::PlusConst(8)],
+                &regs,
+                Some(&entry),
+                &Fake(BTreeMap::new())
+            ),
+            Ok(50)
+        );
+        // Registers an entry record does not keep (rip, xmm8) are never guessed.
+        assert_eq!(
+            eval_location_with_entry(
+                &[LocOp::EntryReg { reg: 25, offset: 0 }],
+                &regs,
+                Some(&entry),
+                &Fake(BTreeMap::new())
+            ),
+            Err(LocError::NoEntryValue)
+        );
+    }
+
     use proptest::prelude::Strategy as _;
 
     proptest::proptest! {
@@ -2065,6 +2222,7 @@ mod tests {
         fn location_programs_never_panic(ops in proptest::collection::vec(
             proptest::prop_oneof![
                 (0u16..40, proptest::num::i64::ANY).prop_map(|(reg, offset)| LocOp::Reg { reg, offset }),
+                (0u16..40, proptest::num::i64::ANY).prop_map(|(reg, offset)| LocOp::EntryReg { reg, offset }),
                 proptest::num::u64::ANY.prop_map(LocOp::Const),
                 (0u8..12).prop_map(|size| LocOp::Deref { size }),
                 proptest::num::u64::ANY.prop_map(LocOp::PlusConst),
@@ -2093,6 +2251,12 @@ mod tests {
                 }
             }
             let _ = eval_location(&ops, &Registers::default(), &Low);
+            let _ = eval_location_with_entry(
+                &ops,
+                &Registers::default(),
+                Some(&EntryRegisters::default()),
+                &Low,
+            );
         }
     }
 

@@ -47,6 +47,10 @@ const MAX_READ: u64 = 1 << 20;
 /// Most hash buckets the decoder scans.
 const MAX_BUCKETS: u64 = 1 << 24;
 
+/// What a variable located by its entry value says when its frame's entry was not
+/// recorded.
+pub const ENTRY_NOT_RECORDED: &str = "unavailable here (its value at function entry was not recorded for this frame: the function was entered before the probe was armed, or the entry was missed)";
+
 impl DebugInfo {
     /// Decodes one variable from its captured root (see [`DebugInfo::capture_plan`]),
     /// following pointers through `mem`.
@@ -69,14 +73,17 @@ impl DebugInfo {
                     "optimized out (only its value at function entry is described)",
                 );
             }
-            Availability::Available(_) => {}
+            Availability::Available(_) | Availability::FromEntry(_) => {}
         }
         match root {
             CapturedRoot::Bytes { bytes, addr } => match var.type_die {
                 Some(ty) => self.decode_type(ty, bytes, *addr, mem, limits),
                 None => Value::error(type_name, "no type information"),
             },
-            CapturedRoot::Unavailable => Value::error(type_name, "optimized out"),
+            CapturedRoot::Unavailable => match &var.availability {
+                Availability::FromEntry(_) => Value::error(type_name, ENTRY_NOT_RECORDED),
+                _ => Value::error(type_name, "optimized out"),
+            },
             CapturedRoot::Fault => {
                 let at = match &var.availability {
                     Availability::Available(p) => p.iter().find_map(|p| match p.source {
@@ -183,7 +190,10 @@ impl DebugInfo {
                             mem.read(a, &mut buf).is_ok()
                         }
                         Err(nonstop_capture::capture::LocError::Fault(_)) => false,
-                        Err(nonstop_capture::capture::LocError::Invalid) => {
+                        Err(
+                            nonstop_capture::capture::LocError::Invalid
+                            | nonstop_capture::capture::LocError::NoEntryValue,
+                        ) => {
                             return CapturedRoot::Unavailable;
                         }
                     }

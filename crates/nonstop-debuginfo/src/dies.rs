@@ -502,6 +502,25 @@ impl DebugInfo {
         (addr < start.saturating_add((*size).max(1))).then(|| demangle(name))
     }
 
+    /// The entry (a file address) of the function whose code holds `addr`: the start of
+    /// the ELF function symbol containing it, or, inside a GCC `NAME.cold` part, of
+    /// `NAME` (a cold part is entered by jumps, never called). `None` without a symbol.
+    pub fn function_entry(&self, addr: u64) -> Option<u64> {
+        let syms = &self.file.symbols;
+        let i = syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;
+        let (start, size, name) = syms.get(i)?;
+        if addr >= start.saturating_add((*size).max(1)) {
+            return None;
+        }
+        match name.find(".cold") {
+            Some(at) => {
+                let hot = name.get(..at)?;
+                syms.iter().find(|s| s.2 == hot).map(|s| s.0)
+            }
+            None => Some(*start),
+        }
+    }
+
     /// The bounds (file addresses) of the sized ELF function symbol containing `addr`: the
     /// fast path decodes the whole function there. `None` when no sized symbol holds it, or
     /// when the function has a part elsewhere (GCC's `NAME.cold`), whose jumps back into

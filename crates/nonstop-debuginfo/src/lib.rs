@@ -47,13 +47,14 @@ mod types;
 mod unwind;
 
 pub use dies::async_display_name;
+pub use decode::ENTRY_NOT_RECORDED;
 pub use error::Error;
 pub use lines::Site;
 /// `/proc/PID/maps`, parsed (re-exported for the agent).
 pub use nonstop_capture::maps;
 pub use nonstop_model::debug::{debug_string, key_string};
 pub use plan::{DEFAULT_MAX_BYTES, DEFAULT_STACK_BYTES};
-pub use scope::{Availability, Variable, VariableKind, relocate_source};
+pub use scope::{Availability, EntryNeeds, Variable, VariableKind, relocate_source};
 pub use types::{
     Discriminant, Field, PointerKind, Type, TypeKind, Variant, cpp_short_name, short_name,
 };

@@ -98,7 +98,7 @@ impl DebugInfo {
         for var in vars {
             let size = u32::try_from(self.type_size(var.type_die)).unwrap_or(u32::MAX);
             let root = match &var.availability {
-                Availability::Available(pieces) => {
+                Availability::Available(pieces) | Availability::FromEntry(pieces) => {
                     let tree = combine(b.nodes(var.type_die, 0, limits.depth));
                     RootPlan {
                         pieces: pieces.clone(),

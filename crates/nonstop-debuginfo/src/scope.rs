@@ -4,7 +4,9 @@ use crate::dies::{Die, Scope, Unit};
 use crate::{DebugInfo, DieRef, Error, Reader};
 use gimli::Reader as _;
 use gimli::{AttributeValue, Operation, UnitOffset};
-use nonstop_capture::capture::{BinOp, LocOp, MAX_LOC_OPS, Piece, PieceSource};
+use nonstop_capture::capture::{
+    BinOp, EntryRegisters, LocOp, MAX_LOC_OPS, Piece, PieceSource, REG_RSP,
+};
 use std::collections::HashSet;
 
 pub(crate) use crate::dies::UnitPaths;
@@ -26,19 +28,63 @@ pub enum Availability {
     /// No location at this address (or one nonstop cannot express as capture pieces,
     /// such as `DW_OP_deref` chains or TLS).
     OptimizedOut,
-    /// Only its value at function entry is described, which nonstop cannot recover here.
+    /// Its bytes, piece by piece, computed (at least in part) from register values at
+    /// function entry (`DW_OP_entry_value(DW_OP_regN)`, [`LocOp::EntryReg`]): available in
+    /// a frame whose entry a companion probe recorded ([`DebugInfo::entry_needs`]), else
+    /// unavailable.
+    FromEntry(Vec<Piece>),
+    /// Only its value at function entry is described, in a form nonstop cannot record
+    /// (an entry value of memory, or of a register the entry record does not keep).
     EntryValue,
 }
 
 impl Availability {
     /// Adds the load bias to every `Absolute` piece (file address → runtime address).
     pub fn relocate(&mut self, bias: u64) {
-        if let Availability::Available(pieces) = self {
+        if let Availability::Available(pieces) | Availability::FromEntry(pieces) = self {
             for p in pieces {
                 relocate_source(&mut p.source, bias);
             }
         }
     }
+}
+
+impl Availability {
+    /// The pieces, for a variable whose bytes can be captured here (from the registers
+    /// and memory at the hit, or with its function's entry values).
+    pub fn pieces(&self) -> Option<&[Piece]> {
+        match self {
+            Availability::Available(p) | Availability::FromEntry(p) => Some(p),
+            Availability::OptimizedOut | Availability::EntryValue => None,
+        }
+    }
+}
+
+/// Whether any piece reads a register's value at function entry.
+fn uses_entry(pieces: &[Piece]) -> bool {
+    pieces.iter().any(|p| {
+        matches!(&p.source, PieceSource::Expr { ops, .. }
+            if ops.iter().any(|o| matches!(o, LocOp::EntryReg { .. })))
+    })
+}
+
+/// What a probe needs recorded at its function's entry so that variables located by
+/// their entry values ([`Availability::FromEntry`]) can be read there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryNeeds {
+    /// The function's entry (a file address): the start of its symbol, never a `.cold`
+    /// part. A companion probe there records the registers.
+    pub entry: u64,
+    /// The registers whose entry values the variables read (DWARF numbers), sorted.
+    pub regs: Vec<u16>,
+    /// The probe's frame's CFA rule at the probe address: `CFA = reg + offset`. At the
+    /// entry the CFA is `rsp + 8`, so the two probes agree on which frame is which.
+    pub cfa: (u16, i64),
+}
+
+impl EntryNeeds {
+    /// The CFA rule at a function's entry (before its first instruction): `rsp + 8`.
+    pub const ENTRY_CFA: (u16, i64) = (REG_RSP, 8);
 }
 
 /// Adds the load bias to the file addresses a piece source names (`Absolute`, and the
@@ -83,6 +129,13 @@ fn simplify(prog: &mut Vec<LocOp>) {
             ([.., LocOp::Reg { reg, offset }], LocOp::PlusConst(c)) => Some((
                 1,
                 LocOp::Reg {
+                    reg: *reg,
+                    offset: offset.wrapping_add(c as i64),
+                },
+            )),
+            ([.., LocOp::EntryReg { reg, offset }], LocOp::PlusConst(c)) => Some((
+                1,
+                LocOp::EntryReg {
                     reg: *reg,
                     offset: offset.wrapping_add(c as i64),
                 },
@@ -335,7 +388,9 @@ impl DebugInfo {
         let mut availability = self.availability(ui, unit, e, address, frame_base, size)?;
         // Pieces without a location over padding only (g++ describes `std::optional<int>`
         // as 4 + 1 bytes and 3 of nothing): no data is missing, as gdb shows.
-        if let (Availability::Available(pieces), Some(ty)) = (&mut availability, type_die) {
+        if let (Availability::Available(pieces) | Availability::FromEntry(pieces), Some(ty)) =
+            (&mut availability, type_die)
+        {
             let unused = self.unused_bytes(ty, pieces);
             let mut at = 0u64;
             for p in pieces.iter_mut() {
@@ -412,6 +467,7 @@ impl DebugInfo {
         Ok(
             match self.pieces(unit, expr, address, frame_base, size.unwrap_or(8)) {
                 Ok(p) if p.is_empty() => Availability::OptimizedOut,
+                Ok(p) if uses_entry(&p) => Availability::FromEntry(p),
                 Ok(p) => Availability::Available(p),
                 Err(Unexpressible::EntryValue) => Availability::EntryValue,
                 Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
@@ -465,7 +521,21 @@ impl DebugInfo {
                 Operation::ImplicitValue { data } => {
                     implicit = Some(data.to_slice().map(|c| c.into_owned()).unwrap_or_default())
                 }
-                Operation::EntryValue { .. } => return Err(Unexpressible::EntryValue),
+                Operation::EntryValue { expression } => {
+                    // The value a register had at entry: recorded by a companion probe.
+                    // Anything else (memory at entry) cannot be recorded.
+                    let inner = gimli::Expression(expression);
+                    let mut inner_ops = inner.operations(unit.encoding());
+                    let reg = match (inner_ops.next(), inner_ops.next()) {
+                        (Ok(Some(Operation::Register { register })), Ok(None))
+                            if EntryRegisters::keeps(register.0) =>
+                        {
+                            register.0
+                        }
+                        _ => return Err(Unexpressible::EntryValue),
+                    };
+                    prog.push(LocOp::EntryReg { reg, offset: 0 });
+                }
                 Operation::Nop => {}
                 op => self.compile_op(unit, op, address, frame_base, addr_size, &mut prog)?,
             }
@@ -528,6 +598,7 @@ impl DebugInfo {
         let expr = gimli::Expression(Reader::new(std::sync::Arc::from(bytes), endian));
         Ok(match self.pieces(unit, expr, 0, frame_base, size) {
             Ok(p) if p.is_empty() => Availability::OptimizedOut,
+            Ok(p) if uses_entry(&p) => Availability::FromEntry(p),
             Ok(p) => Availability::Available(p),
             Err(Unexpressible::EntryValue) => Availability::EntryValue,
             Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
@@ -666,6 +737,38 @@ impl DebugInfo {
         }
         simplify(&mut prog);
         Ok((!prog.is_empty()).then_some(prog))
+    }
+
+    /// What a probe at `address` (a file address) needs recorded at its function's entry
+    /// for `vars` (the variables in scope there, from [`DebugInfo::variables_at`]): `None`
+    /// when no variable reads an entry value, or when the function's entry or the frame's
+    /// CFA at `address` cannot be told (then those variables stay unavailable).
+    pub fn entry_needs(&self, address: u64, vars: &[Variable]) -> Option<EntryNeeds> {
+        let mut regs: Vec<u16> = vars
+            .iter()
+            .filter_map(|v| match &v.availability {
+                Availability::FromEntry(p) => Some(p),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|p| match &p.source {
+                PieceSource::Expr { ops, .. } => Some(ops),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|o| match o {
+                LocOp::EntryReg { reg, .. } => Some(*reg),
+                _ => None,
+            })
+            .collect();
+        if regs.is_empty() {
+            return None;
+        }
+        regs.sort_unstable();
+        regs.dedup();
+        let entry = self.function_entry(address)?;
+        let cfa = self.cfa_at(address)?;
+        Some(EntryNeeds { entry, regs, cfa })
     }
 
     /// The canonical frame address at `address` as `reg + offset`, from `.eh_frame` or

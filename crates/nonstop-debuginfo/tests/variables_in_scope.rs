@@ -220,7 +220,24 @@ fn c_release_has_entry_values_and_registers() {
             source: PieceSource::Register { reg: 5 }
         }])
     );
-    assert_eq!(by("factor"), Availability::EntryValue);
+    // `factor` is described only by its value at entry: `esi` (DWARF register 4) when the
+    // function was entered, read from what the companion probe recorded there.
+    assert_eq!(
+        by("factor"),
+        Availability::FromEntry(vec![Piece {
+            size: 4,
+            source: PieceSource::Expr {
+                ops: vec![LocOp::EntryReg { reg: 4, offset: 0 }],
+                value: true
+            }
+        }])
+    );
+    let needs = info
+        .entry_needs(sites[0].address, &vars)
+        .expect("`scale` needs an entry value");
+    assert_eq!(needs.regs, vec![4]);
+    assert_eq!(needs.cfa.0, REG_RSP, "{needs:?}");
+    assert!(needs.entry <= sites[0].address, "{needs:?}");
 }
 
 #[test]

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, Memory, ReadError, Registers, XMM_COUNT, execute,
+    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers, XMM_COUNT,
+    execute_with_entry,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
 
@@ -17,6 +18,7 @@ use crate::arch::context::Context;
 use crate::arch::fastpath::{self, FastFrame, FastRefusal, FastSite};
 use crate::arch::site::{self, Emulation, SiteError};
 use crate::backoff::{Sampling, SiteBudget};
+use crate::entry;
 use crate::limits::{Budget, Gcra};
 use crate::ring::{RecordMeta, Ring};
 use crate::signals;
@@ -82,6 +84,19 @@ struct ProbeState {
     /// The fast-path span's original bytes (little-endian in 3 words) and length.
     fast_orig: [AtomicU64; 3],
     fast_len: AtomicU8,
+    /// A companion probe: it records the registers at a function's entry (see
+    /// [`ProbeSpec::records_entry`]) and captures nothing.
+    records_entry: AtomicBool,
+    /// A companion's epoch: moves whenever an entry may have gone unrecorded, so that no
+    /// older record matches a frame any more (see `entry`).
+    entry_epoch: AtomicU64,
+    /// The companion whose records this probe's plan reads: its state index + 1 (0: none)
+    /// and its id (the state may have been reused for another probe since).
+    entry_from: AtomicU32,
+    entry_from_id: AtomicU64,
+    /// This probe's frame's CFA rule: `CFA = reg + offset`.
+    entry_cfa_reg: AtomicU32,
+    entry_cfa_offset: AtomicU64,
 }
 
 impl ProbeState {
@@ -120,6 +135,12 @@ impl ProbeState {
             tramp_resume: AtomicU64::new(0),
             fast_orig: [const { AtomicU64::new(0) }; 3],
             fast_len: AtomicU8::new(0),
+            records_entry: AtomicBool::new(false),
+            entry_epoch: AtomicU64::new(0),
+            entry_from: AtomicU32::new(0),
+            entry_from_id: AtomicU64::new(0),
+            entry_cfa_reg: AtomicU32::new(0),
+            entry_cfa_offset: AtomicU64::new(0),
         }
     }
 
@@ -300,6 +321,26 @@ pub struct ProbeSpec {
     /// The bounds of the function holding `address` (from symbols or CFI): the fast path
     /// decodes the whole function to prove a `jmp` safe there; without them, `int3`.
     pub function: Option<std::ops::Range<u64>>,
+    /// A companion probe at a function's entry: at each hit it records the general
+    /// registers, the low halves of xmm0–7 and the frame's CFA (`rsp + 8`) into the
+    /// calling thread's entry table, and captures nothing (no record, no filter, no rate;
+    /// the budget applies). Line probes of the function read them ([`ProbeSpec::entry`]).
+    pub records_entry: bool,
+    /// Where this probe's plan reads register values at function entry
+    /// (`LocOp::EntryReg`): the function's companion, and this frame's CFA rule.
+    pub entry: Option<EntrySource>,
+}
+
+/// Where a line probe finds its frame's values at function entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntrySource {
+    /// The companion probe at the function's entry (armed with
+    /// [`ProbeSpec::records_entry`]).
+    pub companion: ProbeId,
+    /// The CFA rule at the line probe's address (from CFI): `CFA = reg + offset`.
+    pub cfa_reg: u16,
+    /// See `cfa_reg`.
+    pub cfa_offset: i64,
 }
 
 impl ProbeSpec {
@@ -314,6 +355,8 @@ impl ProbeSpec {
             filter: None,
             count_only: false,
             function: None,
+            records_entry: false,
+            entry: None,
         }
     }
 }
@@ -761,6 +804,9 @@ struct Job {
     no_fault_signals: bool,
     plan: *const CapturePlan,
     regs: Registers,
+    /// The frame's register values at function entry, when the plan reads them and its
+    /// companion recorded this frame.
+    entry: Option<EntryRegisters>,
     out: *mut u8,
     out_len: usize,
     outcome: CaptureOutcome,
@@ -778,10 +824,11 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
             std::slice::from_raw_parts_mut(job.out, job.out_len),
         )
     };
+    let entry = job.entry.as_ref();
     job.outcome = if job.no_fault_signals {
-        execute(plan, &job.regs, &SyscallMemory, out)
+        execute_with_entry(plan, &job.regs, entry, &SyscallMemory, out)
     } else {
-        execute(plan, &job.regs, &SafeMemory, out)
+        execute_with_entry(plan, &job.regs, entry, &SafeMemory, out)
     };
 }
 
@@ -1105,11 +1152,16 @@ impl Engine {
                 if out {
                     b.went_out(now, p.traps.load(Ordering::Relaxed), trap_cost);
                     changed = true;
+                    // Entries from now on go unrecorded: no older record may match them.
+                    p.entry_epoch.fetch_add(1, Ordering::SeqCst);
                 }
             } else if b.due(now) && room {
                 if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
                     b.went_in(now, p.traps.load(Ordering::Relaxed));
                     changed = true;
+                    // Frames entered while it was out have no record; a record made before
+                    // it went out at the same CFA must not stand in for theirs.
+                    p.entry_epoch.fetch_add(1, Ordering::SeqCst);
                     let tramp = match a.fast_status.get(id) {
                         Some(FastPath::Yes { trampoline, .. }) => Some(*trampoline),
                         _ => None,
@@ -1197,6 +1249,15 @@ impl Engine {
         } else {
             0
         };
+        let entry_from = match spec.entry {
+            Some(src) => match a.live.get(&src.companion.0) {
+                Some(&(cidx, _)) if STATES[cidx].records_entry.load(Ordering::Relaxed) => {
+                    Some((cidx, src))
+                }
+                _ => return Err(ArmError::UnknownProbe(src.companion)),
+            },
+            None => None,
+        };
         let Some(idx) = a.free.pop() else {
             return Err(ArmError::TooManyProbes { max: MAX_PROBES });
         };
@@ -1235,6 +1296,21 @@ impl Engine {
             None => p.rate.set(None, 1),
         }
         p.count_only.store(spec.count_only, r);
+        p.records_entry.store(spec.records_entry, r);
+        // A new companion id starts a new key space; the epoch only has to move from here.
+        p.entry_epoch.fetch_add(1, r);
+        match entry_from {
+            Some((cidx, src)) => {
+                p.entry_from.store(cidx as u32 + 1, r);
+                p.entry_from_id.store(src.companion.0, r);
+                p.entry_cfa_reg.store(u32::from(src.cfa_reg), r);
+                p.entry_cfa_offset.store(src.cfa_offset as u64, r);
+            }
+            None => {
+                p.entry_from.store(0, r);
+                p.entry_from_id.store(0, r);
+            }
+        }
         p.budget.reset(sys::now_ns());
         p.fast.store(false, r);
         p.tramp_resume.store(0, r);
@@ -1759,6 +1835,8 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     // nothing outside this section, so nesting cannot recurse.
     let Some(guard) = guard_enter(thread_pointer()) else {
         p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        // An entry not recorded (when this is a companion): older records stop matching.
+        p.entry_epoch.fetch_add(1, Ordering::Relaxed);
         perform(p, &mut ctx);
         p.in_flight.fetch_sub(1, Ordering::Release);
         return true;
@@ -1900,6 +1978,7 @@ extern "C" fn nonstop_probe_fast_hit(frame: *mut FastFrame, addr: u64, xsave: *m
     p.traps.fetch_add(1, Ordering::Relaxed);
     let Some(guard) = guard_enter(thread_pointer()) else {
         p.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        p.entry_epoch.fetch_add(1, Ordering::Relaxed);
         p.in_flight.fetch_sub(1, Ordering::Release);
         return;
     };
@@ -1946,6 +2025,10 @@ fn capture<C: HitContext>(
         wake.out = true;
     }
     if p.done.load(Ordering::Acquire) {
+        return;
+    }
+    if p.records_entry.load(r) {
+        record_entry(p, ctx, addr, over_budget);
         return;
     }
     let filter = p.filter.load(Ordering::Acquire);
@@ -2019,6 +2102,7 @@ fn capture<C: HitContext>(
         no_fault_signals: ctx.faults_unsafe(),
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),
+        entry: None,
         out: out.as_mut_ptr(),
         out_len: out.len(),
         outcome: CaptureOutcome {
@@ -2027,6 +2111,7 @@ fn capture<C: HitContext>(
         },
     };
     ctx.registers(addr, &mut job.regs);
+    job.entry = entry_values(p, &job.regs);
     if !job.plan.is_null() {
         // Interrupted code on the alternate stack (a program's handler): a signal arriving
         // while we are on the capture stack would have its frame put at the top of the
@@ -2065,6 +2150,46 @@ fn capture<C: HitContext>(
     if hits + 1 >= max {
         p.finish(REASON_MAX_HITS, 0);
     }
+}
+
+/// A companion's hit: records this frame's entry registers, or, when the budget drops
+/// the hit, moves the epoch (that entry goes unrecorded).
+fn record_entry<C: HitContext>(p: &ProbeState, ctx: &C, addr: u64, over_budget: bool) {
+    let r = Ordering::Relaxed;
+    if over_budget {
+        p.dropped_budget.fetch_add(1, r);
+        p.entry_epoch.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let mut regs = Registers::default();
+    ctx.registers(addr, &mut regs);
+    // At the entry, before the first instruction, the return address is at rsp.
+    let cfa = regs.gpr[REG_RSP as usize].wrapping_add(8);
+    let epoch = p.entry_epoch.load(Ordering::SeqCst);
+    if entry::record(thread_pointer(), p.id.load(r), epoch, cfa, &regs) {
+        p.hits.fetch_add(1, r);
+    } else {
+        // More threads than the table has rows: this thread's frames stay unavailable.
+        p.dropped_full.fetch_add(1, r);
+    }
+}
+
+/// A line probe's entry values for the frame it interrupted: the record its companion made
+/// at this frame's entry (same thread, same CFA, the companion's current epoch), if any.
+fn entry_values(p: &ProbeState, regs: &Registers) -> Option<EntryRegisters> {
+    let r = Ordering::Relaxed;
+    let c = (p.entry_from.load(r) as usize).checked_sub(1)?;
+    let id = p.entry_from_id.load(r);
+    let companion = STATES.get(c)?;
+    if companion.id.load(r) != id || companion.status.load(Ordering::SeqCst) != ARMED {
+        return None;
+    }
+    let epoch = companion.entry_epoch.load(Ordering::SeqCst);
+    let cfa_reg = u16::try_from(p.entry_cfa_reg.load(r)).ok()?;
+    let cfa = regs
+        .value(cfa_reg)?
+        .wrapping_add(p.entry_cfa_offset.load(r));
+    entry::lookup(thread_pointer(), id, epoch, cfa)
 }
 
 /// Blocks every signal but the synchronous ones; returns the previous mask.

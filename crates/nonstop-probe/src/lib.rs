@@ -109,6 +109,7 @@ compile_error!("nonstop-probe supports x86_64 Linux only");
 mod arch;
 mod backoff;
 mod engine;
+mod entry;
 mod limits;
 mod ring;
 mod signals;
@@ -119,10 +120,11 @@ mod sys;
 pub use arch::fastpath::{FastRefusal, check_in_file as fast_path_check};
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
 pub use engine::{
-    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, FastPath, Hit,
-    MAX_PROBES, ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
+    ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, EntrySource,
+    FastPath, Hit, MAX_PROBES, ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
     trap_path_range,
 };
+pub use entry::{FRAMES as ENTRY_FRAMES, THREADS as ENTRY_THREADS};
 pub use signals::{sigaction, signal};
 
 /// Runs `function` when the shared object (or executable) is loaded, before `main`: for the

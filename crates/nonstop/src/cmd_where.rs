@@ -52,7 +52,8 @@ struct VariableOut {
     #[serde(rename = "type")]
     type_name: String,
     decl_line: Option<u32>,
-    /// `available`, `optimized-out` or `entry-value`.
+    /// `available`, `from-entry` (computed from register values a companion probe records
+    /// at function entry), `optimized-out` or `entry-value` (not recordable).
     availability: &'static str,
     /// Where the bytes are, piece by piece: `[rsp+0x18]` (memory), `reg rdi`,
     /// `value rsp+0x8` (computed), `const 0x2a`, `[0x4010]` (a static), `optimized out`.
@@ -140,6 +141,10 @@ fn fast_path(info: &DebugInfo, address: u64) -> String {
 fn variable_out(v: &Variable) -> VariableOut {
     let (availability, pieces) = match &v.availability {
         Availability::Available(p) => ("available", p.iter().map(piece_out).collect()),
+        Availability::FromEntry(p) => (
+            "from-entry",
+            p.iter().map(piece_out).collect(),
+        ),
         Availability::OptimizedOut => ("optimized-out", Vec::new()),
         Availability::EntryValue => ("entry-value", Vec::new()),
     };
@@ -181,6 +186,7 @@ fn offset(reg: u16, off: i64) -> String {
 fn loc_op(op: &LocOp) -> String {
     match op {
         LocOp::Reg { reg, offset: o } => offset(*reg, *o),
+        LocOp::EntryReg { reg, offset: o } => format!("{}@entry", offset(*reg, *o)),
         LocOp::Const(c) => format!("{c:#x}"),
         LocOp::Addr(a) => format!("addr {a:#x}"),
         LocOp::Deref { size: 8 } => "deref".into(),
@@ -262,7 +268,7 @@ fn print_text(w: &mut impl Write, out: &Output) -> std::io::Result<()> {
         }
         for v in &s.variables {
             let avail = match v.availability {
-                "available" => {
+                "available" | "from-entry" => {
                     let p: Vec<String> = if v.pieces.len() == 1 {
                         vec![v.pieces[0].location.clone()]
                     } else {
@@ -271,7 +277,11 @@ fn print_text(w: &mut impl Write, out: &Output) -> std::io::Result<()> {
                             .map(|p| format!("{}B {}", p.size, p.location))
                             .collect()
                     };
-                    format!("available: {}", p.join(", "))
+                    if v.availability == "from-entry" {
+                        format!("entry-value (recorded at function entry): {}", p.join(", "))
+                    } else {
+                        format!("available: {}", p.join(", "))
+                    }
                 }
                 "optimized-out" => "optimized out".into(),
                 _ => "unavailable (only its value at function entry is described)".into(),
