@@ -196,7 +196,12 @@ fn conditions_decided_in_the_trap_path_select_exactly_the_matching_executions() 
         };
         // Optimized, `order` is only described by its value at function entry: the companion
         // probe at `price`'s entry recorded it, so the same executions match in both builds.
-        assert_eq!(messages("bob"), vec!["101", "104"], "{build:?}: {}", run.stderr());
+        assert_eq!(
+            messages("bob"),
+            vec!["101", "104"],
+            "{build:?}: {}",
+            run.stderr()
+        );
         assert_eq!(
             messages("big"),
             vec!["Ann#7", "Bob#8", "Ann#7"],

@@ -885,25 +885,25 @@ impl<M: Memory + ?Sized> Writer<'_, M> {
                     fill_padded(dst, bytes);
                     true
                 }
-                PieceSource::Expr { ops, value } => match eval_location_with_entry(
-                    ops, regs, self.entry, self.mem,
-                ) {
-                    Ok(v) if *value => {
-                        fill_le(dst, v);
-                        true
-                    }
-                    Ok(a) => {
-                        if single {
-                            computed_addr = Some(a);
+                PieceSource::Expr { ops, value } => {
+                    match eval_location_with_entry(ops, regs, self.entry, self.mem) {
+                        Ok(v) if *value => {
+                            fill_le(dst, v);
+                            true
                         }
-                        self.mem.read(a, dst).is_ok()
+                        Ok(a) => {
+                            if single {
+                                computed_addr = Some(a);
+                            }
+                            self.mem.read(a, dst).is_ok()
+                        }
+                        Err(LocError::Fault(_)) => false,
+                        Err(LocError::Invalid | LocError::NoEntryValue) => {
+                            status = ROOT_UNAVAILABLE;
+                            break;
+                        }
                     }
-                    Err(LocError::Fault(_)) => false,
-                    Err(LocError::Invalid | LocError::NoEntryValue) => {
-                        status = ROOT_UNAVAILABLE;
-                        break;
-                    }
-                },
+                }
                 PieceSource::Unavailable => {
                     status = ROOT_UNAVAILABLE;
                     break;

@@ -46,8 +46,8 @@ mod symbolize;
 mod types;
 mod unwind;
 
-pub use dies::async_display_name;
 pub use decode::ENTRY_NOT_RECORDED;
+pub use dies::async_display_name;
 pub use error::Error;
 pub use lines::Site;
 /// `/proc/PID/maps`, parsed (re-exported for the agent).

@@ -110,7 +110,10 @@ pub(crate) fn record(tp: u64, id: u64, epoch: u64, cfa: u64, regs: &Registers) -
     };
     let entry = EntryRegisters::from_registers(regs);
     f[0].store(0, r);
-    for (w, v) in f[KEY..].iter().zip(entry.gpr.iter().chain(entry.xmm.iter())) {
+    for (w, v) in f[KEY..]
+        .iter()
+        .zip(entry.gpr.iter().chain(entry.xmm.iter()))
+    {
         w.store(*v, r);
     }
     f[1].store(epoch, r);
@@ -164,7 +167,13 @@ mod tests {
         // A new entry at the same CFA replaces that frame's record.
         regs.gpr[5] = 99;
         assert!(record(tp, 9, 1, 0x1000 - 0x40 * 5, &regs));
-        assert_eq!(lookup(tp, 9, 1, 0x1000 - 0x40 * 5).map(|e| e.gpr[5]), Some(99));
-        assert_eq!(lookup(tp, 9, 1, 0x1000 - 0x40 * 6).map(|e| e.gpr[5]), Some(6));
+        assert_eq!(
+            lookup(tp, 9, 1, 0x1000 - 0x40 * 5).map(|e| e.gpr[5]),
+            Some(99)
+        );
+        assert_eq!(
+            lookup(tp, 9, 1, 0x1000 - 0x40 * 6).map(|e| e.gpr[5]),
+            Some(6)
+        );
     }
 }

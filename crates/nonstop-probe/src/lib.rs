@@ -121,8 +121,8 @@ pub use arch::fastpath::{FastRefusal, check_in_file as fast_path_check};
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};
 pub use engine::{
     ArmError, DEFAULT_TIME_CAP, DisarmReason, Engine, EngineConfig, EngineError, EntrySource,
-    FastPath, Hit, MAX_PROBES, ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory, text_bytes,
-    trap_path_range,
+    FastPath, Hit, MAX_PROBES, ProbeId, ProbeSpec, ProbeStats, RateLimit, SafeMemory, read_memory,
+    text_bytes, trap_path_range,
 };
 pub use entry::{FRAMES as ENTRY_FRAMES, THREADS as ENTRY_THREADS};
 pub use signals::{sigaction, signal};

@@ -141,10 +141,7 @@ fn fast_path(info: &DebugInfo, address: u64) -> String {
 fn variable_out(v: &Variable) -> VariableOut {
     let (availability, pieces) = match &v.availability {
         Availability::Available(p) => ("available", p.iter().map(piece_out).collect()),
-        Availability::FromEntry(p) => (
-            "from-entry",
-            p.iter().map(piece_out).collect(),
-        ),
+        Availability::FromEntry(p) => ("from-entry", p.iter().map(piece_out).collect()),
         Availability::OptimizedOut => ("optimized-out", Vec::new()),
         Availability::EntryValue => ("entry-value", Vec::new()),
     };
