@@ -55,6 +55,17 @@ export class Responses {
       }
       this.add(r);
     };
+    // After a reconnect the server resumes where the stream left off; what retention
+    // pruned meanwhile is gone, and it says how much.
+    this.source.addEventListener('missed', (ev) => {
+      let m;
+      try {
+        m = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
+      toast(`${m.count} responses were pruned from the store before this page got them`, 'warn');
+    });
     this.source.onerror = () => {
       if (this.source.readyState === EventSource.CLOSED) {
         this.onLive('stream closed: reload the page', 'err');

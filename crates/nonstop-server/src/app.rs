@@ -308,6 +308,19 @@ struct Stream {
     backlog: std::collections::VecDeque<(i64, String)>,
     /// Whether the store may hold more than the backlog (a full page was read).
     behind: bool,
+    /// A `missed` event to send before the backlog: ids after `last` that the store no
+    /// longer holds (pruned by retention, or deleted with their rule, before this stream
+    /// got them).
+    missed: Option<Missed>,
+}
+
+/// Data of a `missed` event: the stream goes on at `next` after `after`, and the responses
+/// stored between them (at most `count`) are gone from the store.
+#[derive(serde::Serialize)]
+struct Missed {
+    after: i64,
+    next: i64,
+    count: i64,
 }
 
 impl Stream {
@@ -321,6 +334,19 @@ impl Stream {
         {
             Ok(page) => {
                 self.behind = page.len() as u64 == CATCH_UP;
+                // Ids are handed out one after another, so a first id past the next one
+                // means responses were removed before this stream read them. Only an
+                // unfiltered stream can tell: a rule's ids are interleaved with others'.
+                if self.rule.is_none()
+                    && let Some((first, _)) = page.first()
+                    && *first > self.last.saturating_add(1)
+                {
+                    self.missed = Some(Missed {
+                        after: self.last,
+                        next: *first,
+                        count: first - self.last - 1,
+                    });
+                }
                 if !self.behind {
                     // The store was read after the early response was stored, and the
                     // store hands out ids in commit order: nothing up to it is still to come.
@@ -344,6 +370,15 @@ impl Stream {
         loop {
             if self.backlog.is_empty() && self.behind {
                 self.catch_up().await;
+            }
+            if let Some(m) = self.missed.take() {
+                tracing::debug!(
+                    after = m.after,
+                    next = m.next,
+                    "a live stream missed pruned responses"
+                );
+                let data = serde_json::to_string(&m).unwrap_or_default();
+                return Some((Ok(Event::default().event("missed").data(data)), self));
             }
             if let Some((id, json)) = self.backlog.pop_front() {
                 self.last = id;
@@ -419,6 +454,7 @@ pub async fn stream_responses(
         gap_to: last,
         backlog: Default::default(),
         behind: resume.is_some(),
+        missed: None,
         app: app.clone(),
     };
     let mut shutdown = app.shutdown.clone();

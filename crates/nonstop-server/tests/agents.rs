@@ -541,3 +541,85 @@ fn a_stream_gets_exactly_what_the_store_holds_in_store_order_while_ten_agents_po
         assert_eq!(mine, want, "agent a-{a}");
     }
 }
+
+/// The events of an SSE stream as (event type, id, data), `event` empty for a `message`.
+fn sse_events(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    n: usize,
+) -> Vec<(String, Option<i64>, Value)> {
+    let mut out = Vec::new();
+    let (mut event, mut id, mut data) = (String::new(), None, None);
+    while out.len() < n {
+        let line = lines.next().unwrap().unwrap();
+        if line.is_empty() {
+            if let Some(d) = data.take() {
+                out.push((std::mem::take(&mut event), id.take(), d));
+            }
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse::<i64>().unwrap());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = Some(serde_json::from_str::<Value>(v).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn a_stream_resumed_past_what_retention_pruned_says_how_many_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.retention.per_rule = 100;
+    });
+    let rule = s.add_rule(r#"{"at":"src/cart.rs:42","action":"log","template":"{n}"}"#);
+    let mut a = s.agent("a-1", "checkout");
+    a.recv_rule_ids();
+    for batch in 0..5u32 {
+        a.send(&AgentMessage::Responses {
+            responses: (0..50)
+                .map(|i| response(&rule, "a-1", batch * 50 + i + 1))
+                .collect(),
+            dropped: 0,
+        });
+    }
+    // 250 stored with ids 1..=250; retention keeps the newest 100, ids 151..=250.
+    eventually(|| {
+        let kept = s.get_json(&format!("/api/v1/responses?rule={rule}&limit=10000"));
+        let kept = kept.as_array().unwrap();
+        (kept.len() == 100 && kept[99]["locals"]["n"]["value"] == json!(250)).then_some(())
+    });
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let open = |after: i64| {
+        let stream = http
+            .get(s.url(&format!("/api/v1/responses/stream?after={after}")))
+            .header("Authorization", format!("Bearer {}", s.admin))
+            .call()
+            .unwrap();
+        BufReader::new(stream.into_body().into_reader()).lines()
+    };
+
+    // A client that last saw id 40 is told that 110 responses (41..=150) are gone, then
+    // gets every one still stored, in order.
+    let got = sse_events(&mut open(40), 101);
+    assert_eq!(
+        got[0],
+        (
+            "missed".to_string(),
+            None,
+            json!({"after": 40, "next": 151, "count": 110})
+        )
+    );
+    let ids: Vec<i64> = got[1..].iter().map(|(_, id, _)| id.unwrap()).collect();
+    assert_eq!(ids, (151..=250).collect::<Vec<_>>());
+    assert!(got[1..].iter().all(|(event, _, _)| event.is_empty()));
+    assert_eq!(got[1].2["locals"]["n"]["value"], json!(151));
+
+    // One that is past the pruned ones misses nothing and hears no such event.
+    let got = sse_events(&mut open(200), 50);
+    let ids: Vec<i64> = got.iter().map(|(_, id, _)| id.unwrap()).collect();
+    assert_eq!(ids, (201..=250).collect::<Vec<_>>());
+}

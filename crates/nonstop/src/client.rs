@@ -194,6 +194,8 @@ fn trusting(path: &std::path::Path) -> Result<ureq::tls::TlsConfig> {
 pub struct Event {
     /// Its `id:`, when it has one.
     pub id: Option<String>,
+    /// Its `event:` type, when it has one (`None` is a `message`).
+    pub event: Option<String>,
     /// Its `data:` lines, joined by newlines.
     pub data: String,
 }
@@ -209,6 +211,7 @@ impl Iterator for Events {
     fn next(&mut self) -> Option<Result<Event>> {
         let mut data: Option<String> = None;
         let mut id: Option<String> = None;
+        let mut event: Option<String> = None;
         let mut line = String::new();
         loop {
             line.clear();
@@ -220,9 +223,10 @@ impl Iterator for Events {
             let l = line.trim_end_matches(['\r', '\n']);
             if l.is_empty() {
                 if let Some(data) = data.take() {
-                    return Some(Ok(Event { id, data }));
+                    return Some(Ok(Event { id, event, data }));
                 }
                 id = None;
+                event = None;
                 continue;
             }
             let (field, value) = l.split_once(':').unwrap_or((l, ""));
@@ -236,7 +240,8 @@ impl Iterator for Events {
                     None => data = Some(value.to_string()),
                 },
                 "id" => id = Some(value.to_string()),
-                // Comments (empty field), `event:` and `retry:` carry nothing we use.
+                "event" => event = Some(value.to_string()),
+                // Comments (empty field) and `retry:` carry nothing we use.
                 _ => {}
             }
         }

@@ -92,6 +92,11 @@ fn follow(client: &Client, path: &str, first: Events, tx: &mpsc::Sender<String>)
         let mut why = "the server closed it".to_string();
         for e in events.by_ref() {
             match e {
+                Ok(e) if e.event.as_deref() == Some("missed") => {
+                    eprintln!("nonstop: {}", missed(&e.data))
+                }
+                // Other named events are for other clients.
+                Ok(e) if e.event.is_some() => {}
                 Ok(e) => {
                     if e.id.is_some() {
                         last.clone_from(&e.id);
@@ -118,6 +123,19 @@ fn follow(client: &Client, path: &str, first: Events, tx: &mpsc::Sender<String>)
                 Err(_) => wait = (wait * 2).min(Duration::from_secs(10)),
             }
         };
+    }
+}
+
+/// What a `missed` event says: the responses the store pruned before this stream read them.
+fn missed(data: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    match (v["count"].as_i64(), v["after"].as_i64(), v["next"].as_i64()) {
+        (Some(n), Some(a), Some(b)) => format!(
+            "{n} responses (ids {} to {}) were removed from the store (retention) before this stream read them",
+            a + 1,
+            b - 1
+        ),
+        _ => format!("responses were removed from the store before this stream read them: {data}"),
     }
 }
 
@@ -159,6 +177,15 @@ fn human(data: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missed_event_names_how_many_and_which_ids() {
+        assert_eq!(
+            missed(r#"{"after":40,"next":151,"count":110}"#),
+            "110 responses (ids 41 to 150) were removed from the store (retention) before this stream read them"
+        );
+        assert!(missed("oops").ends_with(": oops"));
+    }
 
     #[test]
     fn the_human_line_shows_watch_values_before_the_locals() {
