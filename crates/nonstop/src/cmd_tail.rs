@@ -131,7 +131,7 @@ fn missed(data: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
     match (v["count"].as_i64(), v["after"].as_i64(), v["next"].as_i64()) {
         (Some(n), Some(a), Some(b)) => format!(
-            "{n} responses (ids {} to {}) were removed from the store (retention) before this stream read them",
+            "{n} responses (ids {} to {}) were removed from the store (retention, or a deleted rule) before this stream read them",
             a + 1,
             b - 1
         ),
@@ -182,7 +182,7 @@ mod tests {
     fn a_missed_event_names_how_many_and_which_ids() {
         assert_eq!(
             missed(r#"{"after":40,"next":151,"count":110}"#),
-            "110 responses (ids 41 to 150) were removed from the store (retention) before this stream read them"
+            "110 responses (ids 41 to 150) were removed from the store (retention, or a deleted rule) before this stream read them"
         );
         assert!(missed("oops").ends_with(": oops"));
     }
