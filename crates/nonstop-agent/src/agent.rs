@@ -300,13 +300,18 @@ impl Agent {
         let mut spec = ProbeSpec::new(entry, Arc::new(CapturePlan::default()));
         spec.records_entry = true;
         spec.time_cap = nonstop_model::defaults::HIT_TIME_CAP;
-        spec.function = self
-            .debug
-            .function_bounds(entry.wrapping_sub(self.bias))
-            .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end));
+        spec.function = self.function_at(entry.wrapping_sub(self.bias));
         let id = self.engine.arm(spec).ok()?;
         self.companions.insert(entry, Companion { id, users: 1 });
         Some(id)
+    }
+
+    /// The runtime bounds of the function holding the file address `at` (for the fast
+    /// path's proof), when its symbol has them.
+    fn function_at(&self, at: u64) -> Option<std::ops::Range<u64>> {
+        self.debug
+            .function_bounds(at)
+            .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end))
     }
 
     /// Lets go of a site's companion; the last user disarms it.
@@ -389,23 +394,19 @@ impl Agent {
         // Variables located by their value at function entry: a companion at the entry
         // records the registers for each frame, which this probe's plan reads.
         let mut companion = None;
-        let entry = match self.debug.entry_needs(site.address, &vars) {
-            Some(needs) => {
+        let entry = self
+            .debug
+            .entry_needs(site.address, &vars)
+            .and_then(|needs| {
                 let at = self.bias.wrapping_add(needs.entry);
-                match (at != addr).then(|| self.hold_companion(at)).flatten() {
-                    Some(id) => {
-                        companion = Some(at);
-                        Some(EntrySource {
-                            companion: id,
-                            cfa_reg: needs.cfa.0,
-                            cfa_offset: needs.cfa.1,
-                        })
-                    }
-                    None => None,
-                }
-            }
-            None => None,
-        };
+                let id = (at != addr).then(|| self.hold_companion(at)).flatten()?;
+                companion = Some(at);
+                Some(EntrySource {
+                    companion: id,
+                    cfa_reg: needs.cfa.0,
+                    cfa_offset: needs.cfa.1,
+                })
+            });
         let spec = ProbeSpec {
             address: addr,
             plan: Arc::new(plan),
@@ -420,10 +421,7 @@ impl Agent {
             filter,
             count_only,
             // The fast path (NONSTOP_FAST_PATH=1) decodes the whole function.
-            function: self
-                .debug
-                .function_bounds(site.address)
-                .map(|f| self.bias.wrapping_add(f.start)..self.bias.wrapping_add(f.end)),
+            function: self.function_at(site.address),
             records_entry: false,
             entry,
         };

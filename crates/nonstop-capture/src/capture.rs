@@ -2185,32 +2185,20 @@ mod tests {
         assert_eq!(rec.roots, [CapturedRoot::Unavailable]);
         // xmm1's low half at entry (DWARF 18), plus arithmetic after the entry value.
         entry.xmm[1] = 1.5f64.to_bits();
+        let at_entry = |ops: &[LocOp]| {
+            eval_location_with_entry(ops, &regs, Some(&entry), &Fake(BTreeMap::new()))
+        };
         assert_eq!(
-            eval_location_with_entry(
-                &[LocOp::EntryReg { reg: 18, offset: 0 }],
-                &regs,
-                Some(&entry),
-                &Fake(BTreeMap::new())
-            ),
+            at_entry(&[LocOp::EntryReg { reg: 18, offset: 0 }]),
             Ok(1.5f64.to_bits())
         );
         assert_eq!(
-            eval_location_with_entry(
-                &[LocOp::EntryReg { reg: 4, offset: 0 }, LocOp::PlusConst(8)],
-                &regs,
-                Some(&entry),
-                &Fake(BTreeMap::new())
-            ),
+            at_entry(&[LocOp::EntryReg { reg: 4, offset: 0 }, LocOp::PlusConst(8)]),
             Ok(50)
         );
         // Registers an entry record does not keep (rip, xmm8) are never guessed.
         assert_eq!(
-            eval_location_with_entry(
-                &[LocOp::EntryReg { reg: 25, offset: 0 }],
-                &regs,
-                Some(&entry),
-                &Fake(BTreeMap::new())
-            ),
+            at_entry(&[LocOp::EntryReg { reg: 25, offset: 0 }]),
             Err(LocError::NoEntryValue)
         );
     }

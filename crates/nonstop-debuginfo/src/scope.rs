@@ -4,9 +4,7 @@ use crate::dies::{Die, Scope, Unit};
 use crate::{DebugInfo, DieRef, Error, Reader};
 use gimli::Reader as _;
 use gimli::{AttributeValue, Operation, UnitOffset};
-use nonstop_capture::capture::{
-    BinOp, EntryRegisters, LocOp, MAX_LOC_OPS, Piece, PieceSource, REG_RSP,
-};
+use nonstop_capture::capture::{BinOp, EntryRegisters, LocOp, MAX_LOC_OPS, Piece, PieceSource};
 use std::collections::HashSet;
 
 pub(crate) use crate::dies::UnitPaths;
@@ -47,15 +45,15 @@ impl Availability {
             }
         }
     }
-}
 
-impl Availability {
-    /// The pieces, for a variable whose bytes can be captured here (from the registers
-    /// and memory at the hit, or with its function's entry values).
-    pub fn pieces(&self) -> Option<&[Piece]> {
-        match self {
-            Availability::Available(p) | Availability::FromEntry(p) => Some(p),
-            Availability::OptimizedOut | Availability::EntryValue => None,
+    /// What [`DebugInfo::pieces`] made of a location expression.
+    fn of_pieces(pieces: Result<Vec<Piece>, Unexpressible>) -> Availability {
+        match pieces {
+            Ok(p) if p.is_empty() => Availability::OptimizedOut,
+            Ok(p) if uses_entry(&p) => Availability::FromEntry(p),
+            Ok(p) => Availability::Available(p),
+            Err(Unexpressible::EntryValue) => Availability::EntryValue,
+            Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
         }
     }
 }
@@ -80,11 +78,6 @@ pub struct EntryNeeds {
     /// The probe's frame's CFA rule at the probe address: `CFA = reg + offset`. At the
     /// entry the CFA is `rsp + 8`, so the two probes agree on which frame is which.
     pub cfa: (u16, i64),
-}
-
-impl EntryNeeds {
-    /// The CFA rule at a function's entry (before its first instruction): `rsp + 8`.
-    pub const ENTRY_CFA: (u16, i64) = (REG_RSP, 8);
 }
 
 /// Adds the load bias to the file addresses a piece source names (`Absolute`, and the
@@ -464,15 +457,13 @@ impl DebugInfo {
         let Some(expr) = expr else {
             return Ok(Availability::OptimizedOut);
         };
-        Ok(
-            match self.pieces(unit, expr, address, frame_base, size.unwrap_or(8)) {
-                Ok(p) if p.is_empty() => Availability::OptimizedOut,
-                Ok(p) if uses_entry(&p) => Availability::FromEntry(p),
-                Ok(p) => Availability::Available(p),
-                Err(Unexpressible::EntryValue) => Availability::EntryValue,
-                Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
-            },
-        )
+        Ok(Availability::of_pieces(self.pieces(
+            unit,
+            expr,
+            address,
+            frame_base,
+            size.unwrap_or(8),
+        )))
     }
 
     /// Turns a location expression into capture pieces: simple ones (a register, `reg +
@@ -596,13 +587,9 @@ impl DebugInfo {
         // x86_64 only: little endian.
         let endian = gimli::RunTimeEndian::Little;
         let expr = gimli::Expression(Reader::new(std::sync::Arc::from(bytes), endian));
-        Ok(match self.pieces(unit, expr, 0, frame_base, size) {
-            Ok(p) if p.is_empty() => Availability::OptimizedOut,
-            Ok(p) if uses_entry(&p) => Availability::FromEntry(p),
-            Ok(p) => Availability::Available(p),
-            Err(Unexpressible::EntryValue) => Availability::EntryValue,
-            Err(Unexpressible::Unsupported) => Availability::OptimizedOut,
-        })
+        Ok(Availability::of_pieces(
+            self.pieces(unit, expr, 0, frame_base, size),
+        ))
     }
 
     /// Appends the location-program steps of one stack operation to `prog`.
