@@ -623,3 +623,109 @@ fn a_stream_resumed_past_what_retention_pruned_says_how_many_it_missed() {
     let ids: Vec<i64> = got.iter().map(|(_, id, _)| id.unwrap()).collect();
     assert_eq!(ids, (201..=250).collect::<Vec<_>>());
 }
+
+/// A live subscriber that stops reading while far more responses arrive than its socket,
+/// the broadcast and retention hold: when it reads again, every id is either received or
+/// counted in a `missed` event that names exactly the gap, in store order, to the last.
+#[test]
+fn a_live_subscriber_that_stalls_is_told_exactly_what_it_missed() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap(), |c| {
+        c.retention.per_rule = 100;
+    });
+    let rule = s.add_rule(r#"{"at":"src/cart.rs:42","action":"log","template":"{n}"}"#);
+
+    // The subscriber: a socket with a small receive buffer, so it stalls the server's
+    // stream soon after it stops reading.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&s.addr.into()).unwrap();
+    let mut stream: std::net::TcpStream = socket.into();
+    write!(
+        stream,
+        "GET /api/v1/responses/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+        s.addr, s.admin
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut lines = BufReader::new(stream).lines();
+    // Headers, then nothing is read until every response is stored.
+    let status = lines.next().unwrap().unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    while !lines.next().unwrap().unwrap().is_empty() {}
+
+    const SENT: u32 = 30_000;
+    let mut a = s.agent("a-1", "checkout");
+    a.recv_rule_ids();
+    for batch in 0..SENT / 200 {
+        a.send(&AgentMessage::Responses {
+            responses: (1..=200)
+                .map(|i| response(&rule, "a-1", batch * 200 + i))
+                .collect(),
+            dropped: 0,
+        });
+    }
+    eventually(|| {
+        let kept = s.get_json(&format!("/api/v1/responses?rule={rule}&limit=10000"));
+        let kept = kept.as_array().unwrap();
+        (kept.len() == 100 && kept[99]["locals"]["n"]["value"] == json!(SENT)).then_some(())
+    });
+    // A fresh store: the responses have ids 1..=SENT.
+    let last = i64::from(SENT);
+
+    // Chunked transfer: the SSE lines are inside chunks, their size lines in between;
+    // only the SSE fields are looked at.
+    let (mut received, mut missed, mut events) = (0i64, 0i64, 0);
+    let (mut at, mut pending_missed) = (0i64, None::<Value>);
+    let (mut event, mut id, mut data) = (String::new(), None::<i64>, None::<Value>);
+    while at < last {
+        let line = lines.next().unwrap().unwrap();
+        if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = Some(v.parse().unwrap());
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = Some(serde_json::from_str(v).unwrap());
+        } else if line.is_empty()
+            && let Some(data) = data.take()
+        {
+            if std::mem::take(&mut event) == "missed" {
+                assert_eq!(
+                    data["after"],
+                    json!(at),
+                    "a missed event starts where the stream is"
+                );
+                let next = data["next"].as_i64().unwrap();
+                assert_eq!(data["count"], json!(next - at - 1), "{data}");
+                missed += next - at - 1;
+                events += 1;
+                pending_missed = Some(data);
+            } else {
+                let id = id.take().unwrap();
+                match pending_missed.take() {
+                    Some(m) => assert_eq!(json!(id), m["next"], "the stream goes on where it said"),
+                    None => assert_eq!(id, at + 1, "no silent jump after {at}"),
+                }
+                at = id;
+                received += 1;
+            }
+        }
+    }
+    assert_eq!(at, last);
+    assert_eq!(
+        received + missed,
+        last,
+        "every id received or counted missed"
+    );
+    assert!(
+        events >= 1,
+        "the stall outran retention: {received} received"
+    );
+    assert!(
+        missed >= i64::from(SENT) - 100 - received,
+        "{missed} missed, {received} received"
+    );
+}
