@@ -46,6 +46,12 @@ pub(crate) const MARK_DONE: &str = "UPDATE rules SET state = 'done'
 /// Keeps a rule's newest `?2` responses.
 pub(crate) const KEEP_NEWEST: &str = "DELETE FROM responses WHERE rule = ?1 AND id <= (
      SELECT id FROM responses WHERE rule = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)";
+/// How many responses a rule has stored (once per rule per start, on SQLite).
+pub(crate) const COUNT_RESPONSES_OF_RULE: &str = "SELECT COUNT(*) FROM responses WHERE rule = ?1";
+/// Deletes a rule's `?2` oldest responses: from the oldest end of the index, so its cost is
+/// what it deletes, not the `per_rule` newest that stay.
+pub(crate) const DELETE_OLDEST_OF_RULE: &str = "DELETE FROM responses WHERE id IN (
+     SELECT id FROM responses WHERE rule = ?1 ORDER BY id LIMIT ?2)";
 pub(crate) const DELETE_OLD_RESPONSES: &str = "DELETE FROM responses WHERE time < ?1";
 pub(crate) const RESPONSES_AFTER: &str =
     "SELECT id, json FROM responses WHERE id > ?1 AND (CAST(?2 AS TEXT) IS NULL OR rule = ?2)

@@ -143,6 +143,11 @@ ALTER TABLE rule_status ADD COLUMN fast_path TEXT;
 pub struct SqliteStore {
     // One connection: SQLite writes one at a time anyway, and calls are short.
     conn: Mutex<Connection>,
+    /// How many responses each rule has stored, for the rules counted since start: what
+    /// retention compares with its cap, so a write deletes exactly what goes over it, the
+    /// oldest first, without walking the newest `per_rule` ids each time. Changed only
+    /// with the connection's lock held, after a commit; cleared when rows go another way.
+    kept: Mutex<HashMap<String, u64>>,
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -202,8 +207,30 @@ impl SqliteStore {
             tracing::info!(version, "applied schema migration");
         }
         Ok(SqliteStore {
+            kept: Mutex::default(),
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Records what a committed batch left per rule (called with the connection held).
+    fn note_kept(&self, kept: Kept) {
+        let mut map = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        if kept.aged {
+            map.clear();
+        } else {
+            map.extend(kept.counts);
+        }
+    }
+
+    /// Forgets the counts: rows went some other way than a batch's retention.
+    fn forget_kept(&self, rule: Option<&str>) {
+        let mut map = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        match rule {
+            Some(rule) => {
+                map.remove(rule);
+            }
+            None => map.clear(),
+        }
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -398,6 +425,7 @@ impl Store for SqliteStore {
             tx.execute(sql, [id]).map_err(db)?;
         }
         tx.commit().map_err(db)?;
+        self.forget_kept(Some(id));
         Ok(n > 0)
     }
 
@@ -555,8 +583,9 @@ impl Store for SqliteStore {
         let tx = conn.transaction().map_err(db)?;
         let mut batch = InsertBatch::default();
         let out = batch.insert(&tx, responses, now_ms)?;
-        batch.retain(&tx, now_ms, retention)?;
+        let kept = batch.retain(&tx, now_ms, retention, &self.kept)?;
         tx.commit().map_err(db)?;
+        self.note_kept(kept);
         Ok(out)
     }
 
@@ -589,8 +618,9 @@ impl Store for SqliteStore {
                 }
             });
         }
-        batch.retain(&tx, now_ms, retention)?;
+        let kept = batch.retain(&tx, now_ms, retention, &self.kept)?;
         tx.commit().map_err(db)?;
+        self.note_kept(kept);
         Ok(out)
     }
 
@@ -610,6 +640,9 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         tx.commit().map_err(db)?;
+        if responses > 0 {
+            self.forget_kept(None);
+        }
         Ok((responses + series) as u64)
     }
 
@@ -988,7 +1021,8 @@ fn put_statuses_in(
 /// to each once, at the end) and each rule's targets (read once).
 #[derive(Default)]
 struct InsertBatch {
-    touched: Vec<String>,
+    /// The rules written to, with how many responses each got.
+    touched: Vec<(String, u64)>,
     routes: HashMap<String, Vec<String>>,
 }
 
@@ -1063,29 +1097,67 @@ impl InsertBatch {
                     .map_err(db)?;
                 out.queued += n;
             }
-            if !self.touched.contains(&resp.rule) {
-                self.touched.push(resp.rule.clone());
+            match self.touched.iter_mut().find(|(r, _)| *r == resp.rule) {
+                Some((_, n)) => *n += 1,
+                None => self.touched.push((resp.rule.clone(), 1)),
             }
             out.stored.push((rid, resp));
         }
         Ok(out)
     }
 
-    /// Applies `retention` to the rules touched, and to all by age.
-    fn retain(&self, tx: &Connection, now_ms: i64, retention: Retention) -> Result<(), StoreError> {
+    /// Applies `retention` to the rules touched (each keeps its newest `per_rule`, counted
+    /// from what `known` says it stored before this batch), and to all by age. What it
+    /// returns goes into [`SqliteStore::kept`] once the transaction commits.
+    fn retain(
+        &self,
+        tx: &Connection,
+        now_ms: i64,
+        retention: Retention,
+        known: &Mutex<HashMap<String, u64>>,
+    ) -> Result<Kept, StoreError> {
+        let mut out = Kept::default();
         if self.touched.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
-        for rule in &self.touched {
-            tx.prepare_cached(sql::KEEP_NEWEST)
-                .and_then(|mut st| st.execute(params![rule, to_i64(retention.per_rule)]))
-                .map_err(db)?;
+        for (rule, added) in &self.touched {
+            let before = known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(rule)
+                .copied();
+            let stored = match before {
+                Some(n) => n.saturating_add(*added),
+                // Not counted since start: the count includes this batch's rows.
+                None => to_u64(
+                    tx.prepare_cached(sql::COUNT_RESPONSES_OF_RULE)
+                        .and_then(|mut st| st.query_row([rule], |r| r.get(0)))
+                        .map_err(db)?,
+                ),
+            };
+            let over = stored.saturating_sub(retention.per_rule);
+            if over > 0 {
+                tx.prepare_cached(sql::DELETE_OLDEST_OF_RULE)
+                    .and_then(|mut st| st.execute(params![rule, to_i64(over)]))
+                    .map_err(db)?;
+            }
+            out.counts.push((rule.clone(), stored - over));
         }
-        tx.prepare_cached(sql::DELETE_OLD_RESPONSES)
+        let aged = tx
+            .prepare_cached(sql::DELETE_OLD_RESPONSES)
             .and_then(|mut st| st.execute([now_ms.saturating_sub(retention.max_age_ms)]))
             .map_err(db)?;
-        Ok(())
+        out.aged = aged > 0;
+        Ok(out)
     }
+}
+
+/// What retention left of the rules a batch touched, for [`SqliteStore::kept`].
+#[derive(Default)]
+struct Kept {
+    counts: Vec<(String, u64)>,
+    /// The age limit removed rows of any rule: every count is unknown again.
+    aged: bool,
 }
 
 fn read_target(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredTarget> {

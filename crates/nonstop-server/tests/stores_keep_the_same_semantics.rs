@@ -53,6 +53,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     a_disabled_rule_keeps_its_hits_refuses_responses_and_counts_on_when_enabled,
     max_hits_and_retention_hold,
+    retention_keeps_exactly_the_newest_across_batches_deletes_and_restarts,
     metric_series_keep_the_newest_report_within_the_cap,
     max_hits_hold_exactly_across_stores_writing_at_once,
     rules_statuses_sources_and_agents_read_back,
@@ -182,6 +183,68 @@ fn max_hits_and_retention_hold(b: &Backend) {
             .collect::<Vec<_>>(),
         ["r-b"]
     );
+}
+
+/// One response per batch (what an agent sending as it hits does) past the cap: after each,
+/// the rule holds exactly its newest `per_rule`; a batch over the cap by itself keeps its
+/// own newest; a second store on the same database (a restart, or a replica) counts on from
+/// what is stored; a deleted rule's responses go with it, and a rule of the same id starts
+/// from none.
+fn retention_keeps_exactly_the_newest_across_batches_deletes_and_restarts(b: &Backend) {
+    let keep = Retention {
+        per_rule: 3,
+        max_age_ms: 1_000_000,
+    };
+    let messages = |s: &dyn Store, rule: &str| -> Vec<String> {
+        let mut kept: Vec<String> = s
+            .responses(Some(rule), 100)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message.unwrap())
+            .collect();
+        kept.sort_by_key(|m| m[4..].parse::<u32>().unwrap());
+        kept
+    };
+    let s = b.open();
+    s.insert_rule(&stored("r-a", None)).unwrap();
+    s.insert_rule(&stored("r-b", None)).unwrap();
+    for n in 0..5 {
+        s.insert_responses(vec![response("r-a", n)], 10, keep)
+            .unwrap();
+        let want: Vec<String> = (n.saturating_sub(2)..=n)
+            .map(|k| format!("hit {k}"))
+            .collect();
+        assert_eq!(messages(&*s, "r-a"), want, "after hit {n}");
+    }
+    s.insert_responses(vec![response("r-b", 0)], 10, keep)
+        .unwrap();
+    let batch = (5..12).map(|n| response("r-a", n)).collect();
+    s.insert_responses(batch, 10, keep).unwrap();
+    assert_eq!(messages(&*s, "r-a"), ["hit 9", "hit 10", "hit 11"]);
+    assert_eq!(
+        messages(&*s, "r-b"),
+        ["hit 0"],
+        "another rule's are its own"
+    );
+
+    let again = b.open();
+    again
+        .insert_responses(vec![response("r-a", 12)], 10, keep)
+        .unwrap();
+    assert_eq!(messages(&*again, "r-a"), ["hit 10", "hit 11", "hit 12"]);
+    s.insert_responses(vec![response("r-a", 13)], 10, keep)
+        .unwrap();
+    assert_eq!(messages(&*s, "r-a"), ["hit 11", "hit 12", "hit 13"]);
+
+    assert!(s.delete_rule("r-a").unwrap());
+    assert_eq!(messages(&*s, "r-a"), Vec::<String>::new());
+    s.insert_rule(&stored("r-a", None)).unwrap();
+    for n in 20..22 {
+        s.insert_responses(vec![response("r-a", n)], 10, keep)
+            .unwrap();
+    }
+    assert_eq!(messages(&*s, "r-a"), ["hit 20", "hit 21"]);
+    assert_eq!(s.responses_after(None, 0, 100).unwrap().len(), 3);
 }
 
 fn metric_rule(id: &str, max_hits: Option<u64>) -> StoredRule {
