@@ -213,13 +213,15 @@ fn run(
                         let hello = json!({"type": "hello", "agent": {"id": id, "service": "svc"}});
                         let body = format!("[{hello},{message}]");
                         for _ in 0..per_agent / size {
-                            let r = http
+                            let mut r = http
                                 .post(&url)
                                 .header("Authorization", &format!("Bearer {token}"))
                                 .header("Content-Type", "application/json")
                                 .send(&body)
                                 .expect("post");
                             assert_eq!(r.status().as_u16(), 200, "agent route");
+                            // Read to the end, as an agent does, so the connection is kept.
+                            r.body_mut().read_to_vec().expect("rule set");
                         }
                     }
                 }
