@@ -41,8 +41,10 @@ fn main() -> ExitCode {
 }
 
 type Dwarf = gimli::Dwarf<gimli::EndianRcSlice<gimli::RunTimeEndian>>;
+/// The `[start, end)` address ranges of the binary's executable sections.
+type CodeRanges = Vec<(u64, u64)>;
 
-fn load_dwarf(data: &[u8]) -> Result<(Dwarf, Vec<(u64, u64)>), Box<dyn std::error::Error>> {
+fn load_dwarf(data: &[u8]) -> Result<(Dwarf, CodeRanges), Box<dyn std::error::Error>> {
     let obj = object::File::parse(data)?;
     let endian = gimli::RunTimeEndian::Little;
     let dwarf = gimli::Dwarf::load(|id| -> Result<_, gimli::Error> {

@@ -6,7 +6,7 @@
 //!   all eight by default). Each row runs 3 times on a fresh server; it prints the median,
 //!   the runs, and the server's CPU time per response (steadier than wall time on a shared VM).
 //! - `memory [N]`: N idle WebSocket agents that said hello (2,000 by default): the server's
-//!   RSS before, with them, and after they left, per agent.
+//!   RSS before, with them, and after they left, per agent; three rounds of the same fleet.
 //! - `latency [SECONDS]`: 100 WebSocket agents sending one response per message, 2,000/s in
 //!   all, for SECONDS (10 by default): the time from send to arrival on
 //!   `GET /api/v1/responses/stream`, p50 / p99 / max.
@@ -280,31 +280,37 @@ fn memory(n: usize) {
     let warm = server.ws("warm");
     std::thread::sleep(Duration::from_millis(500));
     let before = server.rss_kib();
-    let sockets: Vec<_> = (0..n).map(|a| server.ws(&format!("idle-{a}"))).collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let with = server.rss_kib();
-    drop(sockets);
-    drop(warm);
-    let gone = Instant::now();
-    loop {
-        let agents = server.call("GET", "/api/v1/agents", None);
-        let connected = agents["agents"]
-            .as_array()
-            .map(|a| a.iter().filter(|a| a["connected"] == true).count())
-            .unwrap_or(usize::MAX);
-        if connected == 0 || gone.elapsed() > Duration::from_secs(30) {
-            break;
+    // Three rounds of the same fleet connecting and leaving (a fleet restarting): what
+    // stays after the first is the allocator's to reuse when it grows after each.
+    for round in 1..=3 {
+        let sockets: Vec<_> = (0..n).map(|a| server.ws(&format!("idle-{a}"))).collect();
+        std::thread::sleep(Duration::from_secs(1));
+        let with = server.rss_kib();
+        drop(sockets);
+        let gone = Instant::now();
+        loop {
+            let agents = server.call("GET", "/api/v1/agents", None);
+            let connected = agents["agents"]
+                .as_array()
+                .map(|a| a.iter().filter(|a| a["connected"] == true).count())
+                .unwrap_or(usize::MAX);
+            if connected <= 1 || gone.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_secs(1));
+        let after = server.rss_kib();
+        let threads = proc_field(server.process.pid(), "status", "Threads:");
+        println!(
+            "round {round}, {n} idle agents: RSS {before} KiB before, {with} KiB with them \
+             ({:.1} KiB per agent), {after} KiB after they left ({:.1} KiB per agent not \
+             returned, {threads} threads)",
+            (with.saturating_sub(before)) as f64 / n as f64,
+            (after.saturating_sub(before)) as f64 / n as f64,
+        );
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let after = server.rss_kib();
-    println!(
-        "{n} idle agents: RSS {before} KiB before, {with} KiB with them ({:.1} KiB per agent), \
-         {after} KiB after they left ({:.1} KiB per agent not returned)",
-        (with.saturating_sub(before)) as f64 / n as f64,
-        (after.saturating_sub(before)) as f64 / n as f64,
-    );
+    drop(warm);
     server.process.kill();
 }
 

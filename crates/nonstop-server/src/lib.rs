@@ -220,6 +220,21 @@ pub enum ServeError {
     NoAuthOffLoopback(SocketAddr),
 }
 
+/// Threads for the store's calls and other blocking work. The store runs one call at a
+/// time on SQLite and a handful on PostgreSQL's pool, so more threads only queue on its
+/// lock; with tokio's default of 512, 2,000 agents leaving at once left ~100 threads, and
+/// the server's RSS grew with each such round (62, 67, 69 MB; 62, 63, 64 MB with 32).
+pub const BLOCKING_THREADS: usize = 32;
+
+/// The runtime `nonstop serve` and `nonstop demo` run the server on.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nonstop-server")
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+}
+
 /// The data folder when none is given: `$NONSTOP_DATA`, else `$XDG_DATA_HOME/nonstop`,
 /// else `~/.local/share/nonstop`.
 pub fn default_data_dir() -> PathBuf {

@@ -61,11 +61,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let default_data = nonstop_server::default_data_dir();
     let data = args.data.clone().unwrap_or_else(|| default_data.clone());
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("nonstop-server")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = nonstop_server::runtime().context("cannot start the async runtime")?;
     let mut config = nonstop_server::Config::new(args.listen, data.clone());
     // The web IDE shows the shop's code from this checkout when it is there.
     let shop_source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");

@@ -88,11 +88,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     config.outbox.backoff_max = args.target_retry_max;
     config.outbox.backoff_base = config.outbox.backoff_base.min(args.target_retry_max);
     config.outbox.timeout = args.target_timeout;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("nonstop-server")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = nonstop_server::runtime().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let server = nonstop_server::serve(config).await?;
         // The banner is for a person; a closed stdout must not stop the server.
