@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers, XMM_COUNT,
+    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers,
     execute_with_entry,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
@@ -898,8 +898,8 @@ pub struct Engine {
     out_requests_seen: AtomicU64,
     /// The kernel's cost of one trap and return, ns (measured at start).
     trap_cost_ns: AtomicU64,
-    /// How trampolines save the extended state (None: no fast path).
-    xsave: Option<fastpath::XsaveLayout>,
+    /// How trampolines save the vector registers (None: no fast path).
+    vectors: Option<fastpath::VectorSave>,
 }
 
 static CELL: OnceLock<Result<Engine, EngineError>> = OnceLock::new();
@@ -971,7 +971,14 @@ impl Engine {
             out_requests: AtomicU64::new(0),
             out_requests_seen: AtomicU64::new(0),
             trap_cost_ns: AtomicU64::new(FALLBACK_TRAP_COST_NS),
-            xsave: fastpath::xsave_layout(),
+            vectors: fastpath::VectorState::detect().map(|state| {
+                let (save, restore) = asm::vector_routines(state);
+                fastpath::VectorSave {
+                    state,
+                    save,
+                    restore,
+                }
+            }),
         })
     }
 
@@ -1364,7 +1371,7 @@ impl Engine {
         function: Option<&std::ops::Range<u64>>,
         maps: &[slots::Mapping],
     ) -> Result<(FastSite, u64, usize), FastRefusal> {
-        let xsave = self.xsave.ok_or(FastRefusal::NoXsave)?;
+        let vectors = self.vectors.ok_or(FastRefusal::CpuState)?;
         let f = fastpath::check_bounds(address, function)?;
         let in_one_mapping = maps
             .iter()
@@ -1419,7 +1426,7 @@ impl Engine {
             .alloc_near(address, maps)
             .ok_or(FastRefusal::NoTrampolineNearby)?;
         let hit = nonstop_probe_fast_hit as *const () as u64;
-        let built = fastpath::trampoline_code(&fsite, tramp, hit, xsave);
+        let built = fastpath::trampoline_code(&fsite, tramp, hit, vectors);
         let (code, displaced) = match built {
             Ok(c) => c,
             Err(e) => {
@@ -1902,12 +1909,14 @@ impl HitContext for Context<'_> {
     }
 }
 
-/// The fast path's view of the thread: the trampoline's frame and XSAVE area. Whether
-/// faults are safe takes two system calls, asked only when a hit reads memory.
+/// The fast path's view of the thread: the trampoline's frame and vector save area.
+/// Whether faults are safe takes two system calls, asked only when a hit reads memory.
 struct FastContext<'a> {
     frame: &'a FastFrame,
     rsp: u64,
-    xsave: *const u8,
+    /// xmm `k` is the first 16 bytes at `vectors + stride * k`.
+    vectors: *const u8,
+    stride: usize,
     /// (blocks SIGSEGV/SIGBUS, on the alternate stack), once asked.
     signals: std::cell::Cell<Option<(bool, bool)>>,
 }
@@ -1930,19 +1939,10 @@ impl HitContext for FastContext<'_> {
             f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10, f.r11,
             f.r12, f.r13, f.r14, f.r15, rip,
         ];
-        // XSTATE_BV (offset 512) bit 1: the SSE state was saved; clear (with xsavec) when
-        // it is in its initial state, all zero.
-        // SAFETY: the area is at least 576 bytes, on the stack until this hit returns.
-        let xstate_bv = unsafe { *self.xsave.add(512) };
-        if xstate_bv & 2 == 0 {
-            regs.xmm = [[0; 16]; XMM_COUNT];
-            return;
-        }
-        // xmm0..15 are at offset 160 of the XSAVE area's legacy region.
         for (k, x) in regs.xmm.iter_mut().enumerate() {
-            // SAFETY: the trampoline's XSAVE area is at least 576 bytes (checked at start)
-            // and lives on the stack until this hit returns; bytes 160..416 are xmm0..15.
-            let src = unsafe { std::slice::from_raw_parts(self.xsave.add(160 + 16 * k), 16) };
+            // SAFETY: the trampoline's save area holds 16 vector registers `stride` bytes
+            // apart (32 with AVX-512) and lives on the stack until this hit returns.
+            let src = unsafe { std::slice::from_raw_parts(self.vectors.add(self.stride * k), 16) };
             x.copy_from_slice(src);
         }
     }
@@ -1956,10 +1956,15 @@ impl HitContext for FastContext<'_> {
 }
 
 /// The fast path's hit: called by a trampoline with its saved frame, the probe's address
-/// and the XSAVE area. The same limits, condition, capture and budget as the `int3` path;
+/// and the vector save area. The same limits, condition, capture and budget as the `int3` path;
 /// the trampoline then runs the displaced instructions, whatever happens here.
 #[unsafe(link_section = "nonstop_probe_trap")]
-extern "C" fn nonstop_probe_fast_hit(frame: *mut FastFrame, addr: u64, xsave: *mut u8) {
+extern "C" fn nonstop_probe_fast_hit(
+    frame: *mut FastFrame,
+    addr: u64,
+    vectors: *mut u8,
+    stride: u32,
+) {
     let Some(cell) = table_find(addr) else {
         return;
     };
@@ -1987,7 +1992,8 @@ extern "C" fn nonstop_probe_fast_hit(frame: *mut FastFrame, addr: u64, xsave: *m
     let ctx = FastContext {
         frame: frame_ref,
         rsp: (frame as u64).wrapping_add(fastpath::FRAME_TO_RSP),
-        xsave,
+        vectors,
+        stride: stride as usize,
         signals: std::cell::Cell::new(None),
     };
     let t0 = sys::now_ns();

@@ -71,6 +71,28 @@ std::arch::global_asm!(
     "    ret",
     ".globl nonstop_ymm_double_end",
     "nonstop_ymm_double_end:",
+    // zmm_keep(src rdi, dst rsi, mxcsr edx): loads zmm16 and k1 from src and MXCSR from
+    // edx, runs the probed `add`, stores them to dst (zmm16, k1, MXCSR).
+    ".p2align 4",
+    ".globl nonstop_zmm_keep",
+    "nonstop_zmm_keep:",
+    "    sub rsp, 8",
+    "    stmxcsr dword ptr [rsp]",
+    "    mov dword ptr [rsp + 4], edx",
+    "    ldmxcsr dword ptr [rsp + 4]",
+    "    vmovdqu64 zmm16, zmmword ptr [rdi]",
+    "    kmovq k1, qword ptr [rdi + 64]",
+    "    add rax, 1",
+    "    add rax, 1",
+    "    vmovdqu64 zmmword ptr [rsi], zmm16",
+    "    kmovq qword ptr [rsi + 64], k1",
+    "    stmxcsr dword ptr [rsi + 72]",
+    "    ldmxcsr dword ptr [rsp]",
+    "    add rsp, 8",
+    "    vzeroupper",
+    "    ret",
+    ".globl nonstop_zmm_keep_end",
+    "nonstop_zmm_keep_end:",
     ".popsection",
     ".pushsection .data.nonstop_fast_data,\"aw\",@progbits",
     ".p2align 3",
@@ -88,6 +110,8 @@ unsafe extern "C" {
     static nonstop_double_end: u8;
     fn nonstop_ymm_double(src: *const [u64; 4], dst: *mut [u64; 4]);
     static nonstop_ymm_double_end: u8;
+    fn nonstop_zmm_keep(src: *const [u64; 9], dst: *mut [u64; 10], mxcsr: u32);
+    static nonstop_zmm_keep_end: u8;
 }
 
 fn target(a: u64, b: u64) -> u64 {
@@ -415,6 +439,43 @@ fn a_fast_hit_keeps_the_upper_halves_of_ymm_registers() {
         // SAFETY: the routine reads 32 bytes at src and writes 32 at dst, both ours.
         unsafe { nonstop_ymm_double(&src, &mut dst) };
         assert_eq!(dst, src.map(|x| 2 * x), "call {k}");
+    }
+    engine.disarm(id).unwrap();
+    assert_eq!(common::drain_for(engine, id).len(), 50);
+}
+
+#[test]
+fn a_fast_hit_keeps_avx512_registers_masks_and_mxcsr() {
+    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw")) {
+        eprintln!("no AVX-512 here: nothing to check");
+        return;
+    }
+    let _s = serial();
+    let engine = engine();
+    let f = nonstop_zmm_keep as *const () as u64..&raw const nonstop_zmm_keep_end as u64;
+    let site = decode(f.start, (f.end - f.start) as usize)[6].ip(); // the first `add rax, 1`
+    // 16 KiB of stack copied by libc's routines: an EVEX `memcpy` uses ymm16-31.
+    let plan = Arc::new(CapturePlan {
+        stack_bytes: 16 * 1024,
+        max_bytes: 24 * 1024,
+        ..CapturePlan::default()
+    });
+    let id = engine.arm(spec(site, f.clone(), plan)).unwrap();
+    assert!(
+        matches!(fast_path(engine, id), FastPath::Yes { .. }),
+        "{}",
+        fast_path(engine, id)
+    );
+    // Round toward zero, all exceptions masked, flush-to-zero: not the default 0x1f80.
+    let mxcsr = 0x7f80 | 0x8000;
+    for k in 0..50u64 {
+        let src: [u64; 9] = std::array::from_fn(|i| (k + 1) << 32 | i as u64 * 0x0101_0101 + 7);
+        let mut dst = [0u64; 10];
+        // SAFETY: the routine reads 72 bytes at src and writes 76 at dst, both ours, and
+        // puts MXCSR back before it returns.
+        unsafe { nonstop_zmm_keep(&src, &mut dst, mxcsr) };
+        assert_eq!(dst[..9], src, "call {k}: zmm16 and k1");
+        assert_eq!(dst[9] as u32, mxcsr, "call {k}: MXCSR");
     }
     engine.disarm(id).unwrap();
     assert_eq!(common::drain_for(engine, id).len(), 50);

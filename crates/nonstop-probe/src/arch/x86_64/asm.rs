@@ -1,5 +1,6 @@
-//! Two small assembly routines: the guarded copy (fault-safe reads and writes) and a call
-//! on another stack (the capture runs on a big preallocated stack, not the signal stack).
+//! Small assembly routines: the guarded copy (fault-safe reads and writes), a call on
+//! another stack (the capture runs on a big preallocated stack, not the signal stack), and
+//! the save and restore of the vector registers around a fast-path hit.
 
 use std::arch::global_asm;
 
@@ -36,6 +37,74 @@ global_asm!(
     "    mov rsp, rbp",
     "    pop rbp",
     "    ret",
+    // Vector state around a fast-path hit (see `fastpath::VectorState`): save(area rdi)
+    // and restore(area rdi) of xmm/ymm/zmm 0..n at `area + stride * k`, then the mask
+    // registers, then MXCSR. They touch no other register and no flag.
+    ".p2align 4",
+    "nonstop_probe_vec_save_sse:",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    movups xmmword ptr [rdi + 16*\\i], xmm\\i",
+    ".endr",
+    "    stmxcsr dword ptr [rdi + 256]",
+    "    ret",
+    "nonstop_probe_vec_restore_sse:",
+    "    ldmxcsr dword ptr [rdi + 256]",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    movups xmm\\i, xmmword ptr [rdi + 16*\\i]",
+    ".endr",
+    "    ret",
+    ".p2align 4",
+    "nonstop_probe_vec_save_avx:",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    vmovdqu ymmword ptr [rdi + 32*\\i], ymm\\i",
+    ".endr",
+    "    vstmxcsr dword ptr [rdi + 512]",
+    "    ret",
+    "nonstop_probe_vec_restore_avx:",
+    "    vldmxcsr dword ptr [rdi + 512]",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
+    "    vmovdqu ymm\\i, ymmword ptr [rdi + 32*\\i]",
+    ".endr",
+    "    ret",
+    ".p2align 4",
+    "nonstop_probe_vec_save_avx512:",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqu64 zmmword ptr [rdi + 64*\\i], zmm\\i",
+    ".endr",
+    ".irp i,0,1,2,3,4,5,6,7",
+    "    kmovw word ptr [rdi + 2048 + 8*\\i], k\\i",
+    ".endr",
+    "    vstmxcsr dword ptr [rdi + 2112]",
+    "    ret",
+    "nonstop_probe_vec_restore_avx512:",
+    "    vldmxcsr dword ptr [rdi + 2112]",
+    ".irp i,0,1,2,3,4,5,6,7",
+    "    kmovw k\\i, word ptr [rdi + 2048 + 8*\\i]",
+    ".endr",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqu64 zmm\\i, zmmword ptr [rdi + 64*\\i]",
+    ".endr",
+    "    ret",
+    // With AVX512BW the mask registers are 64 bits wide.
+    ".p2align 4",
+    "nonstop_probe_vec_save_avx512bw:",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqu64 zmmword ptr [rdi + 64*\\i], zmm\\i",
+    ".endr",
+    ".irp i,0,1,2,3,4,5,6,7",
+    "    kmovq qword ptr [rdi + 2048 + 8*\\i], k\\i",
+    ".endr",
+    "    vstmxcsr dword ptr [rdi + 2112]",
+    "    ret",
+    "nonstop_probe_vec_restore_avx512bw:",
+    "    vldmxcsr dword ptr [rdi + 2112]",
+    ".irp i,0,1,2,3,4,5,6,7",
+    "    kmovq k\\i, qword ptr [rdi + 2048 + 8*\\i]",
+    ".endr",
+    ".irp i,0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31",
+    "    vmovdqu64 zmm\\i, zmmword ptr [rdi + 64*\\i]",
+    ".endr",
+    "    ret",
     ".globl nonstop_probe_asm_end",
     ".hidden nonstop_probe_asm_end",
     "nonstop_probe_asm_end:",
@@ -48,6 +117,14 @@ unsafe extern "C" {
     static nonstop_probe_asm_end: u8;
     static __start_nonstop_probe_trap: u8;
     static __stop_nonstop_probe_trap: u8;
+    fn nonstop_probe_vec_save_sse();
+    fn nonstop_probe_vec_restore_sse();
+    fn nonstop_probe_vec_save_avx();
+    fn nonstop_probe_vec_restore_avx();
+    fn nonstop_probe_vec_save_avx512();
+    fn nonstop_probe_vec_restore_avx512();
+    fn nonstop_probe_vec_save_avx512bw();
+    fn nonstop_probe_vec_restore_avx512bw();
     fn nonstop_probe_call_on_stack(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), stack_top: u64);
 }
 
@@ -98,4 +175,23 @@ pub fn guarded_copy_fixup() -> u64 {
 pub unsafe fn call_on_stack(arg: *mut u8, f: unsafe extern "C" fn(*mut u8), stack_top: u64) {
     // SAFETY: per the contract above; the routine restores rsp and rbp before returning.
     unsafe { nonstop_probe_call_on_stack(arg, f, stack_top) }
+}
+
+/// The addresses of the routines that save and restore `state`'s registers, called by
+/// the trampolines with the area in `rdi`.
+pub fn vector_routines(state: super::fastpath::VectorState) -> (u64, u64) {
+    use super::fastpath::VectorState::*;
+    let (save, restore): (unsafe extern "C" fn(), unsafe extern "C" fn()) = match state {
+        Sse => (nonstop_probe_vec_save_sse, nonstop_probe_vec_restore_sse),
+        Avx => (nonstop_probe_vec_save_avx, nonstop_probe_vec_restore_avx),
+        Avx512 { bw: false } => (
+            nonstop_probe_vec_save_avx512,
+            nonstop_probe_vec_restore_avx512,
+        ),
+        Avx512 { bw: true } => (
+            nonstop_probe_vec_save_avx512bw,
+            nonstop_probe_vec_restore_avx512bw,
+        ),
+    };
+    (save as *const () as u64, restore as *const () as u64)
 }
