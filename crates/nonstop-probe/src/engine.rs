@@ -24,6 +24,7 @@ use crate::ring::{RecordMeta, Ring};
 use crate::signals;
 use crate::slots::{self, Slots};
 use crate::sys;
+use crate::threads;
 
 /// Most probes armed (or retiring) at once.
 pub const MAX_PROBES: usize = 4096;
@@ -800,8 +801,8 @@ fn write_u64_guarded(addr: u64, v: u64) -> bool {
 }
 
 struct Job {
-    /// Reads must not raise SIGSEGV/SIGBUS (see `Context::faults_unsafe`): use system calls.
-    no_fault_signals: bool,
+    /// Which reads may raise SIGSEGV/SIGBUS (see `Context::faults_unsafe`).
+    faults: Faults,
     plan: *const CapturePlan,
     regs: Registers,
     /// The frame's register values at function entry, when the plan reads them and its
@@ -825,11 +826,61 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
         )
     };
     let entry = job.entry.as_ref();
-    job.outcome = if job.no_fault_signals {
-        execute_with_entry(plan, &job.regs, entry, &SyscallMemory, out)
-    } else {
-        execute_with_entry(plan, &job.regs, entry, &SafeMemory, out)
-    };
+    job.outcome = execute_with_entry(plan, &job.regs, entry, &HitMemory::new(job.faults), out);
+}
+
+/// Whether a hit's guarded reads may fault.
+#[derive(Debug, Clone, Copy)]
+enum Faults {
+    /// Known from the signal context: `true` when a fault could not be handled safely.
+    Unsafe(bool),
+    /// Reads inside `[lo, hi)`, the interrupted thread's own stack around its stack
+    /// pointer, cannot fault; whether others may is asked of the kernel when one comes.
+    Outside { lo: u64, hi: u64 },
+}
+
+/// The memory a hit reads: guarded copies where faults are safe, `process_vm_readv`
+/// where they are not.
+struct HitMemory {
+    faults: Faults,
+    /// For `Faults::Outside`: a fault could not be handled safely, once asked.
+    asked: std::cell::Cell<Option<bool>>,
+}
+
+impl HitMemory {
+    fn new(faults: Faults) -> HitMemory {
+        HitMemory {
+            faults,
+            asked: std::cell::Cell::new(None),
+        }
+    }
+
+    fn faults_unsafe(&self, addr: u64, len: usize) -> bool {
+        match self.faults {
+            Faults::Unsafe(known) => known,
+            Faults::Outside { lo, hi } => {
+                if lo <= addr && addr.checked_add(len as u64).is_some_and(|end| end <= hi) {
+                    return false;
+                }
+                if let Some(known) = self.asked.get() {
+                    return known;
+                }
+                let (blocks, on_alt) = sys::fault_signal_state();
+                self.asked.set(Some(blocks || on_alt));
+                blocks || on_alt
+            }
+        }
+    }
+}
+
+impl Memory for HitMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        if self.faults_unsafe(addr, buf.len()) {
+            SyscallMemory.read(addr, buf)
+        } else {
+            SafeMemory.read(addr, buf)
+        }
+    }
 }
 
 struct Retired {
@@ -924,7 +975,10 @@ impl Engine {
             Ok(e) => {
                 ENGINE.store(e as *const Engine as *mut Engine, Ordering::Release);
                 static CALIBRATED: std::sync::Once = std::sync::Once::new();
-                CALIBRATED.call_once(|| e.calibrate());
+                CALIBRATED.call_once(|| {
+                    threads::find_tid_offset(thread_pointer);
+                    e.calibrate()
+                });
                 Ok(e)
             }
             Err(e) => Err(e.clone()),
@@ -1891,8 +1945,8 @@ struct Wake {
 trait HitContext {
     /// The registers at the probe, `rip` = the probe's address.
     fn registers(&self, rip: u64, regs: &mut Registers);
-    /// Whether a fault in a guarded read could not be handled safely.
-    fn faults_unsafe(&self) -> bool;
+    /// Which guarded reads may fault.
+    fn faults(&self) -> Faults;
     /// Whether the thread runs on its alternate signal stack.
     fn on_alternate_stack(&self) -> bool;
 }
@@ -1901,35 +1955,22 @@ impl HitContext for Context<'_> {
     fn registers(&self, rip: u64, regs: &mut Registers) {
         Context::registers(self, rip, regs)
     }
-    fn faults_unsafe(&self) -> bool {
-        Context::faults_unsafe(self)
+    fn faults(&self) -> Faults {
+        Faults::Unsafe(Context::faults_unsafe(self))
     }
     fn on_alternate_stack(&self) -> bool {
         Context::on_alternate_stack(self)
     }
 }
 
-/// The fast path's view of the thread: the trampoline's frame and vector save area.
-/// Whether faults are safe takes two system calls, asked only when a hit reads memory.
+/// The fast path's view of the thread: the trampoline's frame and vector save area,
+/// below the interrupted stack pointer on the thread's own stack.
 struct FastContext<'a> {
     frame: &'a FastFrame,
     rsp: u64,
     /// xmm `k` is the first 16 bytes at `vectors + stride * k`.
     vectors: *const u8,
     stride: usize,
-    /// (blocks SIGSEGV/SIGBUS, on the alternate stack), once asked.
-    signals: std::cell::Cell<Option<(bool, bool)>>,
-}
-
-impl FastContext<'_> {
-    fn signal_state(&self) -> (bool, bool) {
-        if let Some(s) = self.signals.get() {
-            return s;
-        }
-        let s = sys::fault_signal_state();
-        self.signals.set(Some(s));
-        s
-    }
 }
 
 impl HitContext for FastContext<'_> {
@@ -1946,12 +1987,18 @@ impl HitContext for FastContext<'_> {
             x.copy_from_slice(src);
         }
     }
-    fn faults_unsafe(&self) -> bool {
-        let (blocks, on_alt) = self.signal_state();
-        blocks || on_alt
+    fn faults(&self) -> Faults {
+        // Every page from the save area's to the stack pointer's holds bytes the
+        // trampoline or the interrupted function wrote (the word at rsp is at most the
+        // return address), so it is mapped, and the thread runs on it.
+        Faults::Outside {
+            lo: self.vectors as u64 & !4095,
+            hi: (self.rsp & !4095) + 4096,
+        }
     }
     fn on_alternate_stack(&self) -> bool {
-        self.signal_state().1
+        let tp = thread_pointer();
+        threads::on_alternate_stack(tp, threads::tid(tp), self.rsp)
     }
 }
 
@@ -1994,7 +2041,6 @@ extern "C" fn nonstop_probe_fast_hit(
         rsp: (frame as u64).wrapping_add(fastpath::FRAME_TO_RSP),
         vectors,
         stride: stride as usize,
-        signals: std::cell::Cell::new(None),
     };
     let t0 = sys::now_ns();
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
@@ -2045,11 +2091,7 @@ fn capture<C: HitContext>(
         // quarantine with no handler in flight); eval_filter never allocates or panics.
         let filter = unsafe { &*filter };
         let hits = p.hits.load(r);
-        let result = if ctx.faults_unsafe() {
-            eval_filter(filter, &regs, &SyscallMemory, hits)
-        } else {
-            eval_filter(filter, &regs, &SafeMemory, hits)
-        };
+        let result = eval_filter(filter, &regs, &HitMemory::new(ctx.faults()), hits);
         match result {
             FilterResult::True => {}
             FilterResult::False => {
@@ -2105,7 +2147,7 @@ fn capture<C: HitContext>(
     };
     let out = engine.ring.buffer(&mut res);
     let mut job = Job {
-        no_fault_signals: ctx.faults_unsafe(),
+        faults: ctx.faults(),
         plan: p.plan.load(Ordering::Acquire),
         regs: Registers::default(),
         entry: None,
@@ -2143,7 +2185,7 @@ fn capture<C: HitContext>(
         RecordMeta {
             probe: p.id.load(r),
             time_ns: t0,
-            tid: sys::gettid(),
+            tid: threads::tid(thread_pointer()),
             len: job.outcome.len as u32,
         },
     );

@@ -116,6 +116,7 @@ mod signals;
 mod slots;
 #[path = "sys/linux.rs"]
 mod sys;
+mod threads;
 
 pub use arch::fastpath::{FastRefusal, check_in_file as fast_path_check};
 pub use backoff::{FIRST_BACKOFF, MAX_BACKOFF, OutReason, Sampling};

@@ -469,7 +469,7 @@ fn a_fast_hit_keeps_avx512_registers_masks_and_mxcsr() {
     // Round toward zero, all exceptions masked, flush-to-zero: not the default 0x1f80.
     let mxcsr = 0x7f80 | 0x8000;
     for k in 0..50u64 {
-        let src: [u64; 9] = std::array::from_fn(|i| (k + 1) << 32 | i as u64 * 0x0101_0101 + 7);
+        let src: [u64; 9] = std::array::from_fn(|i| ((k + 1) << 32) | (i as u64 * 0x0101_0101 + 7));
         let mut dst = [0u64; 10];
         // SAFETY: the routine reads 72 bytes at src and writes 76 at dst, both ours, and
         // puts MXCSR back before it returns.

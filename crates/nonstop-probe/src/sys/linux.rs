@@ -291,6 +291,48 @@ pub fn fault_signal_state() -> (bool, bool) {
     (blocks, ss.ss_flags & libc::SS_ONSTACK != 0)
 }
 
+/// The calling thread's alternate signal stack as the kernel has it.
+pub struct AltStack {
+    /// Its range `[lo, hi)`; empty when disabled.
+    pub lo: u64,
+    pub hi: u64,
+    /// The thread runs on it now.
+    pub on: bool,
+}
+
+/// The calling thread's alternate signal stack (one system call, async-signal-safe);
+/// `None` when it cannot be asked.
+pub fn alternate_stack() -> Option<AltStack> {
+    let mut ss = libc::stack_t {
+        ss_sp: std::ptr::null_mut(),
+        ss_flags: 0,
+        ss_size: 0,
+    };
+    // SAFETY: a null new stack only reads the current one into `ss`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_sigaltstack,
+            std::ptr::null::<libc::stack_t>(),
+            &mut ss,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let disabled = ss.ss_flags & libc::SS_DISABLE != 0;
+    let lo = if disabled { 0 } else { ss.ss_sp as u64 };
+    let hi = if disabled {
+        0
+    } else {
+        lo.saturating_add(ss.ss_size as u64)
+    };
+    Some(AltStack {
+        lo,
+        hi,
+        on: ss.ss_flags & libc::SS_ONSTACK != 0,
+    })
+}
+
 /// One thread of this process as `/proc/self/task` shows it.
 pub struct ThreadState {
     /// Its id.
