@@ -977,6 +977,7 @@ impl Engine {
                 static CALIBRATED: std::sync::Once = std::sync::Once::new();
                 CALIBRATED.call_once(|| {
                     threads::find_tid_offset(thread_pointer);
+                    sys::measure_tsc();
                     e.calibrate()
                 });
                 Ok(e)
@@ -1902,19 +1903,20 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         p.in_flight.fetch_sub(1, Ordering::Release);
         return true;
     };
-    let t0 = sys::now_ns();
+    let start = sys::Start::now();
+    let t0 = start.ns;
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
     // Wake-ups wait until the hit is timed: the woken thread may take this CPU.
     let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, t0, &mut wake);
+        capture(engine, p, &ctx, addr, &start, &mut wake);
     }
     perform(p, &mut ctx);
     if let Some(engine) = engine {
         // Every trap is charged: the handler's time, and the kernel's trap and return
         // (measured once at start), which the handler cannot see.
-        let t1 = sys::now_ns();
+        let t1 = start.now_ns();
         let handler = t1.saturating_sub(t0);
         p.budget.add_trap(t0, t1);
         let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
@@ -2042,14 +2044,15 @@ extern "C" fn nonstop_probe_fast_hit(
         vectors,
         stride: stride as usize,
     };
-    let t0 = sys::now_ns();
+    let start = sys::Start::now();
+    let t0 = start.ns;
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
     let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, t0, &mut wake);
+        capture(engine, p, &ctx, addr, &start, &mut wake);
         // No trap to charge: the handler's own time only.
-        let t1 = sys::now_ns();
+        let t1 = start.now_ns();
         p.budget.add_trap(t0, t1);
         engine.budget.charge(t1, t1.saturating_sub(t0));
         if wake.out {
@@ -2068,10 +2071,11 @@ fn capture<C: HitContext>(
     p: &ProbeState,
     ctx: &C,
     addr: u64,
-    t0: u64,
+    start: &sys::Start,
     wake: &mut Wake,
 ) {
     let r = Ordering::Relaxed;
+    let t0 = start.ns;
     let over_budget = engine.budget.exceeded(t0);
     if over_budget && p.budget.request_for_budget() {
         wake.out = true;
@@ -2190,7 +2194,7 @@ fn capture<C: HitContext>(
         },
     );
     wake.committed = true;
-    let took = sys::now_ns().saturating_sub(t0);
+    let took = start.now_ns().saturating_sub(t0);
     p.slowest_ns.fetch_max(took, r);
     if took > p.time_cap_ns.load(r) {
         p.finish(REASON_TIME_CAP, took);
