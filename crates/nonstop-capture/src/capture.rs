@@ -714,13 +714,17 @@ pub fn execute_with_entry<M: Memory + ?Sized>(
             truncated: true,
         };
     }
-    w.pos = HEADER_LEN;
-    for g in regs.gpr {
-        w.put(&g.to_le_bytes());
+    // `ROOTS_AT` bytes fit (checked above): the registers in one pass, no bounds per word.
+    if let Some(dst) = w.out.get_mut(HEADER_LEN..ROOTS_AT) {
+        let (gpr, xmm) = dst.split_at_mut(GPR_COUNT * 8);
+        for (d, g) in gpr.chunks_exact_mut(8).zip(regs.gpr) {
+            d.copy_from_slice(&g.to_le_bytes());
+        }
+        for (d, x) in xmm.chunks_exact_mut(16).zip(&regs.xmm) {
+            d.copy_from_slice(x);
+        }
     }
-    for x in &regs.xmm {
-        w.put(x);
-    }
+    w.pos = ROOTS_AT;
     // All root records first, then what their nodes follow: the record keeps the roots
     // contiguous, as `CapturedMemory::parse` reads them.
     let mut written = 0u32;
@@ -731,7 +735,13 @@ pub fn execute_with_entry<M: Memory + ?Sized>(
     }
     let roots_end = w.pos;
     let mut at = ROOTS_AT;
-    for root in &plan.roots {
+    // What roots' nodes follow (none in a plan of plain values: skip the walk).
+    let follows = if plan.nodes.is_empty() {
+        &[][..]
+    } else {
+        &plan.roots[..]
+    };
+    for root in follows {
         let Some(data) = at.checked_add(ITEM_HEADER_LEN) else {
             break;
         };
@@ -1587,10 +1597,10 @@ fn truncate(v: u64, size: usize) -> u64 {
 
 /// Copies `src` to the start of `dst`, cut to `dst`'s length, and zeroes the rest of `dst`.
 fn fill_padded(dst: &mut [u8], src: &[u8]) {
-    let mut src = src.iter().copied();
-    for d in dst {
-        *d = src.next().unwrap_or(0);
-    }
+    let n = dst.len().min(src.len());
+    let (head, tail) = dst.split_at_mut(n);
+    head.copy_from_slice(&src[..n]);
+    tail.fill(0);
 }
 
 fn fill_le(dst: &mut [u8], v: u64) {

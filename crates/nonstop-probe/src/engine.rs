@@ -1916,7 +1916,7 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     if let Some(engine) = engine {
         // Every trap is charged: the handler's time, and the kernel's trap and return
         // (measured once at start), which the handler cannot see.
-        let t1 = start.now_ns();
+        let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
         let handler = t1.saturating_sub(t0);
         p.budget.add_trap(t0, t1);
         let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
@@ -1940,6 +1940,8 @@ struct Wake {
     out: bool,
     /// A record was committed: the agent thread, if it sleeps.
     committed: bool,
+    /// When the capture ended, if it was timed (the hit's end: one clock read less).
+    end_ns: Option<u64>,
 }
 
 /// What the hit path needs of the interrupted thread: the `int3` path's signal context,
@@ -2052,7 +2054,7 @@ extern "C" fn nonstop_probe_fast_hit(
     if let Some(engine) = engine {
         capture(engine, p, &ctx, addr, &start, &mut wake);
         // No trap to charge: the handler's own time only.
-        let t1 = start.now_ns();
+        let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
         p.budget.add_trap(t0, t1);
         engine.budget.charge(t1, t1.saturating_sub(t0));
         if wake.out {
@@ -2194,8 +2196,12 @@ fn capture<C: HitContext>(
         },
     );
     wake.committed = true;
-    let took = start.now_ns().saturating_sub(t0);
-    p.slowest_ns.fetch_max(took, r);
+    let end = start.now_ns();
+    wake.end_ns = Some(end);
+    let took = end.saturating_sub(t0);
+    if p.slowest_ns.load(r) < took {
+        p.slowest_ns.fetch_max(took, r);
+    }
     if took > p.time_cap_ns.load(r) {
         p.finish(REASON_TIME_CAP, took);
     }

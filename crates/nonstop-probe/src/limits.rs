@@ -69,6 +69,9 @@ const BUCKETS: usize = 10;
 /// The global trap budget: handler time over the last `BUCKETS` buckets.
 pub struct Budget {
     bucket_ns: AtomicU64,
+    /// ⌊2⁶⁴ / bucket_ns⌋ + 1: a bucket's number is a multiply, not a division (which costs
+    /// more than the rest of `charge`); 0 when `bucket_ns` is 1.
+    bucket_inv: AtomicU64,
     limit_ns: AtomicU64,
     epochs: [AtomicU64; BUCKETS],
     used: [AtomicU64; BUCKETS],
@@ -79,6 +82,7 @@ impl Budget {
     pub const fn new() -> Budget {
         Budget {
             bucket_ns: AtomicU64::new(100_000_000),
+            bucket_inv: AtomicU64::new(u64::MAX / 100_000_000 + 1),
             limit_ns: AtomicU64::new(u64::MAX),
             epochs: [const { AtomicU64::new(u64::MAX) }; BUCKETS],
             used: [const { AtomicU64::new(0) }; BUCKETS],
@@ -89,6 +93,8 @@ impl Budget {
     pub fn set(&self, fraction: f64, window_ns: u64) {
         let bucket = (window_ns / BUCKETS as u64).max(1);
         self.bucket_ns.store(bucket, Ordering::Relaxed);
+        let inv = if bucket > 1 { u64::MAX / bucket + 1 } else { 0 };
+        self.bucket_inv.store(inv, Ordering::Relaxed);
         let limit = if fraction >= 1.0 || !fraction.is_finite() {
             u64::MAX
         } else {
@@ -104,9 +110,20 @@ impl Budget {
         }
     }
 
+    /// The bucket `now` falls in: `now / bucket_ns`, exact but within 2⁻¹⁴ of a bucket's
+    /// end for any `now` under 2⁵⁰ ns (13 days of uptime; a hit at such a boundary may
+    /// count in the next bucket).
+    fn epoch(&self, now: u64) -> u64 {
+        let inv = self.bucket_inv.load(Ordering::Relaxed);
+        if inv == 0 {
+            return now;
+        }
+        ((now as u128 * inv as u128) >> 64) as u64
+    }
+
     /// Adds `ns` of handler time at `now`.
     pub fn charge(&self, now: u64, ns: u64) {
-        let epoch = now / self.bucket_ns.load(Ordering::Relaxed);
+        let epoch = self.epoch(now);
         let i = (epoch % BUCKETS as u64) as usize;
         let (Some(e), Some(u)) = (self.epochs.get(i), self.used.get(i)) else {
             return;
@@ -123,7 +140,7 @@ impl Budget {
 
     /// Handler time spent in the window ending at `now`.
     pub fn used(&self, now: u64) -> u64 {
-        let epoch = now / self.bucket_ns.load(Ordering::Relaxed);
+        let epoch = self.epoch(now);
         let mut sum = 0u64;
         for (e, u) in self.epochs.iter().zip(self.used.iter()) {
             let be = e.load(Ordering::Relaxed);
@@ -136,7 +153,8 @@ impl Budget {
 
     /// True when the window's handler time is over the limit.
     pub fn exceeded(&self, now: u64) -> bool {
-        self.used(now) > self.limit_ns.load(Ordering::Relaxed)
+        let limit = self.limit_ns.load(Ordering::Relaxed);
+        limit != u64::MAX && self.used(now) > limit
     }
 }
 
@@ -153,6 +171,25 @@ mod tests {
         assert!(!g.allow(t));
         assert!(g.allow(t + 100_000_000));
         assert!(!g.allow(t + 100_000_000));
+    }
+
+    #[test]
+    fn a_bucket_is_the_quotient_but_at_its_very_end() {
+        let b = Budget::new();
+        b.set(0.01, 1_000_000_000);
+        for now in [
+            0,
+            1,
+            99_999_999,
+            100_000_000,
+            123_456_789_012,
+            86_400 * 1_000_000_000,
+        ] {
+            assert_eq!(b.epoch(now), now / 100_000_000, "{now}");
+        }
+        let tiny = Budget::new();
+        tiny.set(0.5, 5);
+        assert_eq!(tiny.epoch(12_345), 12_345);
     }
 
     #[test]

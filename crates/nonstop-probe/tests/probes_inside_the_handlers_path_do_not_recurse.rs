@@ -1,5 +1,5 @@
-//! A probe on a libc function the trap handler itself calls (`clock_gettime`) is hit both
-//! by the program and, nested, by the handler: the nested hit only runs the instruction and
+//! A probe on a libc function the trap handler itself calls (`clock_gettime`, when it
+//! renews its time base) is hit both by the program and, nested, by the handler: the nested hit only runs the instruction and
 //! is counted, and nothing recurses. Probes on the engine's own trap path are refused.
 //! Own process: probes a process-wide libc function.
 
@@ -22,14 +22,21 @@ fn probing_clock_gettime_nests_without_recursion() {
     for _ in 0..10 {
         std::hint::black_box(std::time::Instant::now());
     }
-    assert!(t.elapsed().as_secs() < 5);
-    let stats = engine.stats(id).unwrap();
+    // The handler reads the clock itself when its TSC time base is over ~10 ms old (on
+    // every hit without a usable TSC): call again until one of those reads has nested.
+    let mut stats = engine.stats(id).unwrap();
+    while stats.dropped_nested == 0 && t.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(11));
+        std::hint::black_box(std::time::Instant::now());
+        stats = engine.stats(id).unwrap();
+    }
+    assert!(t.elapsed().as_secs() < 5, "{stats:?}");
     engine.disarm(id).unwrap();
     engine.drain(|_| {});
     assert!(stats.hits >= 11, "{stats:?}");
     assert!(
-        stats.dropped_nested >= stats.hits,
-        "the handler's own calls nest: {stats:?}"
+        stats.dropped_nested >= 1 && stats.dropped_nested <= stats.hits,
+        "the handler's own clock reads nest, once each: {stats:?}"
     );
 }
 

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// `membarrier` commands (linux/membarrier.h); the libc crate does not name them all.
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
@@ -151,9 +151,19 @@ pub fn now_ns() -> u64 {
 }
 
 /// Nanoseconds per TSC tick × 2³², once measured; 0: the TSC is not used.
-static TSC_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static TSC_NS: AtomicU64 = AtomicU64::new(0);
+/// Ticks after which a hit renews the base (~10 ms once measured): the base's error
+/// then stays well under a microsecond.
+static RENEW_TICKS: AtomicU64 = AtomicU64::new(0);
 
-/// A hit's start: CLOCK_MONOTONIC and the TSC, read together.
+/// CLOCK_MONOTONIC and the TSC read together at a recent instant, so that a hit knows the
+/// time from one `rdtsc`. A sequence lock: `BASE_SEQ` is odd while one thread rewrites the
+/// pair; readers never wait for it (they read the clock themselves instead).
+static BASE_SEQ: AtomicU64 = AtomicU64::new(0);
+static BASE_NS: AtomicU64 = AtomicU64::new(0);
+static BASE_TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// A hit's start: CLOCK_MONOTONIC, and the TSC when it is used.
 #[derive(Debug, Clone, Copy)]
 pub struct Start {
     /// CLOCK_MONOTONIC, ns.
@@ -167,9 +177,14 @@ fn ticks() -> u64 {
     unsafe { std::arch::x86_64::_rdtsc() }
 }
 
+/// `ticks` in ns at `per_tick` (ns × 2³² per tick).
+fn ticks_ns(ticks: u64, per_tick: u64) -> u64 {
+    ((ticks as u128 * per_tick as u128) >> 32) as u64
+}
+
 /// Measures the TSC's rate against CLOCK_MONOTONIC (~2 ms) when it is invariant (CPUID
-/// 0x80000007 EDX bit 8) and the kernel uses it as its clock, so a hit measures its own
-/// time with one `rdtsc` (~10 ns here) instead of a second `clock_gettime` (~25 ns).
+/// 0x80000007 EDX bit 8) and the kernel uses it as its clock, so a hit knows the time
+/// from one `rdtsc` (~10 ns here) instead of a `clock_gettime` (~25 ns).
 pub fn measure_tsc() {
     use std::arch::x86_64::__cpuid;
     if __cpuid(0x8000_0000).eax < 0x8000_0007 || __cpuid(0x8000_0007).edx & (1 << 8) == 0 {
@@ -187,28 +202,73 @@ pub fn measure_tsc() {
     let (n1, t1) = (now_ns(), ticks());
     if t1 > t0 {
         let per_tick = (((n1 - n0) as u128) << 32) / (t1 - t0) as u128;
-        TSC_NS.store(per_tick.min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        let per_tick = per_tick.clamp(1, u64::MAX as u128) as u64;
+        // 10 ms in ticks: 10⁷ ns × 2³² / per_tick.
+        let renew = ((10_000_000u128 << 32) / per_tick as u128).min(u64::MAX as u128) as u64;
+        RENEW_TICKS.store(renew, Ordering::Relaxed);
+        renew_base(BASE_SEQ.load(Ordering::Relaxed), n1, t1);
+        TSC_NS.store(per_tick, Ordering::Release);
     }
 }
 
+/// Publishes (`ns`, `ticks`) as the base, unless another thread is at it or did it since
+/// `seq` was read.
+fn renew_base(seq: u64, ns: u64, ticks: u64) {
+    if seq & 1 != 0
+        || BASE_SEQ
+            .compare_exchange(seq, seq + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    fence(Ordering::Release);
+    BASE_NS.store(ns, Ordering::Relaxed);
+    BASE_TICKS.store(ticks, Ordering::Relaxed);
+    BASE_SEQ.store(seq + 2, Ordering::Release);
+}
+
 impl Start {
-    /// Now.
+    /// Now: from the TSC and the base when both are good, else from the clock (which then
+    /// renews the base, at most every ~10 ms).
     pub fn now() -> Start {
-        Start {
-            ns: now_ns(),
-            ticks: ticks(),
+        let per_tick = TSC_NS.load(Ordering::Acquire);
+        if per_tick == 0 {
+            return Start {
+                ns: now_ns(),
+                ticks: 0,
+            };
         }
+        let t = ticks();
+        let seq = BASE_SEQ.load(Ordering::Acquire);
+        let (base_ns, base_ticks) = (
+            BASE_NS.load(Ordering::Relaxed),
+            BASE_TICKS.load(Ordering::Relaxed),
+        );
+        fence(Ordering::Acquire);
+        let since = t.wrapping_sub(base_ticks);
+        if seq & 1 == 0
+            && BASE_SEQ.load(Ordering::Relaxed) == seq
+            && t >= base_ticks
+            && since < RENEW_TICKS.load(Ordering::Relaxed)
+        {
+            return Start {
+                ns: base_ns + ticks_ns(since, per_tick),
+                ticks: t,
+            };
+        }
+        let (ns, t) = (now_ns(), ticks());
+        renew_base(seq, ns, t);
+        Start { ns, ticks: t }
     }
 
     /// CLOCK_MONOTONIC now, from the TSC ticks since the start when measured (a hit's
     /// microseconds drift by well under a nanosecond), else read again.
     pub fn now_ns(&self) -> u64 {
         let per_tick = TSC_NS.load(Ordering::Relaxed);
-        if per_tick == 0 {
+        if per_tick == 0 || self.ticks == 0 {
             return now_ns();
         }
-        let ticks = ticks().saturating_sub(self.ticks) as u128;
-        self.ns + ((ticks * per_tick as u128) >> 32) as u64
+        self.ns + ticks_ns(ticks().saturating_sub(self.ticks), per_tick)
     }
 }
 
