@@ -1599,7 +1599,8 @@ fn truncate(v: u64, size: usize) -> u64 {
 fn fill_padded(dst: &mut [u8], src: &[u8]) {
     let n = dst.len().min(src.len());
     let (head, tail) = dst.split_at_mut(n);
-    head.copy_from_slice(&src[..n]);
+    let (src, _) = src.split_at(n);
+    head.copy_from_slice(src);
     tail.fill(0);
 }
 
