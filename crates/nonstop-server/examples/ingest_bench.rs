@@ -11,7 +11,8 @@
 //!   all, for SECONDS (10 by default): the time from send to arrival on
 //!   `GET /api/v1/responses/stream`, p50 / p99 / max.
 //!
-//! `cargo run --release -p nonstop-server --example ingest_bench -- MODE`
+//! `cargo run --release -p nonstop-server --example ingest_bench -- MODE` (`NONSTOP_BIN=PATH`
+//! to use a `nonstop` binary already built instead of building one aside).
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -24,8 +25,12 @@ use serde_json::{Value, json};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::{Message, WebSocket};
 
-/// The `nonstop` binary, built (in this example's profile) into a target dir of its own.
+/// The `nonstop` binary: `NONSTOP_BIN` when set (a release build already at hand), else
+/// built (in this example's profile) into a target dir of its own.
 fn nonstop() -> PathBuf {
+    if let Some(bin) = std::env::var_os("NONSTOP_BIN") {
+        return PathBuf::from(bin);
+    }
     nonstop_testkit::cargo_build_aside("bench", &["-p", "nonstop", "--bin", "nonstop"])
         .join("nonstop")
 }
