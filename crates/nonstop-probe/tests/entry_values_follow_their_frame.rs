@@ -18,9 +18,6 @@ use nonstop_capture::capture::{
 };
 use nonstop_probe::{Engine, EntrySource, ProbeId, ProbeSpec};
 
-/// Frames the engine's entry table keeps per thread (`entry::FRAMES`, not public).
-const FRAMES: u64 = 8;
-
 /// The depth at which `down` runs [`HOOK`] (on entering that frame, before recursing).
 static ARM_AT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// Run once by `down` at depth [`ARM_AT`].
@@ -176,6 +173,13 @@ fn entry_values(engine: &Engine, line: ProbeId, s: &Sites) -> Vec<Option<u64>> {
         .collect()
 }
 
+/// Disarms the line probe, then its companion; no probe is left.
+fn disarm(engine: &Engine, companion: ProbeId, line: ProbeId) {
+    engine.disarm(line).unwrap();
+    engine.disarm(companion).unwrap();
+    assert_eq!(engine.armed_count(), 0);
+}
+
 fn sum_to(n: u64) -> u64 {
     n * (n + 1) / 2
 }
@@ -201,9 +205,7 @@ fn each_frame_of_a_recursion_reads_its_own_entry_value() {
     let stats = engine.stats(line).unwrap();
     assert_eq!(stats.hits, 8);
     assert_eq!(engine.stats(companion).unwrap().traps, 6 + 4);
-    engine.disarm(line).unwrap();
-    engine.disarm(companion).unwrap();
-    assert_eq!(engine.armed_count(), 0);
+    disarm(engine, companion, line);
 }
 
 #[test]
@@ -215,7 +217,9 @@ fn recursion_deeper_than_the_table_loses_the_oldest_frames_not_their_values() {
     // down(12) enters 13 frames (12, …, 0); the table keeps the newest 8 entries: frames
     // 7..=0. Frames 1..=7 read exactly their own value, frames 8..=12 unavailable.
     assert_eq!(down(black_box(12)), sum_to(12));
-    let want: Vec<Option<u64>> = (1..=12).map(|k| (k < FRAMES).then_some(k)).collect();
+    let want: Vec<Option<u64>> = (1..=12)
+        .map(|k| (k < nonstop_probe::ENTRY_FRAMES as u64).then_some(k))
+        .collect();
     assert_eq!(
         want,
         [
@@ -240,9 +244,7 @@ fn recursion_deeper_than_the_table_loses_the_oldest_frames_not_their_values() {
         entry_values(engine, line, &s),
         [Some(1), Some(2), Some(3), Some(4)]
     );
-    engine.disarm(line).unwrap();
-    engine.disarm(companion).unwrap();
-    assert_eq!(engine.armed_count(), 0);
+    disarm(engine, companion, line);
 }
 
 #[test]
@@ -276,7 +278,5 @@ fn a_frame_entered_before_the_companion_was_armed_reads_unavailable() {
         entry_values(engine, line, &s),
         [Some(1), Some(2), Some(3), Some(4), Some(5)]
     );
-    engine.disarm(line).unwrap();
-    engine.disarm(companion).unwrap();
-    assert_eq!(engine.armed_count(), 0);
+    disarm(engine, companion, line);
 }
