@@ -66,7 +66,11 @@ impl Server {
     fn http() -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
+            // Timeouts per phase, not global: a global timeout makes ureq resolve the host
+            // on a thread of its own, one per request, which the bench would then measure.
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(Some(Duration::from_secs(60)))
             .build()
             .into()
     }

@@ -4,7 +4,7 @@
 use crate::error::{ApiError, checked_id, query};
 use crate::ids::Tokens;
 use crate::sources::Sources;
-use crate::store::{BatchWrite, Retention, RuleState, Store, StoreError};
+use crate::store::{BatchJob, BatchWrite, Retention, RuleState, Store, StoreError};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -49,6 +49,9 @@ pub(crate) struct App {
     pub(crate) relay: Option<Arc<tokio::sync::Notify>>,
     /// The delivery pipeline to targets.
     pub(crate) outbox: Arc<crate::outbox::Outbox>,
+    /// Where agents' batches are written, grouped, when the store takes one writer at a
+    /// time; `None`: each on the blocking pool.
+    pub(crate) writer: Option<crate::writer::Writer>,
 }
 
 impl App {
@@ -149,14 +152,23 @@ impl App {
                 }
             }
         }
-        let retention = self.retention;
-        let sender = info.clone();
-        let done = self
-            .blocking(move |s| {
-                let hello = hello.then_some((&sender, false));
-                s.write_batch(&sender.id, hello, writes, crate::clock::now_ms(), retention)
-            })
-            .await?;
+        let job = BatchJob {
+            agent: info.clone(),
+            hello: hello.then_some(false),
+            writes,
+        };
+        let done = match &self.writer {
+            Some(writer) => writer.write(job).await?,
+            None => {
+                let retention = self.retention;
+                self.blocking(move |s| {
+                    let hello = job.hello.map(|connected| (&job.agent, connected));
+                    let now = crate::clock::now_ms();
+                    s.write_batch(&job.agent.id, hello, job.writes, now, retention)
+                })
+                .await?
+            }
+        };
         let mut notes = Vec::with_capacity(done.len());
         let (mut stored, mut queued, mut finished) = (Vec::new(), 0, Vec::new());
         for ins in done {

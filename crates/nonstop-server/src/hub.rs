@@ -490,14 +490,6 @@ pub async fn poll(
     Ok(rules_response(rules, &headers))
 }
 
-/// Bodies of `POST /agent/v1/responses`: one message or an array of them.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Batch {
-    Many(Vec<AgentMessage>),
-    One(AgentMessage),
-}
-
 /// `POST /agent/v1/responses`: one agent message or an array of them. The agent is named by
 /// a `hello` in the batch (which registers it) or by `?agent=ID`. Answers with the agent's
 /// rule set, so a serverless agent needs one round trip per invocation.
@@ -522,9 +514,15 @@ pub async fn post_messages(
         };
         ApiError::new(e.status(), message)
     })?;
-    let messages = match parse_json::<Batch>(&body) {
-        Ok(Batch::Many(m)) => m,
-        Ok(Batch::One(m)) => vec![m],
+    // One message or an array of them, told apart by the first byte: an untagged enum
+    // would buffer the whole body as a generic tree first.
+    let parsed = if body.trim_ascii_start().first() == Some(&b'[') {
+        serde_json::from_slice::<Vec<AgentMessage>>(&body)
+    } else {
+        serde_json::from_slice::<AgentMessage>(&body).map(|m| vec![m])
+    };
+    let messages = match parsed {
+        Ok(m) => m,
         Err(_) => {
             // An array: say which message is wrong and why.
             if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&body) {

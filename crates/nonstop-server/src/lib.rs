@@ -67,6 +67,7 @@ mod targets;
 pub mod tls;
 mod ui;
 pub mod validate;
+mod writer;
 
 use crate::app::App;
 use crate::error::ApiError;
@@ -480,7 +481,15 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let (stop, stop_rx) = watch::channel(false);
     let outbox = Arc::new(outbox::Outbox::new(store.clone(), config.outbox));
     outbox.start(stop_rx.clone());
+    let writer = if store.groups_writes() {
+        let w = writer::Writer::start(store.clone(), config.retention)
+            .map_err(|e| StoreError::Database(format!("cannot start the store's writer: {e}")))?;
+        Some(w)
+    } else {
+        None
+    };
     let app = Arc::new(App {
+        writer,
         outbox,
         store,
         tokens: tokens.clone(),

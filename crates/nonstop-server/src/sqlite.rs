@@ -2,9 +2,9 @@
 
 use crate::sql;
 use crate::store::{
-    AgentRecord, AgentRuleStatus, BatchWrite, Inserted, MetricsStored, NewEntry, OutboxEntry,
-    OutboxLimits, Retention, RuleState, Settled, Store, StoreError, StoredRule, StoredSeries,
-    StoredTarget,
+    AgentRecord, AgentRuleStatus, BatchJob, BatchWrite, Inserted, MetricsStored, NewEntry,
+    OutboxEntry, OutboxLimits, Retention, RuleState, Settled, Store, StoreError, StoredRule,
+    StoredSeries, StoredTarget,
 };
 use nonstop_model::metrics::{HISTOGRAM_BOUNDS, MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, StatusKind};
@@ -599,29 +599,64 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Inserted>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db)?;
-        if let Some((info, connected)) = hello {
-            upsert_agent_in(&tx, info, connected, now_ms)?;
-        }
         let mut batch = InsertBatch::default();
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            out.push(match w {
-                BatchWrite::Responses { responses, dropped } => {
-                    if dropped > 0 {
-                        add_dropped_in(&tx, agent, dropped)?;
-                    }
-                    batch.insert(&tx, responses, now_ms)?
-                }
-                BatchWrite::Statuses(statuses) => {
-                    put_statuses_in(&tx, agent, &statuses, now_ms)?;
-                    Inserted::default()
-                }
-            });
-        }
+        let out = apply_writes(&tx, &mut batch, agent, hello, writes, now_ms)?;
         let kept = batch.retain(&tx, now_ms, retention, &self.kept)?;
         tx.commit().map_err(db)?;
         self.note_kept(kept);
         Ok(out)
+    }
+
+    fn write_batches(
+        &self,
+        jobs: Vec<BatchJob>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Vec<Result<Vec<Inserted>, StoreError>> {
+        if let [_] = jobs.as_slice() {
+            // One job needs no savepoint: its failure rolls back the transaction, its own.
+            return jobs
+                .into_iter()
+                .map(|job| {
+                    let hello = job.hello.map(|connected| (&job.agent, connected));
+                    self.write_batch(&job.agent.id, hello, job.writes, now_ms, retention)
+                })
+                .collect();
+        }
+        let n = jobs.len();
+        let all_failed = |e: StoreError| {
+            let message = e.to_string();
+            (0..n)
+                .map(|_| Err(StoreError::Database(message.clone())))
+                .collect()
+        };
+        let mut conn = self.conn();
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return all_failed(db(e)),
+        };
+        let mut batch = InsertBatch::default();
+        let mut out = Vec::with_capacity(n);
+        for job in jobs {
+            match apply_job(&tx, &mut batch, job, now_ms) {
+                Ok(done) => out.push(done),
+                Err(e) => return all_failed(e),
+            }
+        }
+        let kept = match batch.retain(&tx, now_ms, retention, &self.kept) {
+            Ok(kept) => kept,
+            Err(e) => return all_failed(e),
+        };
+        if let Err(e) = tx.commit() {
+            return all_failed(db(e));
+        }
+        self.note_kept(kept);
+        out
+    }
+
+    fn groups_writes(&self) -> bool {
+        // One connection behind a lock: writers take turns whatever calls them.
+        true
     }
 
     fn prune_responses(&self, now_ms: i64, retention: Retention) -> Result<u64, StoreError> {
@@ -942,6 +977,80 @@ impl Store for SqliteStore {
     }
 }
 
+/// [`Store::write_batch`]'s writes inside a transaction, with `batch` collecting what
+/// retention needs.
+fn apply_writes(
+    tx: &Connection,
+    batch: &mut InsertBatch,
+    agent: &str,
+    hello: Option<(&AgentInfo, bool)>,
+    writes: Vec<BatchWrite>,
+    now_ms: i64,
+) -> Result<Vec<Inserted>, StoreError> {
+    if let Some((info, connected)) = hello {
+        upsert_agent_in(tx, info, connected, now_ms)?;
+    }
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        out.push(match w {
+            BatchWrite::Responses { responses, dropped } => {
+                if dropped > 0 {
+                    add_dropped_in(tx, agent, dropped)?;
+                }
+                batch.insert(tx, responses, now_ms)?
+            }
+            BatchWrite::Statuses(statuses) => {
+                put_statuses_in(tx, agent, &statuses, now_ms)?;
+                Inserted::default()
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// One job of [`Store::write_batches`] in a savepoint of `tx`: when it fails, what it wrote
+/// is rolled back and counts for nothing in `batch`, and the other jobs go on. The outer
+/// error: the savepoint itself failed, and with it the transaction (every job of the group).
+fn apply_job(
+    tx: &Connection,
+    batch: &mut InsertBatch,
+    job: BatchJob,
+    now_ms: i64,
+) -> Result<Result<Vec<Inserted>, StoreError>, StoreError> {
+    // Cached statements rather than rusqlite's `Savepoint`, which parses its SQL each time.
+    let run = |sql: &str| {
+        tx.prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map_err(db)
+    };
+    run("SAVEPOINT job")?;
+    // The job's own counts; the rule routes read are true whatever the job does.
+    let mut part = InsertBatch {
+        touched: Vec::new(),
+        routes: std::mem::take(&mut batch.routes),
+    };
+    let hello = job.hello.map(|connected| (&job.agent, connected));
+    let done = apply_writes(tx, &mut part, &job.agent.id, hello, job.writes, now_ms);
+    batch.routes = std::mem::take(&mut part.routes);
+    let out = match done {
+        Ok(out) => out,
+        Err(e) => {
+            // Back to the savepoint, which is then let go.
+            run("ROLLBACK TO job")?;
+            run("RELEASE job")?;
+            return Ok(Err(e));
+        }
+    };
+    run("RELEASE job")?;
+    for (rule, added) in part.touched {
+        match batch.touched.iter_mut().find(|(r, _)| *r == rule) {
+            Some((_, n)) => *n += added,
+            None => batch.touched.push((rule, added)),
+        }
+    }
+    Ok(Ok(out))
+}
+
 fn upsert_agent_in(
     conn: &Connection,
     a: &AgentInfo,
@@ -1043,7 +1152,8 @@ impl InsertBatch {
                 out.refused += 1;
                 if !out.unknown.contains(&resp.rule) {
                     let known = tx
-                        .query_row(sql::RULE_EXISTS, [&resp.rule], |_| Ok(()))
+                        .prepare_cached(sql::RULE_EXISTS)
+                        .and_then(|mut st| st.query_row([&resp.rule], |_| Ok(())))
                         .optional()
                         .map_err(db)?
                         .is_some();
@@ -1072,7 +1182,8 @@ impl InsertBatch {
             }
             if !self.routes.contains_key(&resp.rule) {
                 let rule_json: Option<String> = tx
-                    .query_row(sql::RULE_JSON, [&resp.rule], |r| r.get(0))
+                    .prepare_cached(sql::RULE_JSON)
+                    .and_then(|mut st| st.query_row([&resp.rule], |r| r.get(0)))
                     .optional()
                     .map_err(db)?;
                 let to = rule_json

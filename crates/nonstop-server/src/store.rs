@@ -130,6 +130,30 @@ pub enum BatchWrite {
     Statuses(Vec<RuleStatus>),
 }
 
+/// One agent's [`Store::write_batch`] as a part of [`Store::write_batches`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchJob {
+    /// The sender, as its hello said.
+    pub agent: AgentInfo,
+    /// `Some(connected)` records `agent` first (its hello), with whether it is connected.
+    pub hello: Option<bool>,
+    /// The writes, in the order the agent sent them.
+    pub writes: Vec<BatchWrite>,
+}
+
+impl BatchJob {
+    /// How many responses the job stores at most.
+    pub fn responses(&self) -> usize {
+        self.writes
+            .iter()
+            .map(|w| match w {
+                BatchWrite::Responses { responses, .. } => responses.len(),
+                BatchWrite::Statuses(_) => 0,
+            })
+            .sum()
+    }
+}
+
 /// What [`Store::upsert_metrics`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct MetricsStored {
@@ -359,6 +383,29 @@ pub trait Store: Send + Sync + 'static {
             });
         }
         Ok(out)
+    }
+    /// Several [`Store::write_batch`] calls, of any agents, each with its own result, in one
+    /// transaction where the store can (SQLite): the commit is shared, and a job that fails
+    /// is rolled back alone. Retention is applied once, after the last. By default one call
+    /// per job.
+    fn write_batches(
+        &self,
+        jobs: Vec<BatchJob>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Vec<Result<Vec<Inserted>, StoreError>> {
+        jobs.into_iter()
+            .map(|job| {
+                let hello = job.hello.map(|connected| (&job.agent, connected));
+                self.write_batch(&job.agent.id, hello, job.writes, now_ms, retention)
+            })
+            .collect()
+    }
+    /// Whether writes are best made by one writer that groups what waits into one
+    /// [`Store::write_batches`] call: true for a store that takes one writer at a time
+    /// anyway (SQLite), false by default (a server store takes writers in parallel).
+    fn groups_writes(&self) -> bool {
+        false
     }
     /// Deletes responses older than `retention` allows (inserts do this too; this covers
     /// rules that stopped receiving), and the metric series of agents not seen for that

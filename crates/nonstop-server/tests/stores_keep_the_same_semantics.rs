@@ -7,7 +7,9 @@ use nonstop_model::metrics::{MAX_SERIES_PER_RULE, MetricSeries};
 use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule};
 use nonstop_server::postgres::PgStore;
 use nonstop_server::sqlite::SqliteStore;
-use nonstop_server::store::{Change, Retention, RuleState, Store, StoreError, StoredRule};
+use nonstop_server::store::{
+    BatchJob, BatchWrite, Change, Retention, RuleState, Store, StoreError, StoredRule,
+};
 use nonstop_testkit::postgres::{Cluster, Database};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -57,6 +59,7 @@ on_both_stores!(
     metric_series_keep_the_newest_report_within_the_cap,
     max_hits_hold_exactly_across_stores_writing_at_once,
     rules_statuses_sources_and_agents_read_back,
+    a_group_of_batches_keeps_each_batch_s_own_semantics,
 );
 
 fn response(rule: &str, n: u32) -> Response {
@@ -562,4 +565,186 @@ fn postgres_replicas_hear_each_others_changes() {
     );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     listener.join().unwrap();
+}
+
+/// Batches of several agents written as one group (what the server's writer does with the
+/// batches waiting for it): each gets its own result, in order, exactly as if written alone
+/// one after the other — max hits counted across the group, unknown rules named to their
+/// sender only, hellos and drops recorded, retention over the group's rows.
+fn a_group_of_batches_keeps_each_batch_s_own_semantics(b: &Backend) {
+    let s = b.open();
+    s.insert_rule(&stored("g-max", Some(3))).unwrap();
+    s.insert_rule(&stored("g-all", None)).unwrap();
+    let keep = Retention {
+        per_rule: 4,
+        max_age_ms: 1_000_000,
+    };
+    let job = |agent: &str, hello: Option<bool>, rules: &[(&str, u32)], dropped: u64| BatchJob {
+        agent: agent_info(agent),
+        hello,
+        writes: vec![BatchWrite::Responses {
+            responses: rules
+                .iter()
+                .map(|(rule, n)| Response {
+                    agent: agent.into(),
+                    ..response(rule, *n)
+                })
+                .collect(),
+            dropped,
+        }],
+    };
+    let results = s.write_batches(
+        vec![
+            job(
+                "g1",
+                Some(false),
+                &[("g-max", 1), ("g-max", 2), ("g-all", 1)],
+                5,
+            ),
+            job(
+                "g2",
+                Some(false),
+                &[("g-max", 3), ("g-max", 4), ("g-gone", 1)],
+                0,
+            ),
+            job(
+                "g3",
+                None,
+                &[("g-all", 2), ("g-all", 3), ("g-all", 4), ("g-all", 5)],
+                0,
+            ),
+        ],
+        10,
+        keep,
+    );
+    let results: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("each job is written").remove(0))
+        .collect();
+    let seen: Vec<_> = results
+        .iter()
+        .map(|i| {
+            let msgs: Vec<_> = i
+                .stored
+                .iter()
+                .map(|(_, r)| r.message.clone().unwrap())
+                .collect();
+            (msgs, i.refused, i.unknown.clone(), i.done.clone())
+        })
+        .collect();
+    let strings = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        seen,
+        [
+            (strings(&["hit 1", "hit 2", "hit 1"]), 0, vec![], vec![]),
+            (
+                strings(&["hit 3"]),
+                2,
+                strings(&["g-gone"]),
+                strings(&["g-max"])
+            ),
+            (
+                strings(&["hit 2", "hit 3", "hit 4", "hit 5"]),
+                0,
+                vec![],
+                vec![]
+            ),
+        ]
+    );
+    let ids: Vec<i64> = results
+        .iter()
+        .flat_map(|i| i.stored.iter().map(|(id, _)| *id))
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids rise in job order: {ids:?}"
+    );
+    assert_eq!(s.rule("g-max").unwrap().unwrap().state, RuleState::Done);
+    assert_eq!(s.rule("g-max").unwrap().unwrap().hits, 3);
+    assert_eq!(s.agent("g1").unwrap().unwrap().dropped, 5);
+    assert!(s.agent("g2").unwrap().is_some(), "g2's hello is recorded");
+    assert!(s.agent("g3").unwrap().is_none(), "g3 sent no hello");
+    // Retention applies over the group: `g-all` got 5 and keeps its newest 4.
+    let kept: Vec<_> = s
+        .responses(Some("g-all"), 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.message.clone().unwrap())
+        .collect();
+    assert_eq!(kept, ["hit 2", "hit 3", "hit 4", "hit 5"]);
+}
+
+/// A job of a group that the database refuses halfway (here a trigger aborts the insert of
+/// one agent's responses) is rolled back alone: it writes nothing, counts no hit, and the
+/// jobs before and after it are stored.
+#[test]
+fn sqlite_rolls_back_a_failing_job_of_a_group_alone() {
+    let b = Backend::sqlite();
+    let Backend::Sqlite(path) = &b else {
+        unreachable!()
+    };
+    let s = b.open();
+    s.insert_rule(&stored("f-rule", None)).unwrap();
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse_bad BEFORE INSERT ON responses WHEN NEW.agent = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+        )
+        .unwrap();
+    let job = |agent: &str, n: u32| BatchJob {
+        agent: agent_info(agent),
+        hello: Some(false),
+        writes: vec![BatchWrite::Responses {
+            responses: vec![Response {
+                agent: agent.into(),
+                ..response("f-rule", n)
+            }],
+            dropped: 7,
+        }],
+    };
+    let keep = Retention {
+        per_rule: 100,
+        max_age_ms: 1_000_000,
+    };
+    let results = s.write_batches(vec![job("ok1", 1), job("bad", 2), job("ok2", 3)], 10, keep);
+    let stored: Vec<_> = results
+        .iter()
+        .map(|r| {
+            r.as_ref()
+                .map(|ins| ins[0].stored.len())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    assert_eq!(stored[0], Ok(1));
+    assert!(
+        stored[1]
+            .as_ref()
+            .is_err_and(|e| e.contains("refused for the test")),
+        "{stored:?}"
+    );
+    assert_eq!(stored[2], Ok(1));
+    let msgs: Vec<_> = s
+        .responses(Some("f-rule"), 100)
+        .unwrap()
+        .iter()
+        .map(|r| (r.agent.clone(), r.message.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        msgs,
+        [
+            ("ok1".to_string(), "hit 1".to_string()),
+            ("ok2".to_string(), "hit 3".to_string())
+        ]
+    );
+    assert_eq!(
+        s.rule("f-rule").unwrap().unwrap().hits,
+        2,
+        "the failed job's hit is not counted"
+    );
+    assert!(
+        s.agent("bad").unwrap().is_none(),
+        "nor its hello, nor its drops"
+    );
+    assert_eq!(s.agent("ok2").unwrap().unwrap().dropped, 7);
 }
