@@ -25,6 +25,18 @@ pub(crate) struct LiveResponse {
     pub(crate) json: String,
 }
 
+/// Where an agent's writes come from, which decides how they reach the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// An HTTP request: its hello, when it has one, recorded first (as not connected).
+    /// Requests carry a batch each; the store's writer, where there is one, groups those
+    /// of requests that come at once.
+    Request { hello: bool },
+    /// A WebSocket session, which groups what its socket has buffered by itself: its
+    /// writes go straight to the store (grouping them again measured 20 % slower).
+    Session,
+}
+
 /// The state every handler shares.
 pub(crate) struct App {
     pub(crate) store: Arc<dyn Store>,
@@ -121,7 +133,7 @@ impl App {
         let notes = self
             .write_batch(
                 info,
-                false,
+                Link::Session,
                 vec![BatchWrite::Responses { responses, dropped }],
             )
             .await?;
@@ -129,7 +141,7 @@ impl App {
     }
 
     /// Applies an agent's writes in order in one store call, recording its hello first when
-    /// `hello` (as not connected: the HTTP path); streams the stored responses and pushes new
+    /// `link` is a request with one; streams the stored responses and pushes new
     /// rule sets when a rule reached its max hits. A response speaks for its sender: its
     /// `agent` and `service` are the sender's hello's. Returns, per write, a note for the
     /// agent when some of its responses were for rules the server does not know (deleted or
@@ -137,7 +149,7 @@ impl App {
     pub(crate) async fn write_batch(
         &self,
         info: &AgentInfo,
-        hello: bool,
+        link: Link,
         mut writes: Vec<BatchWrite>,
     ) -> Result<Vec<Option<String>>, StoreError> {
         for w in &mut writes {
@@ -152,14 +164,18 @@ impl App {
                 }
             }
         }
+        let (hello, grouped) = match link {
+            Link::Request { hello } => (hello, true),
+            Link::Session => (false, false),
+        };
         let job = BatchJob {
             agent: info.clone(),
             hello: hello.then_some(false),
             writes,
         };
         let done = match &self.writer {
-            Some(writer) => writer.write(job).await?,
-            None => {
+            Some(writer) if grouped => writer.write(job).await?,
+            _ => {
                 let retention = self.retention;
                 self.blocking(move |s| {
                     let hello = job.hello.map(|connected| (&job.agent, connected));

@@ -1,6 +1,6 @@
 //! The agent hub: the WebSocket sessions and the HTTP path for serverless agents.
 
-use crate::app::App;
+use crate::app::{App, Link};
 use crate::checks;
 use crate::clock::now_ms;
 use crate::error::{ApiError, parse_json};
@@ -350,7 +350,7 @@ async fn store_writes(
             _ => "the server could not store the responses",
         })
         .collect();
-    match app.write_batch(info, false, writes).await {
+    match app.write_batch(info, Link::Session, writes).await {
         Ok(notes) => notes
             .into_iter()
             .flatten()
@@ -586,8 +586,14 @@ pub async fn post_messages(
         }
         if record_hello || !writes.is_empty() {
             // The rule set answered leaves unknown rules out already.
-            app.write_batch(&info, record_hello, std::mem::take(&mut writes))
-                .await?;
+            app.write_batch(
+                &info,
+                Link::Request {
+                    hello: record_hello,
+                },
+                std::mem::take(&mut writes),
+            )
+            .await?;
             record_hello = false;
         }
         if let Some(series) = series {

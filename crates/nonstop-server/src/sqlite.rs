@@ -176,6 +176,9 @@ impl SqliteStore {
 
     fn init(mut conn: Connection) -> Result<SqliteStore, StoreError> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(db)?;
+        // Room for every statement the store caches (rusqlite keeps 16 by default): one
+        // evicted on the ingest path would be parsed again on every write.
+        conn.set_prepared_statement_cache_capacity(64);
         let _mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(db)?;
