@@ -177,12 +177,8 @@ impl App {
             Some(writer) if grouped => writer.write(job).await?,
             _ => {
                 let retention = self.retention;
-                self.blocking(move |s| {
-                    let hello = job.hello.map(|connected| (&job.agent, connected));
-                    let now = crate::clock::now_ms();
-                    s.write_batch(&job.agent.id, hello, job.writes, now, retention)
-                })
-                .await?
+                self.blocking(move |s| job.write_alone(s, crate::clock::now_ms(), retention))
+                    .await?
             }
         };
         let mut notes = Vec::with_capacity(done.len());

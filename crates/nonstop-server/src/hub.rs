@@ -4,7 +4,7 @@ use crate::app::{App, Link};
 use crate::checks;
 use crate::clock::now_ms;
 use crate::error::{ApiError, parse_json};
-use crate::store::BatchWrite;
+use crate::store::{BatchWrite, responses_in};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -293,16 +293,6 @@ fn batch_write(msg: AgentMessage) -> Step {
         AgentMessage::Status { statuses } => Step::Write(BatchWrite::Statuses(statuses)),
         other => Step::Alone(other),
     }
-}
-
-fn responses_in(writes: &[BatchWrite]) -> usize {
-    writes
-        .iter()
-        .map(|w| match w {
-            BatchWrite::Responses { responses, .. } => responses.len(),
-            _ => 0,
-        })
-        .sum()
 }
 
 /// Adds to `writes` the messages already received on `socket` that can join them (checked

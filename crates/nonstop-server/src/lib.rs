@@ -481,13 +481,11 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
     let (stop, stop_rx) = watch::channel(false);
     let outbox = Arc::new(outbox::Outbox::new(store.clone(), config.outbox));
     outbox.start(stop_rx.clone());
-    let writer = if store.groups_writes() {
-        let w = writer::Writer::start(store.clone(), config.retention)
-            .map_err(|e| StoreError::Database(format!("cannot start the store's writer: {e}")))?;
-        Some(w)
-    } else {
-        None
-    };
+    let writer = store
+        .groups_writes()
+        .then(|| writer::Writer::start(store.clone(), config.retention))
+        .transpose()
+        .map_err(|e| StoreError::Database(format!("cannot start the store's writer: {e}")))?;
     let app = Arc::new(App {
         writer,
         outbox,

@@ -620,10 +620,7 @@ impl Store for SqliteStore {
             // One job needs no savepoint: its failure rolls back the transaction, its own.
             return jobs
                 .into_iter()
-                .map(|job| {
-                    let hello = job.hello.map(|connected| (&job.agent, connected));
-                    self.write_batch(&job.agent.id, hello, job.writes, now_ms, retention)
-                })
+                .map(|job| job.write_alone(self, now_ms, retention))
                 .collect();
         }
         let n = jobs.len();
@@ -1045,11 +1042,8 @@ fn apply_job(
         }
     };
     run("RELEASE job")?;
-    for (rule, added) in part.touched {
-        match batch.touched.iter_mut().find(|(r, _)| *r == rule) {
-            Some((_, n)) => *n += added,
-            None => batch.touched.push((rule, added)),
-        }
+    for (rule, added) in &part.touched {
+        batch.touch(rule, *added);
     }
     Ok(Ok(out))
 }
@@ -1139,6 +1133,14 @@ struct InsertBatch {
 }
 
 impl InsertBatch {
+    /// Counts `added` more responses of `rule` for retention.
+    fn touch(&mut self, rule: &str, added: u64) {
+        match self.touched.iter_mut().find(|(r, _)| r == rule) {
+            Some((_, n)) => *n += added,
+            None => self.touched.push((rule.to_string(), added)),
+        }
+    }
+
     fn insert(
         &mut self,
         tx: &Connection,
@@ -1211,10 +1213,7 @@ impl InsertBatch {
                     .map_err(db)?;
                 out.queued += n;
             }
-            match self.touched.iter_mut().find(|(r, _)| *r == resp.rule) {
-                Some((_, n)) => *n += 1,
-                None => self.touched.push((resp.rule.clone(), 1)),
-            }
+            self.touch(&resp.rule, 1);
             out.stored.push((rid, resp));
         }
         Ok(out)

@@ -144,14 +144,30 @@ pub struct BatchJob {
 impl BatchJob {
     /// How many responses the job stores at most.
     pub fn responses(&self) -> usize {
-        self.writes
-            .iter()
-            .map(|w| match w {
-                BatchWrite::Responses { responses, .. } => responses.len(),
-                BatchWrite::Statuses(_) => 0,
-            })
-            .sum()
+        responses_in(&self.writes)
     }
+
+    /// The job as one [`Store::write_batch`] call of its own.
+    pub fn write_alone<S: Store + ?Sized>(
+        self,
+        store: &S,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let hello = self.hello.map(|connected| (&self.agent, connected));
+        store.write_batch(&self.agent.id, hello, self.writes, now_ms, retention)
+    }
+}
+
+/// How many responses `writes` store at most.
+pub fn responses_in(writes: &[BatchWrite]) -> usize {
+    writes
+        .iter()
+        .map(|w| match w {
+            BatchWrite::Responses { responses, .. } => responses.len(),
+            BatchWrite::Statuses(_) => 0,
+        })
+        .sum()
 }
 
 /// What [`Store::upsert_metrics`] did.
@@ -395,10 +411,7 @@ pub trait Store: Send + Sync + 'static {
         retention: Retention,
     ) -> Vec<Result<Vec<Inserted>, StoreError>> {
         jobs.into_iter()
-            .map(|job| {
-                let hello = job.hello.map(|connected| (&job.agent, connected));
-                self.write_batch(&job.agent.id, hello, job.writes, now_ms, retention)
-            })
+            .map(|job| job.write_alone(self, now_ms, retention))
             .collect()
     }
     /// Whether writes are best made by one writer that groups what waits into one

@@ -88,12 +88,10 @@ impl Writer {
             let store = self.store.clone();
             let retention = self.retention;
             return tokio::task::spawn_blocking(move || {
-                let now = crate::clock::now_ms();
-                store.write_batches(vec![job], now, retention).pop()
+                job.write_alone(store.as_ref(), crate::clock::now_ms(), retention)
             })
             .await
-            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?
-            .unwrap_or_else(|| Err(StoreError::Database("the store wrote nothing".into())));
+            .map_err(|e| StoreError::Database(format!("store task failed: {e}")))?;
         }
         let (reply, result) = oneshot::channel();
         self.queue.lock().0.push_back((job, reply));
