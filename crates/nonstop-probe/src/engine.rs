@@ -98,6 +98,14 @@ struct ProbeState {
     /// This probe's frame's CFA rule: `CFA = reg + offset`.
     entry_cfa_reg: AtomicU32,
     entry_cfa_offset: AtomicU64,
+    /// On the probe the address table points at: the other probe armed at the same
+    /// address, its state index + 1 (0: none). A companion may share its address with one
+    /// probe that is not a companion (a line probe at a function's entry); the trap path
+    /// runs both, the companion first, and performs the instruction once.
+    partner: AtomicU32,
+    /// This probe is the second at its address (the table points at the first, whose
+    /// `partner` it is): it patches nothing, and the first's site budget is the site's.
+    is_partner: AtomicBool,
 }
 
 impl ProbeState {
@@ -142,6 +150,8 @@ impl ProbeState {
             entry_from_id: AtomicU64::new(0),
             entry_cfa_reg: AtomicU32::new(0),
             entry_cfa_offset: AtomicU64::new(0),
+            partner: AtomicU32::new(0),
+            is_partner: AtomicBool::new(false),
         }
     }
 
@@ -1202,6 +1212,13 @@ impl Engine {
         let mut changed = false;
         for (id, &(idx, _)) in a.live.iter() {
             let p = &STATES[idx];
+            if p.is_partner.load(Ordering::Relaxed) {
+                // Its site's probe takes the site out and puts it back, for both.
+                continue;
+            }
+            let partner = (p.partner.load(Ordering::Relaxed) as usize)
+                .checked_sub(1)
+                .and_then(|i| STATES.get(i));
             let b = &p.budget;
             let addr = p.addr.load(Ordering::Relaxed);
             if b.pending() {
@@ -1215,7 +1232,9 @@ impl Engine {
                     b.went_out(now, p.traps.load(Ordering::Relaxed), trap_cost);
                     changed = true;
                     // Entries from now on go unrecorded: no older record may match them.
-                    p.entry_epoch.fetch_add(1, Ordering::SeqCst);
+                    for s in std::iter::once(p).chain(partner) {
+                        s.entry_epoch.fetch_add(1, Ordering::SeqCst);
+                    }
                 }
             } else if b.due(now) && room {
                 if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
@@ -1223,7 +1242,9 @@ impl Engine {
                     changed = true;
                     // Frames entered while it was out have no record; a record made before
                     // it went out at the same CFA must not stand in for theirs.
-                    p.entry_epoch.fetch_add(1, Ordering::SeqCst);
+                    for s in std::iter::once(p).chain(partner) {
+                        s.entry_epoch.fetch_add(1, Ordering::SeqCst);
+                    }
                     let tramp = match a.fast_status.get(id) {
                         Some(FastPath::Yes { trampoline, .. }) => Some(*trampoline),
                         _ => None,
@@ -1269,10 +1290,20 @@ impl Engine {
         let address = spec.address;
         let mut a = self.lock();
         self.reap(&mut a);
-        if let Some(cell) = table_find(address)
-            && VALS[cell].load(Ordering::Acquire) != 0
-        {
-            return Err(ArmError::AlreadyArmed { address });
+        // A probe already here: a companion and a probe that is not one share the address
+        // (the new one becomes the first's partner); anything else is refused.
+        let mut shared = None;
+        if let Some(cell) = table_find(address) {
+            let v = VALS[cell].load(Ordering::Acquire) as usize;
+            if let Some(first) = v.checked_sub(1) {
+                let q = &STATES[first];
+                if q.partner.load(Ordering::Relaxed) != 0
+                    || q.records_entry.load(Ordering::Relaxed) == spec.records_entry
+                {
+                    return Err(ArmError::AlreadyArmed { address });
+                }
+                shared = Some((cell, first));
+            }
         }
         let maps = slots::read_maps();
         let Some(m) = maps.iter().find(|m| m.start <= address && address < m.end) else {
@@ -1300,7 +1331,19 @@ impl Engine {
                 reason: "it is inside the jump patched by a fast-path probe",
             });
         }
-        let bytes = site_bytes(address, m.end);
+        let mut bytes = site_bytes(address, m.end);
+        if let Some((_, first)) = shared {
+            // The bytes as in the file: the first probe's patch replaced by its originals.
+            let q = &STATES[first];
+            let orig = if q.fast.load(Ordering::SeqCst) {
+                q.fast_orig_bytes()
+            } else {
+                vec![q.orig_byte.load(Ordering::Relaxed)]
+            };
+            for (d, b) in bytes.iter_mut().zip(orig) {
+                *d = b;
+            }
+        }
         let site = site::analyze(address, &bytes).map_err(|e| site_error(address, e))?;
         let needs_slot = matches!(
             site.emulation,
@@ -1323,12 +1366,18 @@ impl Engine {
         let Some(idx) = a.free.pop() else {
             return Err(ArmError::TooManyProbes { max: MAX_PROBES });
         };
-        let mut used = a.table_used;
-        let Some(cell) = table_cell(address, &mut used) else {
-            a.free.push(idx);
-            return Err(ArmError::TooManyProbes { max: MAX_PROBES });
+        let cell = match shared {
+            Some((cell, _)) => cell,
+            None => {
+                let mut used = a.table_used;
+                let Some(cell) = table_cell(address, &mut used) else {
+                    a.free.push(idx);
+                    return Err(ArmError::TooManyProbes { max: MAX_PROBES });
+                };
+                a.table_used = used;
+                cell
+            }
         };
-        a.table_used = used;
         let id = a.next_id;
         a.next_id += 1;
         let p = &STATES[idx];
@@ -1377,6 +1426,20 @@ impl Engine {
         p.fast.store(false, r);
         p.tramp_resume.store(0, r);
         p.fast_len.store(0, r);
+        p.partner.store(0, r);
+        p.is_partner.store(shared.is_some(), r);
+        if let Some((_, first)) = shared {
+            // The site is patched already (the first's int3 or jump): publishing the partner
+            // is the whole arm. Traps from now on run it too.
+            p.status.store(ARMED, Ordering::SeqCst);
+            STATES[first]
+                .partner
+                .store(idx as u32 + 1, Ordering::SeqCst);
+            a.live.insert(id, (idx, cell));
+            a.fast_status
+                .insert(id, FastPath::No(FastRefusal::ProbeInSpan { at: address }));
+            return Ok(ProbeId(id));
+        }
         let fast = if self.config.fast_path {
             self.prepare_fast(&mut a, address, spec.function.as_ref(), &maps)
         } else {
@@ -1609,7 +1672,32 @@ impl Engine {
         let p = &STATES[idx];
         let address = p.addr.load(Ordering::Relaxed);
         let orig = p.orig_byte.load(Ordering::Relaxed);
-        if p.fast.load(Ordering::SeqCst) {
+        let partner = (p.partner.load(Ordering::SeqCst) as usize).checked_sub(1);
+        if p.is_partner.load(Ordering::Relaxed) {
+            // The first probe keeps the site patched; it only stops running this one.
+            let first = (VALS[cell].load(Ordering::Acquire) as usize).checked_sub(1);
+            if let Some(q) = first.and_then(|i| STATES.get(i)) {
+                q.partner.store(0, Ordering::SeqCst);
+            }
+        } else if let Some(q) = partner.and_then(|i| STATES.get(i)) {
+            // The partner stays: the site goes on trapping, now for it alone (an int3, also
+            // where the budget had the site out or this probe had the fast path's jump).
+            let patched = if p.fast.load(Ordering::SeqCst) {
+                self.unpatch_fast(&a, p)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| sys::write_mem(a.mem_fd, address, &[0xcc]));
+            patched.map_err(|e| ArmError::Patch {
+                address,
+                error: e.to_string(),
+            })?;
+            self.sync();
+            // Entries may have gone unrecorded meanwhile.
+            q.entry_epoch.fetch_add(1, Ordering::SeqCst);
+            q.budget.reset(sys::now_ns());
+            q.is_partner.store(false, Ordering::SeqCst);
+        } else if p.fast.load(Ordering::SeqCst) {
             self.unpatch_fast(&a, p).map_err(|e| ArmError::Patch {
                 address,
                 error: e.to_string(),
@@ -1624,7 +1712,12 @@ impl Engine {
         a.live.remove(&id.0);
         let fast_status = a.fast_status.remove(&id.0).unwrap_or_default();
         p.status.store(RETIRED, Ordering::SeqCst);
-        VALS[cell].store(0, Ordering::Release);
+        if !p.is_partner.load(Ordering::Relaxed) {
+            // The partner, if any, is the site's probe now; else a trap re-runs the byte.
+            let next = partner.map_or(0, |i| i as u32 + 1);
+            VALS[cell].store(next, Ordering::Release);
+        }
+        // (`partner` stays: a thread still inside this probe runs the partner as well.)
         let mut stats = p.stats(false);
         stats.fast_path = fast_status;
         a.finished.insert(id.0, stats);
@@ -1892,14 +1985,18 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         return true;
     }
     p.traps.fetch_add(1, Ordering::Relaxed);
+    let q = partner_at(p, addr);
     // Nested on this thread (a probe on something the handler calls, or a probed function
     // run by a signal handler that interrupted ours): only perform the instruction, calling
     // nothing outside this section, so nesting cannot recurse.
     let Some(guard) = guard_enter(thread_pointer()) else {
-        p.dropped_nested.fetch_add(1, Ordering::Relaxed);
-        // An entry not recorded (when this is a companion): older records stop matching.
-        p.entry_epoch.fetch_add(1, Ordering::Relaxed);
+        for s in std::iter::once(p).chain(q) {
+            s.dropped_nested.fetch_add(1, Ordering::Relaxed);
+            // An entry not recorded (when this is a companion): older records stop matching.
+            s.entry_epoch.fetch_add(1, Ordering::Relaxed);
+        }
         perform(p, &mut ctx);
+        leave(q);
         p.in_flight.fetch_sub(1, Ordering::Release);
         return true;
     };
@@ -1910,7 +2007,7 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     // Wake-ups wait until the hit is timed: the woken thread may take this CPU.
     let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, &start, &mut wake);
+        capture_site(engine, p, q, &ctx, addr, &start, &mut wake);
     }
     perform(p, &mut ctx);
     if let Some(engine) = engine {
@@ -1929,8 +2026,57 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         }
     }
     guard_exit(guard);
+    leave(q);
     p.in_flight.fetch_sub(1, Ordering::Release);
     true
+}
+
+/// The partner armed at `addr` with the site's probe `p` (see `ProbeState::partner`),
+/// entered (`in_flight`) and its trap counted; `None` when there is none (or it is going).
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn partner_at(p: &ProbeState, addr: u64) -> Option<&'static ProbeState> {
+    let i = (p.partner.load(Ordering::Acquire) as usize).checked_sub(1)?;
+    let q = STATES.get(i)?;
+    q.in_flight.fetch_add(1, Ordering::SeqCst);
+    if q.status.load(Ordering::SeqCst) != ARMED || q.addr.load(Ordering::Acquire) != addr {
+        q.in_flight.fetch_sub(1, Ordering::Release);
+        return None;
+    }
+    q.traps.fetch_add(1, Ordering::Relaxed);
+    Some(q)
+}
+
+/// Leaves a partner entered by [`partner_at`].
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn leave(q: Option<&ProbeState>) {
+    if let Some(q) = q {
+        q.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// One trap's work at a site: the companion first (so its record is there for any
+/// reader), then the other probe; each with its own limits, condition and counters, and
+/// the site probe `p`'s budget for both.
+fn capture_site<C: HitContext>(
+    engine: &Engine,
+    p: &ProbeState,
+    q: Option<&ProbeState>,
+    ctx: &C,
+    addr: u64,
+    start: &sys::Start,
+    wake: &mut Wake,
+) {
+    match q {
+        Some(q) if q.records_entry.load(Ordering::Relaxed) => {
+            capture(engine, q, p, ctx, addr, start, wake);
+            capture(engine, p, p, ctx, addr, start, wake);
+        }
+        Some(q) => {
+            capture(engine, p, p, ctx, addr, start, wake);
+            capture(engine, q, p, ctx, addr, start, wake);
+        }
+        None => capture(engine, p, p, ctx, addr, start, wake),
+    }
 }
 
 /// Whom the trap path wakes once it is done with a hit.
@@ -2032,9 +2178,13 @@ extern "C" fn nonstop_probe_fast_hit(
         return;
     }
     p.traps.fetch_add(1, Ordering::Relaxed);
+    let q = partner_at(p, addr);
     let Some(guard) = guard_enter(thread_pointer()) else {
-        p.dropped_nested.fetch_add(1, Ordering::Relaxed);
-        p.entry_epoch.fetch_add(1, Ordering::Relaxed);
+        for s in std::iter::once(p).chain(q) {
+            s.dropped_nested.fetch_add(1, Ordering::Relaxed);
+            s.entry_epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        leave(q);
         p.in_flight.fetch_sub(1, Ordering::Release);
         return;
     };
@@ -2052,7 +2202,7 @@ extern "C" fn nonstop_probe_fast_hit(
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
     let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture(engine, p, &ctx, addr, &start, &mut wake);
+        capture_site(engine, p, q, &ctx, addr, &start, &mut wake);
         // No trap to charge: the handler's own time only.
         let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
         p.budget.add_trap(t0, t1);
@@ -2065,12 +2215,16 @@ extern "C" fn nonstop_probe_fast_hit(
         }
     }
     guard_exit(guard);
+    leave(q);
     p.in_flight.fetch_sub(1, Ordering::Release);
 }
 
+/// One probe's work at a trap; `site` is the probe the address table points at, whose
+/// budget is the site's (`p` itself unless `p` is its partner).
 fn capture<C: HitContext>(
     engine: &Engine,
     p: &ProbeState,
+    site: &ProbeState,
     ctx: &C,
     addr: u64,
     start: &sys::Start,
@@ -2079,7 +2233,7 @@ fn capture<C: HitContext>(
     let r = Ordering::Relaxed;
     let t0 = start.ns;
     let over_budget = engine.budget.exceeded(t0);
-    if over_budget && p.budget.request_for_budget() {
+    if over_budget && site.budget.request_for_budget() {
         wake.out = true;
     }
     if p.done.load(Ordering::Acquire) {
@@ -2116,7 +2270,7 @@ fn capture<C: HitContext>(
     }
     if !p.rate.allow(t0) {
         p.dropped_rate.fetch_add(1, r);
-        if p.budget.refused() {
+        if site.budget.refused() {
             wake.out = true;
         }
         return;
