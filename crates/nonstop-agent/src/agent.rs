@@ -290,8 +290,9 @@ impl Agent {
     }
 
     /// The companion at the runtime entry address `entry`, arming it for its first user;
-    /// `None` when it cannot be armed (another probe at the entry, say): the entry-value
-    /// variables are then unavailable at every hit, and say so.
+    /// `None` when it cannot be armed (the engine takes one companion and one other probe
+    /// per address; a site it refuses, say): the entry-value variables are then unavailable
+    /// at every hit, and say so.
     fn hold_companion(&mut self, entry: u64) -> Option<ProbeId> {
         if let Some(c) = self.companions.get_mut(&entry) {
             c.users += 1;
