@@ -70,7 +70,10 @@ impl Slots {
                 return Some(s);
             }
         }
-        let base = map_chunk_near(site, maps)?;
+        // `maps` may be older than a chunk mapped since (by this allocator or another): the
+        // gap it shows may be taken, and the room beside the new chunk is not shown. Then
+        // the maps as they are now.
+        let base = map_chunk_near(site, maps).or_else(|| map_chunk_near(site, &read_maps()))?;
         self.chunks.push(Chunk {
             base,
             used: unit,
@@ -137,4 +140,33 @@ fn map_chunk_near(site: u64, maps: &[Mapping]) -> Option<u64> {
     candidates.into_iter().find_map(|c| {
         sys::mmap_fixed_noreplace(c, CHUNK as usize, libc::PROT_READ | libc::PROT_EXEC)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A site in this test binary's own code.
+    fn site() -> u64 {
+        site as fn() -> u64 as usize as u64
+    }
+
+    #[test]
+    fn chunks_keep_coming_near_a_site_when_the_maps_given_are_stale() {
+        // One view of the maps for every allocation, as `Engine::arm` does for the slot and
+        // the trampoline of one probe: each chunk takes a gap that view still shows free.
+        let stale = read_maps();
+        let mut slots = Slots::with_unit(CHUNK as usize);
+        let mut bases = Vec::new();
+        for _ in 0..8 {
+            let base = slots
+                .alloc_near(site(), &stale)
+                .expect("a chunk within reach of the site");
+            assert!(distance(base, site()) <= REACH);
+            bases.push(base);
+        }
+        bases.sort_unstable();
+        bases.dedup();
+        assert_eq!(bases.len(), 8, "each slot its own chunk");
+    }
 }
