@@ -1324,12 +1324,14 @@ impl Engine {
                 reason: "the probe engine's trap path and slots cannot be probed",
             });
         }
-        if inside_fast_span(&a, address) {
-            return Err(ArmError::Unsupported {
-                address,
-                instruction: String::from("(patched by another probe)"),
-                reason: "it is inside the jump patched by a fast-path probe",
-            });
+        if let Some(owner) = fast_span_owner(&a, address) {
+            // The new probe goes in; the one whose jump covers its address goes back to its
+            // int3, which leaves the rest of its span as in the file.
+            self.demote_fast(&mut a, owner, address)
+                .map_err(|e| ArmError::Patch {
+                    address,
+                    error: e.to_string(),
+                })?;
         }
         let mut bytes = site_bytes(address, m.end);
         if let Some((_, first)) = shared {
@@ -1645,15 +1647,45 @@ impl Engine {
     /// Restores a fast-path site's original bytes: `int3` over the `jmp`'s first byte
     /// (threads arriving now trap and resume in the trampoline), the tail, the first byte.
     fn unpatch_fast(&self, a: &Arming, p: &ProbeState) -> std::io::Result<()> {
+        self.fast_to_int3(a, p)?;
+        let orig = p.fast_orig_bytes();
+        sys::write_mem(a.mem_fd, p.addr.load(Ordering::Relaxed), &orig[..1])?;
+        self.sync();
+        Ok(())
+    }
+
+    /// A fast-path site back to the `int3` path: `int3` over the `jmp`'s first byte, then
+    /// the tail as in the file.
+    fn fast_to_int3(&self, a: &Arming, p: &ProbeState) -> std::io::Result<()> {
         let address = p.addr.load(Ordering::Relaxed);
         let orig = p.fast_orig_bytes();
         sys::write_mem(a.mem_fd, address, &[0xcc])?;
         self.sync();
         sys::write_mem(a.mem_fd, address + 1, &orig[1..])?;
         self.sync();
-        sys::write_mem(a.mem_fd, address, &orig[..1])?;
-        self.sync();
         p.fast.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Puts live probe `id`, which has the fast path, back on its `int3` because a probe is
+    /// to be armed at `at` inside its span. Its trampoline stays (a thread may be inside
+    /// it) and the budget's put-back no longer patches the jump; where the budget has the
+    /// site out, the bytes are the file's already and the put-back writes the `int3`.
+    fn demote_fast(&self, a: &mut Arming, id: u64, at: u64) -> std::io::Result<()> {
+        let Some(&(idx, _)) = a.live.get(&id) else {
+            return Ok(());
+        };
+        let q = &STATES[idx];
+        if q.fast.load(Ordering::SeqCst) {
+            self.fast_to_int3(a, q)?;
+        }
+        // Its traps now run its own instruction, not the trampoline's whole span (which
+        // would pass over the new probe's address); a trap that read the old value still
+        // resumes correctly in the trampoline.
+        q.tramp_resume.store(0, Ordering::SeqCst);
+        q.fast_len.store(0, Ordering::Relaxed);
+        a.fast_status
+            .insert(id, FastPath::No(FastRefusal::ProbeInSpan { at }));
         Ok(())
     }
 
@@ -1683,11 +1715,10 @@ impl Engine {
             // The partner stays: the site goes on trapping, now for it alone (an int3, also
             // where the budget had the site out or this probe had the fast path's jump).
             let patched = if p.fast.load(Ordering::SeqCst) {
-                self.unpatch_fast(&a, p)
+                self.fast_to_int3(&a, p)
             } else {
-                Ok(())
-            }
-            .and_then(|()| sys::write_mem(a.mem_fd, address, &[0xcc]));
+                sys::write_mem(a.mem_fd, address, &[0xcc])
+            };
             patched.map_err(|e| ArmError::Patch {
                 address,
                 error: e.to_string(),
@@ -1886,12 +1917,13 @@ fn shadow_stack_enabled() -> bool {
 }
 
 /// Whether `address` is inside (after the first byte of) a live fast-path probe's span.
-fn inside_fast_span(a: &Arming, address: u64) -> bool {
-    a.live.values().any(|&(idx, _)| {
+/// The live probe whose fast-path span holds `address` after its first byte.
+fn fast_span_owner(a: &Arming, address: u64) -> Option<u64> {
+    a.live.iter().find_map(|(&id, &(idx, _))| {
         let q = &STATES[idx];
         let at = q.addr.load(Ordering::Relaxed);
         let len = q.fast_len.load(Ordering::Relaxed) as u64;
-        len > 0 && address > at && address < at + len
+        (len > 0 && address > at && address < at + len).then_some(id)
     })
 }
 

@@ -274,6 +274,57 @@ fn a_branch_into_the_patched_bytes_keeps_the_int3_with_the_reason() {
 }
 
 #[test]
+fn a_probe_armed_inside_a_fast_path_jump_sends_that_probe_back_to_its_int3() {
+    let _s = serial();
+    let engine = engine();
+    let f = bounds();
+    let sites = expected_sites();
+    let (first, second) = (sites[0].0, sites[1].0); // push rbx; mov rbx, rdi
+    let original = nonstop_probe::text_bytes(f.start, (f.end - f.start) as usize);
+    let a = engine.arm(spec(first, f.clone(), empty_plan())).unwrap();
+    let FastPath::Yes { span, .. } = fast_path(engine, a) else {
+        panic!("{}", fast_path(engine, a));
+    };
+    assert!(
+        second < first + u64::from(span),
+        "the second site is inside the jump"
+    );
+    // Before, this arm failed: "it is inside the jump patched by a fast-path probe".
+    let b = engine.arm(spec(second, f.clone(), empty_plan())).unwrap();
+    assert_eq!(
+        fast_path(engine, a).to_string(),
+        format!("fast path: no — another probe at {second:#x} is inside the patched bytes")
+    );
+    assert!(matches!(fast_path(engine, b), FastPath::Yes { .. }));
+    assert_eq!(nonstop_probe::text_bytes(first, 1), [0xcc]);
+    assert_eq!(nonstop_probe::text_bytes(second, 1), [0xe9]);
+    for i in 0..100 {
+        assert_eq!(target(i, 20), expected(i, 20));
+    }
+    engine.disarm(b).unwrap();
+    engine.disarm(a).unwrap();
+    let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+    engine.drain(|hit| {
+        let regs = CapturedMemory::parse(hit.record)
+            .expect("record parses")
+            .regs;
+        if hit.probe == a {
+            at_a.push((regs.gpr[16], regs.gpr[5]));
+        } else if hit.probe == b {
+            at_b.push((regs.gpr[16], regs.gpr[5]));
+        }
+    });
+    // Each call hit both, in order, with its own rdi, at each probe's own address.
+    assert_eq!(at_a, (0..100).map(|i| (first, i)).collect::<Vec<_>>());
+    assert_eq!(at_b, (0..100).map(|i| (second, i)).collect::<Vec<_>>());
+    assert_eq!(
+        nonstop_probe::text_bytes(f.start, original.len()),
+        original,
+        "the bytes are the file's after both are gone"
+    );
+}
+
+#[test]
 fn fast_hits_capture_the_registers_the_function_saw() {
     let _s = serial();
     let engine = engine();
