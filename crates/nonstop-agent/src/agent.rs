@@ -920,6 +920,8 @@ impl Agent {
                     }
                 }
                 held.status.dropped = dropped;
+                // A probe armed later inside this rule's fast-path jump puts it back on int3.
+                held.status.fast_path = self.fast_path_summary(&held.probes);
                 if let Some(reason) = disarm_reason {
                     self.disarm_all(&mut held);
                     held.status.status = StatusKind::Error;

@@ -9,8 +9,10 @@
 //! - an instruction cannot be decoded, or one in the span may not be probed at all;
 //! - a direct branch or call anywhere in the function targets a byte of the span other
 //!   than its first, or a RIP-relative operand takes the address of one (a computed target);
-//! - the function has an indirect jump (a jump table could land inside the span); a tail
-//!   call through a RIP-relative pointer (`jmp [rip+x]`, no index) is not one;
+//! - the span holds more than one instruction and the function has an indirect jump (a
+//!   jump table could land on an instruction inside the span; a span of one instruction
+//!   has none to land on); a tail call through a RIP-relative pointer (`jmp [rip+x]`, no
+//!   index) is not one;
 //! - an instruction inside the span follows one that does not fall through (`jmp`, `ret`,
 //!   `ud2`): it is reached by some jump we cannot see, e.g. an exception landing pad;
 //! - the span holds a call other than as its last instruction (its return address would
@@ -298,10 +300,14 @@ pub fn analyze(addr: u64, func_start: u64, func: &[u8]) -> Result<FastSite, Fast
     let span = &instrs[first..=last];
     let end = span[span.len() - 1].next_ip();
     let inside = |a: u64| a > addr && a < end;
+    // An indirect jump (a jump table's) lands where an instruction starts. A span of one
+    // instruction has no such place after its first byte, so only a span of several must
+    // not share its function with one.
+    let interior_starts = span.len() > 1;
     for ins in &instrs {
         let from = ins.ip();
         match ins.flow_control() {
-            FlowControl::IndirectBranch => {
+            FlowControl::IndirectBranch if interior_starts => {
                 let got_tail_call = ins.op0_kind() == OpKind::Memory
                     && ins.is_ip_rel_memory_operand()
                     && ins.memory_index() == Register::None;
@@ -664,6 +670,15 @@ mod tests {
         assert_eq!(
             analyze(0x1000, 0x1000, &code).unwrap_err(),
             FastRefusal::IndirectJump { at: 0x1006 }
+        );
+        // mov eax, 1 (5 bytes, a span of one instruction) ; add rax, rbx ; jmp rax: allowed,
+        // nothing starts inside the span for the jump to land on
+        let code = [0xb8, 0x01, 0, 0, 0, 0x48, 0x01, 0xd8, 0xff, 0xe0];
+        assert_eq!(analyze(0x1000, 0x1000, &code).unwrap().span_len(), 5);
+        // ... but probed at the add, the span holds the add and the jmp: refused
+        assert_eq!(
+            analyze(0x1005, 0x1000, &code).unwrap_err(),
+            FastRefusal::IndirectJump { at: 0x1008 }
         );
         // jmp [rip+0] (a tail call through the GOT) is allowed
         let code = [0x48, 0x89, 0xfb, 0x48, 0x01, 0xd8, 0xff, 0x25, 0, 0, 0, 0];
