@@ -926,6 +926,8 @@ struct Arming {
     site_tramps: HashMap<u64, SiteTramp>,
     /// The fast-path outcome of each live probe.
     fast_status: HashMap<u64, FastPath>,
+    /// The function bounds each live probe was armed with (for a later fast-path check).
+    functions: HashMap<u64, std::ops::Range<u64>>,
 }
 
 /// A site's trampoline, kept for the life of the process.
@@ -1028,6 +1030,7 @@ impl Engine {
                 tramps: Slots::with_unit(fastpath::TRAMPOLINE_SIZE),
                 site_tramps: HashMap::new(),
                 fast_status: HashMap::new(),
+                functions: HashMap::new(),
             }),
             wake_fd: sys::eventfd().unwrap_or(-1),
             out_fd: sys::eventfd().unwrap_or(-1),
@@ -1468,6 +1471,9 @@ impl Engine {
         }
         self.sync();
         a.live.insert(id, (idx, cell));
+        if let Some(f) = &spec.function {
+            a.functions.insert(id, f.clone());
+        }
         let status = match fast {
             Ok((fsite, tramp, _)) => match self.patch_fast(&a, p, &fsite, tramp) {
                 Ok(()) => FastPath::Yes {
@@ -1757,8 +1763,56 @@ impl Engine {
             idx,
             at: Instant::now(),
         });
+        a.functions.remove(&id.0);
+        // Probes that kept their int3 only because this one was inside their span.
+        let waiting: Vec<u64> = a
+            .fast_status
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s, FastPath::No(FastRefusal::ProbeInSpan { at }) if *at == address)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for q in waiting {
+            self.promote_fast(&mut a, q);
+        }
         self.reap(&mut a);
         Ok(())
+    }
+
+    /// Gives live probe `id`, on its `int3`, the fast path if its site passes the check now
+    /// (the probe that was inside its span is gone). Sites that share their address, or
+    /// that the budget has out, keep the `int3` path.
+    fn promote_fast(&self, a: &mut Arming, id: u64) {
+        let Some(&(idx, _)) = a.live.get(&id) else {
+            return;
+        };
+        let q = &STATES[idx];
+        let shared = q.partner.load(Ordering::SeqCst) != 0 || q.is_partner.load(Ordering::Relaxed);
+        if shared || q.fast.load(Ordering::SeqCst) || q.budget.due_in(sys::now_ns()).is_some() {
+            return;
+        }
+        let address = q.addr.load(Ordering::Relaxed);
+        let function = a.functions.get(&id).cloned();
+        let maps = slots::read_maps();
+        let status = match self.prepare_fast(a, address, function.as_ref(), &maps) {
+            Ok((fsite, tramp, displaced)) => {
+                // As at arm: the int3 is in place, a trap from now on resumes in the
+                // trampoline, then the jump goes in.
+                q.set_fast_orig(&fsite.orig);
+                q.tramp_resume
+                    .store(tramp + displaced as u64, Ordering::SeqCst);
+                match self.patch_fast(a, q, &fsite, tramp) {
+                    Ok(()) => FastPath::Yes {
+                        trampoline: tramp,
+                        span: fsite.span_len() as u8,
+                    },
+                    Err(e) => FastPath::No(e),
+                }
+            }
+            Err(e) => FastPath::No(e),
+        };
+        a.fast_status.insert(id, status);
     }
 
     /// The slot of a site: the existing one when its bytes are unchanged, else a new one.

@@ -274,7 +274,7 @@ fn a_branch_into_the_patched_bytes_keeps_the_int3_with_the_reason() {
 }
 
 #[test]
-fn a_probe_armed_inside_a_fast_path_jump_sends_that_probe_back_to_its_int3() {
+fn a_probe_armed_inside_a_fast_path_jump_sends_that_probe_to_its_int3_until_it_goes() {
     let _s = serial();
     let engine = engine();
     let f = bounds();
@@ -302,6 +302,16 @@ fn a_probe_armed_inside_a_fast_path_jump_sends_that_probe_back_to_its_int3() {
         assert_eq!(target(i, 20), expected(i, 20));
     }
     engine.disarm(b).unwrap();
+    // With the probe inside its span gone, the first takes the fast path again.
+    assert!(
+        matches!(fast_path(engine, a), FastPath::Yes { .. }),
+        "{}",
+        fast_path(engine, a)
+    );
+    assert_eq!(nonstop_probe::text_bytes(first, 1), [0xe9]);
+    for i in 100..110 {
+        assert_eq!(target(i, 20), expected(i, 20));
+    }
     engine.disarm(a).unwrap();
     let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
     engine.drain(|hit| {
@@ -315,7 +325,7 @@ fn a_probe_armed_inside_a_fast_path_jump_sends_that_probe_back_to_its_int3() {
         }
     });
     // Each call hit both, in order, with its own rdi, at each probe's own address.
-    assert_eq!(at_a, (0..100).map(|i| (first, i)).collect::<Vec<_>>());
+    assert_eq!(at_a, (0..110).map(|i| (first, i)).collect::<Vec<_>>());
     assert_eq!(at_b, (0..100).map(|i| (second, i)).collect::<Vec<_>>());
     assert_eq!(
         nonstop_probe::text_bytes(f.start, original.len()),
