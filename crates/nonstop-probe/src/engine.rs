@@ -20,6 +20,7 @@ use crate::arch::site::{self, Emulation, SiteError};
 use crate::backoff::{Sampling, SiteBudget};
 use crate::entry;
 use crate::limits::{Budget, Gcra};
+use crate::quiescence;
 use crate::ring::{RecordMeta, Ring};
 use crate::signals;
 use crate::slots::{self, Slots};
@@ -1612,41 +1613,39 @@ impl Engine {
     }
 
     /// Waits until no thread can be at an instruction boundary inside a span whose `int3`
-    /// is in place (and serialized): every other thread has run since (it then moved
-    /// past the boundary: nothing leads back inside), was created since, or is blocked
-    /// with its program counter outside the span. Preempted threads are runnable and show
-    /// no program counter, so they must be seen to run. False after 100 ms, or when the
-    /// threads cannot be listed. Not seen: a thread interrupted at such a boundary by a
-    /// signal whose handler runs for the whole wait.
+    /// is in place (and serialized): every other thread has been seen to run past it, was
+    /// created since, or is blocked with its program counter outside the span (see
+    /// [`quiescence`]). False after 100 ms, or when the threads cannot be listed. Not seen:
+    /// a thread interrupted at such a boundary by a signal whose handler runs for the whole
+    /// wait.
     fn span_quiescent(&self, fsite: &FastSite) -> bool {
         let me = sys::gettid();
-        let Some(before) = sys::thread_states() else {
+        let Some(first) = sys::thread_states() else {
             return false;
         };
-        let before: HashMap<u32, u64> = before.iter().map(|t| (t.tid, t.ran_ns)).collect();
-        let deadline = Instant::now() + Duration::from_millis(100);
-        let mut pending: Vec<u32> = before.keys().copied().filter(|&t| t != me).collect();
+        let began = Instant::now();
+        let deadline = began + Duration::from_millis(100);
+        let mut pending: Vec<quiescence::Watch> = first
+            .iter()
+            .filter(|t| t.tid != me)
+            .map(|t| quiescence::Watch::new(t, began))
+            .collect();
         loop {
+            std::thread::sleep(Duration::from_micros(100));
             let Some(now) = sys::thread_states() else {
                 return false;
             };
-            pending.retain(|tid| {
-                let Some(t) = now.iter().find(|t| t.tid == *tid) else {
-                    return false; // exited
-                };
-                if t.paused_pc.is_some_and(|pc| fsite.interior(pc)) {
-                    return true; // e.g. in a page fault taken inside the span
-                }
-                let ran = before.get(tid).is_some_and(|&b| t.ran_ns > b);
-                !ran && t.runnable
+            let seen = Instant::now();
+            pending.retain_mut(|w| {
+                let t = now.iter().find(|t| t.tid == w.tid);
+                w.may_be_inside(t, |pc| fsite.interior(pc), seen)
             });
             if pending.is_empty() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if seen >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_micros(100));
         }
     }
 

@@ -111,6 +111,7 @@ mod backoff;
 mod engine;
 mod entry;
 mod limits;
+mod quiescence;
 mod ring;
 mod signals;
 mod slots;

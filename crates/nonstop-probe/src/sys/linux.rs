@@ -460,8 +460,11 @@ pub fn alternate_stack() -> Option<AltStack> {
 pub struct ThreadState {
     /// Its id.
     pub tid: u32,
-    /// CPU time it has run, ns (`schedstat`).
-    pub ran_ns: u64,
+    /// Times it was switched onto a CPU (`schedstat`'s third field).
+    pub arrivals: u64,
+    /// Times it was switched off one (`status`: voluntary and involuntary context switches).
+    /// Read after `arrivals`, so a thread on a CPU when both are read has more arrivals.
+    pub departures: u64,
     /// Runnable or running (`R`).
     pub runnable: bool,
     /// When it is blocked outside a system call (a page fault, a stop): its user program
@@ -482,13 +485,23 @@ pub fn thread_states() -> Option<Vec<ThreadState>> {
             continue;
         };
         let dir = entry.path();
-        let (Ok(sched), Ok(stat)) = (
+        let (Ok(sched), Ok(status), Ok(stat)) = (
             std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("status")),
             std::fs::read_to_string(dir.join("stat")),
         ) else {
             continue; // exited meanwhile
         };
-        let ran_ns = sched.split_whitespace().next()?.parse().ok()?;
+        let arrivals = sched.split_whitespace().nth(2)?.parse().ok()?;
+        let departures = ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .map(|key| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum::<Option<u64>>()?;
         let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
         let runnable = state == "R";
         let mut paused_pc = None;
@@ -501,7 +514,8 @@ pub fn thread_states() -> Option<Vec<ThreadState>> {
         }
         out.push(ThreadState {
             tid,
-            ran_ns,
+            arrivals,
+            departures,
             runnable,
             paused_pc,
         });
