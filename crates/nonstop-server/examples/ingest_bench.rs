@@ -7,6 +7,11 @@
 //!   the runs, and the server's CPU time per response (steadier than wall time on a shared VM).
 //! - `memory [N]`: N idle WebSocket agents that said hello (2,000 by default): the server's
 //!   RSS before, with them, and after they left, per agent; three rounds of the same fleet.
+//! - `floor [N]`: what one sequential HTTP client costs before the store: N `GET /healthz`
+//!   round trips (3,000 by default), then N agent-route posts of a hello with an empty
+//!   `responses` message (a round trip with one write transaction and the rule set
+//!   answered), each as requests/s and the server's CPU µs per request, median of 3 runs.
+//!   Against `http-1-1` it splits a batch-1 post's time into HTTP, transaction and rows.
 //! - `latency [SECONDS]`: 100 WebSocket agents sending one response per message, 2,000/s in
 //!   all, for SECONDS (10 by default): the time from send to arrival on
 //!   `GET /api/v1/responses/stream`, p50 / p99 / max.
@@ -282,6 +287,56 @@ fn throughput(rows: &[String]) {
     }
 }
 
+/// One sequential client: `n` requests of one kind; returns requests/s and server CPU µs per
+/// request.
+fn sequential(nonstop: &std::path::Path, n: usize, post_hello: bool) -> (f64, f64) {
+    let server = Server::start(nonstop);
+    let http = Server::http();
+    let health = format!("{}/healthz", server.process.url);
+    let agent = format!("{}/agent/v1/responses", server.process.url);
+    let auth = format!("Bearer {}", server.agent);
+    let hello = json!({"type": "hello", "agent": {"id": "floor", "service": "svc"}});
+    let body = format!(r#"[{hello},{{"type":"responses","responses":[],"dropped":0}}]"#);
+    let cpu = server.cpu_secs();
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut r = if post_hello {
+            http.post(&agent)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(&body)
+        } else {
+            http.get(&health).call()
+        }
+        .expect("request");
+        assert_eq!(r.status().as_u16(), 200, "floor request");
+        r.body_mut().read_to_vec().expect("body");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = server.cpu_secs() - cpu;
+    server.process.kill();
+    (n as f64 / secs, cpu * 1e6 / n as f64)
+}
+
+fn floor(n: usize) {
+    let nonstop = nonstop();
+    for (name, post_hello) in [("healthz", false), ("hello-only", true)] {
+        let mut runs: Vec<(f64, f64)> = (0..3)
+            .map(|_| sequential(&nonstop, n, post_hello))
+            .collect();
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
+        let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
+        cpus.sort_by(f64::total_cmp);
+        println!(
+            "{name:>10}: median {:>7.0} requests/s (runs {}), server CPU {:.1} µs/request",
+            runs[1].0,
+            rates.join(", "),
+            cpus[1]
+        );
+    }
+}
+
 fn memory(n: usize) {
     let nonstop = nonstop();
     let server = Server::start(&nonstop);
@@ -430,9 +485,10 @@ fn main() {
         Some("throughput") | None => throughput(args.get(1..).unwrap_or_default()),
         Some("memory") => memory(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2_000)),
         Some("latency") => latency(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(10)),
+        Some("floor") => floor(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(3_000)),
         Some(other) => {
             eprintln!(
-                "ingest_bench: unknown mode {other}: throughput [ROW…], memory [N], latency [SECONDS]"
+                "ingest_bench: unknown mode {other}: throughput [ROW…], floor [N], memory [N], latency [SECONDS]"
             );
             std::process::exit(2);
         }
