@@ -11,7 +11,7 @@ use nonstop_model::{Action, AgentInfo, MetricKind, Response, Rule, RuleStatus, S
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 /// Schema migrations, applied in order; the index + 1 is the version recorded.
@@ -234,6 +234,25 @@ impl SqliteStore {
             }
             None => map.clear(),
         }
+    }
+
+    /// [`Store::write_batch`] on a connection already locked: one transaction.
+    fn write_batch_in(
+        &self,
+        conn: &mut Connection,
+        agent: &str,
+        hello: Option<(&AgentInfo, bool)>,
+        writes: Vec<BatchWrite>,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let tx = conn.transaction().map_err(db)?;
+        let mut batch = InsertBatch::default();
+        let out = apply_writes(&tx, &mut batch, agent, hello, writes, now_ms)?;
+        let kept = batch.retain(&tx, now_ms, retention, &self.kept)?;
+        tx.commit().map_err(db)?;
+        self.note_kept(kept);
+        Ok(out)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -600,14 +619,30 @@ impl Store for SqliteStore {
         now_ms: i64,
         retention: Retention,
     ) -> Result<Vec<Inserted>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(db)?;
-        let mut batch = InsertBatch::default();
-        let out = apply_writes(&tx, &mut batch, agent, hello, writes, now_ms)?;
-        let kept = batch.retain(&tx, now_ms, retention, &self.kept)?;
-        tx.commit().map_err(db)?;
-        self.note_kept(kept);
-        Ok(out)
+        self.write_batch_in(&mut self.conn(), agent, hello, writes, now_ms, retention)
+    }
+
+    fn write_now(
+        &self,
+        job: BatchJob,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<Result<Vec<Inserted>, StoreError>, BatchJob> {
+        let mut conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            // A panic while holding the lock leaves the connection usable, as in `conn`.
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Err(job),
+        };
+        let hello = job.hello.map(|connected| (&job.agent, connected));
+        Ok(self.write_batch_in(
+            &mut conn,
+            &job.agent.id,
+            hello,
+            job.writes,
+            now_ms,
+            retention,
+        ))
     }
 
     fn write_batches(
@@ -1426,5 +1461,72 @@ impl SqliteStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(agent: &str) -> BatchJob {
+        let info: AgentInfo =
+            serde_json::from_value(serde_json::json!({"id": agent, "service": "svc"}))
+                .expect("agent info");
+        let response: Response = serde_json::from_value(serde_json::json!({
+            "rule": "r1", "agent": agent, "service": "svc",
+            "time": "2026-01-01T00:00:00Z", "thread": "main", "message": "hit 1",
+            "location": {"file": "a.rs", "line": 1, "function": "a::f"},
+            "frames": [], "locals": {}
+        }))
+        .expect("response");
+        BatchJob {
+            agent: info,
+            hello: Some(false),
+            writes: vec![BatchWrite::Responses {
+                responses: vec![response],
+                dropped: 2,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_write_now_gives_the_job_back_untouched_while_the_store_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("nonstop.db")).expect("open");
+        let mut rule: Rule =
+            serde_json::from_str(r#"{"at":"a.rs:1","action":"log","template":"m"}"#).expect("rule");
+        rule.id = "r1".into();
+        store
+            .insert_rule(&StoredRule {
+                rule,
+                created_ms: 1,
+                expires_ms: None,
+                state: RuleState::Active,
+                enabled: true,
+                hits: 0,
+            })
+            .expect("rule stored");
+        let keep = Retention::default();
+
+        let held = store.conn();
+        let back = store.write_now(job("a1"), 10, keep);
+        assert_eq!(back.as_ref().err(), Some(&job("a1")));
+        drop(held);
+        assert!(store.responses(None, 10).expect("responses").is_empty());
+        assert!(store.agents().expect("agents").is_empty());
+
+        let done = store
+            .write_now(job("a1"), 10, keep)
+            .expect("the store is free")
+            .expect("written");
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].stored.len(), 1);
+        let stored = store.responses(None, 10).expect("responses");
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].message.as_deref(), Some("hit 1"));
+        let agents = store.agents().expect("agents");
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].info.id, "a1");
+        assert_eq!(agents[0].dropped, 2);
     }
 }

@@ -414,6 +414,18 @@ pub trait Store: Send + Sync + 'static {
             .map(|job| job.write_alone(self, now_ms, retention))
             .collect()
     }
+    /// Writes `job` at once on the calling thread when the store is free this instant (no
+    /// other call holds it), never waiting: for a small write that would cost less than its
+    /// hand-off to another thread. Gives the job back when the store is busy, or cannot
+    /// write without waiting (the default: a server store's client has a runtime of its own).
+    fn write_now(
+        &self,
+        job: BatchJob,
+        _now_ms: i64,
+        _retention: Retention,
+    ) -> Result<Result<Vec<Inserted>, StoreError>, BatchJob> {
+        Err(job)
+    }
     /// Whether writes are best made by one writer that groups what waits into one
     /// [`Store::write_batches`] call: true for a store that takes one writer at a time
     /// anyway (SQLite), false by default (a server store takes writers in parallel).

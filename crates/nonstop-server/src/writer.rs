@@ -2,7 +2,8 @@
 //! is in flight, or a big one, runs at once on the blocking pool; small writes that come
 //! while one is in flight queue for one writer thread, which puts all that wait into its
 //! next transaction. Agents sending small batches at once so share commits instead of
-//! queueing for one each.
+//! queueing for one each. A small write while none is in flight and the store is free runs
+//! on the calling task's thread, without a hand-off.
 
 use crate::store::{BatchJob, Inserted, Retention, Store, StoreError};
 use std::collections::VecDeque;
@@ -20,6 +21,12 @@ const MAX_GROUP_RESPONSES: usize = 256;
 /// written as the next are parsed (10 agents in batches of 200, grouped: 55–57k/s against
 /// 65k/s alone).
 const ALONE_FROM: usize = 32;
+
+/// A write of fewer responses than this, while none is in flight and the store is free,
+/// runs at once on the task's own thread: a one-response transaction takes less time than
+/// the two thread wake-ups of a hand-off to the blocking pool and back (one sequential HTTP
+/// agent: 4,300/s with the hand-off).
+const NOW_BELOW: usize = 8;
 
 type Reply = oneshot::Sender<Result<Vec<Inserted>, StoreError>>;
 
@@ -80,10 +87,19 @@ impl Writer {
     /// one, goes straight to the blocking pool, as fast as one writer alone can be; small
     /// writes that come while one is in flight wait in the queue and go into the next
     /// transaction together.
-    pub(crate) async fn write(&self, job: BatchJob) -> Result<Vec<Inserted>, StoreError> {
+    pub(crate) async fn write(&self, mut job: BatchJob) -> Result<Vec<Inserted>, StoreError> {
         let idle = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
         let alone = idle || job.responses() >= ALONE_FROM;
         let _counted = InFlight(self.in_flight.clone());
+        if idle && job.responses() < NOW_BELOW {
+            match self
+                .store
+                .write_now(job, crate::clock::now_ms(), self.retention)
+            {
+                Ok(done) => return done,
+                Err(busy) => job = busy,
+            }
+        }
         if alone {
             let store = self.store.clone();
             let retention = self.retention;
