@@ -627,12 +627,12 @@ impl Store for SqliteStore {
         job: BatchJob,
         now_ms: i64,
         retention: Retention,
-    ) -> Result<Result<Vec<Inserted>, StoreError>, BatchJob> {
+    ) -> Result<Result<Vec<Inserted>, StoreError>, Box<BatchJob>> {
         let mut conn = match self.conn.try_lock() {
             Ok(conn) => conn,
             // A panic while holding the lock leaves the connection usable, as in `conn`.
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return Err(job),
+            Err(TryLockError::WouldBlock) => return Err(Box::new(job)),
         };
         let hello = job.hello.map(|connected| (&job.agent, connected));
         Ok(self.write_batch_in(
@@ -1510,7 +1510,7 @@ mod tests {
 
         let held = store.conn();
         let back = store.write_now(job("a1"), 10, keep);
-        assert_eq!(back.as_ref().err(), Some(&job("a1")));
+        assert_eq!(back.err(), Some(Box::new(job("a1"))));
         drop(held);
         assert!(store.responses(None, 10).expect("responses").is_empty());
         assert!(store.agents().expect("agents").is_empty());

@@ -423,8 +423,8 @@ pub trait Store: Send + Sync + 'static {
         job: BatchJob,
         _now_ms: i64,
         _retention: Retention,
-    ) -> Result<Result<Vec<Inserted>, StoreError>, BatchJob> {
-        Err(job)
+    ) -> Result<Result<Vec<Inserted>, StoreError>, Box<BatchJob>> {
+        Err(Box::new(job))
     }
     /// Whether writes are best made by one writer that groups what waits into one
     /// [`Store::write_batches`] call: true for a store that takes one writer at a time

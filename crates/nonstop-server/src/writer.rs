@@ -97,7 +97,7 @@ impl Writer {
                 .write_now(job, crate::clock::now_ms(), self.retention)
             {
                 Ok(done) => return done,
-                Err(busy) => job = busy,
+                Err(busy) => job = *busy,
             }
         }
         if alone {
