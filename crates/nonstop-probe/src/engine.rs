@@ -1632,14 +1632,20 @@ impl Engine {
             .collect();
         loop {
             std::thread::sleep(Duration::from_micros(100));
-            let Some(now) = sys::thread_states() else {
-                return false;
-            };
-            let seen = Instant::now();
+            // Only the threads not yet proven are read again: with many threads, most are
+            // proven in the first rounds.
+            let mut unreadable = false;
             pending.retain_mut(|w| {
-                let t = now.iter().find(|t| t.tid == w.tid);
-                w.may_be_inside(t, |pc| fsite.interior(pc), seen)
+                let Some(t) = sys::thread_state(w.tid) else {
+                    unreadable = true;
+                    return true;
+                };
+                w.may_be_inside(t.as_ref(), |pc| fsite.interior(pc), Instant::now())
             });
+            if unreadable {
+                return false;
+            }
+            let seen = Instant::now();
             if pending.is_empty() {
                 return true;
             }

@@ -484,41 +484,59 @@ pub fn thread_states() -> Option<Vec<ThreadState>> {
         else {
             continue;
         };
-        let dir = entry.path();
-        let (Ok(sched), Ok(status), Ok(stat)) = (
-            std::fs::read_to_string(dir.join("schedstat")),
-            std::fs::read_to_string(dir.join("status")),
-            std::fs::read_to_string(dir.join("stat")),
-        ) else {
-            continue; // exited meanwhile
-        };
-        let arrivals = sched.split_whitespace().nth(2)?.parse().ok()?;
-        let departures = ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
-            .iter()
-            .map(|key| {
-                status
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .sum::<Option<u64>>()?;
-        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
-        let runnable = state == "R";
-        let mut paused_pc = None;
-        if !runnable && let Ok(text) = std::fs::read_to_string(dir.join("syscall")) {
-            let fields: Vec<&str> = text.split_whitespace().collect();
-            if fields.first() == Some(&"-1") {
-                let pc = fields.last()?.trim_start_matches("0x");
-                paused_pc = Some(u64::from_str_radix(pc, 16).ok()?);
-            }
+        // One that exited meanwhile is left out.
+        if let Some(t) = thread_state(tid)? {
+            out.push(t);
         }
-        out.push(ThreadState {
-            tid,
-            arrivals,
-            departures,
-            runnable,
-            paused_pc,
-        });
     }
     Some(out)
+}
+
+/// One thread of this process: `Some(None)` when it has exited, `None` when what `/proc`
+/// shows of it cannot be read or understood.
+pub fn thread_state(tid: u32) -> Option<Option<ThreadState>> {
+    let dir = std::path::PathBuf::from(format!("/proc/self/task/{tid}"));
+    let read = |name: &str| match std::fs::read_to_string(dir.join(name)) {
+        Ok(text) => Some(Some(text)),
+        // Gone: the directory went with the thread (ESRCH while it is being reaped).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            Some(None)
+        }
+        Err(_) => None,
+    };
+    let (Some(sched), Some(status), Some(stat)) =
+        (read("schedstat")?, read("status")?, read("stat")?)
+    else {
+        return Some(None);
+    };
+    let arrivals = sched.split_whitespace().nth(2)?.parse().ok()?;
+    let departures = ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+        .iter()
+        .map(|key| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .sum::<Option<u64>>()?;
+    let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+    let runnable = state == "R";
+    let mut paused_pc = None;
+    if !runnable && let Ok(text) = std::fs::read_to_string(dir.join("syscall")) {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        if fields.first() == Some(&"-1") {
+            let pc = fields.last()?.trim_start_matches("0x");
+            paused_pc = Some(u64::from_str_radix(pc, 16).ok()?);
+        }
+    }
+    Some(Some(ThreadState {
+        tid,
+        arrivals,
+        departures,
+        runnable,
+        paused_pc,
+    }))
 }
