@@ -10,7 +10,9 @@
 //! - `floor [N]`: what one sequential HTTP client costs before the store: N `GET /healthz`
 //!   round trips (3,000 by default), then N agent-route posts of a hello with an empty
 //!   `responses` message (a round trip with one write transaction and the rule set
-//!   answered), each as requests/s and the server's CPU µs per request, median of 3 runs.
+//!   answered), then N posts of one response naming the agent by `?agent=ID` (what the
+//!   agent's HTTP link sends), each as requests/s and the server's CPU µs per request,
+//!   median of 3 runs.
 //!   Against `http-1-1` it splits a batch-1 post's time into HTTP, transaction and rows.
 //! - `latency [SECONDS]`: 100 WebSocket agents sending one response per message, 2,000/s in
 //!   all, for SECONDS (10 by default): the time from send to arrival on
@@ -287,26 +289,55 @@ fn throughput(rows: &[String]) {
     }
 }
 
+/// What one sequential client sends in the `floor` mode.
+#[derive(Clone, Copy)]
+enum Request {
+    /// `GET /healthz`: HTTP alone.
+    Healthz,
+    /// A hello and an empty `responses` message: the agent route and one transaction.
+    HelloOnly,
+    /// One response, the agent named by `?agent=ID` after one hello: what the agent's
+    /// HTTP link sends.
+    Named,
+}
+
 /// One sequential client: `n` requests of one kind; returns requests/s and server CPU µs per
 /// request.
-fn sequential(nonstop: &std::path::Path, n: usize, post_hello: bool) -> (f64, f64) {
+fn sequential(nonstop: &std::path::Path, n: usize, kind: Request) -> (f64, f64) {
     let server = Server::start(nonstop);
     let http = Server::http();
     let health = format!("{}/healthz", server.process.url);
     let agent = format!("{}/agent/v1/responses", server.process.url);
     let auth = format!("Bearer {}", server.agent);
     let hello = json!({"type": "hello", "agent": {"id": "floor", "service": "svc"}});
-    let body = format!(r#"[{hello},{{"type":"responses","responses":[],"dropped":0}}]"#);
+    let post = |url: &str, body: &str| {
+        http.post(url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body)
+    };
+    let (url, body) = match kind {
+        Request::Healthz => (health, String::new()),
+        Request::HelloOnly => (
+            agent,
+            format!(r#"[{hello},{{"type":"responses","responses":[],"dropped":0}}]"#),
+        ),
+        Request::Named => {
+            let mut r = post(&agent, &hello.to_string()).expect("hello");
+            assert_eq!(r.status().as_u16(), 200, "hello");
+            r.body_mut().read_to_vec().expect("body");
+            (
+                format!("{agent}?agent=floor"),
+                batch(&server.rule, "floor", 1).to_string(),
+            )
+        }
+    };
     let cpu = server.cpu_secs();
     let start = Instant::now();
     for _ in 0..n {
-        let mut r = if post_hello {
-            http.post(&agent)
-                .header("Authorization", &auth)
-                .header("Content-Type", "application/json")
-                .send(&body)
-        } else {
-            http.get(&health).call()
+        let mut r = match kind {
+            Request::Healthz => http.get(&url).call(),
+            _ => post(&url, &body),
         }
         .expect("request");
         assert_eq!(r.status().as_u16(), 200, "floor request");
@@ -320,10 +351,12 @@ fn sequential(nonstop: &std::path::Path, n: usize, post_hello: bool) -> (f64, f6
 
 fn floor(n: usize) {
     let nonstop = nonstop();
-    for (name, post_hello) in [("healthz", false), ("hello-only", true)] {
-        let mut runs: Vec<(f64, f64)> = (0..3)
-            .map(|_| sequential(&nonstop, n, post_hello))
-            .collect();
+    for (name, kind) in [
+        ("healthz", Request::Healthz),
+        ("hello-only", Request::HelloOnly),
+        ("named-1", Request::Named),
+    ] {
+        let mut runs: Vec<(f64, f64)> = (0..3).map(|_| sequential(&nonstop, n, kind)).collect();
         runs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
         let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();

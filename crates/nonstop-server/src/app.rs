@@ -64,9 +64,34 @@ pub(crate) struct App {
     /// Where agents' batches are written, grouped, when the store takes one writer at a
     /// time; `None`: each on the blocking pool.
     pub(crate) writer: Option<crate::writer::Writer>,
+    /// Agents of the HTTP routes seen within [`SEEN_FOR_MS`], with when: a request naming
+    /// one by `?agent=ID` is answered without a store call to check and touch it.
+    pub(crate) seen: Mutex<HashMap<String, (AgentInfo, i64)>>,
 }
 
+/// How long an HTTP agent's check and `last_seen` touch stand for its next requests.
+pub(crate) const SEEN_FOR_MS: i64 = 1_000;
+/// The most agents remembered as seen; past it the memory starts over.
+const SEEN_MAX: usize = 16_384;
+
 impl App {
+    /// The agent `id` when it was checked and touched within [`SEEN_FOR_MS`] of `now_ms`.
+    pub(crate) fn seen_recently(&self, id: &str, now_ms: i64) -> Option<AgentInfo> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(id)
+            .filter(|(_, at)| now_ms.saturating_sub(*at) < SEEN_FOR_MS)
+            .map(|(info, _)| info.clone())
+    }
+
+    /// Remembers that `info` was checked (or registered) and touched at `now_ms`.
+    pub(crate) fn note_seen(&self, info: &AgentInfo, now_ms: i64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= SEEN_MAX && !seen.contains_key(&info.id) {
+            seen.clear();
+        }
+        seen.insert(info.id.clone(), (info.clone(), now_ms));
+    }
+
     /// Runs a store call on the blocking pool.
     pub(crate) async fn blocking<T: Send + 'static>(
         &self,

@@ -443,20 +443,29 @@ fn rules_response(rules: Vec<Rule>, headers: &HeaderMap) -> Response {
     r
 }
 
+/// The agent a request names by `?agent=ID`, touched (`last_seen`). An agent checked
+/// within [`crate::app::SEEN_FOR_MS`] needs no store call: an agent posting or polling many
+/// times a second would otherwise pay a write transaction for each.
 async fn known_agent(app: &Arc<App>, id: &str) -> Result<AgentInfo, ApiError> {
+    let now = now_ms();
+    if let Some(info) = app.seen_recently(id, now) {
+        return Ok(info);
+    }
     let key = id.to_string();
     let found = app
         .blocking(move |s| {
-            s.touch_agent(&key, None, now_ms())?;
+            s.touch_agent(&key, None, now)?;
             s.agent(&key)
         })
         .await?;
-    found.map(|a| a.info).ok_or_else(|| {
+    let info = found.map(|a| a.info).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("unknown agent {id}: POST a hello to /agent/v1/responses first"),
         )
-    })
+    })?;
+    app.note_seen(&info, now);
+    Ok(info)
 }
 
 /// `GET /agent/v1/poll?agent=ID`: the agent's rule set as a `rules` message, with an
@@ -584,6 +593,9 @@ pub async fn post_messages(
                 std::mem::take(&mut writes),
             )
             .await?;
+            if record_hello {
+                app.note_seen(&info, now_ms());
+            }
             record_hello = false;
         }
         if let Some(series) = series {

@@ -500,6 +500,7 @@ pub async fn serve(config: Config) -> Result<ServerHandle, ServeError> {
         sources: Arc::new(sources::Sources::new(data.join("sources"), &config.sources)),
         max_limits: config.max_limits,
         relay: shared.then(|| Arc::new(tokio::sync::Notify::new())),
+        seen: Mutex::new(HashMap::new()),
     });
     app.sources.start(app.store.clone(), stop_rx.clone());
     if shared {
