@@ -1476,13 +1476,7 @@ impl Engine {
             a.functions.insert(id, f.clone());
         }
         let status = match fast {
-            Ok((fsite, tramp, _)) => match self.patch_fast(&a, p, &fsite, tramp) {
-                Ok(()) => FastPath::Yes {
-                    trampoline: tramp,
-                    span: fsite.span_len() as u8,
-                },
-                Err(e) => FastPath::No(e),
-            },
+            Ok((fsite, tramp, _)) => self.jump_in(&a, p, &fsite, tramp),
             Err(e) => FastPath::No(e),
         };
         a.fast_status.insert(id, status);
@@ -1577,6 +1571,17 @@ impl Engine {
             },
         );
         Ok((fsite, tramp, displaced))
+    }
+
+    /// [`Engine::patch_fast`], as the status a rule shows: the jump in, or why not.
+    fn jump_in(&self, a: &Arming, p: &ProbeState, fsite: &FastSite, tramp: u64) -> FastPath {
+        match self.patch_fast(a, p, fsite, tramp) {
+            Ok(()) => FastPath::Yes {
+                trampoline: tramp,
+                span: fsite.span_len() as u8,
+            },
+            Err(e) => FastPath::No(e),
+        }
     }
 
     /// Patches the `jmp` over a site whose `int3` is in place (and whose `tramp_resume`
@@ -1807,13 +1812,7 @@ impl Engine {
                 q.set_fast_orig(&fsite.orig);
                 q.tramp_resume
                     .store(tramp + displaced as u64, Ordering::SeqCst);
-                match self.patch_fast(a, q, &fsite, tramp) {
-                    Ok(()) => FastPath::Yes {
-                        trampoline: tramp,
-                        span: fsite.span_len() as u8,
-                    },
-                    Err(e) => FastPath::No(e),
-                }
+                self.jump_in(a, q, &fsite, tramp)
             }
             Err(e) => FastPath::No(e),
         };

@@ -273,20 +273,26 @@ fn throughput(rows: &[String]) {
         if !rows.is_empty() && !rows.contains(&name) {
             continue;
         }
-        let mut runs: Vec<(f64, f64)> = (0..3)
+        let runs = (0..3)
             .map(|_| run(&nonstop, t, agents, size, total))
             .collect();
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
-        let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        cpus.sort_by(f64::total_cmp);
-        println!(
-            "{name:>10}: median {:>7.0} responses/s (runs {}), server CPU {:.1} µs/response",
-            runs[1].0,
-            rates.join(", "),
-            cpus[1]
-        );
+        report(&name, "response", runs);
     }
+}
+
+/// Prints a row's three runs of (rate, server CPU µs per `unit`): the median rate, the
+/// runs, and the median CPU.
+fn report(name: &str, unit: &str, mut runs: Vec<(f64, f64)>) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
+    let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    cpus.sort_by(f64::total_cmp);
+    println!(
+        "{name:>10}: median {:>7.0} {unit}s/s (runs {}), server CPU {:.1} µs/{unit}",
+        runs[1].0,
+        rates.join(", "),
+        cpus[1]
+    );
 }
 
 /// What one sequential client sends in the `floor` mode.
@@ -356,17 +362,8 @@ fn floor(n: usize) {
         ("hello-only", Request::HelloOnly),
         ("named-1", Request::Named),
     ] {
-        let mut runs: Vec<(f64, f64)> = (0..3).map(|_| sequential(&nonstop, n, kind)).collect();
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let rates: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.0)).collect();
-        let mut cpus: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        cpus.sort_by(f64::total_cmp);
-        println!(
-            "{name:>10}: median {:>7.0} requests/s (runs {}), server CPU {:.1} µs/request",
-            runs[1].0,
-            rates.join(", "),
-            cpus[1]
-        );
+        let runs = (0..3).map(|_| sequential(&nonstop, n, kind)).collect();
+        report(name, "request", runs);
     }
 }
 

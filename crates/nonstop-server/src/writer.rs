@@ -89,9 +89,10 @@ impl Writer {
     /// transaction together.
     pub(crate) async fn write(&self, mut job: BatchJob) -> Result<Vec<Inserted>, StoreError> {
         let idle = self.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
-        let alone = idle || job.responses() >= ALONE_FROM;
+        let responses = job.responses();
+        let alone = idle || responses >= ALONE_FROM;
         let _counted = InFlight(self.in_flight.clone());
-        if idle && job.responses() < NOW_BELOW {
+        if idle && responses < NOW_BELOW {
             match self
                 .store
                 .write_now(job, crate::clock::now_ms(), self.retention)
