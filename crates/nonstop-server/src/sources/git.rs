@@ -276,6 +276,9 @@ fn set_refs(
     Ok(())
 }
 
+/// Copies made by [`copy_objects`], for names of their own.
+static COPIES: AtomicUsize = AtomicUsize::new(0);
+
 /// Copies the object files of `from` that `to` lacks (each written aside, then renamed in).
 fn copy_objects(from: &Path, to: &Path, progress: &Task) -> Result<(), String> {
     let mut stack = vec![PathBuf::new()];
@@ -307,7 +310,11 @@ fn copy_objects(from: &Path, to: &Path, progress: &Task) -> Result<(), String> {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("cannot make {}: {e}", parent.display()))?;
             }
-            let aside = dest.with_file_name(format!(".copy-{name}"));
+            // Named per copy: two copies into one clone at once (a fetch while the clone
+            // that made it still runs) would otherwise share the file, and the second
+            // rename find it gone. An object renamed over its twin is the same bytes.
+            let n = COPIES.fetch_add(1, Ordering::Relaxed);
+            let aside = dest.with_file_name(format!(".copy-{}-{n}-{name}", std::process::id()));
             std::fs::copy(e.path(), &aside)
                 .and_then(|_| std::fs::rename(&aside, &dest))
                 .map_err(|e| format!("cannot copy {}: {e}", rel.display()))?;
