@@ -75,6 +75,7 @@ impl Default for Registers {
 impl Registers {
     /// The 16 bytes of a vector register (DWARF 17..=32); `None` for general registers,
     /// which [`Registers::value`] gives.
+    #[inline]
     pub fn bytes(&self, reg: u16) -> Option<&[u8]> {
         (reg as usize)
             .checked_sub(GPR_COUNT)
@@ -83,6 +84,7 @@ impl Registers {
     }
 
     /// The value of a general register, or the low 8 bytes of an xmm register.
+    #[inline]
     pub fn value(&self, reg: u16) -> Option<u64> {
         if let Some(&g) = self.gpr.get(reg as usize) {
             return Some(g);
@@ -295,6 +297,7 @@ impl EntryRegisters {
     }
 
     /// The value a register had at entry, when it is one that is kept.
+    #[inline]
     pub fn value(&self, reg: u16) -> Option<u64> {
         if let Some(&g) = self.gpr.get(reg as usize) {
             return Some(g);
@@ -778,6 +781,7 @@ pub fn execute_with_entry<M: Memory + ?Sized>(
     }
 }
 
+#[inline]
 fn put_u32(out: &mut [u8], at: usize, v: u32) {
     if let Some(dst) = at.checked_add(4).and_then(|end| out.get_mut(at..end)) {
         dst.copy_from_slice(&v.to_le_bytes());
@@ -1596,7 +1600,13 @@ fn truncate(v: u64, size: usize) -> u64 {
 }
 
 /// Copies `src` to the start of `dst`, cut to `dst`'s length, and zeroes the rest of `dst`.
+#[inline]
 fn fill_padded(dst: &mut [u8], src: &[u8]) {
+    // A word from a word (a register, a computed value): one move, not a copy and a fill.
+    if let (Ok(d), Some(s)) = (<&mut [u8; 8]>::try_from(&mut *dst), src.first_chunk::<8>()) {
+        *d = *s;
+        return;
+    }
     let n = dst.len().min(src.len());
     let (head, tail) = dst.split_at_mut(n);
     let (src, _) = src.split_at(n);
@@ -1604,10 +1614,12 @@ fn fill_padded(dst: &mut [u8], src: &[u8]) {
     tail.fill(0);
 }
 
+#[inline]
 fn fill_le(dst: &mut [u8], v: u64) {
     fill_padded(dst, &v.to_le_bytes());
 }
 
+#[inline]
 fn fill_from_register(dst: &mut [u8], regs: &Registers, reg: u16) -> bool {
     if let Some(x) = regs.bytes(reg) {
         fill_padded(dst, x);

@@ -128,15 +128,22 @@ fn five_async_locals() -> Arc<CapturePlan> {
     })
 }
 
-fn bench(c: &mut Criterion) {
-    let engine = Engine::init(EngineConfig {
-        budget: 1.0, // measure the hit, not the budget
-        ring_slots: 1024,
-        ring_slot_size: 32 * 1024,
-        fast_path: true, // only probes given their function's bounds (`fast`) use it
-        ..EngineConfig::default()
+/// The engine every row uses, started once.
+fn engine() -> &'static Engine {
+    Engine::running().unwrap_or_else(|| {
+        Engine::init(EngineConfig {
+            budget: 1.0, // measure the hit, not the budget
+            ring_slots: 1024,
+            ring_slot_size: 32 * 1024,
+            fast_path: true, // only probes given their function's bounds (`fast`) use it
+            ..EngineConfig::default()
+        })
+        .expect("engine")
     })
-    .expect("engine");
+}
+
+fn bench(c: &mut Criterion) {
+    let engine = engine();
     let empty = Arc::new(CapturePlan::default());
     let lea = entry() + 1; // after the 1-byte `push rbx`
     let original = nonstop_probe::text_bytes(entry(), 16);
@@ -283,7 +290,7 @@ fn median_ns_per_call(mut sample: impl FnMut() -> Duration) -> f64 {
 }
 
 fn summary() {
-    let engine = Engine::get().expect("engine");
+    let engine = engine();
     let mut rows: Vec<(&str, f64)> = Vec::new();
     rows.push((
         "unprobed call",
@@ -389,11 +396,18 @@ fn summary() {
 }
 
 fn main() {
-    benches();
+    // `-- --table` measures only the closing table (criterion's groups are skipped).
+    let table_only = std::env::args().any(|a| a == "--table");
+    if !table_only {
+        benches();
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` runs criterion's groups once
     // in test mode, and the table is not measured then.
-    if std::env::args().any(|a| a == "--bench") {
+    if table_only || std::env::args().any(|a| a == "--bench") {
         summary();
+    }
+    if table_only {
+        return;
     }
     Criterion::default().configure_from_args().final_summary();
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers,
+    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers, XMM_COUNT,
     execute_with_entry,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
@@ -2184,7 +2184,7 @@ struct Wake {
 /// or the fast path's trampoline frame.
 trait HitContext {
     /// The registers at the probe, `rip` = the probe's address.
-    fn registers(&self, rip: u64, regs: &mut Registers);
+    fn registers(&self, rip: u64) -> Registers;
     /// Which guarded reads may fault.
     fn faults(&self) -> Faults;
     /// Whether the thread runs on its alternate signal stack.
@@ -2192,8 +2192,10 @@ trait HitContext {
 }
 
 impl HitContext for Context<'_> {
-    fn registers(&self, rip: u64, regs: &mut Registers) {
-        Context::registers(self, rip, regs)
+    fn registers(&self, rip: u64) -> Registers {
+        let mut regs = Registers::default();
+        Context::registers(self, rip, &mut regs);
+        regs
     }
     fn faults(&self) -> Faults {
         Faults::Unsafe(Context::faults_unsafe(self))
@@ -2214,18 +2216,27 @@ struct FastContext<'a> {
 }
 
 impl HitContext for FastContext<'_> {
-    fn registers(&self, rip: u64, regs: &mut Registers) {
+    fn registers(&self, rip: u64) -> Registers {
         let f = self.frame;
-        regs.gpr = [
-            f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10, f.r11,
-            f.r12, f.r13, f.r14, f.r15, rip,
-        ];
+        let mut regs = Registers {
+            gpr: [
+                f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10,
+                f.r11, f.r12, f.r13, f.r14, f.r15, rip,
+            ],
+            xmm: [[0; 16]; XMM_COUNT],
+        };
         for (k, x) in regs.xmm.iter_mut().enumerate() {
             // SAFETY: the trampoline's save area holds 16 vector registers `stride` bytes
-            // apart (32 with AVX-512) and lives on the stack until this hit returns.
-            let src = unsafe { std::slice::from_raw_parts(self.vectors.add(self.stride * k), 16) };
-            x.copy_from_slice(src);
+            // apart (32 with AVX-512) and lives on the stack until this hit returns; the
+            // low 16 bytes of each are its xmm register.
+            *x = unsafe {
+                self.vectors
+                    .add(self.stride * k)
+                    .cast::<[u8; 16]>()
+                    .read_unaligned()
+            };
         }
+        regs
     }
     fn faults(&self) -> Faults {
         // Every page from the save area's to the stack pointer's holds bytes the
@@ -2335,8 +2346,7 @@ fn capture<C: HitContext>(
     }
     let filter = p.filter.load(Ordering::Acquire);
     if !filter.is_null() {
-        let mut regs = Registers::default();
-        ctx.registers(addr, &mut regs);
+        let regs = ctx.registers(addr);
         // SAFETY: the filter is kept alive by the probe (freed with the plan, only after
         // quarantine with no handler in flight); eval_filter never allocates or panics.
         let filter = unsafe { &*filter };
@@ -2384,13 +2394,29 @@ fn capture<C: HitContext>(
             Err(h) => hits = h,
         }
     }
-    let Some(stack) = engine.stacks.take() else {
-        p.hits.fetch_sub(1, r);
-        p.dropped_full.fetch_add(1, r);
-        return;
+    let plan = p.plan.load(Ordering::Acquire);
+    // SAFETY: a non-null plan is kept alive by the probe (freed only after quarantine with
+    // no handler in flight).
+    let plain = unsafe { plan.as_ref() }.is_none_or(|plan| plan.nodes.is_empty());
+    let on_alternate = !plan.is_null() && ctx.on_alternate_stack();
+    // A plan of plain values (no pointers followed) runs on the thread's own stack: its
+    // depth is fixed and small (a few hundred bytes, as the handler's own frames). One that
+    // follows pointers may go deep, and runs on a capture stack of its own, as does any
+    // plan when the thread is on its alternate signal stack (often a few KiB).
+    let stack = if plain && !on_alternate {
+        None
+    } else {
+        let Some(stack) = engine.stacks.take() else {
+            p.hits.fetch_sub(1, r);
+            p.dropped_full.fetch_add(1, r);
+            return;
+        };
+        Some(stack)
     };
     let Some(mut res) = engine.ring.reserve() else {
-        engine.stacks.give(stack);
+        if let Some(stack) = stack {
+            engine.stacks.give(stack);
+        }
         p.hits.fetch_sub(1, r);
         p.dropped_full.fetch_add(1, r);
         return;
@@ -2398,8 +2424,8 @@ fn capture<C: HitContext>(
     let out = engine.ring.buffer(&mut res);
     let mut job = Job {
         faults: ctx.faults(),
-        plan: p.plan.load(Ordering::Acquire),
-        regs: Registers::default(),
+        plan,
+        regs: ctx.registers(addr),
         entry: None,
         out: out.as_mut_ptr(),
         out_len: out.len(),
@@ -2408,28 +2434,39 @@ fn capture<C: HitContext>(
             truncated: false,
         },
     };
-    ctx.registers(addr, &mut job.regs);
-    job.entry = entry_values(p, &job.regs);
-    if !job.plan.is_null() {
-        // Interrupted code on the alternate stack (a program's handler): a signal arriving
-        // while we are on the capture stack would have its frame put at the top of the
-        // alternate stack, over that handler's frames. Hold asynchronous signals meanwhile.
-        let held = ctx.on_alternate_stack().then(hold_async_signals);
-        // SAFETY: the job outlives the call; the stack is exclusively ours until `give`,
-        // 16-byte aligned at its top, and `run_job` cannot unwind (execute never panics).
-        unsafe {
-            asm::call_on_stack(
-                (&mut job as *mut Job).cast(),
-                run_job,
-                engine.stacks.top(stack),
-            )
-        };
-        if let Some(old) = held {
-            let mut ignored = old;
-            sys::sigprocmask(libc::SIG_SETMASK, &old, &mut ignored);
+    // Set only when there is one: `None` is a flag, not a copy of the whole option.
+    if let Some(e) = entry_values(p, &job.regs) {
+        job.entry = Some(e);
+    }
+    match stack {
+        _ if job.plan.is_null() => {}
+        // SAFETY: the job outlives the call and is exclusively ours; `run_job` cannot
+        // unwind (execute never panics).
+        None => unsafe { run_job((&mut job as *mut Job).cast()) },
+        Some(stack) => {
+            // Interrupted code on the alternate stack (a program's handler): a signal
+            // arriving while we are on the capture stack would have its frame put at the top
+            // of the alternate stack, over that handler's frames. Hold asynchronous signals
+            // meanwhile.
+            let held = on_alternate.then(hold_async_signals);
+            // SAFETY: the job outlives the call; the stack is exclusively ours until `give`,
+            // 16-byte aligned at its top, and `run_job` cannot unwind (execute never panics).
+            unsafe {
+                asm::call_on_stack(
+                    (&mut job as *mut Job).cast(),
+                    run_job,
+                    engine.stacks.top(stack),
+                )
+            };
+            if let Some(old) = held {
+                let mut ignored = old;
+                sys::sigprocmask(libc::SIG_SETMASK, &old, &mut ignored);
+            }
         }
     }
-    engine.stacks.give(stack);
+    if let Some(stack) = stack {
+        engine.stacks.give(stack);
+    }
     engine.ring.commit(
         res,
         RecordMeta {
@@ -2463,8 +2500,7 @@ fn record_entry<C: HitContext>(p: &ProbeState, ctx: &C, addr: u64, over_budget: 
         p.entry_epoch.fetch_add(1, Ordering::SeqCst);
         return;
     }
-    let mut regs = Registers::default();
-    ctx.registers(addr, &mut regs);
+    let regs = ctx.registers(addr);
     // At the entry, before the first instruction, the return address is at rsp.
     let cfa = regs.gpr[REG_RSP as usize].wrapping_add(8);
     let epoch = p.entry_epoch.load(Ordering::SeqCst);
