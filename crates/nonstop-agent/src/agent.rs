@@ -421,7 +421,7 @@ impl Agent {
             time_cap: nonstop_model::defaults::HIT_TIME_CAP,
             filter,
             count_only,
-            // The fast path (NONSTOP_FAST_PATH=1) decodes the whole function.
+            // The fast path (on unless NONSTOP_FAST_PATH=0) decodes the whole function.
             function: self.function_at(site.address),
             records_entry: false,
             entry,

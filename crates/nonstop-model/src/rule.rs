@@ -235,7 +235,7 @@ pub struct RuleStatus {
     /// Hits dropped (rate limit, budget, full buffer).
     #[serde(default)]
     pub dropped: u64,
-    /// With the fast path on (`NONSTOP_FAST_PATH=1`): how many of the probes got it, and
+    /// With the fast path on (the default; `NONSTOP_FAST_PATH=0` turns it off): how many of the probes got it, and
     /// why the others did not (`fast path: 2 of 3 probes; no — a branch at 0x… lands inside
     /// the patched bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -138,7 +138,7 @@ pub struct StatusView {
     /// Whether the agent is connected now (a status of a gone agent is its last word).
     pub connected: bool,
     /// What the agent said of the fast path, as it said it (`fast path: 2 of 3 probes; no —
-    /// …`); absent when the agent runs without it (`NONSTOP_FAST_PATH` unset).
+    /// …`); absent when the agent runs without it (`NONSTOP_FAST_PATH=0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fast_path: Option<String>,
 }

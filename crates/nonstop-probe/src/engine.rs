@@ -646,7 +646,7 @@ pub struct EngineConfig {
     /// Bytes of each capture stack.
     pub capture_stack_size: usize,
     /// Patch a `jmp` to a trampoline where that is provably safe (see [`FastPath`]);
-    /// default: `NONSTOP_FAST_PATH=1` in the environment.
+    /// default: on, unless `NONSTOP_FAST_PATH=0` is in the environment.
     pub fast_path: bool,
 }
 
@@ -660,7 +660,7 @@ impl Default for EngineConfig {
             grace: Duration::from_millis(100),
             capture_stacks: 16,
             capture_stack_size: 256 * 1024,
-            fast_path: std::env::var("NONSTOP_FAST_PATH").is_ok_and(|v| v == "1"),
+            fast_path: std::env::var("NONSTOP_FAST_PATH").is_ok_and(|v| v != "0"),
         }
     }
 }

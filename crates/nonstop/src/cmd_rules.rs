@@ -481,7 +481,7 @@ fn show(a: ShowArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     outln!();
-    // The fast path's column only when an agent runs with it (`NONSTOP_FAST_PATH=1`).
+    // The fast path's column only when an agent runs with it (the default; not with `NONSTOP_FAST_PATH=0`).
     let fast = view.agents.iter().any(|s| s.fast_path.is_some());
     let mut header = vec!["AGENT", "STATUS", "PROBES", "HITS", "DROPPED"];
     if fast {

@@ -40,7 +40,7 @@ struct SiteOut {
     variables: Vec<VariableOut>,
     /// Why variables could not be listed, if they could not.
     variables_error: Option<String>,
-    /// Whether an agent with `NONSTOP_FAST_PATH=1` would patch a `jmp` here: `yes`, or why
+    /// Whether an agent (fast path on, the default) would patch a `jmp` here: `yes`, or why
     /// not (the check on the file's code; the agent may still refuse when it arms).
     fast_path: String,
 }

@@ -85,7 +85,7 @@ pub const FRAME_TO_RSP: u64 = std::mem::size_of::<FastFrame>() as u64 + 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FastRefusal {
-    /// `NONSTOP_FAST_PATH=1` is not set.
+    /// The agent runs with `NONSTOP_FAST_PATH=0`.
     Off,
     /// The caller did not give the function's bounds.
     BoundsUnknown,
@@ -160,7 +160,7 @@ impl std::fmt::Display for FastRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use FastRefusal::*;
         match *self {
-            Off => write!(f, "off (set NONSTOP_FAST_PATH=1)"),
+            Off => write!(f, "off (NONSTOP_FAST_PATH=0)"),
             BoundsUnknown => write!(f, "the function's bounds are unknown"),
             NotAnInstruction => write!(
                 f,
