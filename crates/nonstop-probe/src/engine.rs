@@ -660,7 +660,9 @@ impl Default for EngineConfig {
             grace: Duration::from_millis(100),
             capture_stacks: 16,
             capture_stack_size: 256 * 1024,
-            fast_path: std::env::var("NONSTOP_FAST_PATH").is_ok_and(|v| v != "0"),
+            fast_path: std::env::var("NONSTOP_FAST_PATH")
+                .ok()
+                .is_none_or(|v| v != "0"),
         }
     }
 }
