@@ -2346,14 +2346,16 @@ fn capture<C: HitContext>(
         record_entry(p, ctx, addr, over_budget);
         return;
     }
+    // The registers, read once: for the condition, then for the record.
+    let mut regs = None;
     let filter = p.filter.load(Ordering::Acquire);
     if !filter.is_null() {
-        let regs = ctx.registers(addr);
+        let regs = regs.insert(ctx.registers(addr));
         // SAFETY: the filter is kept alive by the probe (freed with the plan, only after
         // quarantine with no handler in flight); eval_filter never allocates or panics.
         let filter = unsafe { &*filter };
         let hits = p.hits.load(r);
-        let result = eval_filter(filter, &regs, &HitMemory::new(ctx.faults()), hits);
+        let result = eval_filter(filter, regs, &HitMemory::new(ctx.faults()), hits);
         match result {
             FilterResult::True => {}
             FilterResult::False => {
@@ -2427,7 +2429,7 @@ fn capture<C: HitContext>(
     let mut job = Job {
         faults: ctx.faults(),
         plan,
-        regs: ctx.registers(addr),
+        regs: regs.unwrap_or_else(|| ctx.registers(addr)),
         entry: None,
         out: out.as_mut_ptr(),
         out_len: out.len(),

@@ -94,14 +94,10 @@ fn snapshot_and_log_rules_reach_a_running_program_and_removal_restores_it() {
         assert_eq!(msg, format!("tick {n}: alpha-{n} squared is {}", n * n));
     }
 
-    // Armed: the line's first byte is the trap (or the fast path's jmp).
+    // Armed: the line's first byte is the trap, or the jmp where the fast path took it.
     let addr = mark_address();
     let original = file_bytes(addr);
-    let armed = live_bytes(program.pid(), addr)[0];
-    assert!(
-        armed == 0xcc || armed == 0xe9,
-        "not an int3 or a fast-path jmp: {armed:#x}"
-    );
+    assert_armed(&server, &log, program.pid(), addr);
 
     let rm = server.cli(&["rules", "rm", &log]);
     assert!(
@@ -218,6 +214,18 @@ fn show(server: &Server, rule: &str) -> serde_json::Value {
     server.cli_json(&["rules", "show", rule, "--json"])
 }
 
+/// The line is armed: its first byte is the fast path's `jmp` where the agent says the rule's
+/// probe took it, else the `int3`.
+fn assert_armed(server: &Server, rule: &str, pid: u32, addr: u64) {
+    let v = show_until(server, rule, |v| v["agents"][0]["fast_path"].is_string());
+    let want = if v["agents"][0]["fast_path"] == "fast path: yes" {
+        0xe9
+    } else {
+        0xcc
+    };
+    assert_eq!(live_bytes(pid, addr)[0], want, "{}", v["agents"][0]);
+}
+
 /// Polls `rules show ID --json` until `f` holds on it, for at most 15 s.
 fn show_until(
     server: &Server,
@@ -272,11 +280,7 @@ fn an_expired_rule_stops_says_expired_and_restores_the_program() {
     let (ok, _) = tail(&server, &rule, 1, "10s");
     assert!(ok, "no response before expiry");
     let addr = mark_address();
-    let armed = live_bytes(program.pid(), addr)[0];
-    assert!(
-        armed == 0xcc || armed == 0xe9,
-        "not an int3 or a fast-path jmp: {armed:#x}"
-    );
+    assert_armed(&server, &rule, program.pid(), addr);
 
     let v = show_until(&server, &rule, |v| v["state"] == "expired");
     let agents = v["agents"].as_array().unwrap();
@@ -357,11 +361,7 @@ fn a_disabled_rule_stops_keeps_its_history_and_resumes_when_enabled() {
             "tick {n} is not after the pause (last {last_before})"
         );
     }
-    let armed = live_bytes(program.pid(), addr)[0];
-    assert!(
-        armed == 0xcc || armed == 0xe9,
-        "not an int3 or a fast-path jmp: {armed:#x}"
-    );
+    assert_armed(&server, &rule, program.pid(), addr);
     let v = show(&server, &rule);
     assert_eq!(v["enabled"], true);
     assert!(v["hits"].as_u64().unwrap() >= history.len() as u64 + 2);
