@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nonstop_capture::capture::{
-    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers, XMM_COUNT,
+    CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers,
     execute_with_entry,
 };
 use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
@@ -813,11 +813,12 @@ fn write_u64_guarded(addr: u64, v: u64) -> bool {
     unsafe { asm::guarded_copy(addr as *mut u8, bytes.as_ptr(), 8) }
 }
 
-struct Job {
+struct Job<'a> {
     /// Which reads may raise SIGSEGV/SIGBUS (see `Context::faults_unsafe`).
     faults: Faults,
     plan: *const CapturePlan,
-    regs: Registers,
+    /// Borrowed, not copied: ~400 bytes a hit would otherwise move (a `memcpy` call).
+    regs: &'a Registers,
     /// The frame's register values at function entry, when the plan reads them and its
     /// companion recorded this frame.
     entry: Option<EntryRegisters>,
@@ -839,7 +840,7 @@ unsafe extern "C" fn run_job(arg: *mut u8) {
         )
     };
     let entry = job.entry.as_ref();
-    job.outcome = execute_with_entry(plan, &job.regs, entry, &HitMemory::new(job.faults), out);
+    job.outcome = execute_with_entry(plan, job.regs, entry, &HitMemory::new(job.faults), out);
 }
 
 /// Whether a hit's guarded reads may fault.
@@ -2185,8 +2186,9 @@ struct Wake {
 /// What the hit path needs of the interrupted thread: the `int3` path's signal context,
 /// or the fast path's trampoline frame.
 trait HitContext {
-    /// The registers at the probe, `rip` = the probe's address.
-    fn registers(&self, rip: u64) -> Registers;
+    /// Fills `regs` with the registers at the probe, `rip` = the probe's address. In place:
+    /// a `Registers` returned by value is ~400 bytes moved by a `memcpy` call.
+    fn registers(&self, rip: u64, regs: &mut Registers);
     /// Which guarded reads may fault.
     fn faults(&self) -> Faults;
     /// Whether the thread runs on its alternate signal stack.
@@ -2194,10 +2196,8 @@ trait HitContext {
 }
 
 impl HitContext for Context<'_> {
-    fn registers(&self, rip: u64) -> Registers {
-        let mut regs = Registers::default();
-        Context::registers(self, rip, &mut regs);
-        regs
+    fn registers(&self, rip: u64, regs: &mut Registers) {
+        Context::registers(self, rip, regs);
     }
     fn faults(&self) -> Faults {
         Faults::Unsafe(Context::faults_unsafe(self))
@@ -2218,15 +2218,12 @@ struct FastContext<'a> {
 }
 
 impl HitContext for FastContext<'_> {
-    fn registers(&self, rip: u64) -> Registers {
+    fn registers(&self, rip: u64, regs: &mut Registers) {
         let f = self.frame;
-        let mut regs = Registers {
-            gpr: [
-                f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10,
-                f.r11, f.r12, f.r13, f.r14, f.r15, rip,
-            ],
-            xmm: [[0; 16]; XMM_COUNT],
-        };
+        regs.gpr = [
+            f.rax, f.rdx, f.rcx, f.rbx, f.rsi, f.rdi, f.rbp, self.rsp, f.r8, f.r9, f.r10, f.r11,
+            f.r12, f.r13, f.r14, f.r15, rip,
+        ];
         for (k, x) in regs.xmm.iter_mut().enumerate() {
             // SAFETY: the trampoline's save area holds 16 vector registers `stride` bytes
             // apart (32 with AVX-512) and lives on the stack until this hit returns; the
@@ -2238,7 +2235,6 @@ impl HitContext for FastContext<'_> {
                     .read_unaligned()
             };
         }
-        regs
     }
     fn faults(&self) -> Faults {
         // Every page from the save area's to the stack pointer's holds bytes the
@@ -2347,15 +2343,17 @@ fn capture<C: HitContext>(
         return;
     }
     // The registers, read once: for the condition, then for the record.
-    let mut regs = None;
+    let mut regs = Registers::default();
+    let mut regs_read = false;
     let filter = p.filter.load(Ordering::Acquire);
     if !filter.is_null() {
-        let regs = regs.insert(ctx.registers(addr));
+        ctx.registers(addr, &mut regs);
+        regs_read = true;
         // SAFETY: the filter is kept alive by the probe (freed with the plan, only after
         // quarantine with no handler in flight); eval_filter never allocates or panics.
         let filter = unsafe { &*filter };
         let hits = p.hits.load(r);
-        let result = eval_filter(filter, regs, &HitMemory::new(ctx.faults()), hits);
+        let result = eval_filter(filter, &regs, &HitMemory::new(ctx.faults()), hits);
         match result {
             FilterResult::True => {}
             FilterResult::False => {
@@ -2426,10 +2424,13 @@ fn capture<C: HitContext>(
         return;
     };
     let out = engine.ring.buffer(&mut res);
+    if !regs_read {
+        ctx.registers(addr, &mut regs);
+    }
     let mut job = Job {
         faults: ctx.faults(),
         plan,
-        regs: regs.unwrap_or_else(|| ctx.registers(addr)),
+        regs: &regs,
         entry: None,
         out: out.as_mut_ptr(),
         out_len: out.len(),
@@ -2439,7 +2440,7 @@ fn capture<C: HitContext>(
         },
     };
     // Set only when there is one: `None` is a flag, not a copy of the whole option.
-    if let Some(e) = entry_values(p, &job.regs) {
+    if let Some(e) = entry_values(p, job.regs) {
         job.entry = Some(e);
     }
     match stack {
@@ -2504,7 +2505,8 @@ fn record_entry<C: HitContext>(p: &ProbeState, ctx: &C, addr: u64, over_budget: 
         p.entry_epoch.fetch_add(1, Ordering::SeqCst);
         return;
     }
-    let regs = ctx.registers(addr);
+    let mut regs = Registers::default();
+    ctx.registers(addr, &mut regs);
     // At the entry, before the first instruction, the return address is at rsp.
     let cfa = regs.gpr[REG_RSP as usize].wrapping_add(8);
     let epoch = p.entry_epoch.load(Ordering::SeqCst);
