@@ -363,32 +363,6 @@ impl Agent {
         };
         let mut plan: CapturePlan = self.debug.capture_plan(&vars, limits);
         relocate(&mut plan, self.bias);
-        // The condition goes into the trap path when this rule is the probe's only user and
-        // every value it reads has a fixed place: a false hit then costs the trap and those
-        // few reads. Otherwise the agent evaluates it after the capture.
-        let filter = match when {
-            Some(expr) if users.is_empty() => {
-                let resolver = SiteResolver {
-                    debug: &self.debug,
-                    vars: &vars,
-                    bias: self.bias,
-                };
-                nonstop_expr::filter::compile(expr, &resolver)
-                    .ok()
-                    .map(Arc::new)
-            }
-            _ => None,
-        };
-        let filtered = filter.is_some();
-        // A count without tags, alone on its site, with no condition or one decided in the
-        // trap path, is counted there: exact at any rate, no record, no rate limit.
-        let count_only = users.is_empty()
-            && held.limits.max_hits.is_none()
-            && (when.is_none() || filtered)
-            && held
-                .metric
-                .as_ref()
-                .is_some_and(|m| m.tags.is_empty() && m.value.is_none());
         if !stack {
             plan.stack_bytes = 0;
         }
@@ -408,6 +382,34 @@ impl Agent {
                     cfa_offset: needs.cfa.1,
                 })
             });
+        // The condition goes into the trap path when this rule is the probe's only user and
+        // every value it reads has a fixed place (or is computed from the entry registers
+        // its companion records): a false hit then costs the trap and those few reads.
+        // Otherwise the agent evaluates it after the capture.
+        let filter = match when {
+            Some(expr) if users.is_empty() => {
+                let resolver = SiteResolver {
+                    debug: &self.debug,
+                    vars: &vars,
+                    bias: self.bias,
+                    entry_recorded: entry.is_some(),
+                };
+                nonstop_expr::filter::compile(expr, &resolver)
+                    .ok()
+                    .map(Arc::new)
+            }
+            _ => None,
+        };
+        let filtered = filter.is_some();
+        // A count without tags, alone on its site, with no condition or one decided in the
+        // trap path, is counted there: exact at any rate, no record, no rate limit.
+        let count_only = users.is_empty()
+            && held.limits.max_hits.is_none()
+            && (when.is_none() || filtered)
+            && held
+                .metric
+                .as_ref()
+                .is_some_and(|m| m.tags.is_empty() && m.value.is_none());
         let spec = ProbeSpec {
             address: addr,
             plan: Arc::new(plan),
@@ -1149,11 +1151,17 @@ struct SiteResolver<'a> {
     debug: &'a DebugInfo,
     vars: &'a [Variable],
     bias: u64,
+    /// Whether a companion records this site's entry registers: without one, a variable
+    /// computed from them has no value in the trap path (the agent then says why).
+    entry_recorded: bool,
 }
 
 impl SiteResolver<'_> {
     fn var(&self, name: &str) -> Option<&Variable> {
-        self.vars.iter().find(|v| v.name == name)
+        self.vars.iter().find(|v| {
+            v.name == name
+                && (self.entry_recorded || !matches!(v.availability, Availability::FromEntry(_)))
+        })
     }
 }
 

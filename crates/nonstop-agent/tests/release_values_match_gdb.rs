@@ -320,3 +320,49 @@ fn each_frame_of_a_release_recursion_shows_its_own_entry_values() {
         .collect();
     assert_eq!(depth, [4, 3, 2, 1]);
 }
+
+/// A condition over parameters known only by their entry values is decided in the trap
+/// path, from the entry record, like a condition over any live value: a hit it refuses
+/// costs no capture and no rate-limit token. With `1/s` (a burst of one), the first call
+/// (`id` 7) would take the only token if the condition waited for a full capture, and the
+/// second (`id` 9, the one it wants) would be dropped; decided in the trap path, the
+/// second call is the one captured. The same for a recursion: only the frame entered with
+/// `n` 3 matches, with its own `tag`.
+#[test]
+fn a_condition_over_entry_values_is_decided_in_the_trap_path() {
+    let program = build_fixture(FIXTURE, Build::Release);
+    let rules = json!([
+        {"id": "settle-9", "at": at("settle"), "action": "snapshot", "rate": "1/s",
+         "when": "id == 9"},
+        {"id": "countdown-3", "at": at("countdown"), "action": "snapshot", "rate": "1/s",
+         "when": "n == 3 && tag > 10"},
+    ]);
+    let run = run_with_rules(&program, &[], &rules.to_string(), &[]);
+    assert!(
+        run.output.status.success(),
+        "fixture failed: {}",
+        run.stderr()
+    );
+    let of = |rule: &str| -> Vec<Vec<Option<Json>>> {
+        run.responses
+            .iter()
+            .filter(|r| r.rule == rule)
+            .map(|r| match rule {
+                "settle-9" => ints(r, &["id", "cents", "qty"]),
+                _ => ints(r, &["n", "tag", "below"]),
+            })
+            .collect()
+    };
+    assert_eq!(
+        of("settle-9"),
+        [[9, 400, 2].map(|v| Some(json!(v)))],
+        "stderr: {}",
+        run.stderr()
+    );
+    assert_eq!(
+        of("countdown-3"),
+        [[3, 11, 855].map(|v| Some(json!(v)))],
+        "stderr: {}",
+        run.stderr()
+    );
+}

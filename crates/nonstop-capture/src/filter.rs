@@ -16,7 +16,7 @@
 //! make a comparison `Error`; `&&`/`||` follow Kleene logic, so `false && error` is
 //! `false` and `true || error` is `true`, as short-circuit evaluation would give.
 
-use crate::capture::{Memory, PieceSource, Registers};
+use crate::capture::{EntryRegisters, Memory, PieceSource, Registers};
 
 /// Most reads a filter may have.
 pub const MAX_READS: usize = 8;
@@ -200,6 +200,7 @@ enum Loc {
 struct Machine<'a, M: Memory + ?Sized, const BUFS: usize> {
     filter: &'a Filter,
     regs: &'a Registers,
+    entry: Option<&'a EntryRegisters>,
     mem: &'a M,
     cache: [Slot; MAX_READS],
     /// Bit `i`: `cache[i]` holds read `i`.
@@ -215,6 +216,19 @@ pub fn eval_filter<M: Memory + ?Sized>(
     mem: &M,
     hit_count: u64,
 ) -> FilterResult {
+    eval_filter_with_entry(filter, regs, None, mem, hit_count)
+}
+
+/// [`eval_filter`] with the frame's registers at function entry, when its companion probe
+/// recorded them: reads located by entry values ([`LocOp::EntryReg`](crate::capture::LocOp))
+/// use them, and are errors without them.
+pub fn eval_filter_with_entry<M: Memory + ?Sized>(
+    filter: &Filter,
+    regs: &Registers,
+    entry: Option<&EntryRegisters>,
+    mem: &M,
+    hit_count: u64,
+) -> FilterResult {
     if filter.code.len() > MAX_CODE {
         return FilterResult::Error;
     }
@@ -225,21 +239,23 @@ pub fn eval_filter<M: Memory + ?Sized>(
         .iter()
         .any(|r| matches!(r.kind, ReadKind::Str { .. }))
     {
-        run::<M, MAX_STR_READS>(filter, regs, mem, hit_count)
+        run::<M, MAX_STR_READS>(filter, regs, entry, mem, hit_count)
     } else {
-        run::<M, 0>(filter, regs, mem, hit_count)
+        run::<M, 0>(filter, regs, entry, mem, hit_count)
     }
 }
 
 fn run<M: Memory + ?Sized, const BUFS: usize>(
     filter: &Filter,
     regs: &Registers,
+    entry: Option<&EntryRegisters>,
     mem: &M,
     hit_count: u64,
 ) -> FilterResult {
     let mut m = Machine::<M, BUFS> {
         filter,
         regs,
+        entry,
         mem,
         cache: [Slot::Err; MAX_READS],
         loaded: 0,
@@ -392,7 +408,9 @@ impl<M: Memory + ?Sized, const BUFS: usize> Machine<'_, M, BUFS> {
             }
             PieceSource::Implicit(bytes) => short_bytes(bytes),
             PieceSource::Expr { ops, value } => {
-                let v = crate::capture::eval_location(ops, self.regs, self.mem).ok()?;
+                let v =
+                    crate::capture::eval_location_with_entry(ops, self.regs, self.entry, self.mem)
+                        .ok()?;
                 if *value { Loc::Word(v) } else { Loc::Addr(v) }
             }
             PieceSource::Unavailable => return None,
@@ -1120,6 +1138,51 @@ mod tests {
             ],
         };
         assert_eq!(eval_filter(&f, &regs, &mem, 0), FilterResult::True);
+    }
+
+    /// A parameter known only by its value at function entry (`DW_OP_entry_value(rdi)`):
+    /// read from the frame's entry record when there is one, an error without one, and
+    /// never from the register's value now.
+    #[test]
+    fn an_entry_value_is_read_from_the_entry_record() {
+        use crate::capture::{EntryRegisters, LocOp};
+        let (mut regs, mem) = world(b"DE", 1);
+        regs.gpr[RDI as usize] = 1; // rdi now: reused since the entry
+        let f = Filter {
+            reads: vec![FilterRead {
+                root: PieceSource::Expr {
+                    ops: vec![LocOp::EntryReg {
+                        reg: RDI,
+                        offset: 0,
+                    }],
+                    value: true,
+                },
+                derefs: vec![],
+                offset: 0,
+                kind: ReadKind::Int {
+                    size: 4,
+                    signed: false,
+                },
+            }],
+            strings: vec![],
+            code: vec![Op::Read(0), Op::Int(9), Op::Eq],
+        };
+        let mut entry = EntryRegisters::default();
+        entry.gpr[RDI as usize] = 9;
+        assert_eq!(
+            eval_filter_with_entry(&f, &regs, Some(&entry), &mem, 0),
+            FilterResult::True
+        );
+        entry.gpr[RDI as usize] = 7;
+        assert_eq!(
+            eval_filter_with_entry(&f, &regs, Some(&entry), &mem, 0),
+            FilterResult::False
+        );
+        assert_eq!(
+            eval_filter_with_entry(&f, &regs, None, &mem, 0),
+            FilterResult::Error
+        );
+        assert_eq!(eval_filter(&f, &regs, &mem, 0), FilterResult::Error);
     }
 
     mod random {

@@ -110,7 +110,10 @@ impl DebugInfo {
     }
 
     fn place(&self, var: &Variable, path: &[String]) -> Option<Place> {
-        let Availability::Available(pieces) = &var.availability else {
+        // A value computed from entry registers reads them from the frame's entry record
+        // in the trap path too (`eval_filter_with_entry`).
+        let (Availability::Available(pieces) | Availability::FromEntry(pieces)) = &var.availability
+        else {
             return None;
         };
         let [piece] = pieces.as_slice() else {
@@ -120,7 +123,8 @@ impl DebugInfo {
             s @ (PieceSource::Register { .. }
             | PieceSource::Memory { .. }
             | PieceSource::Absolute { .. }
-            | PieceSource::Expr { value: false, .. }) => s.clone(),
+            // A computed value (`DW_OP_stack_value`) is read as a register is: its bytes.
+            | PieceSource::Expr { .. }) => s.clone(),
             _ => return None,
         };
         let mut place = Place {

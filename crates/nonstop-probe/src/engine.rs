@@ -11,7 +11,7 @@ use nonstop_capture::capture::{
     CaptureOutcome, CapturePlan, EntryRegisters, Memory, REG_RSP, ReadError, Registers,
     execute_with_entry,
 };
-use nonstop_capture::filter::{Filter, FilterResult, eval_filter};
+use nonstop_capture::filter::{Filter, FilterResult, eval_filter_with_entry};
 
 use crate::arch::asm;
 use crate::arch::context::Context;
@@ -2342,18 +2342,22 @@ fn capture<C: HitContext>(
         record_entry(p, ctx, addr, over_budget);
         return;
     }
-    // The registers, read once: for the condition, then for the record.
+    // The registers and the frame's entry record, read once: for the condition, then for
+    // the record.
     let mut regs = Registers::default();
     let mut regs_read = false;
+    let mut entry = None;
     let filter = p.filter.load(Ordering::Acquire);
     if !filter.is_null() {
         ctx.registers(addr, &mut regs);
         regs_read = true;
+        entry = entry_values(p, &regs);
         // SAFETY: the filter is kept alive by the probe (freed with the plan, only after
-        // quarantine with no handler in flight); eval_filter never allocates or panics.
+        // quarantine with no handler in flight); it never allocates or panics.
         let filter = unsafe { &*filter };
         let hits = p.hits.load(r);
-        let result = eval_filter(filter, &regs, &HitMemory::new(ctx.faults()), hits);
+        let mem = HitMemory::new(ctx.faults());
+        let result = eval_filter_with_entry(filter, &regs, entry.as_ref(), &mem, hits);
         match result {
             FilterResult::True => {}
             FilterResult::False => {
@@ -2426,6 +2430,7 @@ fn capture<C: HitContext>(
     let out = engine.ring.buffer(&mut res);
     if !regs_read {
         ctx.registers(addr, &mut regs);
+        entry = entry_values(p, &regs);
     }
     let mut job = Job {
         faults: ctx.faults(),
@@ -2440,7 +2445,7 @@ fn capture<C: HitContext>(
         },
     };
     // Set only when there is one: `None` is a flag, not a copy of the whole option.
-    if let Some(e) = entry_values(p, job.regs) {
+    if let Some(e) = entry {
         job.entry = Some(e);
     }
     match stack {
