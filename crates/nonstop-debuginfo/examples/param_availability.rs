@@ -180,6 +180,18 @@ fn report(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         c.from_entry,
         pct(c.from_entry, unavailable_before)
     );
+    // What the agent showed as `unavailable here` before entry values were recorded: a
+    // location that is only an entry value. The `optimized out` rows have no location at
+    // all, and stay so (gdb shows `<optimized out>` there too).
+    let entry_only = c.from_entry + c.from_entry_unrecordable + c.entry_value;
+    println!(
+        "  of {} `unavailable here` before (only an entry value), {} ({:.1} %) are now \
+         available; the {} `optimized out` (no location) stay so",
+        entry_only,
+        c.from_entry,
+        pct(c.from_entry, entry_only),
+        c.optimized_out
+    );
     let (kinds, unexpressible) = location_forms(&info, &dwarf, &addresses)?;
     println!("  entry values by form (parameter DIE x statement row in its location range):");
     for (kind, n) in &kinds {
