@@ -5,7 +5,10 @@
 //! - structs: `Map` of fields in declaration order; tuples and tuple structs: `List`.
 //! - enums: `variant` set, value `Map` (struct variant), `List` (tuple variant) or `Null`.
 //! - C-like enums: `Str(name)` (an unknown value: `Int`).
-//! - `char`: `Str`; `String`, `&str`: `Str` (invalid UTF-8 shown lossily).
+//! - `char`: `Str`; `String`, `&str`, `PathBuf`, `&Path`, `OsString`, `&OsStr`: `Str`
+//!   (invalid UTF-8 shown lossily).
+//! - `Mutex<T>`, `RwLock<T>`: `Map {data, poisoned}`, the data as it is in memory (the hit
+//!   takes no lock, so a locked value is shown mid-update if it is being written).
 //! - references, `Box`, `Rc`, `Arc`: the pointee's value, with the pointer's type name.
 //!   `Cell`, `RefCell`, `NonZero`: the inner value, with the wrapper's type name.
 //! - raw and function pointers: `Uint(address)`; C `char *`: `Str`.
@@ -742,6 +745,28 @@ impl Decoder<'_> {
                 };
                 v.type_name = name;
                 v
+            }
+            StdLayout::Lock {
+                offset,
+                inner,
+                poison,
+            } => {
+                let size = self.di.type_size(*inner);
+                let data = match Self::field_bytes(bytes, *offset, size) {
+                    Some(b) => self.value(*inner, b, hops),
+                    None => truncated("?"),
+                };
+                let Some(flag) = Self::field_bytes(bytes, *poison, 1) else {
+                    return truncated(name);
+                };
+                let poisoned = Value::new("bool", Data::Bool(flag.first() != Some(&0)));
+                Value {
+                    truncated: data.truncated,
+                    ..Value::new(
+                        name,
+                        Data::Map(vec![("data".into(), data), ("poisoned".into(), poisoned)]),
+                    )
+                }
             }
             StdLayout::Unsupported(why) => Value::error(name, *why),
             StdLayout::Fixed {

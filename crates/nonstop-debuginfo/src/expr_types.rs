@@ -179,6 +179,13 @@ impl Mapper<'_> {
             StdLayout::BTree(l) => Ty::Map(Box::new(self.die(l.val, depth))),
             StdLayout::Shared { value, .. } => self.die(*value, depth),
             StdLayout::Transparent { inner, .. } => self.die(*inner, depth),
+            StdLayout::Lock { inner, .. } => Ty::Struct {
+                name: "Mutex".into(),
+                fields: vec![
+                    ("data".into(), self.die(*inner, depth)),
+                    ("poisoned".into(), Ty::Bool),
+                ],
+            },
             StdLayout::Span { elem, .. }
             | StdLayout::Deque { elem, .. }
             | StdLayout::Fixed { elem, .. } => Ty::List(Box::new(self.die(*elem, depth))),

@@ -309,7 +309,7 @@ impl Builder<'_> {
 
     fn std(&mut self, layout: &StdLayout, base: u64, hops: u32, out: &mut Vec<Draft>) {
         match layout {
-            StdLayout::Transparent { offset, inner } => {
+            StdLayout::Transparent { offset, inner } | StdLayout::Lock { offset, inner, .. } => {
                 if let Some(at) = base.checked_add(*offset) {
                     out.extend(self.nodes(*inner, at, hops));
                 }
@@ -612,6 +612,7 @@ impl Builder<'_> {
                 })()
             }
             StdLayout::Transparent { .. }
+            | StdLayout::Lock { .. }
             | StdLayout::Unsupported(_)
             | StdLayout::Optional { .. }
             | StdLayout::Alternatives { .. } => None,

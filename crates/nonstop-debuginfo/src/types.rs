@@ -1047,6 +1047,13 @@ pub(crate) enum StdLayout {
     },
     /// A wrapper shown as the value it holds: `Cell`, `RefCell`, `NonZero`, `ManuallyDrop`.
     Transparent { offset: u64, inner: Option<DieRef> },
+    /// `Mutex<T>` / `RwLock<T>`: the value it guards at `offset` (read as it is in memory,
+    /// locked or not: the hit takes no lock) and the poison flag's byte at `poison`.
+    Lock {
+        offset: u64,
+        inner: Option<DieRef>,
+        poison: u64,
+    },
     /// C++ `std::vector<T>`: pointers to the first element and one past the last.
     Span {
         begin: u64,
@@ -1196,12 +1203,17 @@ impl DebugInfo {
                         TypeKind::Pointer { pointee, .. } => pointee,
                         _ => None,
                     });
-            let text = ty.name.ends_with(" str") || ty.name == "&str" || ty.name.contains("<str");
+            let text = ty.name.ends_with(" str")
+                || ty.name == "&str"
+                || ty.name.contains("<str")
+                || ty.name.ends_with("std::path::Path")
+                || ty.name.ends_with("std::ffi::os_str::OsStr");
             return Some(StdLayout::Slice {
                 ptr: p.offset,
                 len: l.offset,
                 elem,
-                elem_size: self.type_size(elem),
+                // Text is bytes (`&Path`'s data pointer points at the unsized `Path`).
+                elem_size: if text { 1 } else { self.type_size(elem) },
                 text,
             });
         }
@@ -1319,6 +1331,38 @@ impl DebugInfo {
                     inner_size: inner_ty.size,
                     value_offset: value.offset,
                     value: value.ty,
+                })
+            }
+            "std::sync::poison::mutex::Mutex"
+            | "std::sync::poison::rwlock::RwLock"
+            | "std::sync::mutex::Mutex"
+            | "std::sync::rwlock::RwLock" => {
+                let f = ty.field("data")?;
+                let inner =
+                    f.ty.and_then(|d| self.type_of(d))
+                        .and_then(|cell| cell.field("value").map(|v| (v.offset, v.ty)))?;
+                let (poison, _, _) = self.first_path(ty, &[&["poison", "failed"]])?;
+                Some(StdLayout::Lock {
+                    offset: f.offset + inner.0,
+                    inner: inner.1,
+                    poison,
+                })
+            }
+            // `OsString` and `PathBuf` hold their bytes in a `Vec<u8>` (Unix): text.
+            "std::ffi::os_str::OsString" | "std::path::PathBuf" => {
+                let (vec_off, vec, _) =
+                    self.first_path(ty, &[&["inner", "inner", "inner"], &["inner", "inner"]])?;
+                let vec = vec?;
+                if vec.base_name() != "alloc::vec::Vec" {
+                    return None;
+                }
+                let (ptr, len) = self.vec_fields(&vec)?;
+                Some(StdLayout::Slice {
+                    ptr: vec_off + ptr,
+                    len: vec_off + len,
+                    elem: vec.param("T"),
+                    elem_size: 1,
+                    text: true,
                 })
             }
             "core::cell::Cell"

@@ -69,7 +69,10 @@ fn check(opt: &str) {
         let got = debug_string(&value);
         let want = expected(name, printed, &limits);
         if got != want {
-            failures.push(format!("live {name}: got {got}\n    want {want}"));
+            failures.push(format!(
+                "live {name}: got {got}\n    want {want} ({})",
+                value.type_name
+            ));
         }
     }
     // Through a capture plan: what the plan read is enough for the decoder.

@@ -216,7 +216,9 @@ fn fmt_value(v: &Value, type_name: &str, out: &mut String) {
                 out.push_str(": ");
                 fmt_value(val, &val.type_name, out);
             }
-            if v.truncated {
+            // A lock's Debug leaves out its other fields (`Mutex { data: 5, poisoned: false, .. }`).
+            let lock = matches!(short, "Mutex" | "RwLock") && v.variant.is_none();
+            if v.truncated || lock {
                 out.push_str(if fields.is_empty() { ".." } else { ", .." });
             }
             out.push_str(" }");
@@ -255,9 +257,14 @@ fn list_kind<'a>(t: &'a str, variant: Option<&'a str>) -> ListKind<'a> {
 }
 
 fn is_text(t: &str) -> bool {
+    // A pointer to text (`&str`, `&Path`, `*const OsStr`) is shown as the text.
+    let pointee = ["&mut ", "&", "*const ", "*mut "]
+        .iter()
+        .find_map(|p| t.strip_prefix(p))
+        .unwrap_or(t);
     matches!(
-        t,
-        "str" | "String" | "&str" | "&mut str" | "CString" | "OsString" | "PathBuf"
+        pointee,
+        "str" | "String" | "CString" | "OsString" | "PathBuf" | "Path" | "OsStr"
     ) || t.starts_with("char[")
         || t.ends_with("char *")
         || t.ends_with("char*")
