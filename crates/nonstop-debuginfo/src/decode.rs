@@ -33,7 +33,7 @@
 //! memory makes it an `error`.
 
 use crate::types::{
-    BTREE_CAPACITY, BTreeLayout, NodesLayout, PointerKind, Shape, StdLayout, Type, TypeKind,
+    BTREE_CAPACITY, BTreeLayout, Bits, NodesLayout, PointerKind, Shape, StdLayout, Type, TypeKind,
     truncate,
 };
 use crate::{Availability, DebugInfo, DieRef, Variable};
@@ -245,6 +245,33 @@ enum Miss {
     Truncated,
     /// The read faulted at this address.
     Fault(u64),
+}
+
+/// A bit-field's value as the little-endian bytes of its type (sign-extended when the
+/// type is signed), or `None` when its bits are not all in `bytes`.
+fn bit_field(bytes: &[u8], bits: Bits, ty: Option<&Type>) -> Option<[u8; 8]> {
+    let first = usize::try_from(bits.offset / 8).ok()?;
+    let last = usize::try_from((bits.offset + bits.size).div_ceil(8)).ok()?;
+    let held = bytes.get(first..last)?;
+    let mut word = [0u8; 16];
+    word.get_mut(..held.len())?.copy_from_slice(held);
+    let shift = bits.offset % 8;
+    let mask = if bits.size >= 64 {
+        u128::from(u64::MAX)
+    } else {
+        (1u128 << bits.size) - 1
+    };
+    let mut v = ((u128::from_le_bytes(word) >> shift) & mask) as u64;
+    let signed = ty.is_some_and(|t| {
+        matches!(
+            t.kind,
+            TypeKind::Int { signed: true, .. } | TypeKind::Enumeration { signed: true, .. }
+        )
+    });
+    if signed && bits.size < 64 && v >> (bits.size - 1) & 1 == 1 {
+        v |= u64::MAX << bits.size;
+    }
+    Some(v.to_le_bytes())
 }
 
 fn truncated(type_name: impl Into<String>) -> Value {
@@ -526,9 +553,15 @@ impl Decoder<'_> {
                 (Some(t), true) => t.display.clone(),
                 _ => f.name.clone(),
             };
-            let v = match Self::field_bytes(bytes, f.offset, size) {
-                Some(b) => self.value(f.ty, b, hops),
-                None => truncated(fty.map_or_else(|| "?".to_string(), |t| t.display.clone())),
+            let v = match (f.bits, Self::field_bytes(bytes, f.offset, size)) {
+                (Some(bits), _) => match bit_field(bytes, bits, fty.as_deref()) {
+                    Some(b) => self.value(f.ty, &b[..size.min(8) as usize], hops),
+                    None => truncated(fty.map_or_else(|| "?".to_string(), |t| t.display.clone())),
+                },
+                (None, Some(b)) => self.value(f.ty, b, hops),
+                (None, None) => {
+                    truncated(fty.map_or_else(|| "?".to_string(), |t| t.display.clone()))
+                }
             };
             out.push((key, v));
         }

@@ -129,6 +129,19 @@ pub struct Field {
     /// A C++ base class (`DW_TAG_inheritance`): `name` is the base's type name and the
     /// base's own members are at `offset` within this value.
     pub base: bool,
+    /// A bit-field (`unsigned flags : 3`): its bits within the containing value, which
+    /// then replace `offset` (the start of the bytes that hold them).
+    pub bits: Option<Bits>,
+}
+
+/// Where a bit-field's bits are: `size` bits from bit `offset` of the containing value
+/// (bit 0 is the lowest bit of its first byte, as on x86_64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bits {
+    /// The first bit, counted from the start of the containing value.
+    pub offset: u64,
+    /// How many bits (1..=64).
+    pub size: u64,
 }
 
 /// Where an enum's discriminant lives.
@@ -727,6 +740,27 @@ fn member(
         Some(gimli::AttributeValue::Exprloc(expr)) => plus_uconst(expr)?,
         Some(v) => v.udata_value()?,
     };
+    let udata = |at| e.attr_value(at).and_then(|v| v.udata_value());
+    let bits = udata(dw::DW_AT_bit_size)
+        .filter(|&size| (1..=64).contains(&size))
+        .and_then(|size| {
+            let first = match udata(dw::DW_AT_data_bit_offset) {
+                // DWARF 4 and later: from the start of the containing value.
+                Some(b) => b,
+                // DWARF 2 and 3: from the most significant bit of a storage unit of
+                // `DW_AT_byte_size` bytes at the member's location (little-endian here).
+                None => {
+                    let unit_bits = udata(dw::DW_AT_byte_size)?.checked_mul(8)?;
+                    let from_top = udata(dw::DW_AT_bit_offset)?;
+                    (offset.checked_mul(8)? + unit_bits).checked_sub(from_top + size)?
+                }
+            };
+            Some(Bits {
+                offset: first,
+                size,
+            })
+        });
+    let offset = bits.map_or(offset, |b| b.offset / 8);
     Some(Field {
         name,
         offset,
@@ -736,6 +770,7 @@ fn member(
             Some(gimli::AttributeValue::Flag(true))
         ),
         base: false,
+        bits,
     })
 }
 

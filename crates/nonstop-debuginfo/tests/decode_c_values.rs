@@ -13,7 +13,18 @@ use nonstop_model::CaptureLimits;
 
 #[test]
 fn c_locals_decode_like_the_program_prints_them() {
-    let exe = build("values.c", &["-O0"]);
+    check(&["-O0"]);
+}
+
+/// DWARF 4 places bit-fields the older way (`DW_AT_bit_offset` from the storage unit's
+/// most significant bit), DWARF 5 by `DW_AT_data_bit_offset`: both give the same values.
+#[test]
+fn c_bit_fields_decode_under_dwarf_4_too() {
+    check(&["-O0", "-gdwarf-4"]);
+}
+
+fn check(flags: &[&str]) {
+    let exe = build("values.c", flags);
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", None);
     let run = Running::start(&exe);
@@ -47,8 +58,8 @@ fn c_locals_decode_like_the_program_prints_them() {
     for (i, (var, (name, _, want))) in vars.iter().zip(&run.values).enumerate() {
         let root = di.read_root(var, &Registers::default(), &mem);
         let live = debug_string(&di.decode(var, &root, &mem, &limits));
-        assert_eq!(&live, want, "live {name}");
+        assert_eq!(&live, want, "live {name} ({flags:?})");
         let captured = debug_string(&di.decode(var, &record.roots[i], &record, &limits));
-        assert_eq!(&captured, want, "captured {name}");
+        assert_eq!(&captured, want, "captured {name} ({flags:?})");
     }
 }
