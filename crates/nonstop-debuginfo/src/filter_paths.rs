@@ -151,6 +151,10 @@ impl DebugInfo {
                             .and_then(|d| self.type_of(d))
                             .is_some_and(|t| t.display == name)
             })?;
+            // A bit-field is not a whole-byte read: the agent decides such a condition.
+            if field.bits.is_some() {
+                return None;
+            }
             place.offset = place.offset.checked_add(field.offset)?;
             place.ty = self.type_of(field.ty?)?;
         }
