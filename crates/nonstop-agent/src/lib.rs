@@ -273,6 +273,8 @@ fn build_agent(config: &Config) -> Result<Agent, String> {
     let bias = debug
         .load_bias_in(None)
         .map_err(|e| format!("cannot find where {} is loaded: {e}", exe.display()))?;
+    // `dyn Trait` values are shown as their concrete type, found by vtable address.
+    debug.set_load_bias(bias);
     let stacks = nonstop_debuginfo::Stacks::new_for_self()
         .map_err(|e| format!("cannot read this process's modules for stack traces: {e}"))?;
     stacks.share_debug_info(&exe, Arc::clone(&debug));

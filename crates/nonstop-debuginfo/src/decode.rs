@@ -7,6 +7,9 @@
 //! - C-like enums: `Str(name)` (an unknown value: `Int`).
 //! - `char`: `Str`; `String`, `&str`, `PathBuf`, `&Path`, `OsString`, `&OsStr`: `Str`
 //!   (invalid UTF-8 shown lossily).
+//! - `&dyn Trait`, `Box<dyn Trait>`: the value of the concrete type its vtable names (with
+//!   that type's name), once the load bias is set ([`DebugInfo::set_load_bias`]); else
+//!   `Map {pointer, vtable}`.
 //! - `Mutex<T>`, `RwLock<T>`: `Map {data, poisoned}`, the data as it is in memory (the hit
 //!   takes no lock, so a locked value is shown mid-update if it is being written).
 //! - references, `Box`, `Rc`, `Arc`: the pointee's value, with the pointer's type name.
@@ -799,6 +802,37 @@ impl Decoder<'_> {
                         name,
                         Data::Map(vec![("data".into(), data), ("poisoned".into(), poisoned)]),
                     )
+                }
+            }
+            StdLayout::Dyn {
+                pointer, vtable, ..
+            } => {
+                let (Some(p), Some(vt)) = (at(*pointer), at(*vtable)) else {
+                    return truncated(name);
+                };
+                // An unknown vtable (no load bias set, a vtable rustc did not describe):
+                // the pointer pair, as gdb shows it.
+                let Some(concrete) = self.di.vtable_at(vt).map(|v| v.concrete) else {
+                    let word = |v| Value::new("*const ()", Data::Uint(v));
+                    return Value::new(
+                        name,
+                        Data::Map(vec![
+                            ("pointer".into(), word(p)),
+                            ("vtable".into(), word(vt)),
+                        ]),
+                    );
+                };
+                if hops == 0 {
+                    return truncated(name);
+                }
+                if p == 0 {
+                    return Value::error(name, "null pointer");
+                }
+                let size = self.di.type_size(Some(concrete));
+                match self.read(p, size) {
+                    // Shown as the concrete type (its name replaces `dyn Trait`'s).
+                    Ok(b) => self.value(Some(concrete), &b, hops - 1),
+                    Err(m) => self.miss(&name, m),
                 }
             }
             StdLayout::Unsupported(why) => Value::error(name, *why),

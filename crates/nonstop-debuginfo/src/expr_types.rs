@@ -213,6 +213,7 @@ impl Mapper<'_> {
             },
             // Null when empty or valueless: left to be checked at hit time.
             StdLayout::Optional { .. }
+            | StdLayout::Dyn { .. }
             | StdLayout::Alternatives { .. }
             | StdLayout::Unsupported(_) => Ty::Unknown,
         }

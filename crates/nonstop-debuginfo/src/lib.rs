@@ -45,6 +45,7 @@ mod scope;
 mod symbolize;
 mod types;
 mod unwind;
+mod vtables;
 
 pub use decode::ENTRY_NOT_RECORDED;
 pub use dies::async_display_name;

@@ -44,6 +44,11 @@ pub(crate) struct Indexes {
     pub(crate) paths: Mutex<std::collections::HashMap<usize, Arc<crate::scope::UnitPaths>>>,
     /// addr2line's context and the symbol table, for address → frames (symbolize.rs).
     pub(crate) symbolizer: std::sync::OnceLock<crate::symbolize::Symbolizer>,
+    /// Vtable address → concrete type (see `vtables.rs`).
+    pub(crate) vtables: OnceLock<crate::vtables::VtableIndex>,
+    /// The load bias of the process whose values are decoded, once set.
+    pub(crate) bias: std::sync::atomic::AtomicU64,
+    pub(crate) bias_known: std::sync::atomic::AtomicBool,
     /// Address of a closure frame → the DWARF function chain there (coroutine names).
     pub(crate) async_names: Mutex<std::collections::HashMap<u64, Option<Vec<String>>>>,
 }

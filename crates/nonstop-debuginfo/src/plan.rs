@@ -463,6 +463,39 @@ impl Builder<'_> {
                     })
                 })()
             }
+            // One case per implementation of the trait, chosen by the vtable word at the
+            // hit: the concrete value's bytes, and what they point at.
+            StdLayout::Dyn {
+                pointer,
+                vtable,
+                trait_name,
+            } => {
+                let mut cases = Vec::new();
+                for (addr, concrete) in self.di.implementations(trait_name) {
+                    let size = self.di.type_size(Some(concrete));
+                    let (Some(offset), Ok(size)) = (off(base, *pointer), u32::try_from(size))
+                    else {
+                        continue;
+                    };
+                    if size == 0 || u64::from(size) > MAX_DEREF || !self.room() {
+                        continue;
+                    }
+                    let then = boxed(self.nodes(Some(concrete), 0, hops - 1));
+                    cases.push((addr, Draft::Deref { offset, size, then }));
+                }
+                if cases.is_empty() {
+                    return;
+                }
+                self.count += cases.len();
+                (|| {
+                    Some(Draft::Switch {
+                        offset: off(base, *vtable)?,
+                        size: 8,
+                        cases,
+                        default: None,
+                    })
+                })()
+            }
             StdLayout::Shared {
                 ptr,
                 inner_size,

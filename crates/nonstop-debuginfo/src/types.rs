@@ -1137,6 +1137,14 @@ pub(crate) enum StdLayout {
         elem: Option<DieRef>,
         elem_size: u64,
     },
+    /// A Rust `&dyn Trait`, `Box<dyn Trait>`, `*const dyn Trait`: the data pointer and
+    /// the vtable pointer, which names the concrete type (see `vtables.rs`).
+    Dyn {
+        pointer: u64,
+        vtable: u64,
+        /// The principal trait, as vtables name it (`d::Pay`).
+        trait_name: String,
+    },
     /// A standard type nonstop recognises but does not decode (`std::vector<bool>`).
     Unsupported(&'static str),
 }
@@ -1250,6 +1258,16 @@ impl DebugInfo {
                 // Text is bytes (`&Path`'s data pointer points at the unsized `Path`).
                 elem_size: if text { 1 } else { self.type_size(elem) },
                 text,
+            });
+        }
+        if fields.len() == 2
+            && let (Some(p), Some(v)) = (ty.field("pointer"), ty.field("vtable"))
+            && let Some(trait_name) = crate::vtables::dyn_trait(&ty.name)
+        {
+            return Some(StdLayout::Dyn {
+                pointer: p.offset,
+                vtable: v.offset,
+                trait_name: trait_name.to_string(),
             });
         }
         if base.starts_with("std::") && !self.is_rust_type(ty.die) {

@@ -57,6 +57,11 @@ fn check(opt: &str) {
     let di = DebugInfo::load(&exe).expect("load fixture");
     let types = local_types(&exe, "main", Some("v_"));
     let run = Running::start(&exe);
+    // Vtables are known by file address: `dyn Trait` values need the load bias.
+    di.set_load_bias(
+        di.load_bias_in(Some(run.pid))
+            .expect("the fixture's load bias"),
+    );
     let mem = ProcMem::open(run.pid);
     let limits = CaptureLimits::default();
     let vars = variables(&di, &run, &types);
