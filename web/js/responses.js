@@ -228,6 +228,8 @@ function flags(v) {
     v.truncated ? h('span', { class: 'flag truncated', title: 'cut short by a capture limit' }, 'truncated') : null,
     v.redacted ? h('span', { class: 'flag redacted', title: 'hidden by redaction inside the agent' }, 'redacted') : null,
     v.error ? h('span', { class: 'flag error', title: v.error }, v.error) : null,
+    v.refs ? h('span', { class: 'flag refs', title: 'reference counts at the hit' },
+      `strong ${v.refs.strong}, weak ${v.refs.weak}`) : null,
   ];
 }
 

@@ -305,13 +305,42 @@ fn number(t: &str) -> Json {
 
 /// The fixed mapping of gdb's text to JSON: strings, numbers (pointers as their address),
 /// structs as maps of their fields, `Vec`s and tuples as lists, an `Arc`/`Rc` as the value
-/// it owns, `UnsafeCell`s and atomics as their inner value.
+/// it owns, `UnsafeCell`s and atomics as their inner value, a `Mutex`/`RwLock` (gdb's
+/// `{inner, poison: {failed}, data}`) as `{data, poisoned}`.
 fn gdb_to_json(text: &str) -> Json {
     let mut p = Parser {
         s: text.as_bytes(),
         i: 0,
     };
-    unwrap_cells(p.value())
+    locks(unwrap_cells(p.value()))
+}
+
+/// The counts gdb's Rust printer shows for an `Rc`/`Arc` (`Arc(strong=2, weak=0) = …`).
+fn gdb_counts(text: &str) -> Option<(u64, u64)> {
+    let rest = text
+        .strip_prefix("Arc(strong=")
+        .or_else(|| text.strip_prefix("Rc(strong="))?;
+    let (strong, rest) = rest.split_once(", weak=")?;
+    let (weak, _) = rest.split_once(')')?;
+    Some((strong.parse().ok()?, weak.parse().ok()?))
+}
+
+/// gdb's raw `Mutex`/`RwLock` → nonstop's `{data, poisoned}`, recursively.
+fn locks(j: Json) -> Json {
+    match j {
+        Json::Object(m) => {
+            let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+            keys.sort_unstable();
+            if keys == ["data", "inner", "poison"]
+                && let Some(failed) = m["poison"].get("failed").and_then(Json::as_u64)
+            {
+                return json!({"data": locks(m["data"].clone()), "poisoned": failed != 0});
+            }
+            Json::Object(m.into_iter().map(|(k, v)| (k, locks(v))).collect())
+        }
+        Json::Array(a) => Json::Array(a.into_iter().map(locks).collect()),
+        other => other,
+    }
 }
 
 /// `{value: x}` (UnsafeCell) and `{v: x}` (atomics) → `x`, recursively.
@@ -364,6 +393,12 @@ fn gdb_values_map_to_json_as_documented() {
             "Arc(strong=2, weak=0) = {value = m::M {data: core::cell::UnsafeCell<u8> {value: 7}, f: core::sync::atomic::AtomicBool {v: core::cell::UnsafeCell<u8> {value: 0}}}, strong = 2, weak = 0}"
         ),
         json!({"data": 7, "f": 0})
+    );
+    assert_eq!(
+        gdb_to_json(
+            "Arc(strong=2, weak=0) = {value = std::sync::poison::mutex::Mutex<m::T> {inner: std::sys::sync::mutex::futex::Mutex {futex: core::sync::atomic::AtomicU32 {v: core::cell::UnsafeCell<u32> {value: 0}}}, poison: std::sync::poison::Flag {failed: core::sync::atomic::AtomicBool {v: core::cell::UnsafeCell<u8> {value: 0}}}, data: core::cell::UnsafeCell<m::T> {value: m::T {n: 1}}}, strong = 2, weak = 0}"
+        ),
+        json!({"data": {"n": 1}, "poisoned": false})
     );
     assert_eq!(gdb_to_json("0x7fffffffde78"), json!(0x7fffffffde78u64));
     assert_eq!(gdb_to_json("(1, -2)"), json!([1, -2]));
@@ -436,6 +471,11 @@ fn a_snapshot_inside_an_async_fn_has_every_local_gdb_shows() {
             value_to_json(value),
             gdb_to_json(text),
             "`{name}`: nonstop {value:?}, gdb {text}"
+        );
+        assert_eq!(
+            value.refs.map(|r| (r.strong, r.weak)),
+            gdb_counts(text),
+            "`{name}`: nonstop's counts, gdb {text}"
         );
     }
 

@@ -42,7 +42,7 @@ use crate::types::{
 use crate::{Availability, DebugInfo, DieRef, Variable};
 use nonstop_capture::capture::{CapturedRoot, Memory, PieceSource, ReadError, Registers};
 use nonstop_model::debug::key_string;
-use nonstop_model::{CaptureLimits, Data, Value};
+use nonstop_model::{CaptureLimits, Data, RefCounts, Value};
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -751,6 +751,7 @@ impl Decoder<'_> {
                 inner_size,
                 value_offset,
                 value,
+                counts,
             } => {
                 let Some(p) = at(*ptr) else {
                     return truncated(name);
@@ -771,6 +772,19 @@ impl Decoder<'_> {
                     None => truncated(name.clone()),
                 };
                 v.type_name = name;
+                // As `Rc::weak_count` counts: the strong owners hold one weak count together.
+                v.refs = counts.and_then(|(s, w)| {
+                    let strong = le(Self::field_bytes(&data, s, 8)?);
+                    let weak = le(Self::field_bytes(&data, w, 8)?);
+                    Some(RefCounts {
+                        strong,
+                        weak: if strong > 0 {
+                            weak.saturating_sub(1)
+                        } else {
+                            weak
+                        },
+                    })
+                });
                 v
             }
             StdLayout::Transparent { offset, inner } => {

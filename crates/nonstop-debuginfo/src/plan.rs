@@ -501,6 +501,7 @@ impl Builder<'_> {
                 inner_size,
                 value_offset,
                 value,
+                ..
             } => {
                 if *inner_size == 0 || *inner_size > MAX_DEREF {
                     return;

@@ -1079,6 +1079,8 @@ pub(crate) enum StdLayout {
         inner_size: u64,
         value_offset: u64,
         value: Option<DieRef>,
+        /// Offsets in the inner block of the strong and weak counts (`usize`s).
+        counts: Option<(u64, u64)>,
     },
     /// A wrapper shown as the value it holds: `Cell`, `RefCell`, `NonZero`, `ManuallyDrop`.
     Transparent { offset: u64, inner: Option<DieRef> },
@@ -1379,11 +1381,17 @@ impl DebugInfo {
                 };
                 let inner_ty = self.type_of(inner)?;
                 let value = inner_ty.field("value").or_else(|| inner_ty.field("data"))?;
+                // `Cell<usize>` (Rc) and `AtomicUsize` (Arc) hold the count at their start.
+                let counts = inner_ty
+                    .field("strong")
+                    .zip(inner_ty.field("weak"))
+                    .map(|(s, w)| (s.offset, w.offset));
                 Some(StdLayout::Shared {
                     ptr,
                     inner_size: inner_ty.size,
                     value_offset: value.offset,
                     value: value.ty,
+                    counts,
                 })
             }
             "std::sync::poison::mutex::Mutex"

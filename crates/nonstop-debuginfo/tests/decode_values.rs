@@ -110,6 +110,24 @@ fn check(opt: &str) {
             failures.push(format!("captured {name}: got {got}\n    want {want}"));
         }
     }
+    // `Rc`/`Arc` counts, as `Rc::strong_count` and `Rc::weak_count` give them, live and
+    // from the record.
+    for (name, strong, weak) in [("v_rc_counted", 2, 1), ("v_arc_counted", 3, 2)] {
+        let i = vars.iter().position(|v| v.name == name).expect(name);
+        let live = di.decode(
+            &vars[i],
+            &di.read_root(&vars[i], &Registers::default(), &mem),
+            &mem,
+            &limits,
+        );
+        let captured = di.decode(&vars[i], &record.roots[i], &record, &limits);
+        for (how, v) in [("live", live), ("captured", captured)] {
+            let want = Some(nonstop_model::RefCounts { strong, weak });
+            if v.refs != want {
+                failures.push(format!("{how} {name}: refs {:?}, want {want:?}", v.refs));
+            }
+        }
+    }
     assert!(
         failures.is_empty(),
         "opt-level={opt}:\n{}",

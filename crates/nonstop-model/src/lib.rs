@@ -30,5 +30,5 @@ pub use response::{
     Frame, Locals, Response, SourceLocation, fold_runtime_frames, is_runtime_frame,
 };
 pub use rule::{Action, CaptureLimits, Limits, Metric, MetricKind, Rule, RuleStatus, StatusKind};
-pub use value::{Data, Value};
+pub use value::{Data, RefCounts, Value};
 pub use wire::{AgentInfo, AgentMessage, ServerMessage};

@@ -2,7 +2,7 @@
 //!
 //! The JSON form is the contract of DESIGN.md: `{"type": RUST_TYPE, "value": …}` with
 //! `"truncated": true`, `"redacted": true` or `"error": "…"` where they apply. Enums add
-//! `"variant": NAME`. Structs are maps (field order kept), tuples and tuple variants lists.
+//! `"variant": NAME`; `Rc`/`Arc` add `"refs": {"strong": N, "weak": M}`. Structs are maps (field order kept), tuples and tuple variants lists.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -29,6 +29,18 @@ pub struct Value {
     /// Why the value could not be read: `optimized out`, `cannot read memory at 0x…`, ….
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a shared pointer (`Rc`, `Arc`): its reference counts at the hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refs: Option<RefCounts>,
+}
+
+/// A shared pointer's counts, as `Rc::strong_count` and `Rc::weak_count` give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefCounts {
+    /// Owners of the value.
+    pub strong: u64,
+    /// `Weak` pointers to it.
+    pub weak: u64,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -67,6 +79,7 @@ impl Value {
             truncated: false,
             redacted: false,
             error: None,
+            refs: None,
         }
     }
 
