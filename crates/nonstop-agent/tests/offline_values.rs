@@ -17,9 +17,12 @@ fn rules_for_marks(file: &str, rate: &str) -> String {
 }
 
 fn check_values(build: Build) {
-    let program = build_fixture("orders.rs", build);
+    check_values_of(&build_fixture("orders.rs", build), build);
+}
+
+fn check_values_of(program: &std::path::Path, build: Build) {
     let run = run_with_rules(
-        &program,
+        program,
         &["3"],
         &rules_for_marks("orders.rs", "1000/s"),
         &[],
@@ -79,8 +82,58 @@ fn check_values(build: Build) {
     // The program's own output is unchanged by the agent.
     assert_eq!(
         run.stdout(),
-        String::from_utf8_lossy(&run_plain(&program, &["3"]).stdout)
+        String::from_utf8_lossy(&run_plain(program, &["3"]).stdout)
     );
+}
+
+/// `orders.rs` built by rustc with split debug info, into a folder of its own: `unpacked`
+/// leaves one `.dwo` per codegen unit beside the program, `packed` one `PROGRAM.dwp`.
+fn build_split(build: Build, split: &str) -> std::path::PathBuf {
+    let dir = nonstop_testkit::target_dir()
+        .join("nonstop-split")
+        .join(format!("{build:?}-{split}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let opt = match build {
+        Build::Debug => "opt-level=0",
+        Build::Release => "opt-level=2",
+    };
+    let program = dir.join("orders");
+    let out = nonstop_testkit::tool::command("rustc")
+        .current_dir(&dir)
+        .args(["--edition", "2021", "-C", "debuginfo=2", "-C", opt])
+        .arg(format!("-Csplit-debuginfo={split}"))
+        .arg("-o")
+        .arg(&program)
+        .arg(common::fixture_source("orders.rs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let wanted = if split == "packed" { ".dwp" } else { ".dwo" };
+    assert!(
+        files.iter().any(|f| f.ends_with(wanted)),
+        "rustc -Csplit-debuginfo={split} wrote no {wanted}: {files:?}"
+    );
+    program
+}
+
+#[test]
+fn snapshot_values_are_the_same_with_split_debug_info() {
+    for build in [Build::Debug, Build::Release] {
+        for split in ["unpacked", "packed"] {
+            let program = build_split(build, split);
+            check_values_of(&program, build);
+            let _ = std::fs::remove_dir_all(program.parent().unwrap());
+        }
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@ use gimli::{AttributeValue, UnitOffset};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(crate) type Unit = gimli::Unit<Reader>;
+pub(crate) type Unit = crate::units::UnitEntry;
 pub(crate) type Die = gimli::DebuggingInformationEntry<Reader>;
 
 /// Deepest DIE nesting followed; deeper trees are malformed or hostile.
@@ -121,27 +121,16 @@ pub(crate) fn demangle(name: &str) -> String {
 }
 
 impl DebugInfo {
-    /// Every unit, parsed once. Units that fail to parse are skipped.
+    /// Every unit, parsed once, wherever its DIEs live (see `units.rs`). Units that fail
+    /// to parse are skipped.
     pub(crate) fn units(&self) -> Result<&[Unit], Error> {
-        let units = self.index.units.get_or_init(|| {
-            let mut out = Vec::new();
-            let mut headers = self.dwarf.units();
-            loop {
-                match headers.next() {
-                    Ok(Some(h)) => {
-                        if let Ok(u) = self.dwarf.unit(h) {
-                            out.push(u);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) if out.is_empty() => return Err(e),
-                    Err(_) => break,
-                }
-            }
-            Ok(out)
-        });
-        match units {
-            Ok(u) => Ok(u),
+        Ok(&self.unit_table()?.units)
+    }
+
+    fn unit_table(&self) -> Result<&crate::units::UnitTable, Error> {
+        let table = self.index.units.get_or_init(|| crate::units::read(self));
+        match table {
+            Ok(t) => Ok(t),
             Err(e) => Err(Error::Dwarf(*e)),
         }
     }
@@ -152,7 +141,7 @@ impl DebugInfo {
         Ok(self.index.unit_ranges.get_or_init(|| {
             let mut out = Vec::new();
             for (i, unit) in units.iter().enumerate() {
-                if let Ok(mut ranges) = self.dwarf.unit_ranges(unit) {
+                if let Ok(mut ranges) = unit.ranges(&self.dwarf) {
                     while let Ok(Some(r)) = ranges.next() {
                         if r.begin < r.end && r.begin != 0 {
                             out.push((r.begin, r.end, i));
@@ -178,22 +167,14 @@ impl DebugInfo {
         Ok(out)
     }
 
-    /// The unit holding a `.debug_info` offset, and the offset within it.
+    /// The unit holding a DIE, and the offset within it.
     pub(crate) fn die_unit(&self, die: DieRef) -> Result<Option<(usize, UnitOffset)>, Error> {
-        let units = self.units()?;
-        let pos =
-            units.partition_point(|u| u.header.debug_info_offset().is_some_and(|o| o.0 <= die.0));
-        let Some(i) = pos.checked_sub(1) else {
-            return Ok(None);
-        };
-        let off = gimli::DebugInfoOffset(die.0).to_unit_offset(&units[i].header);
-        Ok(off.map(|o| (i, o)))
+        Ok(self.unit_table()?.find(die))
     }
 
-    /// The `.debug_info` offset of a DIE.
+    /// The [`DieRef`] of a DIE.
     pub(crate) fn die_ref(&self, ui: usize, off: UnitOffset) -> Option<DieRef> {
-        let unit = self.units().ok()?.get(ui)?;
-        off.to_debug_info_offset(&unit.header).map(|o| DieRef(o.0))
+        self.units().ok()?.get(ui)?.die_ref(off)
     }
 
     /// Follows a reference attribute to the DIE it names.
@@ -202,10 +183,12 @@ impl DebugInfo {
         ui: usize,
         value: AttributeValue<Reader>,
     ) -> Result<Option<(usize, UnitOffset)>, Error> {
-        match value {
-            AttributeValue::UnitRef(o) => Ok(Some((ui, o))),
-            AttributeValue::DebugInfoRef(o) => self.die_unit(DieRef(o.0)),
-            _ => Ok(None),
+        if let AttributeValue::UnitRef(o) = value {
+            return Ok(Some((ui, o)));
+        }
+        match self.units()?.get(ui).and_then(|u| u.reference(&value)) {
+            Some(die) => self.die_unit(die),
+            None => Ok(None),
         }
     }
 
@@ -223,7 +206,7 @@ impl DebugInfo {
     pub(crate) fn attr_string(&self, ui: usize, die: &Die, at: gimli::DwAt) -> Option<String> {
         let unit = self.units().ok()?.get(ui)?;
         let value = die.attr_value(at)?;
-        let r = self.dwarf.attr_string(unit, value).ok()?;
+        let r = unit.dwarf.attr_string(unit, value).ok()?;
         Some(r.to_string_lossy().ok()?.into_owned())
     }
 
@@ -325,7 +308,7 @@ impl DebugInfo {
             if scopes {
                 let name = e
                     .attr_value(gimli::DW_AT_name)
-                    .and_then(|v| self.dwarf.attr_string(unit, v).ok())
+                    .and_then(|v| unit.dwarf.attr_string(unit, v).ok())
                     .and_then(|r| r.to_string_lossy().ok().map(|c| c.into_owned()))
                     .unwrap_or_else(|| "{anon}".into());
                 stack.push((depth, name));
@@ -400,7 +383,7 @@ impl DebugInfo {
         die: &Die,
         addr: u64,
     ) -> Result<(bool, Option<u64>), Error> {
-        let mut ranges = self.dwarf.die_ranges(unit, die)?;
+        let mut ranges = unit.dwarf.die_ranges(unit, die)?;
         let mut hit = false;
         let mut low: Option<u64> = None;
         while let Some(r) = ranges.next()? {

@@ -31,6 +31,30 @@ pub enum Error {
         /// The file.
         path: PathBuf,
     },
+    /// The supplementary debug file (`.gnu_debugaltlink`, written by `dwz -m`) cannot be read.
+    #[error(
+        "{path} keeps part of its debug info in {sup}, which cannot be read: put that file \
+         back where `.gnu_debugaltlink` says, or install the package that has it"
+    )]
+    NoSupplementaryFile {
+        /// The file.
+        path: PathBuf,
+        /// The supplementary file it names.
+        sup: PathBuf,
+    },
+    /// The address is in a unit built with `-gsplit-dwarf` whose split file is missing.
+    #[error(
+        "the variables at {address:#x} are in the split DWARF file {}, which cannot be read: \
+         keep the .dwo files where they were built, or pack them with `dwp` into PROGRAM.dwp \
+         beside the program",
+        dwo.display()
+    )]
+    NoSplitFile {
+        /// The address.
+        address: u64,
+        /// The `.dwo` file the unit names (empty when it names none).
+        dwo: PathBuf,
+    },
     /// The DWARF is malformed.
     #[error("malformed debug info: {0}")]
     Dwarf(#[from] gimli::Error),

@@ -70,7 +70,7 @@ impl DebugInfo {
                     let tag = e.tag();
                     let string = |at| {
                         e.attr_value(at)
-                            .and_then(|v| self.dwarf.attr_string(unit, v).ok())
+                            .and_then(|v| unit.dwarf.attr_string(unit, v).ok())
                             .and_then(|r| {
                                 gimli::Reader::to_string_lossy(&r)
                                     .ok()
@@ -87,7 +87,7 @@ impl DebugInfo {
                             stack.push((depth, n));
                         }
                         gimli::DW_TAG_subprogram | gimli::DW_TAG_inlined_subroutine => {
-                            let Some(own) = e.offset().to_debug_info_offset(&unit.header) else {
+                            let Some(own) = unit.die_ref(e.offset()) else {
                                 continue;
                             };
                             if tag == gimli::DW_TAG_subprogram {
@@ -107,13 +107,7 @@ impl DebugInfo {
                             let reference = e
                                 .attr_value(gimli::DW_AT_abstract_origin)
                                 .or_else(|| e.attr_value(gimli::DW_AT_specification))
-                                .and_then(|v| match v {
-                                    AttributeValue::UnitRef(o) => {
-                                        o.to_debug_info_offset(&unit.header).map(|d| DieRef(d.0))
-                                    }
-                                    AttributeValue::DebugInfoRef(d) => Some(DieRef(d.0)),
-                                    _ => None,
-                                });
+                                .and_then(|v| unit.reference(&v));
                             let entry = match e.attr_value(gimli::DW_AT_entry_pc) {
                                 Some(AttributeValue::Addr(a)) => Some(a),
                                 _ => self.die_contains(unit, e, 0).ok().and_then(|(_, low)| low),

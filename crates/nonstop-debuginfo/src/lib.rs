@@ -44,6 +44,7 @@ mod plan;
 mod scope;
 mod symbolize;
 mod types;
+mod units;
 mod unwind;
 mod vtables;
 

@@ -247,7 +247,7 @@ impl DebugInfo {
         let unit = self.units().ok()?.get(ui)?;
         let file = header.file(index)?;
         let s = |v| {
-            self.dwarf
+            unit.line_dwarf
                 .attr_string(unit, v)
                 .ok()
                 .and_then(|r| r.to_string_lossy().ok().map(|c| c.into_owned()))
@@ -493,7 +493,7 @@ impl DebugInfo {
     fn function_end(&self, ui: usize, scope: &Scope, addr: u64) -> Result<Option<u64>, Error> {
         let unit = &self.units()?[ui];
         let die = unit.entry(scope.offset)?;
-        let mut ranges = self.dwarf.die_ranges(unit, &die)?;
+        let mut ranges = unit.dwarf.die_ranges(unit, &die)?;
         while let Some(r) = ranges.next()? {
             if r.begin <= addr && addr < r.end {
                 return Ok(Some(r.end));

@@ -25,6 +25,10 @@ pub(crate) struct LoadedFile {
     pub(crate) debug_frame: Option<gimli::DebugFrame<Reader>>,
     /// Function symbols (`.symtab`, else `.dynsym`): (address, size, raw name), by address.
     pub(crate) symbols: Vec<(u64, u64, String)>,
+    /// The split DWARF package beside the file (`PROGRAM.dwp`), if there is one.
+    pub(crate) dwp: Option<gimli::DwarfPackage<Reader>>,
+    /// The supplementary file's sections (`.gnu_debugaltlink`), if it has one.
+    pub(crate) sup: Option<Arc<gimli::Dwarf<Reader>>>,
 }
 
 /// Lazily built indexes; each is built on the first query that needs it and kept.
@@ -33,7 +37,7 @@ pub(crate) struct Indexes {
     /// Types read so far (see `types.rs`).
     pub(crate) types: crate::types::TypeCache,
     /// Every compilation unit, parsed (header, abbreviations, line program header).
-    pub(crate) units: OnceLock<Result<Vec<gimli::Unit<Reader>>, gimli::Error>>,
+    pub(crate) units: OnceLock<Result<crate::units::UnitTable, gimli::Error>>,
     /// Address → unit.
     pub(crate) unit_ranges: OnceLock<Vec<(u64, u64, usize)>>,
     /// `(file, line)` → addresses.
@@ -149,6 +153,65 @@ fn debug_file_candidates(path: &Path, obj: &object::File<'_>) -> Vec<PathBuf> {
     out
 }
 
+/// The DWARF sections of an ELF file read into `data` (the `.dwo` sections when `dwo`).
+/// Compressed sections are decompressed; missing ones are empty.
+fn dwarf_sections(
+    data: &Arc<[u8]>,
+    obj: &object::File<'_>,
+    endian: gimli::RunTimeEndian,
+    dwo: bool,
+) -> Result<gimli::Dwarf<Reader>, String> {
+    gimli::Dwarf::load(|id: gimli::SectionId| {
+        let name = if dwo { id.dwo_name() } else { Some(id.name()) };
+        let section = name.and_then(|name| {
+            obj.section_by_name(name).or_else(|| {
+                let z = format!(".zdebug_{}", name.trim_start_matches(".debug_"));
+                obj.section_by_name(&z)
+            })
+        });
+        match section {
+            Some(s) => section_reader(data, &s, endian),
+            None => Ok(Reader::new(Arc::from(&[][..]), endian)),
+        }
+    })
+}
+
+/// The sections of a split DWARF file (`.dwo`), not yet tied to its program's.
+pub(crate) fn dwo_sections(path: &Path) -> Result<gimli::Dwarf<Reader>, Error> {
+    let data = read_shared(path)?;
+    let obj = parse(path, &data)?;
+    dwarf_sections(&data, &obj, endian_of(&obj), true).map_err(|reason| Error::NotElf {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+fn endian_of(obj: &object::File<'_>) -> gimli::RunTimeEndian {
+    if obj.is_little_endian() {
+        gimli::RunTimeEndian::Little
+    } else {
+        gimli::RunTimeEndian::Big
+    }
+}
+
+/// The supplementary file `.gnu_debugaltlink` names (`dwz -m`), relative to the folder of
+/// the file that names it.
+fn supplementary_file(path: &Path, obj: &object::File<'_>) -> Option<PathBuf> {
+    let (name, _build_id) = obj.gnu_debugaltlink().ok()??;
+    let name = Path::new(std::str::from_utf8(name).ok()?);
+    Some(match path.parent() {
+        Some(dir) if name.is_relative() => dir.join(name),
+        _ => name.to_path_buf(),
+    })
+}
+
+/// The split DWARF package of a program: `PROGRAM.dwp` beside it.
+fn package_file(path: &Path) -> Option<PathBuf> {
+    let mut name = path.file_name()?.to_os_string();
+    name.push(".dwp");
+    Some(path.with_file_name(name)).filter(|p| p.is_file())
+}
+
 impl DebugInfo {
     /// Loads `path` (an ELF executable or shared object) and its DWARF: from the file,
     /// or from its separate debug file (build id under `/usr/lib/debug/.build-id/`, or
@@ -158,11 +221,7 @@ impl DebugInfo {
         let path = path.as_ref().to_path_buf();
         let data = read_shared(&path)?;
         let obj = parse(&path, &data)?;
-        let endian = if obj.is_little_endian() {
-            gimli::RunTimeEndian::Little
-        } else {
-            gimli::RunTimeEndian::Big
-        };
+        let endian = endian_of(&obj);
         let not_elf = |reason: String| Error::NotElf {
             path: path.clone(),
             reason,
@@ -225,24 +284,37 @@ impl DebugInfo {
                 &debug_obj_storage
             }
         };
-        let mut bad_section = None;
-        let load = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
-            let section = dobj.section_by_name(id.name()).or_else(|| {
-                let z = format!(".zdebug_{}", id.name().trim_start_matches(".debug_"));
-                dobj.section_by_name(&z)
-            });
-            match section {
-                Some(s) => Ok(section_reader(&debug_data, &s, endian).unwrap_or_else(|e| {
-                    bad_section.get_or_insert(e);
-                    Reader::new(Arc::from(&[][..]), endian)
-                })),
-                None => Ok(Reader::new(Arc::from(&[][..]), endian)),
-            }
-        };
-        let dwarf = gimli::Dwarf::load(load)?;
-        if let Some(reason) = bad_section {
-            return Err(not_elf(reason));
+        let mut sup_dwarf = None;
+        let mut dwarf = dwarf_sections(&debug_data, dobj, endian, false).map_err(not_elf)?;
+        if let Some(sup) = supplementary_file(debug_path.as_deref().unwrap_or(&path), dobj) {
+            let sup_data = read_shared(&sup).map_err(|_| Error::NoSupplementaryFile {
+                path: path.clone(),
+                sup: sup.clone(),
+            })?;
+            let sup_obj = parse(&sup, &sup_data)?;
+            let sections = || {
+                dwarf_sections(&sup_data, &sup_obj, endian, false).map_err(|reason| Error::NotElf {
+                    path: sup.clone(),
+                    reason,
+                })
+            };
+            // gimli keeps its own copy (for strings); the other is for reading the DIEs.
+            dwarf.set_sup(sections()?);
+            sup_dwarf = Some(Arc::new(sections()?));
         }
+        let dwp = package_file(&path).and_then(|p| {
+            let dwp_data = read_shared(&p).ok()?;
+            let dwp_obj = parse(&p, &dwp_data).ok()?;
+            let empty = Reader::new(Arc::from(&[][..]), endian);
+            // An unreadable section reads as empty: its units are then missing, not wrong.
+            let section = |id: gimli::SectionId| -> Result<Reader, gimli::Error> {
+                let found = id.dwo_name().and_then(|n| dwp_obj.section_by_name(n));
+                Ok(found
+                    .and_then(|s| section_reader(&dwp_data, &s, endian).ok())
+                    .unwrap_or_else(|| empty.clone()))
+            };
+            gimli::DwarfPackage::load(section, empty.clone()).ok()
+        });
         let debug_frame = dobj
             .section_by_name(".debug_frame")
             .and_then(|s| section_reader(&debug_data, &s, endian).ok())
@@ -263,6 +335,8 @@ impl DebugInfo {
                 eh_frame,
                 debug_frame,
                 symbols,
+                dwp,
+                sup: sup_dwarf,
             },
             index: Indexes::default(),
         })

@@ -238,9 +238,10 @@ impl DebugInfo {
     /// inside an inlined call, these are the inlined function's variables. Each
     /// variable's location is evaluated at `address`.
     ///
-    /// Errors with [`Error::NoCodeAt`] when no function contains the address and with
+    /// Errors with [`Error::NoCodeAt`] when no function contains the address, with
     /// [`Error::NoVariableInfo`] when the function has no variable info (built with
-    /// `line-tables-only` or `limited`).
+    /// `line-tables-only` or `limited`), and with [`Error::NoSplitFile`] when its unit was
+    /// built with `-gsplit-dwarf` and its `.dwo` file is not where it was built.
     pub fn variables_at(&self, address: u64) -> Result<Vec<Variable>, Error> {
         let mut found = None;
         for ui in self.units_at(address)? {
@@ -251,6 +252,13 @@ impl DebugInfo {
             }
         }
         let Some((ui, chain)) = found else {
+            // A skeleton covers the address, and its DIEs are in a split file not found.
+            if let Some(dwo) = self.units_at(address)?.iter().find_map(|&ui| {
+                let unit = self.units().ok()?.get(ui)?;
+                unit.missing.clone()
+            }) {
+                return Err(Error::NoSplitFile { address, dwo });
+            }
             // A unit covers the address but describes no function: line tables only.
             if let Some(&ui) = self.units_at(address)?.first()
                 && !self.has_variable_info(ui, &self.units()?[ui])?
@@ -440,7 +448,7 @@ impl DebugInfo {
         };
         let expr = match loc {
             AttributeValue::Exprloc(expr) => Some(expr),
-            other => match self.dwarf.attr_locations(unit, other)? {
+            other => match unit.dwarf.attr_locations(unit, other)? {
                 Some(mut list) => {
                     let mut hit = None;
                     while let Some(entry) = list.next()? {
@@ -621,7 +629,7 @@ impl DebugInfo {
             }
             Operation::Address { address } => LocOp::Addr(address),
             Operation::AddressIndex { index } | Operation::ConstantIndex { index } => {
-                match self.dwarf.address(unit, index) {
+                match unit.dwarf.address(unit, index) {
                     Ok(a) => LocOp::Addr(a),
                     Err(_) => return Err(Unexpressible::Unsupported),
                 }
@@ -679,7 +687,7 @@ impl DebugInfo {
         let die = unit.entry(sub)?;
         let expr = match die.attr_value(gimli::DW_AT_frame_base) {
             Some(AttributeValue::Exprloc(e)) => e,
-            Some(other) => match self.dwarf.attr_locations(unit, other)? {
+            Some(other) => match unit.dwarf.attr_locations(unit, other)? {
                 Some(mut list) => {
                     let mut hit = None;
                     while let Some(entry) = list.next()? {

@@ -169,20 +169,16 @@ pub struct Variant {
 #[derive(Default)]
 pub(crate) struct TypeCache {
     types: Mutex<HashMap<DieRef, Arc<Type>>>,
-    units: OnceLock<Vec<UnitSlot>>,
+    /// Per unit (by index in [`DebugInfo::units`]): its index, built on first use.
+    units: OnceLock<Vec<OnceLock<Option<UnitInfo>>>>,
 }
 
-struct UnitSlot {
-    start: usize,
-    end: usize,
-    header: gimli::UnitHeader<Reader>,
-    unit: OnceLock<Option<UnitInfo>>,
-}
+/// A unit with the sections its DIEs are read with.
+type UnitSlot = crate::units::UnitEntry;
 
 struct UnitInfo {
-    unit: gimli::Unit<Reader>,
     rust: bool,
-    /// DIE offset (in .debug_info) → namespace path of named types (`alloc::vec`).
+    /// DIE → namespace path of named types (`alloc::vec`).
     paths: HashMap<usize, Arc<str>>,
     /// Short DW_AT_name → DIEs of structs with that name (for `InternalNode<K, V>`).
     structs: HashMap<String, Vec<usize>>,
@@ -191,47 +187,22 @@ struct UnitInfo {
 /// One DIE read with its subtree, flattened: (depth, entry).
 type Subtree = Vec<(isize, gimli::DebuggingInformationEntry<Reader>)>;
 
-impl TypeCache {
-    fn units<'a>(&'a self, dwarf: &gimli::Dwarf<Reader>) -> &'a [UnitSlot] {
-        self.units.get_or_init(|| {
-            let mut out = Vec::new();
-            let mut iter = dwarf.units();
-            while let Ok(Some(header)) = iter.next() {
-                let Some(start) = header.debug_info_offset().map(|o| o.0) else {
-                    continue;
-                };
-                let end = start.saturating_add(header.length_including_self());
-                out.push(UnitSlot {
-                    start,
-                    end,
-                    header,
-                    unit: OnceLock::new(),
-                });
-            }
-            out.sort_by_key(|u| u.start);
-            out
-        })
-    }
-}
-
 impl DebugInfo {
     fn type_cache(&self) -> &TypeCache {
         &self.index.types
     }
 
-    /// The unit that holds `die`, parsed and indexed on first use.
-    fn unit_of(&self, die: DieRef) -> Option<(&UnitSlot, &UnitInfo)> {
-        let units = self.type_cache().units(&self.dwarf);
-        let i = units.partition_point(|u| u.start <= die.0).checked_sub(1)?;
-        let slot = units.get(i)?;
-        if die.0 >= slot.end {
-            return None;
-        }
-        let info = slot
-            .unit
-            .get_or_init(|| index_unit(&self.dwarf, slot))
-            .as_ref()?;
-        Some((slot, info))
+    /// The unit that holds `die` (indexed on first use), and the DIE's offset in it.
+    fn unit_of(&self, die: DieRef) -> Option<(&UnitSlot, &UnitInfo, gimli::UnitOffset)> {
+        let units = self.units().ok()?;
+        let (ui, off) = self.die_unit(die).ok()??;
+        let slot = units.get(ui)?;
+        let infos = self
+            .type_cache()
+            .units
+            .get_or_init(|| units.iter().map(|_| OnceLock::new()).collect());
+        let info = infos.get(ui)?.get_or_init(|| index_unit(slot)).as_ref()?;
+        Some((slot, info, off))
     }
 
     /// The type at `die`, with typedefs, `const` and `volatile` looked through.
@@ -262,14 +233,13 @@ impl DebugInfo {
     /// Finds a struct type by its short DWARF name in the unit that holds `near`
     /// (std types are emitted per unit, so the unit of a related type is the place to look).
     pub(crate) fn struct_named_near(&self, near: DieRef, name: &str) -> Option<DieRef> {
-        let (_, info) = self.unit_of(near)?;
+        let (_, info, _) = self.unit_of(near)?;
         info.structs.get(name)?.first().map(|o| DieRef(*o))
     }
 
     fn subtree(&self, die: DieRef) -> Option<(&UnitSlot, &UnitInfo, Subtree)> {
-        let (slot, info) = self.unit_of(die)?;
-        let off = gimli::UnitOffset(die.0.checked_sub(slot.start)?);
-        let mut cursor = info.unit.entries_at_offset(off).ok()?;
+        let (slot, info, off) = self.unit_of(die)?;
+        let mut cursor = slot.entries_at_offset(off).ok()?;
         let mut out = Vec::new();
         while let Ok(Some(entry)) = cursor.next_dfs() {
             let depth = entry.depth();
@@ -294,8 +264,8 @@ impl DebugInfo {
         }
         let (slot, info, tree) = self.subtree(die)?;
         let (_, entry) = tree.first()?;
-        let unit = &info.unit;
-        let name = attr_string(&self.dwarf, unit, entry, dw::DW_AT_name);
+        let unit = &slot.unit;
+        let name = attr_string(&slot.dwarf, unit, entry, dw::DW_AT_name);
         let size = entry
             .attr_value(dw::DW_AT_byte_size)
             .and_then(|v| v.udata_value());
@@ -462,7 +432,7 @@ impl DebugInfo {
                 for (d, e) in &tree[1..] {
                     if *d == 1 && e.tag() == dw::DW_TAG_enumerator {
                         let n =
-                            attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                            attr_string(&slot.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
                         if let Some(v) = e
                             .attr_value(dw::DW_AT_const_value)
                             .and_then(|v| discr_bits(&v))
@@ -517,7 +487,7 @@ impl DebugInfo {
         union: bool,
         size: u64,
     ) -> TypeKind {
-        let unit = &info.unit;
+        let unit = &slot.unit;
         let mut fields = Vec::new();
         let mut params = Vec::new();
         let mut variant_part = None;
@@ -530,19 +500,19 @@ impl DebugInfo {
                     if e.attr_value(dw::DW_AT_external).is_some() {
                         continue; // a static member: not part of the value
                     }
-                    if let Some(f) = member(&self.dwarf, slot, unit, e) {
+                    if let Some(f) = member(slot, e) {
                         fields.push(f);
                     }
                 }
                 dw::DW_TAG_inheritance => {
-                    if let Some(mut f) = member(&self.dwarf, slot, unit, e) {
+                    if let Some(mut f) = member(slot, e) {
                         f.base = true;
                         f.name = self.name_of(f.ty, 1);
                         fields.push(f);
                     }
                 }
                 dw::DW_TAG_template_type_parameter => {
-                    let n = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                    let n = attr_string(&slot.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
                     if let Some(t) = type_ref(slot, e) {
                         params.push((n, t));
                     }
@@ -555,7 +525,7 @@ impl DebugInfo {
             return TypeKind::Union { fields };
         }
         if let Some(vp) = variant_part {
-            return self.read_variant_part(slot, info, tree, vp, size);
+            return self.read_variant_part(slot, tree, vp, size);
         }
         let tuple_like =
             info.rust && !fields.is_empty() && fields.iter().all(|f| f.name.starts_with("__"));
@@ -566,15 +536,8 @@ impl DebugInfo {
         }
     }
 
-    fn read_variant_part(
-        &self,
-        slot: &UnitSlot,
-        info: &UnitInfo,
-        tree: &Subtree,
-        vp: usize,
-        size: u64,
-    ) -> TypeKind {
-        let unit = &info.unit;
+    fn read_variant_part(&self, slot: &UnitSlot, tree: &Subtree, vp: usize, size: u64) -> TypeKind {
+        let unit = &slot.unit;
         let Some((vp_depth, vp_entry)) = tree.get(vp) else {
             return TypeKind::Unknown;
         };
@@ -592,7 +555,7 @@ impl DebugInfo {
             if *d == vp_depth + 1 {
                 match e.tag() {
                     dw::DW_TAG_member if Some(e.offset()) == discr_die => {
-                        if let Some(f) = member(&self.dwarf, slot, unit, e) {
+                        if let Some(f) = member(slot, e) {
                             let dsize = self.type_size(f.ty).clamp(0, 16);
                             discr = Some(Discriminant {
                                 offset: f.offset,
@@ -614,7 +577,7 @@ impl DebugInfo {
                 && let Some((v, fresh)) = current
                 && fresh
             {
-                let name = attr_string(&self.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+                let name = attr_string(&slot.dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
                 variants.push(Variant {
                     name,
                     discr_value: v,
@@ -633,8 +596,8 @@ impl DebugInfo {
 }
 
 /// Builds the per-unit index: namespace paths of named types and structs by name.
-fn index_unit(dwarf: &gimli::Dwarf<Reader>, slot: &UnitSlot) -> Option<UnitInfo> {
-    let unit = dwarf.unit(slot.header.clone()).ok()?;
+fn index_unit(slot: &UnitSlot) -> Option<UnitInfo> {
+    let (dwarf, unit) = (&slot.dwarf, &slot.unit);
     let rust = matches!(
         unit.entry(unit.header.root_offset())
             .ok()
@@ -677,8 +640,10 @@ fn index_unit(dwarf: &gimli::Dwarf<Reader>, slot: &UnitSlot) -> Option<UnitInfo>
             if !is_type && !scoping {
                 continue;
             }
-            let name = attr_string(dwarf, &unit, entry, dw::DW_AT_name);
-            let offset = entry.offset().0 + slot.start;
+            let name = attr_string(dwarf, unit, entry, dw::DW_AT_name);
+            let Some(DieRef(offset)) = slot.die_ref(entry.offset()) else {
+                continue;
+            };
             if is_type && !joined.is_empty() {
                 paths.insert(offset, joined.clone());
             }
@@ -695,7 +660,6 @@ fn index_unit(dwarf: &gimli::Dwarf<Reader>, slot: &UnitSlot) -> Option<UnitInfo>
         }
     }
     Some(UnitInfo {
-        unit,
         rust,
         paths,
         structs,
@@ -721,20 +685,11 @@ fn attr_string(
 
 /// The DIE a `DW_AT_type` attribute refers to.
 fn type_ref(slot: &UnitSlot, entry: &gimli::DebuggingInformationEntry<Reader>) -> Option<DieRef> {
-    match entry.attr_value(dw::DW_AT_type)? {
-        gimli::AttributeValue::UnitRef(o) => Some(DieRef(slot.start.checked_add(o.0)?)),
-        gimli::AttributeValue::DebugInfoRef(o) => Some(DieRef(o.0)),
-        _ => None,
-    }
+    slot.reference(&entry.attr_value(dw::DW_AT_type)?)
 }
 
-fn member(
-    dwarf: &gimli::Dwarf<Reader>,
-    slot: &UnitSlot,
-    unit: &gimli::Unit<Reader>,
-    e: &gimli::DebuggingInformationEntry<Reader>,
-) -> Option<Field> {
-    let name = attr_string(dwarf, unit, e, dw::DW_AT_name).unwrap_or_default();
+fn member(slot: &UnitSlot, e: &gimli::DebuggingInformationEntry<Reader>) -> Option<Field> {
+    let name = attr_string(&slot.dwarf, slot, e, dw::DW_AT_name).unwrap_or_default();
     let offset = match e.attr_value(dw::DW_AT_data_member_location) {
         None => 0,
         Some(gimli::AttributeValue::Exprloc(expr)) => plus_uconst(expr)?,
@@ -1530,7 +1485,7 @@ impl DebugInfo {
 
     /// Whether `die` comes from a Rust unit (`std::` names mean different things there).
     pub(crate) fn is_rust_type(&self, die: DieRef) -> bool {
-        self.unit_of(die).is_some_and(|(_, info)| info.rust)
+        self.unit_of(die).is_some_and(|(_, info, _)| info.rust)
     }
 
     /// A member by name, looked for in `ty`, then in its base classes and anonymous

@@ -6,6 +6,7 @@
 //! Vtable addresses are file addresses here; a process's are those plus its load bias,
 //! which the user of a [`DebugInfo`] sets once it knows it ([`DebugInfo::set_load_bias`]).
 
+use crate::units::UnitEntry;
 use crate::{DebugInfo, DieRef, Reader};
 use gimli::Reader as _;
 use gimli::constants as dw;
@@ -44,7 +45,7 @@ impl VtableIndex {
                 }
                 let Some(name) = e
                     .attr_value(dw::DW_AT_name)
-                    .and_then(|v| di.dwarf.attr_string(unit, v).ok())
+                    .and_then(|v| unit.dwarf.attr_string(unit, v).ok())
                     .and_then(|s| s.to_string_lossy().ok().map(|c| c.into_owned()))
                 else {
                     continue;
@@ -92,20 +93,14 @@ fn address_of(
 
 /// The concrete type: the variable's type's `DW_AT_containing_type`.
 fn containing_type(
-    unit: &gimli::Unit<Reader>,
+    unit: &UnitEntry,
     e: &gimli::DebuggingInformationEntry<Reader>,
 ) -> Option<DieRef> {
     let gimli::AttributeValue::UnitRef(ty) = e.attr_value(dw::DW_AT_type)? else {
         return None;
     };
     let vtable_type = unit.entry(ty).ok()?;
-    match vtable_type.attr_value(dw::DW_AT_containing_type)? {
-        gimli::AttributeValue::UnitRef(o) => {
-            o.to_debug_info_offset(&unit.header).map(|o| DieRef(o.0))
-        }
-        gimli::AttributeValue::DebugInfoRef(o) => Some(DieRef(o.0)),
-        _ => None,
-    }
+    unit.reference(&vtable_type.attr_value(dw::DW_AT_containing_type)?)
 }
 
 /// The principal trait of a `dyn` type's name (`&dyn d::Pay`, `alloc::boxed::Box<dyn
