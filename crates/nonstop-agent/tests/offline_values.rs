@@ -20,7 +20,9 @@ fn check_values(build: Build) {
     check_values_of(&build_fixture("orders.rs", build), build);
 }
 
-fn check_values_of(program: &std::path::Path, build: Build) {
+/// Checks the values at every mark against what the program prints, and returns each
+/// response's stack as `function file:line` lines.
+fn check_values_of(program: &std::path::Path, build: Build) -> Vec<Vec<String>> {
     let run = run_with_rules(
         program,
         &["3"],
@@ -84,6 +86,18 @@ fn check_values_of(program: &std::path::Path, build: Build) {
         run.stdout(),
         String::from_utf8_lossy(&run_plain(program, &["3"]).stdout)
     );
+    run.responses
+        .iter()
+        .map(|r| {
+            r.frames
+                .iter()
+                .map(|f| {
+                    let file = f.file.as_deref().unwrap_or("?");
+                    format!("{} {file}:{:?}", f.function, f.line)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// `orders.rs` built by rustc with split debug info, into a folder of its own: `unpacked`
@@ -128,9 +142,11 @@ fn build_split(build: Build, split: &str) -> std::path::PathBuf {
 #[test]
 fn snapshot_values_are_the_same_with_split_debug_info() {
     for build in [Build::Debug, Build::Release] {
+        let plain = check_values_of(&build_fixture("orders.rs", build), build);
         for split in ["unpacked", "packed"] {
             let program = build_split(build, split);
-            check_values_of(&program, build);
+            // The stacks too, inlined frames included (they are in the split files).
+            assert_eq!(check_values_of(&program, build), plain, "{build:?} {split}");
             let _ = std::fs::remove_dir_all(program.parent().unwrap());
         }
     }

@@ -25,7 +25,9 @@ impl DebugInfo {
     /// The first call builds addr2line's context for the whole binary (costly); later
     /// calls reuse it.
     pub fn frames_at(&self, address: u64) -> Vec<Frame> {
-        let mut frames = self.symbolizer().frames(address);
+        let mut frames = self
+            .symbolizer()
+            .frames(address, &|id| self.split_dwarf(id));
         // A closure symbol may be the poll function of an `async fn` or block: DWARF
         // names those (`{async_fn#0}`), so the frame shows `shop::handle (async)`.
         if frames.iter().any(|f| f.function.contains("{{closure}}"))
@@ -79,6 +81,16 @@ impl DebugInfo {
         self.frames_at(address.saturating_sub(1))
     }
 
+    /// The sections of the split unit `id` (a `.dwo` or a `.dwp`'s unit), as the unit
+    /// table read them: addr2line asks for them when an address is in a skeleton unit.
+    fn split_dwarf(&self, id: gimli::DwoId) -> Option<Arc<gimli::Dwarf<Reader>>> {
+        self.units()
+            .ok()?
+            .iter()
+            .find(|u| u.unit.dwo_id == Some(id) && u.missing.is_none())
+            .map(|u| Arc::clone(&u.dwarf))
+    }
+
     fn symbolizer(&self) -> &Symbolizer {
         self.index
             .symbolizer
@@ -104,13 +116,14 @@ impl Symbolizer {
         }
     }
 
-    fn frames(&self, address: u64) -> Vec<Frame> {
+    /// `split` gives the sections of a split unit by its id.
+    fn frames(&self, address: u64, split: &SplitDwarf<'_>) -> Vec<Frame> {
         // DWARF of functions the linker dropped says they start at 0 (or another
         // tombstone): an address outside the code must not resolve to them.
         if !self.symbols.is_code(address) {
             return Vec::new();
         }
-        let mut frames = self.dwarf_frames(address).unwrap_or_default();
+        let mut frames = self.dwarf_frames(address, split).unwrap_or_default();
         if frames.iter().all(|f| f.function.is_empty()) {
             // DWARF had at most a line for it: take the name from the symbol table.
             let (file, line) = frames
@@ -136,12 +149,22 @@ impl Symbolizer {
     }
 
     /// The frames addr2line finds; names may be empty where DWARF has none.
-    fn dwarf_frames(&self, address: u64) -> Option<Vec<Frame>> {
+    fn dwarf_frames(&self, address: u64, split: &SplitDwarf<'_>) -> Option<Vec<Frame>> {
+        use addr2line::{LookupContinuation, LookupResult};
         let ctx = self.dwarf.as_ref()?;
         // A panic while holding the lock (there is none in addr2line's lookups) would
         // leave the context as valid as before: take it back.
         let ctx = ctx.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut iter = ctx.find_frames(address).skip_all_loads().ok()?;
+        let mut lookup = ctx.find_frames(address);
+        // One load per split unit on the way (addr2line keeps what it was given).
+        let mut iter = loop {
+            match lookup {
+                LookupResult::Output(found) => break found.ok()?,
+                LookupResult::Load { load, continuation } => {
+                    lookup = continuation.resume(split(load.dwo_id));
+                }
+            }
+        };
         let mut frames = Vec::new();
         // Bounded: inline depth in real programs is tens at most.
         while let Ok(Some(frame)) = iter.next() {
@@ -168,6 +191,9 @@ impl Symbolizer {
         Some(frames)
     }
 }
+
+/// The sections of a split unit by its `DW_AT_dwo_id`, when they could be read.
+type SplitDwarf<'a> = dyn Fn(gimli::DwoId) -> Option<Arc<gimli::Dwarf<Reader>>> + 'a;
 
 /// Most frames one address expands to; a guard against malformed inline trees.
 const MAX_INLINE_DEPTH: usize = 64;

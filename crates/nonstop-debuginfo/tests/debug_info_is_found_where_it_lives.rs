@@ -54,6 +54,13 @@ fn same_answers(a: &Path, b: &Path, locations: &[String]) {
             vars.iter().map(|v| seen(info, v)).collect()
         };
         assert_eq!(seen_in(&a), seen_in(&b), "{l}");
+        // Frames, inlined ones included, come from the split or supplementary file too.
+        let frames = a.frames_at(sa[0].address);
+        assert!(
+            !frames.is_empty() && frames[0].line.is_some(),
+            "{l}: {frames:?}"
+        );
+        assert_eq!(frames, b.frames_at(sa[0].address), "{l}");
     }
 }
 
