@@ -68,6 +68,9 @@ struct ProbeState {
     filtered: AtomicU64,
     filter_errors: AtomicU64,
     slowest_ns: AtomicU64,
+    /// The last timed fast-path hit's handler time, charged for the untimed ones (see
+    /// [`TIME_EVERY`]).
+    hit_ns: AtomicU64,
     done: AtomicBool,
     reason: AtomicU8,
     reason_ns: AtomicU64,
@@ -135,6 +138,7 @@ impl ProbeState {
             filtered: AtomicU64::new(0),
             filter_errors: AtomicU64::new(0),
             slowest_ns: AtomicU64::new(0),
+            hit_ns: AtomicU64::new(0),
             done: AtomicBool::new(false),
             reason: AtomicU8::new(REASON_NONE),
             reason_ns: AtomicU64::new(0),
@@ -189,20 +193,37 @@ impl ProbeState {
             &self.filtered,
             &self.filter_errors,
             &self.slowest_ns,
+            &self.hit_ns,
             &self.reason_ns,
             &self.counted,
         ] {
             c.store(0, Ordering::Relaxed);
         }
+        SLOT_TRAPS.reset(self.index());
+        SLOT_COUNTED.reset(self.index());
         self.done.store(false, Ordering::Relaxed);
         self.reason.store(REASON_NONE, Ordering::Relaxed);
+    }
+
+    /// This probe's index in `STATES`.
+    fn index(&self) -> usize {
+        (self as *const ProbeState as usize - STATES.as_ptr() as usize)
+            / std::mem::size_of::<ProbeState>()
+    }
+
+    /// Traps so far: by threads in a guard slot, and by the others.
+    fn traps(&self) -> u64 {
+        let i = self.index();
+        self.traps
+            .load(Ordering::Relaxed)
+            .wrapping_add(SLOT_TRAPS.sum(i))
     }
 
     fn stats(&self, armed: bool) -> ProbeStats {
         let r = Ordering::Relaxed;
         ProbeStats {
             armed,
-            traps: self.traps.load(r),
+            traps: self.traps(),
             hits: self.hits.load(r),
             dropped_rate: self.dropped_rate.load(r),
             dropped_budget: self.dropped_budget.load(r),
@@ -211,7 +232,10 @@ impl ProbeState {
             filtered: self.filtered.load(r),
             filter_errors: self.filter_errors.load(r),
             slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
-            counted: self.counted.load(r),
+            counted: self
+                .counted
+                .load(r)
+                .wrapping_add(SLOT_COUNTED.sum(self.index())),
             sampling: self.budget.stats(sys::now_ns()),
             fast_path: FastPath::default(),
             done: self.done.load(r),
@@ -725,8 +749,81 @@ impl StackPool {
     }
 }
 
-/// Reentrancy guard: thread pointers of threads inside the trap handler.
-static ACTIVE: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+/// How many threads can be inside the hit path at once with a guard slot of their own
+/// (more are served, dropped as nested).
+const GUARDS: usize = 64;
+
+/// Reentrancy guard: thread pointers of threads inside the hit path, one per slot.
+static ACTIVE: [AtomicU64; GUARDS] = [const { AtomicU64::new(0) }; GUARDS];
+
+/// How many times each guard slot was left, moved by its owner only: a probe retired
+/// while a slot was taken is free to reclaim once that slot's count moves (see
+/// [`guard_snapshot`]). This stands for a shared in-flight count, two locked instructions
+/// a hit fewer.
+static LEFT: [AtomicU64; GUARDS] = [const { AtomicU64::new(0) }; GUARDS];
+
+/// A hot counter of every probe, one per guard slot: written only by the slot's owner
+/// (a plain load and store, no locked instruction), summed by readers.
+struct SlotCounter([[AtomicU64; MAX_PROBES]; GUARDS]);
+
+impl SlotCounter {
+    const fn new() -> SlotCounter {
+        SlotCounter([const { [const { AtomicU64::new(0) }; MAX_PROBES] }; GUARDS])
+    }
+
+    /// The count of probe `idx` in slot `guard`.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    fn get(&self, guard: usize, idx: usize) -> u64 {
+        self.0
+            .get(guard)
+            .and_then(|row| row.get(idx))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Adds one for probe `idx`; `guard` is the caller's own slot.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    fn add(&self, guard: usize, idx: usize) {
+        if let Some(c) = self.0.get(guard).and_then(|row| row.get(idx)) {
+            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        }
+    }
+
+    fn sum(&self, idx: usize) -> u64 {
+        self.0
+            .iter()
+            .filter_map(|row| row.get(idx))
+            .fold(0u64, |n, c| n.wrapping_add(c.load(Ordering::Relaxed)))
+    }
+
+    /// Only when no thread can be inside the probe (armed anew after quarantine).
+    fn reset(&self, idx: usize) {
+        for c in self.0.iter().filter_map(|row| row.get(idx)) {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A fast-path hit whose capture follows no pointer is timed once in this many traps of
+/// a thread (the first included); the others are charged the last timed one's handler
+/// time. A clock read is ~10 ns here, a tenth of such a hit. Hits that follow pointers,
+/// and every `int3` hit, are always timed.
+const TIME_EVERY: u64 = 8;
+
+/// Traps of each probe counted by guarded threads (the rest are in `ProbeState::traps`).
+static SLOT_TRAPS: SlotCounter = SlotCounter::new();
+/// Matching traps of each count-only probe, by guarded threads.
+static SLOT_COUNTED: SlotCounter = SlotCounter::new();
+
+/// What [`guard_enter`] found.
+enum Guard {
+    /// The thread holds this slot until [`guard_exit`].
+    Entered(usize),
+    /// The thread is already inside the hit path (a probe on something it calls, or a
+    /// signal handler that interrupted it).
+    Nested,
+    /// Every slot is taken.
+    Full,
+}
 
 #[unsafe(link_section = "nonstop_probe_trap")]
 fn thread_pointer() -> u64 {
@@ -739,26 +836,54 @@ fn thread_pointer() -> u64 {
     tp
 }
 
+/// Takes a guard slot for this thread. The taking is a sequentially consistent locked
+/// instruction, before the caller reads its probe's status: a retirer that stores the
+/// status and then takes a [`guard_snapshot`] either sees this slot taken or is seen to
+/// have retired the probe.
 #[unsafe(link_section = "nonstop_probe_trap")]
-fn guard_enter(tp: u64) -> Option<usize> {
+fn guard_enter(tp: u64) -> Guard {
     if ACTIVE.iter().any(|c| c.load(Ordering::Acquire) == tp) {
-        return None;
+        return Guard::Nested;
     }
-    let start = (tp >> 6) as usize % ACTIVE.len();
-    (0..ACTIVE.len())
-        .map(|k| (start + k) % ACTIVE.len())
+    let start = (tp >> 6) as usize % GUARDS;
+    (0..GUARDS)
+        .map(|k| (start + k) % GUARDS)
         .find(|&i| {
             ACTIVE[i]
-                .compare_exchange(0, tp, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(0, tp, Ordering::SeqCst, Ordering::Relaxed)
                 .is_ok()
         })
+        .map_or(Guard::Full, Guard::Entered)
 }
 
 #[unsafe(link_section = "nonstop_probe_trap")]
 fn guard_exit(i: usize) {
-    if let Some(c) = ACTIVE.get(i) {
+    if let (Some(left), Some(c)) = (LEFT.get(i), ACTIVE.get(i)) {
+        // Only the owner writes `LEFT[i]`; the release orders the hit's reads before it.
+        left.store(
+            left.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Release,
+        );
         c.store(0, Ordering::Release);
     }
+}
+
+/// Each taken guard slot's leave count (`None`: free), read after a probe's status was
+/// stored as retired: once every taken slot's count has moved ([`guard_moved`]), no thread
+/// that saw the probe armed is still inside it.
+fn guard_snapshot() -> [Option<u64>; GUARDS] {
+    std::array::from_fn(|i| {
+        // The count first: an owner leaving in between moves it past what was read.
+        let left = LEFT[i].load(Ordering::Acquire);
+        (ACTIVE[i].load(Ordering::SeqCst) != 0).then_some(left)
+    })
+}
+
+fn guard_moved(snapshot: &[Option<u64>; GUARDS]) -> bool {
+    snapshot
+        .iter()
+        .zip(LEFT.iter())
+        .all(|(seen, now)| seen.is_none_or(|n| now.load(Ordering::Acquire) != n))
 }
 
 /// Fault-safe reads of this process's memory: a guarded copy whose faults the SIGSEGV/SIGBUS
@@ -901,6 +1026,8 @@ struct Retired {
     id: u64,
     idx: usize,
     at: Instant,
+    /// The guard slots taken when the probe's status was stored as retired.
+    inside: [Option<u64>; GUARDS],
 }
 
 /// The out-of-line slot of a site. A slot keeps its code for as long as the site's bytes
@@ -1236,7 +1363,7 @@ impl Engine {
                     sys::write_mem(a.mem_fd, addr, &[orig]).is_ok()
                 };
                 if out {
-                    b.went_out(now, p.traps.load(Ordering::Relaxed), trap_cost);
+                    b.went_out(now, p.traps(), trap_cost);
                     changed = true;
                     // Entries from now on go unrecorded: no older record may match them.
                     for s in std::iter::once(p).chain(partner) {
@@ -1245,7 +1372,7 @@ impl Engine {
                 }
             } else if b.due(now) && room {
                 if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
-                    b.went_in(now, p.traps.load(Ordering::Relaxed));
+                    b.went_in(now, p.traps());
                     changed = true;
                     // Frames entered while it was out have no record; a record made before
                     // it went out at the same CFA must not stand in for theirs.
@@ -1467,6 +1594,7 @@ impl Engine {
                 id,
                 idx,
                 at: Instant::now(),
+                inside: guard_snapshot(),
             });
             return Err(ArmError::Patch {
                 address,
@@ -1775,6 +1903,7 @@ impl Engine {
             id: id.0,
             idx,
             at: Instant::now(),
+            inside: guard_snapshot(),
         });
         a.functions.remove(&id.0);
         // Probes that kept their int3 only because this one was inside their span.
@@ -1882,7 +2011,10 @@ impl Engine {
         while i < a.quarantine.len() {
             let r = &a.quarantine[i];
             let p = &STATES[r.idx];
-            if r.at.elapsed() < grace || p.in_flight.load(Ordering::SeqCst) != 0 {
+            if r.at.elapsed() < grace
+                || p.in_flight.load(Ordering::SeqCst) != 0
+                || !guard_moved(&r.inside)
+            {
                 i += 1;
                 continue;
             }
@@ -1895,7 +2027,8 @@ impl Engine {
             let plan = p.plan.swap(std::ptr::null_mut(), Ordering::AcqRel);
             if !plan.is_null() {
                 // SAFETY: the pointer came from Arc::into_raw at arm time and no handler can
-                // use it any more (in_flight is 0 and the grace period passed).
+                // use it any more (in_flight is 0, every guard slot taken at retirement
+                // was left since, and the grace period passed).
                 drop(unsafe { Arc::from_raw(plan) });
             }
             let filter = p.filter.swap(std::ptr::null_mut(), Ordering::AcqRel);
@@ -2065,34 +2198,37 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         .get(cell)
         .map(|v| v.load(Ordering::Acquire))
         .unwrap_or(0);
-    let state = (v as usize).checked_sub(1).and_then(|i| STATES.get(i));
-    let Some(p) = state else {
+    let Some(idx) = (v as usize).checked_sub(1).filter(|&i| i < MAX_PROBES) else {
         // Retired: the original byte is back (or a new probe is there); run it again.
         ctx.set_rip(addr);
         return true;
     };
-    p.in_flight.fetch_add(1, Ordering::SeqCst);
-    if p.status.load(Ordering::SeqCst) != ARMED || p.addr.load(Ordering::Acquire) != addr {
-        p.in_flight.fetch_sub(1, Ordering::Release);
+    let p = &STATES[idx];
+    let guard = match guard_enter(thread_pointer()) {
+        Guard::Entered(g) => g,
+        // Nested on this thread (a probe on something the handler calls, or a probed
+        // function run by a signal handler that interrupted ours): only perform the
+        // instruction, calling nothing outside this section, so nesting cannot recurse.
+        Guard::Nested | Guard::Full => {
+            if enter_unguarded(p, addr) {
+                let q = partner_unguarded(p, addr);
+                drop_nested(p, q);
+                perform(p, &mut ctx);
+                leave(q);
+                p.in_flight.fetch_sub(1, Ordering::Release);
+            } else {
+                ctx.set_rip(addr);
+            }
+            return true;
+        }
+    };
+    if !is_armed_at(p, addr) {
+        guard_exit(guard);
         ctx.set_rip(addr);
         return true;
     }
-    p.traps.fetch_add(1, Ordering::Relaxed);
-    let q = partner_at(p, addr);
-    // Nested on this thread (a probe on something the handler calls, or a probed function
-    // run by a signal handler that interrupted ours): only perform the instruction, calling
-    // nothing outside this section, so nesting cannot recurse.
-    let Some(guard) = guard_enter(thread_pointer()) else {
-        for s in std::iter::once(p).chain(q) {
-            s.dropped_nested.fetch_add(1, Ordering::Relaxed);
-            // An entry not recorded (when this is a companion): older records stop matching.
-            s.entry_epoch.fetch_add(1, Ordering::Relaxed);
-        }
-        perform(p, &mut ctx);
-        leave(q);
-        p.in_flight.fetch_sub(1, Ordering::Release);
-        return true;
-    };
+    SLOT_TRAPS.add(guard, idx);
+    let q = partner_at(p, addr, guard);
     let start = sys::Start::now();
     let t0 = start.ns;
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
@@ -2100,7 +2236,7 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     // Wake-ups wait until the hit is timed: the woken thread may take this CPU.
     let mut wake = Wake::default();
     if let Some(engine) = engine {
-        capture_site(engine, p, q, &ctx, addr, &start, &mut wake);
+        capture_site(engine, p, q, &ctx, addr, &start, guard, &mut wake);
     }
     perform(p, &mut ctx);
     if let Some(engine) = engine {
@@ -2119,27 +2255,64 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         }
     }
     guard_exit(guard);
-    leave(q);
-    p.in_flight.fetch_sub(1, Ordering::Release);
     true
 }
 
-/// The partner armed at `addr` with the site's probe `p` (see `ProbeState::partner`),
-/// entered (`in_flight`) and its trap counted; `None` when there is none (or it is going).
+/// Whether `p` is armed at `addr`: read after the thread took its guard slot (or entered
+/// `in_flight`), so a probe retired since is seen as such.
 #[unsafe(link_section = "nonstop_probe_trap")]
-fn partner_at(p: &ProbeState, addr: u64) -> Option<&'static ProbeState> {
+fn is_armed_at(p: &ProbeState, addr: u64) -> bool {
+    p.status.load(Ordering::SeqCst) == ARMED && p.addr.load(Ordering::Acquire) == addr
+}
+
+/// A thread without a guard slot of its own enters `p` by its shared `in_flight` count,
+/// which holds off its reclamation; true when `p` is armed at `addr` (then the caller
+/// leaves it with a `fetch_sub`). Its trap is counted.
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn enter_unguarded(p: &ProbeState, addr: u64) -> bool {
+    p.in_flight.fetch_add(1, Ordering::SeqCst);
+    if !is_armed_at(p, addr) {
+        p.in_flight.fetch_sub(1, Ordering::Release);
+        return false;
+    }
+    p.traps.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// A nested (or slotless) trap captures nothing: counted as dropped for both probes.
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn drop_nested(p: &ProbeState, q: Option<&ProbeState>) {
+    for s in std::iter::once(p).chain(q) {
+        s.dropped_nested.fetch_add(1, Ordering::Relaxed);
+        // An entry not recorded (when this is a companion): older records stop matching.
+        s.entry_epoch.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The partner armed at `addr` with the site's probe `p` (see `ProbeState::partner`),
+/// with its trap counted in the caller's guard slot; `None` when there is none (or it
+/// is going). The caller's guard slot keeps it from being reclaimed.
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn partner_at(p: &ProbeState, addr: u64, guard: usize) -> Option<&'static ProbeState> {
     let i = (p.partner.load(Ordering::Acquire) as usize).checked_sub(1)?;
     let q = STATES.get(i)?;
-    q.in_flight.fetch_add(1, Ordering::SeqCst);
-    if q.status.load(Ordering::SeqCst) != ARMED || q.addr.load(Ordering::Acquire) != addr {
-        q.in_flight.fetch_sub(1, Ordering::Release);
+    if !is_armed_at(q, addr) {
         return None;
     }
-    q.traps.fetch_add(1, Ordering::Relaxed);
+    SLOT_TRAPS.add(guard, i);
     Some(q)
 }
 
-/// Leaves a partner entered by [`partner_at`].
+/// [`partner_at`] for a thread without a guard slot: entered by `in_flight` (left by
+/// [`leave`]).
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn partner_unguarded(p: &ProbeState, addr: u64) -> Option<&'static ProbeState> {
+    let i = (p.partner.load(Ordering::Acquire) as usize).checked_sub(1)?;
+    let q = STATES.get(i)?;
+    enter_unguarded(q, addr).then_some(q)
+}
+
+/// Leaves a partner entered by [`partner_unguarded`].
 #[unsafe(link_section = "nonstop_probe_trap")]
 fn leave(q: Option<&ProbeState>) {
     if let Some(q) = q {
@@ -2150,6 +2323,7 @@ fn leave(q: Option<&ProbeState>) {
 /// One trap's work at a site: the companion first (so its record is there for any
 /// reader), then the other probe; each with its own limits, condition and counters, and
 /// the site probe `p`'s budget for both.
+#[allow(clippy::too_many_arguments)]
 fn capture_site<C: HitContext>(
     engine: &Engine,
     p: &ProbeState,
@@ -2157,18 +2331,19 @@ fn capture_site<C: HitContext>(
     ctx: &C,
     addr: u64,
     start: &sys::Start,
+    guard: usize,
     wake: &mut Wake,
 ) {
     match q {
         Some(q) if q.records_entry.load(Ordering::Relaxed) => {
-            capture(engine, q, p, ctx, addr, start, wake);
-            capture(engine, p, p, ctx, addr, start, wake);
+            capture(engine, q, p, ctx, addr, start, guard, wake);
+            capture(engine, p, p, ctx, addr, start, guard, wake);
         }
         Some(q) => {
-            capture(engine, p, p, ctx, addr, start, wake);
-            capture(engine, q, p, ctx, addr, start, wake);
+            capture(engine, p, p, ctx, addr, start, guard, wake);
+            capture(engine, q, p, ctx, addr, start, guard, wake);
         }
-        None => capture(engine, p, p, ctx, addr, start, wake),
+        None => capture(engine, p, p, ctx, addr, start, guard, wake),
     }
 }
 
@@ -2181,6 +2356,8 @@ struct Wake {
     committed: bool,
     /// When the capture ended, if it was timed (the hit's end: one clock read less).
     end_ns: Option<u64>,
+    /// This hit may go untimed (see [`TIME_EVERY`]).
+    untimed: bool,
 }
 
 /// What the hit path needs of the interrupted thread: the `int3` path's signal context,
@@ -2268,25 +2445,28 @@ extern "C" fn nonstop_probe_fast_hit(
         .get(cell)
         .map(|v| v.load(Ordering::Acquire))
         .unwrap_or(0);
-    let Some(p) = (v as usize).checked_sub(1).and_then(|i| STATES.get(i)) else {
+    let Some(idx) = (v as usize).checked_sub(1).filter(|&i| i < MAX_PROBES) else {
         return; // disarmed while this thread was on its way in
     };
-    p.in_flight.fetch_add(1, Ordering::SeqCst);
-    if p.status.load(Ordering::SeqCst) != ARMED || p.addr.load(Ordering::Acquire) != addr {
-        p.in_flight.fetch_sub(1, Ordering::Release);
+    let p = &STATES[idx];
+    let guard = match guard_enter(thread_pointer()) {
+        Guard::Entered(g) => g,
+        Guard::Nested | Guard::Full => {
+            if enter_unguarded(p, addr) {
+                let q = partner_unguarded(p, addr);
+                drop_nested(p, q);
+                leave(q);
+                p.in_flight.fetch_sub(1, Ordering::Release);
+            }
+            return;
+        }
+    };
+    if !is_armed_at(p, addr) {
+        guard_exit(guard);
         return;
     }
-    p.traps.fetch_add(1, Ordering::Relaxed);
-    let q = partner_at(p, addr);
-    let Some(guard) = guard_enter(thread_pointer()) else {
-        for s in std::iter::once(p).chain(q) {
-            s.dropped_nested.fetch_add(1, Ordering::Relaxed);
-            s.entry_epoch.fetch_add(1, Ordering::Relaxed);
-        }
-        leave(q);
-        p.in_flight.fetch_sub(1, Ordering::Release);
-        return;
-    };
+    SLOT_TRAPS.add(guard, idx);
+    let q = partner_at(p, addr, guard);
     // SAFETY: the trampoline passes its frame on the stack, alive and ours for this call.
     let frame_ref = unsafe { &*frame };
     let ctx = FastContext {
@@ -2299,11 +2479,22 @@ extern "C" fn nonstop_probe_fast_hit(
     let t0 = start.ns;
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
     let engine = unsafe { ENGINE.load(Ordering::Acquire).as_ref() };
-    let mut wake = Wake::default();
+    let mut wake = Wake {
+        untimed: SLOT_TRAPS.get(guard, idx) % TIME_EVERY != 1,
+        ..Wake::default()
+    };
     if let Some(engine) = engine {
-        capture_site(engine, p, q, &ctx, addr, &start, &mut wake);
-        // No trap to charge: the handler's own time only.
-        let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
+        capture_site(engine, p, q, &ctx, addr, &start, guard, &mut wake);
+        // No trap to charge: the handler's own time only, measured or as last measured.
+        let r = Ordering::Relaxed;
+        let t1 = match wake.end_ns {
+            None if wake.untimed => t0.saturating_add(p.hit_ns.load(r)),
+            end => {
+                let t1 = end.unwrap_or_else(|| start.now_ns());
+                p.hit_ns.store(t1.saturating_sub(t0), r);
+                t1
+            }
+        };
         p.budget.add_trap(t0, t1);
         engine.budget.charge(t1, t1.saturating_sub(t0));
         if wake.out {
@@ -2314,12 +2505,12 @@ extern "C" fn nonstop_probe_fast_hit(
         }
     }
     guard_exit(guard);
-    leave(q);
-    p.in_flight.fetch_sub(1, Ordering::Release);
 }
 
 /// One probe's work at a trap; `site` is the probe the address table points at, whose
-/// budget is the site's (`p` itself unless `p` is its partner).
+/// budget is the site's (`p` itself unless `p` is its partner); `guard` is the thread's
+/// guard slot.
+#[allow(clippy::too_many_arguments)]
 fn capture<C: HitContext>(
     engine: &Engine,
     p: &ProbeState,
@@ -2327,6 +2518,7 @@ fn capture<C: HitContext>(
     ctx: &C,
     addr: u64,
     start: &sys::Start,
+    guard: usize,
     wake: &mut Wake,
 ) {
     let r = Ordering::Relaxed;
@@ -2371,7 +2563,7 @@ fn capture<C: HitContext>(
         }
     }
     if p.count_only.load(r) {
-        p.counted.fetch_add(1, r);
+        SLOT_COUNTED.add(guard, p.index());
         return;
     }
     if !p.rate.allow(t0) {
@@ -2487,6 +2679,13 @@ fn capture<C: HitContext>(
         },
     );
     wake.committed = true;
+    if plain && wake.untimed {
+        // Bounded by its plan (no pointer followed): timed on a sample of the hits.
+        if hits + 1 >= max {
+            p.finish(REASON_MAX_HITS, 0);
+        }
+        return;
+    }
     let end = start.now_ns();
     wake.end_ns = Some(end);
     let took = end.saturating_sub(t0);
@@ -2653,5 +2852,50 @@ pub fn text_bytes(addr: u64, len: usize) -> Vec<u8> {
     match read_memory(addr, &mut buf) {
         Ok(()) => buf,
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retired_probe_waits_for_the_guard_slots_taken_when_it_retired() {
+        let tp = 0x7f00_dead_0040u64;
+        let Guard::Entered(g) = guard_enter(tp) else {
+            panic!("no guard slot");
+        };
+        assert!(matches!(guard_enter(tp), Guard::Nested));
+        let inside = guard_snapshot();
+        assert!(inside[g].is_some());
+        assert!(!guard_moved(&inside));
+        // Another thread entering and leaving a slot of its own does not release it.
+        let Guard::Entered(h) = guard_enter(tp + 0x1000) else {
+            panic!("no second guard slot");
+        };
+        guard_exit(h);
+        assert!(!guard_moved(&inside));
+        guard_exit(g);
+        assert!(guard_moved(&inside));
+        // Taken again by the same thread later: still released (its count moved).
+        let Guard::Entered(again) = guard_enter(tp) else {
+            panic!("no guard slot");
+        };
+        assert!(guard_moved(&inside));
+        guard_exit(again);
+        assert!(guard_snapshot().iter().all(Option::is_none));
+    }
+
+    #[test]
+    fn slot_counters_sum_over_the_slots_and_reset() {
+        static C: SlotCounter = SlotCounter::new();
+        let c = &C;
+        c.add(0, 7);
+        c.add(5, 7);
+        c.add(5, 7);
+        c.add(5, 8);
+        assert_eq!((c.sum(7), c.sum(8), c.sum(9)), (3, 1, 0));
+        c.reset(7);
+        assert_eq!((c.sum(7), c.sum(8)), (0, 1));
     }
 }
