@@ -74,9 +74,8 @@ pub struct SiteBudget {
     armed_at: AtomicU64,
     /// Traps counted when the current period in began.
     traps_at_in: AtomicU64,
-    /// Handler time of every trap since the site was armed, ns (the trap path adds it).
-    handler_ns: AtomicU64,
-    /// `handler_ns` when the current period in began.
+    /// The handlers' time (ns since the site was armed, kept by the engine per thread
+    /// slot) when the current period in began.
     handler_at_in: AtomicU64,
     /// The first trap's entry and the last trap's exit of the current period in (monotonic
     /// ns, 0: none yet): the span the line was running and trapping.
@@ -100,7 +99,6 @@ impl SiteBudget {
             in_since: AtomicU64::new(0),
             armed_at: AtomicU64::new(0),
             traps_at_in: AtomicU64::new(0),
-            handler_ns: AtomicU64::new(0),
             handler_at_in: AtomicU64::new(0),
             first_trap: AtomicU64::new(0),
             last_trap: AtomicU64::new(0),
@@ -119,7 +117,6 @@ impl SiteBudget {
             &self.refused,
             &self.out_since,
             &self.traps_at_in,
-            &self.handler_ns,
             &self.handler_at_in,
             &self.first_trap,
             &self.last_trap,
@@ -137,24 +134,20 @@ impl SiteBudget {
         self.backoff_ns.store(FIRST_BACKOFF.as_nanos() as u64, r);
     }
 
-    /// Trap path: one trap's handler ran from `entry` to `exit` (monotonic ns).
+    /// Trap path: one trap's handler ran from `entry` to `exit` (monotonic ns). Its time
+    /// is the engine's to add up (per thread slot, no locked instruction).
     pub fn add_trap(&self, entry: u64, exit: u64) {
         let r = Ordering::Relaxed;
-        self.handler_ns.fetch_add(exit.saturating_sub(entry), r);
-        // Plain loads first: a locked instruction costs ~7 ns here, and after the first
-        // trap neither needs one. Two threads may both store `last_trap`; the earlier
-        // exit can win, which only ages the rate estimate by one hit's time.
+        // Plain loads first: a locked instruction after the hit's stores waits for them to
+        // drain, and after the first trap neither needs one. Two threads may both store
+        // `last_trap`; the earlier exit can win, which only ages the rate estimate by one
+        // hit's time.
         if self.first_trap.load(r) == 0 {
             let _ = self.first_trap.compare_exchange(0, entry.max(1), r, r);
         }
         if self.last_trap.load(r) < exit {
             self.last_trap.store(exit, r);
         }
-    }
-
-    /// Handler time of every trap since the site was armed.
-    pub fn handler_time(&self) -> Duration {
-        Duration::from_nanos(self.handler_ns.load(Ordering::Relaxed))
     }
 
     /// Trap path: the global budget is exceeded. True when this call made the request
@@ -184,10 +177,10 @@ impl SiteBudget {
             && self.out_since.load(Ordering::Relaxed) == 0
     }
 
-    /// Records that the original bytes are back at `now`, with `traps` counted so far and
-    /// the kernel's cost of a trap `trap_cost_ns` (to estimate how often the line runs
-    /// unprobed).
-    pub fn went_out(&self, now: u64, traps: u64, trap_cost_ns: u64) {
+    /// Records that the original bytes are back at `now`, with `traps` counted and
+    /// `handler_ns` of handler time spent so far, and the kernel's cost of a trap
+    /// `trap_cost_ns` (to estimate how often the line runs unprobed).
+    pub fn went_out(&self, now: u64, traps: u64, handler_ns: u64, trap_cost_ns: u64) {
         let r = Ordering::Relaxed;
         let reason = self.want_out.load(Ordering::Acquire);
         self.reason.store(reason, r);
@@ -200,10 +193,7 @@ impl SiteBudget {
             now.saturating_sub(self.in_since.load(r))
         };
         let n = traps.saturating_sub(self.traps_at_in.load(r));
-        let handlers = self
-            .handler_ns
-            .load(r)
-            .saturating_sub(self.handler_at_in.load(r));
+        let handlers = handler_ns.saturating_sub(self.handler_at_in.load(r));
         if period > 0 && n > 0 {
             // The period in was mostly traps: what the line took without them is the period
             // minus the handlers' time and the kernel's part of each trap (at least a
@@ -236,14 +226,15 @@ impl SiteBudget {
         })
     }
 
-    /// Records that the patch is back at `now`, with `traps` counted so far; the next
+    /// Records that the patch is back at `now`, with `traps` counted and `handler_ns` of
+    /// handler time spent so far; the next
     /// back-off is twice this one (at most [`MAX_BACKOFF`]).
-    pub fn went_in(&self, now: u64, traps: u64) {
+    pub fn went_in(&self, now: u64, traps: u64, handler_ns: u64) {
         let r = Ordering::Relaxed;
         let since = self.out_since.load(r);
         self.out_ns.fetch_add(now.saturating_sub(since), r);
         self.traps_at_in.store(traps, r);
-        self.handler_at_in.store(self.handler_ns.load(r), r);
+        self.handler_at_in.store(handler_ns, r);
         self.first_trap.store(0, r);
         self.last_trap.store(0, r);
         self.in_since.store(now, r);
@@ -310,12 +301,12 @@ mod tests {
         for _ in 0..9 {
             assert!(s.request_for_budget());
             assert!(!s.request_for_budget(), "one request per period");
-            s.went_out(now, 0, 0);
+            s.went_out(now, 0, 0, 0);
             backoffs.push(s.stats(now).backoff.as_millis());
             assert!(!s.due(now + 1));
             now += s.stats(now).backoff.as_nanos() as u64;
             assert!(s.due(now));
-            s.went_in(now, 0);
+            s.went_in(now, 0, 0);
         }
         assert_eq!(
             backoffs,
@@ -332,7 +323,7 @@ mod tests {
         let s = SiteBudget::new();
         s.reset(0);
         // 100 ms in, 30,000 traps of 3 µs each: 90 ms were traps, so 30,000 in 10 ms.
-        s.went_out(100 * MS, 30_000, 3_000);
+        s.went_out(100 * MS, 30_000, 0, 3_000);
         let st = s.stats(150 * MS);
         assert_eq!(st.line_runs_per_second, 3_000_000);
         assert!(!st.line_rate_is_floor);
@@ -353,21 +344,20 @@ mod tests {
             s.add_trap(entry, entry + 3_000);
         }
         // The traps span 1 ms to 100.998 ms; out at 130 ms: the 99.998 ms of traps count.
-        s.went_out(130 * MS, 20_000, 1_000);
+        s.went_out(130 * MS, 20_000, 60 * MS, 1_000);
         let st = s.stats(130 * MS);
         assert_eq!(st.line_runs_per_second, 1_000_100);
         assert!(!st.line_rate_is_floor);
-        assert_eq!(s.handler_time(), Duration::from_millis(60));
         // Back in at 200 ms; 30,002 traps from 200 to 300 ms with 1 µs of kernel and 75 ms
         // of handlers in all (105 ms: more than the span). The line's time is lost in the
         // traps': the rate is a floor, the traps over a twentieth of the span.
-        s.went_in(200 * MS, 20_000);
+        s.went_in(200 * MS, 20_000, 60 * MS);
         s.add_trap(200 * MS, 200 * MS);
         for _ in 0..30_000 {
             s.add_trap(250 * MS, 250 * MS + 2_500);
         }
         s.add_trap(300 * MS, 300 * MS);
-        s.went_out(320 * MS, 50_002, 1_000);
+        s.went_out(320 * MS, 50_002, 135 * MS, 1_000);
         let st = s.stats(320 * MS);
         assert_eq!(st.line_runs_per_second, 6_000_400);
         assert!(st.line_rate_is_floor);
@@ -382,7 +372,7 @@ mod tests {
         assert!(!s.due(5 * MS));
         assert!(s.request_for_budget());
         assert!(s.pending());
-        s.went_out(10 * MS, 0, 0);
+        s.went_out(10 * MS, 0, 0, 0);
         assert!(!s.pending());
         assert!(!s.request_for_budget(), "already out");
         assert_eq!(s.due_in(10 * MS), Some(100 * MS));
@@ -390,7 +380,7 @@ mod tests {
         assert!(!s.due(110 * MS - 1));
         assert!(s.due(110 * MS));
         assert_eq!(s.due_in(500 * MS), Some(0));
-        s.went_in(110 * MS, 0);
+        s.went_in(110 * MS, 0, 0);
         assert_eq!(s.due_in(110 * MS), None);
         let st = s.stats(110 * MS);
         assert_eq!(
@@ -405,7 +395,7 @@ mod tests {
         // Asked again 50 ms later (not calm yet): out for the doubled back-off.
         s.note_calm(160 * MS, 1000 * MS);
         assert!(s.request_for_budget());
-        s.went_out(160 * MS, 0, 0);
+        s.went_out(160 * MS, 0, 0, 0);
         assert_eq!(s.due_in(160 * MS), Some(200 * MS));
     }
 
@@ -417,7 +407,7 @@ mod tests {
         assert_eq!(asked.iter().filter(|a| **a).count(), 1);
         assert!(asked[REFUSED_BEFORE_OUT as usize - 1]);
         assert!(s.pending());
-        s.went_out(10, 0, 0);
+        s.went_out(10, 0, 0, 0);
         assert_eq!(s.stats(10).reason, Some(OutReason::Rate));
         assert!(!s.pending());
     }

@@ -201,6 +201,7 @@ impl ProbeState {
         }
         SLOT_TRAPS.reset(self.index());
         SLOT_COUNTED.reset(self.index());
+        SLOT_HANDLER_NS.reset(self.index());
         self.done.store(false, Ordering::Relaxed);
         self.reason.store(REASON_NONE, Ordering::Relaxed);
     }
@@ -217,6 +218,11 @@ impl ProbeState {
         self.traps
             .load(Ordering::Relaxed)
             .wrapping_add(SLOT_TRAPS.sum(i))
+    }
+
+    /// Handler time of the traps so far, ns.
+    fn handler_ns(&self) -> u64 {
+        SLOT_HANDLER_NS.sum(self.index())
     }
 
     fn stats(&self, armed: bool) -> ProbeStats {
@@ -401,6 +407,10 @@ impl ProbeSpec {
 const FALLBACK_TRAP_COST_NS: u64 = 2_500;
 /// Calibration: rounds of traps, and traps per round (the fastest round counts).
 const CALIBRATION_ROUNDS: usize = 5;
+
+/// How long [`Engine::wait`] sleeps before it looks for work again (see
+/// `Engine::wake_if_sleeping`).
+const RECHECK: Duration = Duration::from_millis(2);
 const CALIBRATION_TRAPS: usize = 20;
 
 /// The per-hit time cap of DESIGN.md's defaults.
@@ -783,8 +793,14 @@ impl SlotCounter {
     /// Adds one for probe `idx`; `guard` is the caller's own slot.
     #[unsafe(link_section = "nonstop_probe_trap")]
     fn add(&self, guard: usize, idx: usize) {
+        self.add_n(guard, idx, 1);
+    }
+
+    /// Adds `n` for probe `idx`; `guard` is the caller's own slot.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    fn add_n(&self, guard: usize, idx: usize, n: u64) {
         if let Some(c) = self.0.get(guard).and_then(|row| row.get(idx)) {
-            c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+            c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
         }
     }
 
@@ -813,6 +829,19 @@ const TIME_EVERY: u64 = 8;
 static SLOT_TRAPS: SlotCounter = SlotCounter::new();
 /// Matching traps of each count-only probe, by guarded threads.
 static SLOT_COUNTED: SlotCounter = SlotCounter::new();
+/// Handler time of each probe's traps, ns (every trap that reaches the handler is guarded).
+static SLOT_HANDLER_NS: SlotCounter = SlotCounter::new();
+
+/// Handler time (with the kernel's part of `int3` traps) not yet added to the global
+/// budget, per guard slot, moved by its owner only: added once it reaches
+/// [`CHARGE_EVERY_NS`], a locked instruction every few dozen fast hits instead of one
+/// each. A locked instruction after a hit's stores waits for them to reach the cache
+/// (~20 ns a fast hit here). The budget then lags by at most `GUARDS` times that.
+static PENDING_NS: [AtomicU64; GUARDS] = [const { AtomicU64::new(0) }; GUARDS];
+
+/// See [`PENDING_NS`]: 64 slots lag by 256 µs at most, 2.6 % of the default budget's
+/// 10 ms a second.
+const CHARGE_EVERY_NS: u64 = 4_000;
 
 /// What [`guard_enter`] found.
 enum Guard {
@@ -1213,6 +1242,9 @@ impl Engine {
         }
         let _ = self.disarm(id);
         self.budget.clear();
+        for pending in &PENDING_NS {
+            pending.store(0, Ordering::Relaxed);
+        }
         // The fastest round: the others were slowed by something else (a preemption, cold
         // caches), which is not what a trap costs. The handler's own time is measured on
         // every trap anyway, so only the kernel's part is kept.
@@ -1228,7 +1260,7 @@ impl Engine {
             .live
             .get(&id.0)
             .and_then(|&(idx, _)| STATES.get(idx))
-            .map_or(0, |p| p.budget.handler_time().as_nanos() as u64)
+            .map_or(0, ProbeState::handler_ns)
     }
 
     /// The kernel's cost of one trap and its return, as measured at start; the budget
@@ -1291,10 +1323,11 @@ impl Engine {
 
     /// Trap path: a record is committed; wake the agent thread if it sleeps.
     fn wake_if_sleeping(&self) {
-        // Pairs with the fence in `wait`: either this sees `sleeping`, or `wait` sees the
-        // record committed before it.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
+        // No fence between the commit and this load: one would wait for the hit's stores
+        // to drain (~20 ns a fast hit). Without it, a thread going to sleep just as the
+        // record is committed may miss both it and this wake; `wait` looks again after
+        // `RECHECK`, so such a record waits that long at most.
+        if self.sleeping.load(Ordering::Relaxed) && self.sleeping.swap(false, Ordering::SeqCst) {
             sys::eventfd_signal(self.wake_fd);
         }
     }
@@ -1316,12 +1349,20 @@ impl Engine {
         }
         self.sleeping.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
-        let work = self.ring.has_committed()
-            || self.out_requests.load(Ordering::SeqCst)
-                != self.out_requests_seen.load(Ordering::Relaxed);
-        if !work {
-            let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as i32;
-            sys::eventfd_wait(self.wake_fd, ms);
+        let work = || {
+            self.ring.has_committed()
+                || self.out_requests.load(Ordering::SeqCst)
+                    != self.out_requests_seen.load(Ordering::Relaxed)
+        };
+        let ms = |d: Duration| d.as_millis().clamp(0, i32::MAX as u128) as i32;
+        if !work() {
+            // First a short sleep: a record committed as this thread went to sleep may
+            // have come without its wake (see `wake_if_sleeping`); then the rest.
+            let first = timeout.min(RECHECK);
+            sys::eventfd_wait(self.wake_fd, ms(first));
+            if timeout > first && self.sleeping.load(Ordering::SeqCst) && !work() {
+                sys::eventfd_wait(self.wake_fd, ms(timeout - first));
+            }
         }
         self.sleeping.store(false, Ordering::SeqCst);
     }
@@ -1363,7 +1404,7 @@ impl Engine {
                     sys::write_mem(a.mem_fd, addr, &[orig]).is_ok()
                 };
                 if out {
-                    b.went_out(now, p.traps(), trap_cost);
+                    b.went_out(now, p.traps(), p.handler_ns(), trap_cost);
                     changed = true;
                     // Entries from now on go unrecorded: no older record may match them.
                     for s in std::iter::once(p).chain(partner) {
@@ -1372,7 +1413,7 @@ impl Engine {
                 }
             } else if b.due(now) && room {
                 if sys::write_mem(a.mem_fd, addr, &[0xcc]).is_ok() {
-                    b.went_in(now, p.traps());
+                    b.went_in(now, p.traps(), p.handler_ns());
                     changed = true;
                     // Frames entered while it was out have no record; a record made before
                     // it went out at the same CFA must not stand in for theirs.
@@ -2243,10 +2284,8 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         // Every trap is charged: the handler's time, and the kernel's trap and return
         // (measured once at start), which the handler cannot see.
         let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
-        let handler = t1.saturating_sub(t0);
-        p.budget.add_trap(t0, t1);
-        let cost = handler + engine.trap_cost_ns.load(Ordering::Relaxed);
-        engine.budget.charge(t1, cost);
+        let kernel = engine.trap_cost_ns.load(Ordering::Relaxed);
+        charge(engine, p, idx, guard, t0, t1, kernel);
         if wake.out {
             engine.request_out();
         }
@@ -2256,6 +2295,39 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     }
     guard_exit(guard);
     true
+}
+
+/// Charges a trap of probe `p` (at `idx`) whose handler ran from `t0` to `t1`, plus
+/// `kernel` ns the handler cannot see: to the site's back-off, to the probe's handler time
+/// and to the global budget, without a locked instruction on most hits (see
+/// [`PENDING_NS`]).
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn charge(
+    engine: &Engine,
+    p: &ProbeState,
+    idx: usize,
+    guard: usize,
+    t0: u64,
+    t1: u64,
+    kernel: u64,
+) {
+    let handler = t1.saturating_sub(t0);
+    p.budget.add_trap(t0, t1);
+    SLOT_HANDLER_NS.add_n(guard, idx, handler);
+    let Some(pending) = PENDING_NS.get(guard) else {
+        return;
+    };
+    let r = Ordering::Relaxed;
+    let due = pending
+        .load(r)
+        .saturating_add(handler)
+        .saturating_add(kernel);
+    if due >= CHARGE_EVERY_NS {
+        pending.store(0, r);
+        engine.budget.charge(t1, due);
+    } else {
+        pending.store(due, r);
+    }
 }
 
 /// Whether `p` is armed at `addr`: read after the thread took its guard slot (or entered
@@ -2495,8 +2567,7 @@ extern "C" fn nonstop_probe_fast_hit(
                 t1
             }
         };
-        p.budget.add_trap(t0, t1);
-        engine.budget.charge(t1, t1.saturating_sub(t0));
+        charge(engine, p, idx, guard, t0, t1, 0);
         if wake.out {
             engine.request_out();
         }
