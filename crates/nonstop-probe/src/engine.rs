@@ -1003,8 +1003,11 @@ enum Faults {
     /// Known from the signal context: `true` when a fault could not be handled safely.
     Unsafe(bool),
     /// Reads inside `[lo, hi)`, the interrupted thread's own stack around its stack
-    /// pointer, cannot fault; whether others may is asked of the kernel when one comes.
-    Outside { lo: u64, hi: u64 },
+    /// pointer `rsp`, cannot fault; whether others may is found when one comes: the
+    /// kernel is asked whether the thread blocks SIGSEGV or SIGBUS, and the thread's
+    /// alternate signal stack (asked of the kernel once per thread) says whether it runs
+    /// on it.
+    Outside { lo: u64, hi: u64, rsp: u64 },
 }
 
 /// The memory a hit reads: guarded copies where faults are safe, `process_vm_readv`
@@ -1026,16 +1029,18 @@ impl HitMemory {
     fn faults_unsafe(&self, addr: u64, len: usize) -> bool {
         match self.faults {
             Faults::Unsafe(known) => known,
-            Faults::Outside { lo, hi } => {
+            Faults::Outside { lo, hi, rsp } => {
                 if lo <= addr && addr.checked_add(len as u64).is_some_and(|end| end <= hi) {
                     return false;
                 }
                 if let Some(known) = self.asked.get() {
                     return known;
                 }
-                let (blocks, on_alt) = sys::fault_signal_state();
-                self.asked.set(Some(blocks || on_alt));
-                blocks || on_alt
+                let tp = thread_pointer();
+                let not_safe = sys::fault_signals_blocked()
+                    || threads::on_alternate_stack(tp, threads::tid(tp), rsp);
+                self.asked.set(Some(not_safe));
+                not_safe
             }
         }
     }
@@ -2492,6 +2497,7 @@ impl HitContext for FastContext<'_> {
         Faults::Outside {
             lo: self.vectors as u64 & !4095,
             hi: (self.rsp & !4095) + 4096,
+            rsp: self.rsp,
         }
     }
     fn on_alternate_stack(&self) -> bool {

@@ -375,10 +375,9 @@ pub fn map_code_page(code: &[u8]) -> Option<u64> {
     ok.then_some(page)
 }
 
-/// Whether the calling thread blocks SIGSEGV or SIGBUS, and whether it runs on its
-/// alternate signal stack: two system calls, async-signal-safe. `(true, true)` when either
-/// cannot be asked (the caller then avoids faults).
-pub fn fault_signal_state() -> (bool, bool) {
+/// Whether the calling thread blocks SIGSEGV or SIGBUS: one system call,
+/// async-signal-safe; `true` when it cannot be asked (the caller then avoids faults).
+pub fn fault_signals_blocked() -> bool {
     let mut old = [0u64; 1];
     // SAFETY: a null new set only reads the mask into `old`, 8 bytes (NSIG/8).
     let r = unsafe {
@@ -391,27 +390,10 @@ pub fn fault_signal_state() -> (bool, bool) {
         )
     };
     if r != 0 {
-        return (true, true);
+        return true;
     }
     let bit = |sig: libc::c_int| old[0] & (1u64 << (sig - 1)) != 0;
-    let blocks = bit(libc::SIGSEGV) || bit(libc::SIGBUS);
-    let mut ss = libc::stack_t {
-        ss_sp: std::ptr::null_mut(),
-        ss_flags: 0,
-        ss_size: 0,
-    };
-    // SAFETY: a null new stack only reads the current one into `ss`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_sigaltstack,
-            std::ptr::null::<libc::stack_t>(),
-            &mut ss,
-        )
-    };
-    if r != 0 {
-        return (true, true);
-    }
-    (blocks, ss.ss_flags & libc::SS_ONSTACK != 0)
+    bit(libc::SIGSEGV) || bit(libc::SIGBUS)
 }
 
 /// The calling thread's alternate signal stack as the kernel has it.
