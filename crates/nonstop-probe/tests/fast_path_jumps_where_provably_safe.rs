@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::{decode, empty_plan, serial};
 use nonstop_capture::capture::{CapturePlan, CapturedMemory};
-use nonstop_probe::{Engine, EngineConfig, FastPath, ProbeId, ProbeSpec};
+use nonstop_probe::{Engine, EngineConfig, FastPath, FastRefusal, ProbeId, ProbeSpec};
 
 // fast_target(a, b) = 1000 + a + (b > 10 ? 2b : 0) + 7 + 100, with: push, a RIP-relative
 // mov, add, cmp, jcc, a lea that falls through into a branch target, an immediate mov of 7
@@ -420,15 +420,20 @@ fn eight_threads_run_while_fast_path_probes_are_armed_and_disarmed_10000_times()
             }
         })
     };
-    let (mut fast, mut traps) = (0u64, 0u64);
+    // A thread not seen outside the span within the quiescence deadline keeps the site
+    // on `int3`: the safe answer, and one that depends on how the 8 threads are scheduled
+    // (more often on a loaded machine), so counted apart.
+    let (mut fast, mut paused_inside, mut traps) = (0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     for round in 0..10_000usize {
         let site = sites[round % sites.len()];
         let mut s = spec(site, f.clone(), empty_plan());
         s.count_only = round.is_multiple_of(2);
         let id = engine.arm(s).unwrap();
-        if matches!(fast_path(engine, id), FastPath::Yes { .. }) {
-            fast += 1;
+        match fast_path(engine, id) {
+            FastPath::Yes { .. } => fast += 1,
+            FastPath::No(FastRefusal::ThreadInSpan) => paused_inside += 1,
+            _ => {}
         }
         std::thread::yield_now();
         engine.disarm(id).unwrap();
@@ -444,11 +449,13 @@ fn eight_threads_run_while_fast_path_probes_are_armed_and_disarmed_10000_times()
     assert_eq!(nonstop_probe::text_bytes(f.start, original.len()), original);
     let calls = calls.load(Ordering::Relaxed);
     eprintln!(
-        "10,000 arms in {took:?}: {fast} on the fast path, {traps} hits, {calls} calls by 8 threads"
+        "10,000 arms in {took:?}: {fast} on the fast path, {paused_inside} kept on int3 with a thread paused inside the span, {traps} hits, {calls} calls by 8 threads"
     );
+    // 11 of the 14 sites are eligible: each of their arms gets the jump, unless a thread
+    // was paused inside the span; most do.
     assert!(
-        fast >= 10_000 * 11 / 14 - 1,
-        "{fast} arms got the fast path"
+        fast + paused_inside >= 10_000 * 11 / 14 - 1 && fast >= 10_000 * 11 / 14 * 3 / 4,
+        "{fast} arms got the fast path, {paused_inside} found a thread inside the span"
     );
     assert!(traps > 0 && calls > 0);
 }
