@@ -1364,8 +1364,8 @@ impl Engine {
             // First a short sleep: a record committed as this thread went to sleep may
             // have come without its wake (see `wake_if_sleeping`); then the rest.
             let first = timeout.min(RECHECK);
-            sys::eventfd_wait(self.wake_fd, ms(first));
-            if timeout > first && self.sleeping.load(Ordering::SeqCst) && !work() {
+            let woken = sys::eventfd_wait(self.wake_fd, ms(first));
+            if !woken && timeout > first && !work() {
                 sys::eventfd_wait(self.wake_fd, ms(timeout - first));
             }
         }

@@ -342,8 +342,9 @@ pub fn eventfd_signal(fd: RawFd) {
     unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
 }
 
-/// Waits up to `timeout_ms` for an eventfd to be signalled, then clears it.
-pub fn eventfd_wait(fd: RawFd, timeout_ms: i32) {
+/// Waits up to `timeout_ms` for an eventfd to be signalled, then clears it; true when it
+/// had been signalled.
+pub fn eventfd_wait(fd: RawFd, timeout_ms: i32) -> bool {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -353,7 +354,8 @@ pub fn eventfd_wait(fd: RawFd, timeout_ms: i32) {
     unsafe { libc::poll(&mut p, 1, timeout_ms) };
     let mut buf: u64 = 0;
     // SAFETY: 8 writable bytes on our stack; the fd is non-blocking.
-    unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+    let n = unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+    n == 8 && buf > 0
 }
 
 /// Maps one page of anonymous memory holding `code`, readable and executable.
