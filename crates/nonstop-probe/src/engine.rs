@@ -76,8 +76,6 @@ struct ProbeState {
     reason_ns: AtomicU64,
     /// Only count matching traps (no record): see [`ProbeSpec::count_only`].
     count_only: AtomicBool,
-    /// Traps counted by a count-only probe.
-    counted: AtomicU64,
     /// Whether the budget has the site out, and its back-off.
     budget: SiteBudget,
     /// The site is patched with the fast path's `jmp` (not just an `int3`).
@@ -143,7 +141,6 @@ impl ProbeState {
             reason: AtomicU8::new(REASON_NONE),
             reason_ns: AtomicU64::new(0),
             count_only: AtomicBool::new(false),
-            counted: AtomicU64::new(0),
             budget: SiteBudget::new(),
             fast: AtomicBool::new(false),
             tramp_resume: AtomicU64::new(0),
@@ -195,7 +192,6 @@ impl ProbeState {
             &self.slowest_ns,
             &self.hit_ns,
             &self.reason_ns,
-            &self.counted,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -238,10 +234,8 @@ impl ProbeState {
             filtered: self.filtered.load(r),
             filter_errors: self.filter_errors.load(r),
             slowest_hit: Duration::from_nanos(self.slowest_ns.load(r)),
-            counted: self
-                .counted
-                .load(r)
-                .wrapping_add(SLOT_COUNTED.sum(self.index())),
+            // Counted only by guarded threads (a nested trap is dropped).
+            counted: SLOT_COUNTED.sum(self.index()),
             sampling: self.budget.stats(sys::now_ns()),
             fast_path: FastPath::default(),
             done: self.done.load(r),
@@ -2240,41 +2234,21 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
     let Some(cell) = table_find(addr) else {
         return false;
     };
-    let v = VALS
-        .get(cell)
-        .map(|v| v.load(Ordering::Acquire))
-        .unwrap_or(0);
-    let Some(idx) = (v as usize).checked_sub(1).filter(|&i| i < MAX_PROBES) else {
+    let Entered { p, idx, q, guard } = match enter(cell, addr) {
+        Entry::Hit(hit) => hit,
         // Retired: the original byte is back (or a new probe is there); run it again.
-        ctx.set_rip(addr);
-        return true;
-    };
-    let p = &STATES[idx];
-    let guard = match guard_enter(thread_pointer()) {
-        Guard::Entered(g) => g,
-        // Nested on this thread (a probe on something the handler calls, or a probed
-        // function run by a signal handler that interrupted ours): only perform the
-        // instruction, calling nothing outside this section, so nesting cannot recurse.
-        Guard::Nested | Guard::Full => {
-            if enter_unguarded(p, addr) {
-                let q = partner_unguarded(p, addr);
-                drop_nested(p, q);
-                perform(p, &mut ctx);
-                leave(q);
-                p.in_flight.fetch_sub(1, Ordering::Release);
-            } else {
-                ctx.set_rip(addr);
-            }
+        Entry::Gone => {
+            ctx.set_rip(addr);
+            return true;
+        }
+        // Nested on this thread: only perform the instruction, calling nothing outside
+        // this section, so nesting cannot recurse.
+        Entry::Unguarded(p, q) => {
+            perform(p, &mut ctx);
+            leave_unguarded(p, q);
             return true;
         }
     };
-    if !is_armed_at(p, addr) {
-        guard_exit(guard);
-        ctx.set_rip(addr);
-        return true;
-    }
-    SLOT_TRAPS.add(guard, idx);
-    let q = partner_at(p, addr, guard);
     let start = sys::Start::now();
     let t0 = start.ns;
     // SAFETY: ENGINE is null or points at the engine in its OnceLock, which lives forever.
@@ -2291,15 +2265,70 @@ fn handle_trap(info: *mut libc::siginfo_t, uc: *mut libc::c_void) -> bool {
         let t1 = wake.end_ns.unwrap_or_else(|| start.now_ns());
         let kernel = engine.trap_cost_ns.load(Ordering::Relaxed);
         charge(engine, p, idx, guard, t0, t1, kernel);
-        if wake.out {
-            engine.request_out();
-        }
-        if wake.committed {
-            engine.wake_if_sleeping();
-        }
+        wake.send(engine);
     }
     guard_exit(guard);
     true
+}
+
+/// A thread's way into the hit path of the probe at an address (see [`enter`]).
+enum Entry {
+    /// No probe is armed there (any more).
+    Gone,
+    /// The thread is already in the hit path (a probe on something the handler calls, or
+    /// a probed function run by a signal handler that interrupted it), or every guard
+    /// slot is taken: the probe (and its partner) entered by `in_flight`, the trap counted
+    /// as dropped. Nothing is captured; the caller leaves by [`leave_unguarded`].
+    Unguarded(&'static ProbeState, Option<&'static ProbeState>),
+    /// In a guard slot of its own, the trap counted: the hit is the caller's to capture,
+    /// then [`guard_exit`].
+    Hit(Entered),
+}
+
+/// A hit entered in guard slot `guard`: the site's probe `p` (at `idx` in `STATES`) and
+/// its partner `q` at the same address.
+struct Entered {
+    p: &'static ProbeState,
+    idx: usize,
+    q: Option<&'static ProbeState>,
+    guard: usize,
+}
+
+/// Enters the hit path of the probe at `addr` (address table cell `cell`), for the `int3`
+/// path and the fast path.
+#[unsafe(link_section = "nonstop_probe_trap")]
+#[inline(always)]
+fn enter(cell: usize, addr: u64) -> Entry {
+    let v = VALS.get(cell).map_or(0, |v| v.load(Ordering::Acquire));
+    let Some(idx) = (v as usize).checked_sub(1).filter(|&i| i < MAX_PROBES) else {
+        return Entry::Gone;
+    };
+    let p = &STATES[idx];
+    let guard = match guard_enter(thread_pointer()) {
+        Guard::Entered(g) => g,
+        Guard::Nested | Guard::Full => {
+            if !enter_unguarded(p, addr) {
+                return Entry::Gone;
+            }
+            let q = partner_unguarded(p, addr);
+            drop_nested(p, q);
+            return Entry::Unguarded(p, q);
+        }
+    };
+    if !is_armed_at(p, addr) {
+        guard_exit(guard);
+        return Entry::Gone;
+    }
+    SLOT_TRAPS.add(guard, idx);
+    let q = partner_at(p, addr, guard);
+    Entry::Hit(Entered { p, idx, q, guard })
+}
+
+/// Leaves a probe (and partner) entered unguarded ([`Entry::Unguarded`]).
+#[unsafe(link_section = "nonstop_probe_trap")]
+fn leave_unguarded(p: &ProbeState, q: Option<&ProbeState>) {
+    leave(q);
+    p.in_flight.fetch_sub(1, Ordering::Release);
 }
 
 /// Charges a trap of probe `p` (at `idx`) whose handler ran from `t0` to `t1`, plus
@@ -2437,6 +2466,19 @@ struct Wake {
     untimed: bool,
 }
 
+impl Wake {
+    /// Wakes them, once the hit is timed and charged.
+    #[unsafe(link_section = "nonstop_probe_trap")]
+    fn send(&self, engine: &Engine) {
+        if self.out {
+            engine.request_out();
+        }
+        if self.committed {
+            engine.wake_if_sleeping();
+        }
+    }
+}
+
 /// What the hit path needs of the interrupted thread: the `int3` path's signal context,
 /// or the fast path's trampoline frame.
 trait HitContext {
@@ -2519,32 +2561,14 @@ extern "C" fn nonstop_probe_fast_hit(
     let Some(cell) = table_find(addr) else {
         return;
     };
-    let v = VALS
-        .get(cell)
-        .map(|v| v.load(Ordering::Acquire))
-        .unwrap_or(0);
-    let Some(idx) = (v as usize).checked_sub(1).filter(|&i| i < MAX_PROBES) else {
-        return; // disarmed while this thread was on its way in
-    };
-    let p = &STATES[idx];
-    let guard = match guard_enter(thread_pointer()) {
-        Guard::Entered(g) => g,
-        Guard::Nested | Guard::Full => {
-            if enter_unguarded(p, addr) {
-                let q = partner_unguarded(p, addr);
-                drop_nested(p, q);
-                leave(q);
-                p.in_flight.fetch_sub(1, Ordering::Release);
-            }
+    let Entered { p, idx, q, guard } = match enter(cell, addr) {
+        Entry::Hit(hit) => hit,
+        Entry::Gone => return, // disarmed while this thread was on its way in
+        Entry::Unguarded(p, q) => {
+            leave_unguarded(p, q);
             return;
         }
     };
-    if !is_armed_at(p, addr) {
-        guard_exit(guard);
-        return;
-    }
-    SLOT_TRAPS.add(guard, idx);
-    let q = partner_at(p, addr, guard);
     // SAFETY: the trampoline passes its frame on the stack, alive and ours for this call.
     let frame_ref = unsafe { &*frame };
     let ctx = FastContext {
@@ -2574,12 +2598,7 @@ extern "C" fn nonstop_probe_fast_hit(
             }
         };
         charge(engine, p, idx, guard, t0, t1, 0);
-        if wake.out {
-            engine.request_out();
-        }
-        if wake.committed {
-            engine.wake_if_sleeping();
-        }
+        wake.send(engine);
     }
     guard_exit(guard);
 }
