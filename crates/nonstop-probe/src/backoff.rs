@@ -227,8 +227,8 @@ impl SiteBudget {
     }
 
     /// Records that the patch is back at `now`, with `traps` counted and `handler_ns` of
-    /// handler time spent so far; the next
-    /// back-off is twice this one (at most [`MAX_BACKOFF`]).
+    /// handler time spent so far; the next back-off is twice this one (at most
+    /// [`MAX_BACKOFF`]).
     pub fn went_in(&self, now: u64, traps: u64, handler_ns: u64) {
         let r = Ordering::Relaxed;
         let since = self.out_since.load(r);

@@ -2991,7 +2991,12 @@ mod tests {
         c.add(5, 7);
         c.add(5, 8);
         assert_eq!((c.sum(7), c.sum(8), c.sum(9)), (3, 1, 0));
+        // Handler time, as `charge` adds it: 20,000 traps of 3 µs over two slots.
+        for k in 0..20_000 {
+            c.add_n(k % 2, 9, 3_000);
+        }
+        assert_eq!(c.sum(9), 60_000_000);
         c.reset(7);
-        assert_eq!((c.sum(7), c.sum(8)), (0, 1));
+        assert_eq!((c.sum(7), c.sum(8), c.sum(9)), (0, 1, 60_000_000));
     }
 }
